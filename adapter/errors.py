@@ -1,0 +1,53 @@
+"""The adapter's exceptions: one root, translated from aiokafka at the boundary.
+
+```
+SocketIOKafkaError
+ ├── ConfigError          bad URL or option; fix the configuration
+ ├── TopicLayoutError     an existing topic does not fit what this node needs
+ ├── BrokerUnavailable    Kafka cannot be reached now (retriable)
+ ├── PublishError         Kafka did not accept a record (retriable)
+ └── RecordDecodeError    a record on the topic is not ours or is malformed
+```
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerUnavailable",
+    "ConfigError",
+    "PublishError",
+    "RecordDecodeError",
+    "SocketIOKafkaError",
+    "TopicLayoutError",
+]
+
+
+class SocketIOKafkaError(Exception):
+    """Root of every error the adapter raises."""
+
+    #: Whether the same call may succeed if tried again later.
+    retriable: bool = False
+
+
+class ConfigError(SocketIOKafkaError, ValueError):
+    """The manager was configured with a value it cannot use."""
+
+
+class TopicLayoutError(SocketIOKafkaError):
+    """An existing topic has a layout (partitions, cleanup policy) that would lose events."""
+
+
+class BrokerUnavailable(SocketIOKafkaError):
+    """Kafka could not be reached; the manager keeps retrying in the background."""
+
+    retriable = True
+
+
+class PublishError(SocketIOKafkaError):
+    """Kafka did not acknowledge a record in time."""
+
+    retriable = True
+
+
+class RecordDecodeError(SocketIOKafkaError, ValueError):
+    """A record on the events topic could not be decoded; it is counted and skipped."""

@@ -1,0 +1,117 @@
+"""The gateway node: a Starlette app serving Socket.IO on the Kafka manager."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import socketio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions
+
+from . import protocol
+from .metrics import node_registry
+from .settings import Settings
+
+__all__ = ["Node", "create_app", "load_extension"]
+
+logger = logging.getLogger("socketio_kafka.gateway")
+
+Extension = Callable[[socketio.AsyncServer], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """What `create_app` builds, for apps and tests that add their own handlers."""
+
+    sio: socketio.AsyncServer
+    manager: AsyncKafkaManager
+    settings: Settings
+
+
+def create_app(settings: Settings, kafka_url: str) -> Starlette:
+    """Build a gateway node on Kafka at ``kafka_url``; ``app.state.node`` holds its parts."""
+    manager = AsyncKafkaManager(
+        kafka_url,
+        channel=settings.channel,
+        logger=logging.getLogger("socketio_kafka.adapter"),
+        options=KafkaOptions(partitions=settings.partitions),
+    )
+    sio = socketio.AsyncServer(
+        async_mode="asgi",
+        client_manager=manager,
+        cors_allowed_origins=settings.cors_allowed_origins,
+        max_http_buffer_size=settings.max_payload_bytes,
+    )
+    protocol.register(sio)
+    if settings.extension:
+        load_extension(settings.extension)(sio)
+    node = Node(sio, manager, settings)
+    registry = node_registry(sio, manager)
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        ready = manager.ready
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics),
+            Mount("/socket.io", socketio.ASGIApp(sio, socketio_path="")),
+        ],
+        lifespan=_lifespan(manager),
+    )
+    app.state.node = node
+    return app
+
+
+def load_extension(spec: str) -> Extension:
+    """Resolve ``module:function``; the function gets the `socketio.AsyncServer` to extend."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"extension must be 'module:function', got {spec!r}")
+    function: Any = getattr(importlib.import_module(module_name), attr)
+    if not callable(function):
+        raise TypeError(f"extension {spec!r} is not callable")
+    return function  # type: ignore[no-any-return]
+
+
+def _lifespan(manager: AsyncKafkaManager) -> Callable[[Starlette], Any]:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        # Start in the background: /healthz answers at once, /readyz once Kafka does.
+        starting = asyncio.create_task(_start(manager))
+        try:
+            yield
+        finally:
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            await manager.stop()
+
+    return lifespan
+
+
+async def _start(manager: AsyncKafkaManager) -> None:
+    try:
+        await manager.start()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("the Kafka manager cannot start; this node stays unready")

@@ -1,0 +1,150 @@
+"""``socketio-kafka``: run a gateway node, and the local Kafka and Redis it can use."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .settings import Settings, env_default
+
+if TYPE_CHECKING:
+    from .local_kafka import LocalKafka
+    from .local_redis import LocalRedis
+
+__all__ = ["main"]
+
+_SERVICES = ("kafka", "redis")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .errors import GatewayError
+
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except GatewayError as exc:
+        print(f"socketio-kafka: {exc}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="socketio-kafka", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_serve(commands.add_parser("serve", help="run one gateway node"))
+    demo = commands.add_parser("demo", help="local Kafka + N nodes + clients across them")
+    demo.add_argument("--nodes", type=int, default=3)
+    demo.add_argument("--base-port", type=int, default=8001)
+    demo.add_argument("--kafka", default=env_default("kafka", None))
+    demo.add_argument("--once", action="store_true", help="exit after the exchange")
+    demo.set_defaults(run=_demo)
+    for name in _SERVICES:
+        service = commands.add_parser(name, help=f"start, stop or check a local {name}")
+        service.add_argument("action", choices=["start", "stop", "status"])
+        service.add_argument("--port", type=int, default=None, help="default: a free port")
+        service.add_argument("--data-dir", type=Path, default=None)
+        service.set_defaults(run=_service_command(name))
+    return parser
+
+
+def _add_serve(parser: argparse.ArgumentParser) -> None:
+    defaults = Settings()
+    parser.add_argument("--host", default=env_default("host", defaults.host))
+    parser.add_argument(
+        "--port", type=int, default=int(env_default("port", str(defaults.port)) or 0)
+    )
+    parser.add_argument(
+        "--kafka",
+        default=env_default("kafka", None),
+        help="kafka://host:port[,host:port]; default: the local broker of 'socketio-kafka kafka'",
+    )
+    parser.add_argument("--channel", default=env_default("channel", defaults.channel))
+    parser.add_argument("--partitions", type=int, default=int(env_default("partitions", "6") or 6))
+    parser.add_argument("--cors-origins", default=env_default("cors_origins", "*"))
+    parser.add_argument(
+        "--max-payload-bytes",
+        type=int,
+        default=int(env_default("max_payload_bytes", str(defaults.max_payload_bytes)) or 0),
+    )
+    parser.add_argument(
+        "--ws-compression",
+        action=argparse.BooleanOptionalAction,
+        default=env_default("ws_compression", "0") in ("1", "true", "yes"),
+        help="permessage-deflate on WebSockets (default off: it halves throughput)",
+    )
+    parser.add_argument(
+        "--extension",
+        default=env_default("extension", None),
+        help="module:function called with the AsyncServer to add handlers",
+    )
+    parser.add_argument("--log-level", default=env_default("log_level", defaults.log_level))
+    parser.set_defaults(run=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    settings = Settings(
+        host=args.host,
+        port=args.port,
+        kafka=args.kafka,
+        channel=args.channel,
+        partitions=args.partitions,
+        cors_origins=args.cors_origins,
+        max_payload_bytes=args.max_payload_bytes,
+        ws_compression=args.ws_compression,
+        extension=args.extension,
+        log_level=args.log_level,
+    )
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    kafka_url = settings.kafka or f"kafka://{_service('kafka', None, None).start()}"
+    uvicorn.run(
+        create_app(settings, kafka_url),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ws_per_message_deflate=settings.ws_compression,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import DemoOptions, run_demo
+
+    kafka = args.kafka or f"kafka://{_service('kafka', None, None).start()}"
+    return run_demo(DemoOptions(kafka, args.nodes, args.base_port, once=args.once))
+
+
+def _service_command(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        service = _service(name, args.data_dir, args.port)
+        if args.action == "start":
+            print(service.start())
+        elif args.action == "stop":
+            print("stopped" if service.stop() else "not running")
+        else:
+            status = service.status()
+            print(f"running: pid {status.pid} at {status.address}" if status else "not running")
+            return 0 if status else 3
+        return 0
+
+    return run
+
+
+def _service(name: str, data_dir: Path | None, port: int | None) -> LocalKafka | LocalRedis:
+    # Imported here: a node given --kafka never loads the launchers.
+    if name == "kafka":
+        from .local_kafka import LocalKafka
+
+        return LocalKafka(data_dir, port)
+    from .local_redis import LocalRedis
+
+    return LocalRedis(data_dir, port)

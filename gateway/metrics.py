@@ -1,0 +1,56 @@
+"""Prometheus metrics of one node, read from the manager's counters at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import socketio
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from socketio_kafka.adapter import AsyncKafkaManager
+
+__all__ = ["NodeCollector", "node_registry"]
+
+_COUNTERS = {
+    "published": "Records this node produced to Kafka",
+    "publish_errors": "Records Kafka did not accept",
+    "records_consumed": "Records consumed from the events topic",
+    "records_skipped": "Undecodable records skipped",
+    "handler_errors": "Records whose handling raised",
+    "connect_failures": "Failed attempts to connect to Kafka",
+}
+
+
+class NodeCollector(Collector):
+    """Reads counters from the manager instead of mirroring them: nothing to keep in sync."""
+
+    def __init__(self, sio: socketio.AsyncServer, manager: AsyncKafkaManager) -> None:
+        self._sio = sio
+        self._manager = manager
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        for name, doc in _COUNTERS.items():
+            counter = CounterMetricFamily(f"socketio_kafka_{name}", doc)
+            counter.add_metric([], getattr(self._manager.stats, name))
+            yield counter
+        ready = GaugeMetricFamily("socketio_kafka_ready", "1 when the node is ready")
+        ready.add_metric([], 1.0 if self._manager.ready else 0.0)
+        yield ready
+        sockets = GaugeMetricFamily(
+            "socketio_kafka_connected_sockets",
+            "Sockets connected to this node",
+            labels=["namespace"],
+        )
+        for namespace in list(self._manager.get_namespaces()):
+            count = sum(1 for _ in self._manager.get_participants(namespace, None))
+            sockets.add_metric([namespace], count)
+        yield sockets
+
+
+def node_registry(sio: socketio.AsyncServer, manager: AsyncKafkaManager) -> CollectorRegistry:
+    """A registry of this node's own (not the process-global one: tests run several apps)."""
+    registry = CollectorRegistry()
+    registry.register(NodeCollector(sio, manager))
+    return registry

@@ -1,0 +1,46 @@
+"""The gateway's configuration: one frozen object from flags and ``SOCKETIO_KAFKA_*`` variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["ENV_PREFIX", "Settings", "env_default"]
+
+ENV_PREFIX = "SOCKETIO_KAFKA_"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a gateway node needs to run; see the README's configuration table."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    kafka: str | None = None
+    channel: str = "socketio"
+    partitions: int = 6
+    cors_origins: str = "*"
+    max_payload_bytes: int = 1_000_000
+    ws_compression: bool = False
+    extension: str | None = None
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port out of range: {self.port}")
+        if not self.channel:
+            raise ValueError("channel must not be empty")
+        if self.partitions < 1:
+            raise ValueError("partitions must be >= 1")
+        if self.max_payload_bytes < 1024:
+            raise ValueError("max_payload_bytes must be >= 1024")
+
+    @property
+    def cors_allowed_origins(self) -> str | list[str]:
+        return "*" if self.cors_origins == "*" else self.cors_origins.split(",")
+
+
+def env_default(name: str, default: str | None, env: Mapping[str, str] = os.environ) -> str | None:
+    """``SOCKETIO_KAFKA_<NAME>`` if set, else ``default``: flags override the environment."""
+    return env.get(ENV_PREFIX + name.upper(), default)

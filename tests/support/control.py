@@ -1,0 +1,86 @@
+"""A gateway extension for tests: a ``/control`` namespace that runs server-side operations.
+
+Loaded into real gateway processes with ``--extension tests.support.control:install``,
+so a test can ask node A to act (emit, enter_room, call, ...) on sockets of node B.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import socketio
+
+from socketio_kafka.gateway import protocol
+
+CONTROL = "/control"
+OTHER = "/other"
+
+
+def install(sio: socketio.AsyncServer) -> None:
+    sio.namespaces = [*sio.namespaces, CONTROL, OTHER]
+    protocol.register(sio, OTHER)
+    manager = sio.manager
+
+    async def emit(_: str, req: dict[str, Any]) -> dict[str, Any]:
+        await sio.emit(
+            req["event"],
+            req.get("data"),
+            to=req.get("room"),
+            skip_sid=req.get("skip_sid"),
+            namespace=req.get("namespace", "/"),
+        )
+        return {"ok": True}
+
+    async def burst(_: str, req: dict[str, Any]) -> dict[str, Any]:
+        for seq in range(req["count"]):
+            await sio.emit(req["event"], {"tag": req["tag"], "seq": seq}, to=req["room"])
+        return {"ok": True}
+
+    async def call(_: str, req: dict[str, Any]) -> dict[str, Any]:
+        reply = await sio.call(
+            req["event"],
+            req.get("data"),
+            to=req["sid"],
+            namespace=req.get("namespace", "/"),
+            timeout=req.get("timeout", 10),
+        )
+        return {"ok": True, "reply": reply}
+
+    async def enter_room(_: str, req: dict[str, Any]) -> dict[str, Any]:
+        await sio.enter_room(req["sid"], req["room"], namespace=req.get("namespace", "/"))
+        return {"ok": True}
+
+    async def leave_room(_: str, req: dict[str, Any]) -> dict[str, Any]:
+        await sio.leave_room(req["sid"], req["room"], namespace=req.get("namespace", "/"))
+        return {"ok": True}
+
+    async def close_room(_: str, req: dict[str, Any]) -> dict[str, Any]:
+        await sio.close_room(req["room"], namespace=req.get("namespace", "/"))
+        return {"ok": True}
+
+    async def disconnect(_: str, req: dict[str, Any]) -> dict[str, Any]:
+        await sio.disconnect(req["sid"], namespace=req.get("namespace", "/"))
+        return {"ok": True}
+
+    async def rooms(_: str, req: dict[str, Any]) -> dict[str, Any]:
+        namespace = req.get("namespace", "/")
+        if not manager.is_connected(req["sid"], namespace):
+            return {"ok": False, "rooms": []}
+        return {"ok": True, "rooms": sorted(sio.rooms(req["sid"], namespace=namespace))}
+
+    async def stats(_: str, *__: Any) -> dict[str, Any]:
+        return {"ok": True, **dataclasses.asdict(manager.stats)}
+
+    for handler in (
+        emit,
+        burst,
+        call,
+        enter_room,
+        leave_room,
+        close_room,
+        disconnect,
+        rooms,
+        stats,
+    ):
+        sio.on(handler.__name__, handler, namespace=CONTROL)

@@ -1,0 +1,99 @@
+"""The record format and the key choice, without a broker."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from socketio_kafka.adapter import RecordDecodeError, codec
+
+
+def _emit(**overrides: object) -> codec.Message:
+    fields: dict[str, object] = {
+        "namespace": "/",
+        "room": None,
+        "skip_sid": None,
+        "callback": None,
+        "host_id": "h1",
+    }
+    fields.update(overrides)
+    data = fields.pop("data", {"a": 1})
+    return codec.emit_message("news", data, **fields)  # type: ignore[arg-type]
+
+
+def test_emit_round_trips_through_json() -> None:
+    message = _emit(room="r", skip_sid=["s1"], callback=("sid", "/", 7))
+    decoded = codec.decode(codec.encode(message))
+    assert decoded == {**message, "v": codec.FORMAT_VERSION}
+    assert decoded["callback"] == ["sid", "/", 7]
+
+
+def test_tuple_data_becomes_several_arguments() -> None:
+    assert _emit(data=(1, "two", None))["data"] == [1, "two", None]
+    assert _emit(data=[1, 2])["data"] == [[1, 2]]
+
+
+def test_binary_parts_travel_as_base64_attachments() -> None:
+    message = _emit(data={"raw": b"\x00\xff", "n": 1})
+    assert message["binary"] is True
+    value = codec.encode(message)
+    json.loads(value)  # the record stays plain JSON
+    placeholder, attachment = codec.decode(value)["data"]
+    assert placeholder == [{"raw": {"_placeholder": True, "num": 0}, "n": 1}]
+    assert attachment == "AP8="
+
+
+@pytest.mark.parametrize(
+    ("message", "key"),
+    [
+        ({"method": "emit", "namespace": "/", "room": None}, b"/"),
+        ({"method": "emit", "namespace": "/chat", "room": "lobby"}, b"/chat#lobby"),
+        ({"method": "enter_room", "namespace": "/", "room": "lobby", "sid": "s1"}, b"/#lobby"),
+        ({"method": "leave_room", "namespace": "/", "room": "lobby", "sid": "s1"}, b"/#lobby"),
+        ({"method": "close_room", "namespace": "/", "room": "lobby"}, b"/#lobby"),
+        ({"method": "disconnect", "namespace": "/", "sid": "s1"}, b"/#s1"),
+        ({"method": "callback", "namespace": "/", "sid": "s1"}, b"/#s1"),
+    ],
+)
+def test_record_key_follows_the_target(message: codec.Message, key: bytes) -> None:
+    assert codec.record_key(message) == key
+
+
+def test_room_operations_share_the_key_of_the_room_emits() -> None:
+    """A join must not overtake, or be overtaken by, emits to the same room."""
+    join = {"method": "enter_room", "namespace": "/", "room": "r", "sid": "s"}
+    assert codec.record_key(join) == codec.record_key(_emit(room="r"))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        b"",
+        b"\xff\xfe",
+        b"[]",
+        b'"text"',
+        b'{"method": "emit"}',
+        b'{"v": 2, "method": "emit", "event": "e", "data": [1]}',
+        b'{"v": 1, "method": "explode"}',
+        b'{"v": 1, "method": "emit", "event": 5, "data": [1]}',
+        b'{"v": 1, "method": "emit", "event": "e", "data": []}',
+        b'{"v": 1, "method": "emit", "event": "e", "data": {"a": 1}}',
+        b'{"v": 1, "method": "emit", "event": "e", "data": [1], "room": 3}',
+        b'{"v": 1, "method": "emit", "event": "e", "data": [1], "callback": [1, 2]}',
+        b'{"v": 1, "method": "emit", "event": "e", "data": [1, 2], "binary": true}',
+        b'{"v": 1, "method": "callback", "sid": "s", "id": true, "args": [], "host_id": "h"}',
+        b'{"v": 1, "method": "disconnect"}',
+    ],
+)
+def test_malformed_records_raise_decode_error(value: bytes | None) -> None:
+    with pytest.raises(RecordDecodeError):
+        codec.decode(value)
+
+
+def test_a_minimal_record_from_another_language_decodes() -> None:
+    value = b'{"v":1,"method":"emit","event":"news","data":["hello"],"room":"lobby"}'
+    message = codec.decode(value)
+    assert message["namespace"] == "/"
+    assert message["room"] == "lobby"

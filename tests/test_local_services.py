@@ -1,0 +1,279 @@
+"""The local service launchers against the real thing: a Kafka broker and a redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from socketio_kafka.gateway._process import ServiceState, free_port, read_state, write_state
+from socketio_kafka.gateway.errors import (
+    JavaNotFound,
+    PortInUse,
+    RedisNotFound,
+    ServiceError,
+    ServiceStartFailed,
+)
+from socketio_kafka.gateway.local_kafka import LocalKafka
+from socketio_kafka.gateway.local_redis import LocalRedis
+
+
+def processes_with(argument: Path) -> list[int]:
+    """Pids whose command line has ``argument``: how many copies of a service run."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.fsencode(argument) in entry.joinpath(
+                "cmdline"
+            ).read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:  # the process ended while we looked
+            continue
+    return found
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """A port another process listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+# --- Kafka ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    broker = LocalKafka(tmp_path_factory.mktemp("kafka"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def address_of(service: LocalKafka | LocalRedis) -> str:
+    status = service.status()
+    assert status is not None, f"{service.name} is not running:\n{service.log_tail()}"
+    return status.address
+
+
+async def create_topic(bootstrap: str, topic: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    finally:
+        await admin.close()
+
+
+async def list_topics(bootstrap: str) -> list[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        return list(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def produce(bootstrap: str, topic: str, value: bytes) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value)
+    finally:
+        await producer.stop()
+
+
+async def first_record(bootstrap: str, topic: str, timeout: float = 15.0) -> bytes:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        partition = TopicPartition(topic, 0)
+        consumer.assign([partition])
+        await consumer.seek_to_beginning(partition)
+        record = await asyncio.wait_for(consumer.getone(), timeout)
+    finally:
+        await consumer.stop()
+    assert record.value is not None
+    return bytes(record.value)
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(180)
+async def test_kafka_serves_at_its_address(kafka: LocalKafka) -> None:
+    bootstrap = address_of(kafka)
+    topic = f"local-{uuid.uuid4().hex[:8]}"
+    await create_topic(bootstrap, topic)
+    await produce(bootstrap, topic, b"hello")
+    assert await first_record(bootstrap, topic) == b"hello"
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(60)
+def test_second_launcher_reuses_the_running_broker(kafka: LocalKafka) -> None:
+    status = kafka.status()
+    assert status is not None
+    assert status.data_dir == kafka.data_dir
+    assert status.version == "4.1.1"
+    again = LocalKafka(kafka.data_dir)
+    assert again.start() == status.address
+    assert again.status() == status
+    assert processes_with(kafka.config_path) == [status.pid]
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(60)
+def test_another_port_for_a_running_broker_is_refused(kafka: LocalKafka) -> None:
+    status = kafka.status()
+    assert status is not None
+    with pytest.raises(ServiceError, match="already runs on port"):
+        LocalKafka(kafka.data_dir, port=free_port()).start()
+    assert kafka.status() == status
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(180)
+async def test_kafka_stops_and_restarts_with_its_data(kafka: LocalKafka) -> None:
+    bootstrap = address_of(kafka)
+    topic = f"kept-{uuid.uuid4().hex[:8]}"
+    await create_topic(bootstrap, topic)
+    await produce(bootstrap, topic, b"kept")
+    before = kafka.status()
+    assert before is not None
+
+    assert await asyncio.to_thread(kafka.stop)
+    assert kafka.status() is None
+    assert processes_with(kafka.config_path) == []
+    assert not kafka.state_path.exists()
+    assert not await asyncio.to_thread(kafka.stop)
+
+    bootstrap = await asyncio.to_thread(kafka.start)
+    after = kafka.status()
+    assert after is not None
+    assert after.pid != before.pid
+    assert topic in await list_topics(bootstrap)
+    assert await first_record(bootstrap, topic) == b"kept"
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(60)
+def test_kafka_on_a_taken_port_is_refused(tmp_path: Path, listener: int) -> None:
+    broker = LocalKafka(tmp_path, port=listener)
+    with pytest.raises(PortInUse, match=str(listener)):
+        broker.start()
+    assert broker.status() is None
+
+
+def test_kafka_without_java_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path))
+    with pytest.raises(JavaNotFound, match="JAVA_HOME"):
+        LocalKafka(tmp_path / "kafka").start()
+
+
+def test_a_stale_state_file_is_removed_and_its_pid_left_alone(tmp_path: Path) -> None:
+    broker = LocalKafka(tmp_path)
+    # Our own pid: alive, but not a broker of this data dir, so never to be signalled.
+    state = ServiceState(os.getpid(), "127.0.0.1:1", "4.1.1", {"client": 1}, "2025-01-01")
+    write_state(broker.state_path, state)
+    assert read_state(broker.state_path) == state
+    assert broker.status() is None
+    assert not broker.state_path.exists()
+    write_state(broker.state_path, state)
+    assert not broker.stop()
+    assert not broker.state_path.exists()
+
+
+# --- Redis ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
+    server = LocalRedis(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def ping(url: str) -> bool:
+    with redis.Redis.from_url(url, socket_timeout=5) as client:
+        return bool(client.ping())
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(60)
+def test_redis_serves_at_its_url(local_redis: LocalRedis) -> None:
+    url = address_of(local_redis)
+    assert url.startswith("redis://127.0.0.1:")
+    assert url.endswith("/0")
+    with redis.Redis.from_url(url, socket_timeout=5) as client:
+        client.set("greeting", "hello")
+        assert client.get("greeting") == b"hello"
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(60)
+def test_second_launcher_reuses_the_running_redis(local_redis: LocalRedis) -> None:
+    status = local_redis.status()
+    assert status is not None
+    again = LocalRedis(local_redis.data_dir)
+    assert again.start() == status.address
+    assert again.status() == status
+    assert processes_with(local_redis.config_path) == [status.pid]
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(60)
+def test_redis_stops_and_restarts(local_redis: LocalRedis) -> None:
+    before = local_redis.status()
+    assert before is not None
+    assert local_redis.stop()
+    assert local_redis.status() is None
+    assert processes_with(local_redis.config_path) == []
+    assert not local_redis.stop()
+
+    url = local_redis.start()
+    assert url == before.address  # the port of the last run, while it is free
+    assert ping(url)
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(60)
+def test_redis_on_a_taken_port_is_refused(tmp_path: Path, listener: int) -> None:
+    with pytest.raises(PortInUse, match=str(listener)):
+        LocalRedis(tmp_path, port=listener).start()
+
+
+def test_redis_without_a_binary_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RedisNotFound):
+        LocalRedis(tmp_path / "redis").start()
+
+
+@pytest.mark.timeout(60)
+def test_a_service_that_exits_at_start_shows_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "bin" / "redis-server"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'FATAL: cannot start' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake.parent))
+    server = LocalRedis(tmp_path / "redis")
+    with pytest.raises(ServiceStartFailed, match="exited") as failure:
+        server.start()
+    assert "FATAL: cannot start" in failure.value.log_tail
+    assert server.status() is None
+    assert not server.state_path.exists()

@@ -1,0 +1,52 @@
+"""URL parsing and option validation, without a broker."""
+
+from __future__ import annotations
+
+import pytest
+
+from socketio_kafka.adapter import AsyncKafkaManager, ConfigError, KafkaOptions
+from socketio_kafka.adapter.options import parse_kafka_urls
+
+
+@pytest.mark.parametrize(
+    ("url", "servers"),
+    [
+        ("kafka://", ["localhost:9092"]),
+        ("kafka://broker:9093", ["broker:9093"]),
+        ("kafka://a:1,b:2/", ["a:1", "b:2"]),
+        (["kafka://a:1", "b:2"], ["a:1", "b:2"]),
+        ("127.0.0.1:9092", ["127.0.0.1:9092"]),
+    ],
+)
+def test_kafka_urls(url: str | list[str], servers: list[str]) -> None:
+    assert parse_kafka_urls(url) == servers
+
+
+@pytest.mark.parametrize("url", ["redis://x:1", "kafka://nohost", "kafka://h:99999", []])
+def test_bad_urls_are_config_errors(url: str | list[str]) -> None:
+    with pytest.raises(ConfigError):
+        parse_kafka_urls(url)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"partitions": 0},
+        {"acks": 2},
+        {"acks": 1},  # idempotence needs acks=all
+        {"compression_type": "brotli"},
+        {"max_record_bytes": 0},
+    ],
+)
+def test_bad_options_are_config_errors(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        KafkaOptions(**kwargs)  # type: ignore[arg-type]
+
+
+def test_manager_has_the_constructor_shape_of_python_socketio_managers() -> None:
+    manager = AsyncKafkaManager("kafka://h:1", "chat", True, None)
+    assert manager.bootstrap_servers == ["h:1"]
+    assert manager.channel == "chat"
+    assert manager.write_only is True
+    assert manager.events_topic == "chat.events"
+    assert manager.ready is False

@@ -24,6 +24,8 @@ __all__ = ["AsyncKafkaManager", "ManagerStats"]
 
 _FIRST_RETRY_S = 0.25
 _POLL_TIMEOUT_MS = 1000
+_BATCH_OVERHEAD_BYTES = 64 * 1024
+_PROBE_TIMEOUT_S = 2.0
 
 
 @dataclass(slots=True)
@@ -87,6 +89,18 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
     def ready(self) -> bool:
         """True once the producer is connected and the consumer is positioned."""
         return self._ready.is_set()
+
+    async def broker_reachable(self) -> bool:
+        """Whether Kafka answers a metadata request within 2 s: for readiness probes."""
+        producer = self._producer
+        if producer is None or not self._ready.is_set():
+            return False
+        try:
+            async with asyncio.timeout(_PROBE_TIMEOUT_S):
+                await producer.client.fetch_all_metadata()
+        except (KafkaError, TimeoutError):
+            return False
+        return True
 
     async def start(self) -> None:
         """Connect and position the consumer; returns once ready.
@@ -187,11 +201,20 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
                 f"record of {len(value)} bytes exceeds max_record_bytes="
                 f"{self.options.max_record_bytes}"
             )
+        timeout = self.options.request_timeout_ms / 1000
         try:
-            await producer.send_and_wait(self.events_topic, value, key=codec.record_key(data))
+            # aiokafka retries a batch while the broker is away; the caller needs an answer.
+            async with asyncio.timeout(timeout):
+                delivery = await producer.send(self.events_topic, value, key=codec.record_key(data))
+                await delivery
         except KafkaError as exc:
             self.stats.publish_errors += 1
             raise PublishError(f"Kafka did not accept the record: {exc!r}") from exc
+        except TimeoutError as exc:
+            self.stats.publish_errors += 1
+            raise PublishError(
+                f"Kafka did not confirm the record within {timeout}s (it may still be written)"
+            ) from exc
         self.stats.published += 1
 
     async def _listen(self) -> Any:
@@ -266,6 +289,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
                 self.options.replication_factor,
                 "delete",
                 self.options.retention_ms,
+                self.options.max_record_bytes + _BATCH_OVERHEAD_BYTES,
             )
             self._partitions = (await ensure_topic(admin, spec)).partitions
         finally:

@@ -87,7 +87,7 @@ class KafkaOptions:
             "linger_ms": self.linger_ms,
             "max_batch_size": self.max_batch_size,
             "compression_type": self.compression_type,
-            "max_request_size": self.max_record_bytes + 64 * 1024,
+            "max_request_size": self.max_record_bytes + 64 * 1024,  # + batch headers
             **self.producer_extra,
         }
 

@@ -26,6 +26,7 @@ class TopicSpec:
     replication_factor: int
     cleanup_policy: str
     retention_ms: int
+    max_message_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +66,10 @@ def _check(spec: TopicSpec, layout: TopicLayout) -> None:
 
 
 async def _create(admin: AIOKafkaAdminClient, spec: TopicSpec) -> None:
-    configs = {"cleanup.policy": spec.cleanup_policy}
+    configs = {
+        "cleanup.policy": spec.cleanup_policy,
+        "max.message.bytes": str(spec.max_message_bytes),
+    }
     if spec.cleanup_policy == "delete":
         configs["retention.ms"] = str(spec.retention_ms)
     topic = NewTopic(spec.name, spec.partitions, spec.replication_factor, topic_configs=configs)

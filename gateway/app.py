@@ -45,7 +45,12 @@ def create_app(settings: Settings, kafka_url: str) -> Starlette:
         kafka_url,
         channel=settings.channel,
         logger=logging.getLogger("socketio_kafka.adapter"),
-        options=KafkaOptions(partitions=settings.partitions),
+        options=KafkaOptions(
+            partitions=settings.partitions,
+            request_timeout_ms=settings.kafka_timeout_ms,
+            # Whatever a client may send fits a record, binary parts base64-encoded included.
+            max_record_bytes=settings.max_payload_bytes * 4 // 3 + 64 * 1024,
+        ),
     )
     sio = socketio.AsyncServer(
         async_mode="asgi",
@@ -63,7 +68,7 @@ def create_app(settings: Settings, kafka_url: str) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     async def readyz(_: Request) -> Response:
-        ready = manager.ready
+        ready = manager.ready and await manager.broker_reachable()
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
     async def metrics(_: Request) -> Response:

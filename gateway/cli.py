@@ -63,6 +63,12 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--channel", default=env_default("channel", defaults.channel))
     parser.add_argument("--partitions", type=int, default=int(env_default("partitions", "6") or 6))
+    parser.add_argument(
+        "--kafka-timeout-ms",
+        type=int,
+        default=int(env_default("kafka_timeout_ms", str(defaults.kafka_timeout_ms)) or 0),
+        help="how long a publish waits for Kafka before its ack reports an error",
+    )
     parser.add_argument("--cors-origins", default=env_default("cors_origins", "*"))
     parser.add_argument(
         "--max-payload-bytes",
@@ -95,6 +101,7 @@ def _serve(args: argparse.Namespace) -> int:
         kafka=args.kafka,
         channel=args.channel,
         partitions=args.partitions,
+        kafka_timeout_ms=args.kafka_timeout_ms,
         cors_origins=args.cors_origins,
         max_payload_bytes=args.max_payload_bytes,
         ws_compression=args.ws_compression,

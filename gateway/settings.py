@@ -20,6 +20,7 @@ class Settings:
     kafka: str | None = None
     channel: str = "socketio"
     partitions: int = 6
+    kafka_timeout_ms: int = 15000
     cors_origins: str = "*"
     max_payload_bytes: int = 1_000_000
     ws_compression: bool = False
@@ -33,6 +34,8 @@ class Settings:
             raise ValueError("channel must not be empty")
         if self.partitions < 1:
             raise ValueError("partitions must be >= 1")
+        if self.kafka_timeout_ms < 100:
+            raise ValueError("kafka_timeout_ms must be >= 100")
         if self.max_payload_bytes < 1024:
             raise ValueError("max_payload_bytes must be >= 1024")
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -252,6 +253,9 @@ async def test_poison_records_are_skipped_counted_and_delivery_goes_on(
     harness.external_records += len(poison)
     await harness.settle()
     assert [s["records_skipped"] for s in await harness.stats()] == [len(poison)] * 3
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(f"{harness.gateways[2].url}/metrics")).text
+    assert f"socketio_kafka_records_skipped_total {float(len(poison))}" in metrics
     await harness.control(0, "emit", event="alive", data=True, room="after-poison")
     assert await client.wait_for("alive", 1) == [True]
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -15,9 +18,12 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from socketio.async_manager import AsyncManager
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
-from . import codec
-from .errors import BrokerUnavailable, PublishError, RecordDecodeError
+from . import codec, offsets
+from .errors import BrokerUnavailable, ConfigError, PublishError, RecordDecodeError
+from .fanout import HoldBuffer, event_args, event_packets
 from .options import KafkaOptions, parse_kafka_urls
+from .replay import Bounds, ReplayRecord, read_range, topic_bounds
+from .sessions import EPOCH_KEY, NODE_PREFIX, Session, SessionTable, encode_session
 from .topics import TopicSpec, ensure_topic
 
 __all__ = ["AsyncKafkaManager", "ManagerStats"]
@@ -26,6 +32,8 @@ _FIRST_RETRY_S = 0.25
 _POLL_TIMEOUT_MS = 1000
 _BATCH_OVERHEAD_BYTES = 64 * 1024
 _PROBE_TIMEOUT_S = 2.0
+_HEARTBEAT_S = 5.0
+_EPOCH_WAIT_S = 5.0
 
 
 @dataclass(slots=True)
@@ -38,6 +46,7 @@ class ManagerStats:
     records_skipped: int = 0
     handler_errors: int = 0
     connect_failures: int = 0
+    session_records_skipped: int = 0
 
 
 class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-socketio is untyped
@@ -78,6 +87,20 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._partitions = 0
+        self._created_sessions = False
+        self._session_positions: dict[int, int] = {}
+        #: Next offset to consume, per partition: the watermark every delivery carries.
+        self.positions: list[int] = []
+        self.epoch = ""
+        self.sessions_topic = f"{channel}.sessions"
+        self.sessions = SessionTable()
+        #: Recovery window in seconds, once a recovering server has switched recovery on.
+        self.recovery_window: float | None = None
+        #: Sockets that asked for no offset argument (plain python-socketio clients).
+        self.plain_sids: set[str] = set()
+        self.holds = HoldBuffer()
+        self.on_rooms_changed: Callable[[str, str], None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
         self._consume_task: asyncio.Task[None] | None = None
         self._start_task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -89,6 +112,16 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
     def ready(self) -> bool:
         """True once the producer is connected and the consumer is positioned."""
         return self._ready.is_set()
+
+    def enable_recovery(self, window_s: float) -> None:
+        """Keep session state and offsets for connection state recovery (call before start)."""
+        retention = self.options.retention_ms
+        if retention != -1 and retention < window_s * 1000:
+            raise ConfigError(
+                f"retention_ms={retention} is shorter than the recovery window ({window_s}s): "
+                "events a client missed could be deleted before it returns"
+            )
+        self.recovery_window = window_s
 
     async def broker_reachable(self) -> bool:
         """Whether Kafka answers a metadata request within 2 s: for readiness probes."""
@@ -114,6 +147,8 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             await self._retry(self._connect, "connect")
             if not self.write_only:
                 self._consume_task = asyncio.create_task(self._consume_loop())
+            if self.recovery_window is not None:
+                self._heartbeat_task = asyncio.create_task(self._heartbeat())
             self._ready.set()
             self._get_logger().info(
                 "kafka manager ready on %s (%s)",
@@ -124,11 +159,11 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
     async def stop(self) -> None:
         """Stop consuming, flush what was produced, close every connection. Safe to call twice."""
         self._ready.clear()
-        for task in (self._start_task, self._consume_task):
+        for task in (self._start_task, self._consume_task, self._heartbeat_task):
             if task is not None and not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        self._start_task = self._consume_task = None
+        self._start_task = self._consume_task = self._heartbeat_task = None
         await self._close_clients()
 
     async def __aenter__(self) -> AsyncKafkaManager:
@@ -193,7 +228,6 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         await self._publish(message)
 
     async def _publish(self, data: codec.Message) -> None:
-        producer = await self._ready_producer()
         value = codec.encode(data)
         if len(value) > self.options.max_record_bytes:
             self.stats.publish_errors += 1
@@ -201,21 +235,31 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
                 f"record of {len(value)} bytes exceeds max_record_bytes="
                 f"{self.options.max_record_bytes}"
             )
+        try:
+            await self._produce(self.events_topic, codec.record_key(data), value)
+        except PublishError:
+            self.stats.publish_errors += 1
+            raise
+        self.stats.published += 1
+
+    async def _produce(self, topic: str, key: bytes, value: bytes | None) -> None:
+        await self._send(await self._ready_producer(), topic, key, value)
+
+    async def _send(
+        self, producer: AIOKafkaProducer, topic: str, key: bytes, value: bytes | None
+    ) -> None:
         timeout = self.options.request_timeout_ms / 1000
         try:
             # aiokafka retries a batch while the broker is away; the caller needs an answer.
             async with asyncio.timeout(timeout):
-                delivery = await producer.send(self.events_topic, value, key=codec.record_key(data))
+                delivery = await producer.send(topic, value, key=key)
                 await delivery
         except KafkaError as exc:
-            self.stats.publish_errors += 1
             raise PublishError(f"Kafka did not accept the record: {exc!r}") from exc
         except TimeoutError as exc:
-            self.stats.publish_errors += 1
             raise PublishError(
                 f"Kafka did not confirm the record within {timeout}s (it may still be written)"
             ) from exc
-        self.stats.published += 1
 
     async def _listen(self) -> Any:
         """Unused: records are consumed by `_consume_loop`, which knows their offsets."""
@@ -292,6 +336,16 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
                 self.options.max_record_bytes + _BATCH_OVERHEAD_BYTES,
             )
             self._partitions = (await ensure_topic(admin, spec)).partitions
+            if self.recovery_window is not None:
+                sessions = TopicSpec(
+                    self.sessions_topic,
+                    self.options.partitions,
+                    self.options.replication_factor,
+                    "compact",
+                    self.options.retention_ms,
+                    self.options.max_record_bytes + _BATCH_OVERHEAD_BYTES,
+                )
+                self._created_sessions = (await ensure_topic(admin, sessions)).created
         finally:
             await admin.close()
 
@@ -299,15 +353,46 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         consumer = AIOKafkaConsumer(**self.options.consumer_kwargs(self.bootstrap_servers))
         await consumer.start()
         try:
-            partitions = [TopicPartition(self.events_topic, p) for p in range(self._partitions)]
-            consumer.assign(partitions)
-            await consumer.seek_to_end(*partitions)
-            for tp in partitions:  # resolve the lazy seek now: readiness means positioned
-                await consumer.position(tp)
+            events = [TopicPartition(self.events_topic, p) for p in range(self._partitions)]
+            sessions = [TopicPartition(self.sessions_topic, p) for p in range(self._partitions)]
+            consumer.assign(events + sessions if self.recovery_window is not None else events)
+            await consumer.seek_to_end(*events)
+            # Resolve the lazy seek now: readiness means positioned.
+            self.positions = [await consumer.position(tp) for tp in events]
+            if self.recovery_window is not None:
+                await consumer.seek_to_beginning(*sessions)
+                await self._load_sessions(consumer, sessions)
         except BaseException:
             await consumer.stop()
             raise
         return consumer
+
+    async def _load_sessions(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
+        """Read the sessions topic to its end, and agree on the events topic's epoch."""
+        await self._read_sessions_to_end(consumer, tps)
+        if self.sessions.epoch is None and not self._created_sessions:
+            deadline = time.monotonic() + _EPOCH_WAIT_S  # the topic's creator writes it
+            while self.sessions.epoch is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                await self._read_sessions_to_end(consumer, tps)
+        if self.sessions.epoch is None:
+            epoch = uuid.uuid4().hex[:12]
+            assert self._producer is not None
+            value = json.dumps({"epoch": epoch}).encode()
+            await self._send(self._producer, self.sessions_topic, EPOCH_KEY, value)
+            await self._read_sessions_to_end(consumer, tps)
+        assert self.sessions.epoch is not None
+        self.epoch = self.sessions.epoch
+
+    async def _read_sessions_to_end(
+        self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]
+    ) -> None:
+        end = await consumer.end_offsets(tps)
+        while await _behind(consumer, end):
+            batches = await consumer.getmany(*tps, timeout_ms=_POLL_TIMEOUT_MS)
+            for records in batches.values():
+                for record in records:
+                    self._apply_session(record)
 
     async def _close_clients(self) -> None:
         consumer, producer = self._consumer, self._producer
@@ -330,11 +415,34 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
                 delay = min(delay * 2, self.options.retry_backoff_max_s)
                 continue
             delay = _FIRST_RETRY_S
-            for records in batches.values():
-                for record in records:
-                    await self._dispatch(record)
+            for tp, records in batches.items():
+                if tp.topic == self.sessions_topic:
+                    for record in records:
+                        self._apply_session(record)
+                else:
+                    for record in records:
+                        await self._dispatch(record)
+
+    def _apply_session(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        self._session_positions[record.partition] = record.offset + 1
+        try:
+            self.sessions.apply(record.key, record.value, record.timestamp)
+        except RecordDecodeError as exc:
+            self.stats.session_records_skipped += 1
+            self._get_logger().warning(
+                "skipping session record %s[%d]@%d: %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                exc,
+            )
+        if self.sessions.epoch is not None:
+            self.epoch = self.sessions.epoch
 
     async def _dispatch(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        # The watermark moves before delivery: a socket registered for recovery while
+        # this record is being delivered gets it from the replay, not live.
+        self.positions[record.partition] = record.offset + 1
         try:
             message = codec.decode(record.value)
         except RecordDecodeError as exc:
@@ -349,7 +457,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             return
         self.stats.records_consumed += 1
         try:
-            await self._handle(message)
+            await self._handle(message, record.partition, record.offset)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -362,10 +470,10 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
                 record.offset,
             )
 
-    async def _handle(self, message: codec.Message) -> None:
+    async def _handle(self, message: codec.Message, partition: int, offset: int) -> None:
         method = message["method"]
         if method == "emit":
-            await self._handle_emit(message)
+            await self._deliver(message, partition, offset)
         elif method == "callback":
             await self._handle_callback(message)
         elif message.get("host_id") == self.host_id:
@@ -378,3 +486,115 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             await self._handle_leave_room(message)
         elif method == "close_room":
             await self._handle_close_room(message)
+
+    async def _deliver(self, message: codec.Message, partition: int, offset: int) -> None:
+        if message.get("callback"):
+            await self._handle_emit(message)  # one packet per recipient: its own ack id
+            return
+        namespace = message["namespace"]
+        skip = message.get("skip_sid") or ()
+        skip = {skip} if isinstance(skip, str) else set(skip)
+        recipients = [
+            (sid, eio_sid)
+            for sid, eio_sid in self.get_participants(namespace, message.get("room"))
+            if sid not in skip
+        ]
+        if not recipients or self.server is None:
+            return
+        args = event_args(message)
+        event = message["event"]
+        recovering = self.recovery_window is not None
+        mark = offsets.encode(self.epoch, self.positions) if recovering else None
+        variants: dict[bool, list[Any]] = {}
+        for sid, eio_sid in recipients:
+            with_offset = recovering and sid not in self.plain_sids
+            packets = variants.get(with_offset)
+            if packets is None:
+                packets = variants[with_offset] = event_packets(
+                    self.server.packet_class, namespace, event, args, mark if with_offset else None
+                )
+            if not self.holds.add(eio_sid, partition, offset, packets):
+                await self.send_packets(eio_sid, packets)
+
+    async def send_packets(self, eio_sid: str, packets: list[Any]) -> None:
+        """Queue encoded packets on one socket; a socket gone meanwhile is not an error."""
+        try:
+            for pkt in packets:
+                await self.server._send_eio_packet(eio_sid, pkt)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._get_logger().debug("could not send to %s", eio_sid, exc_info=True)
+
+    # -- connection state recovery: what RecoveringAsyncServer builds on ----------------
+
+    def basic_enter_room(
+        self, sid: str, namespace: str, room: str | None, eio_sid: str | None = None
+    ) -> None:
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if self.on_rooms_changed is not None and room is not None and room != sid:
+            self.on_rooms_changed(sid, namespace)
+
+    def basic_leave_room(self, sid: str, namespace: str, room: str | None) -> None:
+        super().basic_leave_room(sid, namespace, room)
+        if self.on_rooms_changed is not None and room is not None and room != sid:
+            self.on_rooms_changed(sid, namespace)
+
+    async def write_session(self, session: Session) -> None:
+        await self._produce(self.sessions_topic, session.pid.encode(), encode_session(session))
+
+    async def end_session(self, pid: str) -> None:
+        await self._produce(self.sessions_topic, pid.encode(), None)
+
+    async def find_session(self, pid: str, wait: float = 3.0) -> Session | None:
+        """The session of ``pid``, reading the sessions topic up to now if it is not known yet."""
+        session = self.sessions.sessions.get(pid)
+        if session is not None or self._consumer is None:
+            return session
+        tps = [TopicPartition(self.sessions_topic, p) for p in range(self._partitions)]
+        end = await self._consumer.end_offsets(tps)
+        deadline = time.monotonic() + wait
+        while any(self._session_positions.get(tp.partition, 0) < end[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.01)
+        return self.sessions.sessions.get(pid)
+
+    def node_alive(self, host_id: str) -> bool:
+        return host_id == self.host_id or self.sessions.node_alive(host_id, 3 * _HEARTBEAT_S)
+
+    async def bounds(self) -> Bounds:
+        return await topic_bounds(self._replay_consumer, self.events_topic, self._partitions)
+
+    def replay(
+        self,
+        start: tuple[int, ...],
+        stop: tuple[int, ...],
+        batch: int,
+        wanted: Callable[[codec.Message], bool],
+    ) -> AsyncIterator[ReplayRecord]:
+        return read_range(self._replay_consumer, self.events_topic, start, stop, batch, wanted)
+
+    @property
+    def partitions(self) -> int:
+        return self._partitions
+
+    def _replay_consumer(self) -> AIOKafkaConsumer:
+        kwargs = self.options.consumer_kwargs(self.bootstrap_servers)
+        return AIOKafkaConsumer(**{**kwargs, "auto_offset_reset": "earliest"})
+
+    async def _heartbeat(self) -> None:
+        key = NODE_PREFIX + self.host_id.encode()
+        while True:
+            try:
+                await self._produce(self.sessions_topic, key, b"{}")
+            except PublishError as exc:
+                self._get_logger().warning("heartbeat not written: %s", exc)
+            await asyncio.sleep(_HEARTBEAT_S)
+
+
+async def _behind(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:
+    for tp, last in end.items():
+        if await consumer.position(tp) < last:
+            return True
+    return False

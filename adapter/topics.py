@@ -36,16 +36,17 @@ class TopicLayout:
     name: str
     partitions: int
     cleanup_policy: str
+    created: bool
 
 
 async def ensure_topic(admin: AIOKafkaAdminClient, spec: TopicSpec) -> TopicLayout:
     """Create ``spec.name`` if it does not exist, then check its layout against ``spec``."""
     # list_topics, not describe_topics: a metadata request naming a missing topic makes
     # brokers with auto.create.topics.enable create it with their default layout.
-    if spec.name not in await admin.list_topics():
-        await _create(admin, spec)
+    created = spec.name not in await admin.list_topics() and await _create(admin, spec)
     partitions = await _visible_partition_count(admin, spec.name)
-    layout = TopicLayout(spec.name, partitions, await _cleanup_policy(admin, spec.name))
+    policy = await _cleanup_policy(admin, spec.name)
+    layout = TopicLayout(spec.name, partitions, policy, created)
     _check(spec, layout)
     return layout
 
@@ -65,7 +66,8 @@ def _check(spec: TopicSpec, layout: TopicLayout) -> None:
         )
 
 
-async def _create(admin: AIOKafkaAdminClient, spec: TopicSpec) -> None:
+async def _create(admin: AIOKafkaAdminClient, spec: TopicSpec) -> bool:
+    """Create the topic; False if another client created it first."""
     configs = {
         "cleanup.policy": spec.cleanup_policy,
         "max.message.bytes": str(spec.max_message_bytes),
@@ -76,8 +78,11 @@ async def _create(admin: AIOKafkaAdminClient, spec: TopicSpec) -> None:
     response = await admin.create_topics([topic])
     for entry in response.to_object()["topic_errors"]:
         error = for_code(entry["error_code"])
-        if entry["error_code"] and error is not TopicAlreadyExistsError:
+        if error is TopicAlreadyExistsError:
+            return False
+        if entry["error_code"]:
             raise TopicLayoutError(f"cannot create topic {spec.name!r}: {error.__name__}")
+    return True
 
 
 async def _visible_partition_count(admin: AIOKafkaAdminClient, name: str) -> int:

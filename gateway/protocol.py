@@ -56,7 +56,11 @@ async def _reply(action: Any) -> Reply:
 async def _enter(
     sio: socketio.AsyncServer, sid: str, namespace: str, args: tuple[Any, ...]
 ) -> None:
-    await sio.enter_room(sid, _room(_payload(args)), namespace=namespace)
+    room = _room(_payload(args))
+    try:
+        await sio.enter_room(sid, room, namespace=namespace)
+    except ValueError as exc:  # python-socketio refuses to let a socket enter another's sid room
+        raise _BadRequest(str(exc)) from exc
 
 
 async def _leave(

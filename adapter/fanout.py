@@ -1,0 +1,74 @@
+"""Fan-out of one consumed emit to this node's sockets.
+
+A packet is encoded once per variant (with the offset argument, and without it for
+sockets that opted out of recovery) and queued on each socket in turn: no task per
+recipient. Sockets being recovered get their live packets held until their replay is
+done, so nothing overtakes the replay and nothing is delivered twice at the seam.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from engineio import packet as eio_packet
+from socketio import packet
+from socketio.packet import Packet
+
+from .codec import Message
+
+__all__ = ["HoldBuffer", "event_args", "event_packets"]
+
+Send = Callable[[str, list[Any]], Awaitable[None]]
+
+
+def event_args(message: Message) -> list[Any]:
+    """The emit's arguments as a list, binary attachments put back in place."""
+    data: list[Any] = message["data"]
+    if message.get("binary"):
+        attachments = [base64.b64decode(a) for a in data[1:]]
+        data = Packet.reconstruct_binary(data[0], attachments)
+    if data == [None]:  # python-socketio sends emit(event, None) with no argument
+        return []
+    return data
+
+
+def event_packets(
+    packet_class: type[Packet], namespace: str, event: str, args: list[Any], offset: str | None
+) -> list[Any]:
+    """The Engine.IO packets of one EVENT, the offset (if any) appended as the last argument."""
+    data = [event, *args] if offset is None else [event, *args, offset]
+    encoded = packet_class(packet.EVENT, namespace=namespace, data=data).encode()
+    parts = encoded if isinstance(encoded, list) else [encoded]
+    return [eio_packet.Packet(eio_packet.MESSAGE, part) for part in parts]
+
+
+class HoldBuffer:
+    """Live packets of sockets under recovery, with the record position each came from."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, list[tuple[int, int, list[Any]]]] = {}
+
+    def hold(self, eio_sid: str) -> None:
+        self._held[eio_sid] = []
+
+    def add(self, eio_sid: str, partition: int, offset: int, packets: list[Any]) -> bool:
+        """Keep ``packets`` if ``eio_sid`` is held; return whether it was."""
+        held = self._held.get(eio_sid)
+        if held is None:
+            return False
+        held.append((partition, offset, packets))
+        return True
+
+    async def release(self, eio_sid: str, replayed_up_to: tuple[int, ...], send: Send) -> None:
+        """Send what was held, minus what the replay already covered, then stop holding."""
+        while held := self._held.get(eio_sid):
+            self._held[eio_sid] = []
+            for partition, offset, packets in held:
+                if offset >= replayed_up_to[partition]:
+                    await send(eio_sid, packets)
+        self._held.pop(eio_sid, None)
+
+    def drop(self, eio_sid: str) -> None:
+        self._held.pop(eio_sid, None)

@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+from .client import AsyncRecoveringClient
 from .errors import (
     BrokerUnavailable,
     ConfigError,
@@ -21,16 +22,22 @@ from .errors import (
     TopicLayoutError,
 )
 from .manager import AsyncKafkaManager, ManagerStats
+from .offsets import OffsetError
 from .options import KafkaOptions
+from .recovery import RecoveringAsyncServer, RecoveryOptions
 
 __all__ = [
     "AsyncKafkaManager",
+    "AsyncRecoveringClient",
     "BrokerUnavailable",
     "ConfigError",
     "KafkaOptions",
     "ManagerStats",
+    "OffsetError",
     "PublishError",
     "RecordDecodeError",
+    "RecoveringAsyncServer",
+    "RecoveryOptions",
     "SocketIOKafkaError",
     "TopicLayoutError",
 ]

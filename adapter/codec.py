@@ -48,7 +48,7 @@ _REQUIRED: dict[str, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
 _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "namespace": str,
     "host_id": str,
-    "room": (str, type(None)),
+    "room": (str, list, type(None)),
     "binary": bool,
     "skip_sid": (str, list, type(None)),
     "callback": (list, type(None)),
@@ -88,6 +88,8 @@ def record_key(message: Message) -> bytes:
     """Partitioning key: the namespace, plus the room or sid the operation targets."""
     namespace = message.get("namespace") or "/"
     target = message.get(_TARGET_FIELD.get(message["method"], "room"))
+    if isinstance(target, list):  # an emit to several rooms: ordered with the first one
+        target = target[0] if target else None
     return (namespace if target is None else f"{namespace}#{target}").encode()
 
 

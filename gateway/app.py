@@ -18,8 +18,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions
+from socketio_kafka.adapter.recovery import RecoveringAsyncServer, RecoveryOptions
 
 from . import protocol
+from .brokers import RedisManager, redis_registry
 from .metrics import node_registry
 from .settings import Settings
 
@@ -28,6 +30,7 @@ __all__ = ["Node", "create_app", "load_extension"]
 logger = logging.getLogger("socketio_kafka.gateway")
 
 Extension = Callable[[socketio.AsyncServer], None]
+Manager = AsyncKafkaManager | RedisManager
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,26 +38,42 @@ class Node:
     """What `create_app` builds, for apps and tests that add their own handlers."""
 
     sio: socketio.AsyncServer
-    manager: AsyncKafkaManager
+    manager: Manager
     settings: Settings
 
 
-def create_app(settings: Settings, kafka_url: str) -> Starlette:
-    """Build a gateway node on Kafka at ``kafka_url``; ``app.state.node`` holds its parts."""
-    manager = AsyncKafkaManager(
-        kafka_url,
-        channel=settings.channel,
-        logger=logging.getLogger("socketio_kafka.adapter"),
-        options=KafkaOptions(
-            partitions=settings.partitions,
-            request_timeout_ms=settings.kafka_timeout_ms,
-            # Whatever a client may send fits a record, binary parts base64-encoded included.
-            max_record_bytes=settings.max_payload_bytes * 4 // 3 + 64 * 1024,
-        ),
-    )
-    sio = socketio.AsyncServer(
+def create_app(settings: Settings, kafka_url: str | None = None) -> Starlette:
+    """Build a gateway node on Kafka at ``kafka_url`` (default: ``settings.kafka``).
+
+    With ``settings.adapter == "redis"`` the node runs on python-socketio's Redis manager at
+    ``settings.redis_url`` instead, for comparisons. ``app.state.node`` holds its parts.
+    """
+    manager: Manager
+    if settings.adapter == "redis":
+        manager = RedisManager(
+            _required(settings.redis_url, "redis_url"),
+            channel=settings.channel,
+            logger=logging.getLogger("socketio_kafka.adapter"),
+        )
+    else:
+        manager = AsyncKafkaManager(
+            _required(kafka_url or settings.kafka, "kafka_url"),
+            channel=settings.channel,
+            logger=logging.getLogger("socketio_kafka.adapter"),
+            options=KafkaOptions(
+                partitions=settings.partitions,
+                request_timeout_ms=settings.kafka_timeout_ms,
+                # Whatever a client may send fits a record, binary parts base64-encoded included.
+                max_record_bytes=settings.max_payload_bytes * 4 // 3 + 64 * 1024,
+            ),
+        )
+    # Redis pub/sub keeps no events to replay: a node on it never recovers a session.
+    recovering = settings.recovery and isinstance(manager, AsyncKafkaManager)
+    recovery = RecoveryOptions(settings.recovery_window) if recovering else None
+    sio = RecoveringAsyncServer(
         async_mode="asgi",
         client_manager=manager,
+        connection_state_recovery=recovery,
         cors_allowed_origins=settings.cors_allowed_origins,
         max_http_buffer_size=settings.max_payload_bytes,
     )
@@ -62,7 +81,11 @@ def create_app(settings: Settings, kafka_url: str) -> Starlette:
     if settings.extension:
         load_extension(settings.extension)(sio)
     node = Node(sio, manager, settings)
-    registry = node_registry(sio, manager)
+    registry = (
+        node_registry(sio, manager)
+        if isinstance(manager, AsyncKafkaManager)
+        else redis_registry(manager)
+    )
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -81,7 +104,7 @@ def create_app(settings: Settings, kafka_url: str) -> Starlette:
             Route("/metrics", metrics),
             Mount("/socket.io", socketio.ASGIApp(sio, socketio_path="")),
         ],
-        lifespan=_lifespan(manager),
+        lifespan=_lifespan(sio, manager),
     )
     app.state.node = node
     return app
@@ -98,7 +121,7 @@ def load_extension(spec: str) -> Extension:
     return function  # type: ignore[no-any-return]
 
 
-def _lifespan(manager: AsyncKafkaManager) -> Callable[[Starlette], Any]:
+def _lifespan(sio: socketio.AsyncServer, manager: Manager) -> Callable[[Starlette], Any]:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         # Start in the background: /healthz answers at once, /readyz once Kafka does.
@@ -108,15 +131,24 @@ def _lifespan(manager: AsyncKafkaManager) -> Callable[[Starlette], Any]:
         finally:
             starting.cancel()
             await asyncio.gather(starting, return_exceptions=True)
+            # Close every client (they reconnect elsewhere, their sessions kept for
+            # recovery), then flush what was produced.
+            await sio.shutdown()
             await manager.stop()
 
     return lifespan
 
 
-async def _start(manager: AsyncKafkaManager) -> None:
+async def _start(manager: Manager) -> None:
     try:
         await manager.start()
     except asyncio.CancelledError:
         raise
     except Exception:
-        logger.exception("the Kafka manager cannot start; this node stays unready")
+        logger.exception("the %s manager cannot start; this node stays unready", manager.name)
+
+
+def _required(url: str | None, name: str) -> str:
+    if not url:
+        raise ValueError(f"the node's {name} is not set")
+    return url

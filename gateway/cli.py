@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .settings import Settings, env_default
+from .settings import ADAPTERS, Settings, env_default
 
 if TYPE_CHECKING:
     from .local_kafka import LocalKafka
@@ -61,6 +62,18 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         default=env_default("kafka", None),
         help="kafka://host:port[,host:port]; default: the local broker of 'socketio-kafka kafka'",
     )
+    parser.add_argument(
+        "--adapter",
+        choices=ADAPTERS,
+        default=env_default("adapter", defaults.adapter),
+        help="the client manager: kafka (ours) or redis (python-socketio's AsyncRedisManager)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=env_default("redis_url", None),
+        help="redis://host:port/db for --adapter redis; default: the local redis of"
+        " 'socketio-kafka redis'",
+    )
     parser.add_argument("--channel", default=env_default("channel", defaults.channel))
     parser.add_argument("--partitions", type=int, default=int(env_default("partitions", "6") or 6))
     parser.add_argument(
@@ -86,6 +99,18 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         default=env_default("extension", None),
         help="module:function called with the AsyncServer to add handlers",
     )
+    parser.add_argument(
+        "--recovery",
+        action=argparse.BooleanOptionalAction,
+        default=env_default("recovery", "1") in ("1", "true", "yes"),
+        help="connection state recovery over Kafka offsets (default on)",
+    )
+    parser.add_argument(
+        "--recovery-window",
+        type=float,
+        default=float(env_default("recovery_window", str(defaults.recovery_window)) or 0),
+        help="seconds a disconnected client's session is kept",
+    )
     parser.add_argument("--log-level", default=env_default("log_level", defaults.log_level))
     parser.set_defaults(run=_serve)
 
@@ -99,6 +124,8 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         kafka=args.kafka,
+        adapter=args.adapter,
+        redis_url=args.redis_url,
         channel=args.channel,
         partitions=args.partitions,
         kafka_timeout_ms=args.kafka_timeout_ms,
@@ -106,14 +133,22 @@ def _serve(args: argparse.Namespace) -> int:
         max_payload_bytes=args.max_payload_bytes,
         ws_compression=args.ws_compression,
         extension=args.extension,
+        recovery=args.recovery,
+        recovery_window=args.recovery_window,
         log_level=args.log_level,
     )
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    kafka_url = settings.kafka or f"kafka://{_service('kafka', None, None).start()}"
+    if settings.adapter == "redis":
+        redis_url = settings.redis_url or _service("redis", None, None).start()
+        app = create_app(dataclasses.replace(settings, redis_url=redis_url))
+    else:
+        app = create_app(
+            settings, settings.kafka or f"kafka://{_service('kafka', None, None).start()}"
+        )
     uvicorn.run(
-        create_app(settings, kafka_url),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

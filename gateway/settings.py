@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal, get_args
 
-__all__ = ["ENV_PREFIX", "Settings", "env_default"]
+__all__ = ["ADAPTERS", "ENV_PREFIX", "Adapter", "Settings", "env_default"]
 
 ENV_PREFIX = "SOCKETIO_KAFKA_"
+
+Adapter = Literal["kafka", "redis"]
+ADAPTERS: tuple[Adapter, ...] = get_args(Adapter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +22,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     kafka: str | None = None
+    # "redis": python-socketio's AsyncRedisManager instead of ours, for comparisons.
+    adapter: Adapter = "kafka"
+    redis_url: str | None = None
     channel: str = "socketio"
     partitions: int = 6
     kafka_timeout_ms: int = 15000
@@ -25,15 +32,21 @@ class Settings:
     max_payload_bytes: int = 1_000_000
     ws_compression: bool = False
     extension: str | None = None
+    recovery: bool = True
+    recovery_window: float = 120.0
     log_level: str = "info"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
             raise ValueError(f"port out of range: {self.port}")
+        if self.adapter not in ADAPTERS:
+            raise ValueError(f"adapter must be one of {', '.join(ADAPTERS)}, not {self.adapter!r}")
         if not self.channel:
             raise ValueError("channel must not be empty")
         if self.partitions < 1:
             raise ValueError("partitions must be >= 1")
+        if self.recovery_window <= 0:
+            raise ValueError("recovery_window must be > 0")
         if self.kafka_timeout_ms < 100:
             raise ValueError("kafka_timeout_ms must be >= 100")
         if self.max_payload_bytes < 1024:

@@ -8,12 +8,16 @@ import socketio_kafka.adapter as adapter
 def test_adapter_exports() -> None:
     assert sorted(adapter.__all__) == [
         "AsyncKafkaManager",
+        "AsyncRecoveringClient",
         "BrokerUnavailable",
         "ConfigError",
         "KafkaOptions",
         "ManagerStats",
+        "OffsetError",
         "PublishError",
         "RecordDecodeError",
+        "RecoveringAsyncServer",
+        "RecoveryOptions",
         "SocketIOKafkaError",
         "TopicLayoutError",
     ]

@@ -27,7 +27,13 @@ class Recorder:
         return self.call_replies.get(event)
 
     async def connect(self) -> Recorder:
-        await self.client.connect(self.url, namespaces=self.namespaces, transports=["websocket"])
+        # A plain python-socketio client opts out of the offset argument recovery appends.
+        await self.client.connect(
+            self.url,
+            namespaces=self.namespaces,
+            transports=["websocket"],
+            auth={"recovery": False},
+        )
         return self
 
     def sid(self, namespace: str = "/") -> str:

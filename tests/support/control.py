@@ -21,6 +21,12 @@ def install(sio: socketio.AsyncServer) -> None:
     sio.namespaces = [*sio.namespaces, CONTROL, OTHER]
     protocol.register(sio, OTHER)
     manager = sio.manager
+    connects: list[str] = []
+
+    async def on_connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        connects.append(sid)
+
+    sio.on("connect", on_connect)
 
     async def emit(_: str, req: dict[str, Any]) -> dict[str, Any]:
         await sio.emit(
@@ -34,7 +40,7 @@ def install(sio: socketio.AsyncServer) -> None:
 
     async def burst(_: str, req: dict[str, Any]) -> dict[str, Any]:
         for seq in range(req["count"]):
-            await sio.emit(req["event"], {"tag": req["tag"], "seq": seq}, to=req["room"])
+            await sio.emit(req["event"], {"tag": req["tag"], "seq": seq}, to=req.get("room"))
         return {"ok": True}
 
     async def call(_: str, req: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +76,10 @@ def install(sio: socketio.AsyncServer) -> None:
         return {"ok": True, "rooms": sorted(sio.rooms(req["sid"], namespace=namespace))}
 
     async def stats(_: str, *__: Any) -> dict[str, Any]:
-        return {"ok": True, **dataclasses.asdict(manager.stats)}
+        return {"ok": True, "connects": connects, **dataclasses.asdict(manager.stats)}
+
+    async def recovered(_: str, req: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "recovered": sio.is_recovered(req["sid"])}
 
     for handler in (
         emit,
@@ -82,5 +91,6 @@ def install(sio: socketio.AsyncServer) -> None:
         disconnect,
         rooms,
         stats,
+        recovered,
     ):
         sio.on(handler.__name__, handler, namespace=CONTROL)

@@ -27,7 +27,9 @@ class Harness:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await asyncio.gather(*(c.close() for c in [*self.clients, *self.controls]))
+        await asyncio.gather(
+            *(c.close() for c in [*self.clients, *self.controls]), return_exceptions=True
+        )
 
     async def client(self, node: int, namespaces: list[str] | None = None) -> Recorder:
         recorder = await Recorder(self.gateways[node].url, namespaces).connect()
@@ -45,10 +47,13 @@ class Harness:
         assert reply.get("ok"), f"control {op} on node {node} failed: {reply}"
         return reply
 
+    def live_nodes(self) -> list[int]:
+        return [n for n, g in enumerate(self.gateways) if g.process and g.process.poll() is None]
+
     async def stats(self) -> list[dict[str, Any]]:
-        return list(
-            await asyncio.gather(*(self.control(n, "stats") for n in range(len(self.gateways))))
-        )
+        """Counters of every node still running."""
+        nodes = self.live_nodes()
+        return list(await asyncio.gather(*(self.control(n, "stats") for n in nodes)))
 
     async def settle(self, timeout: float = 30) -> None:
         """Wait until every node has consumed every record produced so far."""

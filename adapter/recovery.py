@@ -1,0 +1,425 @@
+"""Socket.IO connection state recovery over Kafka offsets, for python-socketio servers.
+
+The protocol is socket.io's own (v4.6+), so the official JS client recovers unmodified:
+the CONNECT reply carries a private session id (``pid``); every event packet to the
+client carries an offset string as its last argument; a reconnecting client sends
+``{"pid", "offset"}`` in its CONNECT auth and, if its session is recoverable, gets its
+sid, rooms and data back, every event it missed, and the same ``pid`` (which is how the
+client knows it was recovered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import socketio
+from engineio.base_server import BaseServer as EngineIOBaseServer
+from socketio import packet
+from socketio.base_manager import BaseManager
+
+from . import codec, offsets
+from .errors import ConfigError, PublishError
+from .fanout import event_args, event_packets
+from .manager import AsyncKafkaManager
+from .sessions import Session
+
+__all__ = ["OPT_OUT_KEY", "RecoveringAsyncServer", "RecoveryOptions"]
+
+logger = logging.getLogger("socketio_kafka.recovery")
+
+#: ``{"recovery": false}`` in the CONNECT auth: no pid, no offset argument on events.
+OPT_OUT_KEY = "recovery"
+_REASON = EngineIOBaseServer.reason
+#: Disconnects after which a session is kept: the client did not mean to leave.
+_KEEP = frozenset(
+    {
+        _REASON.PING_TIMEOUT,
+        _REASON.TRANSPORT_CLOSE,
+        _REASON.TRANSPORT_ERROR,
+        _REASON.SERVER_DISCONNECT,
+    }
+)
+_MAX_PID_LENGTH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryOptions:
+    """Connection state recovery settings (Node's ``connectionStateRecovery``).
+
+    ``skip_middlewares``: a recovered socket skips the ``connect`` handler, as in Node.
+    """
+
+    max_disconnection_duration: float = 120.0
+    skip_middlewares: bool = True
+    replay_batch: int = 500
+    replay_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_disconnection_duration <= 0:
+            raise ConfigError("max_disconnection_duration must be > 0")
+        if self.replay_batch < 1 or self.replay_timeout <= 0:
+            raise ConfigError("replay_batch and replay_timeout must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """What a client's CONNECT auth says about recovery, and the app's own auth without it."""
+
+    auth: Any
+    pid: str | None
+    offset: Any
+    opt_out: bool
+
+    @classmethod
+    def parse(cls, data: Any) -> _Claim:
+        if not isinstance(data, dict):
+            return cls(data, None, None, False)
+        auth = {k: v for k, v in data.items() if k not in ("pid", "offset", OPT_OUT_KEY)}
+        pid = data.get("pid")
+        if not isinstance(pid, str) or not 0 < len(pid) <= _MAX_PID_LENGTH:
+            pid = None
+        return cls(auth or None, pid, data.get("offset"), data.get(OPT_OUT_KEY) is False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Live:
+    """A connected socket's recoverable session."""
+
+    pid: str
+    start: tuple[int, ...]
+    epoch: str
+
+
+class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # untyped base
+    """A python-socketio `AsyncServer` with connection state recovery on the Kafka manager.
+
+    Example::
+
+        mgr = AsyncKafkaManager("kafka://localhost:9092", channel="chat")
+        sio = RecoveringAsyncServer(
+            client_manager=mgr,
+            async_mode="asgi",
+            connection_state_recovery={"max_disconnection_duration": 120},
+        )
+
+    Without ``connection_state_recovery`` it behaves as python-socketio's `AsyncServer`.
+    """
+
+    def __init__(
+        self,
+        client_manager: AsyncKafkaManager,
+        *,
+        connection_state_recovery: RecoveryOptions | Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(client_manager=client_manager, **kwargs)
+        options = connection_state_recovery
+        if isinstance(options, Mapping):
+            options = RecoveryOptions(**options)
+        self.recovery: RecoveryOptions | None = options
+        self._live: dict[tuple[str, str], _Live] = {}
+        self._connecting: dict[tuple[str, str], str | None] = {}
+        self._recovered: set[tuple[str, str]] = set()
+        self._dirty: set[tuple[str, str]] = set()
+        self._writer: asyncio.Task[None] | None = None
+        if options is not None:
+            client_manager.enable_recovery(options.max_disconnection_duration)
+            client_manager.on_rooms_changed = self._rooms_changed
+
+    @property
+    def kafka(self) -> AsyncKafkaManager:
+        manager: AsyncKafkaManager = self.manager
+        return manager
+
+    def is_recovered(self, sid: str, namespace: str = "/") -> bool:
+        """Whether this socket's connection is a recovered session."""
+        return (sid, namespace) in self._recovered
+
+    # -- python-socketio overrides -------------------------------------------------------
+
+    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        namespace = namespace or "/"
+        if self.recovery is None:
+            await super()._handle_connect(eio_sid, namespace, data)
+            return
+        claim = _Claim.parse(data)
+        wants_recovery = claim.pid is not None and not claim.opt_out
+        if wants_recovery and await self._restore(eio_sid, namespace, claim):
+            return
+        key = (eio_sid, namespace)
+        self._connecting[key] = None if claim.opt_out else uuid.uuid4().hex
+        try:
+            await super()._handle_connect(eio_sid, namespace, claim.auth)
+        finally:
+            self._connecting.pop(key, None)
+
+    async def _send_packet(self, eio_sid: str, pkt: packet.Packet) -> None:
+        if pkt.packet_type == packet.CONNECT and isinstance(pkt.data, dict):
+            await self._on_connect_reply(eio_sid, pkt.namespace or "/", pkt.data)
+        await super()._send_packet(eio_sid, pkt)
+
+    async def _handle_disconnect(
+        self, eio_sid: str, namespace: str | None, reason: str | None = None
+    ) -> None:
+        namespace = namespace or "/"
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        snapshot = await self._snapshot(sid, namespace) if sid else None
+        await super()._handle_disconnect(eio_sid, namespace, reason)
+        self.kafka.holds.drop(eio_sid)
+        if snapshot is not None:
+            await self._end(sid, namespace, snapshot if reason in _KEEP else None)
+
+    async def disconnect(
+        self, sid: str, namespace: str | None = None, ignore_queue: bool = False
+    ) -> None:
+        namespace = namespace or "/"
+        local = self.manager.is_connected(sid, namespace)
+        await super().disconnect(sid, namespace, ignore_queue=ignore_queue)
+        if local and not self.manager.is_connected(sid, namespace):
+            await self._end(sid, namespace, None)  # the server meant it: nothing to recover
+
+    async def save_session(self, sid: str, session: Any, namespace: str | None = None) -> None:
+        await super().save_session(sid, session, namespace=namespace)
+        self._rooms_changed(sid, namespace or "/")
+
+    # -- fresh sessions ------------------------------------------------------------------
+
+    async def _on_connect_reply(self, eio_sid: str, namespace: str, data: dict[str, Any]) -> None:
+        key = (eio_sid, namespace)
+        if key not in self._connecting or "sid" not in data:
+            return
+        pid, sid = self._connecting[key], data["sid"]
+        if pid is None:
+            self.kafka.plain_sids.add(sid)
+            return
+        data["pid"] = pid
+        manager = self.kafka
+        self._live[(sid, namespace)] = _Live(pid, tuple(manager.positions), manager.epoch)
+        await self._write(sid, namespace)
+
+    # -- recovery ------------------------------------------------------------------------
+
+    async def _restore(self, eio_sid: str, namespace: str, claim: _Claim) -> bool:
+        """Recover the claimed session onto this connection; False to start a fresh one."""
+        assert claim.pid is not None
+        assert self.recovery is not None
+        manager = self.kafka
+        session = await manager.find_session(claim.pid)
+        start = await self._replay_start(session, namespace, claim)
+        if session is None or start is None:
+            return False
+        sid = session.sid
+        if manager.is_connected(sid, namespace):
+            return False  # restored meanwhile by a concurrent claim: a session is restored once
+        # From here to the hold, nothing awaits: no live record can slip between the
+        # watermark taken as the replay's end and the socket's registration in its rooms.
+        BaseManager.basic_enter_room(manager, sid, namespace, None, eio_sid=eio_sid)
+        BaseManager.basic_enter_room(manager, sid, namespace, sid, eio_sid=eio_sid)
+        for room in session.rooms:
+            if not manager.is_sid_room(namespace, room):
+                BaseManager.basic_enter_room(manager, sid, namespace, room)
+        manager.holds.hold(eio_sid)
+        stop = tuple(manager.positions)
+        self._live[(sid, namespace)] = _Live(session.pid, session.start, session.epoch)
+        self._recovered.add((sid, namespace))
+        if not self.recovery.skip_middlewares and not await self._admitted(
+            eio_sid, sid, namespace, claim
+        ):
+            return True
+        try:
+            async with asyncio.timeout(self.recovery.replay_timeout):
+                await super().save_session(sid, session.data or {}, namespace=namespace)
+                await self._write(sid, namespace)
+                missed = await self._replay(eio_sid, namespace, session, start, stop)
+            await super()._send_packet(
+                eio_sid,
+                self.packet_class(
+                    packet.CONNECT, {"sid": sid, "pid": session.pid}, namespace=namespace
+                ),
+            )
+            await manager.holds.release(eio_sid, stop, manager.send_packets)
+        except Exception:
+            logger.exception("recovery of sid %s failed; closing the connection", sid)
+            manager.holds.drop(eio_sid)
+            await self.eio.disconnect(eio_sid)
+            return True
+        logger.info("recovered sid %s [%s]: %d missed events replayed", sid, namespace, missed)
+        return True
+
+    async def _admitted(self, eio_sid: str, sid: str, namespace: str, claim: _Claim) -> bool:
+        """Run the app's connect handler for a recovered socket; refuse it as a fresh one."""
+        fail_reason: Any = {"message": "Connection refused by server"}
+        try:
+            success = await self._trigger_event(
+                "connect", namespace, sid, self.environ.get(eio_sid, {}), claim.auth
+            )
+        except socketio.exceptions.ConnectionRefusedError as exc:
+            fail_reason, success = exc.error_args, False
+        if success is not False:
+            return True
+        self.kafka.holds.drop(eio_sid)
+        self._live.pop((sid, namespace), None)
+        self._recovered.discard((sid, namespace))
+        self.manager.basic_disconnect(sid, namespace)
+        await super()._send_packet(
+            eio_sid, self.packet_class(packet.CONNECT_ERROR, data=fail_reason, namespace=namespace)
+        )
+        return False
+
+    async def _replay_start(
+        self, session: Session | None, namespace: str, claim: _Claim
+    ) -> tuple[int, ...] | None:
+        """Where the replay begins, or None (and why, logged) when it cannot be whole."""
+        manager = self.kafka
+        refusal = self._refusal(session, namespace)
+        if refusal is None:
+            assert session is not None
+            try:
+                start = session.start
+                if claim.offset is not None:
+                    claimed = offsets.decode(claim.offset, manager.epoch, manager.partitions)
+                    start = tuple(map(max, claimed.offsets, session.start))
+            except offsets.OffsetError as exc:
+                refusal = f"bad offset: {exc}"
+            else:
+                bounds = await manager.bounds()
+                if any(s < b for s, b in zip(start, bounds.beginning, strict=True)):
+                    refusal = "missed events were already deleted by retention"
+                elif any(s > e for s, e in zip(start, bounds.end, strict=True)):
+                    refusal = "offset past the end of the topic"
+                else:
+                    return start
+        logger.info("no recovery for pid %.8s…: %s; new session", claim.pid, refusal)
+        return None
+
+    def _refusal(self, session: Session | None, namespace: str) -> str | None:
+        assert self.recovery is not None
+        manager = self.kafka
+        if session is None or session.namespace != namespace:
+            return "unknown session"
+        if session.epoch != manager.epoch:
+            return "the events topic has changed since (epoch)"
+        if manager.is_connected(session.sid, namespace):
+            return "its sid is connected here"
+        window = self.recovery.max_disconnection_duration
+        if session.disconnected_at is None:
+            if manager.node_alive(session.owner):
+                return "the session is still connected on another node"
+            last_seen = manager.sessions.heartbeats.get(session.owner, 0.0)
+            if time.time() - last_seen > window + 15:
+                return "expired"
+        elif time.time() - session.disconnected_at > window:
+            return "expired"
+        return None
+
+    async def _replay(
+        self,
+        eio_sid: str,
+        namespace: str,
+        session: Session,
+        start: tuple[int, ...],
+        stop: tuple[int, ...],
+    ) -> int:
+        assert self.recovery is not None
+        manager = self.kafka
+        rooms = {*session.rooms, session.sid}
+
+        def wanted(message: codec.Message) -> bool:
+            return _addressed_to(message, namespace, session.sid, rooms)
+
+        position = list(start)
+        count = 0
+        async for record in manager.replay(start, stop, self.recovery.replay_batch, wanted):
+            position[record.partition] = record.offset + 1
+            message = record.message
+            mark = offsets.encode(manager.epoch, position)
+            packets = event_packets(
+                self.packet_class, namespace, message["event"], event_args(message), mark
+            )
+            await manager.send_packets(eio_sid, packets)
+            count += 1
+        return count
+
+    # -- session records -----------------------------------------------------------------
+
+    def _rooms_changed(self, sid: str, namespace: str) -> None:
+        if (sid, namespace) not in self._live:
+            return
+        self._dirty.add((sid, namespace))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_dirty())
+
+    async def _write_dirty(self) -> None:
+        while self._dirty:
+            sid, namespace = self._dirty.pop()
+            await self._write(sid, namespace)
+
+    async def _write(self, sid: str, namespace: str) -> None:
+        live = self._live.get((sid, namespace))
+        if live is None:
+            return
+        snapshot = await self._snapshot(sid, namespace)
+        if snapshot is None:
+            return
+        await self._store(snapshot)
+
+    async def _snapshot(self, sid: str, namespace: str) -> Session | None:
+        live = self._live.get((sid, namespace))
+        if live is None or not self.manager.is_connected(sid, namespace):
+            return None
+        rooms = tuple(r for r in self.manager.get_rooms(sid, namespace) if r != sid)
+        data = _jsonable(await self.get_session(sid, namespace=namespace))
+        manager = self.kafka
+        return Session(
+            live.pid, sid, namespace, rooms, data, live.start, live.epoch, manager.host_id
+        )
+
+    async def _end(self, sid: str, namespace: str, kept: Session | None) -> None:
+        """Forget a socket's session here; keep it in Kafka (disconnected) or end it there."""
+        live = self._live.pop((sid, namespace), None)
+        self._recovered.discard((sid, namespace))
+        self._dirty.discard((sid, namespace))
+        self.kafka.plain_sids.discard(sid)
+        if live is None:
+            return
+        if kept is not None:
+            await self._store(replace(kept, disconnected_at=time.time()))
+        else:
+            try:
+                await self.kafka.end_session(live.pid)
+            except PublishError as exc:
+                logger.warning("session %.8s… not ended in Kafka: %s", live.pid, exc)
+
+    async def _store(self, session: Session) -> None:
+        try:
+            await self.kafka.write_session(session)
+        except PublishError as exc:
+            logger.warning("session of sid %s not saved; it cannot recover: %s", session.sid, exc)
+
+
+def _addressed_to(message: codec.Message, namespace: str, sid: str, rooms: set[str]) -> bool:
+    if message.get("namespace", "/") != namespace or message.get("callback"):
+        return False
+    skip = message.get("skip_sid") or ()
+    if sid == skip or (isinstance(skip, list) and sid in skip):
+        return False
+    room = message.get("room")
+    if room is None:
+        return True
+    return bool(rooms.intersection(room)) if isinstance(room, list) else room in rooms
+
+
+def _jsonable(data: Any) -> Any:
+    try:
+        json.dumps(data)
+    except (TypeError, ValueError):
+        logger.warning("session data is not JSON-serializable; it will not be recovered")
+        return None
+    return data

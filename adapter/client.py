@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import socketio
 from socketio import packet
 
 __all__ = ["AsyncRecoveringClient"]
+
+_FLUSH_TIMEOUT_S = 2.0
 
 
 class AsyncRecoveringClient(socketio.AsyncClient):  # type: ignore[misc]  # untyped base
@@ -34,10 +38,20 @@ class AsyncRecoveringClient(socketio.AsyncClient):  # type: ignore[misc]  # unty
         self.recovered: dict[str, bool] = {}
 
     async def disconnect(self) -> None:
-        """Leave on purpose: the server ends the sessions, so forget them here too."""
+        """Leave on purpose: the server ends the sessions, so forget them here too.
+
+        Unlike python-socketio's, this waits until the DISCONNECT packets are written
+        before closing the transport: a server that sees the close first would take it
+        for a lost connection and keep the session.
+        """
         self.pids.clear()
         self.offsets.clear()
-        await super().disconnect()
+        for namespace in self.namespaces:
+            await self._send_packet(self.packet_class(packet.DISCONNECT, namespace=namespace))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_FLUSH_TIMEOUT_S):
+                await self.eio.queue.join()
+        await self.eio.disconnect()
 
     async def _handle_eio_connect(self) -> None:
         self.sid = self.eio.sid

@@ -47,6 +47,7 @@ _KEEP = frozenset(
     }
 )
 _MAX_PID_LENGTH = 64
+_RACE_WINDOW_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,12 +110,13 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             connection_state_recovery={"max_disconnection_duration": 120},
         )
 
-    Without ``connection_state_recovery`` it behaves as python-socketio's `AsyncServer`.
+    Without ``connection_state_recovery`` it behaves as python-socketio's `AsyncServer`,
+    on any client manager.
     """
 
     def __init__(
         self,
-        client_manager: AsyncKafkaManager,
+        client_manager: Any,
         *,
         connection_state_recovery: RecoveryOptions | Mapping[str, Any] | None = None,
         **kwargs: Any,
@@ -128,8 +130,12 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         self._connecting: dict[tuple[str, str], str | None] = {}
         self._recovered: set[tuple[str, str]] = set()
         self._dirty: set[tuple[str, str]] = set()
+        #: Sessions just kept after a transport close, in case a DISCONNECT follows.
+        self._kept: dict[tuple[str, str], tuple[str, float]] = {}
         self._writer: asyncio.Task[None] | None = None
         if options is not None:
+            if not isinstance(client_manager, AsyncKafkaManager):
+                raise ConfigError("connection state recovery needs the AsyncKafkaManager")
             client_manager.enable_recovery(options.max_disconnection_duration)
             client_manager.on_rooms_changed = self._rooms_changed
 
@@ -161,7 +167,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             self._connecting.pop(key, None)
 
     async def _send_packet(self, eio_sid: str, pkt: packet.Packet) -> None:
-        if pkt.packet_type == packet.CONNECT and isinstance(pkt.data, dict):
+        if self.recovery and pkt.packet_type == packet.CONNECT and isinstance(pkt.data, dict):
             await self._on_connect_reply(eio_sid, pkt.namespace or "/", pkt.data)
         await super()._send_packet(eio_sid, pkt)
 
@@ -169,25 +175,37 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         self, eio_sid: str, namespace: str | None, reason: str | None = None
     ) -> None:
         namespace = namespace or "/"
+        if self.recovery is None:
+            await super()._handle_disconnect(eio_sid, namespace, reason)
+            return
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         snapshot = await self._snapshot(sid, namespace) if sid else None
         await super()._handle_disconnect(eio_sid, namespace, reason)
         self.kafka.holds.drop(eio_sid)
+        keep = reason in _KEEP
         if snapshot is not None:
-            await self._end(sid, namespace, snapshot if reason in _KEEP else None)
+            await self._end(sid, namespace, snapshot if keep else None)
+            if keep:
+                self._kept[(eio_sid, namespace)] = (snapshot.pid, time.monotonic())
+        elif not keep and (kept := self._kept.pop((eio_sid, namespace), None)):
+            # The client's DISCONNECT packet lost the race with its transport's close:
+            # it did mean to leave, so its session ends after all.
+            await self._end_in_kafka(kept[0])
+        self._prune_kept()
 
     async def disconnect(
         self, sid: str, namespace: str | None = None, ignore_queue: bool = False
     ) -> None:
         namespace = namespace or "/"
-        local = self.manager.is_connected(sid, namespace)
+        local = self.recovery is not None and self.manager.is_connected(sid, namespace)
         await super().disconnect(sid, namespace, ignore_queue=ignore_queue)
         if local and not self.manager.is_connected(sid, namespace):
             await self._end(sid, namespace, None)  # the server meant it: nothing to recover
 
     async def save_session(self, sid: str, session: Any, namespace: str | None = None) -> None:
         await super().save_session(sid, session, namespace=namespace)
-        self._rooms_changed(sid, namespace or "/")
+        if self.recovery is not None:
+            self._rooms_changed(sid, namespace or "/")
 
     # -- fresh sessions ------------------------------------------------------------------
 
@@ -392,10 +410,18 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         if kept is not None:
             await self._store(replace(kept, disconnected_at=time.time()))
         else:
-            try:
-                await self.kafka.end_session(live.pid)
-            except PublishError as exc:
-                logger.warning("session %.8s… not ended in Kafka: %s", live.pid, exc)
+            await self._end_in_kafka(live.pid)
+
+    async def _end_in_kafka(self, pid: str) -> None:
+        try:
+            await self.kafka.end_session(pid)
+        except PublishError as exc:
+            logger.warning("session %.8s… not ended in Kafka: %s", pid, exc)
+
+    def _prune_kept(self) -> None:
+        cutoff = time.monotonic() - _RACE_WINDOW_S
+        for key in [k for k, (_, at) in self._kept.items() if at < cutoff]:
+            del self._kept[key]
 
     async def _store(self, session: Session) -> None:
         try:

@@ -63,10 +63,12 @@ async def read_range(
     Partition by partition, each in offset order: per-room order holds because a room
     lives on one partition.
     """
+    ranges = [(p, first, last) for p, (first, last) in enumerate(zip(start, stop, strict=True))]
+    ranges = [(p, first, last) for p, first, last in ranges if first < last]
+    if not ranges:
+        return  # and no consumer: aiokafka's stop() hangs on one never assigned
     async with _consumer(factory) as consumer:
-        for partition, (first, last) in enumerate(zip(start, stop, strict=True)):
-            if first >= last:
-                continue
+        for partition, first, last in ranges:
             tp = TopicPartition(topic, partition)
             consumer.assign([tp])
             consumer.seek(tp, first)

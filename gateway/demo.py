@@ -9,11 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import aiohttp
-import socketio
+
+from socketio_kafka.adapter import AsyncRecoveringClient
 
 __all__ = ["DemoOptions", "run_demo"]
 
@@ -85,8 +86,8 @@ async def _is_ready(http: aiohttp.ClientSession, url: str) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def _client(url: str) -> AsyncIterator[socketio.AsyncClient]:
-    client = socketio.AsyncClient(reconnection=False)
+async def _client(url: str) -> AsyncIterator[AsyncRecoveringClient]:
+    client = AsyncRecoveringClient(reconnection=False)
     await client.connect(url, transports=["websocket"])
     try:
         yield client
@@ -95,33 +96,69 @@ async def _client(url: str) -> AsyncIterator[socketio.AsyncClient]:
         await client.shutdown()
 
 
+class _Inbox:
+    """One demo client's received chat lines, with a way to wait for the n-th."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.arrived: list[float] = []
+        self._changed = asyncio.Event()
+
+    async def on_chat(self, message: dict[str, str]) -> None:
+        self.lines.append(message["text"])
+        self.arrived.append(time.perf_counter())
+        self._changed.set()
+
+    async def wait(self, count: int) -> None:
+        async with asyncio.timeout(15):
+            while len(self.lines) < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+
 async def _exchange(urls: list[str]) -> None:
     names = ["alice", "bob", "carol", "dave", "erin"]
-    got: dict[str, asyncio.Future[float]] = {}
     async with contextlib.AsyncExitStack() as stack:
-        clients = []
+        clients: list[tuple[str, AsyncRecoveringClient, _Inbox]] = []
         for i, url in enumerate(urls):
-            name = names[i % len(names)]
+            name, inbox = names[i % len(names)], _Inbox()
             client = await stack.enter_async_context(_client(url))
-            got[name] = asyncio.get_running_loop().create_future()
-            client.on("chat", _receiver(got[name]))
+            client.on("chat", inbox.on_chat)
             await client.call("join", {"room": "lobby"})
             print(f"{name} connected to node {i + 1} ({url}) and joined 'lobby'")
-            clients.append((name, client))
-        sender, client = clients[0]
+            clients.append((name, client, inbox))
+        (sender, alice, _), *others = clients
         sent = time.perf_counter()
-        reply = await client.call(
-            "publish", {"room": "lobby", "event": "chat", "data": {"from": sender, "text": "hello"}}
-        )
+        reply = await _say(alice, sender, "hello")
         print(f"{sender} published to 'lobby' through Kafka: {reply}")
-        for name, _ in clients[1:]:
-            arrived = await asyncio.wait_for(got[name], 15)
-            print(f"  {name} received it after {(arrived - sent) * 1000:.1f} ms")
+        for name, _, inbox in others:
+            await inbox.wait(1)
+            print(f"  {name} received it after {(inbox.arrived[0] - sent) * 1000:.1f} ms")
+        await _show_recovery(urls, alice, others[0])
 
 
-def _receiver(future: asyncio.Future[float]) -> Callable[[object], Awaitable[None]]:
-    async def on_chat(_: object) -> None:
-        if not future.done():
-            future.set_result(time.perf_counter())
+async def _show_recovery(
+    urls: list[str], alice: AsyncRecoveringClient, away: tuple[str, AsyncRecoveringClient, _Inbox]
+) -> None:
+    name, client, inbox = away
+    dropped = asyncio.Event()
+    client.on("disconnect", lambda *_: dropped.set())
+    await client.eio.ws.close()  # a network drop: no goodbye
+    async with asyncio.timeout(15):
+        await dropped.wait()
+    print(f"\n{name} lost the connection; alice goes on talking:")
+    for text in ("are you there?", "we ship on friday", "bring cake"):
+        await _say(alice, "alice", text)
+        print(f"  alice: {text}")
+    target = urls[-1]
+    await client.connect(target, transports=["websocket"])
+    await inbox.wait(4)
+    print(
+        f"{name} reconnected to {target}: recovered={client.recovered['/']}, "
+        f"missed messages delivered in order: {inbox.lines[1:]}"
+    )
 
-    return on_chat
+
+async def _say(client: AsyncRecoveringClient, sender: str, text: str) -> object:
+    payload = {"room": "lobby", "event": "chat", "data": {"from": sender, "text": text}}
+    return await client.call("publish", payload)

@@ -147,6 +147,7 @@ async def test_demo_runs_end_to_end(kafka_url: str) -> None:
     out = result.stdout.decode()
     assert result.returncode == 0, out + result.stderr.decode()
     assert "bob received it" in out
+    assert "recovered=True, missed messages delivered in order: ['are you there?'" in out
 
 
 async def test_oversized_records_are_refused_and_the_manager_goes_on(

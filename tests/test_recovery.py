@@ -7,10 +7,12 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+import socketio
 
-from .support.cluster import GatewayProcess
+from .support.cluster import GatewayProcess, gateway_cluster
 from .support.control import CONTROL
 from .support.harness import Harness
 from .support.recovering import RecoveringRecorder
@@ -76,11 +78,11 @@ async def _recover_and_check_live(
     assert len(client.events("all-ev")) == 100
 
 
-async def _barrier(harness: Harness, client: RecoveringRecorder) -> None:
+async def _barrier(harness: Harness, client: RecoveringRecorder, node: int = 2) -> None:
     """Everything emitted so far has reached ``client`` (see Harness.barrier)."""
     await harness.settle()
     token = uuid.uuid4().hex
-    await harness.control(2, "emit", event="barrier", data=token, room=client.sid)
+    await harness.control(node, "emit", event="barrier", data=token, room=client.sid)
     await wait_until(lambda: token in client.events("barrier"), 15, "barrier")
 
 
@@ -122,3 +124,188 @@ async def test_pid_without_offset_recovers(harness: Harness) -> None:
         await _recover_and_check_live(harness, client, harness.gateways[2].url, sid)
     finally:
         await client.close()
+
+
+async def test_all_nodes_restarted_during_the_gap(harness: Harness) -> None:
+    client = await _client_in_room(harness.gateways[0].url)
+    try:
+        sid = client.sid
+        await client.drop_transport()
+        await _sessions_saved(harness, 0, sid)
+        await _send_gap_traffic(harness, 1, sid)
+        for gateway in harness.gateways:
+            gateway.stop()
+        for gateway in harness.gateways:
+            gateway.start()
+        await asyncio.gather(*(g.wait_ready() for g in harness.gateways))
+        await harness.reconnect_controls()
+        await _recover_and_check_live(harness, client, harness.gateways[0].url, sid)
+    finally:
+        await client.close()
+
+
+async def test_a_client_back_after_the_window_gets_a_clean_new_session(
+    kafka_url: str, channel: str
+) -> None:
+    window = 2.0
+    async with (
+        gateway_cluster(kafka_url, channel, 2, ["--recovery-window", str(window)]) as gateways,
+        Harness(gateways) as harness,
+    ):
+        client = await _client_in_room(gateways[0].url)
+        try:
+            sid = client.sid
+            await client.drop_transport()
+            await _sessions_saved(harness, 0, sid)
+            await harness.control(1, "burst", event="room-ev", tag="r", count=10, room=ROOM)
+            await harness.control(1, "emit", event="sid-ev", data={"seq": 0}, room=sid)
+            await asyncio.sleep(window + 1)  # let the window pass: the point of this test
+            await client.client.connect(gateways[1].url, transports=["websocket"])
+            assert client.client.recovered["/"] is False
+            assert client.sid != sid
+            stats = await harness.control(1, "stats")
+            assert client.sid in stats["connects"]  # the app's connect handler ran
+            await _barrier(harness, client, node=1)
+            assert client.events("room-ev") == []
+            assert client.events("sid-ev") == []
+        finally:
+            await client.close()
+
+
+async def test_a_deliberate_disconnect_ends_the_session(harness: Harness) -> None:
+    client = await _client_in_room(harness.gateways[0].url)
+    sid, pid = client.sid, client.client.pids["/"]
+    await client.client.disconnect()
+    probe = socketio.AsyncClient(reconnection=False)
+    try:
+        await probe.connect(harness.gateways[1].url, transports=["websocket"], auth={"pid": pid})
+        assert probe.get_sid("/") != sid
+    finally:
+        await probe.disconnect()
+        await probe.shutdown()
+        await client.close()
+
+
+GARBAGE: list[Any] = [
+    {"pid": 123, "offset": "x"},
+    {"pid": "x" * 100_000},
+    {"pid": "0" * 32, "offset": None},
+    {"pid": None, "offset": ["a"]},
+    {"pid": "nope", "offset": {"a": 1}},
+    "just a string",
+    [1, 2, 3],
+]
+
+
+async def test_garbage_and_forged_claims_get_fresh_sessions(harness: Harness) -> None:
+    victim = await _client_in_room(harness.gateways[0].url)
+    try:
+        sid, pid = victim.sid, victim.client.pids["/"]
+        await harness.control(1, "emit", event="seen", data=1, room=sid)
+        await victim.wait_count("seen", 1)
+        real = victim.client.offsets["/"]
+        epoch, _, body = real.partition("~")
+        forged = [
+            {"pid": pid, "offset": "zz" + real},
+            {"pid": pid, "offset": f"{epoch}~{body}.0"},
+            {"pid": pid, "offset": f"{epoch}~" + ".".join(["zzzzzz"] * len(body.split(".")))},
+            {"pid": pid, "offset": f"{epoch}~" + ".".join(["-1"] * len(body.split(".")))},
+            {"pid": pid, "offset": "~" * 5000},
+        ]
+        await victim.drop_transport()
+        await _sessions_saved(harness, 0, sid)
+        for auth in [*GARBAGE, *forged]:
+            probe = socketio.AsyncClient(reconnection=False)
+            try:
+                await probe.connect(harness.gateways[2].url, transports=["websocket"], auth=auth)
+                assert probe.get_sid("/") not in (None, sid), auth
+            finally:
+                await probe.disconnect()
+                await probe.shutdown()
+        # None of that hurt the nodes, nor the real session: it still recovers.
+        await harness.control(1, "emit", event="seen", data=2, room=sid)
+        await victim.client.connect(harness.gateways[1].url, transports=["websocket"])
+        assert victim.client.recovered["/"] is True
+        assert await victim.wait_count("seen", 2) == [1, 2]
+    finally:
+        await victim.close()
+
+
+async def test_a_session_is_restored_once(harness: Harness) -> None:
+    client = await _client_in_room(harness.gateways[0].url)
+    try:
+        sid, pid = client.sid, client.client.pids["/"]
+        await client.drop_transport()
+        await _sessions_saved(harness, 0, sid)
+        await harness.control(1, "burst", event="room-ev", tag="r", count=20, room=ROOM)
+        claim = {"pid": pid, "offset": client.client.offsets.get("/")}
+        await client.client.connect(harness.gateways[1].url, transports=["websocket"])
+        assert client.client.recovered["/"] is True
+        await client.wait_count("room-ev", 20)
+        # The same claim again, on another node, while the session is live: a fresh one.
+        thief = RecoveringRecorder()
+        thief.client.pids["/"] = pid
+        if claim["offset"] is not None:
+            thief.client.offsets["/"] = claim["offset"]
+        try:
+            await thief.connect(harness.gateways[2].url)
+            assert thief.client.recovered["/"] is False
+            assert thief.sid != sid
+            await _barrier(harness, thief)
+            assert thief.events("room-ev") == []
+        finally:
+            await thief.close()
+        await harness.control(2, "emit", event="room-ev", data={"seq": 20}, room=ROOM)
+        events = await client.wait_count("room-ev", 21)
+        assert [e["seq"] for e in events] == list(range(21))
+    finally:
+        await client.close()
+
+
+async def test_replay_of_ten_thousand_missed_events(harness: Harness) -> None:
+    count = 10_000
+    client = await _client_in_room(harness.gateways[0].url)
+    try:
+        sid = client.sid
+        await client.drop_transport()
+        await _sessions_saved(harness, 0, sid)
+        await asyncio.gather(
+            *(
+                harness.control(
+                    n, "burst", event="room-ev", tag=f"n{n}", count=count // 2, room=ROOM
+                )
+                for n in (1, 2)
+            )
+        )
+        started = time.perf_counter()
+        await client.client.connect(harness.gateways[0].url, transports=["websocket"])
+        events = await client.wait_count("room-ev", count, timeout=120)
+        elapsed = time.perf_counter() - started
+        assert client.client.recovered["/"] is True
+        for tag in ("n1", "n2"):
+            assert [e["seq"] for e in events if e["tag"] == tag] == list(range(count // 2))
+        print(f"\nreplay of {count} missed events: {elapsed:.3f}s from reconnect to the last")
+    finally:
+        await client.close()
+
+
+async def test_plain_python_client_with_one_argument_handlers_opts_out(
+    harness: Harness,
+) -> None:
+    plain = socketio.AsyncClient(reconnection=False)
+    got: list[Any] = []
+
+    async def on_news(item: Any) -> None:  # one argument, as an app would write it
+        got.append(item)
+
+    plain.on("news", on_news)
+    await plain.connect(harness.gateways[1].url, transports=["websocket"], auth={"recovery": False})
+    try:
+        await plain.call("join", {"room": ROOM})
+        await harness.control(0, "emit", event="news", data={"title": "hi"}, room=ROOM)
+        await harness.control(0, "emit", event="news", data=[1, 2], room=ROOM)
+        await wait_until(lambda: len(got) == 2, 15, "two news")
+        assert got == [{"title": "hi"}, [1, 2]]
+    finally:
+        await plain.disconnect()
+        await plain.shutdown()

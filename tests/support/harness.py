@@ -31,6 +31,11 @@ class Harness:
             *(c.close() for c in [*self.clients, *self.controls]), return_exceptions=True
         )
 
+    async def reconnect_controls(self) -> None:
+        """After nodes were restarted: a control connection to each again."""
+        await asyncio.gather(*(c.close() for c in self.controls), return_exceptions=True)
+        self.controls = await connect_all([Recorder(g.url, [CONTROL]) for g in self.gateways])
+
     async def client(self, node: int, namespaces: list[str] | None = None) -> Recorder:
         recorder = await Recorder(self.gateways[node].url, namespaces).connect()
         self.clients.append(recorder)

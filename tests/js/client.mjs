@@ -1,0 +1,54 @@
+// The official socket.io client, driven line by line by the Python tests.
+// stdin: one JSON command per line; stdout: one JSON report per line.
+import { createInterface } from "node:readline";
+import { io } from "socket.io-client";
+
+let socket = null;
+const report = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
+
+const commands = {
+  connect({ url, auth, reconnectionDelay = 5000, reconnection = true }) {
+    socket = io(url, {
+      transports: ["websocket"],
+      auth,
+      reconnection,
+      reconnectionDelay,
+      reconnectionDelayMax: reconnectionDelay,
+      randomizationFactor: 0,
+    });
+    socket.on("connect", () =>
+      report({ type: "connect", id: socket.id, recovered: socket.recovered }),
+    );
+    socket.on("disconnect", (reason) => report({ type: "disconnect", reason }));
+    socket.on("connect_error", (err) => report({ type: "connect_error", message: err.message }));
+    socket.onAny((event, ...args) => report({ type: "event", event, args }));
+  },
+  async call({ id, event, data }) {
+    const reply = await socket.timeout(15000).emitWithAck(event, data);
+    report({ type: "reply", id, reply });
+  },
+  // A lost transport, not a goodbye; the client reconnects by itself, to `url` if given
+  // (what a load balancer does when the node the client was on is gone).
+  drop({ url }) {
+    if (url) socket.io.uri = url;
+    socket.io.engine.close();
+  },
+  // With reconnection off: reconnect now (the same Socket object, so the same pid/offset).
+  reconnect() {
+    socket.connect();
+  },
+  close() {
+    socket?.disconnect();
+    process.exit(0);
+  },
+};
+
+createInterface({ input: process.stdin }).on("line", async (line) => {
+  const { cmd, ...args } = JSON.parse(line);
+  try {
+    await commands[cmd](args);
+  } catch (err) {
+    report({ type: "error", cmd, message: String(err) });
+  }
+});
+process.stdin.on("end", () => process.exit(0));

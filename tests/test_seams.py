@@ -61,3 +61,49 @@ def test_manager_hooks_we_call() -> None:
     ]
     assert inspect.getsource(BaseManager.initialize).rstrip().endswith("pass")
     assert callable(BaseManager._generate_ack_id)
+
+
+def test_server_seams_recovery_overrides() -> None:
+    """RecoveringAsyncServer overrides these; their shape and what they do must not move."""
+    from socketio.async_server import AsyncServer
+
+    expected = {
+        "_handle_connect": ["self", "eio_sid", "namespace", "data"],
+        "_handle_disconnect": ["self", "eio_sid", "namespace", "reason"],
+        "_send_packet": ["self", "eio_sid", "pkt"],
+        "disconnect": ["self", "sid", "namespace", "ignore_queue"],
+        "save_session": ["self", "sid", "session", "namespace"],
+        "_send_eio_packet": ["self", "eio_sid", "eio_pkt"],
+    }
+    for name, params in expected.items():
+        assert list(inspect.signature(getattr(AsyncServer, name)).parameters) == params, name
+    connect = inspect.getsource(AsyncServer._handle_connect)
+    # The fresh-session CONNECT reply is built inline and sent through _send_packet,
+    # which is where the pid is added; the manager mints the sid in pre_connect.
+    assert "packet.CONNECT, {'sid': sid}" in connect
+    assert "self.manager.pre_connect(eio_sid, namespace)" in connect
+    assert "self.manager.connect(sid, namespace)" in connect
+
+
+def test_client_seams_recovering_client_overrides() -> None:
+    from socketio.async_client import AsyncClient
+
+    expected = {
+        "_handle_eio_connect": ["self"],
+        "_handle_connect": ["self", "namespace", "data"],
+        "_handle_event": ["self", "namespace", "id", "data"],
+        "_get_real_value": ["self", "value"],
+    }
+    for name, params in expected.items():
+        assert list(inspect.signature(getattr(AsyncClient, name)).parameters) == params, name
+    source = inspect.getsource(AsyncClient._handle_eio_connect)
+    assert "packet.CONNECT, data=real_auth, namespace=n" in source
+
+
+def test_base_manager_room_primitives() -> None:
+    for name, params in {
+        "basic_enter_room": ["self", "sid", "namespace", "room", "eio_sid"],
+        "basic_leave_room": ["self", "sid", "namespace", "room"],
+        "get_participants": ["self", "namespace", "room"],
+    }.items():
+        assert list(inspect.signature(getattr(BaseManager, name)).parameters) == params, name

@@ -1,0 +1,56 @@
+"""Fan-out pieces: event arguments, packets, the hold buffer: without a broker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from socketio.packet import Packet
+
+from socketio_kafka.adapter import codec
+from socketio_kafka.adapter.fanout import HoldBuffer, event_args, event_packets
+
+
+def _args(data: Any) -> list[Any]:
+    message = codec.emit_message(
+        "e", data, namespace="/", room=None, skip_sid=None, callback=None, host_id="h"
+    )
+    return event_args(codec.decode(codec.encode(message)))
+
+
+def test_event_args_as_python_socketio_sends_them() -> None:
+    assert _args("x") == ["x"]
+    assert _args((1, "two")) == [1, "two"]
+    assert _args(None) == []
+    assert _args({"raw": b"\x00\x01"}) == [{"raw": b"\x00\x01"}]
+
+
+def test_offset_is_the_last_argument_of_one_encoded_packet() -> None:
+    (packet,) = event_packets(Packet, "/", "news", [{"a": 1}], "ep~0.3")
+    assert packet.data == '2["news",{"a":1},"ep~0.3"]'
+    (plain,) = event_packets(Packet, "/chat", "news", [1], None)
+    assert plain.data == '2/chat,["news",1]'
+
+
+def test_binary_event_packets_carry_attachments() -> None:
+    packets = event_packets(Packet, "/", "blob", [b"\x01\x02"], "ep~1")
+    assert len(packets) == 2
+    assert packets[1].data == b"\x01\x02"
+
+
+async def test_hold_buffer_drops_what_the_replay_covered_and_keeps_order() -> None:
+    sent: list[tuple[str, list[Any]]] = []
+
+    async def send(eio_sid: str, packets: list[Any]) -> None:
+        sent.append((eio_sid, packets))
+        if len(sent) == 1:  # a live packet arriving while the buffer drains
+            assert holds.add("s1", 0, 9, ["late"])
+
+    holds = HoldBuffer()
+    assert not holds.add("s1", 0, 1, ["a"])
+    holds.hold("s1")
+    assert holds.add("s1", 0, 4, ["replayed-already"])
+    assert holds.add("s1", 1, 7, ["live-1"])
+    assert holds.add("s1", 0, 5, ["live-0"])
+    await holds.release("s1", replayed_up_to=(5, 7), send=send)
+    assert [packets for _, packets in sent] == [["live-1"], ["live-0"], ["late"]]
+    assert not holds.add("s1", 0, 10, ["after"])

@@ -1,0 +1,58 @@
+"""Session records and the sessions table: without a broker."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from socketio_kafka.adapter import RecordDecodeError
+from socketio_kafka.adapter.sessions import (
+    EPOCH_KEY,
+    NODE_PREFIX,
+    Session,
+    SessionTable,
+    decode_session,
+    encode_session,
+)
+
+SESSION = Session("pid1", "sid1", "/", ("a", "b"), {"user": 7}, (0, 4), "ep", "node1")
+
+
+def test_round_trip() -> None:
+    assert decode_session(encode_session(SESSION)) == SESSION
+    gone = SESSION.disconnected(("a",), None, 12.5)
+    assert decode_session(encode_session(gone)) == gone
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"nope",
+        b"[]",
+        b'{"v": 2}',
+        json.dumps({"v": 1, "pid": "p"}).encode(),
+        encode_session(SESSION).replace(b'"rooms":["a","b"]', b'"rooms":[1]'),
+        encode_session(SESSION).replace(b'"pid":"pid1"', b'"pid":3'),
+    ],
+)
+def test_malformed_records_are_refused(value: bytes) -> None:
+    with pytest.raises(RecordDecodeError):
+        decode_session(value)
+
+
+def test_table_follows_the_topic() -> None:
+    table = SessionTable()
+    table.apply(EPOCH_KEY, b'{"epoch": "e1"}', 1000)
+    table.apply(b"pid1", encode_session(SESSION), 1000)
+    table.apply(NODE_PREFIX + b"node1", b"{}", 5000)
+    assert table.epoch == "e1"
+    assert table.sessions["pid1"] == SESSION
+    assert table.heartbeats == {"node1": 5.0}
+    assert not table.node_alive("node1", stale_after=10)  # 1970 is long ago
+    table.apply(b"pid1", None, 2000)  # tombstone
+    assert "pid1" not in table.sessions
+    with pytest.raises(RecordDecodeError):
+        table.apply(EPOCH_KEY, b'{"epoch": 5}', 1000)
+    with pytest.raises(RecordDecodeError):
+        table.apply(None, b"{}", 1000)

@@ -181,3 +181,17 @@ async def test_js_replay_of_ten_thousand_missed_events(harness: Harness, js: JsC
     for tag in ("n1", "n2"):
         assert [e["seq"] for e in events if e["tag"] == tag] == list(range(count // 2))
     print(f"\nJS client: replay of {count} missed events in {elapsed:.3f}s")
+
+
+async def test_js_graceful_shutdown_sends_clients_elsewhere_with_their_sessions(
+    harness: Harness, js: JsClient
+) -> None:
+    sid = await _join(js, harness.gateways[0].url, reconnectionDelay=1000)
+    await js.send("retarget", url=harness.gateways[1].url)  # as a load balancer would
+    stopping = asyncio.create_task(asyncio.to_thread(harness.gateways[0].stop))
+    await wait_until(
+        lambda: any(r["type"] == "disconnect" for r in js.reports), 15, "the node's goodbye"
+    )
+    await _gap_traffic(harness, 2, sid)
+    await stopping
+    await _check_recovered(harness, js, sid, node=2)

@@ -33,6 +33,10 @@ const commands = {
     if (url) socket.io.uri = url;
     socket.io.engine.close();
   },
+  // Where the next reconnection goes (what a load balancer decides).
+  retarget({ url }) {
+    socket.io.uri = url;
+  },
   // With reconnection off: reconnect now (the same Socket object, so the same pid/offset).
   reconnect() {
     socket.connect();

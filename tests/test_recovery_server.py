@@ -1,0 +1,114 @@
+"""RecoveringAsyncServer in an app of one's own: connect handlers, session data, options."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import socketio
+
+from socketio_kafka.adapter import (
+    AsyncKafkaManager,
+    ConfigError,
+    KafkaOptions,
+    RecoveringAsyncServer,
+)
+
+from .support.recovering import RecoveringRecorder
+from .support.server import run_server
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
+
+
+class App:
+    """A small app: auth in its connect handler, session data, a room."""
+
+    def __init__(self, kafka_url: str, channel: str, skip_middlewares: bool) -> None:
+        self.manager = AsyncKafkaManager(kafka_url, channel=channel)
+        self.sio = RecoveringAsyncServer(
+            client_manager=self.manager,
+            async_mode="asgi",
+            connection_state_recovery={"skip_middlewares": skip_middlewares},
+        )
+        self.connects: list[tuple[str, Any]] = []
+        self.sio.on("connect", self.on_connect)
+        self.sio.on("whoami", self.whoami)
+        self.asgi = socketio.ASGIApp(self.sio)
+
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any) -> bool:
+        self.connects.append((sid, auth))
+        if auth.get("token") == "revoked":
+            return False
+        await self.sio.save_session(sid, {"user": auth["token"]})
+        await self.sio.enter_room(sid, "room")
+        return True
+
+    async def whoami(self, sid: str) -> dict[str, Any]:
+        session = await self.sio.get_session(sid)
+        return {"user": session.get("user"), "recovered": self.sio.is_recovered(sid)}
+
+
+@pytest.fixture
+async def app(kafka_url: str, channel: str, request: pytest.FixtureRequest) -> AsyncIterator[App]:
+    app = App(kafka_url, channel, skip_middlewares=request.param)
+    async with app.manager:
+        yield app
+
+
+async def _away_and_back(app: App, url: str, client: RecoveringRecorder) -> None:
+    await client.drop_transport()
+    await app.sio.emit("news", {"n": 1}, to="room")
+    await client.client.connect(url, transports=["websocket"], auth=client.client.connection_auth)
+
+
+@pytest.mark.parametrize("app", [True], indirect=True)
+async def test_a_recovered_socket_skips_the_connect_handler_and_keeps_its_data(app: App) -> None:
+    async with run_server(app.asgi) as url:
+        client = RecoveringRecorder()
+        await client.client.connect(url, transports=["websocket"], auth={"token": "alice"})
+        try:
+            sid = client.sid
+            await _away_and_back(app, url, client)
+            assert client.client.recovered["/"] is True
+            assert await client.wait_count("news", 1) == [{"n": 1}]
+            assert await client.client.call("whoami") == {"user": "alice", "recovered": True}
+            assert [s for s, _ in app.connects] == [sid]
+        finally:
+            await client.close()
+
+
+@pytest.mark.parametrize("app", [False], indirect=True)
+async def test_without_skip_middlewares_the_connect_handler_decides(app: App) -> None:
+    async with run_server(app.asgi) as url:
+        client = RecoveringRecorder()
+        await client.client.connect(url, transports=["websocket"], auth={"token": "bob"})
+        try:
+            sid = client.sid
+            await _away_and_back(app, url, client)
+            assert client.client.recovered["/"] is True
+            assert app.connects[-1] == (sid, {"token": "bob"})  # pid/offset not in the auth
+            assert await client.wait_count("news", 1) == [{"n": 1}]
+
+            await client.drop_transport()
+            client.client.connection_auth = {"token": "revoked"}
+            with pytest.raises(socketio.exceptions.ConnectionError):
+                await client.client.connect(
+                    url, transports=["websocket"], auth={"token": "revoked"}
+                )
+            assert app.connects[-1] == (sid, {"token": "revoked"})
+        finally:
+            await client.close()
+
+
+def test_retention_shorter_than_the_window_is_refused(kafka_url: str) -> None:
+    manager = AsyncKafkaManager(kafka_url, options=KafkaOptions(retention_ms=60_000))
+    with pytest.raises(ConfigError, match="shorter than the recovery window"):
+        RecoveringAsyncServer(
+            client_manager=manager, connection_state_recovery={"max_disconnection_duration": 120}
+        )
+
+
+def test_recovery_needs_the_kafka_manager() -> None:
+    with pytest.raises(ConfigError):
+        RecoveringAsyncServer(client_manager=socketio.AsyncManager(), connection_state_recovery={})

@@ -43,3 +43,20 @@ def channel() -> str:
 async def cluster(kafka_url: str, channel: str) -> AsyncIterator[list[GatewayProcess]]:
     async with gateway_cluster(kafka_url, channel, nodes=3) as gateways:
         yield gateways
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``REDIS_URL`` if set, else a redis-server the launcher starts for this session."""
+    given = os.environ.get("REDIS_URL")
+    if given:
+        yield given
+        return
+    from socketio_kafka.gateway.local_redis import LocalRedis
+
+    server = LocalRedis(tmp_path_factory.mktemp("redis"))
+    address = server.start()
+    try:
+        yield address
+    finally:
+        server.stop()

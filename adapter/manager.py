@@ -261,10 +261,6 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
                 f"Kafka did not confirm the record within {timeout}s (it may still be written)"
             ) from exc
 
-    async def _listen(self) -> Any:
-        """Unused: records are consumed by `_consume_loop`, which knows their offsets."""
-        raise NotImplementedError
-
     # -- internals ---------------------------------------------------------------------
 
     def _start_in_background(self) -> None:
@@ -327,27 +323,24 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         admin = AIOKafkaAdminClient(**self.options.common_kwargs(self.bootstrap_servers))
         await admin.start()
         try:
-            spec = TopicSpec(
-                self.events_topic,
-                self.options.partitions,
-                self.options.replication_factor,
-                "delete",
-                self.options.retention_ms,
-                self.options.max_record_bytes + _BATCH_OVERHEAD_BYTES,
-            )
-            self._partitions = (await ensure_topic(admin, spec)).partitions
+            events = await ensure_topic(admin, self._topic_spec(self.events_topic, "delete"))
+            self._partitions = events.partitions
             if self.recovery_window is not None:
-                sessions = TopicSpec(
-                    self.sessions_topic,
-                    self.options.partitions,
-                    self.options.replication_factor,
-                    "compact",
-                    self.options.retention_ms,
-                    self.options.max_record_bytes + _BATCH_OVERHEAD_BYTES,
-                )
-                self._created_sessions = (await ensure_topic(admin, sessions)).created
+                spec = self._topic_spec(self.sessions_topic, "compact")
+                self._created_sessions = (await ensure_topic(admin, spec)).created
         finally:
             await admin.close()
+
+    def _topic_spec(self, name: str, cleanup_policy: str) -> TopicSpec:
+        options = self.options
+        return TopicSpec(
+            name,
+            options.partitions,
+            options.replication_factor,
+            cleanup_policy,
+            options.retention_ms,
+            options.max_record_bytes + _BATCH_OVERHEAD_BYTES,
+        )
 
     async def _positioned_consumer(self) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(**self.options.consumer_kwargs(self.bootstrap_servers))
@@ -429,15 +422,18 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             self.sessions.apply(record.key, record.value, record.timestamp)
         except RecordDecodeError as exc:
             self.stats.session_records_skipped += 1
-            self._get_logger().warning(
-                "skipping session record %s[%d]@%d: %s",
-                record.topic,
-                record.partition,
-                record.offset,
-                exc,
-            )
+            self._log_skipped(record, exc)
         if self.sessions.epoch is not None:
             self.epoch = self.sessions.epoch
+
+    def _log_skipped(self, record: ConsumerRecord[bytes, bytes], exc: RecordDecodeError) -> None:
+        self._get_logger().warning(
+            "skipping undecodable record %s[%d]@%d: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            exc,
+        )
 
     async def _dispatch(self, record: ConsumerRecord[bytes, bytes]) -> None:
         # The watermark moves before delivery: a socket registered for recovery while
@@ -447,13 +443,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             message = codec.decode(record.value)
         except RecordDecodeError as exc:
             self.stats.records_skipped += 1
-            self._get_logger().warning(
-                "skipping undecodable record %s[%d]@%d: %s",
-                record.topic,
-                record.partition,
-                record.offset,
-                exc,
-            )
+            self._log_skipped(record, exc)
             return
         self.stats.records_consumed += 1
         try:

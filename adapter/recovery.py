@@ -303,7 +303,9 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
                 start = session.start
                 if claim.offset is not None:
                     claimed = offsets.decode(claim.offset, manager.epoch, manager.partitions)
-                    start = tuple(map(max, claimed.offsets, session.start))
+                    # Never before the session began: that would replay what it never had.
+                    floor = offsets.Position(manager.epoch, session.start)
+                    start = claimed.at_least(floor).offsets
             except offsets.OffsetError as exc:
                 refusal = f"bad offset: {exc}"
             else:

@@ -42,9 +42,6 @@ class Session:
     owner: str
     disconnected_at: float | None = None
 
-    def disconnected(self, rooms: tuple[str, ...], data: Any, at: float) -> Session:
-        return replace(self, rooms=rooms, data=data, disconnected_at=at)
-
 
 def encode_session(session: Session) -> bytes:
     return json.dumps({"v": _VERSION, **asdict(session)}, separators=(",", ":")).encode()

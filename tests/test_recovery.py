@@ -13,7 +13,6 @@ import pytest
 import socketio
 
 from .support.cluster import GatewayProcess, gateway_cluster
-from .support.control import CONTROL
 from .support.harness import Harness
 from .support.recovering import RecoveringRecorder
 from .support.waiting import wait_until
@@ -35,31 +34,10 @@ async def _client_in_room(url: str) -> RecoveringRecorder:
     return client
 
 
-async def _send_gap_traffic(harness: Harness, node: int, sid: str, room_count: int = 1000) -> None:
-    await asyncio.gather(
-        harness.control(node, "burst", event="room-ev", tag="r", count=room_count, room=ROOM),
-        harness.control(node, "burst", event="sid-ev", tag="s", count=100, room=sid),
-        harness.control(node, "burst", event="all-ev", tag="a", count=100),
-    )
-
-
 async def _assert_all_once_in_order(client: RecoveringRecorder, room_count: int = 1000) -> None:
     for event, count in (("room-ev", room_count), ("sid-ev", 100), ("all-ev", 100)):
         events = await client.wait_count(event, count, timeout=60)
         assert [e["seq"] for e in events] == list(range(count)), event
-
-
-async def _sessions_saved(harness: Harness, node: int, sid: str) -> None:
-    """Wait until the node has processed the drop (the socket is gone there)."""
-
-    async def gone() -> bool:
-        reply = await harness.controls[node].ask("rooms", {"sid": sid}, namespace=CONTROL)
-        return reply["ok"] is False
-
-    deadline = time.monotonic() + 15
-    while not await gone():
-        assert time.monotonic() < deadline, "the node never saw the transport drop"
-        await asyncio.sleep(0.05)
 
 
 async def _recover_and_check_live(
@@ -92,8 +70,8 @@ async def test_transport_loss_then_same_node_recovers_everything(harness: Harnes
         sid = client.sid
         await client.drop_transport()
         started = time.monotonic()
-        await _sessions_saved(harness, 0, sid)
-        await _send_gap_traffic(harness, 1, sid)
+        await harness.wait_gone(0, sid)
+        await harness.gap_traffic(1, sid, ROOM)
         await asyncio.sleep(max(0.0, GAP_S - (time.monotonic() - started)))
         await _recover_and_check_live(harness, client, harness.gateways[0].url, sid)
     finally:
@@ -105,9 +83,9 @@ async def test_node_killed_during_the_gap_client_recovers_on_another(harness: Ha
     try:
         sid = client.sid
         await client.drop_transport()
-        await _sessions_saved(harness, 0, sid)
+        await harness.wait_gone(0, sid)
         harness.gateways[0].stop(signal.SIGKILL)
-        await _send_gap_traffic(harness, 2, sid)
+        await harness.gap_traffic(2, sid, ROOM)
         await _recover_and_check_live(harness, client, harness.gateways[1].url, sid)
     finally:
         await client.close()
@@ -119,8 +97,8 @@ async def test_pid_without_offset_recovers(harness: Harness) -> None:
         sid = client.sid
         assert client.client.offsets == {}
         await client.drop_transport()
-        await _sessions_saved(harness, 1, sid)
-        await _send_gap_traffic(harness, 0, sid)
+        await harness.wait_gone(1, sid)
+        await harness.gap_traffic(0, sid, ROOM)
         await _recover_and_check_live(harness, client, harness.gateways[2].url, sid)
     finally:
         await client.close()
@@ -131,14 +109,9 @@ async def test_all_nodes_restarted_during_the_gap(harness: Harness) -> None:
     try:
         sid = client.sid
         await client.drop_transport()
-        await _sessions_saved(harness, 0, sid)
-        await _send_gap_traffic(harness, 1, sid)
-        for gateway in harness.gateways:
-            gateway.stop()
-        for gateway in harness.gateways:
-            gateway.start()
-        await asyncio.gather(*(g.wait_ready() for g in harness.gateways))
-        await harness.reconnect_controls()
+        await harness.wait_gone(0, sid)
+        await harness.gap_traffic(1, sid, ROOM)
+        await harness.restart_all()
         await _recover_and_check_live(harness, client, harness.gateways[0].url, sid)
     finally:
         await client.close()
@@ -156,7 +129,7 @@ async def test_a_client_back_after_the_window_gets_a_clean_new_session(
         try:
             sid = client.sid
             await client.drop_transport()
-            await _sessions_saved(harness, 0, sid)
+            await harness.wait_gone(0, sid)
             await harness.control(1, "burst", event="room-ev", tag="r", count=10, room=ROOM)
             await harness.control(1, "emit", event="sid-ev", data={"seq": 0}, room=sid)
             await asyncio.sleep(window + 1)  # let the window pass: the point of this test
@@ -213,7 +186,7 @@ async def test_garbage_and_forged_claims_get_fresh_sessions(harness: Harness) ->
             {"pid": pid, "offset": "~" * 5000},
         ]
         await victim.drop_transport()
-        await _sessions_saved(harness, 0, sid)
+        await harness.wait_gone(0, sid)
         for auth in [*GARBAGE, *forged]:
             probe = socketio.AsyncClient(reconnection=False)
             try:
@@ -236,7 +209,7 @@ async def test_a_session_is_restored_once(harness: Harness) -> None:
     try:
         sid, pid = client.sid, client.client.pids["/"]
         await client.drop_transport()
-        await _sessions_saved(harness, 0, sid)
+        await harness.wait_gone(0, sid)
         await harness.control(1, "burst", event="room-ev", tag="r", count=20, room=ROOM)
         claim = {"pid": pid, "offset": client.client.offsets.get("/")}
         await client.client.connect(harness.gateways[1].url, transports=["websocket"])
@@ -268,7 +241,7 @@ async def test_replay_of_ten_thousand_missed_events(harness: Harness) -> None:
     try:
         sid = client.sid
         await client.drop_transport()
-        await _sessions_saved(harness, 0, sid)
+        await harness.wait_gone(0, sid)
         await asyncio.gather(
             *(
                 harness.control(

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 import pytest
 
 from .support.cluster import GatewayProcess, gateway_cluster
-from .support.control import CONTROL
 from .support.harness import Harness
 from .support.jsclient import JsClient
 from .support.waiting import wait_until
@@ -41,25 +40,6 @@ async def _join(js: JsClient, url: str, **options: object) -> str:
     assert connected["recovered"] is False
     assert await js.call("join", {"room": ROOM}) == {"ok": True}
     return str(connected["id"])
-
-
-async def _gone_from(harness: Harness, node: int, sid: str) -> None:
-    async def gone() -> bool:
-        reply = await harness.controls[node].ask("rooms", {"sid": sid}, namespace=CONTROL)
-        return reply["ok"] is False
-
-    deadline = time.monotonic() + 15
-    while not await gone():
-        assert time.monotonic() < deadline, "the node never saw the transport drop"
-        await asyncio.sleep(0.05)
-
-
-async def _gap_traffic(harness: Harness, node: int, sid: str, room_count: int = 1000) -> None:
-    await asyncio.gather(
-        harness.control(node, "burst", event="room-ev", tag="r", count=room_count, room=ROOM),
-        harness.control(node, "burst", event="sid-ev", tag="s", count=100, room=sid),
-        harness.control(node, "burst", event="all-ev", tag="a", count=100),
-    )
 
 
 async def _check_recovered(harness: Harness, js: JsClient, sid: str, node: int) -> None:
@@ -96,31 +76,26 @@ async def test_js_transport_loss_recovers_everything_on_the_same_node(
     await harness.control(1, "emit", event="warmup", data=0, room=ROOM)
     await js.wait_count("warmup", 1)
     await js.send("drop")  # reconnects by itself 5 s later
-    await _gone_from(harness, 0, sid)
-    await _gap_traffic(harness, 1, sid)
+    await harness.wait_gone(0, sid)
+    await harness.gap_traffic(1, sid, ROOM)
     await _check_recovered(harness, js, sid, node=2)
 
 
 async def test_js_node_killed_client_recovers_on_another(harness: Harness, js: JsClient) -> None:
     sid = await _join(js, harness.gateways[0].url, reconnectionDelay=3000)
     await js.send("drop", url=harness.gateways[1].url)
-    await _gone_from(harness, 0, sid)
+    await harness.wait_gone(0, sid)
     harness.gateways[0].stop(signal.SIGKILL)
-    await _gap_traffic(harness, 2, sid)
+    await harness.gap_traffic(2, sid, ROOM)
     await _check_recovered(harness, js, sid, node=2)
 
 
 async def test_js_all_nodes_restarted_during_the_gap(harness: Harness, js: JsClient) -> None:
     sid = await _join(js, harness.gateways[0].url, reconnectionDelay=2000)
     await js.send("drop")
-    await _gone_from(harness, 0, sid)
-    await _gap_traffic(harness, 1, sid)
-    for gateway in harness.gateways:
-        gateway.stop()
-    for gateway in harness.gateways:
-        gateway.start()
-    await asyncio.gather(*(g.wait_ready() for g in harness.gateways))
-    await harness.reconnect_controls()
+    await harness.wait_gone(0, sid)
+    await harness.gap_traffic(1, sid, ROOM)
+    await harness.restart_all()
     await _check_recovered(harness, js, sid, node=2)
 
 
@@ -133,7 +108,7 @@ async def test_js_client_back_after_the_window_gets_a_fresh_session(
     ):
         sid = await _join(js, gateways[0].url, reconnectionDelay=3000)
         await js.send("drop")
-        await _gone_from(harness, 0, sid)
+        await harness.wait_gone(0, sid)
         await harness.control(1, "burst", event="room-ev", tag="r", count=10, room=ROOM)
         await js.wait_connects(2)
         fresh = js.connects()[-1]
@@ -146,8 +121,8 @@ async def test_js_client_back_after_the_window_gets_a_fresh_session(
 async def test_js_client_that_never_got_an_event_recovers(harness: Harness, js: JsClient) -> None:
     sid = await _join(js, harness.gateways[1].url, reconnectionDelay=3000)
     await js.send("drop")
-    await _gone_from(harness, 1, sid)
-    await _gap_traffic(harness, 0, sid)
+    await harness.wait_gone(1, sid)
+    await harness.gap_traffic(0, sid, ROOM)
     await _check_recovered(harness, js, sid, node=0)
 
 
@@ -165,7 +140,7 @@ async def test_js_replay_of_ten_thousand_missed_events(harness: Harness, js: JsC
     count = 10_000
     sid = await _join(js, harness.gateways[0].url, reconnection=False)
     await js.send("drop")
-    await _gone_from(harness, 0, sid)
+    await harness.wait_gone(0, sid)
     await asyncio.gather(
         *(
             harness.control(n, "burst", event="room-ev", tag=f"n{n}", count=count // 2, room=ROOM)
@@ -192,6 +167,6 @@ async def test_js_graceful_shutdown_sends_clients_elsewhere_with_their_sessions(
     await wait_until(
         lambda: any(r["type"] == "disconnect" for r in js.reports), 15, "the node's goodbye"
     )
-    await _gap_traffic(harness, 2, sid)
+    await harness.gap_traffic(2, sid, ROOM)
     await stopping
     await _check_recovered(harness, js, sid, node=2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -21,7 +22,7 @@ SESSION = Session("pid1", "sid1", "/", ("a", "b"), {"user": 7}, (0, 4), "ep", "n
 
 def test_round_trip() -> None:
     assert decode_session(encode_session(SESSION)) == SESSION
-    gone = SESSION.disconnected(("a",), None, 12.5)
+    gone = replace(SESSION, rooms=("a",), data=None, disconnected_at=12.5)
     assert decode_session(encode_session(gone)) == gone
 
 

@@ -31,8 +31,13 @@ class Harness:
             *(c.close() for c in [*self.clients, *self.controls]), return_exceptions=True
         )
 
-    async def reconnect_controls(self) -> None:
-        """After nodes were restarted: a control connection to each again."""
+    async def restart_all(self) -> None:
+        """Stop every node (gracefully), start them again on the same ports."""
+        for gateway in self.gateways:
+            gateway.stop()
+        for gateway in self.gateways:
+            gateway.start()
+        await asyncio.gather(*(g.wait_ready() for g in self.gateways))
         await asyncio.gather(*(c.close() for c in self.controls), return_exceptions=True)
         self.controls = await connect_all([Recorder(g.url, [CONTROL]) for g in self.gateways])
 
@@ -70,6 +75,22 @@ class Harness:
                 raise AssertionError(f"nodes did not consume {produced} records: {stats}")
             await asyncio.sleep(0.05)
             stats = await self.stats()
+
+    async def wait_gone(self, node: int, sid: str, timeout: float = 15) -> None:
+        """Wait until ``node`` has processed the disconnect of socket ``sid``."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (await self.controls[node].ask("rooms", {"sid": sid}, namespace=CONTROL))["ok"]:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"node {node} never saw {sid} go")
+            await asyncio.sleep(0.05)
+
+    async def gap_traffic(self, node: int, sid: str, room: str, room_count: int = 1000) -> None:
+        """What a client misses while away: events to its room, its sid, and everyone."""
+        await asyncio.gather(
+            self.control(node, "burst", event="room-ev", tag="r", count=room_count, room=room),
+            self.control(node, "burst", event="sid-ev", tag="s", count=100, room=sid),
+            self.control(node, "burst", event="all-ev", tag="a", count=100),
+        )
 
     async def barrier(self, clients: Iterable[Recorder], namespace: str = "/") -> None:
         """Return once ``clients`` got everything their nodes delivered before this call.

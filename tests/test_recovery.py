@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import socketio
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from .support.cluster import GatewayProcess, gateway_cluster
 from .support.harness import Harness
@@ -282,3 +284,53 @@ async def test_plain_python_client_with_one_argument_handlers_opts_out(
     finally:
         await plain.disconnect()
         await plain.shutdown()
+
+
+async def test_missed_events_deleted_by_kafka_mean_a_fresh_session(
+    harness: Harness, kafka_bootstrap: str, channel: str
+) -> None:
+    client = await _client_in_room(harness.gateways[0].url)
+    try:
+        sid = client.sid
+        await harness.control(1, "emit", event="room-ev", data={"seq": 0}, room=ROOM)
+        await client.wait_count("room-ev", 1)
+        await client.drop_transport()
+        await harness.wait_gone(0, sid)
+        await harness.control(1, "burst", event="room-ev", tag="r", count=10, room=ROOM)
+        # What retention would do in time: the log now starts after what the client missed.
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            topic = f"{channel}.events"
+            partitions = [
+                p["partition"] for p in (await admin.describe_topics([topic]))[0]["partitions"]
+            ]
+            await admin.delete_records(
+                {TopicPartition(topic, p): RecordsToDelete(-1) for p in partitions}
+            )
+        finally:
+            await admin.close()
+        await client.client.connect(harness.gateways[1].url, transports=["websocket"])
+        assert client.client.recovered["/"] is False
+        assert client.sid != sid
+        await _barrier(harness, client, node=1)
+        assert len(client.events("room-ev")) == 1  # nothing partial pretends to be whole
+    finally:
+        await client.close()
+
+
+async def test_events_that_ask_for_an_ack_are_not_replayed(harness: Harness) -> None:
+    client = await _client_in_room(harness.gateways[0].url)
+    try:
+        sid = client.sid
+        await client.drop_transport()
+        await harness.wait_gone(0, sid)
+        await harness.control(1, "emit_with_ack", event="needs-ack", data=1, sid=sid)
+        await harness.control(1, "emit", event="plain", data=2, room=sid)
+        await client.client.connect(harness.gateways[2].url, transports=["websocket"])
+        assert client.client.recovered["/"] is True
+        assert await client.wait_count("plain", 1) == [2]
+        await _barrier(harness, client)
+        assert client.events("needs-ack") == []
+    finally:
+        await client.close()

@@ -53,6 +53,11 @@ def install(sio: socketio.AsyncServer) -> None:
         )
         return {"ok": True, "reply": reply}
 
+    async def emit_with_ack(_: str, req: dict[str, Any]) -> dict[str, Any]:
+        """An emit that asks for an ack, not waited for: never stored for recovery."""
+        await sio.emit(req["event"], req.get("data"), to=req["sid"], callback=lambda *_: None)
+        return {"ok": True}
+
     async def enter_room(_: str, req: dict[str, Any]) -> dict[str, Any]:
         await sio.enter_room(req["sid"], req["room"], namespace=req.get("namespace", "/"))
         return {"ok": True}
@@ -85,6 +90,7 @@ def install(sio: socketio.AsyncServer) -> None:
         emit,
         burst,
         call,
+        emit_with_ack,
         enter_room,
         leave_room,
         close_room,

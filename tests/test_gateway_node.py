@@ -9,6 +9,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import httpx
 import pytest
 
@@ -201,3 +202,21 @@ async def _wait_status(url: str, status: int, timeout: float = 30) -> None:
                 return
             await asyncio.sleep(0.1)
     raise AssertionError(f"{url} never answered {status} (last: {last!r})")
+
+
+async def test_malformed_socketio_packets_do_not_hurt_the_node(node: GatewayProcess) -> None:
+    """Raw Engine.IO frames a broken or hostile client could send."""
+    url = node.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        assert (await ws.receive_str()).startswith("0{")  # Engine.IO open
+        await ws.send_str('40{"recovery":false}')
+        assert (await ws.receive_str()).startswith("40")  # Socket.IO connect
+        for garbage in ('42["join",{', "4999", "42", '42[5,"x"]', "4-", "x", '451-["a",'):
+            await ws.send_str(garbage)
+        await ws.send_bytes(b"\x00\xff garbage")
+    other = Recorder(node.url)
+    await other.connect()
+    try:
+        assert await other.ask("join", {"room": "r"}) == {"ok": True}
+    finally:
+        await other.close()

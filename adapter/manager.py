@@ -574,13 +574,24 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         return AIOKafkaConsumer(**{**kwargs, "auto_offset_reset": "earliest"})
 
     async def _heartbeat(self) -> None:
+        """Say this node is alive; end sessions nobody can claim any more."""
         key = NODE_PREFIX + self.host_id.encode()
         while True:
             try:
                 await self._produce(self.sessions_topic, key, b"{}")
+                await self._end_expired()
             except PublishError as exc:
                 self._get_logger().warning("heartbeat not written: %s", exc)
             await asyncio.sleep(_HEARTBEAT_S)
+
+    async def _end_expired(self) -> None:
+        assert self.recovery_window is not None
+        stale = 3 * _HEARTBEAT_S
+        for session in self.sessions.expired(time.time(), self.recovery_window + stale, stale):
+            # Its owner ends it; any node does once the owner is gone (tombstones are
+            # idempotent, so several nodes doing it is harmless).
+            if session.owner == self.host_id or not self.node_alive(session.owner):
+                await self.end_session(session.pid)
 
 
 async def _behind(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:

@@ -91,6 +91,24 @@ class SessionTable:
         seen = self.heartbeats.get(host_id)
         return seen is not None and time.time() - seen < stale_after
 
+    def expired(self, now: float, window: float, stale_after: float) -> list[Session]:
+        """Sessions no client can claim any more: past the window since they were left.
+
+        A session still marked connected counts as left at its node's last heartbeat,
+        once that heartbeat is stale (the node died without a word).
+        """
+        out = []
+        for session in self.sessions.values():
+            left_at = session.disconnected_at
+            if left_at is None:
+                seen = self.heartbeats.get(session.owner)
+                if seen is None or now - seen < stale_after:
+                    continue  # alive, or not heard of yet: leave it alone
+                left_at = seen
+            if now - left_at > window:
+                out.append(session)
+        return out
+
     @staticmethod
     def _epoch(value: bytes | None) -> str:
         try:

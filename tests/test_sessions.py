@@ -57,3 +57,18 @@ def test_table_follows_the_topic() -> None:
         table.apply(EPOCH_KEY, b'{"epoch": 5}', 1000)
     with pytest.raises(RecordDecodeError):
         table.apply(None, b"{}", 1000)
+
+
+def test_expired_sessions() -> None:
+    table = SessionTable()
+    left = replace(SESSION, pid="left", disconnected_at=100.0)
+    orphan = replace(SESSION, pid="orphan", owner="dead")
+    live = replace(SESSION, pid="live", owner="alive")
+    unknown = replace(SESSION, pid="unknown", owner="never-heard-of")
+    for session in (left, orphan, live, unknown):
+        table.apply(session.pid.encode(), encode_session(session), 0)
+    table.apply(NODE_PREFIX + b"dead", b"{}", 120_000)
+    table.apply(NODE_PREFIX + b"alive", b"{}", 195_000)
+    assert table.expired(now=150, window=60, stale_after=15) == []
+    assert {s.pid for s in table.expired(now=161, window=60, stale_after=15)} == {"left"}
+    assert {s.pid for s in table.expired(now=200, window=60, stale_after=15)} == {"left", "orphan"}

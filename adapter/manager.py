@@ -32,6 +32,7 @@ _FIRST_RETRY_S = 0.25
 _POLL_TIMEOUT_MS = 1000
 _BATCH_OVERHEAD_BYTES = 64 * 1024
 _PROBE_TIMEOUT_S = 2.0
+_REPLAY_FETCH_BYTES = 8 * 1024 * 1024
 _HEARTBEAT_S = 5.0
 _EPOCH_WAIT_S = 5.0
 
@@ -571,7 +572,9 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
 
     def _replay_consumer(self) -> AIOKafkaConsumer:
         kwargs = self.options.consumer_kwargs(self.bootstrap_servers)
-        return AIOKafkaConsumer(**{**kwargs, "auto_offset_reset": "earliest"})
+        # A replay reads a backlog: large fetches, no waiting for more to arrive.
+        bulk = {"fetch_min_bytes": 1, "max_partition_fetch_bytes": _REPLAY_FETCH_BYTES}
+        return AIOKafkaConsumer(**{**kwargs, **bulk, "auto_offset_reset": "earliest"})
 
     async def _heartbeat(self) -> None:
         """Say this node is alive; end sessions nobody can claim any more."""

@@ -59,7 +59,7 @@ class RecoveryOptions:
 
     max_disconnection_duration: float = 120.0
     skip_middlewares: bool = True
-    replay_batch: int = 500
+    replay_batch: int = 5000
     replay_timeout: float = 60.0
 
     def __post_init__(self) -> None:

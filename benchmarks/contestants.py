@@ -1,0 +1,99 @@
+"""The contestants: each runs as 3 nodes sharing its broker, and speaks the gateway protocol."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .services import Broker, NodeCommand
+
+__all__ = ["CONTESTANTS", "PEERS", "Contestant", "available", "gateway_has_recovery_flag"]
+
+PEERS = Path(__file__).resolve().parent / "peers"
+
+# How one node is started: (contestant, port, broker URL, channel) -> its command.
+Launcher = Callable[["Contestant", int, str, str], NodeCommand]
+
+
+@dataclass(frozen=True, slots=True)
+class Contestant:
+    name: str
+    title: str
+    broker: Broker
+    recovers: bool  # whether a reconnecting client gets what it missed
+    launch: Launcher
+
+    def command(self, port: int, broker_url: str, channel: str) -> NodeCommand:
+        return self.launch(self, port, broker_url, channel)
+
+
+@functools.cache
+def gateway_has_recovery_flag() -> bool:
+    """Whether ``serve`` takes ``--recovery/--no-recovery`` (durable redelivery, issue 3)."""
+    help_text = subprocess.run(
+        [sys.executable, "-m", "socketio_kafka.gateway", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return "--no-recovery" in help_text
+
+
+def _gateway(contestant: Contestant, port: int, broker_url: str, channel: str) -> NodeCommand:
+    broker = ["--kafka", broker_url]
+    if contestant.broker == "redis":
+        broker = ["--adapter", "redis", "--redis-url", broker_url]
+    # Recovery is on by default once the gateway has it: say which one this node runs.
+    recovery = []
+    if gateway_has_recovery_flag():
+        recovery = ["--recovery" if contestant.recovers else "--no-recovery"]
+    argv = [
+        sys.executable, "-m", "socketio_kafka.gateway", "serve",
+        "--port", str(port), "--channel", channel, "--log-level", "warning",
+        "--no-ws-compression", *broker, *recovery,
+    ]  # fmt: skip
+    return NodeCommand(argv)
+
+
+def _node_peer(adapter: str) -> Launcher:
+    def launch(contestant: Contestant, port: int, broker_url: str, channel: str) -> NodeCommand:
+        env = {"PORT": str(port), "REDIS_URL": broker_url, "ADAPTER": adapter, "CHANNEL": channel}
+        return NodeCommand(["node", str(PEERS / "server.js")], env)
+
+    return launch
+
+
+CONTESTANTS = (
+    Contestant("kafka", "socketio-kafka (AsyncKafkaManager)", "kafka", False, _gateway),
+    Contestant(
+        "kafka-recovery",
+        "socketio-kafka, recovery on (its default)",
+        "kafka",
+        True,
+        _gateway,
+    ),
+    Contestant("redis", "python-socketio + AsyncRedisManager", "redis", False, _gateway),
+    Contestant(
+        "node-redis",
+        "Node socket.io + @socket.io/redis-adapter",
+        "redis",
+        False,
+        _node_peer("redis"),
+    ),
+    Contestant(
+        "node-redis-streams",
+        "Node socket.io + redis-streams-adapter, recovery on",
+        "redis",
+        True,
+        _node_peer("redis-streams"),
+    ),
+)
+
+
+def available(contestant: Contestant) -> bool:
+    """``kafka-recovery`` needs a gateway with recovery; every other contestant always runs."""
+    return contestant.name != "kafka-recovery" or gateway_has_recovery_flag()

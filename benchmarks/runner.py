@@ -1,0 +1,98 @@
+"""One run: every workload on every contestant, one contestant at a time, on this machine.
+
+Every service is started here and stopped here, failure and Ctrl-C included: brokers in a
+scratch data dir, nodes and load generators as child processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .contestants import Contestant
+from .cpu import await_quiet
+from .loadgen import Json
+from .services import BROKERS, BenchmarkError, Brokers, Cluster, free_port
+from .workloads import Plan, Target, probe, steps
+
+__all__ = ["NODES", "run"]
+
+NODES = 3
+# Idle nodes and broker stay under this; more means other work shares the machine.
+_QUIET_CORES = 0.4
+
+
+def run(plan: Plan, contestants: Sequence[Contestant], doc: Json) -> None:
+    """Run ``plan`` on each contestant; results, errors and broker versions go into ``doc``."""
+    total = sum(len(steps(plan, c.recovers)) for c in contestants)
+    with (
+        tempfile.TemporaryDirectory(prefix="socketio-kafka-bench-") as scratch,
+        contextlib.ExitStack() as stack,
+        tqdm(total=total, desc="benchmarks", unit="run", dynamic_ncols=True) as overall,
+    ):
+        brokers = Brokers(Path(scratch))
+        stack.callback(brokers.close)
+        for index, contestant in enumerate(contestants):
+            # A broker no later contestant needs stops now: it would only take CPU.
+            needed = {c.broker for c in contestants[index:]}
+            for broker in BROKERS:
+                if broker not in needed:
+                    brokers.stop(broker)
+            log_dir = Path(scratch) / contestant.name
+            log_dir.mkdir()
+            doc["contestants"][contestant.name] = _run_contestant(
+                contestant, plan, brokers, log_dir, overall, channel=f"bench-{doc['run_id']}"
+            )
+            doc["versions"][contestant.broker] = brokers.version(contestant.broker)
+
+
+def _run_contestant(
+    contestant: Contestant,
+    plan: Plan,
+    brokers: Brokers,
+    log_dir: Path,
+    overall: tqdm[object],
+    channel: str,
+) -> Json:
+    entry: Json = {
+        "title": contestant.title,
+        "broker": contestant.broker,
+        "recovers": contestant.recovers,
+        "nodes": NODES,
+        "results": {},
+        "errors": [],
+    }
+    planned = steps(plan, contestant.recovers)
+    attempted = 0
+    cluster = Cluster(log_dir)
+    try:
+        overall.set_description(f"{contestant.name}: starting")
+        url = brokers.url(contestant.broker)
+        node_channel = f"{channel}-{contestant.name}"
+        ports = [free_port() for _ in range(NODES)]
+        cluster.start([(port, contestant.command(port, url, node_channel)) for port in ports])
+        broker_pid = brokers.pid(contestant.broker)
+        target = Target(cluster.urls, cluster.pids, broker_pid, log_dir / "loadgen.log")
+        probe(target)
+        overall.set_description(f"{contestant.name}: waiting for a quiet machine")
+        entry["quiet_wait_s"] = await_quiet(cores=_QUIET_CORES)
+        for step in planned:
+            attempted += 1
+            overall.set_description(f"{contestant.name}: {step.label}")
+            try:
+                entry["results"].setdefault(step.workload, []).append(step.run(target))
+            except BenchmarkError as exc:
+                entry["errors"].append(f"{step.label}: {exc}")
+                tqdm.write(f"{contestant.name}: {step.label} failed: {exc}")
+            overall.update()
+    except BenchmarkError as exc:
+        entry["errors"].append(f"start: {exc}")
+        tqdm.write(f"{contestant.name} could not start: {exc}")
+    finally:
+        cluster.stop()
+    overall.update(len(planned) - attempted)  # what a failed start left undone
+    return entry

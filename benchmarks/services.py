@@ -1,0 +1,187 @@
+"""The services a run starts and stops: Kafka and Redis (the project's launchers, in a scratch
+data dir) and each contestant's nodes (subprocesses on loopback ports)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from socketio_kafka.gateway.local_kafka import LocalKafka
+from socketio_kafka.gateway.local_redis import LocalRedis
+
+__all__ = [
+    "BROKERS",
+    "BenchmarkError",
+    "Broker",
+    "Brokers",
+    "Cluster",
+    "NodeCommand",
+    "free_port",
+    "log_tail",
+    "require_tool",
+]
+
+Broker = Literal["kafka", "redis"]
+BROKERS: tuple[Broker, ...] = ("kafka", "redis")
+
+_STOP_TIMEOUT_S = 15.0
+
+
+class BenchmarkError(Exception):
+    """A service or load generator failed; the message says which and shows its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Brokers:
+    """Kafka and Redis in ``data_dir``, each started when first asked for and stopped by
+    `stop` (or `close`, which stops both)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self._kafka = LocalKafka(data_dir / "kafka")
+        self._redis = LocalRedis(data_dir / "redis")
+        self._addresses: dict[Broker, str] = {}
+
+    def url(self, broker: Broker) -> str:
+        """The broker's URL (``kafka://...`` or ``redis://...``), starting it if needed."""
+        if broker not in self._addresses:
+            address = self._service(broker).start()
+            self._addresses[broker] = f"kafka://{address}" if broker == "kafka" else address
+        return self._addresses[broker]
+
+    def pid(self, broker: Broker) -> int:
+        status = self._service(broker).status()
+        if status is None:
+            raise BenchmarkError(f"{broker} is not running:\n{self._service(broker).log_tail()}")
+        return status.pid
+
+    def version(self, broker: Broker) -> str | None:
+        status = self._service(broker).status()
+        return status.version if status else None
+
+    def stop(self, broker: Broker) -> None:
+        if self._addresses.pop(broker, None) is not None:
+            self._service(broker).stop()
+
+    def close(self) -> None:
+        for broker in BROKERS:
+            self._service(broker).stop()
+        self._addresses.clear()
+
+    def _service(self, broker: Broker) -> LocalKafka | LocalRedis:
+        return self._kafka if broker == "kafka" else self._redis
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCommand:
+    """How to run one node: its argv and the environment it adds."""
+
+    argv: Sequence[str]
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Node:
+    port: int
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class Cluster:
+    """Nodes of one contestant, each its own process (in its own session, so a Ctrl-C at the
+    terminal reaches the harness alone, which then stops them in order)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self._log_dir = log_dir
+        self._nodes: list[_Node] = []
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self._nodes]
+
+    @property
+    def pids(self) -> list[int]:
+        return [node.process.pid for node in self._nodes]
+
+    def start(self, commands: Sequence[tuple[int, NodeCommand]], timeout: float = 90.0) -> None:
+        """Start one node per ``(port, command)``; return once every one answers /readyz."""
+        for port, command in commands:
+            log = self._log_dir / f"node-{port}.log"
+            with log.open("wb") as out:
+                process = subprocess.Popen(
+                    list(command.argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, **command.env},
+                    start_new_session=True,
+                )
+            self._nodes.append(_Node(port, log, process))
+        deadline = time.monotonic() + timeout
+        for node in self._nodes:
+            _await_ready(node, deadline)
+
+    def stop(self) -> None:
+        """SIGTERM every node, SIGKILL what is left after a grace period. Safe to call twice."""
+        for node in self._nodes:
+            if node.process.poll() is None:
+                node.process.send_signal(signal.SIGTERM)
+        for node in self._nodes:
+            try:
+                node.process.wait(_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                node.process.kill()
+                node.process.wait()
+        self._nodes.clear()
+
+
+def _await_ready(node: _Node, deadline: float) -> None:
+    while not _ready(node.url):
+        if node.process.poll() is not None:
+            raise BenchmarkError(f"node {node.url} exited early:\n{log_tail(node.log)}")
+        if time.monotonic() > deadline:
+            raise BenchmarkError(f"node {node.url} not ready in time:\n{log_tail(node.log)}")
+        time.sleep(0.1)
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def require_tool(name: str, hint: str) -> str:
+    """The path of ``name`` on PATH, or a clear error saying how to get it."""
+    found = shutil.which(name)
+    if found is None:
+        raise BenchmarkError(f"{name} not found on PATH ({hint})")
+    return found
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    """The last lines of a log, to show why a process failed."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "".join(text.splitlines(keepends=True)[-lines:])

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import socketio
+from aiokafka.errors import KafkaError
 from engineio.base_server import BaseServer as EngineIOBaseServer
 from socketio import packet
 from socketio.base_manager import BaseManager
@@ -309,7 +310,11 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             except offsets.OffsetError as exc:
                 refusal = f"bad offset: {exc}"
             else:
-                bounds = await manager.bounds()
+                try:
+                    bounds = await manager.bounds()
+                except KafkaError as exc:
+                    logger.warning("no recovery while Kafka does not answer: %r", exc)
+                    return None
                 if any(s < b for s, b in zip(start, bounds.beginning, strict=True)):
                     refusal = "missed events were already deleted by retention"
                 elif any(s > e for s, e in zip(start, bounds.end, strict=True)):

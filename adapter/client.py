@@ -37,6 +37,11 @@ class AsyncRecoveringClient(socketio.AsyncClient):  # type: ignore[misc]  # unty
         #: Per namespace: whether its last connection recovered the previous session.
         self.recovered: dict[str, bool] = {}
 
+    async def connect(self, *args: Any, wait_timeout: float = 10, **kwargs: Any) -> None:
+        """python-socketio's `connect`; it waits longer by default (1 s there), as a
+        recovery may wait for the old node to say it lost the client, then replays."""
+        await super().connect(*args, wait_timeout=wait_timeout, **kwargs)
+
     async def disconnect(self) -> None:
         """Leave on purpose: the server ends the sessions, so forget them here too.
 

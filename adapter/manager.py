@@ -33,7 +33,11 @@ _POLL_TIMEOUT_MS = 1000
 _BATCH_OVERHEAD_BYTES = 64 * 1024
 _PROBE_TIMEOUT_S = 2.0
 _REPLAY_FETCH_BYTES = 8 * 1024 * 1024
-_HEARTBEAT_S = 5.0
+# Short: a session whose node died is claimable once its heartbeat is stale (3 beats).
+_HEARTBEAT_S = 1.0
+#: How long after its last heartbeat a node counts as gone.
+NODE_STALE_S = 3 * _HEARTBEAT_S
+_EXPIRY_EVERY = 5  # heartbeats between sweeps for expired sessions
 _EPOCH_WAIT_S = 5.0
 
 
@@ -552,7 +556,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         return self.sessions.sessions.get(pid)
 
     def node_alive(self, host_id: str) -> bool:
-        return host_id == self.host_id or self.sessions.node_alive(host_id, 3 * _HEARTBEAT_S)
+        return host_id == self.host_id or self.sessions.node_alive(host_id, NODE_STALE_S)
 
     async def bounds(self) -> Bounds:
         return await topic_bounds(self._replay_consumer, self.events_topic, self._partitions)
@@ -579,17 +583,20 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
     async def _heartbeat(self) -> None:
         """Say this node is alive; end sessions nobody can claim any more."""
         key = NODE_PREFIX + self.host_id.encode()
+        beats = 0
         while True:
+            beats += 1
             try:
                 await self._produce(self.sessions_topic, key, b"{}")
-                await self._end_expired()
+                if beats % _EXPIRY_EVERY == 0:
+                    await self._end_expired()
             except PublishError as exc:
                 self._get_logger().warning("heartbeat not written: %s", exc)
             await asyncio.sleep(_HEARTBEAT_S)
 
     async def _end_expired(self) -> None:
         assert self.recovery_window is not None
-        stale = 3 * _HEARTBEAT_S
+        stale = NODE_STALE_S
         for session in self.sessions.expired(time.time(), self.recovery_window + stale, stale):
             # Its owner ends it; any node does once the owner is gone (tombstones are
             # idempotent, so several nodes doing it is harmless).

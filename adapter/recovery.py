@@ -28,7 +28,7 @@ from socketio.base_manager import BaseManager
 from . import codec, offsets
 from .errors import ConfigError, PublishError
 from .fanout import event_args, event_packets
-from .manager import AsyncKafkaManager
+from .manager import NODE_STALE_S, AsyncKafkaManager
 from .sessions import Session
 
 __all__ = ["OPT_OUT_KEY", "RecoveringAsyncServer", "RecoveryOptions"]
@@ -181,13 +181,16 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             return
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         snapshot = await self._snapshot(sid, namespace) if sid else None
+        keep = reason in _KEEP
+        if snapshot is not None and keep:
+            # Saved before the socket leaves its rooms: were this node to die right after,
+            # the session already says when it was left.
+            await self._end(sid, namespace, snapshot)
+            self._kept[(eio_sid, namespace)] = (snapshot.pid, time.monotonic())
         await super()._handle_disconnect(eio_sid, namespace, reason)
         self.kafka.holds.drop(eio_sid)
-        keep = reason in _KEEP
-        if snapshot is not None:
-            await self._end(sid, namespace, snapshot if keep else None)
-            if keep:
-                self._kept[(eio_sid, namespace)] = (snapshot.pid, time.monotonic())
+        if snapshot is not None and not keep:
+            await self._end(sid, namespace, None)
         elif not keep and (kept := self._kept.pop((eio_sid, namespace), None)):
             # The client's DISCONNECT packet lost the race with its transport's close:
             # it did mean to leave, so its session ends after all.
@@ -230,7 +233,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         assert claim.pid is not None
         assert self.recovery is not None
         manager = self.kafka
-        session = await manager.find_session(claim.pid)
+        session = await self._settled(await manager.find_session(claim.pid))
         start = await self._replay_start(session, namespace, claim)
         if session is None or start is None:
             return False
@@ -271,6 +274,25 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             return True
         logger.info("recovered sid %s [%s]: %d missed events replayed", sid, namespace, missed)
         return True
+
+    async def _settled(self, session: Session | None) -> Session | None:
+        """The session once its node has said it was left, or has gone quiet.
+
+        A client back before its old node noticed the drop (or right after that node
+        died) would otherwise be refused as a session still live elsewhere.
+        """
+        manager = self.kafka
+        deadline = time.monotonic() + NODE_STALE_S + 0.5
+        while (
+            session is not None
+            and session.disconnected_at is None
+            and session.owner != manager.host_id
+            and manager.node_alive(session.owner)
+            and time.monotonic() < deadline
+        ):
+            await asyncio.sleep(0.05)
+            session = manager.sessions.sessions.get(session.pid)
+        return session
 
     async def _admitted(self, eio_sid: str, sid: str, namespace: str, claim: _Claim) -> bool:
         """Run the app's connect handler for a recovered socket; refuse it as a fresh one."""
@@ -391,8 +413,8 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         if live is None:
             return
         snapshot = await self._snapshot(sid, namespace)
-        if snapshot is None:
-            return
+        if snapshot is None or (sid, namespace) not in self._live:
+            return  # disconnected meanwhile: its last word is already written
         await self._store(snapshot)
 
     async def _snapshot(self, sid: str, namespace: str) -> Session | None:

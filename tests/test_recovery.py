@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 import socketio
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+from socketio_kafka.adapter.sessions import decode_session
 
 from .support.cluster import GatewayProcess, gateway_cluster
 from .support.harness import Harness
@@ -334,3 +336,36 @@ async def test_events_that_ask_for_an_ack_are_not_replayed(harness: Harness) -> 
         assert client.events("needs-ack") == []
     finally:
         await client.close()
+
+
+async def test_node_killed_under_a_connected_client_it_recovers_on_another(
+    harness: Harness, kafka_bootstrap: str, channel: str
+) -> None:
+    """The node dies before it can record anything: its heartbeat going quiet says enough."""
+    client = await _client_in_room(harness.gateways[0].url)
+    try:
+        sid = client.sid
+        await _session_saved_with_room(kafka_bootstrap, channel, sid)
+        harness.gateways[0].stop(signal.SIGKILL)
+        await wait_until(lambda: not client.client.connected, 15, "the client to notice")
+        await harness.gap_traffic(2, sid, ROOM)
+        await _recover_and_check_live(harness, client, harness.gateways[1].url, sid)
+    finally:
+        await client.close()
+
+
+async def _session_saved_with_room(bootstrap: str, channel: str, sid: str) -> None:
+    """Wait until the sessions topic holds ``sid``'s session with its room in it."""
+    consumer = AIOKafkaConsumer(
+        f"{channel}.sessions", bootstrap_servers=bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        async with asyncio.timeout(15):
+            async for record in consumer:
+                if record.value and not record.key.startswith(b"__"):
+                    session = decode_session(record.value)
+                    if session.sid == sid and ROOM in session.rooms:
+                        return
+    finally:
+        await consumer.stop()

@@ -21,7 +21,7 @@ from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions
 from socketio_kafka.adapter.recovery import RecoveringAsyncServer, RecoveryOptions
 
 from . import protocol
-from .brokers import RedisManager, redis_registry
+from .brokers import RedisManager
 from .metrics import node_registry
 from .settings import Settings
 
@@ -81,11 +81,7 @@ def create_app(settings: Settings, kafka_url: str | None = None) -> Starlette:
     if settings.extension:
         load_extension(settings.extension)(sio)
     node = Node(sio, manager, settings)
-    registry = (
-        node_registry(sio, manager)
-        if isinstance(manager, AsyncKafkaManager)
-        else redis_registry(manager)
-    )
+    registry = node_registry(manager)
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})

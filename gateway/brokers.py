@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import socketio
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from .errors import GatewayError
 
-__all__ = ["RedisManager", "redis_registry"]
+__all__ = ["RedisManager"]
 
 _PROBE_TIMEOUT_S = 2.0
 # python-socketio imports the redis package there if it is installed (None otherwise).
@@ -100,31 +97,3 @@ class RedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]  # python-
                 self._confirmed = self.pubsub
                 self._subscribed.set()
             yield message
-
-
-class _RedisNodeCollector(Collector):
-    """The metrics that mean the same on Redis: readiness and connected sockets."""
-
-    def __init__(self, manager: RedisManager) -> None:
-        self._manager = manager
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        ready = GaugeMetricFamily("socketio_kafka_ready", "1 when the node is ready")
-        ready.add_metric([], 1.0 if self._manager.ready else 0.0)
-        yield ready
-        sockets = GaugeMetricFamily(
-            "socketio_kafka_connected_sockets",
-            "Sockets connected to this node",
-            labels=["namespace"],
-        )
-        for namespace in list(self._manager.get_namespaces()):
-            count = sum(1 for _ in self._manager.get_participants(namespace, None))
-            sockets.add_metric([namespace], count)
-        yield sockets
-
-
-def redis_registry(manager: RedisManager) -> CollectorRegistry:
-    """A node's registry on Redis (python-socketio's manager keeps no counters to export)."""
-    registry = CollectorRegistry()
-    registry.register(_RedisNodeCollector(manager))
-    return registry

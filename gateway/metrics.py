@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import socketio
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from socketio_kafka.adapter import AsyncKafkaManager
+
+from .brokers import RedisManager
 
 __all__ = ["NodeCollector", "node_registry"]
 
@@ -26,15 +27,16 @@ _COUNTERS = {
 class NodeCollector(Collector):
     """Reads counters from the manager instead of mirroring them: nothing to keep in sync."""
 
-    def __init__(self, sio: socketio.AsyncServer, manager: AsyncKafkaManager) -> None:
-        self._sio = sio
+    def __init__(self, manager: AsyncKafkaManager | RedisManager) -> None:
         self._manager = manager
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        for name, doc in _COUNTERS.items():
-            counter = CounterMetricFamily(f"socketio_kafka_{name}", doc)
-            counter.add_metric([], getattr(self._manager.stats, name))
-            yield counter
+        # python-socketio's Redis manager keeps no counters: readiness and sockets only.
+        if isinstance(self._manager, AsyncKafkaManager):
+            for name, doc in _COUNTERS.items():
+                counter = CounterMetricFamily(f"socketio_kafka_{name}", doc)
+                counter.add_metric([], getattr(self._manager.stats, name))
+                yield counter
         ready = GaugeMetricFamily("socketio_kafka_ready", "1 when the node is ready")
         ready.add_metric([], 1.0 if self._manager.ready else 0.0)
         yield ready
@@ -49,8 +51,8 @@ class NodeCollector(Collector):
         yield sockets
 
 
-def node_registry(sio: socketio.AsyncServer, manager: AsyncKafkaManager) -> CollectorRegistry:
+def node_registry(manager: AsyncKafkaManager | RedisManager) -> CollectorRegistry:
     """A registry of this node's own (not the process-global one: tests run several apps)."""
     registry = CollectorRegistry()
-    registry.register(NodeCollector(sio, manager))
+    registry.register(NodeCollector(manager))
     return registry

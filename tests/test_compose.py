@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import re
 import shutil
@@ -36,6 +37,16 @@ def test_compose_has_the_deployment(compose: dict[str, object]) -> None:
     assert isinstance(services, dict)
     assert {"kafka", "redis", "nginx", "prometheus", *GATEWAYS} <= set(services)
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+
+
+def test_kafka_cluster_id_is_one_kafka_formats(compose: dict[str, object]) -> None:
+    """KRaft's storage format takes a base64url UUID (16 bytes); anything else stops Kafka."""
+    services = compose["services"]
+    assert isinstance(services, dict)
+    cluster_id = services["kafka"]["environment"]["CLUSTER_ID"]
+    assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
+    assert len(cluster_id) == 22
+    assert not cluster_id.startswith("-")
 
 
 def test_gateways_are_configured_only_with_variables_they_read(

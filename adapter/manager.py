@@ -404,9 +404,21 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         assert self._consumer is not None
         consumer = self._consumer
         delay = _FIRST_RETRY_S
+        loop = asyncio.get_running_loop()
+        interval = self.options.fetch_interval_ms / 1000
+        next_fetch = 0.0
         while True:
+            # Paced fetching (KafkaOptions.fetch_interval_ms): aiokafka fetches again as
+            # soon as getmany drains its buffer, so the partitions stay paused until the
+            # interval is over; the next fetch then returns all that arrived meanwhile.
+            if (pause := next_fetch - loop.time()) > 0:
+                await asyncio.sleep(pause)
+            consumer.resume(*consumer.assignment())
             try:
                 batches = await consumer.getmany(timeout_ms=_POLL_TIMEOUT_MS)
+                if interval:
+                    consumer.pause(*consumer.assignment())
+                    next_fetch = loop.time() + interval
             except KafkaError as exc:
                 self._get_logger().warning("kafka fetch failed (%r); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay)

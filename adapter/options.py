@@ -32,15 +32,19 @@ class KafkaOptions:
     retention_ms: int = 24 * 3600 * 1000
     acks: str | int = "all"
     enable_idempotence: bool = True
-    # Measured (benchmarks/RESULTS.md): a 1 ms linger and fetches that wait up to 5 ms
-    # for 4 KiB more than double throughput and cut p99 fourfold against 0 / 1 B / 500 ms,
-    # where every publish is its own request and every fetch returns a record or two.
-    linger_ms: int = 1
+    # Measured (benchmarks/RESULTS.md): every Kafka request costs the broker about as much
+    # CPU as a whole batch of records, so the defaults trade a few ms for fewer requests.
+    # A 5 ms linger (the Java client's default since Kafka 4.0) batches publishes.
+    linger_ms: int = 5
     max_batch_size: int = 16384
     compression_type: str | None = None
     request_timeout_ms: int = 15000
-    fetch_min_bytes: int = 4096
-    fetch_max_wait_ms: int = 5
+    # Fetches long-poll (an idle node costs the broker nothing) and answer at the first
+    # record, but the manager asks at most once per ``fetch_interval_ms``: under load a
+    # fetch carries what arrived meanwhile instead of a record or two. 0 disables pacing.
+    fetch_min_bytes: int = 1
+    fetch_max_wait_ms: int = 500
+    fetch_interval_ms: float = 5.0
     max_partition_fetch_bytes: int = 1024 * 1024
     max_record_bytes: int = 1024 * 1024
     client_id: str = "socketio-kafka"
@@ -60,6 +64,7 @@ class KafkaOptions:
         _require(self.acks in _ACKS, f"acks must be one of {_ACKS}")
         _require(self.compression_type in _COMPRESSION, f"compression_type not in {_COMPRESSION}")
         _require(self.linger_ms >= 0, "linger_ms must be >= 0")
+        _require(self.fetch_interval_ms >= 0, "fetch_interval_ms must be >= 0")
         _require(self.max_record_bytes > 0, "max_record_bytes must be > 0")
         _require(self.retry_backoff_max_s > 0, "retry_backoff_max_s must be > 0")
         _require(

@@ -119,6 +119,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .websocket import CoalescingWebSocketProtocol
 
     settings = Settings(
         host=args.host,
@@ -152,6 +153,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        ws=CoalescingWebSocketProtocol,
         ws_per_message_deflate=settings.ws_compression,
         timeout_graceful_shutdown=10,
     )

@@ -107,3 +107,27 @@ def test_base_manager_room_primitives() -> None:
         "get_participants": ["self", "namespace", "room"],
     }.items():
         assert list(inspect.signature(getattr(BaseManager, name)).parameters) == params, name
+
+
+UVICORN_TESTED = ("0.54.",)
+
+
+def test_uvicorn_is_a_tested_release() -> None:
+    """gateway/websocket.py subclasses uvicorn's sans-I/O WebSocket protocol."""
+    assert version("uvicorn").startswith(UVICORN_TESTED), (
+        f"uvicorn {version('uvicorn')} is untested: check gateway/websocket.py against it, "
+        "then widen the range in pyproject.toml and here"
+    )
+
+
+def test_uvicorn_protocol_writes_only_through_its_transport_attribute() -> None:
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    source = inspect.getsource(WebSocketsSansIOProtocol)
+    assert "self.transport = transport" in inspect.getsource(
+        WebSocketsSansIOProtocol.connection_made
+    )
+    assert "self.transport.write(" in inspect.getsource(WebSocketsSansIOProtocol.send)
+    # Any other way out (writelines, a second transport) would pass our buffer by.
+    assert "writelines" not in source
+    assert source.count("self.transport = ") == 1

@@ -1,0 +1,121 @@
+"""gateway/websocket.py: frames written in one go per loop turn, in order, none lost."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import socketio
+import uvicorn
+
+from socketio_kafka.gateway.websocket import CoalescingTransport, CoalescingWebSocketProtocol
+
+from .support.cluster import free_port
+from .support.waiting import wait_until
+
+
+class RecordingTransport:
+    """The calls a transport gets, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes | None]] = []
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("write", data))
+
+    def close(self) -> None:
+        self.calls.append(("close", None))
+
+    def abort(self) -> None:
+        self.calls.append(("abort", None))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def _coalescing() -> tuple[CoalescingTransport, RecordingTransport]:
+    inner = RecordingTransport()
+    return CoalescingTransport(inner, asyncio.get_running_loop()), inner  # type: ignore[arg-type]
+
+
+async def test_writes_of_one_loop_turn_go_out_as_one() -> None:
+    transport, inner = _coalescing()
+    for frame in (b"a", b"bc", bytearray(b"d"), memoryview(b"ef")):
+        transport.write(frame)
+    assert inner.calls == []
+    await asyncio.sleep(0)
+    assert inner.calls == [("write", b"abcdef")]
+    transport.write(b"g")
+    await asyncio.sleep(0)
+    assert inner.calls[1:] == [("write", b"g")]
+
+
+async def test_close_sends_what_is_pending_first() -> None:
+    transport, inner = _coalescing()
+    transport.write(b"last words")
+    transport.close()
+    assert inner.calls == [("write", b"last words"), ("close", None)]
+    await asyncio.sleep(0)
+    assert len(inner.calls) == 2  # the scheduled flush finds nothing left
+
+
+async def test_abort_drops_what_is_pending() -> None:
+    transport, inner = _coalescing()
+    transport.write(b"never")
+    transport.abort()
+    await asyncio.sleep(0)
+    assert inner.calls == [("abort", None)]
+
+
+async def test_everything_else_is_the_transport_s_own() -> None:
+    transport, _ = _coalescing()
+    assert transport.is_closing() is False
+
+
+@pytest.mark.timeout(60)
+async def test_a_burst_reaches_a_real_client_in_order_in_fewer_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    flushes = 0
+    flush = CoalescingTransport.flush
+
+    def counting_flush(self: CoalescingTransport) -> None:
+        nonlocal flushes
+        flushes += 1
+        flush(self)
+
+    monkeypatch.setattr(CoalescingTransport, "flush", counting_flush)
+    sio = socketio.AsyncServer(async_mode="asgi")
+    count = 500
+
+    @sio.on("burst")  # type: ignore[untyped-decorator]
+    async def burst(sid: str) -> None:
+        # Queued together, as the Kafka manager queues a fetched batch.
+        await asyncio.gather(*(sio.emit("n", seq, to=sid) for seq in range(count)))
+
+    port = free_port()
+    config = uvicorn.Config(
+        socketio.ASGIApp(sio),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        ws=CoalescingWebSocketProtocol,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    client = socketio.AsyncClient()
+    got: list[int] = []
+    client.on("n", got.append)
+    try:
+        await wait_until(lambda: server.started, 15, "uvicorn to start")
+        await client.connect(f"http://127.0.0.1:{port}", transports=["websocket"])
+        before = flushes
+        await client.emit("burst")
+        await wait_until(lambda: len(got) >= count, 30, "the burst")
+        assert got == list(range(count))
+        assert 0 < flushes - before < count / 10
+    finally:
+        await client.disconnect()
+        server.should_exit = True
+        await task

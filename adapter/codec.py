@@ -9,11 +9,11 @@ Kafka keeps its order.
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 from socketio.packet import Packet
 
+from . import fastjson
 from .errors import RecordDecodeError
 
 __all__ = [
@@ -94,7 +94,7 @@ def record_key(message: Message) -> bytes:
 
 
 def encode(message: Message) -> bytes:
-    return json.dumps({"v": FORMAT_VERSION, **message}, separators=(",", ":")).encode()
+    return fastjson.dumpb({"v": FORMAT_VERSION, **message})
 
 
 def decode(value: bytes | None) -> Message:
@@ -102,7 +102,7 @@ def decode(value: bytes | None) -> Message:
     if value is None:
         raise RecordDecodeError("empty record")
     try:
-        message = json.loads(value)
+        message = fastjson.loads(value)
     except (UnicodeDecodeError, ValueError) as exc:
         raise RecordDecodeError(f"not JSON: {exc}") from exc
     if not isinstance(message, dict):

@@ -35,11 +35,21 @@ def event_args(message: Message) -> list[Any]:
 
 
 def event_packets(
-    packet_class: type[Packet], namespace: str, event: str, args: list[Any], offset: str | None
+    packet_class: type[Packet],
+    namespace: str,
+    event: str,
+    args: list[Any],
+    offset: str | None,
+    *,
+    binary: bool,
 ) -> list[Any]:
-    """The Engine.IO packets of one EVENT, the offset (if any) appended as the last argument."""
+    """The Engine.IO packets of one EVENT, the offset (if any) appended as the last argument.
+
+    ``binary`` comes from the record, so python-socketio need not search the data for bytes.
+    """
     data = [event, *args] if offset is None else [event, *args, offset]
-    encoded = packet_class(packet.EVENT, namespace=namespace, data=data).encode()
+    pkt = packet_class(packet.EVENT, namespace=namespace, data=data, binary=binary)
+    encoded = pkt.encode()
     parts = encoded if isinstance(encoded, list) else [encoded]
     return [eio_packet.Packet(eio_packet.MESSAGE, part) for part in parts]
 

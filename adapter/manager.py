@@ -518,7 +518,12 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             packets = variants.get(with_offset)
             if packets is None:
                 packets = variants[with_offset] = event_packets(
-                    self.server.packet_class, namespace, event, args, mark if with_offset else None
+                    self.server.packet_class,
+                    namespace,
+                    event,
+                    args,
+                    mark if with_offset else None,
+                    binary=bool(message.get("binary")),
                 )
             if not self.holds.add(eio_sid, partition, offset, packets):
                 await self.send_packets(eio_sid, packets)

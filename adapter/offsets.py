@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .errors import SocketIOKafkaError
 
-__all__ = ["MAX_OFFSET_LENGTH", "OffsetError", "Position", "decode", "encode"]
+__all__ = ["MAX_OFFSET_LENGTH", "Marker", "OffsetError", "Position", "decode", "encode"]
 
 MAX_OFFSET_LENGTH = 4096
 _EPOCH = re.compile(r"[0-9a-z]{1,32}")
@@ -37,6 +37,20 @@ class Position:
 
 def encode(epoch: str, offsets: list[int] | tuple[int, ...]) -> str:
     return f"{epoch}~{'.'.join(_base36(o) for o in offsets)}"
+
+
+class Marker:
+    """An offset string kept current one partition at a time: a replay moves one partition
+    per record, so only that part is re-encoded."""
+
+    def __init__(self, epoch: str, offsets: tuple[int, ...]) -> None:
+        self._prefix = f"{epoch}~"
+        self._parts = [_base36(o) for o in offsets]
+
+    def advance(self, partition: int, offset: int) -> str:
+        """The offset string once ``partition`` has been read up to ``offset``."""
+        self._parts[partition] = _base36(offset)
+        return self._prefix + ".".join(self._parts)
 
 
 def decode(value: object, epoch: str, partitions: int) -> Position:

@@ -34,8 +34,9 @@ class KafkaOptions:
     enable_idempotence: bool = True
     # Measured (benchmarks/RESULTS.md): every Kafka request costs the broker about as much
     # CPU as a whole batch of records, so the defaults trade a few ms for fewer requests.
-    # A 5 ms linger (the Java client's default since Kafka 4.0) batches publishes.
-    linger_ms: int = 5
+    # A 2 ms linger batches publishes; an awaited emit waits for it, so a loop of awaited
+    # emits runs at a few hundred a second (gather them, or set 0 for such a loop).
+    linger_ms: int = 2
     max_batch_size: int = 16384
     compression_type: str | None = None
     request_timeout_ms: int = 15000

@@ -381,14 +381,17 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         def wanted(message: codec.Message) -> bool:
             return _addressed_to(message, namespace, session.sid, rooms)
 
-        position = list(start)
+        marker = offsets.Marker(manager.epoch, start)
         count = 0
         async for record in manager.replay(start, stop, self.recovery.replay_batch, wanted):
-            position[record.partition] = record.offset + 1
             message = record.message
-            mark = offsets.encode(manager.epoch, position)
             packets = event_packets(
-                self.packet_class, namespace, message["event"], event_args(message), mark
+                self.packet_class,
+                namespace,
+                message["event"],
+                event_args(message),
+                marker.advance(record.partition, record.offset + 1),
+                binary=bool(message.get("binary")),
             )
             await manager.send_packets(eio_sid, packets)
             count += 1

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions
+from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions, fastjson
 from socketio_kafka.adapter.recovery import RecoveringAsyncServer, RecoveryOptions
 
 from . import protocol
@@ -76,6 +76,7 @@ def create_app(settings: Settings, kafka_url: str | None = None) -> Starlette:
         connection_state_recovery=recovery,
         cors_allowed_origins=settings.cors_allowed_origins,
         max_http_buffer_size=settings.max_payload_bytes,
+        json=fastjson,
     )
     protocol.register(sio)
     if settings.extension:

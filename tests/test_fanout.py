@@ -25,14 +25,14 @@ def test_event_args_as_python_socketio_sends_them() -> None:
 
 
 def test_offset_is_the_last_argument_of_one_encoded_packet() -> None:
-    (packet,) = event_packets(Packet, "/", "news", [{"a": 1}], "ep~0.3")
+    (packet,) = event_packets(Packet, "/", "news", [{"a": 1}], "ep~0.3", binary=False)
     assert packet.data == '2["news",{"a":1},"ep~0.3"]'
-    (plain,) = event_packets(Packet, "/chat", "news", [1], None)
+    (plain,) = event_packets(Packet, "/chat", "news", [1], None, binary=False)
     assert plain.data == '2/chat,["news",1]'
 
 
 def test_binary_event_packets_carry_attachments() -> None:
-    packets = event_packets(Packet, "/", "blob", [b"\x01\x02"], "ep~1")
+    packets = event_packets(Packet, "/", "blob", [b"\x01\x02"], "ep~1", binary=True)
     assert len(packets) == 2
     assert packets[1].data == b"\x01\x02"
 

@@ -61,3 +61,12 @@ def test_claims_are_taken_out_of_the_apps_auth(
 ) -> None:
     claim = _Claim.parse(auth)
     assert (claim.pid, claim.offset, claim.opt_out, claim.auth) == (pid, offset, opt_out, rest)
+
+
+def test_marker_matches_a_full_encoding_as_partitions_move() -> None:
+    position = [0, 35, 36, 7]
+    marker = offsets.Marker("ep", tuple(position))
+    for partition, offset in [(1, 36), (3, 8), (1, 1_000_000), (0, 1)]:
+        position[partition] = offset
+        assert marker.advance(partition, offset) == offsets.encode("ep", position)
+    assert offsets.decode(marker.advance(2, 37), "ep", 4).offsets == (1, 1_000_000, 37, 8)

@@ -52,7 +52,8 @@ class Harness:
         return list(await asyncio.gather(*(self.client(n, namespaces) for n in nodes)))
 
     async def control(self, node: int, op: str, **request: Any) -> dict[str, Any]:
-        reply = await self.controls[node].ask(op, request, namespace=CONTROL, timeout=30)
+        # A burst of 5,000 awaited emits takes one producer linger plus a round trip each.
+        reply = await self.controls[node].ask(op, request, namespace=CONTROL, timeout=120)
         assert isinstance(reply, dict)
         assert reply.get("ok"), f"control {op} on node {node} failed: {reply}"
         return reply

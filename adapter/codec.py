@@ -113,7 +113,8 @@ def decode(value: bytes | None) -> Message:
     if method not in _REQUIRED:
         raise RecordDecodeError(f"unknown method {method!r}")
     for name, kind in _REQUIRED[method]:
-        if not isinstance(message.get(name), kind) or isinstance(message.get(name), bool):
+        field = message.get(name)
+        if not isinstance(field, kind) or field is True or field is False:
             raise RecordDecodeError(f"{method}: field {name!r} missing or of the wrong type")
     for name, kind in _OPTIONAL.items():
         if name in message and not isinstance(message[name], kind):

@@ -33,6 +33,7 @@ _POLL_TIMEOUT_MS = 1000
 _BATCH_OVERHEAD_BYTES = 64 * 1024
 _PROBE_TIMEOUT_S = 2.0
 _REPLAY_FETCH_BYTES = 8 * 1024 * 1024
+_REPLAY_RETRY_BACKOFF_MS = 10
 # Short: a session whose node died is claimable once its heartbeat is stale (3 beats).
 _HEARTBEAT_S = 1.0
 #: How long after its last heartbeat a node counts as gone.
@@ -593,8 +594,14 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
 
     def _replay_consumer(self) -> AIOKafkaConsumer:
         kwargs = self.options.consumer_kwargs(self.bootstrap_servers)
-        # A replay reads a backlog: large fetches, no waiting for more to arrive.
-        bulk = {"fetch_min_bytes": 1, "max_partition_fetch_bytes": _REPLAY_FETCH_BYTES}
+        # A replay reads a backlog: large fetches, no waiting for more to arrive. A new
+        # consumer waits one retry backoff for the topic's metadata before its first
+        # request: 100 ms by default, a tenth of a 10,000-event recovery.
+        bulk = {
+            "fetch_min_bytes": 1,
+            "max_partition_fetch_bytes": _REPLAY_FETCH_BYTES,
+            "retry_backoff_ms": _REPLAY_RETRY_BACKOFF_MS,
+        }
         return AIOKafkaConsumer(**{**kwargs, **bulk, "auto_offset_reset": "earliest"})
 
     async def _heartbeat(self) -> None:

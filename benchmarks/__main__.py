@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from . import plots, report, runner
+from . import floor, plots, report, runner
 from .contestants import CONTESTANTS, Contestant, available
 from .loadgen import Json
 from .workloads import FULL, QUICK
@@ -33,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         runner.run(plan, contestants, doc)
+        if any(c.broker == "kafka" for c in contestants):
+            print("measuring Kafka alone (benchmarks/floor.py)", file=sys.stderr)
+            doc["kafka_floor"] = floor.measure(plan.floor_rate, plan.floor_s)
     except KeyboardInterrupt:
         print("interrupted: every service it started is stopped", file=sys.stderr)
         return 130

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .contestants import PEERS, Contestant
+from .floor import floor_table
 from .loadgen import Json
 from .workloads import Plan
 
@@ -319,6 +320,11 @@ def summary_markdown(doc: Json) -> str:
         "## Loss under a disconnect",
         disconnect_table(doc),
     ]
+    if doc.get("kafka_floor"):
+        sections += [
+            "## Kafka alone: publish to fetch, no Socket.IO (`benchmarks/floor.py`)",
+            floor_table(doc["kafka_floor"]),
+        ]
     errors = [f"- `{n}`: {e}" for n, entry, _ in _results(doc) for e in entry["errors"]]
     if errors:
         sections += ["## Errors", "\n".join(errors)]
@@ -339,6 +345,9 @@ def problems(doc: Json) -> list[str]:
             continue
         found += [f"{name}: {error}" for error in entry["errors"]]
         found += [f"{name}: {p}" for p in _result_problems(entry["results"], entry["recovers"])]
+    for row in doc.get("kafka_floor", []):
+        if row["received"] != row["sent"]:
+            found.append(f"Kafka alone, {row['setting']}: {row['received']} of {row['sent']}")
     return found
 
 

@@ -33,6 +33,8 @@ class Plan:
     recovery_missed: tuple[int, ...]
     disconnect_rate: int
     disconnect_phases_s: tuple[float, float, float]  # streaming before, away, after
+    floor_rate: int  # Kafka alone (benchmarks/floor.py): records/s, and seconds per setting
+    floor_s: float
 
     def as_json(self) -> Json:
         return asdict(self)
@@ -52,6 +54,8 @@ QUICK = Plan(
     recovery_missed=(500,),
     disconnect_rate=200,
     disconnect_phases_s=(1.0, 1.0, 1.0),
+    floor_rate=200,
+    floor_s=1.0,
 )
 
 FULL = Plan(
@@ -68,6 +72,8 @@ FULL = Plan(
     recovery_missed=(1_000, 10_000, 100_000),
     disconnect_rate=500,
     disconnect_phases_s=(3.0, 5.0, 3.0),
+    floor_rate=1_000,
+    floor_s=8.0,
 )
 
 

@@ -50,7 +50,15 @@ def test_quick_run_writes_sane_results(tmp_path: Path) -> None:
         assert entry["errors"] == [], name
         _check_results(name, entry["results"], entry["recovers"])
     assert {p.name for p in (tmp_path / doc["run_id"]).iterdir()} == PLOTS
-    assert (tmp_path / f"{doc['run_id']}.md").read_text().startswith("# Benchmark run")
+    summary = (tmp_path / f"{doc['run_id']}.md").read_text()
+    assert summary.startswith("# Benchmark run")
+    # Kafka alone, the floor under our latency: every record reached all three consumers.
+    floor = doc["kafka_floor"]
+    assert len(floor) >= 2
+    for row in floor:
+        assert row["received"] == row["sent"] > 0, row
+        assert 0 < row["p50_ms"] <= row["p99_ms"], row
+    assert "## Kafka alone" in summary
 
 
 def _check_results(name: str, results: dict[str, Any], recovers: bool) -> None:

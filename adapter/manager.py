@@ -7,7 +7,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -254,12 +254,24 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
     async def _send(
         self, producer: AIOKafkaProducer, topic: str, key: bytes, value: bytes | None
     ) -> None:
+        await self._send_many(producer, topic, [(key, value)])
+
+    async def _send_many(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        records: Sequence[tuple[bytes, bytes | None]],
+    ) -> None:
+        """Queue every record, then wait for all: one linger and one round trip for all."""
         timeout = self.options.request_timeout_ms / 1000
         try:
             # aiokafka retries a batch while the broker is away; the caller needs an answer.
             async with asyncio.timeout(timeout):
-                delivery = await producer.send(topic, value, key=key)
-                await delivery
+                deliveries = [await producer.send(topic, value, key=key) for key, value in records]
+                outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
         except KafkaError as exc:
             raise PublishError(f"Kafka did not accept the record: {exc!r}") from exc
         except TimeoutError as exc:
@@ -555,6 +567,11 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
 
     async def write_session(self, session: Session) -> None:
         await self._produce(self.sessions_topic, session.pid.encode(), encode_session(session))
+
+    async def write_sessions(self, sessions: Sequence[Session]) -> None:
+        """Several session records at once: a burst of joins is durable in one round trip."""
+        records = [(s.pid.encode(), encode_session(s)) for s in sessions]
+        await self._send_many(await self._ready_producer(), self.sessions_topic, records)
 
     async def end_session(self, pid: str) -> None:
         await self._produce(self.sessions_topic, pid.encode(), None)

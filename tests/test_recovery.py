@@ -354,8 +354,24 @@ async def test_node_killed_under_a_connected_client_it_recovers_on_another(
         await client.close()
 
 
-async def _session_saved_with_room(bootstrap: str, channel: str, sid: str) -> None:
-    """Wait until the sessions topic holds ``sid``'s session with its room in it."""
+async def test_a_burst_of_joins_is_saved_for_every_socket(
+    harness: Harness, kafka_bootstrap: str, channel: str
+) -> None:
+    """Joins arriving together are written together; none is left out of the batch."""
+    clients = await asyncio.gather(
+        *(RecoveringRecorder().connect(harness.gateways[0].url) for _ in range(40))
+    )
+    try:
+        replies = await asyncio.gather(*(c.client.call("join", {"room": ROOM}) for c in clients))
+        assert replies == [{"ok": True}] * len(clients)
+        await _session_saved_with_room(kafka_bootstrap, channel, *(c.sid for c in clients))
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))
+
+
+async def _session_saved_with_room(bootstrap: str, channel: str, *sids: str) -> None:
+    """Wait until the sessions topic holds each of ``sids``' sessions with its room in it."""
+    waiting = set(sids)
     consumer = AIOKafkaConsumer(
         f"{channel}.sessions", bootstrap_servers=bootstrap, auto_offset_reset="earliest"
     )
@@ -365,7 +381,9 @@ async def _session_saved_with_room(bootstrap: str, channel: str, sid: str) -> No
             async for record in consumer:
                 if record.value and not record.key.startswith(b"__"):
                     session = decode_session(record.value)
-                    if session.sid == sid and ROOM in session.rooms:
-                        return
+                    if ROOM in session.rooms:
+                        waiting.discard(session.sid)
+                        if not waiting:
+                            return
     finally:
         await consumer.stop()

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
+import socketio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions, TopicLayoutError
+
+from .support.server import run_server
+from .support.waiting import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(60)]
 
@@ -58,3 +65,32 @@ async def test_an_existing_topic_that_would_lose_events_is_refused(
         await manager.start()
     assert not manager.ready
     await manager.stop()
+
+
+@pytest.mark.parametrize("interval_ms", [0.0, 5.0])
+async def test_paced_and_unpaced_fetching_deliver_every_event_in_order(
+    kafka_url: str, channel: str, interval_ms: float
+) -> None:
+    """``fetch_interval_ms`` pauses the partitions between fetches: nothing may stay paused."""
+    options = KafkaOptions(fetch_interval_ms=interval_ms)
+    manager = AsyncKafkaManager(kafka_url, channel, options=options)
+    sio = socketio.AsyncServer(async_mode="asgi", client_manager=manager)
+    got: list[Any] = []
+    client = socketio.AsyncClient()
+    client.on("n", got.append)
+    async with run_server(socketio.ASGIApp(sio)) as url:
+        await manager.start()
+        await client.connect(url, transports=["websocket"])
+        try:
+            async with AsyncKafkaManager(kafka_url, channel, write_only=True) as writer:
+                for seq in range(100):
+                    await writer.emit("n", seq)
+                await wait_until(lambda: len(got) >= 100, 30, "100 events")
+                # Idle past fetch_max_wait_ms (500): the next event lands in a long poll.
+                await asyncio.sleep(1.5)
+                await writer.emit("n", "after a quiet spell")
+                await wait_until(lambda: len(got) == 101, 30, "the last event")
+            assert got == [*range(100), "after a quiet spell"]
+        finally:
+            await client.disconnect()
+            await manager.stop()

@@ -36,6 +36,7 @@ def test_bad_urls_are_config_errors(url: str | list[str]) -> None:
         {"acks": 1},  # idempotence needs acks=all
         {"compression_type": "brotli"},
         {"max_record_bytes": 0},
+        {"fetch_interval_ms": -1},
     ],
 )
 def test_bad_options_are_config_errors(kwargs: dict[str, object]) -> None:

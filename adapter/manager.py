@@ -613,7 +613,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         kwargs = self.options.consumer_kwargs(self.bootstrap_servers)
         # A replay reads a backlog: large fetches, no waiting for more to arrive. A new
         # consumer waits one retry backoff for the topic's metadata before its first
-        # request: 100 ms by default, a tenth of a 10,000-event recovery.
+        # request: 100 ms by default, a third of a 10,000-event recovery.
         bulk = {
             "fetch_min_bytes": 1,
             "max_partition_fetch_bytes": _REPLAY_FETCH_BYTES,

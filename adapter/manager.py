@@ -565,11 +565,8 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         if self.on_rooms_changed is not None and room is not None and room != sid:
             self.on_rooms_changed(sid, namespace)
 
-    async def write_session(self, session: Session) -> None:
-        await self._produce(self.sessions_topic, session.pid.encode(), encode_session(session))
-
     async def write_sessions(self, sessions: Sequence[Session]) -> None:
-        """Several session records at once: a burst of joins is durable in one round trip."""
+        """Session records, all at once: a burst of joins is durable in one round trip."""
         records = [(s.pid.encode(), encode_session(s)) for s in sessions]
         await self._send_many(await self._ready_producer(), self.sessions_topic, records)
 

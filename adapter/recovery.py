@@ -224,7 +224,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         data["pid"] = pid
         manager = self.kafka
         self._live[(sid, namespace)] = _Live(pid, tuple(manager.positions), manager.epoch)
-        await self._write(sid, namespace)
+        await self._write((sid, namespace))
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -258,7 +258,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         try:
             async with asyncio.timeout(self.recovery.replay_timeout):
                 await super().save_session(sid, session.data or {}, namespace=namespace)
-                await self._write(sid, namespace)
+                await self._write((sid, namespace))
                 missed = await self._replay(eio_sid, namespace, session, start, stop)
             await super()._send_packet(
                 eio_sid,
@@ -413,22 +413,17 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         while self._dirty:
             batch = list(self._dirty)
             self._dirty.clear()
-            sessions = []
-            for sid, namespace in batch:
-                snapshot = await self._snapshot(sid, namespace)
-                if snapshot is not None and (sid, namespace) in self._live:
-                    sessions.append(snapshot)
-            if sessions:
-                await self._store_many(sessions)
+            await self._write(*batch)
 
-    async def _write(self, sid: str, namespace: str) -> None:
-        live = self._live.get((sid, namespace))
-        if live is None:
-            return
-        snapshot = await self._snapshot(sid, namespace)
-        if snapshot is None or (sid, namespace) not in self._live:
-            return  # disconnected meanwhile: its last word is already written
-        await self._store(snapshot)
+    async def _write(self, *keys: tuple[str, str]) -> None:
+        """Save the sessions of these ``(sid, namespace)`` sockets, in one batch."""
+        sessions = []
+        for sid, namespace in keys:
+            snapshot = await self._snapshot(sid, namespace)
+            # Disconnected (meanwhile, too): its last word is already written.
+            if snapshot is not None and (sid, namespace) in self._live:
+                sessions.append(snapshot)
+        await self._store(*sessions)
 
     async def _snapshot(self, sid: str, namespace: str) -> Session | None:
         live = self._live.get((sid, namespace))
@@ -465,17 +460,18 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         for key in [k for k, (_, at) in self._kept.items() if at < cutoff]:
             del self._kept[key]
 
-    async def _store_many(self, sessions: list[Session]) -> None:
+    async def _store(self, *sessions: Session) -> None:
+        if not sessions:
+            return
         try:
             await self.kafka.write_sessions(sessions)
         except PublishError as exc:
-            logger.warning("%d sessions not saved; they cannot recover: %s", len(sessions), exc)
-
-    async def _store(self, session: Session) -> None:
-        try:
-            await self.kafka.write_session(session)
-        except PublishError as exc:
-            logger.warning("session of sid %s not saved; it cannot recover: %s", session.sid, exc)
+            logger.warning(
+                "sessions of %d socket(s) (sid %s, ...) not saved; they cannot recover: %s",
+                len(sessions),
+                sessions[0].sid,
+                exc,
+            )
 
 
 def _addressed_to(message: codec.Message, namespace: str, sid: str, rooms: set[str]) -> bool:

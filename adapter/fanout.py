@@ -34,21 +34,17 @@ def event_args(message: Message) -> list[Any]:
     return data
 
 
-def event_packets(
-    packet_class: type[Packet],
-    namespace: str,
-    event: str,
-    args: list[Any],
-    offset: str | None,
-    *,
-    binary: bool,
-) -> list[Any]:
-    """The Engine.IO packets of one EVENT, the offset (if any) appended as the last argument.
+def event_packets(packet_class: type[Packet], message: Message, offset: str | None) -> list[Any]:
+    """The Engine.IO packets of one emit record's EVENT, the offset (if any) appended as
+    the last argument.
 
-    ``binary`` comes from the record, so python-socketio need not search the data for bytes.
+    Whether it is binary comes from the record, so python-socketio need not search the
+    data for bytes.
     """
-    data = [event, *args] if offset is None else [event, *args, offset]
-    pkt = packet_class(packet.EVENT, namespace=namespace, data=data, binary=binary)
+    args = event_args(message)
+    data = [message["event"], *args] if offset is None else [message["event"], *args, offset]
+    binary = bool(message.get("binary"))
+    pkt = packet_class(packet.EVENT, namespace=message["namespace"], data=data, binary=binary)
     encoded = pkt.encode()
     parts = encoded if isinstance(encoded, list) else [encoded]
     return [eio_packet.Packet(eio_packet.MESSAGE, part) for part in parts]

@@ -20,7 +20,7 @@ from socketio.async_pubsub_manager import AsyncPubSubManager
 
 from . import codec, offsets
 from .errors import BrokerUnavailable, ConfigError, PublishError, RecordDecodeError
-from .fanout import HoldBuffer, event_args, event_packets
+from .fanout import HoldBuffer, event_packets
 from .options import KafkaOptions, parse_kafka_urls
 from .replay import Bounds, ReplayRecord, read_range, topic_bounds
 from .sessions import EPOCH_KEY, NODE_PREFIX, Session, SessionTable, encode_session
@@ -521,8 +521,6 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         ]
         if not recipients or self.server is None:
             return
-        args = event_args(message)
-        event = message["event"]
         recovering = self.recovery_window is not None
         mark = offsets.encode(self.epoch, self.positions) if recovering else None
         variants: dict[bool, list[Any]] = {}
@@ -531,12 +529,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             packets = variants.get(with_offset)
             if packets is None:
                 packets = variants[with_offset] = event_packets(
-                    self.server.packet_class,
-                    namespace,
-                    event,
-                    args,
-                    mark if with_offset else None,
-                    binary=bool(message.get("binary")),
+                    self.server.packet_class, message, mark if with_offset else None
                 )
             if not self.holds.add(eio_sid, partition, offset, packets):
                 await self.send_packets(eio_sid, packets)

@@ -27,7 +27,7 @@ from socketio.base_manager import BaseManager
 
 from . import codec, offsets
 from .errors import ConfigError, PublishError
-from .fanout import event_args, event_packets
+from .fanout import event_packets
 from .manager import NODE_STALE_S, AsyncKafkaManager
 from .sessions import Session
 
@@ -384,15 +384,8 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         marker = offsets.Marker(manager.epoch, start)
         count = 0
         async for record in manager.replay(start, stop, self.recovery.replay_batch, wanted):
-            message = record.message
-            packets = event_packets(
-                self.packet_class,
-                namespace,
-                message["event"],
-                event_args(message),
-                marker.advance(record.partition, record.offset + 1),
-                binary=bool(message.get("binary")),
-            )
+            mark = marker.advance(record.partition, record.offset + 1)
+            packets = event_packets(self.packet_class, record.message, mark)
             await manager.send_packets(eio_sid, packets)
             count += 1
         return count

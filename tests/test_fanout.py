@@ -10,11 +10,16 @@ from socketio_kafka.adapter import codec
 from socketio_kafka.adapter.fanout import HoldBuffer, event_args, event_packets
 
 
-def _args(data: Any) -> list[Any]:
+def _message(data: Any, event: str = "e", namespace: str = "/") -> codec.Message:
+    """An emit record as the manager reads it back from Kafka."""
     message = codec.emit_message(
-        "e", data, namespace="/", room=None, skip_sid=None, callback=None, host_id="h"
+        event, data, namespace=namespace, room=None, skip_sid=None, callback=None, host_id="h"
     )
-    return event_args(codec.decode(codec.encode(message)))
+    return codec.decode(codec.encode(message))
+
+
+def _args(data: Any) -> list[Any]:
+    return event_args(_message(data))
 
 
 def test_event_args_as_python_socketio_sends_them() -> None:
@@ -25,14 +30,14 @@ def test_event_args_as_python_socketio_sends_them() -> None:
 
 
 def test_offset_is_the_last_argument_of_one_encoded_packet() -> None:
-    (packet,) = event_packets(Packet, "/", "news", [{"a": 1}], "ep~0.3", binary=False)
+    (packet,) = event_packets(Packet, _message({"a": 1}, "news"), "ep~0.3")
     assert packet.data == '2["news",{"a":1},"ep~0.3"]'
-    (plain,) = event_packets(Packet, "/chat", "news", [1], None, binary=False)
+    (plain,) = event_packets(Packet, _message(1, "news", "/chat"), None)
     assert plain.data == '2/chat,["news",1]'
 
 
 def test_binary_event_packets_carry_attachments() -> None:
-    packets = event_packets(Packet, "/", "blob", [b"\x01\x02"], "ep~1", binary=True)
+    packets = event_packets(Packet, _message(b"\x01\x02", "blob"), "ep~1")
     assert len(packets) == 2
     assert packets[1].data == b"\x01\x02"
 

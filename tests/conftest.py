@@ -4,28 +4,25 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from .support.cluster import GatewayProcess, gateway_cluster
 
+if TYPE_CHECKING:
+    from socketio_kafka.gateway.local_kafka import LocalKafka
+    from socketio_kafka.gateway.local_redis import LocalRedis
+
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``KAFKA_BOOTSTRAP_SERVERS`` if set, else a broker the launcher starts for this session."""
-    given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if given:
-        yield given
-        return
     from socketio_kafka.gateway.local_kafka import LocalKafka
 
-    broker = LocalKafka(tmp_path_factory.mktemp("kafka"))
-    address = broker.start()
-    try:
-        yield address
-    finally:
-        broker.stop()
+    yield from _given_or_started("KAFKA_BOOTSTRAP_SERVERS", LocalKafka, tmp_path_factory)
 
 
 @pytest.fixture
@@ -48,15 +45,24 @@ async def cluster(kafka_url: str, channel: str) -> AsyncIterator[list[GatewayPro
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``REDIS_URL`` if set, else a redis-server the launcher starts for this session."""
-    given = os.environ.get("REDIS_URL")
+    from socketio_kafka.gateway.local_redis import LocalRedis
+
+    yield from _given_or_started("REDIS_URL", LocalRedis, tmp_path_factory)
+
+
+def _given_or_started(
+    variable: str,
+    service: Callable[[Path], LocalKafka | LocalRedis],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
+    """The address in ``variable`` if set, else a service started (and stopped) here."""
+    given = os.environ.get(variable)
     if given:
         yield given
         return
-    from socketio_kafka.gateway.local_redis import LocalRedis
-
-    server = LocalRedis(tmp_path_factory.mktemp("redis"))
-    address = server.start()
+    started = service(tmp_path_factory.mktemp(variable.lower()))
+    address = started.start()
     try:
         yield address
     finally:
-        server.stop()
+        started.stop()

@@ -149,6 +149,11 @@ def pid_alive(pid: int, marker: str) -> bool:
     """Whether ``pid`` runs with ``marker`` as one of its arguments."""
     if _gone(pid):
         return False
+    if pid in _spawned:
+        # Our own child, not reaped yet: its pid cannot be another process's, so there is
+        # no reuse to guard against (a Kafka start under load was once ended here as
+        # "exited" with its log still empty: the command line is not read any more).
+        return True
     try:
         arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:

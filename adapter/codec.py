@@ -37,21 +37,28 @@ _TARGET_FIELD = {
     "disconnect": "sid",
     "callback": "sid",
 }
-_REQUIRED: dict[str, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
-    "emit": (("event", str), ("data", list)),
-    "enter_room": (("sid", str), ("room", str)),
-    "leave_room": (("sid", str), ("room", str)),
-    "close_room": (("room", str),),
-    "disconnect": (("sid", str),),
-    "callback": (("sid", str), ("id", int), ("args", list), ("host_id", str)),
+# Field types as JSON decodes them: exact types, so a bool is not taken for an int.
+_REQUIRED: dict[str, tuple[tuple[str, frozenset[type]], ...]] = {
+    "emit": (("event", frozenset({str})), ("data", frozenset({list}))),
+    "enter_room": (("sid", frozenset({str})), ("room", frozenset({str}))),
+    "leave_room": (("sid", frozenset({str})), ("room", frozenset({str}))),
+    "close_room": (("room", frozenset({str})),),
+    "disconnect": (("sid", frozenset({str})),),
+    "callback": (
+        ("sid", frozenset({str})),
+        ("id", frozenset({int})),
+        ("args", frozenset({list})),
+        ("host_id", frozenset({str})),
+    ),
 }
-_OPTIONAL: dict[str, type | tuple[type, ...]] = {
-    "namespace": str,
-    "host_id": str,
-    "room": (str, list, type(None)),
-    "binary": bool,
-    "skip_sid": (str, list, type(None)),
-    "callback": (list, type(None)),
+_ABSENT = object()
+_OPTIONAL: dict[str, frozenset[type]] = {
+    "namespace": frozenset({str}),
+    "host_id": frozenset({str}),
+    "room": frozenset({str, list, type(None)}),
+    "binary": frozenset({bool}),
+    "skip_sid": frozenset({str, list, type(None)}),
+    "callback": frozenset({list, type(None)}),
 }
 
 
@@ -110,14 +117,15 @@ def decode(value: bytes | None) -> Message:
     if message.get("v") != FORMAT_VERSION:
         raise RecordDecodeError(f"unsupported format version {message.get('v')!r}")
     method = message.get("method")
-    if method not in _REQUIRED:
+    required = _REQUIRED.get(method) if isinstance(method, str) else None
+    if required is None:
         raise RecordDecodeError(f"unknown method {method!r}")
-    for name, kind in _REQUIRED[method]:
-        field = message.get(name)
-        if not isinstance(field, kind) or field is True or field is False:
+    for name, kinds in required:
+        if type(message.get(name)) not in kinds:
             raise RecordDecodeError(f"{method}: field {name!r} missing or of the wrong type")
-    for name, kind in _OPTIONAL.items():
-        if name in message and not isinstance(message[name], kind):
+    for name, kinds in _OPTIONAL.items():
+        field = message.get(name, _ABSENT)
+        if field is not _ABSENT and type(field) not in kinds:
             raise RecordDecodeError(f"{method}: field {name!r} of the wrong type")
     if method == "emit" and not _valid_emit_payload(message):
         raise RecordDecodeError("emit: malformed data or callback")

@@ -39,12 +39,18 @@ def event_packets(packet_class: type[Packet], message: Message, offset: str | No
     the last argument.
 
     Whether it is binary comes from the record, so python-socketio need not search the
-    data for bytes.
+    data for bytes. A text EVENT of the stock packet class is written here, as its
+    ``encode`` writes it, without the packet object (pinned by tests/test_fanout.py).
     """
     args = event_args(message)
     data = [message["event"], *args] if offset is None else [message["event"], *args, offset]
+    namespace = message["namespace"]
     binary = bool(message.get("binary"))
-    pkt = packet_class(packet.EVENT, namespace=message["namespace"], data=data, binary=binary)
+    if packet_class.encode is Packet.encode and not binary:
+        prefix = "2" if namespace == "/" else f"2{namespace},"
+        text = prefix + packet_class.json.dumps(data, separators=(",", ":"))
+        return [eio_packet.Packet(eio_packet.MESSAGE, text)]
+    pkt = packet_class(packet.EVENT, namespace=namespace, data=data, binary=binary)
     encoded = pkt.encode()
     parts = encoded if isinstance(encoded, list) else [encoded]
     return [eio_packet.Packet(eio_packet.MESSAGE, part) for part in parts]

@@ -22,7 +22,7 @@ from . import codec, offsets
 from .errors import BrokerUnavailable, ConfigError, PublishError, RecordDecodeError
 from .fanout import HoldBuffer, event_packets
 from .options import KafkaOptions, parse_kafka_urls
-from .replay import Bounds, ReplayRecord, read_range, topic_bounds
+from .replay import Bounds, ReplayBatch, read_range, topic_bounds
 from .sessions import EPOCH_KEY, NODE_PREFIX, Session, SessionTable, encode_session
 from .topics import TopicSpec, ensure_topic
 
@@ -544,6 +544,20 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         except Exception:
             self._get_logger().debug("could not send to %s", eio_sid, exc_info=True)
 
+    def packet_queue(self, eio_sid: str) -> asyncio.Queue[Any] | None:
+        """The Engine.IO socket's outgoing queue, or None once the socket is gone.
+
+        For a replay's thousands of packets in a row: engineio's ``send`` awaits a ping
+        check and formats a log line per packet, a tenth of a 100,000-event replay.
+        """
+        if self.server is None:
+            return None
+        try:
+            queue: asyncio.Queue[Any] = self.server.eio._get_socket(eio_sid).queue
+        except KeyError:  # unknown, or closed (engineio then forgets it)
+            return None
+        return queue
+
     # -- connection state recovery: what RecoveringAsyncServer builds on ----------------
 
     def basic_enter_room(
@@ -592,7 +606,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         stop: tuple[int, ...],
         batch: int,
         wanted: Callable[[codec.Message], bool],
-    ) -> AsyncIterator[ReplayRecord]:
+    ) -> AsyncIterator[ReplayBatch]:
         return read_range(self._replay_consumer, self.events_topic, start, stop, batch, wanted)
 
     @property

@@ -60,7 +60,7 @@ class RecoveryOptions:
 
     max_disconnection_duration: float = 120.0
     skip_middlewares: bool = True
-    replay_batch: int = 5000
+    replay_batch: int = 500
     replay_timeout: float = 60.0
 
     def __post_init__(self) -> None:
@@ -383,11 +383,17 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
 
         marker = offsets.Marker(manager.epoch, start)
         count = 0
-        async for record in manager.replay(start, stop, self.recovery.replay_batch, wanted):
-            mark = marker.advance(record.partition, record.offset + 1)
-            packets = event_packets(self.packet_class, record.message, mark)
-            await manager.send_packets(eio_sid, packets)
-            count += 1
+        async for batch in manager.replay(start, stop, self.recovery.replay_batch, wanted):
+            queue = manager.packet_queue(eio_sid)
+            if queue is None:
+                break  # gone mid-replay: its offset says what it got, for its next claim
+            for offset, message in batch.records:
+                mark = marker.advance(batch.partition, offset + 1)
+                for pkt in event_packets(self.packet_class, message, mark):
+                    queue.put_nowait(pkt)
+            count += len(batch.records)
+            # The socket's writer runs now: the client reads this batch while the next is read.
+            await asyncio.sleep(0)
         return count
 
     # -- session records -----------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from . import codec
 from .errors import RecordDecodeError
 
-__all__ = ["Bounds", "ReplayRecord", "read_range", "topic_bounds"]
+__all__ = ["Bounds", "ReplayBatch", "read_range", "topic_bounds"]
 
 ConsumerFactory = Callable[[], AIOKafkaConsumer]
 
@@ -26,10 +26,11 @@ class Bounds:
 
 
 @dataclass(frozen=True, slots=True)
-class ReplayRecord:
+class ReplayBatch:
+    """Consecutive wanted records of one partition, as ``(offset, message)`` in order."""
+
     partition: int
-    offset: int
-    message: codec.Message
+    records: list[tuple[int, codec.Message]]
 
 
 @contextlib.asynccontextmanager
@@ -57,11 +58,13 @@ async def read_range(
     stop: tuple[int, ...],
     batch: int,
     wanted: Callable[[codec.Message], bool],
-) -> AsyncIterator[ReplayRecord]:
-    """Yield the decodable records in ``[start, stop)`` that ``wanted`` accepts.
+) -> AsyncIterator[ReplayBatch]:
+    """Yield the decodable records in ``[start, stop)`` that ``wanted`` accepts, at most
+    ``batch`` records read per step.
 
     Partition by partition, each in offset order: per-room order holds because a room
-    lives on one partition.
+    lives on one partition. A batch, not a record, per step: a 100,000-event replay spent
+    a tenth of its time passing single records through the generators.
     """
     ranges = [(p, first, last) for p, (first, last) in enumerate(zip(start, stop, strict=True))]
     ranges = [(p, first, last) for p, first, last in ranges if first < last]
@@ -72,21 +75,24 @@ async def read_range(
             tp = TopicPartition(topic, partition)
             consumer.assign([tp])
             consumer.seek(tp, first)
-            async for record in _records(consumer, tp, last, batch):
-                try:
-                    message = codec.decode(record.value)
-                except RecordDecodeError:
-                    continue  # counted when the live consumer met it
-                if wanted(message):
-                    yield ReplayRecord(partition, record.offset, message)
+            while await consumer.position(tp) < last:
+                fetched = await consumer.getmany(tp, timeout_ms=1000, max_records=batch)
+                records = _wanted(fetched.get(tp, ()), last, wanted)
+                if records:
+                    yield ReplayBatch(partition, records)
 
 
-async def _records(
-    consumer: AIOKafkaConsumer, tp: TopicPartition, stop: int, batch: int
-) -> AsyncIterator[Any]:
-    while await consumer.position(tp) < stop:
-        batches = await consumer.getmany(tp, timeout_ms=1000, max_records=batch)
-        for record in batches.get(tp, []):
-            if record.offset >= stop:
-                return
-            yield record
+def _wanted(
+    records: Iterable[Any], stop: int, wanted: Callable[[codec.Message], bool]
+) -> list[tuple[int, codec.Message]]:
+    found = []
+    for record in records:
+        if record.offset >= stop:
+            break
+        try:
+            message = codec.decode(record.value)
+        except RecordDecodeError:
+            continue  # counted when the live consumer met it
+        if wanted(message):
+            found.append((record.offset, message))
+    return found

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from socketio.packet import Packet
+import pytest
+from socketio.packet import EVENT, Packet
 
 from socketio_kafka.adapter import codec
 from socketio_kafka.adapter.fanout import HoldBuffer, event_args, event_packets
@@ -34,6 +35,32 @@ def test_offset_is_the_last_argument_of_one_encoded_packet() -> None:
     assert packet.data == '2["news",{"a":1},"ep~0.3"]'
     (plain,) = event_packets(Packet, _message(1, "news", "/chat"), None)
     assert plain.data == '2/chat,["news",1]'
+
+
+@pytest.mark.parametrize("namespace", ["/", "/chat"])
+@pytest.mark.parametrize("offset", [None, "ep~0.3"])
+@pytest.mark.parametrize("data", ["x", (1, None, [2.5, {"k": "é"}]), None])
+def test_text_events_are_encoded_as_python_socketio_encodes_them(
+    namespace: str, offset: str | None, data: Any
+) -> None:
+    """The text path writes the packet itself: it must equal the library's own encoding."""
+    message = _message(data, "ev", namespace)
+    (packet,) = event_packets(Packet, message, offset)
+    args = event_args(message) + ([offset] if offset else [])
+    expected = Packet(EVENT, data=["ev", *args], namespace=namespace).encode()
+    assert packet.data == expected
+
+
+class _TaggedPacket(Packet):
+    """A server's own packet class (as msgpack's is): its encode must be the one used."""
+
+    def encode(self) -> Any:
+        return "tagged:" + str(super().encode())
+
+
+def test_another_packet_class_encodes_its_own_way() -> None:
+    (packet,) = event_packets(_TaggedPacket, _message({"a": 1}, "news"), "ep~0.3")
+    assert packet.data == 'tagged:2["news",{"a":1},"ep~0.3"]'
 
 
 def test_binary_event_packets_carry_attachments() -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from importlib.metadata import version
 
+import pytest
 from socketio.async_manager import AsyncManager
 from socketio.async_pubsub_manager import AsyncPubSubManager
 from socketio.base_manager import BaseManager
@@ -107,6 +109,30 @@ def test_base_manager_room_primitives() -> None:
         "get_participants": ["self", "namespace", "room"],
     }.items():
         assert list(inspect.signature(getattr(BaseManager, name)).parameters) == params, name
+
+
+ENGINEIO_TESTED = ("4.15.",)
+
+
+def test_python_engineio_is_a_tested_release() -> None:
+    assert version("python-engineio").startswith(ENGINEIO_TESTED), (
+        f"python-engineio {version('python-engineio')} is untested: check the seam below, "
+        "then widen the range in pyproject.toml and here"
+    )
+
+
+def test_engineio_socket_queue_a_replay_fills() -> None:
+    """A replay puts packets on the socket's queue itself; the writer must drain that queue."""
+    from engineio.async_server import AsyncServer as EngineServer
+    from engineio.async_socket import AsyncSocket
+
+    server = EngineServer(async_mode="asgi")
+    with pytest.raises(KeyError):
+        server._get_socket("unknown")
+    socket = AsyncSocket(server, "sid")
+    assert isinstance(socket.queue, asyncio.Queue)
+    assert "self.queue.get()" in inspect.getsource(AsyncSocket.poll)
+    assert "await self.queue.put(pkt)" in inspect.getsource(AsyncSocket.send)
 
 
 UVICORN_TESTED = ("0.54.",)

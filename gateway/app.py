@@ -63,6 +63,8 @@ def create_app(settings: Settings, kafka_url: str | None = None) -> Starlette:
             options=KafkaOptions(
                 partitions=settings.partitions,
                 request_timeout_ms=settings.kafka_timeout_ms,
+                linger_ms=settings.linger_ms,
+                fetch_interval_ms=settings.fetch_interval_ms,
                 # Whatever a client may send fits a record, binary parts base64-encoded included.
                 max_record_bytes=settings.max_payload_bytes * 4 // 3 + 64 * 1024,
             ),

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .local_kafka import LocalKafka
     from .local_redis import LocalRedis
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main", "settings_from"]
 
 _SERVICES = ("kafka", "redis")
 
@@ -24,7 +24,7 @@ _SERVICES = ("kafka", "redis")
 def main(argv: Sequence[str] | None = None) -> int:
     from .errors import GatewayError
 
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
     except GatewayError as exc:
@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="socketio-kafka", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_serve(commands.add_parser("serve", help="run one gateway node"))
@@ -82,6 +82,18 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         default=int(env_default("kafka_timeout_ms", str(defaults.kafka_timeout_ms)) or 0),
         help="how long a publish waits for Kafka before its ack reports an error",
     )
+    parser.add_argument(
+        "--linger-ms",
+        type=int,
+        default=int(env_default("linger_ms", str(defaults.linger_ms)) or 0),
+        help="how long a publish waits to share a Kafka request with others (default 2)",
+    )
+    parser.add_argument(
+        "--fetch-interval-ms",
+        type=float,
+        default=float(env_default("fetch_interval_ms", str(defaults.fetch_interval_ms)) or 0),
+        help="at most one Kafka fetch per this interval under load (default 5; 0: no pacing)",
+    )
     parser.add_argument("--cors-origins", default=env_default("cors_origins", "*"))
     parser.add_argument(
         "--max-payload-bytes",
@@ -115,13 +127,9 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=_serve)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from .app import create_app
-    from .websocket import CoalescingWebSocketProtocol
-
-    settings = Settings(
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The node's settings from parsed ``serve`` flags (whose defaults read the environment)."""
+    return Settings(
         host=args.host,
         port=args.port,
         kafka=args.kafka,
@@ -130,6 +138,8 @@ def _serve(args: argparse.Namespace) -> int:
         channel=args.channel,
         partitions=args.partitions,
         kafka_timeout_ms=args.kafka_timeout_ms,
+        linger_ms=args.linger_ms,
+        fetch_interval_ms=args.fetch_interval_ms,
         cors_origins=args.cors_origins,
         max_payload_bytes=args.max_payload_bytes,
         ws_compression=args.ws_compression,
@@ -138,6 +148,15 @@ def _serve(args: argparse.Namespace) -> int:
         recovery_window=args.recovery_window,
         log_level=args.log_level,
     )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .websocket import CoalescingWebSocketProtocol
+
+    settings = settings_from(args)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

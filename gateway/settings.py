@@ -7,9 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from socketio_kafka.adapter import KafkaOptions
+
 __all__ = ["ADAPTERS", "ENV_PREFIX", "Adapter", "Settings", "env_default"]
 
 ENV_PREFIX = "SOCKETIO_KAFKA_"
+_KAFKA = KafkaOptions()
 
 Adapter = Literal["kafka", "redis"]
 ADAPTERS: tuple[Adapter, ...] = get_args(Adapter)
@@ -28,6 +31,10 @@ class Settings:
     channel: str = "socketio"
     partitions: int = 6
     kafka_timeout_ms: int = 15000
+    # The latency/throughput trade, as the adapter's defaults unless set (measured in
+    # benchmarks/RESULTS.md).
+    linger_ms: int = _KAFKA.linger_ms
+    fetch_interval_ms: float = _KAFKA.fetch_interval_ms
     cors_origins: str = "*"
     max_payload_bytes: int = 1_000_000
     ws_compression: bool = False
@@ -49,6 +56,8 @@ class Settings:
             raise ValueError("recovery_window must be > 0")
         if self.kafka_timeout_ms < 100:
             raise ValueError("kafka_timeout_ms must be >= 100")
+        if self.linger_ms < 0 or self.fetch_interval_ms < 0:
+            raise ValueError("linger_ms and fetch_interval_ms must be >= 0")
         if self.max_payload_bytes < 1024:
             raise ValueError("max_payload_bytes must be >= 1024")
 

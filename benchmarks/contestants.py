@@ -26,6 +26,7 @@ class Contestant:
     broker: Broker
     recovers: bool  # whether a reconnecting client gets what it missed
     launch: Launcher
+    flags: tuple[str, ...] = ()  # more `serve` flags, for our gateway's contestants
 
     def command(self, port: int, broker_url: str, channel: str) -> NodeCommand:
         return self.launch(self, port, broker_url, channel)
@@ -54,7 +55,7 @@ def _gateway(contestant: Contestant, port: int, broker_url: str, channel: str) -
     argv = [
         sys.executable, "-m", "socketio_kafka.gateway", "serve",
         "--port", str(port), "--channel", channel, "--log-level", "warning",
-        "--no-ws-compression", *broker, *recovery,
+        "--no-ws-compression", *broker, *recovery, *contestant.flags,
     ]  # fmt: skip
     return NodeCommand(argv)
 
@@ -76,6 +77,15 @@ CONTESTANTS = (
         True,
         _gateway,
     ),
+    # The latency end of the trade (README, "Kafka client defaults"): publishes do not linger.
+    Contestant(
+        "kafka-low-latency",
+        "socketio-kafka, recovery on, --linger-ms 0",
+        "kafka",
+        True,
+        _gateway,
+        ("--linger-ms", "0"),
+    ),
     Contestant("redis", "python-socketio + AsyncRedisManager", "redis", False, _gateway),
     Contestant(
         "node-redis",
@@ -95,5 +105,5 @@ CONTESTANTS = (
 
 
 def available(contestant: Contestant) -> bool:
-    """``kafka-recovery`` needs a gateway with recovery; every other contestant always runs."""
-    return contestant.name != "kafka-recovery" or gateway_has_recovery_flag()
+    """Contestants with recovery need a gateway that has it; every other one always runs."""
+    return contestant.broker != "kafka" or not contestant.recovers or gateway_has_recovery_flag()

@@ -17,6 +17,7 @@ __all__ = ["render"]
 _COLORS = {
     "kafka": "#1f77b4",
     "kafka-recovery": "#17becf",
+    "kafka-low-latency": "#ff7f0e",
     "redis": "#d62728",
     "node-redis": "#2ca02c",
     "node-redis-streams": "#9467bd",

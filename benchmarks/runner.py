@@ -77,7 +77,10 @@ def _run_contestant(
         cluster.start([(port, contestant.command(port, url, node_channel)) for port in ports])
         broker_pid = brokers.pid(contestant.broker)
         target = Target(cluster.urls, cluster.pids, broker_pid, log_dir / "loadgen.log")
-        probe(target)
+        try:
+            probe(target)
+        except BenchmarkError as exc:
+            raise BenchmarkError(f"{exc}\n{cluster.log_tails()}") from exc
         overall.set_description(f"{contestant.name}: waiting for a quiet machine")
         entry["quiet_wait_s"] = await_quiet(cores=_QUIET_CORES)
         for step in planned:

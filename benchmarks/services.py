@@ -139,6 +139,10 @@ class Cluster:
         for node in self._nodes:
             _await_ready(node, deadline)
 
+    def log_tails(self, lines: int = 15) -> str:
+        """Each node's last log lines: why a cluster that started does not pass events."""
+        return "\n".join(f"node {n.url}:\n{log_tail(n.log, lines)}" for n in self._nodes)
+
     def stop(self) -> None:
         """SIGTERM every node, SIGKILL what is left after a grace period. Safe to call twice."""
         for node in self._nodes:

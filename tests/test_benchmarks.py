@@ -16,7 +16,7 @@ pytest.importorskip("tqdm", reason="the benchmarks need the bench extra: pip ins
 pytest.importorskip("matplotlib", reason="the benchmarks need the bench extra")
 
 REPO = Path(__file__).resolve().parents[1]
-EXPECTED = {"kafka", "redis", "node-redis", "node-redis-streams"}
+EXPECTED = {"kafka", "kafka-low-latency", "redis", "node-redis", "node-redis-streams"}
 PLOTS = {"latency_cdf.png", "saturation.png", "fanout.png", "recovery.png", "disconnect.png"}
 
 

@@ -54,9 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_serve(parser: argparse.ArgumentParser) -> None:
     defaults = Settings()
     parser.add_argument("--host", default=env_default("host", defaults.host))
-    parser.add_argument(
-        "--port", type=int, default=int(env_default("port", str(defaults.port)) or 0)
-    )
+    _numeric(parser, "port", int)
     parser.add_argument(
         "--kafka",
         default=env_default("kafka", None),
@@ -75,31 +73,27 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         " 'socketio-kafka redis'",
     )
     parser.add_argument("--channel", default=env_default("channel", defaults.channel))
-    parser.add_argument("--partitions", type=int, default=int(env_default("partitions", "6") or 6))
-    parser.add_argument(
-        "--kafka-timeout-ms",
-        type=int,
-        default=int(env_default("kafka_timeout_ms", str(defaults.kafka_timeout_ms)) or 0),
-        help="how long a publish waits for Kafka before its ack reports an error",
+    _numeric(parser, "partitions", int)
+    _numeric(
+        parser,
+        "kafka_timeout_ms",
+        int,
+        "how long a publish waits for Kafka before its ack reports an error",
     )
-    parser.add_argument(
-        "--linger-ms",
-        type=int,
-        default=int(env_default("linger_ms", str(defaults.linger_ms)) or 0),
-        help="how long a publish waits to share a Kafka request with others (default 2)",
+    _numeric(
+        parser,
+        "linger_ms",
+        int,
+        "how long a publish waits to share a Kafka request with others (default 2)",
     )
-    parser.add_argument(
-        "--fetch-interval-ms",
-        type=float,
-        default=float(env_default("fetch_interval_ms", str(defaults.fetch_interval_ms)) or 0),
-        help="at most one Kafka fetch per this interval under load (default 5; 0: no pacing)",
+    _numeric(
+        parser,
+        "fetch_interval_ms",
+        float,
+        "at most one Kafka fetch per this interval under load (default 5; 0: no pacing)",
     )
     parser.add_argument("--cors-origins", default=env_default("cors_origins", "*"))
-    parser.add_argument(
-        "--max-payload-bytes",
-        type=int,
-        default=int(env_default("max_payload_bytes", str(defaults.max_payload_bytes)) or 0),
-    )
+    _numeric(parser, "max_payload_bytes", int)
     parser.add_argument(
         "--ws-compression",
         action=argparse.BooleanOptionalAction,
@@ -117,14 +111,22 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         default=env_default("recovery", "1") in ("1", "true", "yes"),
         help="connection state recovery over Kafka offsets (default on)",
     )
-    parser.add_argument(
-        "--recovery-window",
-        type=float,
-        default=float(env_default("recovery_window", str(defaults.recovery_window)) or 0),
-        help="seconds a disconnected client's session is kept",
-    )
+    _numeric(parser, "recovery_window", float, "seconds a disconnected client's session is kept")
     parser.add_argument("--log-level", default=env_default("log_level", defaults.log_level))
     parser.set_defaults(run=_serve)
+
+
+def _numeric(
+    parser: argparse.ArgumentParser, name: str, kind: type[int] | type[float], text: str = ""
+) -> None:
+    """``--<name>`` for a numeric setting: ``SOCKETIO_KAFKA_<NAME>`` if set, else its default."""
+    default = str(getattr(Settings(), name))
+    parser.add_argument(
+        "--" + name.replace("_", "-"),
+        type=kind,
+        default=kind(env_default(name, default) or 0),
+        help=text or None,
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -21,6 +21,7 @@ from socketio.async_pubsub_manager import AsyncPubSubManager
 from . import codec, offsets
 from .errors import BrokerUnavailable, ConfigError, PublishError, RecordDecodeError
 from .fanout import HoldBuffer, event_packets
+from .metadata import pace_metadata_updates
 from .options import KafkaOptions, parse_kafka_urls
 from .replay import Bounds, ReplayBatch, read_range, topic_bounds
 from .sessions import EPOCH_KEY, NODE_PREFIX, Session, SessionTable, encode_session
@@ -34,6 +35,7 @@ _BATCH_OVERHEAD_BYTES = 64 * 1024
 _PROBE_TIMEOUT_S = 2.0
 _REPLAY_FETCH_BYTES = 8 * 1024 * 1024
 _REPLAY_RETRY_BACKOFF_MS = 10
+_METADATA_BACKOFF_S = 0.1  # aiokafka's (and Kafka's) default retry backoff
 # Short: a session whose node died is claimable once its heartbeat is stale (3 beats).
 _HEARTBEAT_S = 1.0
 #: How long after its last heartbeat a node counts as gone.
@@ -327,6 +329,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             self._producer = AIOKafkaProducer(
                 **self.options.producer_kwargs(self.bootstrap_servers)
             )
+            pace_metadata_updates(self._producer.client, _METADATA_BACKOFF_S)
             await self._producer.start()
             if not self.write_only:
                 self._consumer = await self._positioned_consumer()
@@ -362,6 +365,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
 
     async def _positioned_consumer(self) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(**self.options.consumer_kwargs(self.bootstrap_servers))
+        pace_metadata_updates(consumer._client, _METADATA_BACKOFF_S)
         await consumer.start()
         try:
             events = [TopicPartition(self.events_topic, p) for p in range(self._partitions)]

@@ -63,6 +63,26 @@ async def test_without_kafka_a_node_is_alive_unready_and_refuses_publishes_clear
         gateway.stop()
 
 
+async def _assert_waits_quietly(gateway: GatewayProcess, seconds: float) -> None:
+    """A node whose broker is away retries with backoff: no busy loop, no flood of log lines.
+
+    (aiokafka's producer asks for metadata again the moment an attempt fails while a
+    partition has no leader: unchecked, a node spun a core and logged thousands of lines
+    a second for as long as the broker was down.)
+    """
+    cpu_before, lines_before = _cpu_seconds(gateway.process.pid), gateway.log().count("\n")
+    await asyncio.sleep(seconds)
+    cores = (_cpu_seconds(gateway.process.pid) - cpu_before) / seconds
+    lines = gateway.log().count("\n") - lines_before
+    assert cores < 0.25, f"{cores:.2f} cores busy while the broker is away"
+    assert lines < 50 * seconds, f"{lines} log lines in {seconds} s while the broker is away"
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def test_a_broker_that_goes_away_and_comes_back(tmp_path: Path, channel: str) -> None:
     broker = LocalKafka(tmp_path / "kafka")
     address = await asyncio.to_thread(broker.start)
@@ -84,6 +104,7 @@ async def test_a_broker_that_goes_away_and_comes_back(tmp_path: Path, channel: s
         assert await _status(f"{gateway.url}/healthz") == 200
         reply = await sender.ask("publish", {"room": "r", "event": "e", "data": 2}, timeout=30)
         assert reply["ok"] is False
+        await _assert_waits_quietly(gateway, seconds=5.0)
 
         assert await asyncio.to_thread(broker.start) == address
         await _wait_status(f"{gateway.url}/readyz", 200, timeout=60)

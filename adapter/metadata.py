@@ -1,0 +1,38 @@
+"""Backoff between forced metadata updates of an aiokafka client.
+
+aiokafka's producer (and its fetcher) ask for fresh metadata the moment an update fails
+while a partition has no leader, as when the only broker has gone away: with no pause in
+between, a node spun a core and logged thousands of errors a second for as long as the
+broker was down. Kafka's Java client waits ``retry.backoff.ms`` between such refreshes;
+this gives an aiokafka client the same pause. The replay consumer, which needs its first
+metadata at once, is left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+__all__ = ["pace_metadata_updates"]
+
+
+def pace_metadata_updates(client: Any, backoff_s: float) -> None:
+    """Make ``client.force_metadata_update()`` start at most once per ``backoff_s``.
+
+    ``client`` is an ``aiokafka.AIOKafkaClient`` (a producer's ``client``, a consumer's
+    ``_client``). Concurrent callers still share one update, as before.
+    """
+    force = client.force_metadata_update
+    loop = asyncio.get_running_loop()
+    last = -math.inf
+
+    async def paced() -> bool:
+        nonlocal last
+        wait = last + backoff_s - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        last = loop.time()
+        return bool(await force())
+
+    client.force_metadata_update = lambda: asyncio.ensure_future(paced())

@@ -1,0 +1,63 @@
+"""Forced metadata updates are paced: without a broker, no busy loop of failed updates."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.client import AIOKafkaClient
+from aiokafka.producer.sender import Sender
+
+from socketio_kafka.adapter.metadata import pace_metadata_updates
+
+
+class _BrokerGone:
+    """As aiokafka's client with no broker to ask: every forced update fails at once."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def force_metadata_update(self) -> asyncio.Future[bool]:
+        self.attempts += 1
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        done.set_result(False)
+        return done
+
+
+async def _sender_loop(client: _BrokerGone, seconds: float) -> None:
+    """What aiokafka's sender does while a partition has no leader: ask again, at once."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < deadline:
+        await asyncio.wait([client.force_metadata_update()])
+
+
+async def test_paced_a_failing_update_waits_the_backoff() -> None:
+    client = _BrokerGone()
+    pace_metadata_updates(client, 0.1)
+    await _sender_loop(client, 0.35)
+    assert 3 <= client.attempts <= 5
+
+
+async def test_concurrent_callers_each_get_their_answer() -> None:
+    client = _BrokerGone()
+    pace_metadata_updates(client, 0.05)
+    assert await client.force_metadata_update() is False  # the first goes at once
+    results = await asyncio.gather(*(client.force_metadata_update() for _ in range(20)))
+    assert results == [False] * 20
+    assert client.attempts == 21  # none dropped, none doubled (aiokafka merges them into one)
+
+
+async def test_aiokafka_seams_the_pacing_relies_on() -> None:
+    """The clients are where we replace ``force_metadata_update``, and the sender's
+    unknown-leader branch still asks through it with no pause of its own."""
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
+    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
+    try:
+        assert isinstance(producer.client, AIOKafkaClient)
+        assert isinstance(consumer._client, AIOKafkaClient)
+        source = inspect.getsource(Sender._sender_routine)
+        assert "fut = self.client.force_metadata_update()" in source
+    finally:
+        await producer.stop()
+        await consumer.stop()

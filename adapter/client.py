@@ -36,21 +36,33 @@ class AsyncRecoveringClient(socketio.AsyncClient):  # type: ignore[misc]  # unty
         self.offsets: dict[str, str] = {}
         #: Per namespace: whether its last connection recovered the previous session.
         self.recovered: dict[str, bool] = {}
+        self._connecting = False
 
     async def connect(self, *args: Any, wait_timeout: float = 10, **kwargs: Any) -> None:
         """python-socketio's `connect`; it waits longer by default (1 s there), as a
-        recovery may wait for the old node to say it lost the client, then replays."""
-        await super().connect(*args, wait_timeout=wait_timeout, **kwargs)
+        recovery may wait for the old node to say it lost the client, then replays.
+
+        An attempt that fails (the connection lost during the replay, before the CONNECT
+        reply) keeps the sessions and offsets, as the JS client does: the next attempt
+        claims them from where the events stopped.
+        """
+        self._connecting = True
+        try:
+            await super().connect(*args, wait_timeout=wait_timeout, **kwargs)
+        finally:
+            self._connecting = False
 
     async def disconnect(self) -> None:
         """Leave on purpose: the server ends the sessions, so forget them here too.
 
         Unlike python-socketio's, this waits until the DISCONNECT packets are written
         before closing the transport: a server that sees the close first would take it
-        for a lost connection and keep the session.
+        for a lost connection and keep the session. (python-socketio's `connect` calls it
+        to clean up a failed attempt: that forgets nothing.)
         """
-        self.pids.clear()
-        self.offsets.clear()
+        if not self._connecting:
+            self.pids.clear()
+            self.offsets.clear()
         for namespace in self.namespaces:
             await self._send_packet(self.packet_class(packet.DISCONNECT, namespace=namespace))
         with contextlib.suppress(TimeoutError):

@@ -359,8 +359,10 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         if session.disconnected_at is None:
             if manager.node_alive(session.owner):
                 return "the session is still connected on another node"
-            last_seen = manager.sessions.heartbeats.get(session.owner, 0.0)
-            if time.time() - last_seen > window + 15:
+            # Left when its node went quiet. A node never heard from died before its first
+            # heartbeat reached us, moments ago: not expired (as SessionTable.expired).
+            last_seen = manager.sessions.heartbeats.get(session.owner)
+            if last_seen is not None and time.time() - last_seen > window + 15:
                 return "expired"
         elif time.time() - session.disconnected_at > window:
             return "expired"

@@ -1,13 +1,14 @@
-"""Session records and the sessions table: without a broker."""
+"""Session records, the sessions table, and what a claim is refused for: without a broker."""
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 
 import pytest
 
-from socketio_kafka.adapter import RecordDecodeError
+from socketio_kafka.adapter import AsyncKafkaManager, RecordDecodeError, RecoveringAsyncServer
 from socketio_kafka.adapter.sessions import (
     EPOCH_KEY,
     NODE_PREFIX,
@@ -72,3 +73,20 @@ def test_expired_sessions() -> None:
     assert table.expired(now=150, window=60, stale_after=15) == []
     assert {s.pid for s in table.expired(now=161, window=60, stale_after=15)} == {"left"}
     assert {s.pid for s in table.expired(now=200, window=60, stale_after=15)} == {"left", "orphan"}
+
+
+def test_a_session_left_by_a_node_never_heard_from_is_claimable() -> None:
+    """Its node died before its first heartbeat arrived: moments ago, not long ago."""
+    manager = AsyncKafkaManager("kafka://127.0.0.1:1", channel="c")
+    server = RecoveringAsyncServer(
+        client_manager=manager,
+        async_mode="asgi",
+        connection_state_recovery={"max_disconnection_duration": 60},
+    )
+    manager.epoch = SESSION.epoch
+    unknown = replace(SESSION, owner="never-heard-of")
+    assert server._refusal(unknown, "/") is None
+    manager.sessions.apply(NODE_PREFIX + b"long-gone", b"{}", 1_000)  # 1970: long past
+    assert server._refusal(replace(SESSION, owner="long-gone"), "/") == "expired"
+    manager.sessions.apply(NODE_PREFIX + b"alive", b"{}", int(time.time() * 1000))
+    assert server._refusal(replace(SESSION, owner="alive"), "/") is not None  # still on it

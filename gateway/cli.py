@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_serve(parser: argparse.ArgumentParser) -> None:
     defaults = Settings()
     parser.add_argument("--host", default=env_default("host", defaults.host))
-    _numeric(parser, "port", int)
+    _numeric(parser, defaults, "port", int)
     parser.add_argument(
         "--kafka",
         default=env_default("kafka", None),
@@ -73,27 +73,30 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         " 'socketio-kafka redis'",
     )
     parser.add_argument("--channel", default=env_default("channel", defaults.channel))
-    _numeric(parser, "partitions", int)
+    _numeric(parser, defaults, "partitions", int)
     _numeric(
         parser,
+        defaults,
         "kafka_timeout_ms",
         int,
         "how long a publish waits for Kafka before its ack reports an error",
     )
     _numeric(
         parser,
+        defaults,
         "linger_ms",
         int,
         "how long a publish waits to share a Kafka request with others (default 2)",
     )
     _numeric(
         parser,
+        defaults,
         "fetch_interval_ms",
         float,
         "at most one Kafka fetch per this interval under load (default 5; 0: no pacing)",
     )
     parser.add_argument("--cors-origins", default=env_default("cors_origins", "*"))
-    _numeric(parser, "max_payload_bytes", int)
+    _numeric(parser, defaults, "max_payload_bytes", int)
     parser.add_argument(
         "--ws-compression",
         action=argparse.BooleanOptionalAction,
@@ -111,16 +114,26 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         default=env_default("recovery", "1") in ("1", "true", "yes"),
         help="connection state recovery over Kafka offsets (default on)",
     )
-    _numeric(parser, "recovery_window", float, "seconds a disconnected client's session is kept")
+    _numeric(
+        parser,
+        defaults,
+        "recovery_window",
+        float,
+        "seconds a disconnected client's session is kept",
+    )
     parser.add_argument("--log-level", default=env_default("log_level", defaults.log_level))
     parser.set_defaults(run=_serve)
 
 
 def _numeric(
-    parser: argparse.ArgumentParser, name: str, kind: type[int] | type[float], text: str = ""
+    parser: argparse.ArgumentParser,
+    defaults: Settings,
+    name: str,
+    kind: type[int] | type[float],
+    text: str = "",
 ) -> None:
     """``--<name>`` for a numeric setting: ``SOCKETIO_KAFKA_<NAME>`` if set, else its default."""
-    default = str(getattr(Settings(), name))
+    default = str(getattr(defaults, name))
     parser.add_argument(
         "--" + name.replace("_", "-"),
         type=kind,

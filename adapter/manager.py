@@ -131,6 +131,20 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             )
         self.recovery_window = window_s
 
+    async def wait_ready(self) -> bool:
+        """Start if needed and wait up to ``request_timeout_ms`` for `ready`; False if not.
+
+        Before ready the sessions table is not read yet: a node that just started must
+        not judge a recovery claim (nor hand out a session) until it is.
+        """
+        if not self._ready.is_set():
+            self._start_in_background()
+            try:
+                await asyncio.wait_for(self._ready.wait(), self.options.request_timeout_ms / 1000)
+            except TimeoutError:
+                return False
+        return True
+
     async def broker_reachable(self) -> bool:
         """Whether Kafka answers a metadata request within 2 s: for readiness probes."""
         producer = self._producer
@@ -296,15 +310,11 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             self._get_logger().exception("kafka manager failed to start")
 
     async def _ready_producer(self) -> AIOKafkaProducer:
-        if not self._ready.is_set():
-            self._start_in_background()
-            timeout = self.options.request_timeout_ms / 1000
-            try:
-                await asyncio.wait_for(self._ready.wait(), timeout)
-            except TimeoutError as exc:
-                raise BrokerUnavailable(
-                    f"Kafka at {','.join(self.bootstrap_servers)} not reachable within {timeout}s"
-                ) from exc
+        if not await self.wait_ready():
+            raise BrokerUnavailable(
+                f"Kafka at {','.join(self.bootstrap_servers)} not reachable within "
+                f"{self.options.request_timeout_ms / 1000}s"
+            )
         assert self._producer is not None
         return self._producer
 

@@ -157,11 +157,19 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             await super()._handle_connect(eio_sid, namespace, data)
             return
         claim = _Claim.parse(data)
+        # Before ready, the sessions table and the topic's positions are not read yet.
+        ready = claim.opt_out or await self.kafka.wait_ready()
         wants_recovery = claim.pid is not None and not claim.opt_out
+        if wants_recovery and not ready:
+            # Its missed events wait in Kafka: a closed transport makes the client retry.
+            logger.warning("Kafka not ready: closing a recovering connection for a retry")
+            await self.eio.disconnect(eio_sid)
+            return
         if wants_recovery and await self._restore(eio_sid, namespace, claim):
             return
         key = (eio_sid, namespace)
-        self._connecting[key] = None if claim.opt_out else uuid.uuid4().hex
+        # Without Kafka a new socket is served without a session to recover (no pid).
+        self._connecting[key] = uuid.uuid4().hex if ready and not claim.opt_out else None
         try:
             await super()._handle_connect(eio_sid, namespace, claim.auth)
         finally:

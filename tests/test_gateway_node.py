@@ -18,6 +18,7 @@ from socketio_kafka.gateway.local_kafka import LocalKafka
 
 from .support.clients import Recorder
 from .support.cluster import REPO, GatewayProcess, free_port
+from .support.recovering import RecoveringRecorder
 from .support.waiting import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
@@ -58,6 +59,10 @@ async def test_without_kafka_a_node_is_alive_unready_and_refuses_publishes_clear
         assert gateway.process is not None
         assert gateway.process.poll() is None
         assert "retrying" in gateway.log()
+        # Served, but promised no recovery: without Kafka there is no session to keep.
+        recovering = await RecoveringRecorder().connect(gateway.url)
+        assert recovering.client.pids == {}
+        await recovering.close()
     finally:
         await client.close()
         gateway.stop()

@@ -101,6 +101,31 @@ async def test_without_skip_middlewares_the_connect_handler_decides(app: App) ->
             await client.close()
 
 
+@pytest.mark.parametrize("app", [True], indirect=True)
+async def test_a_claim_on_a_node_still_starting_waits_for_its_sessions(
+    app: App, kafka_url: str, channel: str
+) -> None:
+    # The second node's manager starts on its first connection, which is the claim
+    # itself: judged before the sessions topic is read, it would get a fresh session.
+    starting = App(kafka_url, channel, skip_middlewares=True)
+    client = RecoveringRecorder()
+    try:
+        async with run_server(app.asgi) as url, run_server(starting.asgi) as other_url:
+            await client.client.connect(url, transports=["websocket"], auth={"token": "carol"})
+            sid = client.sid
+            await client.drop_transport()
+            await app.sio.emit("news", {"n": 1}, to="room")
+            assert not starting.manager.ready
+            await client.client.connect(
+                other_url, transports=["websocket"], auth=client.client.connection_auth
+            )
+            assert (client.client.recovered["/"], client.sid) == (True, sid)
+            assert await client.wait_count("news", 1) == [{"n": 1}]
+    finally:
+        await client.close()
+        await starting.manager.stop()
+
+
 def test_retention_shorter_than_the_window_is_refused(kafka_url: str) -> None:
     manager = AsyncKafkaManager(kafka_url, options=KafkaOptions(retention_ms=60_000))
     with pytest.raises(ConfigError, match="shorter than the recovery window"):

@@ -1,15 +1,21 @@
-"""Services for the whole test session: one real Kafka, started by the project's launcher."""
+"""Services for the whole test session: one real Kafka (and one Redis).
+
+Each is, in this order: the one the environment names; a container, where a Docker engine
+answers (testcontainers); or a local one the project's launcher starts.
+"""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from .support import containers
 from .support.cluster import GatewayProcess, gateway_cluster
 
 if TYPE_CHECKING:
@@ -19,10 +25,12 @@ if TYPE_CHECKING:
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``KAFKA_BOOTSTRAP_SERVERS`` if set, else a broker the launcher starts for this session."""
+    """``KAFKA_BOOTSTRAP_SERVERS`` if set, else a broker started for this session."""
     from socketio_kafka.gateway.local_kafka import LocalKafka
 
-    yield from _given_or_started("KAFKA_BOOTSTRAP_SERVERS", LocalKafka, tmp_path_factory)
+    yield from _given_or_started(
+        "KAFKA_BOOTSTRAP_SERVERS", containers.kafka, LocalKafka, tmp_path_factory
+    )
 
 
 @pytest.fixture
@@ -44,14 +52,15 @@ async def cluster(kafka_url: str, channel: str) -> AsyncIterator[list[GatewayPro
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``REDIS_URL`` if set, else a redis-server the launcher starts for this session."""
+    """``REDIS_URL`` if set, else a redis-server started for this session."""
     from socketio_kafka.gateway.local_redis import LocalRedis
 
-    yield from _given_or_started("REDIS_URL", LocalRedis, tmp_path_factory)
+    yield from _given_or_started("REDIS_URL", containers.redis, LocalRedis, tmp_path_factory)
 
 
 def _given_or_started(
     variable: str,
+    container: Callable[[], AbstractContextManager[str]],
     service: Callable[[Path], LocalKafka | LocalRedis],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
@@ -59,6 +68,10 @@ def _given_or_started(
     given = os.environ.get(variable)
     if given:
         yield given
+        return
+    if containers.docker_engine_answers():
+        with container() as address:
+            yield address
         return
     started = service(tmp_path_factory.mktemp(variable.lower()))
     address = started.start()

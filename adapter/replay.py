@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -43,11 +44,12 @@ async def _consumer(factory: ConsumerFactory) -> AsyncIterator[AIOKafkaConsumer]
         await consumer.stop()
 
 
-async def topic_bounds(factory: ConsumerFactory, topic: str, partitions: int) -> Bounds:
+async def topic_bounds(consumer: AIOKafkaConsumer, topic: str, partitions: int) -> Bounds:
+    """Asked of a running consumer: one that knows the topic's metadata answers at once."""
     tps = [TopicPartition(topic, p) for p in range(partitions)]
-    async with _consumer(factory) as consumer:
-        beginning = await consumer.beginning_offsets(tps)
-        end = await consumer.end_offsets(tps)
+    beginning, end = await asyncio.gather(
+        consumer.beginning_offsets(tps), consumer.end_offsets(tps)
+    )
     return Bounds(tuple(beginning[tp] for tp in tps), tuple(end[tp] for tp in tps))
 
 

@@ -23,7 +23,7 @@ from .errors import BrokerUnavailable, ConfigError, PublishError, RecordDecodeEr
 from .fanout import HoldBuffer, event_packets
 from .metadata import pace_metadata_updates
 from .options import KafkaOptions, parse_kafka_urls
-from .replay import Bounds, ReplayBatch, read_range, topic_bounds
+from .replay import Bounds, ConsumerPool, ReplayBatch, read_range, topic_bounds
 from .sessions import EPOCH_KEY, NODE_PREFIX, Session, SessionTable, encode_session
 from .topics import TopicSpec, ensure_topic
 
@@ -97,6 +97,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         #: Asks for offsets only. Kafka answers a connection's requests in order, so the
         #: live consumer's would wait behind its long-poll fetch (up to fetch_max_wait_ms).
         self._offsets: AIOKafkaConsumer | None = None
+        self._replays = ConsumerPool(self._replay_consumer)
         self._partitions = 0
         self._created_sessions = False
         self._session_positions: dict[int, int] = {}
@@ -350,6 +351,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
                 self._offsets = self._replay_consumer()
                 await self._offsets.start()
                 await self.bounds()  # fetches the topic's metadata now, not at the first claim
+                await self._replays.fill(self.events_topic)
         except (KafkaConnectionError, KafkaTimeoutError) as exc:
             await self._close_clients()
             raise BrokerUnavailable(repr(exc)) from exc
@@ -432,6 +434,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         for consumer in consumers:
             if consumer is not None:
                 await consumer.stop()
+        await self._replays.close()
         if producer is not None:
             await producer.stop()
 
@@ -633,7 +636,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         batch: int,
         wanted: Callable[[codec.Message], bool],
     ) -> AsyncIterator[ReplayBatch]:
-        return read_range(self._replay_consumer, self.events_topic, start, stop, batch, wanted)
+        return read_range(self._replays, self.events_topic, start, stop, batch, wanted)
 
     @property
     def partitions(self) -> int:

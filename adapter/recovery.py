@@ -266,8 +266,12 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         try:
             async with asyncio.timeout(self.recovery.replay_timeout):
                 await super().save_session(sid, session.data or {}, namespace=namespace)
-                await self._write((sid, namespace))
-                missed = await self._replay(eio_sid, namespace, session, start, stop)
+                # Written while the replay runs: its acknowledgement is a round trip.
+                written = asyncio.create_task(self._write((sid, namespace)))
+                try:
+                    missed = await self._replay(eio_sid, namespace, session, start, stop)
+                finally:
+                    await written
             await super()._send_packet(
                 eio_sid,
                 self.packet_class(

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from . import codec
 from .errors import RecordDecodeError
 
-__all__ = ["Bounds", "ReplayBatch", "read_range", "topic_bounds"]
+__all__ = ["Bounds", "ConsumerPool", "ReplayBatch", "read_range", "topic_bounds"]
 
 ConsumerFactory = Callable[[], AIOKafkaConsumer]
 
@@ -34,14 +34,50 @@ class ReplayBatch:
     records: list[tuple[int, codec.Message]]
 
 
-@contextlib.asynccontextmanager
-async def _consumer(factory: ConsumerFactory) -> AsyncIterator[AIOKafkaConsumer]:
-    consumer = factory()
-    await consumer.start()
-    try:
-        yield consumer
-    finally:
-        await consumer.stop()
+class ConsumerPool:
+    """Started replay consumers, kept between replays.
+
+    A new consumer spends milliseconds connecting and learning the topic's metadata
+    before its first fetch: most of a recovery of a few events.
+    """
+
+    def __init__(self, factory: ConsumerFactory, keep: int = 2) -> None:
+        self._factory = factory
+        self._keep = keep
+        self._idle: list[AIOKafkaConsumer] = []
+        self._closes = 0  # a consumer lent out before a close is not kept after it
+
+    @contextlib.asynccontextmanager
+    async def consumer(self) -> AsyncIterator[AIOKafkaConsumer]:
+        """A started consumer; back in the pool, paused, if the block ends well."""
+        closes = self._closes
+        if self._idle:
+            consumer = self._idle.pop()
+        else:
+            consumer = self._factory()
+            await consumer.start()
+        try:
+            yield consumer
+        except BaseException:
+            await consumer.stop()
+            raise
+        # No fetching while idle. (Not unsubscribe(): aiokafka's stop() then hangs.)
+        consumer.pause(*consumer.assignment())
+        if closes == self._closes and len(self._idle) < self._keep:
+            self._idle.append(consumer)
+        else:
+            await consumer.stop()
+
+    async def fill(self, topic: str) -> None:
+        """Start one consumer that knows ``topic`` now, for the first replay."""
+        async with self.consumer() as consumer:
+            await consumer.end_offsets([TopicPartition(topic, 0)])  # asks for its metadata
+
+    async def close(self) -> None:
+        self._closes += 1
+        idle, self._idle = self._idle, []
+        for consumer in idle:
+            await consumer.stop()
 
 
 async def topic_bounds(consumer: AIOKafkaConsumer, topic: str, partitions: int) -> Bounds:
@@ -54,7 +90,7 @@ async def topic_bounds(consumer: AIOKafkaConsumer, topic: str, partitions: int) 
 
 
 async def read_range(
-    factory: ConsumerFactory,
+    pool: ConsumerPool,
     topic: str,
     start: tuple[int, ...],
     stop: tuple[int, ...],
@@ -71,8 +107,8 @@ async def read_range(
     ranges = [(p, first, last) for p, (first, last) in enumerate(zip(start, stop, strict=True))]
     ranges = [(p, first, last) for p, first, last in ranges if first < last]
     if not ranges:
-        return  # and no consumer: aiokafka's stop() hangs on one never assigned
-    async with _consumer(factory) as consumer:
+        return
+    async with pool.consumer() as consumer:
         for partition, first, last in ranges:
             tp = TopicPartition(topic, partition)
             consumer.assign([tp])

@@ -161,9 +161,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         ready = claim.opt_out or await self.kafka.wait_ready()
         wants_recovery = claim.pid is not None and not claim.opt_out
         if wants_recovery and not ready:
-            # Its missed events wait in Kafka: a closed transport makes the client retry.
-            logger.warning("Kafka not ready: closing a recovering connection for a retry")
-            await self.eio.disconnect(eio_sid)
+            await self._retry_later(eio_sid, "Kafka is not ready")
             return
         if wants_recovery and await self._restore(eio_sid, namespace, claim):
             return
@@ -241,8 +239,12 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         assert claim.pid is not None
         assert self.recovery is not None
         manager = self.kafka
-        session = await self._settled(await manager.find_session(claim.pid))
-        start = await self._replay_start(session, namespace, claim)
+        try:
+            session = await self._settled(await manager.find_session(claim.pid))
+            start = await self._replay_start(session, namespace, claim)
+        except KafkaError as exc:
+            await self._retry_later(eio_sid, f"Kafka does not answer ({exc!r})")
+            return True
         if session is None or start is None:
             return False
         sid = session.sid
@@ -286,6 +288,13 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             return True
         logger.info("recovered sid %s [%s]: %d missed events replayed", sid, namespace, missed)
         return True
+
+    async def _retry_later(self, eio_sid: str, why: str) -> None:
+        """Close a recovering connection whose claim cannot be judged now: the client
+        retries by itself, and what it missed waits in Kafka (a fresh session would lose it).
+        """
+        logger.warning("%s: closing a recovering connection, for its client to retry", why)
+        await self.eio.disconnect(eio_sid)
 
     async def _settled(self, session: Session | None) -> Session | None:
         """The session once its node has said it was left, or has gone quiet.
@@ -344,11 +353,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             except offsets.OffsetError as exc:
                 refusal = f"bad offset: {exc}"
             else:
-                try:
-                    bounds = await manager.bounds()
-                except KafkaError as exc:
-                    logger.warning("no recovery while Kafka does not answer: %r", exc)
-                    return None
+                bounds = await manager.bounds()
                 if any(s < b for s, b in zip(start, bounds.beginning, strict=True)):
                     refusal = "missed events were already deleted by retention"
                 elif any(s > e for s, e in zip(start, bounds.end, strict=True)):

@@ -338,7 +338,10 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
     async def _replay_start(
         self, session: Session | None, namespace: str, claim: _Claim
     ) -> tuple[int, ...] | None:
-        """Where the replay begins, or None (and why, logged) when it cannot be whole."""
+        """Where the replay begins, or None (and why, logged) when it cannot be whole.
+
+        Raises `KafkaError` when Kafka does not answer: the claim is then not judged.
+        """
         manager = self.kafka
         refusal = self._refusal(session, namespace)
         if refusal is None:

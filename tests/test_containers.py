@@ -80,6 +80,6 @@ def test_an_engine_that_fails_its_ping_is_not_used(docker_host: Path) -> None:
         assert docker_engine_answers() is False
 
 
-def test_no_engine_means_the_launchers(docker_host: Path) -> None:
+def test_no_engine_at_docker_host_is_not_used(docker_host: Path) -> None:
     assert not docker_host.exists()
     assert docker_engine_answers(timeout=1.0) is False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -101,6 +102,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         self._partitions = 0
         self._created_sessions = False
         self._session_positions: dict[int, int] = {}
+        self._sessions_read = asyncio.Condition()  # notified as sessions records are applied
         #: Next offset to consume, per partition: the watermark every delivery carries.
         self.positions: list[int] = []
         self.epoch = ""
@@ -467,6 +469,8 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
                 if tp.topic == self.sessions_topic:
                     for record in records:
                         self._apply_session(record)
+                    async with self._sessions_read:
+                        self._sessions_read.notify_all()
                 else:
                     for record in records:
                         await self._dispatch(record)
@@ -606,17 +610,23 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         await self._produce(self.sessions_topic, pid.encode(), None)
 
     async def find_session(self, pid: str, wait: float = 3.0) -> Session | None:
-        """The session of ``pid``, reading the sessions topic up to now if it is not known yet."""
-        session = self.sessions.sessions.get(pid)
-        if session is not None or self._offsets is None:
-            return session
+        """The session of ``pid`` as the sessions topic says now.
+
+        The topic is read up to its end first, even for a session known here: a record
+        written a moment ago on another node (the session restored there) decides a claim.
+        """
+        if self._offsets is None:
+            return self.sessions.sessions.get(pid)
         tps = [TopicPartition(self.sessions_topic, p) for p in range(self._partitions)]
         end = await self._offsets.end_offsets(tps)
-        deadline = time.monotonic() + wait
-        while any(self._session_positions.get(tp.partition, 0) < end[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.01)
+
+        def read_to_end() -> bool:
+            return all(self._session_positions.get(tp.partition, 0) >= end[tp] for tp in tps)
+
+        async with self._sessions_read:
+            with contextlib.suppress(TimeoutError):
+                # Past the wait, judged on what is read: the consumer is stuck or far behind.
+                await asyncio.wait_for(self._sessions_read.wait_for(read_to_end), wait)
         return self.sessions.sessions.get(pid)
 
     def node_alive(self, host_id: str) -> bool:

@@ -17,6 +17,7 @@ from socketio_kafka.adapter import (
 
 from .support.recovering import RecoveringRecorder
 from .support.server import run_server
+from .support.waiting import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
@@ -24,8 +25,14 @@ pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 class App:
     """A small app: auth in its connect handler, session data, a room."""
 
-    def __init__(self, kafka_url: str, channel: str, skip_middlewares: bool) -> None:
-        self.manager = AsyncKafkaManager(kafka_url, channel=channel)
+    def __init__(
+        self,
+        kafka_url: str,
+        channel: str,
+        skip_middlewares: bool,
+        options: KafkaOptions | None = None,
+    ) -> None:
+        self.manager = AsyncKafkaManager(kafka_url, channel=channel, options=options)
         self.sio = RecoveringAsyncServer(
             client_manager=self.manager,
             async_mode="asgi",
@@ -124,6 +131,39 @@ async def test_a_claim_on_a_node_still_starting_waits_for_its_sessions(
     finally:
         await client.close()
         await starting.manager.stop()
+
+
+@pytest.mark.parametrize("app", [True], indirect=True)
+async def test_a_claim_is_judged_on_the_sessions_topic_as_it_is_now(
+    app: App, kafka_url: str, channel: str
+) -> None:
+    # The other node reads Kafka every 2 s: it has seen the session left, not restored.
+    lagging = App(kafka_url, channel, True, KafkaOptions(fetch_interval_ms=2000))
+    client, thief = RecoveringRecorder(), RecoveringRecorder()
+    try:
+        async with run_server(app.asgi) as url, run_server(lagging.asgi) as other_url:
+            await lagging.manager.start()
+            await client.client.connect(url, transports=["websocket"], auth={"token": "dave"})
+            sid, pid = client.sid, client.client.pids["/"]
+            await client.drop_transport()
+            await wait_until(
+                lambda: (
+                    (s := lagging.manager.sessions.sessions.get(pid)) is not None
+                    and s.disconnected_at is not None
+                ),
+                10,
+                "the other node seeing the session left",
+            )
+            await client.client.connect(url, transports=["websocket"], auth={"token": "dave"})
+            assert (client.client.recovered["/"], client.sid) == (True, sid)
+            # The same claim on the other node, while the session is live again: refused.
+            thief.client.pids["/"] = pid
+            await thief.client.connect(other_url, transports=["websocket"], auth={"token": "eve"})
+            assert (thief.client.recovered["/"], thief.sid != sid) == (False, True)
+    finally:
+        await thief.close()
+        await client.close()
+        await lagging.manager.stop()
 
 
 def test_retention_shorter_than_the_window_is_refused(kafka_url: str) -> None:

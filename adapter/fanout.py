@@ -9,7 +9,7 @@ done, so nothing overtakes the replay and nothing is delivered twice at the seam
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from engineio import packet as eio_packet
@@ -20,7 +20,7 @@ from .codec import Message
 
 __all__ = ["HoldBuffer", "event_args", "event_packets"]
 
-Send = Callable[[str, list[Any]], Awaitable[None]]
+Send = Callable[[str, list[Any]], None]
 
 
 def event_args(message: Message) -> list[Any]:
@@ -73,14 +73,14 @@ class HoldBuffer:
         held.append((partition, offset, packets))
         return True
 
-    async def release(self, eio_sid: str, replayed_up_to: tuple[int, ...], send: Send) -> None:
-        """Send what was held, minus what the replay already covered, then stop holding."""
-        while held := self._held.get(eio_sid):
-            self._held[eio_sid] = []
-            for partition, offset, packets in held:
-                if offset >= replayed_up_to[partition]:
-                    await send(eio_sid, packets)
-        self._held.pop(eio_sid, None)
+    def release(self, eio_sid: str, replayed_up_to: tuple[int, ...], send: Send) -> None:
+        """Send what was held, minus what the replay already covered, then stop holding.
+
+        Nothing awaits here, so no live packet can arrive while the buffer drains.
+        """
+        for partition, offset, packets in self._held.pop(eio_sid, ()):
+            if offset >= replayed_up_to[partition]:
+                send(eio_sid, packets)
 
     def drop(self, eio_sid: str) -> None:
         self._held.pop(eio_sid, None)

@@ -280,7 +280,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
                     packet.CONNECT, {"sid": sid, "pid": session.pid}, namespace=namespace
                 ),
             )
-            await manager.holds.release(eio_sid, stop, manager.send_packets)
+            manager.holds.release(eio_sid, stop, manager.send_packets)
         except Exception:
             logger.exception("recovery of sid %s failed; closing the connection", sid)
             manager.holds.drop(eio_sid)

@@ -13,6 +13,7 @@ __all__ = ["KafkaOptions", "parse_kafka_urls"]
 _DEFAULT_BOOTSTRAP = "localhost:9092"
 _ACKS = ("all", 0, 1, -1)
 _COMPRESSION = (None, "gzip", "snappy", "lz4", "zstd")
+_MAX_FETCH_INTERVAL_MS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,8 @@ class KafkaOptions:
     # Fetches long-poll (an idle node costs the broker nothing) and answer at the first
     # record, but the manager asks at most once per ``fetch_interval_ms``: under load a
     # fetch carries what arrived meanwhile instead of a record or two. 0 disables pacing.
+    # At most 1 s: nodes read each other's 1 s heartbeats through these fetches, and one
+    # unheard of for 3 s counts as dead (its sessions claimable elsewhere while live).
     fetch_min_bytes: int = 1
     fetch_max_wait_ms: int = 500
     fetch_interval_ms: float = 5.0
@@ -65,7 +68,10 @@ class KafkaOptions:
         _require(self.acks in _ACKS, f"acks must be one of {_ACKS}")
         _require(self.compression_type in _COMPRESSION, f"compression_type not in {_COMPRESSION}")
         _require(self.linger_ms >= 0, "linger_ms must be >= 0")
-        _require(self.fetch_interval_ms >= 0, "fetch_interval_ms must be >= 0")
+        _require(
+            0 <= self.fetch_interval_ms <= _MAX_FETCH_INTERVAL_MS,
+            f"fetch_interval_ms must be between 0 and {_MAX_FETCH_INTERVAL_MS}",
+        )
         _require(self.max_record_bytes > 0, "max_record_bytes must be > 0")
         _require(self.retry_backoff_max_s > 0, "retry_backoff_max_s must be > 0")
         _require(

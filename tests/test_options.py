@@ -37,6 +37,7 @@ def test_bad_urls_are_config_errors(url: str | list[str]) -> None:
         {"compression_type": "brotli"},
         {"max_record_bytes": 0},
         {"fetch_interval_ms": -1},
+        {"fetch_interval_ms": 1001},  # nodes would miss each other's heartbeats
     ],
 )
 def test_bad_options_are_config_errors(kwargs: dict[str, object]) -> None:

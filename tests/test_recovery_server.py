@@ -137,8 +137,9 @@ async def test_a_claim_on_a_node_still_starting_waits_for_its_sessions(
 async def test_a_claim_is_judged_on_the_sessions_topic_as_it_is_now(
     app: App, kafka_url: str, channel: str
 ) -> None:
-    # The other node reads Kafka every 2 s: it has seen the session left, not restored.
-    lagging = App(kafka_url, channel, True, KafkaOptions(fetch_interval_ms=2000))
+    # The other node reads Kafka once a second (the most allowed): it has seen the
+    # session left, not restored.
+    lagging = App(kafka_url, channel, True, KafkaOptions(fetch_interval_ms=1000))
     client, thief = RecoveringRecorder(), RecoveringRecorder()
     try:
         async with run_server(app.asgi) as url, run_server(lagging.asgi) as other_url:

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions, fastjson
+from socketio_kafka.adapter import AsyncKafkaManager, fastjson
 from socketio_kafka.adapter.recovery import RecoveringAsyncServer, RecoveryOptions
 
 from . import protocol
@@ -60,14 +60,7 @@ def create_app(settings: Settings, kafka_url: str | None = None) -> Starlette:
             _required(kafka_url or settings.kafka, "kafka_url"),
             channel=settings.channel,
             logger=logging.getLogger("socketio_kafka.adapter"),
-            options=KafkaOptions(
-                partitions=settings.partitions,
-                request_timeout_ms=settings.kafka_timeout_ms,
-                linger_ms=settings.linger_ms,
-                fetch_interval_ms=settings.fetch_interval_ms,
-                # Whatever a client may send fits a record, binary parts base64-encoded included.
-                max_record_bytes=settings.max_payload_bytes * 4 // 3 + 64 * 1024,
-            ),
+            options=settings.kafka_options,
         )
     # Redis pub/sub keeps no events to replay: a node on it never recovers a session.
     recovering = settings.recovery and isinstance(manager, AsyncKafkaManager)

@@ -2,6 +2,7 @@
 
 ```
 GatewayError
+ ├── InvalidSettings          a flag or ``SOCKETIO_KAFKA_*`` variable out of range
  └── ServiceError             a local Kafka or Redis could not be fetched, started or reused
       ├── JavaNotFound        no ``java`` on PATH or in JAVA_HOME
       ├── MavenNotFound       no ``mvn`` to fetch the Kafka jars with
@@ -17,6 +18,7 @@ from __future__ import annotations
 __all__ = [
     "FetchFailed",
     "GatewayError",
+    "InvalidSettings",
     "JavaNotFound",
     "MavenNotFound",
     "PortInUse",
@@ -28,6 +30,10 @@ __all__ = [
 
 class GatewayError(Exception):
     """Root of every error the gateway package raises."""
+
+
+class InvalidSettings(GatewayError, ValueError):
+    """A node's settings are out of range; nothing was started."""
 
 
 class ServiceError(GatewayError):

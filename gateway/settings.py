@@ -56,10 +56,21 @@ class Settings:
             raise ValueError("recovery_window must be > 0")
         if self.kafka_timeout_ms < 100:
             raise ValueError("kafka_timeout_ms must be >= 100")
-        if self.linger_ms < 0 or self.fetch_interval_ms < 0:
-            raise ValueError("linger_ms and fetch_interval_ms must be >= 0")
+        self.kafka_options  # noqa: B018 (its checks, before anything starts)
         if self.max_payload_bytes < 1024:
             raise ValueError("max_payload_bytes must be >= 1024")
+
+    @property
+    def kafka_options(self) -> KafkaOptions:
+        """The Kafka clients' options; raises `ConfigError` (a ValueError) when out of range."""
+        return KafkaOptions(
+            partitions=self.partitions,
+            request_timeout_ms=self.kafka_timeout_ms,
+            linger_ms=self.linger_ms,
+            fetch_interval_ms=self.fetch_interval_ms,
+            # Whatever a client may send fits a record, binary parts base64-encoded included.
+            max_record_bytes=self.max_payload_bytes * 4 // 3 + 64 * 1024,
+        )
 
     @property
     def cors_allowed_origins(self) -> str | list[str]:

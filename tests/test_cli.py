@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions
+from socketio_kafka.gateway import cli
 from socketio_kafka.gateway.app import create_app
 from socketio_kafka.gateway.cli import build_parser, settings_from
 
@@ -38,5 +39,19 @@ def test_defaults_are_the_adapter_defaults() -> None:
 
 
 def test_negative_values_are_refused() -> None:
-    with pytest.raises(ValueError, match="linger_ms and fetch_interval_ms"):
+    with pytest.raises(ValueError, match="linger_ms must be >= 0"):
         settings_from(build_parser().parse_args(["serve", "--linger-ms", "-1"]))
+
+
+def test_settings_out_of_range_are_one_line_and_start_nothing(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_service(*args: object) -> None:
+        raise AssertionError("a service was started for settings that cannot run")
+
+    monkeypatch.setattr(cli, "_service", no_service)
+    # Paced past 1 s, nodes would miss each other's heartbeats.
+    assert cli.main(["serve", "--fetch-interval-ms", "2000"]) == 1
+    assert capsys.readouterr().err == (
+        "socketio-kafka: fetch_interval_ms must be between 0 and 1000\n"
+    )

@@ -50,13 +50,11 @@ class Settings:
             raise ValueError(f"adapter must be one of {', '.join(ADAPTERS)}, not {self.adapter!r}")
         if not self.channel:
             raise ValueError("channel must not be empty")
-        if self.partitions < 1:
-            raise ValueError("partitions must be >= 1")
         if self.recovery_window <= 0:
             raise ValueError("recovery_window must be > 0")
         if self.kafka_timeout_ms < 100:
             raise ValueError("kafka_timeout_ms must be >= 100")
-        self.kafka_options  # noqa: B018 (its checks, before anything starts)
+        self.kafka_options  # noqa: B018 (its checks, partitions too, before anything starts)
         if self.max_payload_bytes < 1024:
             raise ValueError("max_payload_bytes must be >= 1024")
 

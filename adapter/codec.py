@@ -9,8 +9,11 @@ Kafka keeps its order.
 from __future__ import annotations
 
 import base64
+import json
+import math
 from typing import Any
 
+import orjson
 from socketio.packet import Packet
 
 from . import fastjson
@@ -18,14 +21,21 @@ from .errors import RecordDecodeError
 
 __all__ = [
     "FORMAT_VERSION",
+    "MAX_DEPTH",
     "Message",
     "decode",
     "emit_message",
     "encode",
+    "parse_json",
     "record_key",
 ]
 
 FORMAT_VERSION = 1
+#: Deepest nesting a record may have (the record object is level 1, an emit's argument
+#: array level 2). Deeper ones are refused: python-socketio rebuilds binary arguments and
+#: the standard json encodes packets by recursion, which ends in RecursionError near
+#: 1,000 levels; orjson encodes at most 255. See docs/wire-format.md.
+MAX_DEPTH = 128
 
 Message = dict[str, Any]
 
@@ -72,8 +82,12 @@ def emit_message(
     callback: tuple[str, str, int] | None,
     host_id: str,
 ) -> Message:
-    """Build an ``emit`` message; binary parts travel base64-encoded after the JSON part."""
-    args = list(data) if isinstance(data, tuple) else [data]
+    """Build an ``emit`` message; binary parts travel base64-encoded after the JSON part.
+
+    ``data`` becomes the arguments as python-socketio's own manager makes them: a tuple
+    is several, None is none, anything else is one.
+    """
+    args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
     binary = Packet.data_is_binary(args)
     if binary:
         args, attachments = Packet.deconstruct_binary(args)
@@ -105,13 +119,14 @@ def encode(message: Message) -> bytes:
 
 
 def decode(value: bytes | None) -> Message:
-    """Parse and validate one record value; anything off raises `RecordDecodeError`."""
+    """Parse and validate one record value; anything off raises `RecordDecodeError`.
+
+    A record that decodes is one the fan-out can deliver: its targets are strings, and
+    an emit's binary attachments fit its placeholders.
+    """
     if value is None:
         raise RecordDecodeError("empty record")
-    try:
-        message = fastjson.loads(value)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise RecordDecodeError(f"not JSON: {exc}") from exc
+    message = parse_json(value)
     if not isinstance(message, dict):
         raise RecordDecodeError("not a JSON object")
     if message.get("v") != FORMAT_VERSION:
@@ -127,22 +142,110 @@ def decode(value: bytes | None) -> Message:
         field = message.get(name, _ABSENT)
         if field is not _ABSENT and type(field) not in kinds:
             raise RecordDecodeError(f"{method}: field {name!r} of the wrong type")
+    if not _valid_targets(message):
+        raise RecordDecodeError(f"{method}: room or skip_sid not a string or strings")
     if method == "emit" and not _valid_emit_payload(message):
         raise RecordDecodeError("emit: malformed data or callback")
     message.setdefault("namespace", "/")
     return message
 
 
+def parse_json(value: bytes) -> Any:
+    """Strict JSON, at most `MAX_DEPTH` deep; `RecordDecodeError` for anything else.
+
+    orjson reads almost every record. It reads integers beyond 64 bits as floats, so a
+    record with a run of 19 digits goes to the standard library, which keeps them exact
+    (as python-socketio writes them). What neither accepts is refused: NaN and Infinity
+    (not JSON), and lone surrogates (not UTF-8: no key or frame could carry them).
+    """
+    strict = _LONG_DIGIT_RUN not in value.translate(_DIGITS_TO_ZERO)
+    try:
+        parsed = orjson.loads(value) if strict else _parse_stdlib(value)
+    except orjson.JSONDecodeError:  # deeper than orjson's 1,024 levels, or not JSON
+        strict = False
+        parsed = _parse_stdlib(value)
+    # Fewer brackets than the limit cannot nest deeper than it: most records stop here.
+    if value.count(b"[") + value.count(b"{") > MAX_DEPTH and _too_deep(parsed):
+        raise RecordDecodeError(f"nested deeper than {MAX_DEPTH} levels")
+    if not strict:
+        try:
+            json.dumps(parsed, ensure_ascii=False).encode()
+        except UnicodeEncodeError as exc:
+            raise RecordDecodeError("a string is not valid Unicode") from exc
+    return parsed
+
+
+# Digits to "0", all else to " ": a run of 19 zeros then marks a number orjson may misread.
+_DIGITS_TO_ZERO = bytes(48 if 48 <= byte <= 57 else 32 for byte in range(256))
+_LONG_DIGIT_RUN = b"0" * 19
+
+
+def _parse_stdlib(value: bytes) -> Any:
+    try:
+        return json.loads(value, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError as exc:  # json recurses per level: far beyond MAX_DEPTH anyway
+        raise RecordDecodeError(f"nested deeper than {MAX_DEPTH} levels") from exc
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise RecordDecodeError(f"not JSON: {exc}") from exc
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is out of range")
+    return number
+
+
+def _too_deep(parsed: Any) -> bool:
+    """Whether containers nest beyond `MAX_DEPTH`, found level by level, without recursion."""
+    level = [parsed]
+    for _ in range(MAX_DEPTH):
+        level = [
+            child
+            for item in level
+            for child in (item if type(item) is list else item.values())
+            if type(child) is list or type(child) is dict
+        ]
+        if not level:
+            return False
+    return True
+
+
+def _valid_targets(message: Message) -> bool:
+    """Rooms and skipped sids are looked up in sets: a list of them must hold strings only.
+
+    An empty room list is refused too: python-socketio reads its first element.
+    """
+    room = message.get("room")
+    skip = message.get("skip_sid")
+    rooms_ok = not isinstance(room, list) or (bool(room) and all(type(r) is str for r in room))
+    return rooms_ok and (not isinstance(skip, list) or all(type(s) is str for s in skip))
+
+
 def _valid_emit_payload(message: Message) -> bool:
-    data = message["data"]
-    if not data:
-        return False
-    if message.get("binary") and not all(isinstance(a, str) for a in data[1:]):
+    if message.get("binary") and not _attachments_fit(message["data"]):
         return False
     callback = message.get("callback")
     return callback is None or (
         len(callback) == 3
-        and isinstance(callback[0], str)
-        and isinstance(callback[1], str)
-        and isinstance(callback[2], int)
+        and type(callback[0]) is str
+        and type(callback[1]) is str
+        and type(callback[2]) is int
     )
+
+
+def _attachments_fit(data: list[Any]) -> bool:
+    """A binary emit is ``[arguments with placeholders, *base64 attachments]``: rebuild it
+    as the fan-out will, so a placeholder out of range or bad base64 is refused here."""
+    if not data or type(data[0]) is not list:
+        return False
+    try:
+        attachments = [base64.b64decode(a) for a in data[1:]]
+        Packet.reconstruct_binary(data[0], attachments)
+    except (ValueError, TypeError, IndexError):  # binascii.Error is a ValueError
+        return False
+    return True

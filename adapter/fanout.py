@@ -29,8 +29,6 @@ def event_args(message: Message) -> list[Any]:
     if message.get("binary"):
         attachments = [base64.b64decode(a) for a in data[1:]]
         data = Packet.reconstruct_binary(data[0], attachments)
-    if data == [None]:  # python-socketio sends emit(event, None) with no argument
-        return []
     return data
 
 

@@ -8,10 +8,12 @@ still in use). Values are UTF-8 JSON; a tombstone (no value) ends a session.
 from __future__ import annotations
 
 import json
+import re
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from .codec import parse_json
 from .errors import RecordDecodeError
 
 __all__ = [
@@ -26,6 +28,11 @@ __all__ = [
 EPOCH_KEY = b"__epoch__"
 NODE_PREFIX = b"__node__:"
 _VERSION = 1
+# Every offset string carries the epoch; offsets.decode reads only these.
+_EPOCH = re.compile(r"[0-9a-z]{1,32}")
+_OFFSET_END = 2**63  # Kafka offsets and timestamps are signed 64-bit
+_TEXT_FIELDS = ("pid", "sid", "namespace", "epoch", "owner")
+_FIELDS = frozenset({*_TEXT_FIELDS, "rooms", "data", "start", "disconnected_at"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,22 +55,38 @@ def encode_session(session: Session) -> bytes:
 
 
 def decode_session(value: bytes) -> Session:
+    """A session record's value, every field checked: `RecordDecodeError` if any is off."""
+    raw = parse_json(value)
+    if not isinstance(raw, dict) or raw.pop("v", None) != _VERSION:
+        raise RecordDecodeError("not a session record of version 1")
+    if not raw.keys() <= _FIELDS or not all(type(raw.get(f)) is str for f in _TEXT_FIELDS):
+        raise RecordDecodeError("malformed session record: unknown field or missing text")
+    rooms, start, left_at = raw.get("rooms"), raw.get("start"), raw.get("disconnected_at")
+    if not (type(rooms) is list and all(type(room) is str for room in rooms)):
+        raise RecordDecodeError("malformed session record: rooms must be a list of strings")
+    if not (type(start) is list and all(_is_offset(offset) for offset in start)):
+        raise RecordDecodeError("malformed session record: start must be a list of offsets")
+    return Session(
+        **{f: raw[f] for f in _TEXT_FIELDS},
+        rooms=tuple(rooms),
+        data=raw.get("data"),
+        start=tuple(start),
+        disconnected_at=None if left_at is None else _unix_time(left_at),
+    )
+
+
+def _is_offset(value: Any) -> bool:
+    return type(value) is int and 0 <= value < _OFFSET_END
+
+
+def _unix_time(value: Any) -> float:
+    """Seconds as a float, or `RecordDecodeError`: `expired` subtracts it from now."""
+    if type(value) not in (int, float):
+        raise RecordDecodeError(f"malformed session record: {value!r} is not a time")
     try:
-        raw = json.loads(value)
-        if raw.pop("v") != _VERSION:
-            raise RecordDecodeError("unsupported session version")
-        session = Session(**raw)
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise RecordDecodeError(f"malformed session record: {exc!r}") from exc
-    if not (
-        isinstance(session.pid, str)
-        and isinstance(session.sid, str)
-        and isinstance(session.namespace, str)
-        and all(isinstance(r, str) for r in session.rooms)
-        and all(isinstance(o, int) for o in session.start)
-    ):
-        raise RecordDecodeError("malformed session record")
-    return replace(session, rooms=tuple(session.rooms), start=tuple(session.start))
+        return float(value)
+    except OverflowError as exc:  # an integer beyond any float
+        raise RecordDecodeError("malformed session record: time out of range") from exc
 
 
 class SessionTable:
@@ -75,17 +98,23 @@ class SessionTable:
         self.heartbeats: dict[str, float] = {}
 
     def apply(self, key: bytes | None, value: bytes | None, timestamp_ms: int) -> None:
-        if key is None:
+        """Fold one record in. A malformed record raises `RecordDecodeError` and changes
+        nothing: any key, any value, whoever wrote it."""
+        if not key:
             raise RecordDecodeError("session record without a key")
         if key == EPOCH_KEY:
-            self.epoch = self._epoch(value)
+            self.epoch = _decode_epoch(value)
         elif key.startswith(NODE_PREFIX):
-            self.heartbeats[key[len(NODE_PREFIX) :].decode()] = timestamp_ms / 1000
+            host_id = _text(key[len(NODE_PREFIX) :])
+            self.heartbeats[host_id] = _heartbeat_time(timestamp_ms)
         elif value is None:
-            self.sessions.pop(key.decode(errors="replace"), None)
+            self.sessions.pop(_text(key), None)
         else:
+            pid = _text(key)
             session = decode_session(value)
-            self.sessions[session.pid] = session
+            if session.pid != pid:
+                raise RecordDecodeError(f"session {session.pid!r} under the key {pid!r}")
+            self.sessions[pid] = session
 
     def node_alive(self, host_id: str, stale_after: float) -> bool:
         seen = self.heartbeats.get(host_id)
@@ -109,12 +138,24 @@ class SessionTable:
                 out.append(session)
         return out
 
-    @staticmethod
-    def _epoch(value: bytes | None) -> str:
-        try:
-            epoch = json.loads(value or b"")["epoch"]
-        except (ValueError, TypeError, KeyError) as exc:
-            raise RecordDecodeError("malformed epoch record") from exc
-        if not isinstance(epoch, str):
-            raise RecordDecodeError("malformed epoch record")
-        return epoch
+
+def _text(key: bytes) -> str:
+    try:
+        return key.decode()
+    except UnicodeDecodeError as exc:
+        raise RecordDecodeError(f"session record key {key!r} is not UTF-8") from exc
+
+
+def _heartbeat_time(timestamp_ms: int) -> float:
+    """The record's timestamp in seconds; -1 (Kafka's "none") tells nothing, so refused."""
+    if type(timestamp_ms) is not int or not 0 <= timestamp_ms < _OFFSET_END:
+        raise RecordDecodeError(f"heartbeat without a usable timestamp ({timestamp_ms!r})")
+    return timestamp_ms / 1000
+
+
+def _decode_epoch(value: bytes | None) -> str:
+    raw = parse_json(value) if value is not None else None
+    epoch = raw.get("epoch") if isinstance(raw, dict) else None
+    if not (isinstance(epoch, str) and _EPOCH.fullmatch(epoch)):
+        raise RecordDecodeError("malformed epoch record")
+    return epoch

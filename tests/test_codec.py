@@ -34,6 +34,18 @@ def test_tuple_data_becomes_several_arguments() -> None:
     assert _emit(data=[1, 2])["data"] == [[1, 2]]
 
 
+@pytest.mark.parametrize(("data", "args"), [((), []), (None, []), ((None,), [None])])
+def test_no_argument_travels_as_python_socketio_sends_it(data: object, args: list[object]) -> None:
+    """``emit("e")`` and ``emit("e", ())`` have no argument; ``emit("e", (None,))`` has one."""
+    assert codec.decode(codec.encode(_emit(data=data)))["data"] == args
+
+
+def test_integers_beyond_64_bits_stay_exact() -> None:
+    """orjson reads them as floats: ``2**64`` would reach clients as 1.8446744073709552e+19."""
+    numbers = [2**64, -(2**63) - 1, 10**30, 2**63 - 1, 1.5e19]
+    assert codec.decode(codec.encode(_emit(data=tuple(numbers))))["data"] == numbers
+
+
 def test_binary_parts_travel_as_base64_attachments() -> None:
     message = _emit(data={"raw": b"\x00\xff", "n": 1})
     assert message["binary"] is True
@@ -78,7 +90,6 @@ def test_room_operations_share_the_key_of_the_room_emits() -> None:
         b'{"v": 2, "method": "emit", "event": "e", "data": [1]}',
         b'{"v": 1, "method": "explode"}',
         b'{"v": 1, "method": "emit", "event": 5, "data": [1]}',
-        b'{"v": 1, "method": "emit", "event": "e", "data": []}',
         b'{"v": 1, "method": "emit", "event": "e", "data": {"a": 1}}',
         b'{"v": 1, "method": "emit", "event": "e", "data": [1], "room": 3}',
         b'{"v": 1, "method": "emit", "event": "e", "data": [1], "callback": [1, 2]}',
@@ -90,6 +101,53 @@ def test_room_operations_share_the_key_of_the_room_emits() -> None:
 def test_malformed_records_raise_decode_error(value: bytes | None) -> None:
     with pytest.raises(RecordDecodeError):
         codec.decode(value)
+
+
+def _raw_emit(**fields: object) -> bytes:
+    return json.dumps({"v": 1, "method": "emit", "event": "e", "data": [1], **fields}).encode()
+
+
+def _nested(depth: int) -> bytes:
+    """An emit record nested ``depth`` levels deep: the record is 1, its data 2."""
+    return (
+        b'{"v":1,"method":"emit","event":"e","data":'
+        + b"[" * (depth - 1)
+        + b"]" * (depth - 1)
+        + b"}"
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        _nested(5_000),  # the stdlib json fallback recursed into RecursionError
+        _nested(codec.MAX_DEPTH + 1),
+        _raw_emit(data=[float("nan")]),  # json.dumps writes NaN: not JSON
+        _raw_emit(data=[float("inf")]),
+        b'{"v":1,"method":"emit","event":"e","data":[1e400]}',
+        # Lone surrogates, escaped or as UTF-8 bytes: no key or text frame can carry them.
+        b'{"v":1,"method":"emit","event":"e","data":[1],"room":"\\ud800"}',
+        b'{"v":1,"method":"emit","event":"e","data":[1],"room":"\xed\xa0\x80"}',
+        _raw_emit(data=[[{"_placeholder": True, "num": 0}], "not base64!"], binary=True),
+        _raw_emit(data=[[{"_placeholder": True, "num": 1}], "AA=="], binary=True),
+        _raw_emit(data=[[{"_placeholder": True, "num": "0"}], "AA=="], binary=True),
+        _raw_emit(data=[[{"_placeholder": True, "num": 10**30}], "AA=="], binary=True),
+        _raw_emit(data=[{"_placeholder": True, "num": 0}, "AA=="], binary=True),
+        _raw_emit(data=[[1], "é"], binary=True),
+        _raw_emit(data=[], binary=True),
+        _raw_emit(room=[]),
+        _raw_emit(room=[{"a": 1}]),
+        _raw_emit(skip_sid=[["s"]]),
+        _raw_emit(callback=["r", "/", True]),
+    ],
+)
+def test_records_the_fan_out_could_not_deliver_are_refused(value: bytes) -> None:
+    with pytest.raises(RecordDecodeError):
+        codec.decode(value)
+
+
+def test_nesting_up_to_the_limit_is_delivered() -> None:
+    assert codec.decode(_nested(codec.MAX_DEPTH))["event"] == "e"
 
 
 def test_a_minimal_record_from_another_language_decodes() -> None:

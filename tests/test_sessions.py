@@ -90,3 +90,52 @@ def test_a_session_left_by_a_node_never_heard_from_is_claimable() -> None:
     assert server._refusal(replace(SESSION, owner="long-gone"), "/") == "expired"
     manager.sessions.apply(NODE_PREFIX + b"alive", b"{}", int(time.time() * 1000))
     assert server._refusal(replace(SESSION, owner="alive"), "/") is not None  # still on it
+
+
+def _with(**fields: object) -> bytes:
+    """SESSION's record with some fields replaced, as any producer could write it."""
+    raw = json.loads(encode_session(SESSION))
+    raw.update(fields)
+    return json.dumps(raw).encode()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "timestamp_ms"),
+    [
+        (b"", encode_session(SESSION), 0),
+        (NODE_PREFIX + b"\xff\xfe", b"{}", 1000),  # stopped delivery on every node
+        (NODE_PREFIX + b"n", b"{}", -1),  # Kafka's "no timestamp"
+        (NODE_PREFIX + b"n", b"{}", 10**30),
+        (b"\xff\xfe", None, 0),
+        (b"pid1", _with(rooms="ab"), 0),  # became the rooms ("a", "b")
+        (b"pid1", _with(rooms=None), 0),
+        (b"pid1", _with(start=3), 0),
+        (b"pid1", _with(start=[True, 0]), 0),
+        (b"pid1", _with(start=[-1, 0]), 0),
+        (b"pid1", _with(start=[2**64, 0]), 0),
+        (b"pid1", _with(disconnected_at="soon"), 0),
+        (b"pid1", _with(disconnected_at=True), 0),
+        (b"pid1", _with(disconnected_at=10**400), 0),
+        (b"pid1", _with(epoch=5), 0),
+        (b"pid1", _with(owner=None), 0),
+        (b"pid1", _with(pid="other"), 0),  # a tombstone for pid1 would leave it behind
+        (b"pid1", b'{"v":1,"data":' + b"[" * 5000 + b"]" * 5000 + b"}", 0),
+        (b"pid1", b"\xff", 0),
+        (EPOCH_KEY, None, 0),
+        (EPOCH_KEY, b'{"epoch": "has~tilde"}', 0),
+        (EPOCH_KEY, b"[" * 5000, 0),
+    ],
+)
+def test_a_bad_record_is_refused_and_changes_nothing(
+    key: bytes, value: bytes | None, timestamp_ms: int
+) -> None:
+    table = SessionTable()
+    table.apply(EPOCH_KEY, b'{"epoch": "e1"}', 1000)
+    table.apply(b"pid1", encode_session(SESSION), 1000)
+    table.apply(NODE_PREFIX + b"node1", b"{}", 5000)
+    before = (table.epoch, dict(table.sessions), dict(table.heartbeats))
+    with pytest.raises(RecordDecodeError):
+        table.apply(key, value, timestamp_ms)
+    assert (table.epoch, table.sessions, table.heartbeats) == before
+    assert table.expired(now=1e12, window=60, stale_after=15) == [SESSION]
+    assert not table.node_alive("node1", stale_after=15)

@@ -1,0 +1,177 @@
+"""Any bytes on either topic: refused with `RecordDecodeError`, or delivered without error.
+
+Property-based, without a broker: a record the codec accepts must go through everything a
+node then does with it (its key, its packets, the replay's filter), and no session record
+may break the table or its expiry.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from socketio.packet import Packet
+
+from socketio_kafka.adapter import RecordDecodeError, codec, fastjson
+from socketio_kafka.adapter.fanout import event_packets
+from socketio_kafka.adapter.recovery import _addressed_to
+from socketio_kafka.adapter.sessions import EPOCH_KEY, NODE_PREFIX, SessionTable
+
+# No example database: the working tree stays clean, and each run explores afresh.
+FUZZ = settings(
+    max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=2**63 - 8, max_value=2**70)
+    | st.floats()
+    | st.text()
+    | st.sampled_from(["", "/", "lobby", "_placeholder", "num", "\ud800"])
+)
+JSON = st.recursive(
+    SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=24,
+)
+FIELDS = ["v", "method", "event", "data", "namespace", "room", "skip_sid", "binary"]
+FIELDS += ["callback", "host_id", "sid", "id", "args"]
+METHODS = ["emit", "enter_room", "leave_room", "close_room", "disconnect", "callback", "other"]
+
+
+class FastPacket(Packet):  # type: ignore[misc]  # python-socketio is untyped
+    """A server's packet class with ``json=fastjson``, as the gateway runs it."""
+
+    json = fastjson
+
+
+def _dumps(value: Any) -> bytes:
+    """JSON text as any producer might write it: NaN, lone surrogates and all."""
+    return json.dumps(value).encode("utf-8", "surrogatepass")
+
+
+def _nested(depth: int, opener: bytes, leaf: bytes, closer: bytes) -> bytes:
+    """An emit whose one argument nests ``depth`` levels below the record's two."""
+    data = opener * depth + leaf + closer * depth
+    return b'{"v":1,"method":"emit","event":"e","data":[' + data + b"]}"
+
+
+def _delivered(value: bytes | None) -> None:
+    """Decode ``value``; if accepted, do with it all a node does. Only refusals may raise."""
+    try:
+        message = codec.decode(value)
+    except RecordDecodeError:
+        return
+    codec.record_key(message)
+    if message["method"] == "emit":
+        for packet_class in (Packet, FastPacket):
+            for offset in ("x~0", None):
+                event_packets(packet_class, message, offset)
+        _addressed_to(message, "/", "sid", {"lobby", "sid"})
+
+
+@FUZZ
+@given(st.binary() | st.none())
+@example(b"[" * 5_000 + b"]" * 5_000)
+@example(b'{"v":1,"method":"emit","event":"e","data":[NaN]}')
+def test_any_bytes(value: bytes | None) -> None:
+    _delivered(value)
+
+
+@FUZZ
+@given(JSON)
+def test_any_json(value: Any) -> None:
+    _delivered(_dumps(value))
+
+
+@FUZZ
+@given(
+    st.integers(min_value=1, max_value=3_000),
+    st.sampled_from(
+        [(b"[", b"", b"]"), (b'{"a":', b"1", b"}"), (b'[{"_placeholder":', b"1", b"}]")]
+    ),
+)
+def test_any_nesting(depth: int, brackets: tuple[bytes, bytes, bytes]) -> None:
+    _delivered(_nested(depth, *brackets))
+
+
+@FUZZ
+@given(
+    st.sampled_from(METHODS),
+    st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=len(FIELDS)),
+)
+def test_every_method_with_any_fields(method: str, fields: dict[str, Any]) -> None:
+    _delivered(_dumps({"v": 1, **fields, "method": method}))
+
+
+EMIT_DATA = JSON | st.tuples(JSON, st.binary()) | st.binary() | st.just(())
+
+
+@FUZZ
+@given(EMIT_DATA, st.sampled_from(FIELDS), JSON)
+@example({"raw": b"\x00"}, "data", [[{"_placeholder": True, "num": 3}], "AA=="])
+def test_a_valid_emit_with_one_field_changed(data: Any, name: str, replacement: Any) -> None:
+    message = codec.emit_message(
+        "e", data, namespace="/", room="lobby", skip_sid=None, callback=None, host_id="h"
+    )
+    _delivered(codec.encode(message))  # as written
+    _delivered(_dumps({**json.loads(codec.encode(message)), name: replacement}))
+
+
+SESSION = {
+    "v": 1,
+    "pid": "p1",
+    "sid": "s1",
+    "namespace": "/",
+    "rooms": ["a"],
+    "data": {"user": 7},
+    "start": [0, 4],
+    "epoch": "e1",
+    "owner": "n1",
+    "disconnected_at": None,
+}
+KEYS = (
+    st.binary()
+    | st.none()
+    | st.just(EPOCH_KEY)
+    | st.sampled_from([b"p1", NODE_PREFIX + b"n1"])
+    | st.binary().map(lambda tail: NODE_PREFIX + tail)
+)
+SESSION_VALUES = (
+    st.none()
+    | st.binary()
+    | JSON.map(_dumps)
+    | st.builds(lambda name, v: _dumps({**SESSION, name: v}), st.sampled_from(list(SESSION)), JSON)
+    | st.builds(lambda v: _dumps({"epoch": v}), JSON)
+)
+SessionRecord = tuple[bytes | None, bytes | None, int]
+TIMESTAMPS = st.integers() | st.sampled_from([-1, 0, 2**63 - 1, 2**63])
+
+
+@FUZZ
+@given(st.lists(st.tuples(KEYS, SESSION_VALUES, TIMESTAMPS), max_size=8), st.floats())
+@example([(NODE_PREFIX + b"\xff\xfe", b"{}", 1000)], 0.0)
+@example([(b"p1", _dumps({**SESSION, "rooms": "ab"}), 0)], 0.0)
+@example([(NODE_PREFIX + b"n1", b"{}", -1)], 1e300)
+def test_any_session_records(
+    records: list[tuple[bytes | None, bytes | None, int]], now: float
+) -> None:
+    table = SessionTable()
+    for key, value, timestamp_ms in records:
+        before = (table.epoch, dict(table.sessions), dict(table.heartbeats))
+        try:
+            table.apply(key, value, timestamp_ms)
+        except RecordDecodeError:
+            assert (table.epoch, table.sessions, table.heartbeats) == before
+    table.expired(now, window=60, stale_after=15)
+    for host_id in table.heartbeats:
+        table.node_alive(host_id, stale_after=15)
+    for session in table.sessions.values():
+        assert all(isinstance(room, str) for room in session.rooms)
+        assert all(type(offset) is int and offset >= 0 for offset in session.start)

@@ -17,6 +17,8 @@ import orjson
 __all__ = ["dumpb", "dumps", "loads"]
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS
+#: engineio.json's bound (python-socketio's default parser), kept when orjson stands in.
+MAX_INT_DIGITS = 100
 
 
 def dumpb(obj: Any) -> bytes:
@@ -33,8 +35,24 @@ def dumps(obj: Any, **_: Any) -> str:
 
 
 def loads(text: str | bytes | bytearray, **_: Any) -> Any:
-    """Parse JSON; the standard library's error (a ValueError) if it is not JSON."""
+    """Parse JSON; the standard library's error (a ValueError) if it is not JSON.
+
+    Integers longer than `MAX_INT_DIGITS` digits are refused, as Engine.IO's own parser
+    does: a node relaying one would hand python-socketio clients a packet they reject.
+    So are unpaired surrogate escapes (``"\\ud800"``), which orjson refuses.
+    """
     try:
         return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)  # raises, or accepts what only it reads (NaN, say)
+    except orjson.JSONDecodeError as exc:
+        if "surrogate in string" in str(exc):
+            # A lone surrogate escape: not Unicode text, so no key, record or client
+            # could take it further (the standard library alone would accept it).
+            raise
+        # Raises, or accepts what only it reads (NaN, say).
+        return json.loads(text, parse_int=_bounded_int)
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits) > MAX_INT_DIGITS:
+        raise ValueError(f"integer longer than {MAX_INT_DIGITS} digits")
+    return int(digits)

@@ -104,7 +104,7 @@ async def test_ack_requested_on_one_node_is_answered_by_a_client_on_another(
 
 async def test_remote_disconnect(harness: Harness) -> None:
     victim, bystander = await harness.clients_on([1, 2])
-    await harness.control(0, "disconnect", sid=victim.sid())
+    await harness.control(0, "disconnect_sid", sid=victim.sid())
     await wait_until(lambda: not victim.client.connected, 15, "remote disconnect")
     assert bystander.client.connected
 

@@ -27,7 +27,6 @@ def test_a_tested_release(package: str) -> None:
 
 def test_pubsub_handlers_we_dispatch_to_exist() -> None:
     for name in (
-        "_handle_emit",
         "_handle_callback",
         "_handle_disconnect",
         "_handle_enter_room",
@@ -140,3 +139,31 @@ def test_uvicorn_protocol_writes_only_through_its_transport_attribute() -> None:
     # Any other way out (writelines, a second transport) would pass our buffer by.
     assert "writelines" not in source
     assert source.count("self.transport = ") == 1
+
+
+def test_server_seams_the_gateway_guard_overrides() -> None:
+    """gateway/guard.py reads the half-received binary packet python-socketio keeps, and
+    filters events before python-socketio dispatches them."""
+    from socketio.async_server import AsyncServer
+
+    expected = {
+        "_handle_eio_message": ["self", "eio_sid", "data"],
+        "_handle_event": ["self", "eio_sid", "namespace", "id", "data"],
+    }
+    for name, params in expected.items():
+        assert list(inspect.signature(getattr(AsyncServer, name)).parameters) == params, name
+    message = inspect.getsource(AsyncServer._handle_eio_message)
+    assert "self._binary_packet[eio_sid]" in message
+    assert "pkt.add_attachment(data)" in message
+    assert (
+        "self._binary_packet.get(eio_sid)" in message or "eio_sid in self._binary_packet" in message
+    )
+
+
+def test_server_seams_the_outbox_replaces_engineio_queues() -> None:
+    """adapter/outbox.py: engineio builds every socket's queue through create_queue."""
+    from engineio.async_server import AsyncServer as EngineServer
+    from engineio.async_socket import AsyncSocket
+
+    assert "self.queue = self.server.create_queue()" in inspect.getsource(AsyncSocket.__init__)
+    assert callable(EngineServer.create_queue)

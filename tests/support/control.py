@@ -70,7 +70,8 @@ def install(sio: socketio.AsyncServer) -> None:
         await sio.close_room(req["room"], namespace=req.get("namespace", "/"))
         return {"ok": True}
 
-    async def disconnect(_: str, req: dict[str, Any]) -> dict[str, Any]:
+    # Not "disconnect": a reserved event name, which a client may not emit.
+    async def disconnect_sid(_: str, req: dict[str, Any]) -> dict[str, Any]:
         await sio.disconnect(req["sid"], namespace=req.get("namespace", "/"))
         return {"ok": True}
 
@@ -94,7 +95,7 @@ def install(sio: socketio.AsyncServer) -> None:
         enter_room,
         leave_room,
         close_room,
-        disconnect,
+        disconnect_sid,
         rooms,
         stats,
         recovered,

@@ -24,6 +24,7 @@ from .errors import (
 from .manager import AsyncKafkaManager, ManagerStats
 from .offsets import OffsetError
 from .options import KafkaOptions
+from .outbox import OutboxLimits
 from .recovery import RecoveringAsyncServer, RecoveryOptions
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "KafkaOptions",
     "ManagerStats",
     "OffsetError",
+    "OutboxLimits",
     "PublishError",
     "RecordDecodeError",
     "RecoveringAsyncServer",

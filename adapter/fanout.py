@@ -55,20 +55,34 @@ def event_packets(packet_class: type[Packet], message: Message, offset: str | No
 
 
 class HoldBuffer:
-    """Live packets of sockets under recovery, with the record position each came from."""
+    """Live packets of sockets under recovery, with the record position each came from.
 
-    def __init__(self) -> None:
+    At most ``max_records`` records per socket: a socket whose replay is outrun by more
+    live traffic than that is handed to ``overflow`` (which cuts it; it recovers again from
+    where its replay got to) and its held packets are dropped, not kept for a client that
+    may never read them.
+    """
+
+    def __init__(
+        self, max_records: int = 50_000, overflow: Callable[[str], object] | None = None
+    ) -> None:
         self._held: dict[str, list[tuple[int, int, list[Any]]]] = {}
+        self._max_records = max_records
+        self._overflow = overflow
 
     def hold(self, eio_sid: str) -> None:
         self._held[eio_sid] = []
 
     def add(self, eio_sid: str, partition: int, offset: int, packets: list[Any]) -> bool:
-        """Keep ``packets`` if ``eio_sid`` is held; return whether it was."""
+        """Keep ``packets`` if ``eio_sid`` is held; return whether it was (or was cut)."""
         held = self._held.get(eio_sid)
         if held is None:
             return False
         held.append((partition, offset, packets))
+        if len(held) > self._max_records:
+            del self._held[eio_sid]
+            if self._overflow is not None:
+                self._overflow(eio_sid)
         return True
 
     def release(self, eio_sid: str, replayed_up_to: tuple[int, ...], send: Send) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -21,19 +22,22 @@ from socketio.async_pubsub_manager import AsyncPubSubManager
 
 from . import codec, offsets
 from .errors import BrokerUnavailable, ConfigError, PublishError, RecordDecodeError
-from .fanout import HoldBuffer, event_packets
+from .fanout import HoldBuffer, event_args, event_packets
 from .metadata import pace_metadata_updates
 from .options import KafkaOptions, parse_kafka_urls
+from .outage import BrokerWatch, fold_kafka_client_logs
+from .outbox import Outbox, Outboxes, OutboxLimits
+from .publisher import Publisher
 from .replay import Bounds, ConsumerPool, ReplayBatch, read_range, topic_bounds
 from .sessions import EPOCH_KEY, NODE_PREFIX, Session, SessionTable, encode_session
+from .supervisor import Supervisor
 from .topics import TopicSpec, ensure_topic
 
-__all__ = ["AsyncKafkaManager", "ManagerStats"]
+__all__ = ["AsyncKafkaManager", "Health", "ManagerStats"]
 
 _FIRST_RETRY_S = 0.25
 _POLL_TIMEOUT_MS = 1000
 _BATCH_OVERHEAD_BYTES = 64 * 1024
-_PROBE_TIMEOUT_S = 2.0
 _REPLAY_FETCH_BYTES = 8 * 1024 * 1024
 _REPLAY_RETRY_BACKOFF_MS = 10
 _METADATA_BACKOFF_S = 0.1  # aiokafka's (and Kafka's) default retry backoff
@@ -41,7 +45,9 @@ _METADATA_BACKOFF_S = 0.1  # aiokafka's (and Kafka's) default retry backoff
 _HEARTBEAT_S = 1.0
 #: How long after its last heartbeat a node counts as gone.
 NODE_STALE_S = 3 * _HEARTBEAT_S
-_EXPIRY_EVERY = 5  # heartbeats between sweeps for expired sessions
+_EXPIRY_EVERY_S = 5.0
+#: Tombstones per produce call in a sweep: the loop (and the heartbeat) runs in between.
+_EXPIRY_CHUNK = 500
 _EPOCH_WAIT_S = 5.0
 
 
@@ -56,6 +62,23 @@ class ManagerStats:
     handler_errors: int = 0
     connect_failures: int = 0
     session_records_skipped: int = 0
+    sessions_expired: int = 0
+    slow_consumers_cut: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """Whether a node can do its work now, and if not why: what ``/readyz`` reports.
+
+    Computed from state the node already holds, so asking costs no Kafka round trip.
+    """
+
+    ready: bool
+    reasons: tuple[str, ...]
+    #: Background tasks that raised and were restarted, since start.
+    task_restarts: int
+    #: Producers replaced after they wedged, since start.
+    producers_replaced: int
 
 
 class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-socketio is untyped
@@ -87,13 +110,16 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         json: Any = None,
         *,
         options: KafkaOptions | None = None,
+        limits: OutboxLimits | None = None,
     ) -> None:
         super().__init__(channel=channel, write_only=write_only, logger=logger, json=json)
         self.bootstrap_servers = parse_kafka_urls(url)
         self.options = options or KafkaOptions()
         self.events_topic = f"{channel}.events"
         self.stats = ManagerStats()
-        self._producer: AIOKafkaProducer | None = None
+        self._publisher: Publisher | None = None
+        self._supervisor: Supervisor | None = None
+        self._watch: BrokerWatch | None = None
         self._consumer: AIOKafkaConsumer | None = None
         #: Asks for offsets only. Kafka answers a connection's requests in order, so the
         #: live consumer's would wait behind its long-poll fetch (up to fetch_max_wait_ms).
@@ -112,10 +138,12 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         self.recovery_window: float | None = None
         #: Sockets that asked for no offset argument (plain python-socketio clients).
         self.plain_sids: set[str] = set()
-        self.holds = HoldBuffer()
+        #: Bounds every socket's outgoing queue (`OutboxLimits`): a client that does not
+        #: read is cut off, its session kept.
+        self.outboxes = Outboxes(limits or OutboxLimits())
+        self.holds = HoldBuffer(self.outboxes.limits.max_packets, self.cut_slow_consumer)
         self.on_rooms_changed: Callable[[str, str], None] | None = None
-        self._heartbeat_task: asyncio.Task[None] | None = None
-        self._consume_task: asyncio.Task[None] | None = None
+        self._consume_runs = 0
         self._start_task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._start_lock = asyncio.Lock()
@@ -151,17 +179,25 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
                 return False
         return True
 
-    async def broker_reachable(self) -> bool:
-        """Whether Kafka answers a metadata request within 2 s: for readiness probes."""
-        producer = self._producer
-        if producer is None or not self._ready.is_set():
-            return False
-        try:
-            async with asyncio.timeout(_PROBE_TIMEOUT_S):
-                await producer.client.fetch_all_metadata()
-        except (KafkaError, TimeoutError):
-            return False
-        return True
+    def health(self) -> Health:
+        """Ready, or the reasons not: not connected yet, a background task down, Kafka
+        unreachable, the producer being replaced. Answers at once, whatever Kafka does."""
+        reasons: list[str] = []
+        if not self._ready.is_set():
+            reasons.append("not connected to Kafka yet")
+        supervisor, watch, publisher = self._supervisor, self._watch, self._publisher
+        if supervisor is not None:
+            reasons += [f"background task {n!r} down ({why})" for n, why in supervisor.down.items()]
+        if watch is not None and not watch.reachable:
+            reasons.append(f"kafka unreachable ({watch.cause})")
+        if publisher is not None and publisher.replacing:
+            reasons.append("the kafka producer is being replaced")
+        return Health(
+            not reasons,
+            tuple(reasons),
+            supervisor.restarts if supervisor is not None else 0,
+            publisher.replaced if publisher is not None else 0,
+        )
 
     async def start(self) -> None:
         """Connect and position the consumer; returns once ready.
@@ -172,13 +208,20 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         async with self._start_lock:
             if self._ready.is_set():
                 return
+            fold_kafka_client_logs()
+            logger = self._get_logger()
             await self._retry(self._connect, "connect")
+            supervisor = self._supervisor = Supervisor(logger, self.options.retry_backoff_max_s)
+            assert self._publisher is not None
+            self._watch = BrokerWatch(self._probe, lambda: self.stats.publish_errors, logger)
+            supervisor.start("broker-watch", self._watch.run)
             if not self.write_only:
-                self._consume_task = asyncio.create_task(self._consume_loop())
+                supervisor.start("consume", self._consume_loop)
             if self.recovery_window is not None:
-                self._heartbeat_task = asyncio.create_task(self._heartbeat())
+                supervisor.start("heartbeat", self._heartbeat)
+                supervisor.start("session-expiry", self._expire_loop)
             self._ready.set()
-            self._get_logger().info(
+            logger.info(
                 "kafka manager ready on %s (%s)",
                 self.events_topic,
                 ",".join(self.bootstrap_servers),
@@ -187,11 +230,13 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
     async def stop(self) -> None:
         """Stop consuming, flush what was produced, close every connection. Safe to call twice."""
         self._ready.clear()
-        for task in (self._start_task, self._consume_task, self._heartbeat_task):
-            if task is not None and not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        self._start_task = self._consume_task = self._heartbeat_task = None
+        task, self._start_task = self._start_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        supervisor, self._supervisor, self._watch = self._supervisor, None, None
+        if supervisor is not None:
+            await supervisor.stop()
         await self._close_clients()
 
     async def __aenter__(self) -> AsyncKafkaManager:
@@ -271,35 +316,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         self.stats.published += 1
 
     async def _produce(self, topic: str, key: bytes, value: bytes | None) -> None:
-        await self._send(await self._ready_producer(), topic, key, value)
-
-    async def _send(
-        self, producer: AIOKafkaProducer, topic: str, key: bytes, value: bytes | None
-    ) -> None:
-        await self._send_many(producer, topic, [(key, value)])
-
-    async def _send_many(
-        self,
-        producer: AIOKafkaProducer,
-        topic: str,
-        records: Sequence[tuple[bytes, bytes | None]],
-    ) -> None:
-        """Queue every record, then wait for all: one linger and one round trip for all."""
-        timeout = self.options.request_timeout_ms / 1000
-        try:
-            # aiokafka retries a batch while the broker is away; the caller needs an answer.
-            async with asyncio.timeout(timeout):
-                deliveries = [await producer.send(topic, value, key=key) for key, value in records]
-                outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    raise outcome
-        except KafkaError as exc:
-            raise PublishError(f"Kafka did not accept the record: {exc!r}") from exc
-        except TimeoutError as exc:
-            raise PublishError(
-                f"Kafka did not confirm the record within {timeout}s (it may still be written)"
-            ) from exc
+        await (await self._ready_publisher()).send_many(topic, [(key, value)])
 
     # -- internals ---------------------------------------------------------------------
 
@@ -315,14 +332,14 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         except Exception:
             self._get_logger().exception("kafka manager failed to start")
 
-    async def _ready_producer(self) -> AIOKafkaProducer:
+    async def _ready_publisher(self) -> Publisher:
         if not await self.wait_ready():
             raise BrokerUnavailable(
                 f"Kafka at {','.join(self.bootstrap_servers)} not reachable within "
                 f"{self.options.request_timeout_ms / 1000}s"
             )
-        assert self._producer is not None
-        return self._producer
+        assert self._publisher is not None
+        return self._publisher
 
     async def _retry(self, step: Callable[[], Awaitable[None]], what: str) -> None:
         delay = _FIRST_RETRY_S
@@ -342,11 +359,10 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
     async def _connect(self) -> None:
         try:
             await self._ensure_topics()
-            self._producer = AIOKafkaProducer(
-                **self.options.producer_kwargs(self.bootstrap_servers)
+            self._publisher = Publisher(
+                self._new_producer, self.options.request_timeout_ms / 1000, self._get_logger()
             )
-            pace_metadata_updates(self._producer.client, _METADATA_BACKOFF_S)
-            await self._producer.start()
+            await self._publisher.start()
             if not self.write_only:
                 self._consumer = await self._positioned_consumer()
             if self._consumer is not None and self.recovery_window is not None:
@@ -360,6 +376,19 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         except BaseException:
             await self._close_clients()
             raise
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(**self.options.producer_kwargs(self.bootstrap_servers))
+        pace_metadata_updates(producer.client, _METADATA_BACKOFF_S)
+        return producer
+
+    async def _probe(self) -> None:
+        """One metadata round trip on the producer's connection: Kafka answers."""
+        publisher = self._publisher
+        producer: Any = publisher.producer if publisher is not None else None
+        if producer is None:
+            raise BrokerUnavailable("not connected")
+        await producer.client.fetch_all_metadata()
 
     async def _ensure_topics(self) -> None:
         admin = AIOKafkaAdminClient(**self.options.common_kwargs(self.bootstrap_servers))
@@ -413,9 +442,9 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
                 await self._read_sessions_to_end(consumer, tps)
         if self.sessions.epoch is None:
             epoch = uuid.uuid4().hex[:12]
-            assert self._producer is not None
+            assert self._publisher is not None
             value = json.dumps({"epoch": epoch}).encode()
-            await self._send(self._producer, self.sessions_topic, EPOCH_KEY, value)
+            await self._publisher.send_many(self.sessions_topic, [(EPOCH_KEY, value)])
             await self._read_sessions_to_end(consumer, tps)
         assert self.sessions.epoch is not None
         self.epoch = self.sessions.epoch
@@ -431,18 +460,21 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
                     self._apply_session(record)
 
     async def _close_clients(self) -> None:
-        consumers, producer = (self._consumer, self._offsets), self._producer
-        self._consumer = self._offsets = self._producer = None
+        consumers, publisher = (self._consumer, self._offsets), self._publisher
+        self._consumer = self._offsets = self._publisher = None
         for consumer in consumers:
             if consumer is not None:
                 await consumer.stop()
         await self._replays.close()
-        if producer is not None:
-            await producer.stop()
+        if publisher is not None:
+            await publisher.stop()
 
     async def _consume_loop(self) -> None:
         assert self._consumer is not None
         consumer = self._consumer
+        self._consume_runs += 1
+        if self._consume_runs > 1:
+            self._resume_where_delivery_stopped(consumer)
         delay = _FIRST_RETRY_S
         loop = asyncio.get_running_loop()
         interval = self.options.fetch_interval_ms / 1000
@@ -475,15 +507,33 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
                     for record in records:
                         await self._dispatch(record)
 
+    def _resume_where_delivery_stopped(self, consumer: AIOKafkaConsumer) -> None:
+        """After a restart, read on from the record after the last one handled: the rest
+        of the batch the failed loop held is read again, the record it failed on is not."""
+        for p, position in enumerate(self.positions):
+            consumer.seek(TopicPartition(self.events_topic, p), position)
+        if self.recovery_window is not None:
+            for p in range(self._partitions):
+                position = self._session_positions.get(p, 0)
+                consumer.seek(TopicPartition(self.sessions_topic, p), position)
+
     def _apply_session(self, record: ConsumerRecord[bytes, bytes]) -> None:
         self._session_positions[record.partition] = record.offset + 1
+        kept: Session | None = None
         try:
-            self.sessions.apply(record.key, record.value, record.timestamp)
+            kept = self.sessions.apply(record.key, record.value, record.timestamp, record.offset)
         except RecordDecodeError as exc:
             self.stats.session_records_skipped += 1
             self._log_skipped(record, exc)
+        except Exception:  # a bug, not bad input: still one record, never the loop
+            self.stats.session_records_skipped += 1
+            self._log_unexpected(record)
         if self.sessions.epoch is not None:
             self.epoch = self.sessions.epoch
+        if kept is not None and kept.owner == self.host_id and self.on_rooms_changed:
+            # A rejected record must not stay its pid's last (see SessionTable.apply): a
+            # live session is written again.
+            self.on_rooms_changed(kept.sid, kept.namespace)
 
     def _log_skipped(self, record: ConsumerRecord[bytes, bytes], exc: RecordDecodeError) -> None:
         self._get_logger().warning(
@@ -492,6 +542,14 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             record.partition,
             record.offset,
             exc,
+        )
+
+    def _log_unexpected(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        self._get_logger().exception(
+            "skipping record %s[%d]@%d: unexpected error reading it",
+            record.topic,
+            record.partition,
+            record.offset,
         )
 
     async def _dispatch(self, record: ConsumerRecord[bytes, bytes]) -> None:
@@ -503,6 +561,10 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         except RecordDecodeError as exc:
             self.stats.records_skipped += 1
             self._log_skipped(record, exc)
+            return
+        except Exception:  # a bug, not bad input: still one record, never the loop
+            self.stats.records_skipped += 1
+            self._log_unexpected(record)
             return
         self.stats.records_consumed += 1
         try:
@@ -538,7 +600,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
 
     async def _deliver(self, message: codec.Message, partition: int, offset: int) -> None:
         if message.get("callback"):
-            await self._handle_emit(message)  # one packet per recipient: its own ack id
+            await self._emit_with_ack(message)
             return
         namespace = message["namespace"]
         skip = message.get("skip_sid") or ()
@@ -563,27 +625,78 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             if not self.holds.add(eio_sid, partition, offset, packets):
                 self.send_packets(eio_sid, packets)
 
+    def set_server(self, server: Any) -> None:
+        """Called by the server when it is made: its sockets' queues become `Outbox`es."""
+        super().set_server(server)
+        # Engine.IO's documented queue factory; each socket's queue is made by it.
+        server.eio.create_queue = self.outboxes.create_queue
+
+    async def _emit_with_ack(self, message: codec.Message) -> None:
+        """One packet per recipient, each with its own ack id, answered to the origin node.
+
+        Not python-socketio's ``_handle_emit``: it sends a lone None argument as none.
+        """
+        room, namespace, ack_id = message["callback"]
+        callback = functools.partial(
+            self._return_callback, message.get("host_id"), room, namespace, ack_id
+        )
+        await AsyncManager.emit(
+            self,
+            message["event"],
+            tuple(event_args(message)),
+            namespace=message["namespace"],
+            room=message.get("room"),
+            skip_sid=message.get("skip_sid"),
+            callback=callback,
+        )
+
     def send_packets(self, eio_sid: str, packets: list[Any]) -> None:
-        """Queue encoded packets on one socket; a socket gone meanwhile is not an error."""
+        """Queue encoded packets on one socket; a socket gone meanwhile is not an error,
+        one whose client does not read what is queued is cut (`Outbox.offer`)."""
         queue = self.packet_queue(eio_sid)
         if queue is not None:
-            for pkt in packets:
-                queue.put_nowait(pkt)
+            queue.offer(packets, self.cut_slow_consumer, eio_sid)
 
-    def packet_queue(self, eio_sid: str) -> asyncio.Queue[Any] | None:
+    def cut_slow_consumer(self, eio_sid: str) -> None:
+        """Drop what waits for a socket whose client does not read, and close it with the
+        `SLOW_CONSUMER` reason: recovery keeps its session, and its client, reading
+        again, recovers from its offset what it did not process."""
+        if self.server is None:
+            return
+        socket = self.server.eio.sockets.get(eio_sid)
+        if socket is not None and self.outboxes.cut(socket):
+            self.stats.slow_consumers_cut += 1
+            self._get_logger().warning(
+                "socket %s cut: its client is not reading (over %s)", eio_sid, self.outboxes.limits
+            )
+
+    async def close_transport(self, eio_sid: str, reason: str) -> None:
+        """Close a socket's connection so that its client sees it, at once.
+
+        engineio's own close sends a CLOSE packet, which the JS client ignores on a
+        WebSocket: it noticed only at its ping timeout, 45 s later. None on the socket's
+        queue ends engineio's writer, which then closes the WebSocket itself.
+        """
+        socket = self.server.eio.sockets.get(eio_sid) if self.server is not None else None
+        if socket is None:
+            return
+        await socket.close(wait=False, reason=reason)
+        socket.queue.put_nowait(None)
+        self.server.eio.sockets.pop(eio_sid, None)
+
+    def packet_queue(self, eio_sid: str) -> Outbox | None:
         """The Engine.IO socket's outgoing queue, or None once the socket is gone.
 
         Packets go on it directly: engineio's ``send`` awaits a ping check and formats a
-        log line per packet, a tenth of a 100,000-event replay. Its ping loop still
-        closes a socket whose client stopped answering.
+        log line per packet, a tenth of a 100,000-event replay. The `Outbox` bounds it.
         """
         if self.server is None:
             return None
         try:
-            queue: asyncio.Queue[Any] = self.server.eio._get_socket(eio_sid).queue
+            queue = self.server.eio._get_socket(eio_sid).queue
         except KeyError:  # unknown, or closed (engineio then forgets it)
             return None
-        return queue
+        return queue if isinstance(queue, Outbox) else None
 
     # -- connection state recovery: what RecoveringAsyncServer builds on ----------------
 
@@ -602,7 +715,28 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
     async def write_sessions(self, sessions: Sequence[Session]) -> None:
         """Session records, all at once: a burst of joins is durable in one round trip."""
         records = [(s.pid.encode(), encode_session(s)) for s in sessions]
-        await self._send_many(await self._ready_producer(), self.sessions_topic, records)
+        await (await self._ready_publisher()).send_many(self.sessions_topic, records)
+
+    async def claim_session(self, claim: Session, wait: float = 3.0) -> bool:
+        """Whether ``claim`` won its session, as every node's table judges it.
+
+        The claim is written, then this node waits until its table has applied it:
+        first by offset after the record it names wins. `PublishError` when Kafka did
+        not tell within ``wait`` (the claim may or may not stand).
+        """
+        record = encode_session(claim)
+        publisher = await self._ready_publisher()
+        partition, offset = await publisher.send_at(self.sessions_topic, claim.pid.encode(), record)
+
+        def applied() -> bool:
+            return self._session_positions.get(partition, 0) > offset
+
+        async with self._sessions_read:
+            try:
+                await asyncio.wait_for(self._sessions_read.wait_for(applied), wait)
+            except TimeoutError as exc:
+                raise PublishError(f"claim not read back within {wait}s") from exc
+        return self.sessions.offsets.get(claim.pid) == offset
 
     async def end_session(self, pid: str) -> None:
         await self._produce(self.sessions_topic, pid.encode(), None)
@@ -663,27 +797,41 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         return AIOKafkaConsumer(**{**kwargs, **bulk, "auto_offset_reset": "earliest"})
 
     async def _heartbeat(self) -> None:
-        """Say this node is alive; end sessions nobody can claim any more."""
+        """Say this node is alive, every second, whatever else the node is doing."""
         key = NODE_PREFIX + self.host_id.encode()
-        beats = 0
         while True:
-            beats += 1
             try:
                 await self._produce(self.sessions_topic, key, b"{}")
-                if beats % _EXPIRY_EVERY == 0:
-                    await self._end_expired()
-            except PublishError as exc:
-                self._get_logger().warning("heartbeat not written: %s", exc)
+            except (PublishError, BrokerUnavailable) as exc:
+                self._get_logger().debug("heartbeat not written: %s", exc)
             await asyncio.sleep(_HEARTBEAT_S)
+
+    async def _expire_loop(self) -> None:
+        """End sessions nobody can claim any more; apart from the heartbeat, so a sweep
+        after a large node died never makes this node's own heartbeat late."""
+        while True:
+            await asyncio.sleep(_EXPIRY_EVERY_S)
+            try:
+                await self._end_expired()
+            except (PublishError, BrokerUnavailable) as exc:
+                self._get_logger().debug("expired sessions not ended yet: %s", exc)
 
     async def _end_expired(self) -> None:
         assert self.recovery_window is not None
         stale = NODE_STALE_S
-        for session in self.sessions.expired(time.time(), self.recovery_window + stale, stale):
-            # Its owner ends it; any node does once the owner is gone (tombstones are
-            # idempotent, so several nodes doing it is harmless).
-            if session.owner == self.host_id or not self.node_alive(session.owner):
-                await self.end_session(session.pid)
+        window = self.recovery_window + stale
+        # Its owner ends it; any node does once the owner is gone (tombstones are
+        # idempotent, so several nodes doing it is harmless).
+        pids = [
+            session.pid
+            for session in self.sessions.expired(time.time(), window, stale)
+            if session.owner == self.host_id or not self.node_alive(session.owner)
+        ]
+        publisher = await self._ready_publisher()
+        for first in range(0, len(pids), _EXPIRY_CHUNK):
+            chunk = pids[first : first + _EXPIRY_CHUNK]
+            await publisher.send_many(self.sessions_topic, [(p.encode(), None) for p in chunk])
+            self.stats.sessions_expired += len(chunk)
 
 
 async def _behind(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:

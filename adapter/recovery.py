@@ -11,6 +11,7 @@ client knows it was recovered).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import time
@@ -26,9 +27,10 @@ from socketio import packet
 from socketio.base_manager import BaseManager
 
 from . import codec, offsets
-from .errors import ConfigError, PublishError
+from .errors import BrokerUnavailable, ConfigError, PublishError
 from .fanout import event_packets
 from .manager import NODE_STALE_S, AsyncKafkaManager
+from .outbox import SLOW_CONSUMER
 from .sessions import Session
 
 __all__ = ["OPT_OUT_KEY", "RecoveringAsyncServer", "RecoveryOptions"]
@@ -45,10 +47,13 @@ _KEEP = frozenset(
         _REASON.TRANSPORT_CLOSE,
         _REASON.TRANSPORT_ERROR,
         _REASON.SERVER_DISCONNECT,
+        SLOW_CONSUMER,  # cut for not reading: it recovers once it reads again
     }
 )
 _MAX_PID_LENGTH = 64
 _RACE_WINDOW_S = 10.0
+_FIRST_RETRY_S = 0.5
+_MAX_RETRY_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +92,9 @@ class _Claim:
         pid = data.get("pid")
         if not isinstance(pid, str) or not 0 < len(pid) <= _MAX_PID_LENGTH:
             pid = None
+        # None when nothing is left, as python-socketio hands its connect handler None for
+        # any empty auth (`if data:` in AsyncServer._handle_connect): `{}` is what its own
+        # client sends without auth, and a recovered socket's handler must see the same.
         return cls(auth or None, pid, data.get("offset"), data.get(OPT_OUT_KEY) is False)
 
 
@@ -134,6 +142,13 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         #: Sessions just kept after a transport close, in case a DISCONNECT follows.
         self._kept: dict[tuple[str, str], tuple[str, float]] = {}
         self._writer: asyncio.Task[None] | None = None
+        #: Session records Kafka has not taken yet, by pid (None: the session's end).
+        self._unsaved: dict[str, Session | None] = {}
+        self._retrier: asyncio.Task[None] | None = None
+        #: The latest write of each pid's session in flight, so an older one that fails
+        #: later is not retried over it.
+        self._attempts: dict[str, int] = {}
+        self._attempt_numbers = itertools.count()
         if options is not None:
             if not isinstance(client_manager, AsyncKafkaManager):
                 raise ConfigError("connection state recovery needs the AsyncKafkaManager")
@@ -230,7 +245,9 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         data["pid"] = pid
         manager = self.kafka
         self._live[(sid, namespace)] = _Live(pid, tuple(manager.positions), manager.epoch)
-        await self._write((sid, namespace))
+        # Saved in the background, with whatever else changed: the reply does not wait on
+        # Kafka, and the socket is still connecting here (python-socketio connects it after).
+        self._rooms_changed(sid, namespace)
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -240,7 +257,10 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         assert self.recovery is not None
         manager = self.kafka
         try:
-            session = await self._settled(await manager.find_session(claim.pid))
+            session = await manager.find_session(claim.pid)
+            if session is not None and await self._close_stale_transport(session, eio_sid):
+                session = await manager.find_session(claim.pid)  # as the close left it
+            session = await self._settled(session)
             start = await self._replay_start(session, namespace, claim)
         except KafkaError as exc:
             await self._retry_later(eio_sid, f"Kafka does not answer ({exc!r})")
@@ -250,6 +270,9 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         sid = session.sid
         if manager.is_connected(sid, namespace):
             return False  # restored meanwhile by a concurrent claim: a session is restored once
+        won = await self._claim(eio_sid, session)
+        if won is not True:
+            return won is None  # lost: a fresh session; None: closed, for a retry
         # From here to the hold, nothing awaits: no live record can slip between the
         # watermark taken as the replay's end and the socket's registration in its rooms.
         BaseManager.basic_enter_room(manager, sid, namespace, None, eio_sid=eio_sid)
@@ -261,11 +284,12 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         stop = tuple(manager.positions)
         self._live[(sid, namespace)] = _Live(session.pid, session.start, session.epoch)
         self._recovered.add((sid, namespace))
-        if not self.recovery.skip_middlewares and not await self._admitted(
-            eio_sid, sid, namespace, claim
-        ):
-            return True
         try:
+            if not self.recovery.skip_middlewares and not await self._admitted(
+                eio_sid, sid, namespace, claim
+            ):
+                await self._release(session)
+                return True
             async with asyncio.timeout(self.recovery.replay_timeout):
                 await super().save_session(sid, session.data or {}, namespace=namespace)
                 # Written while the replay runs: its acknowledgement is a round trip.
@@ -284,9 +308,67 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         except Exception:
             logger.exception("recovery of sid %s failed; closing the connection", sid)
             manager.holds.drop(eio_sid)
-            await self.eio.disconnect(eio_sid)
+            queue = manager.packet_queue(eio_sid)
+            if queue is not None and queue.above_low_water:
+                # The replay waited on a client that does not read: engineio's disconnect
+                # would wait for the queue to drain, forever.
+                manager.cut_slow_consumer(eio_sid)
+            else:
+                await manager.close_transport(eio_sid, _REASON.SERVER_DISCONNECT)
             return True
         logger.info("recovered sid %s [%s]: %d missed events replayed", sid, namespace, missed)
+        return True
+
+    async def _claim(self, eio_sid: str, session: Session) -> bool | None:
+        """Whether this node won ``session``, judged as every node judges it: claims at the
+        same instant on two nodes both pass `_refusal`, only one is first in Kafka.
+
+        None when Kafka did not tell: the claim is released and the connection closed.
+        """
+        manager = self.kafka
+        judged = manager.sessions.offset_of(session)
+        if judged is None:
+            return False  # its record changed while it was judged: it is not this one's
+        claim = replace(session, owner=manager.host_id, disconnected_at=None, claimed=judged)
+        try:
+            won = await manager.claim_session(claim)
+        except (PublishError, BrokerUnavailable) as exc:
+            await self._release(session)
+            await self._retry_later(eio_sid, f"claim of sid {session.sid} unconfirmed ({exc})")
+            return None
+        if not won:
+            logger.info("sid %s was claimed first on another node; new session", session.sid)
+        return won
+
+    async def _release(self, session: Session) -> None:
+        """Leave a session claimed here as it was found: left, claimable. Written as this
+        node's, it stands only where this node won the claim (see `SessionTable.apply`)."""
+        left_at = time.time() if session.disconnected_at is None else session.disconnected_at
+        mine = replace(session, owner=self.kafka.host_id, disconnected_at=left_at, claimed=None)
+        await self._store(mine)
+
+    async def _close_stale_transport(self, session: Session, eio_sid: str) -> bool:
+        """Close the transport this node still holds for a session claimed from a new one.
+
+        A client whose connection dropped can be back before this node noticed (its ping
+        timeout is seconds away). The pid is the client's secret, so the claim is the
+        client's: its old transport is dead, and closing it keeps the session for this claim.
+        """
+        manager = self.kafka
+        namespace = session.namespace
+        if session.owner != manager.host_id or not manager.is_connected(session.sid, namespace):
+            return False
+        old = manager.eio_sid_from_sid(session.sid, namespace)
+        socket = self.eio.sockets.get(old) if old is not None and old != eio_sid else None
+        if socket is None:
+            return False
+        logger.info("sid %s claimed from a new connection: closing its old transport", session.sid)
+        await manager.close_transport(old, _REASON.TRANSPORT_CLOSE)
+        # Its disconnect may have been under way already (a ping timeout): wait for it.
+        # (python-socketio has no event to await for one socket's disconnect.)
+        deadline = time.monotonic() + manager.options.request_timeout_ms / 1000
+        while manager.is_connected(session.sid, namespace) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
         return True
 
     async def _retry_later(self, eio_sid: str, why: str) -> None:
@@ -294,7 +376,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         retries by itself, and what it missed waits in Kafka (a fresh session would lose it).
         """
         logger.warning("%s: closing a recovering connection, for its client to retry", why)
-        await self.eio.disconnect(eio_sid)
+        await self.kafka.close_transport(eio_sid, _REASON.SERVER_DISCONNECT)
 
     async def _settled(self, session: Session | None) -> Session | None:
         """The session once its node has said it was left, or has gone quiet.
@@ -318,10 +400,15 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
     async def _admitted(self, eio_sid: str, sid: str, namespace: str, claim: _Claim) -> bool:
         """Run the app's connect handler for a recovered socket; refuse it as a fresh one."""
         fail_reason: Any = {"message": "Connection refused by server"}
+        environ = self.environ.get(eio_sid, {})
         try:
-            success = await self._trigger_event(
-                "connect", namespace, sid, self.environ.get(eio_sid, {}), claim.auth
-            )
+            try:
+                success = await self._trigger_event("connect", namespace, sid, environ, claim.auth)
+            except TypeError:
+                if claim.auth is not None:
+                    raise
+                # Without auth python-socketio also calls a legacy `connect(sid, environ)`.
+                success = await self._trigger_event("connect", namespace, sid, environ)
         except socketio.exceptions.ConnectionRefusedError as exc:
             fail_reason, success = exc.error_args, False
         if success is not False:
@@ -377,6 +464,10 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             return "its sid is connected here"
         window = self.recovery.max_disconnection_duration
         if session.disconnected_at is None:
+            if session.owner == manager.host_id:
+                # Not connected here, so left: its "left" record is not in Kafka yet (Kafka
+                # was away; `_retry_unsaved` writes it). This node knows better than its log.
+                return None
             if manager.node_alive(session.owner):
                 return "the session is still connected on another node"
             # Left when its node went quiet. A node never heard from died before its first
@@ -406,14 +497,18 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         marker = offsets.Marker(manager.epoch, start)
         count = 0
         async for batch in manager.replay(start, stop, self.recovery.replay_batch, wanted):
-            queue = manager.packet_queue(eio_sid)
-            if queue is None:
-                break  # gone mid-replay: its offset says what it got, for its next claim
             for offset, message in batch.records:
+                queue = manager.packet_queue(eio_sid)
+                if queue is None or queue.shed:
+                    return count  # gone mid-replay: its offset says what it got
                 mark = marker.advance(batch.partition, offset + 1)
-                for pkt in event_packets(self.packet_class, message, mark):
-                    queue.put_nowait(pkt)
-            count += len(batch.records)
+                packets = event_packets(self.packet_class, message, mark)
+                queue.offer(packets, manager.cut_slow_consumer, eio_sid)
+                count += 1
+                if queue.above_low_water:
+                    # Paced by the client: never more than the low-water mark queued. One
+                    # that does not read meets the replay timeout here, and is cut.
+                    await queue.drained()
             # The socket's writer runs now: the client reads this batch while the next is read.
             await asyncio.sleep(0)
         return count
@@ -448,7 +543,8 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
 
     async def _snapshot(self, sid: str, namespace: str) -> Session | None:
         live = self._live.get((sid, namespace))
-        if live is None or not self.manager.is_connected(sid, namespace):
+        # Connecting counts (a fresh session is saved as its CONNECT reply goes out).
+        if live is None or self.manager.eio_sid_from_sid(sid, namespace) is None:
             return None
         rooms = tuple(r for r in self.manager.get_rooms(sid, namespace) if r != sid)
         data = _jsonable(await self.get_session(sid, namespace=namespace))
@@ -471,10 +567,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             await self._end_in_kafka(live.pid)
 
     async def _end_in_kafka(self, pid: str) -> None:
-        try:
-            await self.kafka.end_session(pid)
-        except PublishError as exc:
-            logger.warning("session %.8s… not ended in Kafka: %s", pid, exc)
+        await self._save({pid: None})
 
     def _prune_kept(self) -> None:
         cutoff = time.monotonic() - _RACE_WINDOW_S
@@ -482,17 +575,41 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             del self._kept[key]
 
     async def _store(self, *sessions: Session) -> None:
-        if not sessions:
-            return
+        if sessions:
+            await self._save({session.pid: session for session in sessions})
+
+    async def _save(self, records: dict[str, Session | None]) -> None:
+        """Write these session records (None: end the session). What Kafka does not take
+        is written again until it does, unless a newer record of its pid was written
+        meanwhile: a session whose "left" record is lost looks connected to every node."""
+        attempt = next(self._attempt_numbers)
+        self._attempts.update(dict.fromkeys(records, attempt))
         try:
-            await self.kafka.write_sessions(sessions)
-        except PublishError as exc:
-            logger.warning(
-                "sessions of %d socket(s) (sid %s, ...) not saved; they cannot recover: %s",
-                len(sessions),
-                sessions[0].sid,
-                exc,
-            )
+            await self.kafka.write_sessions([s for s in records.values() if s is not None])
+            for pid in [pid for pid, record in records.items() if record is None]:
+                await self.kafka.end_session(pid)
+        except (PublishError, BrokerUnavailable) as exc:
+            latest = {p: r for p, r in records.items() if self._attempts.get(p) == attempt}
+            logger.warning("%d session record(s) not saved yet; retrying: %s", len(latest), exc)
+            self._unsaved.update(latest)
+            if self._retrier is None or self._retrier.done():
+                self._retrier = asyncio.get_running_loop().create_task(self._retry_unsaved())
+        else:
+            for pid in records:
+                if self._attempts.get(pid) == attempt:
+                    self._unsaved.pop(pid, None)
+        finally:
+            for pid in records:
+                if self._attempts.get(pid) == attempt:
+                    del self._attempts[pid]
+
+    async def _retry_unsaved(self) -> None:
+        delay = _FIRST_RETRY_S
+        while self._unsaved:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _MAX_RETRY_S)
+            pending, self._unsaved = self._unsaved, {}
+            await self._save(pending)  # what fails again is back in _unsaved
 
 
 def _addressed_to(message: codec.Message, namespace: str, sid: str, rooms: set[str]) -> bool:

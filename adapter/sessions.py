@@ -3,6 +3,10 @@
 Keys: a session's pid; ``__epoch__`` (the events topic's epoch, see `offsets`);
 ``__node__:<host_id>`` (a node's heartbeat, to tell a session whose node died from one
 still in use). Values are UTF-8 JSON; a tombstone (no value) ends a session.
+
+A session restored on a node is first claimed there: a record carrying, in ``claimed``,
+the offset of the record its claimant judged. Every node's table accepts the first claim
+to follow that record and rejects the others, so all agree on the one node that won.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ _VERSION = 1
 _EPOCH = re.compile(r"[0-9a-z]{1,32}")
 _OFFSET_END = 2**63  # Kafka offsets and timestamps are signed 64-bit
 _TEXT_FIELDS = ("pid", "sid", "namespace", "epoch", "owner")
-_FIELDS = frozenset({*_TEXT_FIELDS, "rooms", "data", "start", "disconnected_at"})
+_FIELDS = frozenset({*_TEXT_FIELDS, "rooms", "data", "start", "disconnected_at", "claimed"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +52,15 @@ class Session:
     epoch: str
     owner: str
     disconnected_at: float | None = None
+    #: On a claim record only: the offset of the session record its claimant judged.
+    claimed: int | None = None
 
 
 def encode_session(session: Session) -> bytes:
-    return json.dumps({"v": _VERSION, **asdict(session)}, separators=(",", ":")).encode()
+    fields = asdict(session)
+    if session.claimed is None:
+        del fields["claimed"]  # a plain record reads as it always did
+    return json.dumps({"v": _VERSION, **fields}, separators=(",", ":")).encode()
 
 
 def decode_session(value: bytes) -> Session:
@@ -66,12 +75,16 @@ def decode_session(value: bytes) -> Session:
         raise RecordDecodeError("malformed session record: rooms must be a list of strings")
     if not (type(start) is list and all(_is_offset(offset) for offset in start)):
         raise RecordDecodeError("malformed session record: start must be a list of offsets")
+    claimed = raw.get("claimed")
+    if claimed is not None and not _is_offset(claimed):
+        raise RecordDecodeError("malformed session record: claimed must be an offset")
     return Session(
         **{f: raw[f] for f in _TEXT_FIELDS},
         rooms=tuple(rooms),
         data=raw.get("data"),
         start=tuple(start),
         disconnected_at=None if left_at is None else _unix_time(left_at),
+        claimed=claimed,
     )
 
 
@@ -94,12 +107,23 @@ class SessionTable:
 
     def __init__(self) -> None:
         self.sessions: dict[str, Session] = {}
+        #: The offset of each session's record, the one a claim of it must name.
+        self.offsets: dict[str, int] = {}
         self.epoch: str | None = None
         self.heartbeats: dict[str, float] = {}
 
-    def apply(self, key: bytes | None, value: bytes | None, timestamp_ms: int) -> None:
+    def apply(
+        self, key: bytes | None, value: bytes | None, timestamp_ms: int, offset: int = -1
+    ) -> Session | None:
         """Fold one record in. A malformed record raises `RecordDecodeError` and changes
-        nothing: any key, any value, whoever wrote it."""
+        nothing: any key, any value, whoever wrote it.
+
+        A session record is rejected unless it is the first claim of the pid's record
+        (``claimed`` names its offset) or, without a claim, comes from the session's
+        owner: the session it left in place is returned. Its owner writes it again, as
+        compaction could otherwise keep the rejected record alone. ``offset`` is the
+        record's own (-1 where unknown: no claim can name it).
+        """
         if not key:
             raise RecordDecodeError("session record without a key")
         if key == EPOCH_KEY:
@@ -109,12 +133,31 @@ class SessionTable:
             self.heartbeats[host_id] = _heartbeat_time(timestamp_ms)
         elif value is None:
             self.sessions.pop(_text(key), None)
+            self.offsets.pop(_text(key), None)
         else:
             pid = _text(key)
             session = decode_session(value)
             if session.pid != pid:
                 raise RecordDecodeError(f"session {session.pid!r} under the key {pid!r}")
+            if not self._accepts(session):
+                return self.sessions.get(pid)
             self.sessions[pid] = session
+            self.offsets[pid] = offset
+        return None
+
+    def _accepts(self, session: Session) -> bool:
+        if session.claimed is not None:
+            # Where compaction removed the claimed record, no claim of it stands: never
+            # a loser's, though a node reading from the start may miss the winner's.
+            return self.offsets.get(session.pid) == session.claimed
+        current = self.sessions.get(session.pid)
+        return current is None or current.owner == session.owner
+
+    def offset_of(self, session: Session) -> int | None:
+        """The offset a claim of ``session`` names, while it is still its pid's latest."""
+        if self.sessions.get(session.pid) is not session:
+            return None
+        return self.offsets.get(session.pid)
 
     def node_alive(self, host_id: str, stale_after: float) -> bool:
         seen = self.heartbeats.get(host_id)

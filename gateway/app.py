@@ -18,10 +18,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from socketio_kafka.adapter import AsyncKafkaManager, fastjson
-from socketio_kafka.adapter.recovery import RecoveringAsyncServer, RecoveryOptions
+from socketio_kafka.adapter.recovery import RecoveryOptions
 
 from . import protocol
 from .brokers import RedisManager
+from .guard import GuardedServer
 from .metrics import node_registry
 from .settings import Settings
 
@@ -61,11 +62,13 @@ def create_app(settings: Settings, kafka_url: str | None = None) -> Starlette:
             channel=settings.channel,
             logger=logging.getLogger("socketio_kafka.adapter"),
             options=settings.kafka_options,
+            limits=settings.outbox_limits,
         )
     # Redis pub/sub keeps no events to replay: a node on it never recovers a session.
     recovering = settings.recovery and isinstance(manager, AsyncKafkaManager)
     recovery = RecoveryOptions(settings.recovery_window) if recovering else None
-    sio = RecoveringAsyncServer(
+    # Guarded: python-socketio alone trusts a client's attachment counts and event names.
+    sio = GuardedServer(
         async_mode="asgi",
         client_manager=manager,
         connection_state_recovery=recovery,
@@ -83,8 +86,13 @@ def create_app(settings: Settings, kafka_url: str | None = None) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     async def readyz(_: Request) -> Response:
-        ready = manager.ready and await manager.broker_reachable()
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        if isinstance(manager, AsyncKafkaManager):
+            # From what the node already knows: answers in a millisecond whatever Kafka does.
+            health = manager.health()
+            body: dict[str, Any] = {"ready": health.ready, "reasons": list(health.reasons)}
+        else:
+            body = {"ready": manager.ready and await manager.broker_reachable()}
+        return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .settings import ADAPTERS, Settings, env_default
+from .settings import ADAPTERS, Settings, env_default, env_settings, integer, number
 
 if TYPE_CHECKING:
     from .local_kafka import LocalKafka
@@ -52,117 +53,86 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_serve(parser: argparse.ArgumentParser) -> None:
-    defaults = Settings()
-    parser.add_argument("--host", default=env_default("host", defaults.host))
-    _numeric(parser, defaults, "port", int)
+    # No defaults here (None: not given): `settings_from` reads the environment, so that a
+    # malformed variable is reported, as one line, by the one subcommand that uses it.
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=integer)
     parser.add_argument(
         "--kafka",
-        default=env_default("kafka", None),
         help="kafka://host:port[,host:port]; default: the local broker of 'socketio-kafka kafka'",
     )
     parser.add_argument(
         "--adapter",
         choices=ADAPTERS,
-        default=env_default("adapter", defaults.adapter),
         help="the client manager: kafka (ours) or redis (python-socketio's AsyncRedisManager)",
     )
     parser.add_argument(
         "--redis-url",
-        default=env_default("redis_url", None),
         help="redis://host:port/db for --adapter redis; default: the local redis of"
         " 'socketio-kafka redis'",
     )
-    parser.add_argument("--channel", default=env_default("channel", defaults.channel))
-    _numeric(parser, defaults, "partitions", int)
-    _numeric(
-        parser,
-        defaults,
-        "kafka_timeout_ms",
-        int,
-        "how long a publish waits for Kafka before its ack reports an error",
+    parser.add_argument("--channel")
+    parser.add_argument("--partitions", type=integer)
+    parser.add_argument(
+        "--kafka-timeout-ms",
+        type=integer,
+        help="how long a publish waits for Kafka before its ack reports an error",
     )
-    _numeric(
-        parser,
-        defaults,
-        "linger_ms",
-        int,
-        "how long a publish waits to share a Kafka request with others (default 2)",
+    parser.add_argument(
+        "--linger-ms",
+        type=integer,
+        help="how long a publish waits to share a Kafka request with others (default 2)",
     )
-    _numeric(
-        parser,
-        defaults,
-        "fetch_interval_ms",
-        float,
-        "at most one Kafka fetch per this interval under load (default 5; 0: no pacing)",
+    parser.add_argument(
+        "--fetch-interval-ms",
+        type=number,
+        help="at most one Kafka fetch per this interval under load (default 5; 0: no pacing)",
     )
-    parser.add_argument("--cors-origins", default=env_default("cors_origins", "*"))
-    _numeric(parser, defaults, "max_payload_bytes", int)
+    parser.add_argument("--cors-origins")
+    parser.add_argument("--max-payload-bytes", type=integer)
     parser.add_argument(
         "--ws-compression",
         action=argparse.BooleanOptionalAction,
-        default=env_default("ws_compression", "0") in ("1", "true", "yes"),
         help="permessage-deflate on WebSockets (default off: it halves throughput)",
     )
     parser.add_argument(
-        "--extension",
-        default=env_default("extension", None),
-        help="module:function called with the AsyncServer to add handlers",
+        "--extension", help="module:function called with the AsyncServer to add handlers"
     )
     parser.add_argument(
         "--recovery",
         action=argparse.BooleanOptionalAction,
-        default=env_default("recovery", "1") in ("1", "true", "yes"),
         help="connection state recovery over Kafka offsets (default on)",
     )
-    _numeric(
-        parser,
-        defaults,
-        "recovery_window",
-        float,
-        "seconds a disconnected client's session is kept",
+    parser.add_argument(
+        "--recovery-window", type=number, help="seconds a disconnected client's session is kept"
     )
-    parser.add_argument("--log-level", default=env_default("log_level", defaults.log_level))
+    parser.add_argument(
+        "--max-queued-packets",
+        type=integer,
+        help="packets queued for one client before it is cut as not reading (default 10000)",
+    )
+    parser.add_argument(
+        "--max-queued-bytes",
+        type=integer,
+        help="bytes queued for one client before it is cut as not reading (default 16 MiB)",
+    )
+    parser.add_argument("--log-level")
     parser.set_defaults(run=_serve)
 
 
-def _numeric(
-    parser: argparse.ArgumentParser,
-    defaults: Settings,
-    name: str,
-    kind: type[int] | type[float],
-    text: str = "",
-) -> None:
-    """``--<name>`` for a numeric setting: ``SOCKETIO_KAFKA_<NAME>`` if set, else its default."""
-    default = str(getattr(defaults, name))
-    parser.add_argument(
-        "--" + name.replace("_", "-"),
-        type=kind,
-        default=kind(env_default(name, default) or 0),
-        help=text or None,
-    )
+def settings_from(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> Settings:
+    """The node's settings from parsed ``serve`` flags: a flag wins over its
+    ``SOCKETIO_KAFKA_*`` variable, which wins over the default.
 
-
-def settings_from(args: argparse.Namespace) -> Settings:
-    """The node's settings from parsed ``serve`` flags (whose defaults read the environment)."""
-    return Settings(
-        host=args.host,
-        port=args.port,
-        kafka=args.kafka,
-        adapter=args.adapter,
-        redis_url=args.redis_url,
-        channel=args.channel,
-        partitions=args.partitions,
-        kafka_timeout_ms=args.kafka_timeout_ms,
-        linger_ms=args.linger_ms,
-        fetch_interval_ms=args.fetch_interval_ms,
-        cors_origins=args.cors_origins,
-        max_payload_bytes=args.max_payload_bytes,
-        ws_compression=args.ws_compression,
-        extension=args.extension,
-        recovery=args.recovery,
-        recovery_window=args.recovery_window,
-        log_level=args.log_level,
-    )
+    Raises `InvalidSettings` (a ValueError) for a malformed variable, ValueError for a value
+    out of range.
+    """
+    given = {
+        field.name: value
+        for field in dataclasses.fields(Settings)
+        if (value := getattr(args, field.name)) is not None
+    }
+    return Settings(**(env_settings(env) | given))
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -200,7 +170,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import DemoOptions, run_demo
+    from .errors import InvalidSettings
 
+    if args.nodes < 1:
+        raise InvalidSettings(f"--nodes must be >= 1, not {args.nodes}")
+    # Its nodes run `serve`, which reads the environment: refused here, before anything starts.
+    env_settings()
     kafka = args.kafka or f"kafka://{_service('kafka', None, None).start()}"
     return run_demo(DemoOptions(kafka, args.nodes, args.base_port, once=args.once))
 

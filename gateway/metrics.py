@@ -9,6 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from socketio_kafka.adapter import AsyncKafkaManager
+from socketio_kafka.adapter.manager import Health
 
 from .brokers import RedisManager
 
@@ -21,6 +22,9 @@ _COUNTERS = {
     "records_skipped": "Undecodable records skipped",
     "handler_errors": "Records whose handling raised",
     "connect_failures": "Failed attempts to connect to Kafka",
+    "session_records_skipped": "Undecodable records skipped on the sessions topic",
+    "sessions_expired": "Sessions this node ended after the recovery window",
+    "slow_consumers_cut": "Sockets cut for not reading what was queued for them",
 }
 
 
@@ -37,6 +41,7 @@ class NodeCollector(Collector):
                 counter = CounterMetricFamily(f"socketio_kafka_{name}", doc)
                 counter.add_metric([], getattr(self._manager.stats, name))
                 yield counter
+            yield from _health_metrics(self._manager.health())
         ready = GaugeMetricFamily("socketio_kafka_ready", "1 when the node is ready")
         ready.add_metric([], 1.0 if self._manager.ready else 0.0)
         yield ready
@@ -49,6 +54,18 @@ class NodeCollector(Collector):
             count = sum(1 for _ in self._manager.get_participants(namespace, None))
             sockets.add_metric([namespace], count)
         yield sockets
+
+
+def _health_metrics(health: Health) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    restarts = CounterMetricFamily(
+        "socketio_kafka_task_restarts", "Background tasks that raised and were restarted"
+    )
+    restarts.add_metric([], health.task_restarts)
+    replaced = CounterMetricFamily(
+        "socketio_kafka_producers_replaced", "Kafka producers replaced after they wedged"
+    )
+    replaced.add_metric([], health.producers_replaced)
+    yield from (restarts, replaced)
 
 
 def node_registry(manager: AsyncKafkaManager | RedisManager) -> CollectorRegistry:

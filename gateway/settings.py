@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Literal, get_args
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args, get_type_hints
 
-from socketio_kafka.adapter import KafkaOptions
+from socketio_kafka.adapter import KafkaOptions, OutboxLimits
 
-__all__ = ["ADAPTERS", "ENV_PREFIX", "Adapter", "Settings", "env_default"]
+from .errors import InvalidSettings
+
+__all__ = [
+    "ADAPTERS",
+    "ENV_PREFIX",
+    "Adapter",
+    "Settings",
+    "boolean",
+    "env_default",
+    "env_settings",
+    "integer",
+    "number",
+]
 
 ENV_PREFIX = "SOCKETIO_KAFKA_"
 _KAFKA = KafkaOptions()
+_OUTBOX = OutboxLimits()
 
 Adapter = Literal["kafka", "redis"]
 ADAPTERS: tuple[Adapter, ...] = get_args(Adapter)
+# uvicorn's names (it lowercases them; `logging` upper-cases them for us).
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +57,9 @@ class Settings:
     extension: str | None = None
     recovery: bool = True
     recovery_window: float = 120.0
+    # Per socket: a client that stops reading is cut past either (its session kept).
+    max_queued_packets: int = _OUTBOX.max_packets
+    max_queued_bytes: int = _OUTBOX.max_bytes
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -55,8 +74,11 @@ class Settings:
         if self.kafka_timeout_ms < 100:
             raise ValueError("kafka_timeout_ms must be >= 100")
         self.kafka_options  # noqa: B018 (its checks, partitions too, before anything starts)
+        self.outbox_limits  # noqa: B018 (its checks)
         if self.max_payload_bytes < 1024:
             raise ValueError("max_payload_bytes must be >= 1024")
+        if self.log_level.lower() not in _LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(_LOG_LEVELS)}")
 
     @property
     def kafka_options(self) -> KafkaOptions:
@@ -71,8 +93,67 @@ class Settings:
         )
 
     @property
+    def outbox_limits(self) -> OutboxLimits:
+        """Every socket's bounds on queued outgoing packets and bytes."""
+        return OutboxLimits(self.max_queued_packets, self.max_queued_bytes)
+
+    @property
     def cors_allowed_origins(self) -> str | list[str]:
         return "*" if self.cors_origins == "*" else self.cors_origins.split(",")
+
+
+def integer(text: str) -> int:
+    """An integer setting's text; named so that argparse says "invalid integer value"."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("is not an integer") from None
+
+
+def number(text: str) -> float:
+    """A float setting's text: finite, as no setting means anything by nan or inf."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError("is not a finite number")
+    return value
+
+
+_BOOLEANS = dict.fromkeys(("1", "true", "yes", "on"), True) | dict.fromkeys(
+    ("0", "false", "no", "off"), False
+)
+
+
+def boolean(text: str) -> bool:
+    """A boolean setting's text, in any case: a typo must not silently mean "off"."""
+    try:
+        return _BOOLEANS[text.strip().lower()]
+    except KeyError:
+        raise ValueError("is not a boolean (1/0, true/false, yes/no, on/off)") from None
+
+
+_PARSERS: dict[Any, Callable[[str], object]] = {int: integer, float: number, bool: boolean}
+
+
+def env_settings(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """The settings given as ``SOCKETIO_KAFKA_<NAME>`` variables, each of its field's type.
+
+    Raises `InvalidSettings` naming the variable when one does not parse.
+    """
+    kinds = get_type_hints(Settings)
+    values: dict[str, Any] = {}
+    for field in fields(Settings):
+        name = ENV_PREFIX + field.name.upper()
+        if name not in env:
+            continue
+        parse = _PARSERS.get(kinds[field.name], str)
+        try:
+            values[field.name] = parse(env[name])
+        except ValueError as exc:
+            raise InvalidSettings(f"{name}={env[name]!r} {exc}") from None
+    return values
 
 
 def env_default(name: str, default: str | None, env: Mapping[str, str] = os.environ) -> str | None:

@@ -1,0 +1,159 @@
+"""Bounded outgoing queues: a client that stops reading is cut off, not fed forever.
+
+Every Engine.IO socket's queue is an `Outbox`, an ``asyncio.Queue`` that counts the
+packets and bytes waiting on it. Live fan-out and replays put packets on it without
+awaiting (one fetched batch goes to every recipient before anything yields), so nothing
+else stops a client that does not read (a stalled mobile network, a hostile client) from
+making its node keep everything sent to it. A socket still past its high-water mark once
+its writer had its turn (a reading client's writer takes the whole queue every turn) is cut:
+its queue is emptied at once and its connection closed with the `SLOW_CONSUMER` reason,
+which connection state recovery treats as a lost connection, so the session is kept and
+the client, once it reads again, recovers from Kafka exactly what it did not process.
+
+Replays do not fill an outbox to its mark: they wait for it to drain below a low-water
+mark (a quarter of the high-water mark) before putting more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["SLOW_CONSUMER", "Outbox", "OutboxLimits", "Outboxes"]
+
+#: The disconnect reason of a cut socket; its recovery session is kept.
+SLOW_CONSUMER = "slow consumer"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxLimits:
+    """Per-socket high-water marks on queued outgoing packets and bytes.
+
+    Whichever comes first cuts. A reading client's writer takes the whole queue every
+    loop turn, so it has at most one Kafka fetch queued: up to 1 MB per partition
+    (``max_partition_fetch_bytes``), 6 MB for a socket in rooms on all 6. The defaults
+    are above that, with room to spare for a client that falls behind for a moment: 16 MB,
+    and 50,000 packets (a Python packet object costs about 200 bytes beside its text, so
+    about 10 MB of small packets). Sizes are counted in characters of the encoded packet.
+    """
+
+    max_packets: int = 50_000
+    max_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_packets < 1 or self.max_bytes < 1:
+            raise ConfigError("max_packets and max_bytes must be >= 1")
+
+    @property
+    def low_packets(self) -> int:
+        return max(1, self.max_packets // 4)
+
+    @property
+    def low_bytes(self) -> int:
+        return max(1, self.max_bytes // 4)
+
+
+def _size(item: Any) -> int:
+    data = getattr(item, "data", None)
+    return len(data) + 1 if isinstance(data, str | bytes) else 1
+
+
+class Outbox(asyncio.Queue[Any]):
+    """An Engine.IO socket's outgoing queue that knows how much it holds."""
+
+    def __init__(self, limits: OutboxLimits) -> None:
+        super().__init__()
+        self.limits = limits
+        self.bytes = 0
+        #: Cut: what was queued is dropped, and so is whatever comes after.
+        self.shed = False
+        self._judging = False
+        self._low = asyncio.Event()
+        self._low.set()
+
+    # asyncio.Queue's hooks for subclasses: every put and get goes through them.
+    def _put(self, item: Any) -> None:
+        super()._put(item)
+        self.bytes += _size(item)
+        if self.above_low_water:
+            self._low.clear()
+
+    def _get(self) -> Any:
+        item = super()._get()
+        self.bytes -= _size(item)
+        if not self.above_low_water:
+            self._low.set()
+        return item
+
+    @property
+    def over_limit(self) -> bool:
+        return self.qsize() > self.limits.max_packets or self.bytes > self.limits.max_bytes
+
+    @property
+    def above_low_water(self) -> bool:
+        return self.qsize() > self.limits.low_packets or self.bytes > self.limits.low_bytes
+
+    def offer(self, packets: Iterable[Any], cut: Callable[[str], object], eio_sid: str) -> None:
+        """Queue ``packets`` for socket ``eio_sid``; once shed, drop them.
+
+        Over its limits, ``cut(eio_sid)`` is called on the next loop turn if it still is:
+        its writer, woken by the first packet, runs before, and takes all of it if its
+        client reads. One fetched batch to a reading client is never cut.
+        """
+        if self.shed:
+            return
+        for pkt in packets:
+            self.put_nowait(pkt)
+        if not self._judging and self.over_limit:
+            self._judging = True
+            asyncio.get_running_loop().call_soon(self._judge, cut, eio_sid)
+
+    def _judge(self, cut: Callable[[str], object], eio_sid: str) -> None:
+        self._judging = False
+        if self.over_limit and not self.shed:
+            cut(eio_sid)
+
+    async def drained(self) -> None:
+        """Wait until the queue is at or below its low-water mark (or shed)."""
+        await self._low.wait()
+
+    def shed_all(self) -> None:
+        """Drop what is queued, and end the socket's writer once it takes the next item."""
+        self.shed = True
+        while not self.empty():
+            self.get_nowait()
+            self.task_done()
+        self.put_nowait(None)  # engineio's writer exits on None
+        self._low.set()  # a replay waiting for the drain sees the socket cut
+
+
+class Outboxes:
+    """Makes every socket's queue an `Outbox`, and cuts sockets off."""
+
+    def __init__(self, limits: OutboxLimits) -> None:
+        self.limits = limits
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def create_queue(self, *args: Any, **kwargs: Any) -> Outbox:
+        """Engine.IO server's queue factory (``AsyncServer.create_queue``)."""
+        return Outbox(self.limits)
+
+    def cut(self, socket: Any) -> bool:
+        """Empty an Engine.IO socket's queue now and close it with `SLOW_CONSUMER`.
+
+        False when it was already cut. The close does not wait for the queue to drain,
+        as engineio's own ``disconnect`` does: that wait would never end.
+        """
+        queue = socket.queue
+        if not isinstance(queue, Outbox) or queue.shed:
+            return False
+        queue.shed_all()
+        close = socket.close(wait=False, abort=True, reason=SLOW_CONSUMER)
+        task = asyncio.get_running_loop().create_task(close)
+        self._closing.add(task)  # a reference until it is done: the loop keeps weak ones
+        task.add_done_callback(self._closing.discard)
+        return True

@@ -1,0 +1,164 @@
+"""The manager's producer: records in, acknowledgements or a `PublishError` out.
+
+aiokafka's idempotent producer can reach states it never leaves: after a broker outage
+under load, every later batch to a busy partition was refused with
+``OutOfOrderSequenceNumber`` until the process restarted. Kafka's Java client resets
+its producer id there; aiokafka does not, so `Publisher` does the equivalent: it replaces
+the producer with a fresh idempotent one. Publishes meanwhile fail with a retriable
+`PublishError`, and records reach Kafka in order again from the new producer on.
+aiokafka's errors are translated here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from aiokafka.errors import (
+    DuplicateSequenceNumber,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    ProducerFenced,
+    UnknownProducerId,
+)
+
+from .errors import PublishError
+
+__all__ = ["WEDGED", "Producer", "Publisher"]
+
+#: Errors after which an idempotent producer refuses every later batch of a partition.
+WEDGED: tuple[type[KafkaError], ...] = (
+    OutOfOrderSequenceNumber,
+    DuplicateSequenceNumber,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    ProducerFenced,
+    UnknownProducerId,
+)
+_CLOSE_TIMEOUT_S = 5.0
+
+Record = tuple[bytes, bytes | None]
+
+
+class Producer(Protocol):
+    """What `Publisher` needs of an aiokafka producer (a seam for in-process tests)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def send(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None
+    ) -> Awaitable[Any]: ...
+
+
+class Publisher:
+    """One idempotent producer at a time, replaced when it wedges.
+
+    ``build`` makes a new, unstarted producer; ``timeout_s`` bounds each publish (aiokafka
+    retries a batch for as long as the broker is away; a caller needs an answer).
+    """
+
+    def __init__(
+        self, build: Callable[[], Producer], timeout_s: float, logger: logging.Logger
+    ) -> None:
+        self._build = build
+        self._timeout_s = timeout_s
+        self._logger = logger
+        self._producer: Producer | None = None
+        self._replacing: asyncio.Task[None] | None = None
+        #: How many producers were replaced because they wedged.
+        self.replaced = 0
+
+    @property
+    def producer(self) -> Producer | None:
+        return self._producer
+
+    @property
+    def replacing(self) -> bool:
+        """True while a wedged producer is being replaced: publishes are refused."""
+        return self._replacing is not None and not self._replacing.done()
+
+    async def start(self) -> None:
+        producer = self._build()
+        await producer.start()
+        self._producer = producer
+
+    async def stop(self) -> None:
+        """Flush and close. Safe to call twice."""
+        if self._replacing is not None:
+            self._replacing.cancel()
+            await asyncio.gather(self._replacing, return_exceptions=True)
+            self._replacing = None
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    async def send_many(self, topic: str, records: Sequence[Record]) -> None:
+        """Queue every record, then wait for all: one linger and one round trip for all."""
+        await self._send(topic, records)
+
+    async def send_at(self, topic: str, key: bytes, value: bytes) -> tuple[int, int]:
+        """One record; where Kafka wrote it, as ``(partition, offset)``."""
+        [written] = await self._send(topic, [(key, value)])
+        return written.partition, written.offset
+
+    async def _send(self, topic: str, records: Sequence[Record]) -> list[Any]:
+        """The records' metadata, once Kafka acknowledged every one."""
+        producer = self._producer
+        if producer is None or self.replacing:
+            raise PublishError("the Kafka producer is being replaced after an error; retry")
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                deliveries = [await producer.send(topic, value, key=key) for key, value in records]
+                outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
+        except KafkaError as exc:
+            raise self._refused(producer, exc) from exc
+        except TimeoutError as exc:
+            raise PublishError(
+                f"Kafka did not confirm the record within {self._timeout_s}s "
+                "(it may still be written)"
+            ) from exc
+        for outcome in outcomes:
+            if isinstance(outcome, KafkaError):
+                raise self._refused(producer, outcome) from outcome
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return outcomes
+
+    def _refused(self, producer: Producer, exc: KafkaError) -> PublishError:
+        if isinstance(exc, (*WEDGED, ProducerClosed)) and producer is self._producer:
+            self._replace(producer, exc)
+        return PublishError(f"Kafka did not accept the record: {exc!r}")
+
+    def _replace(self, wedged: Producer, exc: KafkaError) -> None:
+        if self.replacing:
+            return
+        self._logger.warning(
+            "kafka producer refused a record with %s; replacing it with a fresh producer",
+            type(exc).__name__,
+        )
+        self._replacing = asyncio.get_running_loop().create_task(self._swap(wedged))
+
+    async def _swap(self, wedged: Producer) -> None:
+        fresh = self._build()
+        try:
+            await fresh.start()
+        except Exception as exc:  # the old one stays; its next refusal tries again
+            await fresh.stop()
+            self._logger.warning("a fresh kafka producer did not start (%r)", exc)
+            return
+        self._producer = fresh
+        self.replaced += 1
+        # Its unsent batches fail (their callers already had, or get, an error).
+        try:
+            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                await wedged.stop()
+        except (KafkaError, TimeoutError):
+            self._logger.debug("the wedged producer did not close cleanly", exc_info=True)
+        self._logger.warning("kafka producer replaced; publishing again")

@@ -2,12 +2,43 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions
-from socketio_kafka.gateway import cli
+from socketio_kafka.gateway import cli, demo
 from socketio_kafka.gateway.app import create_app
 from socketio_kafka.gateway.cli import build_parser, settings_from
+from socketio_kafka.gateway.errors import InvalidSettings
+from socketio_kafka.gateway.settings import ENV_PREFIX, Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ``SOCKETIO_KAFKA_*`` variable of the shell running the tests leaks into them."""
+    for name in os.environ:
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def nothing_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_service(*args: object) -> None:
+        raise AssertionError("a service was started for settings that cannot run")
+
+    def no_demo(*args: object) -> None:
+        raise AssertionError("the demo started its nodes with settings that cannot run")
+
+    monkeypatch.setattr(cli, "_service", no_service)
+    monkeypatch.setattr(demo, "run_demo", no_demo)
+
+
+def _settings(argv: list[str]) -> Settings:
+    return settings_from(build_parser().parse_args(["serve", *argv]))
 
 
 def _manager(argv: list[str]) -> AsyncKafkaManager:
@@ -43,15 +74,131 @@ def test_negative_values_are_refused() -> None:
         settings_from(build_parser().parse_args(["serve", "--linger-ms", "-1"]))
 
 
+@pytest.mark.usefixtures("nothing_starts")
 def test_settings_out_of_range_are_one_line_and_start_nothing(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    def no_service(*args: object) -> None:
-        raise AssertionError("a service was started for settings that cannot run")
-
-    monkeypatch.setattr(cli, "_service", no_service)
     # Paced past 1 s, nodes would miss each other's heartbeats.
     assert cli.main(["serve", "--fetch-interval-ms", "2000"]) == 1
     assert capsys.readouterr().err == (
         "socketio-kafka: fetch_interval_ms must be between 0 and 1000\n"
     )
+
+
+def _cli(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The installed CLI in a process of its own, as a shell runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "socketio_kafka.gateway", *argv],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_malformed_variable_stops_serve_in_one_line(tmp_path: Path) -> None:
+    run = _cli("serve", SOCKETIO_KAFKA_PORT="abc", SOCKETIO_KAFKA_DATA_DIR=str(tmp_path))
+    assert (run.returncode, run.stdout) == (1, "")
+    assert run.stderr == "socketio-kafka: SOCKETIO_KAFKA_PORT='abc' is not an integer\n"
+
+
+def test_a_variable_of_serve_does_not_concern_the_service_commands(tmp_path: Path) -> None:
+    run = _cli("kafka", "status", SOCKETIO_KAFKA_PORT="abc", SOCKETIO_KAFKA_DATA_DIR=str(tmp_path))
+    assert (run.returncode, run.stdout, run.stderr) == (3, "not running\n", "")
+
+
+@pytest.mark.usefixtures("nothing_starts")
+@pytest.mark.parametrize(
+    ("variable", "value", "problem"),
+    [
+        ("PORT", "abc", "is not an integer"),
+        ("PARTITIONS", "6.5", "is not an integer"),
+        ("LINGER_MS", "", "is not an integer"),
+        ("FETCH_INTERVAL_MS", "fast", "is not a finite number"),
+        ("RECOVERY_WINDOW", "nan", "is not a finite number"),
+        ("RECOVERY", "maybe", "is not a boolean (1/0, true/false, yes/no, on/off)"),
+        ("WS_COMPRESSION", "enabled", "is not a boolean (1/0, true/false, yes/no, on/off)"),
+    ],
+)
+@pytest.mark.parametrize("command", [["serve"], ["demo", "--kafka", "kafka://127.0.0.1:1"]])
+def test_a_malformed_variable_is_one_line_and_starts_nothing(
+    command: list[str],
+    variable: str,
+    value: str,
+    problem: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(ENV_PREFIX + variable, value)
+    assert cli.main(command) == 1
+    assert (
+        capsys.readouterr().err == f"socketio-kafka: {ENV_PREFIX}{variable}={value!r} {problem}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "kind"),
+    [
+        ("--port", "abc", "integer"),
+        ("--linger-ms", "1.5", "integer"),
+        ("--recovery-window", "inf", "number"),
+    ],
+)
+def test_a_malformed_flag_is_a_usage_error(
+    flag: str, value: str, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["serve", flag, value])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        f"socketio-kafka serve: error: argument {flag}: invalid {kind} value: {value!r}\n"
+    )
+
+
+@pytest.mark.usefixtures("nothing_starts")
+def test_an_unknown_log_level_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOCKETIO_KAFKA_LOG_LEVEL", "loud")
+    assert cli.main(["serve"]) == 1
+    assert capsys.readouterr().err == (
+        "socketio-kafka: log_level must be one of critical, error, warning, info, debug, trace\n"
+    )
+
+
+_TRUE = ["1", "true", "True", "TRUE", "yes", "Yes", "on", "ON"]
+_FALSE = ["0", "false", "False", "no", "NO", "off", "Off"]
+
+
+@pytest.mark.parametrize("name", ["recovery", "ws_compression"])
+@pytest.mark.parametrize(
+    ("text", "expected"), [(t, True) for t in _TRUE] + [(t, False) for t in _FALSE]
+)
+def test_booleans_from_the_environment_in_any_usual_spelling(
+    name: str, text: str, expected: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_PREFIX + name.upper(), text)
+    assert getattr(_settings([]), name) is expected
+
+
+@pytest.mark.parametrize("name", ["recovery", "ws_compression"])
+def test_a_boolean_flag_wins_over_its_variable(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    flag = "--" + name.replace("_", "-")
+    monkeypatch.setenv(ENV_PREFIX + name.upper(), "off")
+    assert getattr(_settings([flag]), name) is True
+    monkeypatch.setenv(ENV_PREFIX + name.upper(), "on")
+    assert getattr(_settings(["--no-" + flag[2:]]), name) is False
+
+
+def test_unset_variables_leave_the_defaults() -> None:
+    assert _settings([]) == Settings()
+
+
+def test_a_malformed_variable_is_refused_even_under_its_flag(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A deployment with a typo in its environment is wrong whichever node reads it.
+    monkeypatch.setenv("SOCKETIO_KAFKA_PORT", "abc")
+    with pytest.raises(InvalidSettings, match="SOCKETIO_KAFKA_PORT='abc' is not an integer"):
+        _settings(["--port", "8001"])

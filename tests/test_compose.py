@@ -141,7 +141,7 @@ async def proxied(kafka_url: str, channel: str, tmp_path: Path) -> AsyncIterator
 @pytest.mark.timeout(120)
 async def test_clients_through_nginx_upgrade_and_get_events(proxied: str) -> None:
     async with httpx.AsyncClient() as http:
-        assert (await http.get(f"{proxied}/readyz")).json() == {"ready": True}
+        assert (await http.get(f"{proxied}/readyz")).json() == {"ready": True, "reasons": []}
     received: dict[str, list[object]] = {}
     clients = []
     for transports in (None, ["websocket"], ["polling"]):

@@ -84,3 +84,18 @@ def test_hold_buffer_drops_what_the_replay_covered_and_keeps_order() -> None:
     holds.release("s1", replayed_up_to=(5, 7), send=send)
     assert sent == [("s1", ["live-1"]), ("s1", ["live-0"])]
     assert not holds.add("s1", 0, 10, ["after"])
+
+
+def test_a_hold_outrun_by_more_than_its_bound_is_dropped_and_its_socket_cut() -> None:
+    cut: list[str] = []
+    holds = HoldBuffer(max_records=3, overflow=cut.append)
+    holds.hold("e1")
+    for offset in range(3):
+        assert holds.add("e1", 0, offset, [offset])
+    assert cut == []
+    assert holds.add("e1", 0, 3, [3])  # the fourth: over the bound
+    assert cut == ["e1"]
+    sent: list[Any] = []
+    holds.release("e1", (0,), lambda sid, packets: sent.extend(packets))
+    assert sent == []  # nothing kept for it
+    assert not holds.add("e1", 0, 4, [4])  # no longer held: live delivery (to a cut socket)

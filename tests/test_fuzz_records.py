@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import socketio
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from socketio.packet import Packet
 
-from socketio_kafka.adapter import RecordDecodeError, codec, fastjson
+from socketio_kafka.adapter import AsyncKafkaManager, RecordDecodeError, codec, fastjson
 from socketio_kafka.adapter.fanout import event_packets
 from socketio_kafka.adapter.recovery import _addressed_to
 from socketio_kafka.adapter.sessions import EPOCH_KEY, NODE_PREFIX, SessionTable
@@ -175,3 +176,49 @@ def test_any_session_records(
     for session in table.sessions.values():
         assert all(isinstance(room, str) for room in session.rooms)
         assert all(type(offset) is int and offset >= 0 for offset in session.start)
+
+
+class _Record:
+    """What the manager reads of an aiokafka ``ConsumerRecord``."""
+
+    def __init__(self, topic: str, key: bytes | None, value: bytes | None, offset: int) -> None:
+        self.topic, self.key, self.value, self.offset = topic, key, value, offset
+        self.partition, self.timestamp = 0, 1_700_000_000_000
+
+
+EVENT_VALUES = (
+    st.none()
+    | st.binary()
+    | JSON.map(_dumps)
+    | st.builds(
+        lambda method, fields: _dumps({"v": 1, **fields, "method": method}),
+        st.sampled_from(METHODS),
+        st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=len(FIELDS)),
+    )
+)
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.booleans(), KEYS, EVENT_VALUES | SESSION_VALUES), max_size=8))
+async def test_records_through_the_managers_own_read_paths(
+    records: list[tuple[bool, bytes | None, bytes | None]],
+) -> None:
+    """The consume loop's per-record paths, with sockets in rooms to deliver to: a record is
+    delivered, or refused as undecodable; never an unexpected error, never a handler error."""
+    manager = AsyncKafkaManager("kafka://127.0.0.1:1", channel="fuzz")
+    manager.enable_recovery(60)
+    socketio.AsyncServer(client_manager=manager, json=fastjson)
+    manager.positions = [0]
+    for sid, room in [("s1", "lobby"), ("s2", "lobby"), ("s3", None)]:
+        manager.basic_enter_room(sid, "/", room, eio_sid=f"e{sid}")
+    unexpected: list[_Record] = []
+    manager._log_unexpected = unexpected.append
+    for offset, (sessions, key, value) in enumerate(records):
+        topic = manager.sessions_topic if sessions else manager.events_topic
+        record = _Record(topic, key, value, offset)
+        if sessions:
+            manager._apply_session(record)
+        else:
+            await manager._dispatch(record)
+    assert unexpected == []
+    assert manager.stats.handler_errors == 0

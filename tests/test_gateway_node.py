@@ -119,6 +119,10 @@ async def test_a_broker_that_goes_away_and_comes_back(tmp_path: Path, channel: s
         await asyncio.to_thread(broker.stop)
         await _wait_status(f"{gateway.url}/readyz", 503)
         assert await _status(f"{gateway.url}/healthz") == 200
+        # What a balancer's probe (1 s timeout) sees: an answer, and why.
+        async with httpx.AsyncClient() as http:
+            unready = (await http.get(f"{gateway.url}/readyz", timeout=1)).json()
+        assert any(r.startswith("kafka unreachable") for r in unready["reasons"]), unready
         reply = await sender.ask("publish", {"room": "r", "event": "e", "data": 2}, timeout=30)
         assert reply["ok"] is False
         await _assert_waits_quietly(gateway, seconds=5.0)
@@ -130,6 +134,10 @@ async def test_a_broker_that_goes_away_and_comes_back(tmp_path: Path, channel: s
 
         assert await asyncio.to_thread(broker.start) == address
         await _wait_status(f"{gateway.url}/readyz", 200, timeout=60)
+        # The outage reads as two lines of the node's own.
+        log = gateway.log()
+        assert log.count("kafka unreachable (") == 1, log
+        assert log.count("kafka reachable again after") == 1, log
         await away.client.connect(gateway.url, transports=["websocket"], wait_timeout=10)
         assert (away.client.recovered["/"], away.sid) == (True, sid)
         assert await away.wait_count("m", 1) == [0]

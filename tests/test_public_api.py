@@ -14,6 +14,7 @@ def test_adapter_exports() -> None:
         "KafkaOptions",
         "ManagerStats",
         "OffsetError",
+        "OutboxLimits",
         "PublishError",
         "RecordDecodeError",
         "RecoveringAsyncServer",

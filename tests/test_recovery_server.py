@@ -178,3 +178,83 @@ def test_retention_shorter_than_the_window_is_refused(kafka_url: str) -> None:
 def test_recovery_needs_the_kafka_manager() -> None:
     with pytest.raises(ConfigError):
         RecoveringAsyncServer(client_manager=socketio.AsyncManager(), connection_state_recovery={})
+
+
+class AuthProbe:
+    """A connect handler that keeps what it was handed as ``auth``, on any server."""
+
+    def __init__(self, sio: socketio.AsyncServer) -> None:
+        self.sio = sio
+        self.auths: list[Any] = []
+        sio.on("connect", self.on_connect)
+
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
+        self.auths.append(auth)
+        await self.sio.enter_room(sid, "room")  # for the recovered socket to miss an event
+
+    async def handed(self, url: str, auth: Any) -> Any:
+        client = socketio.AsyncClient(reconnection=False)
+        await client.connect(url, transports=["websocket"], auth=auth)
+        await client.disconnect()
+        return self.auths[-1]
+
+
+async def test_the_connect_handler_gets_the_auth_python_socketio_hands_it(
+    kafka_url: str, channel: str
+) -> None:
+    # python-socketio hands the handler None for an empty auth, `{}` included (its client
+    # sends `{}` when given none): the recovery fields taken off, a claim is no different.
+    auths = [None, {}, {"token": "t"}]
+    plain = AuthProbe(socketio.AsyncServer(async_mode="asgi"))
+    manager = AsyncKafkaManager(kafka_url, channel=channel)
+    recovering = AuthProbe(
+        RecoveringAsyncServer(
+            client_manager=manager,
+            async_mode="asgi",
+            connection_state_recovery={"skip_middlewares": False},
+        )
+    )
+    client = RecoveringRecorder()
+    async with manager, run_server(socketio.ASGIApp(plain.sio)) as plain_url:
+        expected = [await plain.handed(plain_url, auth) for auth in auths]
+        async with run_server(socketio.ASGIApp(recovering.sio)) as url:
+            assert [await recovering.handed(url, auth) for auth in auths] == expected
+            try:
+                await client.client.connect(url, transports=["websocket"], auth={})
+                await client.drop_transport()
+                await recovering.sio.emit("news", {"n": 1}, to="room")
+                await client.client.connect(url, transports=["websocket"], auth={})
+                assert client.client.recovered["/"] is True
+                assert recovering.auths[-1] == expected[1] is None
+            finally:
+                await client.close()
+
+
+async def test_a_legacy_connect_handler_runs_on_a_recovered_socket(
+    kafka_url: str, channel: str
+) -> None:
+    manager = AsyncKafkaManager(kafka_url, channel=channel)
+    sio = RecoveringAsyncServer(
+        client_manager=manager,
+        async_mode="asgi",
+        connection_state_recovery={"skip_middlewares": False},
+    )
+    connects: list[str] = []
+
+    async def on_connect(sid: str, environ: dict[str, Any]) -> None:  # no auth argument
+        connects.append(sid)
+        await sio.enter_room(sid, "room")
+
+    sio.on("connect", on_connect)
+    client = RecoveringRecorder()
+    async with manager, run_server(socketio.ASGIApp(sio)) as url:
+        try:
+            await client.connect(url)
+            await client.drop_transport()
+            await sio.emit("news", {"n": 1}, to="room")
+            await client.client.connect(url, transports=["websocket"])
+            assert client.client.recovered["/"] is True
+            assert connects == [client.sid, client.sid]
+            assert await client.wait_count("news", 1) == [{"n": 1}]
+        finally:
+            await client.close()

@@ -39,6 +39,12 @@ class JsClient:
         self._reader = asyncio.create_task(self._read())
         return self
 
+    @property
+    def pid(self) -> int:
+        """The Node process's pid: to pause it (SIGSTOP) as a client that stops reading."""
+        assert self._process is not None
+        return self._process.pid
+
     async def _read(self) -> None:
         assert self._process is not None
         assert self._process.stdout is not None

@@ -17,7 +17,16 @@ from .waiting import wait_until
 async def run_server(app: Any) -> AsyncIterator[str]:
     """Serve ``app`` until the block ends; yields its base URL."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    # As the gateway serves (--ws-compression is off by default): with permessage-deflate a
+    # client's kernel buffers would take megabytes of repetitive test payloads.
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        ws_per_message_deflate=False,
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:

@@ -1,0 +1,131 @@
+"""Recovery claims that race what a node believes about the client's old connection."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import socketio
+from aiokafka.errors import KafkaTimeoutError
+
+from socketio_kafka.adapter import AsyncKafkaManager, PublishError, RecoveringAsyncServer
+
+from .support.jsclient import JsClient
+from .support.proxy import black_hole_proxy
+from .support.recovering import RecoveringRecorder
+from .support.server import run_server
+from .support.waiting import wait_until
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(60)]
+
+
+async def test_a_client_back_before_its_node_noticed_the_drop_recovers(
+    kafka_url: str, channel: str
+) -> None:
+    manager = AsyncKafkaManager(kafka_url, channel=channel)
+    sio = RecoveringAsyncServer(
+        client_manager=manager, async_mode="asgi", connection_state_recovery={}
+    )
+
+    @sio.on("join")  # type: ignore[misc]
+    async def join(sid: str, room: str) -> bool:
+        await sio.enter_room(sid, room)
+        return True
+
+    client = RecoveringRecorder()
+    async with manager, run_server(socketio.ASGIApp(sio)) as url:
+        port = urlsplit(url).port
+        assert port is not None
+        async with black_hole_proxy(port) as proxy:
+            try:
+                await client.client.connect(proxy.url, transports=["websocket"])
+                sid = client.sid
+                assert await client.client.call("join", "room") is True
+                await sio.emit("news", 0, to="room")
+                await client.wait_count("news", 1)
+                await proxy.sever()
+                await wait_until(lambda: not client.client.connected, 15, "the client's drop")
+                # The node has heard nothing: the old transport is still connected there.
+                assert manager.is_connected(sid, "/")
+                for n in (1, 2, 3):
+                    await sio.emit("news", n, to="room")
+                await client.client.connect(url, transports=["websocket"])
+                assert (client.client.recovered["/"], client.sid) == (True, sid)
+                assert await client.wait_count("news", 4) == [0, 1, 2, 3]
+                await sio.emit("news", 4, to="room")
+                assert await client.wait_count("news", 5) == [0, 1, 2, 3, 4]
+            finally:
+                await client.close()
+
+
+async def test_a_claim_kafka_cannot_judge_closes_the_connection_so_the_js_client_retries(
+    kafka_url: str, channel: str
+) -> None:
+    """The JS client ignores Engine.IO's CLOSE packet on a WebSocket: unless the WebSocket
+    itself closes, it waits for its ping timeout (45 s) before it tries again."""
+    manager = AsyncKafkaManager(kafka_url, channel=channel)
+    sio = RecoveringAsyncServer(
+        client_manager=manager, async_mode="asgi", connection_state_recovery={}
+    )
+    real_find = manager.find_session
+    refusals: list[str] = []
+
+    async def kafka_away_once(pid: str, wait: float = 3.0) -> Any:
+        if not refusals:
+            refusals.append(pid)
+            raise KafkaTimeoutError("Kafka did not answer")
+        return await real_find(pid, wait)
+
+    js = await JsClient().start()
+    try:
+        async with manager, run_server(socketio.ASGIApp(sio)) as url:
+            first = await js.connect(url, reconnectionDelay=100)
+            manager.find_session = kafka_away_once
+            await js.send("drop")
+            await js.wait_connects(2, timeout=20)  # well inside the 45 s ping timeout
+            assert refusals
+            assert js.connects()[-1] == {"type": "connect", "id": first["id"], "recovered": True}
+    finally:
+        await js.close()
+
+
+async def test_a_session_whose_left_record_kafka_refused_still_recovers(
+    kafka_url: str, channel: str
+) -> None:
+    manager = AsyncKafkaManager(kafka_url, channel=channel)
+    sio = RecoveringAsyncServer(
+        client_manager=manager, async_mode="asgi", connection_state_recovery={}
+    )
+    real_write = manager.write_sessions
+    refused: list[Any] = []
+
+    async def refuse_the_left_record(sessions: Any) -> None:
+        if any(s.disconnected_at is not None for s in sessions) and not refused:
+            refused.extend(sessions)
+            raise PublishError("Kafka did not confirm the record within 15.0s")
+        await real_write(sessions)
+
+    client = RecoveringRecorder()
+    async with manager, run_server(socketio.ASGIApp(sio)) as url:
+        try:
+            await client.client.connect(url, transports=["websocket"])
+            sid, pid = client.sid, client.client.pids["/"]
+            manager.write_sessions = refuse_the_left_record
+            await client.drop_transport()
+            await wait_until(lambda: bool(refused), 10, "the refused left record")
+            # Other nodes learn it too: the record is written once Kafka takes it.
+            await wait_until(
+                lambda: (
+                    (s := manager.sessions.sessions.get(pid)) is not None
+                    and s.disconnected_at is not None
+                ),
+                15,
+                "the left record, retried",
+            )
+            await sio.emit("news", 1, to=sid)
+            await client.client.connect(url, transports=["websocket"])
+            assert (client.client.recovered["/"], client.sid) == (True, sid)
+            assert await client.wait_count("news", 1) == [1]
+        finally:
+            await client.close()

@@ -1,0 +1,213 @@
+"""Clients that stop reading are cut off, their sessions kept; reading again, they recover.
+
+A real Kafka, a real uvicorn, the official JS client paused with SIGSTOP, and a raw
+WebSocket client that never reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import socketio
+from websockets.asyncio.client import ClientConnection, connect
+
+from socketio_kafka.adapter import (
+    AsyncKafkaManager,
+    OutboxLimits,
+    RecoveringAsyncServer,
+)
+from socketio_kafka.adapter.outbox import SLOW_CONSUMER, Outbox, Outboxes
+from socketio_kafka.gateway import protocol
+
+from .support.jsclient import JsClient
+from .support.recovering import RecoveringRecorder
+from .support.server import run_server
+from .support.waiting import wait_until
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
+
+ROOM = "R"
+#: 10 KB events: a paused client's kernel takes tens of MB on loopback before it pushes back.
+PAD = "x" * 10_000
+
+
+class PeakOutbox(Outbox):
+    """Remembers the most packets it ever held."""
+
+    peak = 0
+
+    def _put(self, item: Any) -> None:
+        super()._put(item)
+        self.peak = max(self.peak, self.qsize())
+
+
+class PeakOutboxes(Outboxes):
+    def __init__(self, limits: OutboxLimits) -> None:
+        super().__init__(limits)
+        self.made: list[PeakOutbox] = []
+
+    def create_queue(self, *args: Any, **kwargs: Any) -> PeakOutbox:
+        queue = PeakOutbox(self.limits)
+        self.made.append(queue)
+        return queue
+
+
+class Node:
+    """One in-process node: the gateway's protocol on a recovering server."""
+
+    def __init__(
+        self, kafka_url: str, channel: str, limits: OutboxLimits, replay_timeout: float = 60
+    ) -> None:
+        self.manager = AsyncKafkaManager(kafka_url, channel=channel, limits=limits)
+        self.outboxes = self.manager.outboxes = PeakOutboxes(limits)
+        self.sio = RecoveringAsyncServer(
+            client_manager=self.manager,
+            async_mode="asgi",
+            connection_state_recovery={"replay_timeout": replay_timeout},
+        )
+        self.reasons: list[str] = []
+        self.sio.on("disconnect", self._disconnected)
+        protocol.register(self.sio)
+        self.asgi = socketio.ASGIApp(self.sio)
+
+    async def _disconnected(self, sid: str, reason: str) -> None:
+        self.reasons.append(reason)
+
+    async def flood(self, count: int, start: int = 0) -> None:
+        """``count`` events to the room, in order (each chunk acknowledged before the next)."""
+        for first in range(start, start + count, 500):
+            last = min(first + 500, start + count)
+            await asyncio.gather(
+                *(
+                    self.manager.emit("ev", {"seq": i, "pad": PAD}, room=ROOM)
+                    for i in range(first, last)
+                )
+            )
+
+    def eio_sid(self, sid: str) -> str:
+        return str(self.manager.eio_sid_from_sid(sid, "/"))
+
+
+@pytest.fixture
+async def js() -> AsyncIterator[JsClient]:
+    client = await JsClient().start()
+    try:
+        yield client
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(client.pid, signal.SIGCONT)
+        await client.close()
+
+
+@pytest.fixture
+async def js_reader() -> AsyncIterator[JsClient]:
+    """A client that reads all along, in its own process: what the paused one must match."""
+    client = await JsClient().start()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def _reader(url: str) -> RecoveringRecorder:
+    reader = await RecoveringRecorder().connect(url)
+    assert await reader.client.call("join", {"room": ROOM}) == {"ok": True}
+    return reader
+
+
+def _seqs(events: list[Any]) -> list[int]:
+    return [e["seq"] for e in events]
+
+
+async def test_a_paused_js_client_is_cut_and_recovers_every_event_once(
+    kafka_url: str, channel: str, js: JsClient, js_reader: JsClient
+) -> None:
+    count, limits = 8000, OutboxLimits(max_bytes=4 * 1024 * 1024)
+    node = Node(kafka_url, channel, limits)
+    async with node.manager, run_server(node.asgi) as url:
+        connected = await js.connect(url, reconnectionDelay=200)
+        assert await js.call("join", {"room": ROOM}) == {"ok": True}
+        await js_reader.connect(url)
+        assert await js_reader.call("join", {"room": ROOM}) == {"ok": True}
+        queue = node.sio.eio.sockets[node.eio_sid(connected["id"])].queue
+        os.kill(js.pid, signal.SIGSTOP)
+        await node.flood(count)
+        expected = _seqs(await js_reader.wait_count("ev", count, timeout=120))
+        assert sorted(expected) == list(range(count))
+        # Cut once, everything it had queued dropped, its session kept for recovery.
+        await wait_until(lambda: node.manager.stats.slow_consumers_cut == 1, 30, "the cut")
+        await wait_until(lambda: SLOW_CONSUMER in node.reasons, 10, "its disconnect")
+        assert queue.shed
+        assert queue.qsize() <= 1
+        assert queue.bytes <= 1
+        assert queue.peak <= 420 + 200  # its limit and one fetched batch at most
+        assert node.manager.eio_sid_from_sid(connected["id"], "/") is None
+        os.kill(js.pid, signal.SIGCONT)
+        await js.wait_connects(2, timeout=60)
+        assert js.connects()[-1] == {
+            "type": "connect",
+            "id": connected["id"],
+            "recovered": True,
+        }
+        assert _seqs(await js.wait_count("ev", count, timeout=120)) == expected
+        # Nothing more: a marker after the flood is the next event it gets.
+        await node.flood(1, start=count)
+        assert _seqs(await js.wait_count("ev", count + 1)) == [*expected, count]
+        assert node.manager.stats.slow_consumers_cut == 1
+
+
+async def _stalled_claim(url: str, pid: str, offset: str) -> ClientConnection:
+    """A raw WebSocket client claiming a session, that reads nothing after the handshake."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, set before connect
+    sock.setblocking(False)
+    host, port = url.removeprefix("http://").split(":")
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    ws = await connect(
+        f"ws://{host}:{port}/socket.io/?EIO=4&transport=websocket", sock=sock, max_queue=1
+    )
+    opened = await asyncio.wait_for(ws.recv(), 10)
+    assert isinstance(opened, str)
+    assert opened.startswith("0{")
+    await ws.send("40" + json.dumps({"pid": pid, "offset": offset}))
+    return ws  # never read again; aborting its transport ends it
+
+
+async def test_a_replay_to_a_client_that_does_not_read_is_paced_then_cut(
+    kafka_url: str, channel: str
+) -> None:
+    count, limits = 3000, OutboxLimits(max_packets=400)
+    node = Node(kafka_url, channel, limits, replay_timeout=5)
+    async with node.manager, run_server(node.asgi) as url:
+        client = await _reader(url)
+        try:
+            await node.flood(1)
+            await client.wait_count("ev", 1)
+            pid, offset = client.client.pids["/"], client.client.offsets["/"]
+            await client.drop_transport()
+            await node.flood(count, start=1)
+            stalled = await _stalled_claim(url, pid, offset)
+            try:
+                await wait_until(lambda: node.manager.stats.slow_consumers_cut == 1, 30, "cut")
+            finally:
+                stalled.transport.abort()
+            replayed = node.outboxes.made[-1]
+            # Never more than the low-water mark and one record's packets queued at once.
+            assert 0 < replayed.peak <= limits.low_packets + 1
+            assert replayed.shed
+            await wait_until(lambda: SLOW_CONSUMER in node.reasons, 10, "its disconnect")
+            # The session was kept: claimed again from the same offset, all of it, once.
+            await client.client.connect(url, transports=["websocket"])
+            assert client.client.recovered["/"] is True
+            events = await client.wait_count("ev", count + 1, timeout=60)
+            assert _seqs(events) == list(range(count + 1))
+        finally:
+            await client.close()

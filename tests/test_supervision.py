@@ -1,0 +1,184 @@
+"""Nothing dies silently: supervised background tasks, a producer that heals, and a
+``/readyz`` that says why a node is not ready (issue 8)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka.errors import KafkaConnectionError, OutOfOrderSequenceNumber
+
+from socketio_kafka.adapter import PublishError
+from socketio_kafka.adapter.outage import BrokerWatch
+from socketio_kafka.adapter.publisher import Publisher
+from socketio_kafka.adapter.supervisor import Supervisor
+from socketio_kafka.gateway.app import create_app
+from socketio_kafka.gateway.settings import Settings
+
+from .support.clients import Recorder
+from .support.server import run_server
+from .support.waiting import wait_until
+
+_LOG = logging.getLogger("tests.supervision")
+
+
+async def test_a_task_that_raises_is_logged_counted_shown_down_and_restarted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runs: list[int] = []
+    release = asyncio.Event()
+
+    async def flaky() -> None:
+        runs.append(len(runs))
+        if len(runs) <= 2:
+            raise ValueError(f"bug number {len(runs)}")
+        await release.wait()
+
+    supervisor = Supervisor(_LOG, max_backoff_s=0.5)
+    with caplog.at_level(logging.ERROR, logger=_LOG.name):
+        supervisor.start("flaky", flaky)
+        await wait_until(lambda: "flaky" in supervisor.down, 5, "the task to be down")
+        assert "ValueError: bug number 1" in supervisor.down["flaky"]
+        await wait_until(lambda: len(runs) == 3, 5, "the second restart")
+    assert supervisor.restarts == 2
+    assert supervisor.down == {}
+    assert supervisor.running == ["flaky"]
+    failures = [r for r in caplog.records if "background task 'flaky' failed" in r.getMessage()]
+    assert len(failures) == 2
+    assert all(r.exc_info is not None for r in failures)  # with its traceback
+    release.set()
+    await wait_until(lambda: supervisor.running == [], 5, "the task to end")
+    await supervisor.stop()
+    await supervisor.stop()
+
+
+class _FakeProducer:
+    """A producer whose every send fails with ``error`` (or succeeds, without one)."""
+
+    def __init__(self, error: Exception | None) -> None:
+        self.error = error
+        self.sent: list[bytes | None] = []
+        self.started = self.stopped = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    async def send(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None
+    ) -> Awaitable[Any]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.error is not None:
+            future.set_exception(self.error)
+        else:
+            self.sent.append(value)
+            future.set_result(None)
+        return future
+
+
+async def test_a_wedged_producer_is_replaced_and_publishing_resumes() -> None:
+    wedged = _FakeProducer(OutOfOrderSequenceNumber())
+    fresh = _FakeProducer(None)
+    made = iter([wedged, fresh])
+    publisher = Publisher(lambda: next(made), timeout_s=5, logger=_LOG)
+    await publisher.start()
+
+    with pytest.raises(PublishError, match="OutOfOrderSequenceNumber") as refused:
+        await publisher.send_many("t", [(b"k", b"1")])
+    assert refused.value.retriable
+    await wait_until(lambda: not publisher.replacing, 5, "the replacement")
+    await publisher.send_many("t", [(b"k", b"2")])
+    assert (fresh.sent, publisher.replaced, wedged.stopped) == ([b"2"], 1, True)
+    await publisher.stop()
+    assert fresh.stopped
+
+
+async def test_a_broker_watch_reports_an_outage_in_two_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    refusal = KafkaConnectionError("refused")
+    answers: list[Exception | None] = [None, *[refusal] * 6, None]
+    refused = [0]
+
+    async def probe() -> None:
+        answer = answers.pop(0)
+        if answer is not None:
+            raise answer
+
+    watch = BrokerWatch(probe, lambda: refused[0], _LOG)
+    with caplog.at_level(logging.WARNING, logger=_LOG.name):
+        await watch.check()
+        await watch.check()
+        assert watch.reachable  # one miss is not an outage
+        await watch.check()
+        assert not watch.reachable
+        assert "KafkaConnectionError" in watch.cause
+        refused[0] = 42
+        while answers:
+            await watch.check()
+    assert watch.reachable
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("kafka unreachable (KafkaConnectionError")
+    assert "kafka reachable again after" in lines[1]
+    assert "42 publishes refused meanwhile" in lines[1]
+
+
+@pytest.fixture
+async def node(kafka_url: str, channel: str) -> AsyncIterator[tuple[Any, str]]:
+    app = create_app(Settings(channel=channel), kafka_url)
+    manager = app.state.node.manager
+    async with run_server(app) as url:
+        await manager.start()
+        try:
+            yield manager, url
+        finally:
+            await manager.stop()
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(60)
+async def test_a_consume_loop_that_fails_is_restarted_and_loses_nothing(
+    node: tuple[Any, str],
+) -> None:
+    manager, url = node
+    failing = asyncio.Event()
+    failing.set()
+    dispatch = manager._dispatch
+
+    async def broken_dispatch(record: Any) -> None:
+        if failing.is_set():
+            raise RuntimeError("a bug in delivery")
+        await dispatch(record)
+
+    client = await Recorder(url).connect()
+    try:
+        assert await client.ask("join", {"room": "r"}) == {"ok": True}
+        manager._dispatch = broken_dispatch
+        await manager.emit("e", 1, room="r")
+        async with httpx.AsyncClient() as http:
+
+            async def readyz() -> httpx.Response:
+                return await http.get(f"{url}/readyz", timeout=1)
+
+            await wait_until(lambda: not manager.health().ready, 10, "the loop to be down")
+            response = await readyz()
+            assert response.status_code == 503
+            assert any("'consume' down" in r for r in response.json()["reasons"])
+            failing.clear()
+            await manager.emit("e", 2, room="r")
+            assert await client.wait_for("e", 2) == [1, 2]
+            await wait_until(lambda: manager.health().ready, 15, "the loop to be back")
+            assert (await readyz()).status_code == 200
+            metrics = (await http.get(f"{url}/metrics")).text
+        assert manager.health().task_restarts >= 1
+        assert "socketio_kafka_task_restarts_total" in metrics
+        assert client.client.connected
+    finally:
+        await client.close()

@@ -109,7 +109,7 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-queued-packets",
         type=integer,
-        help="packets queued for one client before it is cut as not reading (default 10000)",
+        help="packets queued for one client before it is cut as not reading (default 50000)",
     )
     parser.add_argument(
         "--max-queued-bytes",

@@ -237,7 +237,7 @@ async def test_a_client_sending_more_than_max_payload_is_cut_off_and_others_are_
 async def test_metrics_and_health_routes(node: GatewayProcess) -> None:
     async with httpx.AsyncClient() as http:
         assert (await http.get(f"{node.url}/healthz")).json() == {"status": "ok"}
-        assert (await http.get(f"{node.url}/readyz")).json() == {"ready": True}
+        assert (await http.get(f"{node.url}/readyz")).json() == {"ready": True, "reasons": []}
         metrics = (await http.get(f"{node.url}/metrics")).text
     assert "socketio_kafka_ready 1.0" in metrics
     assert "socketio_kafka_records_skipped_total 0.0" in metrics

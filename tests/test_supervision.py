@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
@@ -12,9 +14,11 @@ import httpx
 import pytest
 from aiokafka.errors import KafkaConnectionError, OutOfOrderSequenceNumber
 
-from socketio_kafka.adapter import PublishError
+from socketio_kafka.adapter import AsyncKafkaManager, PublishError
+from socketio_kafka.adapter.manager import NODE_STALE_S
 from socketio_kafka.adapter.outage import BrokerWatch
 from socketio_kafka.adapter.publisher import Publisher
+from socketio_kafka.adapter.sessions import Session
 from socketio_kafka.adapter.supervisor import Supervisor
 from socketio_kafka.gateway.app import create_app
 from socketio_kafka.gateway.settings import Settings
@@ -182,3 +186,34 @@ async def test_a_consume_loop_that_fails_is_restarted_and_loses_nothing(
         assert client.client.connected
     finally:
         await client.close()
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+async def test_a_sweep_of_100000_expired_sessions_never_makes_a_heartbeat_late(
+    kafka_url: str, channel: str
+) -> None:
+    """Peers count a node unheard of for 3 s as dead, its live sessions claimable: the
+    sweep that ends a dead node's sessions must not hold this node's own heartbeat."""
+    manager = AsyncKafkaManager(kafka_url, channel=channel)
+    manager.enable_recovery(60)
+    async with manager:
+        left = time.time() - 3600
+        for n in range(100_000):
+            pid = f"pid-{n}"
+            manager.sessions.sessions[pid] = Session(
+                pid, f"sid-{n}", "/", (), None, (0,) * 6, manager.epoch, "a-dead-node", left
+            )
+        beats: list[float] = []
+
+        def heard() -> bool:
+            seen = manager.sessions.heartbeats.get(manager.host_id)
+            if seen is not None and (not beats or seen != beats[-1]):
+                beats.append(seen)
+            return manager.stats.sessions_expired >= 100_000
+
+        await wait_until(heard, 90, "the sweep of 100,000 sessions")
+        await wait_until(lambda: len(manager.sessions.sessions) == 0, 30, "the tombstones read")
+    gaps = [b - a for a, b in itertools.pairwise(beats)]
+    assert len(beats) >= 3, beats
+    assert max(gaps) < NODE_STALE_S, gaps

@@ -53,6 +53,8 @@ _KEEP = frozenset(
 _MAX_PID_LENGTH = 64
 _RACE_WINDOW_S = 10.0
 _FIRST_RETRY_S = 0.5
+#: Judgments of one claim at most, when it loses to a record of this node's own.
+_JUDGMENTS = 3
 _MAX_RETRY_S = 5.0
 
 
@@ -256,23 +258,11 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         assert claim.pid is not None
         assert self.recovery is not None
         manager = self.kafka
-        try:
-            session = await manager.find_session(claim.pid)
-            if session is not None and await self._close_stale_transport(session, eio_sid):
-                session = await manager.find_session(claim.pid)  # as the close left it
-            session = await self._settled(session)
-            start = await self._replay_start(session, namespace, claim)
-        except KafkaError as exc:
-            await self._retry_later(eio_sid, f"Kafka does not answer ({exc!r})")
-            return True
-        if session is None or start is None:
-            return False
+        judged = await self._judge(eio_sid, namespace, claim)
+        if not isinstance(judged, tuple):
+            return judged
+        session, start = judged
         sid = session.sid
-        if manager.is_connected(sid, namespace):
-            return False  # restored meanwhile by a concurrent claim: a session is restored once
-        won = await self._claim(eio_sid, session)
-        if won is not True:
-            return won is None  # lost: a fresh session; None: closed, for a retry
         # From here to the hold, nothing awaits: no live record can slip between the
         # watermark taken as the replay's end and the socket's registration in its rooms.
         BaseManager.basic_enter_room(manager, sid, namespace, None, eio_sid=eio_sid)
@@ -319,6 +309,45 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         logger.info("recovered sid %s [%s]: %d missed events replayed", sid, namespace, missed)
         return True
 
+    async def _judge(
+        self, eio_sid: str, namespace: str, claim: _Claim
+    ) -> tuple[Session, tuple[int, ...]] | bool:
+        """The session this connection won and where its replay starts; else whether the
+        connection was dealt with (True: closed for a retry; False: a fresh session).
+
+        Judged again when the claim lost to a record of this node's own that no socket
+        here holds (a claim of an earlier attempt that Kafka wrote late, after an outage;
+        its release; a left record retried): that is no other client's.
+        """
+        assert claim.pid is not None
+        manager = self.kafka
+        for _ in range(_JUDGMENTS):
+            try:
+                session = await manager.find_session(claim.pid)
+                if session is not None and await self._close_stale_transport(session, eio_sid):
+                    session = await manager.find_session(claim.pid)  # as the close left it
+                session = await self._settled(session)
+                start = await self._replay_start(session, namespace, claim)
+            except KafkaError as exc:
+                await self._retry_later(eio_sid, f"Kafka does not answer ({exc!r})")
+                return True
+            if session is None or start is None:
+                return False
+            if manager.is_connected(session.sid, namespace):
+                return False  # restored meanwhile by a concurrent claim: restored once
+            won = await self._claim(eio_sid, session)
+            if won is None:
+                return True
+            if won:
+                return session, start
+            current = manager.sessions.sessions.get(claim.pid)
+            if current is None or current.owner != manager.host_id:
+                break
+            if manager.is_connected(current.sid, current.namespace):
+                break
+        logger.info("pid %.8s… was claimed first on another node; new session", claim.pid)
+        return False
+
     async def _claim(self, eio_sid: str, session: Session) -> bool | None:
         """Whether this node won ``session``, judged as every node judges it: claims at the
         same instant on two nodes both pass `_refusal`, only one is first in Kafka.
@@ -336,8 +365,6 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             await self._release(session)
             await self._retry_later(eio_sid, f"claim of sid {session.sid} unconfirmed ({exc})")
             return None
-        if not won:
-            logger.info("sid %s was claimed first on another node; new session", session.sid)
         return won
 
     async def _release(self, session: Session) -> None:

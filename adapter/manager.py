@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import json
 import logging
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -29,7 +25,8 @@ from .outage import BrokerWatch, fold_kafka_client_logs
 from .outbox import Outbox, Outboxes, OutboxLimits
 from .publisher import Publisher
 from .replay import Bounds, ConsumerPool, ReplayBatch, read_range, topic_bounds
-from .sessions import EPOCH_KEY, NODE_PREFIX, Session, SessionTable, encode_session
+from .skips import log_skipped, log_unexpected
+from .store import SessionStore
 from .supervisor import Supervisor
 from .topics import TopicSpec, ensure_topic
 
@@ -41,14 +38,6 @@ _BATCH_OVERHEAD_BYTES = 64 * 1024
 _REPLAY_FETCH_BYTES = 8 * 1024 * 1024
 _REPLAY_RETRY_BACKOFF_MS = 10
 _METADATA_BACKOFF_S = 0.1  # aiokafka's (and Kafka's) default retry backoff
-# Short: a session whose node died is claimable once its heartbeat is stale (3 beats).
-_HEARTBEAT_S = 1.0
-#: How long after its last heartbeat a node counts as gone.
-NODE_STALE_S = 3 * _HEARTBEAT_S
-_EXPIRY_EVERY_S = 5.0
-#: Tombstones per produce call in a sweep: the loop (and the heartbeat) runs in between.
-_EXPIRY_CHUNK = 500
-_EPOCH_WAIT_S = 5.0
 
 
 @dataclass(slots=True)
@@ -126,14 +115,19 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         self._offsets: AIOKafkaConsumer | None = None
         self._replays = ConsumerPool(self._replay_consumer)
         self._partitions = 0
-        self._created_sessions = False
-        self._session_positions: dict[int, int] = {}
-        self._sessions_read = asyncio.Condition()  # notified as sessions records are applied
         #: Next offset to consume, per partition: the watermark every delivery carries.
         self.positions: list[int] = []
-        self.epoch = ""
-        self.sessions_topic = f"{channel}.sessions"
-        self.sessions = SessionTable()
+        #: The sessions topic (connection state recovery), read by the consume loop too.
+        self.store = SessionStore(
+            f"{channel}.sessions",
+            self.host_id,
+            self.stats,
+            self._ready_publisher,
+            lambda: self._offsets,
+            self._get_logger,
+        )
+        self.store.on_rejected = self._session_rejected
+        self.sessions_topic = self.store.topic
         #: Recovery window in seconds, once a recovering server has switched recovery on.
         self.recovery_window: float | None = None
         #: Sockets that asked for no offset argument (plain python-socketio clients).
@@ -163,7 +157,12 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
                 f"retention_ms={retention} is shorter than the recovery window ({window_s}s): "
                 "events a client missed could be deleted before it returns"
             )
-        self.recovery_window = window_s
+        self.recovery_window = self.store.window = window_s
+
+    @property
+    def epoch(self) -> str:
+        """The events topic's epoch: every offset string a client holds names it."""
+        return self.store.epoch
 
     async def wait_ready(self) -> bool:
         """Start if needed and wait up to ``request_timeout_ms`` for `ready`; False if not.
@@ -218,8 +217,8 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             if not self.write_only:
                 supervisor.start("consume", self._consume_loop)
             if self.recovery_window is not None:
-                supervisor.start("heartbeat", self._heartbeat)
-                supervisor.start("session-expiry", self._expire_loop)
+                supervisor.start("heartbeat", self.store.heartbeat)
+                supervisor.start("session-expiry", self.store.expire)
             self._ready.set()
             logger.info(
                 "kafka manager ready on %s (%s)",
@@ -395,10 +394,10 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         await admin.start()
         try:
             events = await ensure_topic(admin, self._topic_spec(self.events_topic, "delete"))
-            self._partitions = events.partitions
+            self._partitions = self.store.partitions = events.partitions
             if self.recovery_window is not None:
                 spec = self._topic_spec(self.sessions_topic, "compact")
-                self._created_sessions = (await ensure_topic(admin, spec)).created
+                self.store.created = (await ensure_topic(admin, spec)).created
         finally:
             await admin.close()
 
@@ -425,39 +424,12 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             # Resolve the lazy seek now: readiness means positioned.
             self.positions = [await consumer.position(tp) for tp in events]
             if self.recovery_window is not None:
-                await consumer.seek_to_beginning(*sessions)
-                await self._load_sessions(consumer, sessions)
+                assert self._publisher is not None
+                await self.store.load(consumer, self._publisher)
         except BaseException:
             await consumer.stop()
             raise
         return consumer
-
-    async def _load_sessions(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
-        """Read the sessions topic to its end, and agree on the events topic's epoch."""
-        await self._read_sessions_to_end(consumer, tps)
-        if self.sessions.epoch is None and not self._created_sessions:
-            deadline = time.monotonic() + _EPOCH_WAIT_S  # the topic's creator writes it
-            while self.sessions.epoch is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-                await self._read_sessions_to_end(consumer, tps)
-        if self.sessions.epoch is None:
-            epoch = uuid.uuid4().hex[:12]
-            assert self._publisher is not None
-            value = json.dumps({"epoch": epoch}).encode()
-            await self._publisher.send_many(self.sessions_topic, [(EPOCH_KEY, value)])
-            await self._read_sessions_to_end(consumer, tps)
-        assert self.sessions.epoch is not None
-        self.epoch = self.sessions.epoch
-
-    async def _read_sessions_to_end(
-        self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]
-    ) -> None:
-        end = await consumer.end_offsets(tps)
-        while await _behind(consumer, end):
-            batches = await consumer.getmany(*tps, timeout_ms=_POLL_TIMEOUT_MS)
-            for records in batches.values():
-                for record in records:
-                    self._apply_session(record)
 
     async def _close_clients(self) -> None:
         consumers, publisher = (self._consumer, self._offsets), self._publisher
@@ -500,9 +472,8 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             for tp, records in batches.items():
                 if tp.topic == self.sessions_topic:
                     for record in records:
-                        self._apply_session(record)
-                    async with self._sessions_read:
-                        self._sessions_read.notify_all()
+                        self.store.apply(record)
+                    await self.store.applied()
                 else:
                     for record in records:
                         await self._dispatch(record)
@@ -513,44 +484,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         for p, position in enumerate(self.positions):
             consumer.seek(TopicPartition(self.events_topic, p), position)
         if self.recovery_window is not None:
-            for p in range(self._partitions):
-                position = self._session_positions.get(p, 0)
-                consumer.seek(TopicPartition(self.sessions_topic, p), position)
-
-    def _apply_session(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        self._session_positions[record.partition] = record.offset + 1
-        kept: Session | None = None
-        try:
-            kept = self.sessions.apply(record.key, record.value, record.timestamp, record.offset)
-        except RecordDecodeError as exc:
-            self.stats.session_records_skipped += 1
-            self._log_skipped(record, exc)
-        except Exception:  # a bug, not bad input: still one record, never the loop
-            self.stats.session_records_skipped += 1
-            self._log_unexpected(record)
-        if self.sessions.epoch is not None:
-            self.epoch = self.sessions.epoch
-        if kept is not None and kept.owner == self.host_id and self.on_rooms_changed:
-            # A rejected record must not stay its pid's last (see SessionTable.apply): a
-            # live session is written again.
-            self.on_rooms_changed(kept.sid, kept.namespace)
-
-    def _log_skipped(self, record: ConsumerRecord[bytes, bytes], exc: RecordDecodeError) -> None:
-        self._get_logger().warning(
-            "skipping undecodable record %s[%d]@%d: %s",
-            record.topic,
-            record.partition,
-            record.offset,
-            exc,
-        )
-
-    def _log_unexpected(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        self._get_logger().exception(
-            "skipping record %s[%d]@%d: unexpected error reading it",
-            record.topic,
-            record.partition,
-            record.offset,
-        )
+            self.store.resume(consumer)
 
     async def _dispatch(self, record: ConsumerRecord[bytes, bytes]) -> None:
         # The watermark moves before delivery: a socket registered for recovery while
@@ -560,11 +494,11 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             message = codec.decode(record.value)
         except RecordDecodeError as exc:
             self.stats.records_skipped += 1
-            self._log_skipped(record, exc)
+            log_skipped(self._get_logger(), record, exc)
             return
         except Exception:  # a bug, not bad input: still one record, never the loop
             self.stats.records_skipped += 1
-            self._log_unexpected(record)
+            log_unexpected(self._get_logger(), record)
             return
         self.stats.records_consumed += 1
         try:
@@ -712,57 +646,10 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         if self.on_rooms_changed is not None and room is not None and room != sid:
             self.on_rooms_changed(sid, namespace)
 
-    async def write_sessions(self, sessions: Sequence[Session]) -> None:
-        """Session records, all at once: a burst of joins is durable in one round trip."""
-        records = [(s.pid.encode(), encode_session(s)) for s in sessions]
-        await (await self._ready_publisher()).send_many(self.sessions_topic, records)
-
-    async def claim_session(self, claim: Session, wait: float = 3.0) -> bool:
-        """Whether ``claim`` won its session, as every node's table judges it.
-
-        The claim is written, then this node waits until its table has applied it:
-        first by offset after the record it names wins. `PublishError` when Kafka did
-        not tell within ``wait`` (the claim may or may not stand).
-        """
-        record = encode_session(claim)
-        publisher = await self._ready_publisher()
-        partition, offset = await publisher.send_at(self.sessions_topic, claim.pid.encode(), record)
-
-        def applied() -> bool:
-            return self._session_positions.get(partition, 0) > offset
-
-        async with self._sessions_read:
-            try:
-                await asyncio.wait_for(self._sessions_read.wait_for(applied), wait)
-            except TimeoutError as exc:
-                raise PublishError(f"claim not read back within {wait}s") from exc
-        return self.sessions.offsets.get(claim.pid) == offset
-
-    async def end_session(self, pid: str) -> None:
-        await self._produce(self.sessions_topic, pid.encode(), None)
-
-    async def find_session(self, pid: str, wait: float = 3.0) -> Session | None:
-        """The session of ``pid`` as the sessions topic says now.
-
-        The topic is read up to its end first, even for a session known here: a record
-        written a moment ago on another node (the session restored there) decides a claim.
-        """
-        if self._offsets is None:
-            return self.sessions.sessions.get(pid)
-        tps = [TopicPartition(self.sessions_topic, p) for p in range(self._partitions)]
-        end = await self._offsets.end_offsets(tps)
-
-        def read_to_end() -> bool:
-            return all(self._session_positions.get(tp.partition, 0) >= end[tp] for tp in tps)
-
-        async with self._sessions_read:
-            with contextlib.suppress(TimeoutError):
-                # Past the wait, judged on what is read: the consumer is stuck or far behind.
-                await asyncio.wait_for(self._sessions_read.wait_for(read_to_end), wait)
-        return self.sessions.sessions.get(pid)
-
-    def node_alive(self, host_id: str) -> bool:
-        return host_id == self.host_id or self.sessions.node_alive(host_id, NODE_STALE_S)
+    def _session_rejected(self, sid: str, namespace: str) -> None:
+        # Another node's claim followed this live session's record: written again.
+        if self.on_rooms_changed is not None:
+            self.on_rooms_changed(sid, namespace)
 
     async def bounds(self) -> Bounds:
         """The events topic's bounds, from a consumer kept for it (a new one would first
@@ -795,47 +682,3 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             "retry_backoff_ms": _REPLAY_RETRY_BACKOFF_MS,
         }
         return AIOKafkaConsumer(**{**kwargs, **bulk, "auto_offset_reset": "earliest"})
-
-    async def _heartbeat(self) -> None:
-        """Say this node is alive, every second, whatever else the node is doing."""
-        key = NODE_PREFIX + self.host_id.encode()
-        while True:
-            try:
-                await self._produce(self.sessions_topic, key, b"{}")
-            except (PublishError, BrokerUnavailable) as exc:
-                self._get_logger().debug("heartbeat not written: %s", exc)
-            await asyncio.sleep(_HEARTBEAT_S)
-
-    async def _expire_loop(self) -> None:
-        """End sessions nobody can claim any more; apart from the heartbeat, so a sweep
-        after a large node died never makes this node's own heartbeat late."""
-        while True:
-            await asyncio.sleep(_EXPIRY_EVERY_S)
-            try:
-                await self._end_expired()
-            except (PublishError, BrokerUnavailable) as exc:
-                self._get_logger().debug("expired sessions not ended yet: %s", exc)
-
-    async def _end_expired(self) -> None:
-        assert self.recovery_window is not None
-        stale = NODE_STALE_S
-        window = self.recovery_window + stale
-        # Its owner ends it; any node does once the owner is gone (tombstones are
-        # idempotent, so several nodes doing it is harmless).
-        pids = [
-            session.pid
-            for session in self.sessions.expired(time.time(), window, stale)
-            if session.owner == self.host_id or not self.node_alive(session.owner)
-        ]
-        publisher = await self._ready_publisher()
-        for first in range(0, len(pids), _EXPIRY_CHUNK):
-            chunk = pids[first : first + _EXPIRY_CHUNK]
-            await publisher.send_many(self.sessions_topic, [(p.encode(), None) for p in chunk])
-            self.stats.sessions_expired += len(chunk)
-
-
-async def _behind(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:
-    for tp, last in end.items():
-        if await consumer.position(tp) < last:
-            return True
-    return False

@@ -29,9 +29,10 @@ from socketio.base_manager import BaseManager
 from . import codec, offsets
 from .errors import BrokerUnavailable, ConfigError, PublishError
 from .fanout import event_packets
-from .manager import NODE_STALE_S, AsyncKafkaManager
+from .manager import AsyncKafkaManager
 from .outbox import SLOW_CONSUMER
 from .sessions import Session
+from .store import NODE_STALE_S
 
 __all__ = ["OPT_OUT_KEY", "RecoveringAsyncServer", "RecoveryOptions"]
 
@@ -323,9 +324,9 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         manager = self.kafka
         for _ in range(_JUDGMENTS):
             try:
-                session = await manager.find_session(claim.pid)
+                session = await manager.store.find(claim.pid)
                 if session is not None and await self._close_stale_transport(session, eio_sid):
-                    session = await manager.find_session(claim.pid)  # as the close left it
+                    session = await manager.store.find(claim.pid)  # as the close left it
                 session = await self._settled(session)
                 start = await self._replay_start(session, namespace, claim)
             except KafkaError as exc:
@@ -340,7 +341,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
                 return True
             if won:
                 return session, start
-            current = manager.sessions.sessions.get(claim.pid)
+            current = manager.store.table.sessions.get(claim.pid)
             if current is None or current.owner != manager.host_id:
                 break
             if manager.is_connected(current.sid, current.namespace):
@@ -355,12 +356,12 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         None when Kafka did not tell: the claim is released and the connection closed.
         """
         manager = self.kafka
-        judged = manager.sessions.offset_of(session)
+        judged = manager.store.table.offset_of(session)
         if judged is None:
             return False  # its record changed while it was judged: it is not this one's
         claim = replace(session, owner=manager.host_id, disconnected_at=None, claimed=judged)
         try:
-            won = await manager.claim_session(claim)
+            won = await manager.store.claim(claim)
         except (PublishError, BrokerUnavailable) as exc:
             await self._release(session)
             await self._retry_later(eio_sid, f"claim of sid {session.sid} unconfirmed ({exc})")
@@ -417,11 +418,11 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             session is not None
             and session.disconnected_at is None
             and session.owner != manager.host_id
-            and manager.node_alive(session.owner)
+            and manager.store.node_alive(session.owner)
             and time.monotonic() < deadline
         ):
             await asyncio.sleep(0.05)
-            session = manager.sessions.sessions.get(session.pid)
+            session = manager.store.table.sessions.get(session.pid)
         return session
 
     async def _admitted(self, eio_sid: str, sid: str, namespace: str, claim: _Claim) -> bool:
@@ -495,11 +496,11 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
                 # Not connected here, so left: its "left" record is not in Kafka yet (Kafka
                 # was away; `_retry_unsaved` writes it). This node knows better than its log.
                 return None
-            if manager.node_alive(session.owner):
+            if manager.store.node_alive(session.owner):
                 return "the session is still connected on another node"
             # Left when its node went quiet. A node never heard from died before its first
             # heartbeat reached us, moments ago: not expired (as SessionTable.expired).
-            last_seen = manager.sessions.heartbeats.get(session.owner)
+            last_seen = manager.store.table.heartbeats.get(session.owner)
             if last_seen is not None and time.time() - last_seen > window + 15:
                 return "expired"
         elif time.time() - session.disconnected_at > window:
@@ -612,9 +613,9 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         attempt = next(self._attempt_numbers)
         self._attempts.update(dict.fromkeys(records, attempt))
         try:
-            await self.kafka.write_sessions([s for s in records.values() if s is not None])
+            await self.kafka.store.write([s for s in records.values() if s is not None])
             for pid in [pid for pid, record in records.items() if record is None]:
-                await self.kafka.end_session(pid)
+                await self.kafka.store.end(pid)
         except (PublishError, BrokerUnavailable) as exc:
             latest = {p: r for p, r in records.items() if self._attempts.get(p) == attempt}
             logger.warning("%d session record(s) not saved yet; retrying: %s", len(latest), exc)

@@ -63,7 +63,7 @@ class Node:
         await self.sio.enter_room(sid, "room")
 
     def left(self, pid: str) -> bool:
-        session = self.manager.sessions.sessions.get(pid)
+        session = self.manager.store.table.sessions.get(pid)
         return session is not None and session.disconnected_at is not None
 
 
@@ -157,7 +157,7 @@ async def test_a_rejected_claim_is_followed_by_the_owners_record(nodes: tuple[No
         client = await RecoveringRecorder().connect(url)
         try:
             pid = client.client.pids["/"]
-            table = a.manager.sessions
+            table = a.manager.store.table
             await a.sio.enter_room(client.sid, "other")  # its session written
             await wait_until(lambda: pid in table.sessions, 10, "its session read")
             judged = table.offsets[pid]
@@ -173,6 +173,6 @@ async def test_a_rejected_claim_is_followed_by_the_owners_record(nodes: tuple[No
             finally:
                 await producer.stop()
             await _last_record_is_the_winners(a, pid, a)
-            assert a.manager.sessions.sessions[pid].owner == a.manager.host_id
+            assert a.manager.store.table.sessions[pid].owner == a.manager.host_id
         finally:
             await client.close()

@@ -68,7 +68,7 @@ async def test_a_claim_kafka_cannot_judge_closes_the_connection_so_the_js_client
     sio = RecoveringAsyncServer(
         client_manager=manager, async_mode="asgi", connection_state_recovery={}
     )
-    real_find = manager.find_session
+    real_find = manager.store.find
     refusals: list[str] = []
 
     async def kafka_away_once(pid: str, wait: float = 3.0) -> Any:
@@ -81,7 +81,7 @@ async def test_a_claim_kafka_cannot_judge_closes_the_connection_so_the_js_client
     try:
         async with manager, run_server(socketio.ASGIApp(sio)) as url:
             first = await js.connect(url, reconnectionDelay=100)
-            manager.find_session = kafka_away_once
+            manager.store.find = kafka_away_once
             await js.send("drop")
             await js.wait_connects(2, timeout=20)  # well inside the 45 s ping timeout
             assert refusals
@@ -97,7 +97,7 @@ async def test_a_session_whose_left_record_kafka_refused_still_recovers(
     sio = RecoveringAsyncServer(
         client_manager=manager, async_mode="asgi", connection_state_recovery={}
     )
-    real_write = manager.write_sessions
+    real_write = manager.store.write
     refused: list[Any] = []
 
     async def refuse_the_left_record(sessions: Any) -> None:
@@ -111,13 +111,13 @@ async def test_a_session_whose_left_record_kafka_refused_still_recovers(
         try:
             await client.client.connect(url, transports=["websocket"])
             sid, pid = client.sid, client.client.pids["/"]
-            manager.write_sessions = refuse_the_left_record
+            manager.store.write = refuse_the_left_record
             await client.drop_transport()
             await wait_until(lambda: bool(refused), 10, "the refused left record")
             # Other nodes learn it too: the record is written once Kafka takes it.
             await wait_until(
                 lambda: (
-                    (s := manager.sessions.sessions.get(pid)) is not None
+                    (s := manager.store.table.sessions.get(pid)) is not None
                     and s.disconnected_at is not None
                 ),
                 15,

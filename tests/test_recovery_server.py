@@ -149,7 +149,7 @@ async def test_a_claim_is_judged_on_the_sessions_topic_as_it_is_now(
             await client.drop_transport()
             await wait_until(
                 lambda: (
-                    (s := lagging.manager.sessions.sessions.get(pid)) is not None
+                    (s := lagging.manager.store.table.sessions.get(pid)) is not None
                     and s.disconnected_at is not None
                 ),
                 10,

@@ -83,12 +83,12 @@ def test_a_session_left_by_a_node_never_heard_from_is_claimable() -> None:
         async_mode="asgi",
         connection_state_recovery={"max_disconnection_duration": 60},
     )
-    manager.epoch = SESSION.epoch
+    manager.store.table.epoch = SESSION.epoch
     unknown = replace(SESSION, owner="never-heard-of")
     assert server._refusal(unknown, "/") is None
-    manager.sessions.apply(NODE_PREFIX + b"long-gone", b"{}", 1_000)  # 1970: long past
+    manager.store.table.apply(NODE_PREFIX + b"long-gone", b"{}", 1_000)  # 1970: long past
     assert server._refusal(replace(SESSION, owner="long-gone"), "/") == "expired"
-    manager.sessions.apply(NODE_PREFIX + b"alive", b"{}", int(time.time() * 1000))
+    manager.store.table.apply(NODE_PREFIX + b"alive", b"{}", int(time.time() * 1000))
     assert server._refusal(replace(SESSION, owner="alive"), "/") is not None  # still on it
 
 

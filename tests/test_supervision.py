@@ -15,10 +15,10 @@ import pytest
 from aiokafka.errors import KafkaConnectionError, OutOfOrderSequenceNumber
 
 from socketio_kafka.adapter import AsyncKafkaManager, PublishError
-from socketio_kafka.adapter.manager import NODE_STALE_S
 from socketio_kafka.adapter.outage import BrokerWatch
 from socketio_kafka.adapter.publisher import Publisher
 from socketio_kafka.adapter.sessions import Session
+from socketio_kafka.adapter.store import NODE_STALE_S
 from socketio_kafka.adapter.supervisor import Supervisor
 from socketio_kafka.gateway.app import create_app
 from socketio_kafka.gateway.settings import Settings
@@ -201,19 +201,19 @@ async def test_a_sweep_of_100000_expired_sessions_never_makes_a_heartbeat_late(
         left = time.time() - 3600
         for n in range(100_000):
             pid = f"pid-{n}"
-            manager.sessions.sessions[pid] = Session(
+            manager.store.table.sessions[pid] = Session(
                 pid, f"sid-{n}", "/", (), None, (0,) * 6, manager.epoch, "a-dead-node", left
             )
         beats: list[float] = []
 
         def heard() -> bool:
-            seen = manager.sessions.heartbeats.get(manager.host_id)
+            seen = manager.store.table.heartbeats.get(manager.host_id)
             if seen is not None and (not beats or seen != beats[-1]):
                 beats.append(seen)
             return manager.stats.sessions_expired >= 100_000
 
         await wait_until(heard, 90, "the sweep of 100,000 sessions")
-        await wait_until(lambda: len(manager.sessions.sessions) == 0, 30, "the tombstones read")
+        await wait_until(lambda: len(manager.store.table.sessions) == 0, 30, "the tombstones read")
     gaps = [b - a for a, b in itertools.pairwise(beats)]
     assert len(beats) >= 3, beats
     assert max(gaps) < NODE_STALE_S, gaps

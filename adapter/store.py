@@ -1,0 +1,235 @@
+"""`SessionStore`: the compacted ``<channel>.sessions`` topic as one node reads and writes it.
+
+It holds the node's table of sessions (`SessionTable`), agrees on the events topic's
+epoch at start, says the node is alive every second, ends sessions past the recovery
+window, and answers the questions a recovery asks: what is this pid's session now, did my
+claim of it win. The manager reads the topic with its live consumer and hands each record
+here; writes go through the manager's publisher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from .errors import BrokerUnavailable, PublishError, RecordDecodeError
+from .publisher import Publisher
+from .sessions import EPOCH_KEY, NODE_PREFIX, Session, SessionTable, encode_session
+from .skips import log_skipped, log_unexpected
+
+if TYPE_CHECKING:
+    from .manager import ManagerStats
+
+__all__ = ["NODE_STALE_S", "SessionStore"]
+
+# Short: a session whose node died is claimable once its heartbeat is stale (3 beats).
+_HEARTBEAT_S = 1.0
+#: How long after its last heartbeat a node counts as gone.
+NODE_STALE_S = 3 * _HEARTBEAT_S
+_EXPIRY_EVERY_S = 5.0
+#: Tombstones per produce call in a sweep: the loop (and the heartbeat) runs in between.
+_EXPIRY_CHUNK = 500
+_EPOCH_WAIT_S = 5.0
+_POLL_TIMEOUT_MS = 1000
+
+
+class SessionStore:
+    """One node's view of the sessions topic, and its writes to it.
+
+    ``publisher`` waits for the manager to be ready and returns its `Publisher`;
+    ``offsets`` is the consumer kept for offset requests (None before it is connected);
+    ``on_rejected`` is told of a live session of this node's whose record another node's
+    claim followed (it must be written again: see `SessionTable.apply`).
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        host_id: str,
+        stats: ManagerStats,
+        publisher: Callable[[], Awaitable[Publisher]],
+        offsets: Callable[[], AIOKafkaConsumer | None],
+        logger: Callable[[], logging.Logger],
+    ) -> None:
+        self.topic = topic
+        self.table = SessionTable()
+        self.partitions = 0
+        #: Recovery window in seconds: sessions left longer ago are ended.
+        self.window = 0.0
+        #: Whether this node created the topic (it then writes the epoch at once).
+        self.created = False
+        self.on_rejected: Callable[[str, str], None] | None = None
+        self._host_id = host_id
+        self._stats = stats
+        self._publisher = publisher
+        self._offsets = offsets
+        self._logger = logger
+        #: Next offset to read, per partition.
+        self._positions: dict[int, int] = {}
+        self._read = asyncio.Condition()  # notified as records are applied
+
+    @property
+    def epoch(self) -> str:
+        """The events topic's epoch, once agreed ("" before)."""
+        return self.table.epoch or ""
+
+    # -- reading -----------------------------------------------------------------------
+
+    def apply(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        """Fold one record in; a bad one is counted, logged with its position, skipped."""
+        self._positions[record.partition] = record.offset + 1
+        kept: Session | None = None
+        try:
+            kept = self.table.apply(record.key, record.value, record.timestamp, record.offset)
+        except RecordDecodeError as exc:
+            self._stats.session_records_skipped += 1
+            log_skipped(self._logger(), record, exc)
+        except Exception:  # a bug, not bad input: still one record, never the loop
+            self._stats.session_records_skipped += 1
+            log_unexpected(self._logger(), record)
+        if kept is not None and kept.owner == self._host_id and self.on_rejected is not None:
+            self.on_rejected(kept.sid, kept.namespace)
+
+    async def applied(self) -> None:
+        """Wake whoever waits for records read up to some offset."""
+        async with self._read:
+            self._read.notify_all()
+
+    def resume(self, consumer: AIOKafkaConsumer) -> None:
+        """Position ``consumer`` after the last record applied (a restarted read loop)."""
+        for p in range(self.partitions):
+            consumer.seek(TopicPartition(self.topic, p), self._positions.get(p, 0))
+
+    async def load(self, consumer: AIOKafkaConsumer, publisher: Publisher) -> None:
+        """Read the topic to its end from the beginning, and agree on the events topic's
+        epoch: the topic's creator writes it; the others wait for it, and write one only
+        if it never comes. (``publisher`` is the starting manager's: it is not ready yet.)"""
+        tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
+        await consumer.seek_to_beginning(*tps)
+        await self._read_to_end(consumer, tps)
+        if self.table.epoch is None and not self.created:
+            deadline = time.monotonic() + _EPOCH_WAIT_S
+            while self.table.epoch is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                await self._read_to_end(consumer, tps)
+        if self.table.epoch is None:
+            value = json.dumps({"epoch": uuid.uuid4().hex[:12]}).encode()
+            await publisher.send_many(self.topic, [(EPOCH_KEY, value)])
+            await self._read_to_end(consumer, tps)
+        assert self.table.epoch is not None
+
+    async def _read_to_end(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
+        end = await consumer.end_offsets(tps)
+        while await _behind(consumer, end):
+            batches = await consumer.getmany(*tps, timeout_ms=_POLL_TIMEOUT_MS)
+            for records in batches.values():
+                for record in records:
+                    self.apply(record)
+
+    # -- what a recovery asks ----------------------------------------------------------
+
+    async def find(self, pid: str, wait: float = 3.0) -> Session | None:
+        """The session of ``pid`` as the topic says now.
+
+        The topic is read up to its end first, even for a session known here: a record
+        written a moment ago on another node (the session restored there) decides a claim.
+        """
+        offsets = self._offsets()
+        if offsets is None:
+            return self.table.sessions.get(pid)
+        tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
+        end = await offsets.end_offsets(tps)
+
+        def read_to_end() -> bool:
+            return all(self._positions.get(tp.partition, 0) >= end[tp] for tp in tps)
+
+        async with self._read:
+            with contextlib.suppress(TimeoutError):
+                # Past the wait, judged on what is read: the consumer is stuck or far behind.
+                await asyncio.wait_for(self._read.wait_for(read_to_end), wait)
+        return self.table.sessions.get(pid)
+
+    async def claim(self, claim: Session, wait: float = 3.0) -> bool:
+        """Whether ``claim`` won its session, as every node's table judges it.
+
+        The claim is written, then this node waits until its table has applied it:
+        first by offset after the record it names wins. `PublishError` when Kafka did
+        not tell within ``wait`` (the claim may or may not stand).
+        """
+        publisher = await self._publisher()
+        partition, offset = await publisher.send_at(
+            self.topic, claim.pid.encode(), encode_session(claim)
+        )
+
+        def applied() -> bool:
+            return self._positions.get(partition, 0) > offset
+
+        async with self._read:
+            try:
+                await asyncio.wait_for(self._read.wait_for(applied), wait)
+            except TimeoutError as exc:
+                raise PublishError(f"claim not read back within {wait}s") from exc
+        return self.table.offsets.get(claim.pid) == offset
+
+    def node_alive(self, host_id: str) -> bool:
+        return host_id == self._host_id or self.table.node_alive(host_id, NODE_STALE_S)
+
+    # -- writing -----------------------------------------------------------------------
+
+    async def write(self, sessions: Sequence[Session]) -> None:
+        """Session records, all at once: a burst of joins is durable in one round trip."""
+        records = [(s.pid.encode(), encode_session(s)) for s in sessions]
+        await (await self._publisher()).send_many(self.topic, records)
+
+    async def end(self, pid: str) -> None:
+        await (await self._publisher()).send_many(self.topic, [(pid.encode(), None)])
+
+    async def heartbeat(self) -> None:
+        """Say this node is alive, every second, whatever else the node is doing."""
+        key = NODE_PREFIX + self._host_id.encode()
+        while True:
+            try:
+                await (await self._publisher()).send_many(self.topic, [(key, b"{}")])
+            except (PublishError, BrokerUnavailable) as exc:
+                self._logger().debug("heartbeat not written: %s", exc)
+            await asyncio.sleep(_HEARTBEAT_S)
+
+    async def expire(self) -> None:
+        """End sessions nobody can claim any more; apart from the heartbeat, so a sweep
+        after a large node died never makes this node's own heartbeat late."""
+        while True:
+            await asyncio.sleep(_EXPIRY_EVERY_S)
+            try:
+                await self._end_expired()
+            except (PublishError, BrokerUnavailable) as exc:
+                self._logger().debug("expired sessions not ended yet: %s", exc)
+
+    async def _end_expired(self) -> None:
+        stale = NODE_STALE_S
+        # Its owner ends it; any node does once the owner is gone (tombstones are
+        # idempotent, so several nodes doing it is harmless).
+        pids = [
+            session.pid
+            for session in self.table.expired(time.time(), self.window + stale, stale)
+            if session.owner == self._host_id or not self.node_alive(session.owner)
+        ]
+        publisher = await self._publisher()
+        for first in range(0, len(pids), _EXPIRY_CHUNK):
+            chunk = pids[first : first + _EXPIRY_CHUNK]
+            await publisher.send_many(self.topic, [(p.encode(), None) for p in chunk])
+            self._stats.sessions_expired += len(chunk)
+
+
+async def _behind(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:
+    for tp, last in end.items():
+        if await consumer.position(tp) < last:
+            return True
+    return False

@@ -211,7 +211,6 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             logger = self._get_logger()
             await self._retry(self._connect, "connect")
             supervisor = self._supervisor = Supervisor(logger, self.options.retry_backoff_max_s)
-            assert self._publisher is not None
             self._watch = BrokerWatch(self._probe, lambda: self.stats.publish_errors, logger)
             supervisor.start("broker-watch", self._watch.run)
             if not self.write_only:

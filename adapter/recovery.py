@@ -613,9 +613,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         attempt = next(self._attempt_numbers)
         self._attempts.update(dict.fromkeys(records, attempt))
         try:
-            await self.kafka.store.write([s for s in records.values() if s is not None])
-            for pid in [pid for pid, record in records.items() if record is None]:
-                await self.kafka.store.end(pid)
+            await self.kafka.store.write(records)
         except (PublishError, BrokerUnavailable) as exc:
             latest = {p: r for p, r in records.items() if self._attempts.get(p) == attempt}
             logger.warning("%d session record(s) not saved yet; retrying: %s", len(latest), exc)

@@ -15,7 +15,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -184,13 +184,14 @@ class SessionStore:
 
     # -- writing -----------------------------------------------------------------------
 
-    async def write(self, sessions: Sequence[Session]) -> None:
-        """Session records, all at once: a burst of joins is durable in one round trip."""
-        records = [(s.pid.encode(), encode_session(s)) for s in sessions]
-        await (await self._publisher()).send_many(self.topic, records)
-
-    async def end(self, pid: str) -> None:
-        await (await self._publisher()).send_many(self.topic, [(pid.encode(), None)])
+    async def write(self, records: Mapping[str, Session | None]) -> None:
+        """Session records by pid, None ending a session, all at once: a burst of joins,
+        or a sweep's tombstones, is durable in one round trip."""
+        values = [
+            (pid.encode(), None if session is None else encode_session(session))
+            for pid, session in records.items()
+        ]
+        await (await self._publisher()).send_many(self.topic, values)
 
     async def heartbeat(self) -> None:
         """Say this node is alive, every second, whatever else the node is doing."""
@@ -221,10 +222,9 @@ class SessionStore:
             for session in self.table.expired(time.time(), self.window + stale, stale)
             if session.owner == self._host_id or not self.node_alive(session.owner)
         ]
-        publisher = await self._publisher()
         for first in range(0, len(pids), _EXPIRY_CHUNK):
             chunk = pids[first : first + _EXPIRY_CHUNK]
-            await publisher.send_many(self.topic, [(p.encode(), None) for p in chunk])
+            await self.write(dict.fromkeys(chunk))
             self._stats.sessions_expired += len(chunk)
 
 

@@ -18,7 +18,7 @@ from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions, PublishError
 from socketio_kafka.gateway.local_kafka import LocalKafka
 
 from .support.clients import Recorder
-from .support.cluster import REPO, GatewayProcess, free_port
+from .support.cluster import REPO, GatewayProcess, free_port, gateway_cluster
 from .support.harness import Harness
 from .support.recovering import RecoveringRecorder
 from .support.waiting import wait_until
@@ -28,13 +28,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
 
 @pytest.fixture
 async def node(kafka_url: str, channel: str) -> AsyncIterator[GatewayProcess]:
-    gateway = GatewayProcess(kafka_url, channel)
-    gateway.start()
-    try:
-        await gateway.wait_ready()
+    async with gateway_cluster(kafka_url, channel, nodes=1) as [gateway]:
         yield gateway
-    finally:
-        gateway.stop()
 
 
 async def _status(url: str) -> int:

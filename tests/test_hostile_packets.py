@@ -30,7 +30,7 @@ from websockets.exceptions import ConnectionClosed
 from socketio_kafka.adapter import fastjson
 
 from .support.clients import Recorder
-from .support.cluster import REPO, GatewayProcess
+from .support.cluster import REPO, GatewayProcess, gateway_cluster
 from .support.rawclient import (
     CONNECT,
     Frame,
@@ -281,15 +281,9 @@ def _generated_barrage(url: str, alive: Callable[[], bool], tally: Tally) -> Non
 
 @pytest.fixture
 async def node(kafka_url: str, channel: str) -> AsyncIterator[GatewayProcess]:
-    gateway = GatewayProcess(
-        kafka_url, channel, extra_args=["--max-payload-bytes", str(MAX_PAYLOAD)]
-    )
-    gateway.start()
-    try:
-        await gateway.wait_ready()
+    extra = ["--max-payload-bytes", str(MAX_PAYLOAD)]
+    async with gateway_cluster(kafka_url, channel, nodes=1, extra_args=extra) as [gateway]:
         yield gateway
-    finally:
-        gateway.stop()
 
 
 def _rss_kb(pid: int) -> int:

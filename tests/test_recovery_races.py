@@ -100,11 +100,12 @@ async def test_a_session_whose_left_record_kafka_refused_still_recovers(
     real_write = manager.store.write
     refused: list[Any] = []
 
-    async def refuse_the_left_record(sessions: Any) -> None:
-        if any(s.disconnected_at is not None for s in sessions) and not refused:
-            refused.extend(sessions)
+    async def refuse_the_left_record(records: dict[str, Any]) -> None:
+        left = [s for s in records.values() if s is not None and s.disconnected_at is not None]
+        if left and not refused:
+            refused.extend(left)
             raise PublishError("Kafka did not confirm the record within 15.0s")
-        await real_write(sessions)
+        await real_write(records)
 
     client = RecoveringRecorder()
     async with manager, run_server(socketio.ASGIApp(sio)) as url:

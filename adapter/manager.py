@@ -28,7 +28,8 @@ from .replay import Bounds, ConsumerPool, ReplayBatch, read_range, topic_bounds
 from .skips import log_skipped, log_unexpected
 from .store import SessionStore
 from .supervisor import Supervisor
-from .topics import TopicSpec, ensure_topic
+from .topics import Replication, TopicSpec, ensure_topic, replication_for
+from .turns import Turns
 
 __all__ = ["AsyncKafkaManager", "Health", "ManagerStats"]
 
@@ -107,6 +108,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         self.events_topic = f"{channel}.events"
         self.stats = ManagerStats()
         self._publisher: Publisher | None = None
+        self._turns = Turns()
         self._supervisor: Supervisor | None = None
         self._watch: BrokerWatch | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -314,7 +316,19 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         self.stats.published += 1
 
     async def _produce(self, topic: str, key: bytes, value: bytes | None) -> None:
-        await (await self._ready_publisher()).send_many(topic, [(key, value)])
+        """Produce one record; those of a key are produced in the order this was called."""
+        timeout_s = self.options.request_timeout_ms / 1000
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        try:
+            # Both entered before the first await: see adapter/turns.py.
+            async with asyncio.timeout_at(deadline), self._turns.turn(key):
+                publisher = await self._ready_publisher()
+                delivery = await publisher.enqueue(topic, [(key, value)], deadline)
+        except TimeoutError:
+            raise PublishError(
+                f"Kafka did not take the record within {timeout_s}s (not written)"
+            ) from None
+        await publisher.confirm(delivery)
 
     # -- internals ---------------------------------------------------------------------
 
@@ -392,20 +406,26 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         admin = AIOKafkaAdminClient(**self.options.common_kwargs(self.bootstrap_servers))
         await admin.start()
         try:
-            events = await ensure_topic(admin, self._topic_spec(self.events_topic, "delete"))
+            brokers = len((await admin.describe_cluster())["brokers"])
+            replication = replication_for(
+                self.options.replication_factor, self.options.min_insync_replicas, brokers
+            )
+            logger = self._get_logger()
+            spec = self._topic_spec(self.events_topic, "delete", replication)
+            events = await ensure_topic(admin, spec, logger)
             self._partitions = self.store.partitions = events.partitions
             if self.recovery_window is not None:
-                spec = self._topic_spec(self.sessions_topic, "compact")
-                self.store.created = (await ensure_topic(admin, spec)).created
+                spec = self._topic_spec(self.sessions_topic, "compact", replication)
+                self.store.created = (await ensure_topic(admin, spec, logger)).created
         finally:
             await admin.close()
 
-    def _topic_spec(self, name: str, cleanup_policy: str) -> TopicSpec:
+    def _topic_spec(self, name: str, cleanup_policy: str, replication: Replication) -> TopicSpec:
         options = self.options
         return TopicSpec(
             name,
             options.partitions,
-            options.replication_factor,
+            replication,
             cleanup_policy,
             options.retention_ms,
             options.max_record_bytes + _BATCH_OVERHEAD_BYTES,

@@ -29,7 +29,11 @@ class KafkaOptions:
     """
 
     partitions: int = 6
-    replication_factor: int = 1
+    # None: min(3, the brokers in the cluster) and, with 3 replicas or more, 2 in sync for a
+    # write (docs/decisions.md). A value given here is a requirement: an existing topic with
+    # fewer is refused at start; with the defaults it is a warning.
+    replication_factor: int | None = None
+    min_insync_replicas: int | None = None
     retention_ms: int = 24 * 3600 * 1000
     acks: str | int = "all"
     enable_idempotence: bool = True
@@ -63,7 +67,19 @@ class KafkaOptions:
 
     def __post_init__(self) -> None:
         _require(self.partitions >= 1, "partitions must be >= 1")
-        _require(self.replication_factor >= 1, "replication_factor must be >= 1")
+        _require(
+            self.replication_factor is None or self.replication_factor >= 1,
+            "replication_factor must be >= 1",
+        )
+        _require(
+            self.min_insync_replicas is None or self.min_insync_replicas >= 1,
+            "min_insync_replicas must be >= 1",
+        )
+        factor, insync = self.replication_factor, self.min_insync_replicas
+        _require(
+            factor is None or insync is None or insync <= factor,
+            "min_insync_replicas must not exceed replication_factor (no write could succeed)",
+        )
         _require(self.retention_ms == -1 or self.retention_ms > 0, "retention_ms must be > 0 or -1")
         _require(self.acks in _ACKS, f"acks must be one of {_ACKS}")
         _require(self.compression_type in _COMPRESSION, f"compression_type not in {_COMPRESSION}")

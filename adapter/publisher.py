@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiokafka.errors import (
@@ -29,7 +30,7 @@ from aiokafka.errors import (
 
 from .errors import PublishError
 
-__all__ = ["WEDGED", "Producer", "Publisher"]
+__all__ = ["WEDGED", "Delivery", "Producer", "Publisher"]
 
 #: Errors after which an idempotent producer refuses every later batch of a partition.
 WEDGED: tuple[type[KafkaError], ...] = (
@@ -55,6 +56,15 @@ class Producer(Protocol):
     async def send(
         self, topic: str, value: bytes | None = None, key: bytes | None = None
     ) -> Awaitable[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Records handed to a producer, not yet acknowledged by Kafka."""
+
+    producer: Producer
+    futures: Sequence[Awaitable[Any]]
+    deadline: float
 
 
 class Publisher:
@@ -101,24 +111,43 @@ class Publisher:
 
     async def send_many(self, topic: str, records: Sequence[Record]) -> None:
         """Queue every record, then wait for all: one linger and one round trip for all."""
-        await self._send(topic, records)
+        await self.confirm(await self.enqueue(topic, records, self.deadline()))
 
     async def send_at(self, topic: str, key: bytes, value: bytes) -> tuple[int, int]:
         """One record; where Kafka wrote it, as ``(partition, offset)``."""
-        [written] = await self._send(topic, [(key, value)])
+        delivery = await self.enqueue(topic, [(key, value)], self.deadline())
+        [written] = await self.confirm(delivery)
         return written.partition, written.offset
 
-    async def _send(self, topic: str, records: Sequence[Record]) -> list[Any]:
-        """The records' metadata, once Kafka acknowledged every one."""
+    def deadline(self) -> float:
+        """When a publish that starts now gives up, on the event loop's clock."""
+        return asyncio.get_running_loop().time() + self._timeout_s
+
+    async def enqueue(self, topic: str, records: Sequence[Record], deadline: float) -> Delivery:
+        """Hand the records to the producer, in order: those of a key reach Kafka in the
+        order they were handed over (one partition, one idempotent producer).
+
+        Raises `PublishError` when the producer does not take them by ``deadline``.
+        """
         producer = self._producer
         if producer is None or self.replacing:
             raise PublishError("the Kafka producer is being replaced after an error; retry")
         try:
-            async with asyncio.timeout(self._timeout_s):
-                deliveries = [await producer.send(topic, value, key=key) for key, value in records]
-                outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
+            async with asyncio.timeout_at(deadline):
+                futures = [await producer.send(topic, value, key=key) for key, value in records]
         except KafkaError as exc:
             raise self._refused(producer, exc) from exc
+        except TimeoutError as exc:
+            raise PublishError(
+                f"Kafka did not take the record within {self._timeout_s}s (not written)"
+            ) from exc
+        return Delivery(producer, futures, deadline)
+
+    async def confirm(self, delivery: Delivery) -> list[Any]:
+        """The records' metadata, once Kafka acknowledged every one."""
+        try:
+            async with asyncio.timeout_at(delivery.deadline):
+                outcomes = await asyncio.gather(*delivery.futures, return_exceptions=True)
         except TimeoutError as exc:
             raise PublishError(
                 f"Kafka did not confirm the record within {self._timeout_s}s "
@@ -126,7 +155,7 @@ class Publisher:
             ) from exc
         for outcome in outcomes:
             if isinstance(outcome, KafkaError):
-                raise self._refused(producer, outcome) from outcome
+                raise self._refused(delivery.producer, outcome) from outcome
             if isinstance(outcome, BaseException):
                 raise outcome
         return outcomes

@@ -3,18 +3,41 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import InvalidReplicationFactorError, TopicAlreadyExistsError, for_code
 
 from .errors import TopicLayoutError
 
-__all__ = ["TopicLayout", "TopicSpec", "ensure_topic"]
+__all__ = ["Replication", "TopicLayout", "TopicSpec", "ensure_topic", "replication_for"]
 
 _VISIBLE_TIMEOUT_S = 10.0
+#: Kafka's usual production layout: three copies, a write acknowledged by two of them, so
+#: one broker may be lost without refusing writes and a second without losing acked ones.
+_DEFAULT_FACTOR = 3
+_DEFAULT_INSYNC = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Replication:
+    """How many copies of each partition Kafka keeps, and how many must hold a write
+    before it is acknowledged (``acks=all``). ``required``: set by the user, so an existing
+    topic with less is refused; a default only warns."""
+
+    factor: int
+    min_insync: int
+    required: bool = False
+
+
+def replication_for(factor: int | None, min_insync: int | None, brokers: int) -> Replication:
+    """The layout for new topics: what was asked, else what this cluster can hold."""
+    chosen = factor if factor is not None else max(1, min(_DEFAULT_FACTOR, brokers))
+    insync = min_insync if min_insync is not None else min(_DEFAULT_INSYNC, max(1, chosen - 1))
+    return Replication(chosen, insync, required=factor is not None or min_insync is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +46,7 @@ class TopicSpec:
 
     name: str
     partitions: int
-    replication_factor: int
+    replication: Replication
     cleanup_policy: str
     retention_ms: int
     max_message_bytes: int
@@ -37,18 +60,51 @@ class TopicLayout:
     partitions: int
     cleanup_policy: str
     created: bool
+    #: The fewest replicas any partition has.
+    replicas: int
+    min_insync_replicas: int
 
 
-async def ensure_topic(admin: AIOKafkaAdminClient, spec: TopicSpec) -> TopicLayout:
-    """Create ``spec.name`` if it does not exist, then check its layout against ``spec``."""
+async def ensure_topic(
+    admin: AIOKafkaAdminClient, spec: TopicSpec, logger: logging.Logger
+) -> TopicLayout:
+    """Create ``spec.name`` if it does not exist, then check its layout against ``spec``.
+
+    Raises `TopicLayoutError` for a layout that would lose events, or a replication weaker
+    than a required one; a replication weaker than the default is logged as a warning.
+    """
     # list_topics, not describe_topics: a metadata request naming a missing topic makes
     # brokers with auto.create.topics.enable create it with their default layout.
     created = spec.name not in await admin.list_topics() and await _create(admin, spec)
-    partitions = await _visible_partition_count(admin, spec.name)
-    policy = await _cleanup_policy(admin, spec.name)
-    layout = TopicLayout(spec.name, partitions, policy, created)
+    partitions, replicas = await _visible_partitions(admin, spec.name)
+    configs = await _topic_configs(admin, spec.name)
+    layout = TopicLayout(
+        spec.name,
+        len(partitions),
+        configs.get("cleanup.policy", "delete"),
+        created,
+        min(replicas),
+        int(configs.get("min.insync.replicas", "1")),
+    )
     _check(spec, layout)
+    if weaker := _weaker_replication(spec, layout):
+        if spec.replication.required:
+            raise TopicLayoutError(weaker)
+        logger.warning("%s", weaker)
     return layout
+
+
+def _weaker_replication(spec: TopicSpec, layout: TopicLayout) -> str | None:
+    wanted = spec.replication
+    if layout.replicas >= wanted.factor and layout.min_insync_replicas >= wanted.min_insync:
+        return None
+    return (
+        f"topic {spec.name!r} has {layout.replicas} replica(s) and min.insync.replicas="
+        f"{layout.min_insync_replicas}, weaker than the {wanted.factor} and {wanted.min_insync}"
+        f" this node {'is configured for' if wanted.required else 'would create'}: an acked"
+        " event survives fewer broker failures (raise them with kafka-reassign-partitions"
+        " and kafka-configs, or use another channel)"
+    )
 
 
 def _check(spec: TopicSpec, layout: TopicLayout) -> None:
@@ -71,44 +127,54 @@ async def _create(admin: AIOKafkaAdminClient, spec: TopicSpec) -> bool:
     configs = {
         "cleanup.policy": spec.cleanup_policy,
         "max.message.bytes": str(spec.max_message_bytes),
+        "min.insync.replicas": str(spec.replication.min_insync),
     }
     if spec.cleanup_policy == "delete":
         configs["retention.ms"] = str(spec.retention_ms)
-    topic = NewTopic(spec.name, spec.partitions, spec.replication_factor, topic_configs=configs)
+    factor = spec.replication.factor
+    topic = NewTopic(spec.name, spec.partitions, factor, topic_configs=configs)
     response = await admin.create_topics([topic])
     for entry in response.to_object()["topic_errors"]:
         error = for_code(entry["error_code"])
         if error is TopicAlreadyExistsError:
             return False
+        if error is InvalidReplicationFactorError:
+            brokers = len((await admin.describe_cluster())["brokers"])
+            raise TopicLayoutError(
+                f"cannot create topic {spec.name!r} with {factor} replicas: the cluster has"
+                f" {brokers} broker(s) (set replication_factor, --replication-factor)"
+            )
         if entry["error_code"]:
             raise TopicLayoutError(f"cannot create topic {spec.name!r}: {error.__name__}")
     return True
 
 
-async def _visible_partition_count(admin: AIOKafkaAdminClient, name: str) -> int:
-    """The partition count, once the broker's metadata shows the (maybe just created) topic."""
+async def _visible_partitions(admin: AIOKafkaAdminClient, name: str) -> tuple[list[int], list[int]]:
+    """Partition ids and replica counts, once the metadata shows the (maybe new) topic."""
     deadline = asyncio.get_running_loop().time() + _VISIBLE_TIMEOUT_S
-    while (partitions := await _partition_count(admin, name)) is None:
+    while not (found := await _partitions(admin, name))[0]:
         if asyncio.get_running_loop().time() > deadline:
             raise TopicLayoutError(f"topic {name!r} exists but its metadata never showed up")
         await asyncio.sleep(0.1)
-    return partitions
+    return found
 
 
-async def _partition_count(admin: AIOKafkaAdminClient, name: str) -> int | None:
+async def _partitions(admin: AIOKafkaAdminClient, name: str) -> tuple[list[int], list[int]]:
     for topic in await admin.describe_topics([name]):
         if topic["topic"] == name and topic["error_code"] == 0 and topic["partitions"]:
-            return len(topic["partitions"])
-    return None
+            parts = topic["partitions"]
+            return [p["partition"] for p in parts], [len(p["replicas"]) for p in parts]
+    return [], []
 
 
-async def _cleanup_policy(admin: AIOKafkaAdminClient, name: str) -> str:
-    resource = ConfigResource(ConfigResourceType.TOPIC, name, {"cleanup.policy": None})
-    for response in await admin.describe_configs([resource]):
-        for entry in _config_entries(response.to_object()):
-            if entry["config_names"] == "cleanup.policy":
-                return str(entry["config_value"])
-    return "delete"
+async def _topic_configs(admin: AIOKafkaAdminClient, name: str) -> dict[str, str]:
+    keys = {"cleanup.policy": None, "min.insync.replicas": None}
+    resource = ConfigResource(ConfigResourceType.TOPIC, name, keys)
+    return {
+        str(entry["config_names"]): str(entry["config_value"])
+        for response in await admin.describe_configs([resource])
+        for entry in _config_entries(response.to_object())
+    }
 
 
 def _config_entries(obj: dict[str, Any]) -> list[dict[str, Any]]:

@@ -74,6 +74,18 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channel")
     parser.add_argument("--partitions", type=integer)
     parser.add_argument(
+        "--replication-factor",
+        type=integer,
+        help="replicas of each partition of the topics this node creates; given, an existing"
+        " topic with fewer is refused (default: 3, or fewer on a smaller cluster)",
+    )
+    parser.add_argument(
+        "--min-insync-replicas",
+        type=integer,
+        help="replicas that must hold a publish before it is acked (default: 2 with 3 or more"
+        " replicas, else 1)",
+    )
+    parser.add_argument(
         "--kafka-timeout-ms",
         type=integer,
         help="how long a publish waits for Kafka before its ack reports an error",

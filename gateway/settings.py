@@ -46,6 +46,9 @@ class Settings:
     redis_url: str | None = None
     channel: str = "socketio"
     partitions: int = 6
+    # None: what the cluster can hold (KafkaOptions; docs/decisions.md).
+    replication_factor: int | None = None
+    min_insync_replicas: int | None = None
     kafka_timeout_ms: int = 15000
     # The latency/throughput trade, as the adapter's defaults unless set (measured in
     # benchmarks/RESULTS.md).
@@ -85,6 +88,8 @@ class Settings:
         """The Kafka clients' options; raises `ConfigError` (a ValueError) when out of range."""
         return KafkaOptions(
             partitions=self.partitions,
+            replication_factor=self.replication_factor,
+            min_insync_replicas=self.min_insync_replicas,
             request_timeout_ms=self.kafka_timeout_ms,
             linger_ms=self.linger_ms,
             fetch_interval_ms=self.fetch_interval_ms,
@@ -148,7 +153,9 @@ def env_settings(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         name = ENV_PREFIX + field.name.upper()
         if name not in env:
             continue
-        parse = _PARSERS.get(kinds[field.name], str)
+        # `int | None` parses as int: the variable is set, so the value is not None.
+        kind = next((k for k in get_args(kinds[field.name]) if k is not type(None)), None)
+        parse = _PARSERS.get(kinds[field.name], _PARSERS.get(kind, str))
         try:
             values[field.name] = parse(env[name])
         except ValueError as exc:

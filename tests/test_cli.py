@@ -61,6 +61,22 @@ def test_latency_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     assert (options.linger_ms, options.fetch_interval_ms) == (1, 2.5)
 
 
+def test_replication_from_flags_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (_manager([]).options.replication_factor, _manager([]).options.min_insync_replicas) == (
+        None,
+        None,
+    )
+    monkeypatch.setenv("SOCKETIO_KAFKA_MIN_INSYNC_REPLICAS", "2")
+    options = _manager(["--replication-factor", "3"]).options
+    assert (options.replication_factor, options.min_insync_replicas) == (3, 2)
+
+
+@pytest.mark.usefixtures("nothing_starts")
+def test_more_in_sync_than_replicas_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", "--replication-factor", "1", "--min-insync-replicas", "2"]) == 1
+    assert "min_insync_replicas must not exceed replication_factor" in capsys.readouterr().err
+
+
 def test_defaults_are_the_adapter_defaults() -> None:
     options, defaults = _manager([]).options, KafkaOptions()
     assert (options.linger_ms, options.fetch_interval_ms) == (

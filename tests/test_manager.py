@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import socketio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions, TopicLayoutError
 
@@ -62,6 +63,62 @@ async def test_an_existing_topic_that_would_lose_events_is_refused(
         await admin.close()
     manager = AsyncKafkaManager(kafka_url, channel)
     with pytest.raises(TopicLayoutError, match=error):
+        await manager.start()
+    assert not manager.ready
+    await manager.stop()
+
+
+async def _topic_layout(bootstrap: str, topic: str) -> tuple[int, str]:
+    """Replicas of partition 0 and the topic's min.insync.replicas, as the broker says."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic, {"min.insync.replicas": None})
+        (configs,) = await admin.describe_configs([resource])
+    finally:
+        await admin.close()
+    [[entry]] = [r["config_entries"] for r in configs.to_object()["resources"]]
+    return len(described["partitions"][0]["replicas"]), entry["config_value"]
+
+
+async def test_new_topics_get_the_replication_the_cluster_can_hold(
+    kafka_bootstrap: str, kafka_url: str, channel: str
+) -> None:
+    """One broker: one replica, one in sync, set on the topic (not left to broker defaults)."""
+    manager = AsyncKafkaManager(kafka_url, channel)
+    manager.enable_recovery(60)
+    await manager.start()
+    await manager.stop()
+    for topic in (f"{channel}.events", f"{channel}.sessions"):
+        assert await _topic_layout(kafka_bootstrap, topic) == (1, "1")
+
+
+async def test_a_replication_the_cluster_cannot_hold_is_one_clear_error(
+    kafka_url: str, channel: str
+) -> None:
+    manager = AsyncKafkaManager(kafka_url, channel, options=KafkaOptions(replication_factor=3))
+    with pytest.raises(TopicLayoutError, match=r"with 3 replicas: the cluster has 1 broker\(s\)"):
+        await manager.start()
+    await manager.stop()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [KafkaOptions(replication_factor=2), KafkaOptions(min_insync_replicas=2)],
+    ids=["replicas", "min-insync"],
+)
+async def test_an_existing_topic_weaker_than_required_is_refused(
+    kafka_bootstrap: str, kafka_url: str, channel: str, options: KafkaOptions
+) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(f"{channel}.events", 6, 1)])
+    finally:
+        await admin.close()
+    manager = AsyncKafkaManager(kafka_url, channel, options=options)
+    with pytest.raises(TopicLayoutError, match=r"has 1 replica\(s\) and min.insync.replicas=1"):
         await manager.start()
     assert not manager.ready
     await manager.stop()

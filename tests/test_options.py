@@ -6,6 +6,7 @@ import pytest
 
 from socketio_kafka.adapter import AsyncKafkaManager, ConfigError, KafkaOptions
 from socketio_kafka.adapter.options import parse_kafka_urls
+from socketio_kafka.adapter.topics import Replication, replication_for
 
 
 @pytest.mark.parametrize(
@@ -38,6 +39,9 @@ def test_bad_urls_are_config_errors(url: str | list[str]) -> None:
         {"max_record_bytes": 0},
         {"fetch_interval_ms": -1},
         {"fetch_interval_ms": 1001},  # nodes would miss each other's heartbeats
+        {"replication_factor": 0},
+        {"min_insync_replicas": 0},
+        {"replication_factor": 2, "min_insync_replicas": 3},  # no write could ever succeed
     ],
 )
 def test_bad_options_are_config_errors(kwargs: dict[str, object]) -> None:
@@ -52,3 +56,20 @@ def test_manager_has_the_constructor_shape_of_python_socketio_managers() -> None
     assert manager.write_only is True
     assert manager.events_topic == "chat.events"
     assert manager.ready is False
+
+
+@pytest.mark.parametrize(
+    ("factor", "insync", "brokers", "layout"),
+    [
+        (None, None, 1, Replication(1, 1)),  # a laptop's broker
+        (None, None, 2, Replication(2, 1)),  # one broker may go without refusing writes
+        (None, None, 3, Replication(3, 2)),
+        (None, None, 9, Replication(3, 2)),
+        (3, None, 1, Replication(3, 2, required=True)),  # asked for: the broker refuses it
+        (None, 1, 3, Replication(3, 1, required=True)),
+    ],
+)
+def test_new_topics_default_to_three_replicas_two_in_sync_where_the_cluster_can(
+    factor: int | None, insync: int | None, brokers: int, layout: Replication
+) -> None:
+    assert replication_for(factor, insync, brokers) == layout

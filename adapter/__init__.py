@@ -18,6 +18,7 @@ from .errors import (
     ConfigError,
     PublishError,
     RecordDecodeError,
+    SecurityError,
     SocketIOKafkaError,
     TopicLayoutError,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "RecordDecodeError",
     "RecoveringAsyncServer",
     "RecoveryOptions",
+    "SecurityError",
     "SocketIOKafkaError",
     "TopicLayoutError",
 ]

@@ -4,6 +4,7 @@
 SocketIOKafkaError
  ├── ConfigError          bad URL or option; fix the configuration
  ├── TopicLayoutError     an existing topic does not fit what this node needs
+ ├── SecurityError        Kafka refused the credentials, or TLS failed; fix the configuration
  ├── BrokerUnavailable    Kafka cannot be reached now (retriable)
  ├── PublishError         Kafka did not accept a record (retriable)
  └── RecordDecodeError    a record on the topic is not ours or is malformed
@@ -17,6 +18,7 @@ __all__ = [
     "ConfigError",
     "PublishError",
     "RecordDecodeError",
+    "SecurityError",
     "SocketIOKafkaError",
     "TopicLayoutError",
 ]
@@ -35,6 +37,11 @@ class ConfigError(SocketIOKafkaError, ValueError):
 
 class TopicLayoutError(SocketIOKafkaError):
     """An existing topic has a layout (partitions, cleanup policy) that would lose events."""
+
+
+class SecurityError(SocketIOKafkaError):
+    """Kafka refused this client's SASL credentials or mechanism, or the TLS handshake failed
+    (an untrusted broker certificate, TLS spoken to a plaintext port): retrying cannot help."""
 
 
 class BrokerUnavailable(SocketIOKafkaError):

@@ -17,7 +17,13 @@ from socketio.async_manager import AsyncManager
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
 from . import codec, offsets
-from .errors import BrokerUnavailable, ConfigError, PublishError, RecordDecodeError
+from .errors import (
+    BrokerUnavailable,
+    ConfigError,
+    PublishError,
+    RecordDecodeError,
+    SocketIOKafkaError,
+)
 from .fanout import HoldBuffer, event_args, event_packets
 from .metadata import pace_metadata_updates
 from .options import KafkaOptions, parse_kafka_urls
@@ -25,6 +31,7 @@ from .outage import BrokerWatch, fold_kafka_client_logs
 from .outbox import Outbox, Outboxes, OutboxLimits
 from .publisher import Publisher
 from .replay import Bounds, ConsumerPool, ReplayBatch, read_range, topic_bounds
+from .security import check_access
 from .skips import log_skipped, log_unexpected
 from .store import SessionStore
 from .supervisor import Supervisor
@@ -204,7 +211,8 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         """Connect and position the consumer; returns once ready.
 
         Retries with capped backoff while Kafka is unreachable; a topic whose layout
-        would lose events raises `TopicLayoutError`. Safe to call twice.
+        would lose events raises `TopicLayoutError`, refused credentials or a failed TLS
+        handshake `SecurityError`. Safe to call twice.
         """
         async with self._start_lock:
             if self._ready.is_set():
@@ -341,6 +349,8 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             await self.start()
         except asyncio.CancelledError:
             raise
+        except SocketIOKafkaError as exc:  # its message names the cause; no traceback
+            self._get_logger().error("kafka manager failed to start: %s", exc)
         except Exception:
             self._get_logger().exception("kafka manager failed to start")
 
@@ -370,6 +380,9 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
 
     async def _connect(self) -> None:
         try:
+            if self.options.sasl or self.options.tls:
+                # aiokafka would hide a refusal behind "Unable to bootstrap", retried forever.
+                await check_access(self.bootstrap_servers, self.options)
             await self._ensure_topics()
             self._publisher = Publisher(
                 self._new_producer, self.options.request_timeout_ms / 1000, self._get_logger()

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka.helpers import create_ssl_context
+
 from .errors import ConfigError
 
-__all__ = ["KafkaOptions", "parse_kafka_urls"]
+__all__ = ["SASL_MECHANISMS", "SECURITY_PROTOCOLS", "KafkaOptions", "parse_kafka_urls"]
 
 _DEFAULT_BOOTSTRAP = "localhost:9092"
 _ACKS = ("all", 0, 1, -1)
 _COMPRESSION = (None, "gzip", "snappy", "lz4", "zstd")
 _MAX_FETCH_INTERVAL_MS = 1000
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,14 +61,23 @@ class KafkaOptions:
     max_partition_fetch_bytes: int = 1024 * 1024
     max_record_bytes: int = 1024 * 1024
     client_id: str = "socketio-kafka"
+    # Security: SASL needs a mechanism, a username and a password; TLS trusts ``ssl_cafile``
+    # (else the system's CAs) and may present a client certificate. An ``ssl_context`` made
+    # in code wins over the files. Passwords stay out of ``repr``, hence out of logs.
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
-    sasl_plain_username: str | None = None
-    sasl_plain_password: str | None = None
-    ssl_context: Any = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_password: str | None = field(default=None, repr=False)
+    ssl_context: ssl.SSLContext | None = None
     retry_backoff_max_s: float = 10.0
     producer_extra: Mapping[str, Any] = field(default_factory=dict)
     consumer_extra: Mapping[str, Any] = field(default_factory=dict)
+    # Built once from the files, so that a bad file is a ConfigError here, not at connect.
+    _tls: ssl.SSLContext | None = field(init=False, default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _require(self.partitions >= 1, "partitions must be >= 1")
@@ -94,6 +108,66 @@ class KafkaOptions:
             not (self.enable_idempotence and self.acks not in ("all", -1)),
             "an idempotent producer needs acks='all'",
         )
+        self._check_sasl()
+        object.__setattr__(self, "_tls", self._tls_context())
+
+    @property
+    def sasl(self) -> bool:
+        """Whether this client authenticates with SASL."""
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def tls(self) -> bool:
+        """Whether this client speaks TLS."""
+        return self.security_protocol.endswith("SSL")
+
+    def _check_sasl(self) -> None:
+        """A known protocol; with SASL, all it needs; without, no SASL setting at all."""
+        protocol = self.security_protocol
+        _require(
+            protocol in SECURITY_PROTOCOLS,
+            f"security_protocol must be one of {', '.join(SECURITY_PROTOCOLS)}, not {protocol!r}",
+        )
+        if not self.sasl:
+            _refuse_unused(self, ("sasl_mechanism", "sasl_username", "sasl_password"), "SASL")
+            return
+        _require(
+            self.sasl_mechanism in SASL_MECHANISMS,
+            f"{protocol} needs sasl_mechanism, one of {', '.join(SASL_MECHANISMS)}"
+            f" (not {self.sasl_mechanism!r})",
+        )
+        _require(bool(self.sasl_username), f"{protocol} needs sasl_username")
+        _require(bool(self.sasl_password), f"{protocol} needs sasl_password")
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        files = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password")
+        if not self.tls:
+            _refuse_unused(self, (*files, "ssl_context"), "TLS")
+            return None
+        if self.ssl_context is not None:
+            return self.ssl_context
+        _require(
+            self.ssl_certfile is not None or self.ssl_keyfile is None,
+            "ssl_keyfile needs ssl_certfile (the client certificate it goes with)",
+        )
+        _require(
+            self.ssl_certfile is not None or self.ssl_password is None,
+            "ssl_password (the client key's password) needs ssl_certfile",
+        )
+        given = {name: path for name in files[:3] if (path := getattr(self, name)) is not None}
+        for name, path in given.items():
+            _require_readable(name, path)
+        try:
+            context: ssl.SSLContext = create_ssl_context(
+                cafile=self.ssl_cafile,
+                certfile=self.ssl_certfile,
+                keyfile=self.ssl_keyfile,
+                password=self.ssl_password,
+            )
+        except (ssl.SSLError, OSError) as exc:
+            named = ", ".join(f"{name}={path!r}" for name, path in given.items())
+            raise ConfigError(f"cannot load TLS files ({named}): {exc}") from None
+        return context
 
     def common_kwargs(self, bootstrap: list[str]) -> dict[str, Any]:
         """Arguments every aiokafka client of this manager shares."""
@@ -103,12 +177,12 @@ class KafkaOptions:
             "security_protocol": self.security_protocol,
             "request_timeout_ms": self.request_timeout_ms,
         }
-        if self.sasl_mechanism is not None:
+        if self.sasl:
             kwargs["sasl_mechanism"] = self.sasl_mechanism
-            kwargs["sasl_plain_username"] = self.sasl_plain_username
-            kwargs["sasl_plain_password"] = self.sasl_plain_password
-        if self.ssl_context is not None:
-            kwargs["ssl_context"] = self.ssl_context
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = self.sasl_password
+        if self._tls is not None:
+            kwargs["ssl_context"] = self._tls
         return kwargs
 
     def producer_kwargs(self, bootstrap: list[str]) -> dict[str, Any]:
@@ -161,6 +235,24 @@ def parse_kafka_urls(url: str | Iterable[str]) -> list[str]:
 def _is_host_port(server: str) -> bool:
     host, sep, port = server.rpartition(":")
     return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+
+
+def _refuse_unused(options: KafkaOptions, names: tuple[str, ...], what: str) -> None:
+    """A setting the protocol ignores is a mistake to say, not to drop silently."""
+    unused = [name for name in names if getattr(options, name) is not None]
+    _require(
+        not unused,
+        f"{', '.join(unused)} given, but security_protocol={options.security_protocol!r}"
+        f" does not use {what}",
+    )
+
+
+def _require_readable(name: str, path: str) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{name} {path!r} cannot be read: {exc.strerror}") from None
 
 
 def _require(condition: bool, message: str) -> None:

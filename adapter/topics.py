@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -168,14 +167,26 @@ async def _partitions(admin: AIOKafkaAdminClient, name: str) -> tuple[list[int],
 
 
 async def _topic_configs(admin: AIOKafkaAdminClient, name: str) -> dict[str, str]:
+    """The topic's configs, once the broker asked knows the (maybe new) topic: on a cluster,
+    one that has not seen it yet answers with an error and no entries, which read as the
+    defaults would refuse a compacted topic as ``delete``."""
+    deadline = asyncio.get_running_loop().time() + _VISIBLE_TIMEOUT_S
+    while (configs := await _described_configs(admin, name)) is None:
+        if asyncio.get_running_loop().time() > deadline:
+            raise TopicLayoutError(f"topic {name!r} exists but its configs never showed up")
+        await asyncio.sleep(0.1)
+    return configs
+
+
+async def _described_configs(admin: AIOKafkaAdminClient, name: str) -> dict[str, str] | None:
     keys = {"cleanup.policy": None, "min.insync.replicas": None}
     resource = ConfigResource(ConfigResourceType.TOPIC, name, keys)
-    return {
-        str(entry["config_names"]): str(entry["config_value"])
-        for response in await admin.describe_configs([resource])
-        for entry in _config_entries(response.to_object())
-    }
-
-
-def _config_entries(obj: dict[str, Any]) -> list[dict[str, Any]]:
-    return [entry for res in obj["resources"] for entry in res["config_entries"]]
+    configs: dict[str, str] = {}
+    for response in await admin.describe_configs([resource]):
+        for res in response.to_object()["resources"]:
+            if res["error_code"]:
+                return None
+            configs |= {
+                str(e["config_names"]): str(e["config_value"]) for e in res["config_entries"]
+            }
+    return configs

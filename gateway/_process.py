@@ -303,6 +303,22 @@ class LocalService(abc.ABC):
             self.state_path.unlink(missing_ok=True)
             return True
 
+    def kill(self) -> bool:
+        """SIGKILL the process this data dir started, as a crash would; return whether one ran.
+
+        For failure tests: the service gets no chance to shut down cleanly.
+        """
+        if not self.state_path.exists():
+            return False
+        with locked(self.data_dir / LOCK_FILE):
+            state = self._running_state()
+            if state is None:
+                return False
+            _signal(state.pid, signal.SIGKILL)
+            _wait_gone(state.pid, 10.0)
+            self.state_path.unlink(missing_ok=True)
+            return True
+
     def status(self) -> ServiceStatus | None:
         """The running service, or None; a state file left by a dead process is removed."""
         if not self.state_path.exists():

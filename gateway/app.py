@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from socketio_kafka.adapter import AsyncKafkaManager, fastjson
+from socketio_kafka.adapter import AsyncKafkaManager, SocketIOKafkaError, fastjson
 from socketio_kafka.adapter.recovery import RecoveryOptions
 
 from . import protocol
@@ -31,6 +31,9 @@ __all__ = ["Node", "create_app", "load_extension"]
 logger = logging.getLogger("socketio_kafka.gateway")
 
 Extension = Callable[[socketio.AsyncServer], None]
+#: Called with an error no retry can fix (refused credentials, a failed TLS handshake, a
+#: topic layout that would lose events) when the node's manager cannot start.
+OnFailure = Callable[[SocketIOKafkaError], None]
 Manager = AsyncKafkaManager | RedisManager
 
 
@@ -43,11 +46,15 @@ class Node:
     settings: Settings
 
 
-def create_app(settings: Settings, kafka_url: str | None = None) -> Starlette:
+def create_app(
+    settings: Settings, kafka_url: str | None = None, *, on_failure: OnFailure | None = None
+) -> Starlette:
     """Build a gateway node on Kafka at ``kafka_url`` (default: ``settings.kafka``).
 
     With ``settings.adapter == "redis"`` the node runs on python-socketio's Redis manager at
     ``settings.redis_url`` instead, for comparisons. ``app.state.node`` holds its parts.
+    ``on_failure`` gets a start error no retry can fix (``serve`` exits with it); without
+    it, the node logs the error in one line and stays unready.
     """
     manager: Manager
     if settings.adapter == "redis":
@@ -104,7 +111,7 @@ def create_app(settings: Settings, kafka_url: str | None = None) -> Starlette:
             Route("/metrics", metrics),
             Mount("/socket.io", socketio.ASGIApp(sio, socketio_path="")),
         ],
-        lifespan=_lifespan(sio, manager),
+        lifespan=_lifespan(sio, manager, on_failure),
     )
     app.state.node = node
     return app
@@ -121,11 +128,13 @@ def load_extension(spec: str) -> Extension:
     return function  # type: ignore[no-any-return]
 
 
-def _lifespan(sio: socketio.AsyncServer, manager: Manager) -> Callable[[Starlette], Any]:
+def _lifespan(
+    sio: socketio.AsyncServer, manager: Manager, on_failure: OnFailure | None
+) -> Callable[[Starlette], Any]:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         # Start in the background: /healthz answers at once, /readyz once Kafka does.
-        starting = asyncio.create_task(_start(manager))
+        starting = asyncio.create_task(_start(manager, on_failure))
         try:
             yield
         finally:
@@ -139,11 +148,18 @@ def _lifespan(sio: socketio.AsyncServer, manager: Manager) -> Callable[[Starlett
     return lifespan
 
 
-async def _start(manager: Manager) -> None:
+async def _start(manager: Manager, on_failure: OnFailure | None) -> None:
     try:
         await manager.start()
     except asyncio.CancelledError:
         raise
+    except SocketIOKafkaError as exc:  # start retries what is retriable: this one is not
+        if on_failure is not None:
+            on_failure(exc)
+        else:  # one line: the message names the cause, a traceback would bury it
+            logger.error(  # noqa: TRY400
+                "the %s manager cannot start; this node stays unready: %s", manager.name, exc
+            )
     except Exception:
         logger.exception("the %s manager cannot start; this node stays unready", manager.name)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -10,6 +11,9 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from socketio_kafka.adapter import SocketIOKafkaError
+from socketio_kafka.adapter.options import SASL_MECHANISMS, SECURITY_PROTOCOLS
 
 from .settings import ADAPTERS, Settings, env_default, env_settings, integer, number
 
@@ -20,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["build_parser", "main", "settings_from"]
 
 _SERVICES = ("kafka", "redis")
+_UVICORN_STARTUP_FAILURE = 3  # uvicorn.run's exit status when the server did not start
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except GatewayError as exc:
+    except (GatewayError, SocketIOKafkaError) as exc:
         print(f"socketio-kafka: {exc}", file=sys.stderr)
         return 1
 
@@ -49,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         service.add_argument("--port", type=int, default=None, help="default: a free port")
         service.add_argument("--data-dir", type=Path, default=None)
         service.set_defaults(run=_service_command(name))
+        if name == "kafka":
+            _add_kafka_options(service)
     return parser
 
 
@@ -129,7 +136,45 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         help="bytes queued for one client before it is cut as not reading (default 16 MiB)",
     )
     parser.add_argument("--log-level")
+    _add_kafka_security(parser)
     parser.set_defaults(run=_serve)
+
+
+def _add_kafka_security(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "Kafka security (SASL/TLS)",
+        "Secrets are read from files at start-up, so that they stay out of process listings"
+        " (ps, /proc): there is no --kafka-password flag. The password may also come from"
+        " SOCKETIO_KAFKA_KAFKA_PASSWORD, for platforms that inject secrets as variables.",
+    )
+    group.add_argument(
+        "--kafka-security-protocol",
+        choices=SECURITY_PROTOCOLS,
+        help="how to talk to Kafka (default PLAINTEXT)",
+    )
+    group.add_argument(
+        "--kafka-sasl-mechanism", choices=SASL_MECHANISMS, help="SASL mechanism (SASL_*)"
+    )
+    group.add_argument("--kafka-username", help="SASL username")
+    group.add_argument("--kafka-password-file", help="file holding the SASL password")
+    # Refused by name: unknown, argparse would echo the password in its usage error.
+    group.add_argument("--kafka-password", action=_NoPasswordFlag, help=argparse.SUPPRESS)
+    group.add_argument(
+        "--kafka-ca-file", help="PEM CA certificate(s) to trust (default: the system's CAs)"
+    )
+    group.add_argument("--kafka-cert-file", help="PEM client certificate, for mutual TLS")
+    group.add_argument("--kafka-key-file", help="PEM private key of the client certificate")
+    group.add_argument(
+        "--kafka-key-password-file", help="file holding the client key's password, if any"
+    )
+
+
+class _NoPasswordFlag(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        parser.error(
+            "--kafka-password is not a flag: process listings show every flag's value;"
+            " use --kafka-password-file or SOCKETIO_KAFKA_KAFKA_PASSWORD"
+        )
 
 
 def settings_from(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> Settings:
@@ -161,14 +206,24 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    failures: list[SocketIOKafkaError] = []
+
+    def stop(exc: SocketIOKafkaError) -> None:
+        # Refused credentials, a failed TLS handshake: a node that stayed up unready would
+        # hide them; exiting shows them, in one line, to whoever runs it.
+        failures.append(exc)
+        server.should_exit = True
+
     if settings.adapter == "redis":
         redis_url = settings.redis_url or _service("redis", None, None).start()
         app = create_app(dataclasses.replace(settings, redis_url=redis_url))
     else:
         app = create_app(
-            settings, settings.kafka or f"kafka://{_service('kafka', None, None).start()}"
+            settings,
+            settings.kafka or f"kafka://{_service('kafka', None, None).start()}",
+            on_failure=stop,
         )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -177,7 +232,12 @@ def _serve(args: argparse.Namespace) -> int:
         ws_per_message_deflate=settings.ws_compression,
         timeout_graceful_shutdown=10,
     )
-    return 0
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run
+        server.run()
+    if failures:
+        raise failures[0]
+    return 0 if server.started else _UVICORN_STARTUP_FAILURE
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -194,18 +254,73 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _service_command(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        service = _service(name, args.data_dir, args.port)
-        if args.action == "start":
-            print(service.start())
-        elif args.action == "stop":
-            print("stopped" if service.stop() else "not running")
-        else:
-            status = service.status()
-            print(f"running: pid {status.pid} at {status.address}" if status else "not running")
-            return 0 if status else 3
-        return 0
+        return _run_service(_service(name, args.data_dir, args.port), args.action)
 
     return run
+
+
+def _run_service(service: LocalKafka | LocalRedis, action: str) -> int:
+    if action == "start":
+        print(service.start())
+    elif action == "stop":
+        print("stopped" if service.stop() else "not running")
+    else:
+        status = service.status()
+        print(f"running: pid {status.pid} at {status.address}" if status else "not running")
+        return 0 if status else 3
+    return 0
+
+
+def _add_kafka_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--brokers",
+        type=int,
+        default=1,
+        help="1: one broker; 3 or more: a local cluster of controller+broker nodes, 3 replicas"
+        " and 2 in sync (default data dir: kafka-cluster beside the broker's)",
+    )
+    parser.add_argument(
+        "--sasl-ssl",
+        action="store_true",
+        help="one broker only: add a SASL_SSL listener (a throwaway CA, one user for PLAIN"
+        " and SCRAM-SHA-256/512); start prints its address, CA file and credentials",
+    )
+    parser.set_defaults(run=_kafka_command)
+
+
+def _kafka_command(args: argparse.Namespace) -> int:
+    from .errors import InvalidSettings
+
+    if args.brokers == 1:
+        from .local_kafka import LocalKafka
+
+        kafka = LocalKafka(args.data_dir, args.port, secure=args.sasl_ssl)
+        code = _run_service(kafka, args.action)
+        if args.sasl_ssl and args.action == "start":
+            print(f"sasl_ssl {kafka.secure_address}")
+            print(f"ca_file {kafka.ca_file}")
+            print(f"username {kafka.sasl_username}")
+            print(f"password {kafka.sasl_password}")
+        return code
+    if args.brokers < 3:
+        raise InvalidSettings(f"--brokers must be 1, or 3 or more (3 replicas), not {args.brokers}")
+    if args.port is not None or args.sasl_ssl:
+        raise InvalidSettings("--port and --sasl-ssl are for one broker (--brokers 1)")
+    from .local_cluster import LocalKafkaCluster
+
+    cluster = LocalKafkaCluster(args.data_dir, args.brokers)
+    if args.action == "start":
+        print(cluster.start())
+    elif args.action == "stop":
+        print("stopped" if cluster.stop() else "not running")
+    else:
+        statuses = cluster.status()
+        for node in statuses:
+            state = f"up, pid {node.pid}" if node.up else "down"
+            where = f"at {node.address}" if node.address else "(never started)"
+            print(f"node {node.node_id}: {state} {where}")
+        return 0 if statuses and all(node.up for node in statuses) else 3
+    return 0
 
 
 def _service(name: str, data_dir: Path | None, port: int | None) -> LocalKafka | LocalRedis:

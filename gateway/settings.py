@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -64,6 +65,18 @@ class Settings:
     max_queued_packets: int = _OUTBOX.max_packets
     max_queued_bytes: int = _OUTBOX.max_bytes
     log_level: str = "info"
+    # Kafka security (README, "Secured Kafka"). Secrets come from files read at start-up,
+    # so they stay out of process listings; the password may come from the environment
+    # (SOCKETIO_KAFKA_KAFKA_PASSWORD) for platforms that inject secrets so, never a flag.
+    kafka_security_protocol: str = _KAFKA.security_protocol
+    kafka_sasl_mechanism: str | None = None
+    kafka_username: str | None = None
+    kafka_password: str | None = dataclasses.field(default=None, repr=False)
+    kafka_password_file: str | None = None
+    kafka_ca_file: str | None = None
+    kafka_cert_file: str | None = None
+    kafka_key_file: str | None = None
+    kafka_key_password_file: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -95,7 +108,22 @@ class Settings:
             fetch_interval_ms=self.fetch_interval_ms,
             # Whatever a client may send fits a record, binary parts base64-encoded included.
             max_record_bytes=self.max_payload_bytes * 4 // 3 + 64 * 1024,
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_username,
+            sasl_password=self._kafka_password(),
+            ssl_cafile=self.kafka_ca_file,
+            ssl_certfile=self.kafka_cert_file,
+            ssl_keyfile=self.kafka_key_file,
+            ssl_password=_secret("kafka_key_password_file", self.kafka_key_password_file),
         )
+
+    def _kafka_password(self) -> str | None:
+        if self.kafka_password is not None and self.kafka_password_file is not None:
+            raise ValueError(
+                f"both {ENV_PREFIX}KAFKA_PASSWORD and kafka_password_file are set: give one"
+            )
+        return self.kafka_password or _secret("kafka_password_file", self.kafka_password_file)
 
     @property
     def outbox_limits(self) -> OutboxLimits:
@@ -105,6 +133,21 @@ class Settings:
     @property
     def cors_allowed_origins(self) -> str | list[str]:
         return "*" if self.cors_origins == "*" else self.cors_origins.split(",")
+
+
+def _secret(name: str, path: str | None) -> str | None:
+    """A secret from its file, without the line end an editor or ``echo`` leaves."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            secret = file.read().removesuffix("\n").removesuffix("\r")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ValueError(f"{name} {path!r} cannot be read: {reason}") from None
+    if not secret:
+        raise ValueError(f"{name} {path!r} is empty")
+    return secret
 
 
 def integer(text: str) -> int:

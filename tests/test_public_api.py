@@ -19,6 +19,7 @@ def test_adapter_exports() -> None:
         "RecordDecodeError",
         "RecoveringAsyncServer",
         "RecoveryOptions",
+        "SecurityError",
         "SocketIOKafkaError",
         "TopicLayoutError",
     ]
@@ -33,3 +34,4 @@ def test_errors_form_one_tree() -> None:
             assert issubclass(obj, adapter.SocketIOKafkaError)
     assert adapter.BrokerUnavailable.retriable
     assert not adapter.TopicLayoutError.retriable
+    assert not adapter.SecurityError.retriable

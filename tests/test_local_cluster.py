@@ -1,0 +1,204 @@
+"""The local three-node Kafka cluster: a quorum that survives a SIGKILLed leader.
+
+One cluster serves the module; the tests run in order (the last one stops it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from socketio_kafka.gateway._process import free_port
+from socketio_kafka.gateway.cli import main
+from socketio_kafka.gateway.errors import ServiceError
+from socketio_kafka.gateway.local_cluster import LocalKafkaCluster
+
+from .support.relay import Relay
+from .test_local_services import processes_with
+
+
+@pytest.fixture(scope="module")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafkaCluster]:
+    relay_ports = [free_port() for _ in range(3)]
+    cluster = LocalKafkaCluster(tmp_path_factory.mktemp("cluster"), relay_ports=relay_ports)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def describe(bootstrap: str, topic: str) -> dict[str, Any]:
+    """Partition 0 of ``topic`` as the metadata says: leader, replicas, isr."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    [partition] = described["partitions"]
+    return dict(partition)
+
+
+async def wait_for(condition: Any, what: str, timeout: float = 60.0) -> Any:
+    """Poll ``condition()`` (a coroutine function) until it returns something true."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"no {what} within {timeout:g}s"
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+def test_three_nodes_answer_at_one_bootstrap_list(
+    kafka_cluster: LocalKafkaCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    statuses = kafka_cluster.status()
+    assert [s.node_id for s in statuses] == [1, 2, 3]
+    assert all(s.up for s in statuses)
+    assert len({s.pid for s in statuses}) == 3
+    assert len({s.address for s in statuses}) == 3
+    bootstrap = ",".join(str(s.address) for s in statuses)
+    assert kafka_cluster.bootstrap_servers == bootstrap
+
+    # Another launcher on the same data dir reuses the running nodes.
+    again = LocalKafkaCluster(kafka_cluster.data_dir)
+    assert again.start() == bootstrap
+    assert again.status() == statuses
+    for node in kafka_cluster.nodes:
+        assert len(processes_with(node.config_path)) == 1
+
+    assert main(["kafka", "status", "--brokers", "3", "--data-dir", str(again.data_dir)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"node {s.node_id}: up, pid {s.pid} at {s.address}" for s in statuses
+    ]
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+async def test_a_client_through_relays_reaches_every_node_only_through_them(
+    kafka_cluster: LocalKafkaCluster,
+) -> None:
+    relays = []
+    for node in kafka_cluster.nodes:
+        assert node.relay_port is not None
+        assert node.relay_target_port is not None
+        relays.append(Relay(node.relay_port, node.relay_target_port))
+    for relay in relays:
+        await relay.open()
+    relayed = ",".join(f"127.0.0.1:{relay.port}" for relay in relays)
+    producer = AIOKafkaProducer(bootstrap_servers=relayed, request_timeout_ms=3000)
+    try:
+        await producer.start()
+        await producer.send_and_wait(f"relayed-{uuid.uuid4().hex[:8]}", b"through")
+        assert {b.port for b in producer.client.cluster.brokers()} == {r.port for r in relays}
+        for relay in relays:
+            await relay.cut()
+        with pytest.raises(KafkaError):
+            await producer.send_and_wait(f"relayed-{uuid.uuid4().hex[:8]}", b"cut")
+    finally:
+        await producer.stop()
+        for relay in relays:
+            await relay.cut()
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+async def test_acked_writes_survive_a_killed_leader(kafka_cluster: LocalKafkaCluster) -> None:
+    bootstrap = kafka_cluster.bootstrap_servers
+    assert bootstrap is not None
+    topic = f"replicated-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        layout = NewTopic(topic, 1, 3, topic_configs={"min.insync.replicas": "2"})
+        await admin.create_topics([layout])
+    finally:
+        await admin.close()
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for number in range(10):
+            await producer.send_and_wait(topic, str(number).encode())
+        before = await describe(bootstrap, topic)
+        assert sorted(before["isr"]) == [1, 2, 3]
+        leader = kafka_cluster.nodes[before["leader"] - 1]
+
+        assert await asyncio.to_thread(leader.kill)
+        assert leader.status() is None
+        # Acked by the two left once the controller fences the dead leader.
+        for number in range(10, 20):
+            await asyncio.wait_for(producer.send_and_wait(topic, str(number).encode()), 60)
+    finally:
+        await producer.stop()
+    after = await describe(bootstrap, topic)
+    assert after["leader"] != leader.node_id
+    assert leader.node_id not in after["isr"]
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        partition = TopicPartition(topic, 0)
+        consumer.assign([partition])
+        await consumer.seek_to_beginning(partition)
+        values: list[bytes] = []
+        async with asyncio.timeout(30):
+            while len(values) < 20:
+                batch = await consumer.getmany(partition, timeout_ms=1000)
+                values += [bytes(r.value) for r in batch.get(partition, []) if r.value]
+    finally:
+        await consumer.stop()
+    assert values == [str(number).encode() for number in range(20)]
+
+    # Back on its own port with its data: it rejoins and catches up into the ISR.
+    port = leader.port
+    assert await asyncio.to_thread(leader.start) == f"127.0.0.1:{port}"
+
+    async def rejoined() -> bool:
+        return leader.node_id in (await describe(bootstrap, topic))["isr"]
+
+    await wait_for(rejoined, f"node {leader.node_id} back in the ISR")
+    assert all(s.up for s in kafka_cluster.status())
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+def test_stop_ends_exactly_the_cluster_nodes(kafka_cluster: LocalKafkaCluster) -> None:
+    config_paths: list[Path] = [node.config_path for node in kafka_cluster.nodes]
+    assert kafka_cluster.stop()
+    assert not any(s.up for s in kafka_cluster.status())
+    for path in config_paths:
+        assert processes_with(path) == []
+    assert not kafka_cluster.stop()
+
+
+def test_a_cluster_of_two_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="at least 3"):
+        LocalKafkaCluster(tmp_path, brokers=2)
+    assert main(["kafka", "start", "--brokers", "2", "--data-dir", str(tmp_path)]) == 1
+    assert "--brokers must be 1, or 3 or more" in capsys.readouterr().err
+
+
+def test_a_node_of_a_cluster_never_started_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster = LocalKafkaCluster(tmp_path)
+    assert cluster.bootstrap_servers is None
+    assert [s.up for s in cluster.status()] == [False, False, False]
+    with pytest.raises(ServiceError, match="holds no cluster"):
+        cluster.nodes[0].start()
+    assert main(["kafka", "status", "--brokers", "3", "--data-dir", str(tmp_path)]) == 3
+    assert "node 1: down (never started)" in capsys.readouterr().out

@@ -119,6 +119,11 @@ def _check(spec: TopicSpec, layout: TopicLayout) -> None:
             f"topic {spec.name!r} has cleanup.policy={layout.cleanup_policy!r}, "
             f"this node needs {spec.cleanup_policy!r}"
         )
+    if layout.min_insync_replicas > layout.replicas:
+        raise TopicLayoutError(
+            f"topic {spec.name!r} has {layout.replicas} replica(s) but min.insync.replicas="
+            f"{layout.min_insync_replicas}: Kafka refuses every publish to it (acks=all)"
+        )
 
 
 async def _create(admin: AIOKafkaAdminClient, spec: TopicSpec) -> bool:

@@ -6,6 +6,7 @@ One cluster serves the module; the tests run in order (the last one stops it).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,8 +16,10 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
+from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions, TopicLayoutError
 from socketio_kafka.gateway._process import free_port
 from socketio_kafka.gateway.cli import main
 from socketio_kafka.gateway.errors import ServiceError
@@ -112,6 +115,69 @@ async def test_a_client_through_relays_reaches_every_node_only_through_them(
         await producer.stop()
         for relay in relays:
             await relay.cut()
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+async def test_the_manager_creates_three_replicas_two_in_sync_and_warns_of_weaker_topics(
+    kafka_cluster: LocalKafkaCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    bootstrap = kafka_cluster.bootstrap_servers
+    assert bootstrap is not None
+    channel = f"rf-{uuid.uuid4().hex[:8]}"
+    manager = AsyncKafkaManager(f"kafka://{bootstrap}", channel)
+    manager.enable_recovery(60)
+    await manager.start()
+    await manager.stop()
+    for topic in (f"{channel}.events", f"{channel}.sessions"):
+        assert await _replication(bootstrap, topic) == (3, "2")
+
+    # A topic made by hand with one replica: the default asks for more, so it warns...
+    weak, unwritable = f"weak-{uuid.uuid4().hex[:8]}", f"unwritable-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        one_in_sync = {"min.insync.replicas": "1"}
+        await admin.create_topics([NewTopic(f"{weak}.events", 6, 1, topic_configs=one_in_sync)])
+        # (the cluster's min.insync.replicas=2 for a topic of one replica: never writable)
+        await admin.create_topics([NewTopic(f"{unwritable}.events", 6, 1)])
+    finally:
+        await admin.close()
+    logger = logging.getLogger("test.replication")
+    manager = AsyncKafkaManager(f"kafka://{bootstrap}", weak, logger=logger)
+    with caplog.at_level(logging.WARNING, logger.name):
+        await manager.start()
+    await manager.stop()
+    assert any(
+        f"topic '{weak}.events' has 1 replica(s) and min.insync.replicas=1, weaker than the 3"
+        " and 2 this node would create" in r.getMessage()
+        for r in caplog.records
+    )
+    # ...and a node told to require 3 refuses it.
+    manager = AsyncKafkaManager(
+        f"kafka://{bootstrap}", weak, options=KafkaOptions(replication_factor=3)
+    )
+    with pytest.raises(TopicLayoutError, match="is configured for"):
+        await manager.start()
+    await manager.stop()
+    manager = AsyncKafkaManager(f"kafka://{bootstrap}", unwritable)
+    with pytest.raises(TopicLayoutError, match="Kafka refuses every publish to it"):
+        await manager.start()
+    await manager.stop()
+
+
+async def _replication(bootstrap: str, topic: str) -> tuple[int, str]:
+    """The fewest replicas of any partition of ``topic`` and its min.insync.replicas."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        [described] = await admin.describe_topics([topic])
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic, {"min.insync.replicas": None})
+        [configs] = await admin.describe_configs([resource])
+    finally:
+        await admin.close()
+    [[entry]] = [r["config_entries"] for r in configs.to_object()["resources"]]
+    return min(len(p["replicas"]) for p in described["partitions"]), entry["config_value"]
 
 
 @pytest.mark.kafka

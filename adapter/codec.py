@@ -106,11 +106,16 @@ def emit_message(
 
 
 def record_key(message: Message) -> bytes:
-    """Partitioning key: the namespace, plus the room or sid the operation targets."""
+    """Partitioning key: the namespace, plus the room or sid the operation targets.
+
+    An emit to several rooms is keyed by the namespace, as a broadcast: a replay reads the
+    partitions of a session's rooms and its namespace's key, and finds it there whichever
+    room the session is in (keyed by its first room, it was on that room's partition only).
+    """
     namespace = message.get("namespace") or "/"
     target = message.get(_TARGET_FIELD.get(message["method"], "room"))
-    if isinstance(target, list):  # an emit to several rooms: ordered with the first one
-        target = target[0] if target else None
+    if isinstance(target, list):
+        target = target[0] if len(target) == 1 else None
     return (namespace if target is None else f"{namespace}#{target}").encode()
 
 

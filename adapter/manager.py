@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from socketio.async_manager import AsyncManager
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
-from . import codec, offsets
+from . import codec, offsets, routing
 from .errors import (
     BrokerUnavailable,
     ConfigError,
@@ -29,10 +29,16 @@ from .metadata import pace_metadata_updates
 from .options import KafkaOptions, parse_kafka_urls
 from .outage import BrokerWatch, fold_kafka_client_logs
 from .outbox import Outbox, Outboxes, OutboxLimits
-from .publisher import Publisher
+from .publisher import Headers, Publisher
 from .replay import Bounds, ConsumerPool, ReplayBatch, read_range, topic_bounds
 from .security import check_access
-from .skips import log_skipped, log_unexpected
+from .skips import (
+    UNREADABLE,
+    log_skipped,
+    log_unexpected,
+    log_unreadable,
+    read_past_unreadable,
+)
 from .store import SessionStore
 from .supervisor import Supervisor
 from .topics import Replication, TopicSpec, ensure_topic, replication_for
@@ -54,13 +60,19 @@ class ManagerStats:
 
     published: int = 0
     publish_errors: int = 0
+    #: Records of the events topic read and taken (delivered, applied, or passed).
     records_consumed: int = 0
+    #: Of those, records passed over undecoded: their headers named no local recipient.
+    records_passed: int = 0
     records_skipped: int = 0
     handler_errors: int = 0
     connect_failures: int = 0
     session_records_skipped: int = 0
     sessions_expired: int = 0
     slow_consumers_cut: int = 0
+    #: Records replays read, and of those the records they decoded (not passed by header).
+    replay_records_read: int = 0
+    replay_records_decoded: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,13 +329,17 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
                 f"{self.options.max_record_bytes}"
             )
         try:
-            await self._produce(self.events_topic, codec.record_key(data), value)
+            await self._produce(
+                self.events_topic, codec.record_key(data), value, routing.headers_for(data)
+            )
         except PublishError:
             self.stats.publish_errors += 1
             raise
         self.stats.published += 1
 
-    async def _produce(self, topic: str, key: bytes, value: bytes | None) -> None:
+    async def _produce(
+        self, topic: str, key: bytes, value: bytes | None, headers: Headers = ()
+    ) -> None:
         """Produce one record; those of a key are produced in the order this was called."""
         timeout_s = self.options.request_timeout_ms / 1000
         deadline = asyncio.get_running_loop().time() + timeout_s
@@ -331,7 +347,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             # Both entered before the first await: see adapter/turns.py.
             async with asyncio.timeout_at(deadline), self._turns.turn(key):
                 publisher = await self._ready_publisher()
-                delivery = await publisher.enqueue(topic, [(key, value)], deadline)
+                delivery = await publisher.enqueue(topic, [(key, value, headers)], deadline)
         except TimeoutError:
             raise PublishError(
                 f"Kafka did not take the record within {timeout_s}s (not written)"
@@ -495,6 +511,9 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
                 if interval:
                     consumer.pause(*consumer.assignment())
                     next_fetch = loop.time() + interval
+            except UNREADABLE:
+                await self._step_past_unreadable(consumer)
+                continue
             except KafkaError as exc:
                 self._get_logger().warning("kafka fetch failed (%r); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
@@ -502,13 +521,32 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
                 continue
             delay = _FIRST_RETRY_S
             for tp, records in batches.items():
-                if tp.topic == self.sessions_topic:
-                    for record in records:
-                        self.store.apply(record)
-                    await self.store.applied()
-                else:
-                    for record in records:
-                        await self._dispatch(record)
+                await self._take(tp, records)
+
+    async def _take(self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        if tp.topic == self.sessions_topic:
+            for record in records:
+                self.store.apply(record)
+            await self.store.applied()
+        else:
+            for record in records:
+                await self._dispatch(record)
+
+    async def _step_past_unreadable(self, consumer: AIOKafkaConsumer) -> None:
+        """Skip a record aiokafka cannot parse (a header key that is not UTF-8, a batch
+        whose CRC fails), counted and logged as any bad record: aiokafka refused the fetch
+        that held it at every retry (with the records parsed before it), and delivery
+        stopped on every node. Read again from where delivery stopped, one at a time."""
+        self._resume_where_delivery_stopped(consumer)
+        await read_past_unreadable(consumer, consumer.assignment(), self._take, self._unreadable)
+
+    def _unreadable(self, tp: TopicPartition, offset: int, exc: Exception) -> None:
+        if tp.topic == self.sessions_topic:
+            self.store.skipped(tp, offset, exc)
+            return
+        self.positions[tp.partition] = offset + 1
+        self.stats.records_skipped += 1
+        log_unreadable(self._get_logger(), tp, offset, exc)
 
     def _resume_where_delivery_stopped(self, consumer: AIOKafkaConsumer) -> None:
         """After a restart, read on from the record after the last one handled: the rest
@@ -523,6 +561,11 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         # this record is being delivered gets it from the replay, not live.
         self.positions[record.partition] = record.offset + 1
         try:
+            route = routing.read_route(record.headers)
+            if route is not None and not self._wanted_here(route):
+                self.stats.records_consumed += 1
+                self.stats.records_passed += 1
+                return
             message = codec.decode(record.value)
         except RecordDecodeError as exc:
             self.stats.records_skipped += 1
@@ -546,6 +589,25 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
                 record.partition,
                 record.offset,
             )
+
+    def _wanted_here(self, route: routing.Route) -> bool:
+        """Whether a record so routed can concern this node, decided as `_handle` would
+        once it had decoded the record: a socket of the namespace in its rooms, its sid
+        connected (or connecting, or leaving) here, a callback this node waits for."""
+        method = route.method
+        mine: bool = route.host == self.host_id  # host_id is untyped python-socketio's
+        if method == "callback":
+            return mine
+        if method != "emit" and mine:
+            return False  # applied here before publishing
+        rooms = self.rooms.get(route.namespace)
+        if not rooms:
+            return False
+        if method == "emit":
+            return None in rooms if not route.rooms else any(r in rooms for r in route.rooms)
+        if method == "close_room":
+            return route.rooms[0] in rooms
+        return route.sid in rooms.get(None, ())  # disconnect, enter_room, leave_room
 
     async def _handle(self, message: codec.Message, partition: int, offset: int) -> None:
         method = message["method"]
@@ -690,14 +752,19 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             raise KafkaConnectionError("the manager is not connected")
         return await topic_bounds(self._offsets, self.events_topic, self._partitions)
 
-    def replay(
+    async def replay(
         self,
         start: tuple[int, ...],
         stop: tuple[int, ...],
         batch: int,
-        wanted: Callable[[codec.Message], bool],
+        audience: routing.Audience,
     ) -> AsyncIterator[ReplayBatch]:
-        return read_range(self._replays, self.events_topic, start, stop, batch, wanted)
+        """What ``audience`` receives in ``[start, stop)``, read back (`read_range`)."""
+        topic = self.events_topic
+        async for found in read_range(self._replays, topic, start, stop, batch, audience):
+            self.stats.replay_records_read += found.read
+            self.stats.replay_records_decoded += found.decoded
+            yield found
 
     @property
     def partitions(self) -> int:

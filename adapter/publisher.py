@@ -30,7 +30,7 @@ from aiokafka.errors import (
 
 from .errors import PublishError
 
-__all__ = ["WEDGED", "Delivery", "Producer", "Publisher"]
+__all__ = ["WEDGED", "Delivery", "Headers", "Producer", "Publisher", "Record"]
 
 #: Errors after which an idempotent producer refuses every later batch of a partition.
 WEDGED: tuple[type[KafkaError], ...] = (
@@ -43,7 +43,10 @@ WEDGED: tuple[type[KafkaError], ...] = (
 )
 _CLOSE_TIMEOUT_S = 5.0
 
-Record = tuple[bytes, bytes | None]
+#: Kafka record headers, as aiokafka's producer takes them.
+Headers = Sequence[tuple[str, bytes]]
+#: ``(key, value)``, or ``(key, value, headers)``.
+Record = tuple[bytes, bytes | None] | tuple[bytes, bytes | None, Headers]
 
 
 class Producer(Protocol):
@@ -54,7 +57,12 @@ class Producer(Protocol):
     async def stop(self) -> None: ...
 
     async def send(
-        self, topic: str, value: bytes | None = None, key: bytes | None = None
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        *,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> Awaitable[Any]: ...
 
 
@@ -134,7 +142,7 @@ class Publisher:
             raise PublishError("the Kafka producer is being replaced after an error; retry")
         try:
             async with asyncio.timeout_at(deadline):
-                futures = [await producer.send(topic, value, key=key) for key, value in records]
+                futures = [await _send(producer, topic, record) for record in records]
         except KafkaError as exc:
             raise self._refused(producer, exc) from exc
         except TimeoutError as exc:
@@ -191,3 +199,11 @@ class Publisher:
         except (KafkaError, TimeoutError):
             self._logger.debug("the wedged producer did not close cleanly", exc_info=True)
         self._logger.warning("kafka producer replaced; publishing again")
+
+
+def _send(producer: Producer, topic: str, record: Record) -> Awaitable[Awaitable[Any]]:
+    if len(record) == 3:
+        key, value, headers = record
+        return producer.send(topic, value, key=key, headers=list(headers))
+    key, value = record
+    return producer.send(topic, value, key=key)

@@ -26,11 +26,12 @@ from engineio.base_server import BaseServer as EngineIOBaseServer
 from socketio import packet
 from socketio.base_manager import BaseManager
 
-from . import codec, offsets
+from . import offsets
 from .errors import BrokerUnavailable, ConfigError, PublishError
 from .fanout import event_packets
 from .manager import AsyncKafkaManager
 from .outbox import SLOW_CONSUMER
+from .routing import Audience
 from .sessions import Session
 from .store import NODE_STALE_S
 
@@ -517,14 +518,10 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
     ) -> int:
         assert self.recovery is not None
         manager = self.kafka
-        rooms = {*session.rooms, session.sid}
-
-        def wanted(message: codec.Message) -> bool:
-            return _addressed_to(message, namespace, session.sid, rooms)
-
+        audience = Audience.of(namespace, session.sid, session.rooms)
         marker = offsets.Marker(manager.epoch, start)
         count = 0
-        async for batch in manager.replay(start, stop, self.recovery.replay_batch, wanted):
+        async for batch in manager.replay(start, stop, self.recovery.replay_batch, audience):
             for offset, message in batch.records:
                 queue = manager.packet_queue(eio_sid)
                 if queue is None or queue.shed:
@@ -636,18 +633,6 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             delay = min(delay * 2, _MAX_RETRY_S)
             pending, self._unsaved = self._unsaved, {}
             await self._save(pending)  # what fails again is back in _unsaved
-
-
-def _addressed_to(message: codec.Message, namespace: str, sid: str, rooms: set[str]) -> bool:
-    if message.get("namespace", "/") != namespace or message.get("callback"):
-        return False
-    skip = message.get("skip_sid") or ()
-    if sid == skip or (isinstance(skip, list) and sid in skip):
-        return False
-    room = message.get("room")
-    if room is None:
-        return True
-    return bool(rooms.intersection(room)) if isinstance(room, list) else room in rooms
 
 
 def _jsonable(data: Any) -> Any:

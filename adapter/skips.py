@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Collection
 
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CorruptRecordException
 
 from .errors import RecordDecodeError
 
-__all__ = ["log_skipped", "log_unexpected"]
+__all__ = [
+    "UNREADABLE",
+    "log_skipped",
+    "log_unexpected",
+    "log_unreadable",
+    "read_past_unreadable",
+]
+
+#: What aiokafka's consumer raises for a record it cannot parse, at every fetch of it: its
+#: C parser lets a header key that is not UTF-8 out as a bare UnicodeDecodeError, its
+#: Python one wraps it in CorruptRecordException (as it does a batch whose CRC fails).
+#: The records of that fetch parsed before it are dropped with it.
+UNREADABLE = (CorruptRecordException, UnicodeDecodeError)
 
 
 def log_skipped(
@@ -32,3 +46,33 @@ def log_unexpected(logger: logging.Logger, record: ConsumerRecord[bytes, bytes])
         record.partition,
         record.offset,
     )
+
+
+Take = Callable[[TopicPartition, list[ConsumerRecord[bytes, bytes]]], Awaitable[None]]
+Skip = Callable[[TopicPartition, int, Exception], None]
+_POLL_TIMEOUT_MS = 1000
+
+
+async def read_past_unreadable(
+    consumer: AIOKafkaConsumer, tps: Collection[TopicPartition], take: Take, skip: Skip
+) -> None:
+    """After aiokafka refused a fetch (`UNREADABLE`): read ``tps`` from where ``consumer``
+    is positioned (where their records stopped being handled) up to their end now, one
+    record at a time, handing each to ``take``. A record refused first in line is the
+    unreadable one: handed to ``skip`` (partition, offset, error) and read past.
+    """
+    end = await consumer.end_offsets(list(tps))
+    for tp in sorted(tps):
+        while await consumer.position(tp) < end[tp]:
+            try:
+                fetched = await consumer.getmany(tp, timeout_ms=_POLL_TIMEOUT_MS, max_records=1)
+            except UNREADABLE as exc:
+                offset = await consumer.position(tp)
+                consumer.seek(tp, offset + 1)
+                skip(tp, offset, exc)
+                continue
+            await take(tp, fetched.get(tp, []))
+
+
+def log_unreadable(logger: logging.Logger, tp: TopicPartition, offset: int, exc: Exception) -> None:
+    logger.warning("skipping unreadable record %s[%d]@%d: %r", tp.topic, tp.partition, offset, exc)

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from .errors import BrokerUnavailable, PublishError, RecordDecodeError
 from .publisher import Publisher
 from .sessions import EPOCH_KEY, NODE_PREFIX, Session, SessionTable, encode_session
-from .skips import log_skipped, log_unexpected
+from .skips import UNREADABLE, log_skipped, log_unexpected, log_unreadable, read_past_unreadable
 
 if TYPE_CHECKING:
     from .manager import ManagerStats
@@ -129,10 +129,35 @@ class SessionStore:
     async def _read_to_end(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
         end = await consumer.end_offsets(tps)
         while await _behind(consumer, end):
-            batches = await consumer.getmany(*tps, timeout_ms=_POLL_TIMEOUT_MS)
+            try:
+                batches = await consumer.getmany(*tps, timeout_ms=_POLL_TIMEOUT_MS)
+            except UNREADABLE:  # else no node could start again: the topic is compacted
+                for tp in tps:
+                    await self._seek_after_applied(consumer, tp)
+                await read_past_unreadable(consumer, tps, self._apply_all, self.skipped)
+                continue
             for records in batches.values():
                 for record in records:
                     self.apply(record)
+
+    async def _seek_after_applied(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+        if tp.partition in self._positions:
+            consumer.seek(tp, self._positions[tp.partition])
+        else:
+            await consumer.seek_to_beginning(tp)
+
+    async def _apply_all(
+        self, _: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
+    ) -> None:
+        for record in records:
+            self.apply(record)
+        await self.applied()
+
+    def skipped(self, tp: TopicPartition, offset: int, exc: Exception) -> None:
+        """A record of this topic aiokafka could not parse: counted, logged, read past."""
+        self._positions[tp.partition] = offset + 1
+        self._stats.session_records_skipped += 1
+        log_unreadable(self._logger(), tp, offset, exc)
 
     # -- what a recovery asks ----------------------------------------------------------
 

@@ -19,12 +19,15 @@ _COUNTERS = {
     "published": "Records this node produced to Kafka",
     "publish_errors": "Records Kafka did not accept",
     "records_consumed": "Records consumed from the events topic",
+    "records_passed": "Records consumed undecoded: their headers named no local recipient",
     "records_skipped": "Undecodable records skipped",
     "handler_errors": "Records whose handling raised",
     "connect_failures": "Failed attempts to connect to Kafka",
     "session_records_skipped": "Undecodable records skipped on the sessions topic",
     "sessions_expired": "Sessions this node ended after the recovery window",
     "slow_consumers_cut": "Sockets cut for not reading what was queued for them",
+    "replay_records_read": "Records recoveries read back from the events topic",
+    "replay_records_decoded": "Records recoveries decoded (the rest passed by their headers)",
 }
 
 

@@ -66,6 +66,9 @@ def test_binary_parts_travel_as_base64_attachments() -> None:
         ({"method": "close_room", "namespace": "/", "room": "lobby"}, b"/#lobby"),
         ({"method": "disconnect", "namespace": "/", "sid": "s1"}, b"/#s1"),
         ({"method": "callback", "namespace": "/", "sid": "s1"}, b"/#s1"),
+        ({"method": "emit", "namespace": "/", "room": ["lobby"]}, b"/#lobby"),
+        # Several rooms: a broadcast's key, on a partition every replay of "/" reads.
+        ({"method": "emit", "namespace": "/", "room": ["lobby", "vip"]}, b"/"),
     ],
 )
 def test_record_key_follows_the_target(message: codec.Message, key: bytes) -> None:

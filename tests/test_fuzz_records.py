@@ -18,7 +18,19 @@ from socketio.packet import Packet
 
 from socketio_kafka.adapter import AsyncKafkaManager, RecordDecodeError, codec, fastjson
 from socketio_kafka.adapter.fanout import event_packets
-from socketio_kafka.adapter.recovery import _addressed_to
+from socketio_kafka.adapter.routing import (
+    ACK,
+    HOST,
+    METHOD,
+    NAMESPACE,
+    ROOM,
+    SID,
+    VERSION,
+    Audience,
+    Headers,
+    headers_for,
+    read_route,
+)
 from socketio_kafka.adapter.sessions import EPOCH_KEY, NODE_PREFIX, SessionTable
 
 # No example database: the working tree stays clean, and each run explores afresh.
@@ -75,7 +87,7 @@ def _delivered(value: bytes | None) -> None:
         for packet_class in (Packet, FastPacket):
             for offset in ("x~0", None):
                 event_packets(packet_class, message, offset)
-        _addressed_to(message, "/", "sid", {"lobby", "sid"})
+    Audience.of("/", "sid", ["lobby"]).wants(message)
 
 
 @FUZZ
@@ -193,9 +205,56 @@ class _ErrorLog(logging.Handler):
 class _Record:
     """What the manager reads of an aiokafka ``ConsumerRecord``."""
 
-    def __init__(self, topic: str, key: bytes | None, value: bytes | None, offset: int) -> None:
+    def __init__(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        offset: int,
+        headers: Headers = (),
+    ) -> None:
         self.topic, self.key, self.value, self.offset = topic, key, value, offset
-        self.partition, self.timestamp = 0, 1_700_000_000_000
+        self.partition, self.timestamp, self.headers = 0, 1_700_000_000_000, tuple(headers)
+
+
+HEADER_NAMES = [VERSION, METHOD, NAMESPACE, ROOM, SID, HOST, ACK, "sio.other", "traceparent"]
+HEADER_VALUES = (
+    st.none()
+    | st.binary(max_size=8)
+    | st.sampled_from([b"1", b"2", b"/", b"lobby", b"s1", b"s3", b"\xff", b"emit", b"callback"])
+    | st.sampled_from(METHODS).map(str.encode)
+)
+#: Routing headers as any producer might write them: random ones, and valid ones (those
+#: of a valid message to the sockets below) with one header added, dropped or replaced.
+HEADERS = st.lists(st.tuples(st.sampled_from(HEADER_NAMES), HEADER_VALUES), max_size=7) | st.builds(
+    lambda message, cut, extra: [*headers_for(message)[cut:], *extra],
+    st.sampled_from(
+        [
+            {"method": "emit", "namespace": "/", "room": r, "callback": c}
+            for r in [None, "lobby", "s1", "nobody", ["nobody", "lobby"]]
+            for c in [None, ["lobby", "/", 1]]
+        ]
+        + [
+            {"method": m, "namespace": "/", "room": "lobby", "sid": s, "host_id": h}
+            for m in ["enter_room", "leave_room", "close_room", "disconnect", "callback"]
+            for s in ["s1", "gone"]
+            for h in ["other", "self"]
+        ]
+    ),
+    st.integers(0, 2),
+    st.lists(st.tuples(st.sampled_from(HEADER_NAMES), HEADER_VALUES), max_size=2),
+)
+
+
+@FUZZ
+@given(HEADERS)
+def test_any_headers(headers: list[tuple[str, bytes | None]]) -> None:
+    try:
+        route = read_route(headers)
+    except RecordDecodeError:
+        return
+    if route is not None:
+        Audience.of("/", "s1", ["lobby"]).wants_route(route)
 
 
 EVENT_VALUES = (
@@ -211,12 +270,18 @@ EVENT_VALUES = (
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.booleans(), KEYS, EVENT_VALUES | SESSION_VALUES), max_size=8))
+@given(
+    st.lists(
+        st.tuples(st.booleans(), KEYS, EVENT_VALUES | SESSION_VALUES, HEADERS | st.just([])),
+        max_size=8,
+    )
+)
 async def test_records_through_the_managers_own_read_paths(
-    records: list[tuple[bool, bytes | None, bytes | None]],
+    records: list[tuple[bool, bytes | None, bytes | None, list[tuple[str, bytes | None]]]],
 ) -> None:
     """The consume loop's per-record paths, with sockets in rooms to deliver to: a record is
-    delivered, or refused as undecodable; never an unexpected error, never a handler error."""
+    delivered, passed by its headers, or refused as undecodable (headers included); never
+    an unexpected error, never a handler error."""
     errors = _ErrorLog()
     logger = logging.getLogger("tests.fuzz.manager")
     logger.addHandler(errors)
@@ -227,9 +292,10 @@ async def test_records_through_the_managers_own_read_paths(
     manager.positions = [0]
     for sid, room in [("s1", "lobby"), ("s2", "lobby"), ("s3", None)]:
         manager.basic_enter_room(sid, "/", room, eio_sid=f"e{sid}")
-    for offset, (sessions, key, value) in enumerate(records):
+    for offset, (sessions, key, value, headers) in enumerate(records):
         topic = manager.sessions_topic if sessions else manager.events_topic
-        record = _Record(topic, key, value, offset)
+        headers = [(n, manager.host_id.encode() if v == b"self" else v) for n, v in headers]
+        record = _Record(topic, key, value, offset, headers)
         if sessions:
             manager.store.apply(record)
         else:

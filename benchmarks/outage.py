@@ -16,22 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import queue
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from socketio_kafka.gateway.local_kafka import LocalKafka
 
 from .contestants import PEERS
-from .services import BenchmarkError, Cluster, NodeCommand, free_port, log_tail, require_tool
+from .services import BenchmarkError, Cluster, LineProcess, NodeCommand, free_port, require_tool
 
 __all__ = ["Plan", "main", "run_once"]
 
@@ -65,55 +62,12 @@ QUICK = Plan(
 )
 
 
-class _Clients:
+class _Clients(LineProcess):
     """The Node process driving the official JS clients; its report lines, as they come."""
 
     def __init__(self, spec: Json, log: Path) -> None:
         node = require_tool("node", "Node.js runs the official socket.io-client")
-        self._log = log
-        self._err = log.open("wb")
-        self._process = subprocess.Popen(
-            [node, str(_SCRIPT), json.dumps(spec)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._err,
-            text=True,
-            start_new_session=True,
-        )
-        self._lines: queue.Queue[Json | None] = queue.Queue()
-        assert self._process.stdout is not None
-        threading.Thread(target=self._read, args=(self._process.stdout,), daemon=True).start()
-
-    def _read(self, stdout: IO[str]) -> None:
-        try:
-            for line in stdout:
-                self._lines.put(json.loads(line))
-        finally:
-            self._lines.put(None)  # the end, or a line that is not JSON: either is fatal
-
-    def send(self, cmd: str) -> None:
-        assert self._process.stdin is not None
-        self._process.stdin.write(json.dumps({"cmd": cmd}) + "\n")
-        self._process.stdin.flush()
-
-    def expect(self, kind: str, timeout: float) -> Json:
-        """The next report of ``kind``; an error report or the process ending is fatal."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise BenchmarkError(f"no {kind!r} from the JS clients within {timeout}s") from None
-            if line is None or line.get("type") == "error":
-                raise BenchmarkError(f"JS clients failed: {line}\n{log_tail(self._log)}")
-            if line.get("type") == kind:
-                return line
-
-    def close(self) -> None:
-        if self._process.poll() is None:
-            self._process.kill()
-        self._process.wait()
-        self._err.close()
+        super().__init__([node, str(_SCRIPT), json.dumps(spec)], log, "JS clients")
 
 
 def _readyz(urls: list[str]) -> list[Json]:

@@ -3,18 +3,21 @@ data dir) and each contestant's nodes (subprocesses on loopback ports)."""
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import IO, Any, Literal
 
 from socketio_kafka.gateway.local_kafka import LocalKafka
 from socketio_kafka.gateway.local_redis import LocalRedis
@@ -25,6 +28,7 @@ __all__ = [
     "Broker",
     "Brokers",
     "Cluster",
+    "LineProcess",
     "NodeCommand",
     "free_port",
     "log_tail",
@@ -99,6 +103,7 @@ class _Node:
     port: int
     log: Path
     process: subprocess.Popen[bytes]
+    command: NodeCommand
 
     @property
     def url(self) -> str:
@@ -125,19 +130,27 @@ class Cluster:
         """Start one node per ``(port, command)``; return once every one answers /readyz."""
         for port, command in commands:
             log = self._log_dir / f"node-{port}.log"
-            with log.open("wb") as out:
-                process = subprocess.Popen(
-                    list(command.argv),
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, **command.env},
-                    start_new_session=True,
-                )
-            self._nodes.append(_Node(port, log, process))
+            self._nodes.append(_Node(port, log, _spawn(command, log, "wb"), command))
         deadline = time.monotonic() + timeout
         for node in self._nodes:
             _await_ready(node, deadline)
+
+    def signal(self, index: int, signum: signal.Signals) -> None:
+        """Send ``signum`` to node ``index`` (SIGKILL: a crash; SIGTERM: a shutdown)."""
+        process = self._nodes[index].process
+        if process.poll() is None:
+            process.send_signal(signum)
+
+    def alive(self, index: int) -> bool:
+        return self._nodes[index].process.poll() is None
+
+    def restart(self, index: int, timeout: float = 90.0) -> None:
+        """Wait for node ``index`` to exit, start it again with the same command (its log
+        goes on in the same file), and return once it answers /readyz."""
+        node = self._nodes[index]
+        node.process.wait(_STOP_TIMEOUT_S)
+        node.process = _spawn(node.command, node.log, "ab")
+        _await_ready(node, time.monotonic() + timeout)
 
     def log_tails(self, lines: int = 15) -> str:
         """Each node's last log lines: why a cluster that started does not pass events."""
@@ -157,6 +170,18 @@ class Cluster:
         self._nodes.clear()
 
 
+def _spawn(command: NodeCommand, log: Path, mode: Literal["wb", "ab"]) -> subprocess.Popen[bytes]:
+    with log.open(mode) as out:
+        return subprocess.Popen(
+            list(command.argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **command.env},
+            start_new_session=True,
+        )
+
+
 def _await_ready(node: _Node, deadline: float) -> None:
     while not _ready(node.url):
         if node.process.poll() is not None:
@@ -172,6 +197,60 @@ def _ready(url: str) -> bool:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
+
+
+class LineProcess:
+    """A load generator driven line by line: JSON commands on its stdin, one JSON report a
+    line on its stdout (read on a thread as they come), its stderr in ``log``."""
+
+    def __init__(self, argv: Sequence[str], log: Path, name: str) -> None:
+        self._log = log
+        self._name = name
+        self._err = log.open("wb")
+        self._process = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            text=True,
+            start_new_session=True,
+        )
+        self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        assert self._process.stdout is not None
+        threading.Thread(target=self._read, args=(self._process.stdout,), daemon=True).start()
+
+    def _read(self, stdout: IO[str]) -> None:
+        try:
+            for line in stdout:
+                self._lines.put(json.loads(line))
+        finally:
+            self._lines.put(None)  # the end, or a line that is not JSON: either is fatal
+
+    def send(self, cmd: str, **fields: Any) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.write(json.dumps({"cmd": cmd, **fields}) + "\n")
+        self._process.stdin.flush()
+
+    def expect(self, kind: str, timeout: float) -> dict[str, Any]:
+        """The next report of ``kind``; an error report or the process ending is fatal."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise BenchmarkError(
+                    f"no {kind!r} from the {self._name} within {timeout}s"
+                ) from None
+            if line is None or line.get("type") == "error":
+                raise BenchmarkError(f"{self._name} failed: {line}\n{log_tail(self._log)}")
+            if line.get("type") == kind:
+                return line
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.wait()
+        self._err.close()
 
 
 def require_tool(name: str, hint: str) -> str:

@@ -1,5 +1,6 @@
-"""The short CI forms of issue 8's by-hand runs (``benchmarks/outage.py`` and
-``benchmarks/slow_consumer.py``): what they check of behaviour, never their speed."""
+"""The short CI forms of the by-hand runs (issue 8's ``benchmarks/outage.py`` and
+``benchmarks/slow_consumer.py``, issue 9's ``benchmarks/chaos``): what they check of
+behaviour, never their speed."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from benchmarks.chaos.tally import Window, tally
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,3 +63,108 @@ def test_a_client_that_stops_reading_is_cut_bounded_and_recovers_every_event(
     assert summary["bars"]["rss_growth_under_50mb"], summary["stalled"]["rss_mb"]
     assert summary["bars"]["every_event_once"], summary["recovery"]
     # (Its third bar, the other client's p99 within 2x, is speed: measured by hand.)
+
+
+def _chaos(*scenarios: str, timeout: float) -> dict[str, Any]:
+    """A quick chaos run of ``scenarios`` (one stack, one start-up for all of them)."""
+    args = [arg for name in scenarios for arg in ("--scenario", name)]
+    _, summary = _run("benchmarks.chaos", "--quick", *args, timeout=timeout)
+    [run] = summary["runs"]
+    return dict(run)
+
+
+def _assert_every_acked_event_once_in_order(run: dict[str, Any]) -> None:
+    """Per scenario and in total: 0 acked lost, 0 duplicated, 0 out of order, every
+    reconnection recovered; and every receiver got its room's last acked events."""
+    assert run["settled"], run["totals"]
+    for name, scenario in run["per_scenario"].items():
+        counts = scenario["counts"]
+        faults = {k: counts[k] for k in ("lost", "duplicated", "out_of_order", "not_recovered")}
+        assert faults == dict.fromkeys(faults, 0), (name, counts, run["examples"])
+        assert counts["recovered"] == counts["reconnects"], (name, counts)
+    assert all(run["nodes_alive_at_end"]), run["nodes"]
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(330)
+def test_gateway_kills_drops_a_cut_node_and_a_broker_restart_lose_no_acked_event() -> None:
+    """On its own single broker, under load from official JS and Python recovering clients:
+    a SIGKILL of each gateway node and a SIGTERM of one, transport drops, one node cut from
+    Kafka for 8 s while it stays up, the broker stopped for 5 s."""
+    run = _chaos(
+        "gateway-kill", "gateway-term", "client-drops", "node-cut", "broker-restart",
+        timeout=320,
+    )  # fmt: skip
+    _assert_every_acked_event_once_in_order(run)
+    scenarios = run["per_scenario"]
+    for name in ("gateway-kill", "gateway-term", "client-drops"):
+        assert scenarios[name]["counts"]["reconnects"] > 0, name  # the fault did reach clients
+    assert sorted(c["node"] for c in scenarios["gateway-kill"]["cycles"]) == [0, 1, 2]
+    [cut] = scenarios["node-cut"]["cycles"]
+    assert cut["readyz_503_after_s"] is not None, cut  # 503 while cut off...
+    assert cut["alive_at_end_of_cut"], cut  # ...no crash...
+    assert cut["other_nodes_readyz_during"] == [200, 200], cut
+    assert cut["readyz_200_after_restore_s"] is not None, cut  # ...and ready again after
+    [during] = scenarios["node-cut"]["cut_node_publishes_during_cut"]
+    assert during["refused"] > 0, during  # its client's publishes refused with an error
+    assert [s["verdict"] for s in scenarios.values() if "verdict" in s] == ["PASS"] * 5
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(330)
+def test_partition_leader_killed_and_two_brokers_down_lose_no_acked_event() -> None:
+    """On its own three-broker cluster (RF=3, min.insync.replicas=2): the broker leading the
+    events topic's partitions SIGKILLed and restarted; then two brokers down, when every
+    publish must be refused (none acked), publishing again once one is back."""
+    run = _chaos("leader-kill", "two-down", timeout=320)
+    _assert_every_acked_event_once_in_order(run)
+    scenarios = run["per_scenario"]
+    [killed] = scenarios["leader-kill"]["cycles"]
+    assert killed["led_partitions"] > 0, killed
+    [down] = scenarios["two-down"]["two_down_publishes"]
+    assert down["refused"] > 0, down
+    assert down["acked"] == 0, down
+    [back] = scenarios["two-down"]["one_back_publishes"]
+    assert back["acked"] > 0, back
+    assert [s["verdict"] for s in scenarios.values() if "verdict" in s] == ["PASS"] * 2
+
+
+def test_the_chaos_tally_tells_lost_duplicated_out_of_order_and_refused_apart() -> None:
+    """The counting the chaos verdicts rest on, on a made-up run: one publisher, one room."""
+    publisher = {
+        "index": 0,
+        "sent": {"r": 8},
+        "acked": {"r": [1, 2, 3, 4, 5, 6]},
+        "refused": {"r": [7, 8]},
+    }
+    members = [
+        # 3 lost, 2 twice, 5 after 6, refused 7 delivered all the same.
+        {
+            "client": "a",
+            "room": "r",
+            "got": {"0": [1, 2, 2, 4, 6, 5, 7]},
+            "reconnects": [],
+            "drops": 0,
+        },
+        # A fresh session (not recovered) joined again: its gap is not counted as lost.
+        {
+            "client": "b",
+            "room": "r",
+            "got": {"0": [1, 5, 6]},
+            "reconnects": [{"t": 10.0, "recovered": False}],
+            "drops": 1,
+        },
+    ]
+    counted = tally([publisher], members)
+    totals = counted.totals([publisher])
+    assert {k: totals[k] for k in ("published", "acked", "refused", "received")} == {
+        "published": 8, "acked": 6, "refused": 2, "received": 10,
+    }  # fmt: skip
+    assert {k: totals[k] for k in ("lost", "duplicated", "out_of_order")} == {
+        "lost": 1, "duplicated": 1, "out_of_order": 1,
+    }  # fmt: skip
+    assert (totals["refused_but_delivered"], totals["not_recovered"]) == (1, 1)
+    later = Window("later", {"0": 4}, {"0": 8}, 5.0, 20.0)
+    assert counted.in_window(later)["out_of_order"] == 1
+    assert counted.in_window(later)["lost"] == 0  # 3 was sent before this stretch
+    assert counted.in_window(later)["not_recovered"] == 1

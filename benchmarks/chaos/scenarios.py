@@ -75,18 +75,24 @@ def gateway_term(run: Running, cycles: int, rng: random.Random) -> list[Json]:
 
 def client_drops(run: Running, cycles: int, rng: random.Random) -> list[Json]:
     """A third of the receivers of each kind, and every publisher, lose their transport."""
+    records = []
+    for _ in range(cycles):
+        js, py = _drop_clients(run)
+        records.append({"js": js, "py": py, "reconnected_s": _steady(run)})
+    return records
+
+
+def _drop_clients(run: Running) -> tuple[Any, Any]:
+    """A third of the receivers of each kind, and every publisher, lose their transport."""
     assert run.js is not None
     assert run.py is not None
     load = run.plan.load
-    records = []
-    for _ in range(cycles):
-        run.js.send("drop", n=math.ceil(load.js_receivers / 3), publishers=True)
-        js = run.js.expect("dropped", 10)["clients"]
-        run.py.send("drop", n=math.ceil(load.py_receivers / 3))
-        py = run.py.expect("dropped", 10)["clients"]
-        run.note("clients dropped", js=js, py=py)
-        records.append({"js": js, "py": py, "reconnected_s": _steady(run)})
-    return records
+    run.js.send("drop", n=math.ceil(load.js_receivers / 3), publishers=True)
+    js = run.js.expect("dropped", 10)["clients"]
+    run.py.send("drop", n=math.ceil(load.py_receivers / 3))
+    py = run.py.expect("dropped", 10)["clients"]
+    run.note("clients dropped", js=js, py=py)
+    return js, py
 
 
 def broker_restart(run: Running, cycles: int, rng: random.Random) -> list[Json]:
@@ -144,7 +150,9 @@ def node_cut(run: Running, cycles: int, rng: random.Random) -> list[Json]:
 
 
 def leader_kill(run: Running, cycles: int, rng: random.Random) -> list[Json]:
-    """SIGKILL the broker leading most of the events topic's partitions; restart it later."""
+    """SIGKILL the broker leading most of the events topic's partitions; while it is down,
+    a third of the receivers and every publisher lose their transport and reconnect (to a
+    node that must judge and replay with a leader missing); restart the broker later."""
     kafka = _cluster(run)
     records = []
     previous: int | None = None
@@ -153,7 +161,9 @@ def leader_kill(run: Running, cycles: int, rng: random.Random) -> list[Json]:
         victim = _most_leading(leaders, avoid=previous)
         run.note("broker killed", broker=victim, leads=leaders[victim])
         kafka.kill(victim)
-        time.sleep(run.plan.leader_down_s)
+        time.sleep(run.plan.leader_down_s / 2)
+        _drop_clients(run)
+        time.sleep(run.plan.leader_down_s / 2)
         kafka.revive(victim)
         run.note("broker back", broker=victim)
         records.append(

@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -293,29 +293,28 @@ class LocalService(abc.ABC):
 
     def stop(self, timeout: float = 30.0) -> bool:
         """End the process this data dir started, if any; return whether one was running."""
-        if not self.state_path.exists():
-            return False
-        with locked(self.data_dir / LOCK_FILE):
-            state = self._running_state()
-            if state is None:
-                return False
-            terminate(state.pid, timeout)
-            self.state_path.unlink(missing_ok=True)
-            return True
+        return self._end(lambda pid: terminate(pid, timeout))
 
     def kill(self) -> bool:
         """SIGKILL the process this data dir started, as a crash would; return whether one ran.
 
         For failure tests: the service gets no chance to shut down cleanly.
         """
+
+        def crash(pid: int) -> None:
+            _signal(pid, signal.SIGKILL)
+            _wait_gone(pid, 10.0)
+
+        return self._end(crash)
+
+    def _end(self, end: Callable[[int], None]) -> bool:
         if not self.state_path.exists():
             return False
         with locked(self.data_dir / LOCK_FILE):
             state = self._running_state()
             if state is None:
                 return False
-            _signal(state.pid, signal.SIGKILL)
-            _wait_gone(state.pid, 10.0)
+            end(state.pid)
             self.state_path.unlink(missing_ok=True)
             return True
 

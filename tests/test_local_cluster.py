@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
@@ -26,6 +26,7 @@ from socketio_kafka.gateway.errors import ServiceError
 from socketio_kafka.gateway.local_cluster import LocalKafkaCluster
 
 from .support.relay import Relay
+from .test_local_listeners import read_all
 from .test_local_services import processes_with
 
 
@@ -214,19 +215,7 @@ async def test_acked_writes_survive_a_killed_leader(kafka_cluster: LocalKafkaClu
     assert after["leader"] != leader.node_id
     assert leader.node_id not in after["isr"]
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        partition = TopicPartition(topic, 0)
-        consumer.assign([partition])
-        await consumer.seek_to_beginning(partition)
-        values: list[bytes] = []
-        async with asyncio.timeout(30):
-            while len(values) < 20:
-                batch = await consumer.getmany(partition, timeout_ms=1000)
-                values += [bytes(r.value) for r in batch.get(partition, []) if r.value]
-    finally:
-        await consumer.stop()
+    values = await read_all(bootstrap, topic, 20)
     assert values == [str(number).encode() for number in range(20)]
 
     # Back on its own port with its data: it rejoins and catches up into the ISR.

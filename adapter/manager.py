@@ -292,9 +292,13 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         skip_sid: str | list[str] | None = None,
         callback: Callable[..., Any] | None = None,
         to: str | None = None,
+        correlation_id: str | None = None,
         **kwargs: Any,
     ) -> None:
-        """Publish an emit; every node, this one included, delivers it when consumed."""
+        """Publish an emit; every node, this one included, delivers it when consumed.
+
+        ``correlation_id`` goes on the record as its ``sio.cid`` header, to trace it.
+        """
         room = to or room
         if kwargs.get("ignore_queue"):
             await AsyncManager.emit(
@@ -318,9 +322,9 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             callback=ack,
             host_id=self.host_id,
         )
-        await self._publish(message)
+        await self._publish(message, correlation_id)
 
-    async def _publish(self, data: codec.Message) -> None:
+    async def _publish(self, data: codec.Message, correlation_id: str | None = None) -> None:
         value = codec.encode(data)
         if len(value) > self.options.max_record_bytes:
             self.stats.publish_errors += 1
@@ -330,7 +334,10 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             )
         try:
             await self._produce(
-                self.events_topic, codec.record_key(data), value, routing.headers_for(data)
+                self.events_topic,
+                codec.record_key(data),
+                value,
+                routing.headers_for(data, correlation_id),
             )
         except PublishError:
             self.stats.publish_errors += 1
@@ -576,6 +583,8 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             log_unexpected(self._get_logger(), record)
             return
         self.stats.records_consumed += 1
+        if route is not None and self._get_logger().isEnabledFor(logging.DEBUG):
+            self._log_delivery(record)
         try:
             await self._handle(message, record.partition, record.offset)
         except asyncio.CancelledError:
@@ -588,6 +597,18 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
                 record.topic,
                 record.partition,
                 record.offset,
+            )
+
+    def _log_delivery(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        """At debug level: a record taken here, by its correlation id, to trace it."""
+        cid = routing.correlation_id(record.headers)
+        if cid is not None:
+            self._get_logger().debug(
+                "delivering %s[%d]@%d here, correlation id %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                cid,
             )
 
     def _wanted_here(self, route: routing.Route) -> bool:

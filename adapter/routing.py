@@ -24,6 +24,7 @@ __all__ = [
     "Audience",
     "Headers",
     "Route",
+    "correlation_id",
     "headers_for",
     "partition_of",
     "read_route",
@@ -38,6 +39,8 @@ ROOM = "sio.room"
 SID = "sio.sid"
 HOST = "sio.host"
 ACK = "sio.ack"
+#: A client publish's correlation id (tracing only: routing never reads it).
+CORRELATION_ID = "sio.cid"
 
 #: Record headers as aiokafka reads them (a value may be null on the wire).
 Headers = Sequence[tuple[str, bytes | None]]
@@ -71,8 +74,9 @@ class Route(NamedTuple):
     ack: bool
 
 
-def headers_for(message: Message) -> list[tuple[str, bytes]]:
-    """The routing headers of a message the manager writes (it must be a valid one)."""
+def headers_for(message: Message, correlation_id: str | None = None) -> list[tuple[str, bytes]]:
+    """The routing headers of a message the manager writes (it must be a valid one), and
+    its correlation id's when given."""
     method: str = message["method"]
     headers = [
         (VERSION, ROUTING_VERSION),
@@ -88,7 +92,17 @@ def headers_for(message: Message) -> list[tuple[str, bytes]]:
         headers.append((HOST, message["host_id"].encode()))
     elif message.get("callback"):
         headers.append((ACK, b"1"))
+    if correlation_id is not None:
+        headers.append((CORRELATION_ID, correlation_id.encode()))
     return headers
+
+
+def correlation_id(headers: Headers) -> str | None:
+    """The record's ``sio.cid`` header, if it has a readable one."""
+    for name, value in headers:
+        if name == CORRELATION_ID and value is not None:
+            return value.decode(errors="replace")
+    return None
 
 
 def read_route(headers: Headers) -> Route | None:

@@ -33,15 +33,26 @@ class Contestant:
 
 
 @functools.cache
-def gateway_has_recovery_flag() -> bool:
-    """Whether ``serve`` takes ``--recovery/--no-recovery`` (durable redelivery, issue 3)."""
-    help_text = subprocess.run(
+def _serve_help() -> str:
+    return subprocess.run(
         [sys.executable, "-m", "socketio_kafka.gateway", "serve", "--help"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    return "--no-recovery" in help_text
+
+
+def gateway_has_recovery_flag() -> bool:
+    """Whether ``serve`` takes ``--recovery/--no-recovery`` (durable redelivery, issue 3)."""
+    return "--no-recovery" in _serve_help()
+
+
+def _unlimited() -> list[str]:
+    """The per-socket and per-address rate limits (issue 11) out of the way: a benchmark
+    measures what a node delivers, and its load generator sends from few sockets."""
+    if "--event-rate" not in _serve_help():
+        return []
+    return ["--event-rate", "10000000", "--connect-rate", "10000000"]
 
 
 def _gateway(contestant: Contestant, port: int, broker_url: str, channel: str) -> NodeCommand:
@@ -55,7 +66,7 @@ def _gateway(contestant: Contestant, port: int, broker_url: str, channel: str) -
     argv = [
         sys.executable, "-m", "socketio_kafka.gateway", "serve",
         "--port", str(port), "--channel", channel, "--log-level", "warning",
-        "--no-ws-compression", *broker, *recovery, *contestant.flags,
+        "--no-ws-compression", *broker, *recovery, *_unlimited(), *contestant.flags,
     ]  # fmt: skip
     return NodeCommand(argv)
 

@@ -22,8 +22,9 @@ from socketio_kafka.adapter.recovery import RecoveryOptions
 
 from . import protocol
 from .brokers import RedisManager
-from .guard import GuardedServer
+from .identity import IdentityServer
 from .metrics import node_registry
+from .permissions import Permissions, default_authorize, load_authorize
 from .settings import Settings
 
 __all__ = ["Node", "create_app", "load_extension"]
@@ -75,24 +76,33 @@ def create_app(
     recovering = settings.recovery and isinstance(manager, AsyncKafkaManager)
     recovery = RecoveryOptions(settings.recovery_window) if recovering else None
     # Guarded: python-socketio alone trusts a client's attachment counts and event names.
-    sio = GuardedServer(
+    verifier = settings.token_verifier
+    if verifier is None:
+        logger.warning("no JWT key: this node is open, any client may join and publish anywhere")
+    authorize = load_authorize(settings.authorize) if settings.authorize else default_authorize
+    sio = IdentityServer(
         async_mode="asgi",
         client_manager=manager,
         connection_state_recovery=recovery,
         cors_allowed_origins=settings.cors_allowed_origins,
         max_http_buffer_size=settings.max_payload_bytes,
         json=fastjson,
+        limits=settings.limits,
+        verifier=verifier,
+        permissions=Permissions(authorize),
     )
-    protocol.register(sio)
+    protocol.register(sio, limits=sio.limits)
     if settings.extension:
         load_extension(settings.extension)(sio)
     node = Node(sio, manager, settings)
-    registry = node_registry(manager)
+    registry = node_registry(manager, sio)
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(_: Request) -> Response:
+        if sio.draining:  # at once: a balancer stops sending clients here
+            return JSONResponse({"ready": False, "reasons": ["draining"]}, status_code=503)
         if isinstance(manager, AsyncKafkaManager):
             # From what the node already knows: answers in a millisecond whatever Kafka does.
             health = manager.health()

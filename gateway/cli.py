@@ -136,8 +136,42 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         help="bytes queued for one client before it is cut as not reading (default 16 MiB)",
     )
     parser.add_argument("--log-level")
+    _add_limits(parser)
     _add_kafka_security(parser)
+    _add_identity(parser)
     parser.set_defaults(run=_serve)
+
+
+def _add_limits(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "Limits and drain",
+        "What one client may take of this node; a client over a limit is refused, others"
+        " see nothing. Each bucket's burst is twice its rate.",
+    )
+    group.add_argument(
+        "--max-connections", type=integer, help="connections this node holds (default 10000)"
+    )
+    group.add_argument(
+        "--connect-rate",
+        type=number,
+        help="new connections per second per client address (default 50)",
+    )
+    group.add_argument(
+        "--event-rate", type=number, help="events per second per connection (default 1000)"
+    )
+    group.add_argument(
+        "--max-rooms-per-socket", type=integer, help="rooms one socket may join (default 100)"
+    )
+    group.add_argument(
+        "--trust-forwarded-for",
+        action=argparse.BooleanOptionalAction,
+        help="key limits on X-Forwarded-For's first hop (behind a proxy only; default off)",
+    )
+    group.add_argument(
+        "--drain-timeout",
+        type=number,
+        help="seconds from SIGTERM to exit: clients are moved off, Kafka flushed (default 10)",
+    )
 
 
 def _add_kafka_security(parser: argparse.ArgumentParser) -> None:
@@ -169,6 +203,39 @@ def _add_kafka_security(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_identity(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "Identity and permissions (JWT)",
+        'With a key, every connection needs a token (CONNECT auth {"token": ...} or'
+        " Authorization: Bearer), and its claims say which rooms it may join (rooms) and"
+        " publish into (publish). Without one the node is open to any client.",
+    )
+    group.add_argument(
+        "--jwt-secret-file", help="file holding the HMAC secret (HS256) tokens are signed with"
+    )
+    group.add_argument(
+        "--jwt-secret",
+        help="the HMAC secret itself: process listings show it; prefer --jwt-secret-file",
+    )
+    group.add_argument(
+        "--jwt-public-key", help="PEM public key (or certificate) for RS256/ES256/EdDSA tokens"
+    )
+    group.add_argument(
+        "--jwt-algorithms",
+        help="comma-separated algorithms accepted, of those the key can verify (default:"
+        " HS256 with a secret, RS256 or the EC key's own with a public key)",
+    )
+    group.add_argument("--jwt-audience", help="the aud claim every token must carry")
+    group.add_argument("--jwt-issuer", help="the iss claim every token must carry")
+    group.add_argument(
+        "--jwt-leeway", type=number, help="seconds of clock skew forgiven (default 0)"
+    )
+    group.add_argument(
+        "--authorize",
+        help="module:function(claims, room, action) -> bool replacing the rooms/publish claims",
+    )
+
+
 class _NoPasswordFlag(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
         parser.error(
@@ -196,6 +263,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .drain import DrainingServer
     from .errors import InvalidSettings
     from .websocket import CoalescingWebSocketProtocol
 
@@ -230,9 +298,13 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         ws=CoalescingWebSocketProtocol,
         ws_per_message_deflate=settings.ws_compression,
-        timeout_graceful_shutdown=10,
+        # Once the drain closed every client, what is left: requests in flight.
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout / 4)),
+        # The client address the limits key on: the peer, or X-Forwarded-For's first hop
+        # with --trust-forwarded-for (limits.client_address), never uvicorn's rewrite.
+        proxy_headers=False,
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, app.state.node.sio, settings.drain_timeout)
     with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run
         server.run()
     if failures:

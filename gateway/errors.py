@@ -3,6 +3,7 @@
 ```
 GatewayError
  ├── InvalidSettings          a flag or ``SOCKETIO_KAFKA_*`` variable out of range
+ ├── TokenRefused             a client's JWT is missing, invalid or not for this subject
  └── ServiceError             a local Kafka or Redis could not be fetched, started or reused
       ├── JavaNotFound        no ``java`` on PATH or in JAVA_HOME
       ├── MavenNotFound       no ``mvn`` to fetch the Kafka jars with
@@ -25,6 +26,7 @@ __all__ = [
     "RedisNotFound",
     "ServiceError",
     "ServiceStartFailed",
+    "TokenRefused",
 ]
 
 
@@ -34,6 +36,14 @@ class GatewayError(Exception):
 
 class InvalidSettings(GatewayError, ValueError):
     """A node's settings are out of range; nothing was started."""
+
+
+class TokenRefused(GatewayError):
+    """A client's token was not accepted; ``reason`` is a short label (``token_expired``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason.replace("_", " "))
+        self.reason = reason
 
 
 class ServiceError(GatewayError):

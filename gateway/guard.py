@@ -13,6 +13,7 @@ python-socketio 5.18 trusts two things a hostile client controls (tests/test_hos
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import weakref
 from typing import Any
@@ -21,9 +22,10 @@ from socketio import packet
 
 from socketio_kafka.adapter.recovery import RecoveringAsyncServer
 
+from .limits import Limits, NodeLimits
 from .protocol import RESERVED_EVENTS
 
-__all__ = ["ATTACHMENT_OVERHEAD", "GuardedServer"]
+__all__ = ["ATTACHMENT_OVERHEAD", "DRAINING", "GuardedServer"]
 
 logger = logging.getLogger("socketio_kafka.gateway")
 
@@ -34,10 +36,56 @@ ATTACHMENT_OVERHEAD = 64
 _HELD: weakref.WeakKeyDictionary[packet.Packet, int] = weakref.WeakKeyDictionary()
 
 
+#: What a client connecting to a draining node is told (it retries, elsewhere).
+DRAINING = "draining"
+
+
 class GuardedServer(RecoveringAsyncServer):
     """The gateway's server: a packet's attachments together fit one payload
-    (``max_http_buffer_size``), and events with a reserved or non-string name are dropped.
+    (``max_http_buffer_size``), events with a reserved or non-string name are dropped, the
+    node's `Limits` hold, and a draining node takes no new connection.
     """
+
+    def __init__(self, *args: Any, limits: Limits | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = NodeLimits(limits or Limits())
+        #: Set by `drain`: new connections are refused, /readyz answers 503.
+        self.draining = False
+
+    async def drain(self) -> None:
+        """Refuse new connections and close every one this node has, keeping their
+        recovery sessions: their clients reconnect to another node and recover there.
+
+        Each close is a transport close without Engine.IO's CLOSE packet, after which
+        python-socketio's client would not reconnect; its session is saved to Kafka before
+        this returns.
+        """
+        self.draining = True
+        eio_sids = list(self.eio.sockets)
+        logger.warning("draining: closing %d connection(s), sessions kept", len(eio_sids))
+        await asyncio.gather(*(self._close_kept(eio_sid) for eio_sid in eio_sids))
+
+    async def _close_kept(self, eio_sid: str) -> None:
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is None:
+            return
+        await socket.close(wait=False, abort=True, reason=self.reason.SERVER_DISCONNECT)
+        socket.queue.put_nowait(None)  # ends engineio's writer, which closes the WebSocket
+        self.eio.sockets.pop(eio_sid, None)
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
+        # At the Engine.IO handshake: refused there (HTTP 401 and the message), a client
+        # retries with its backoff, where a Socket.IO CONNECT_ERROR would stop the JS one.
+        if self.draining:
+            return {"message": DRAINING}
+        refused = self.limits.admit(environ, len(self.eio.sockets) - 1)  # itself included
+        if refused is not None:
+            return {"message": refused}
+        return await super()._handle_eio_connect(eio_sid, environ)
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
+        self.limits.forget(eio_sid)
+        await super()._handle_eio_disconnect(eio_sid, reason)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         pending = self._binary_packet.get(eio_sid)
@@ -64,6 +112,13 @@ class GuardedServer(RecoveringAsyncServer):
             return
         if data[0] in RESERVED_EVENTS:
             logger.info("dropped an event named %r from %s: reserved", data[0], eio_sid)
+            return
+        refused = self.limits.check_event(eio_sid)
+        if refused is not None:
+            if id is not None:  # dropped silently otherwise: nothing waits for it
+                reply = {"ok": False, "error": refused}
+                ack = self.packet_class(packet.ACK, namespace=namespace, data=[reply], id=id)
+                await self._send_packet(eio_sid, ack)
             return
         await super()._handle_event(eio_sid, namespace, id, data)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -11,7 +11,10 @@ from prometheus_client.registry import Collector
 from socketio_kafka.adapter import AsyncKafkaManager
 from socketio_kafka.adapter.manager import Health
 
+from .auth import Refusal
 from .brokers import RedisManager
+from .guard import GuardedServer
+from .identity import IdentityServer
 
 __all__ = ["NodeCollector", "node_registry"]
 
@@ -34,8 +37,11 @@ _COUNTERS = {
 class NodeCollector(Collector):
     """Reads counters from the manager instead of mirroring them: nothing to keep in sync."""
 
-    def __init__(self, manager: AsyncKafkaManager | RedisManager) -> None:
+    def __init__(
+        self, manager: AsyncKafkaManager | RedisManager, server: GuardedServer | None = None
+    ) -> None:
         self._manager = manager
+        self._server = server
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         # python-socketio's Redis manager keeps no counters: readiness and sockets only.
@@ -57,6 +63,36 @@ class NodeCollector(Collector):
             count = sum(1 for _ in self._manager.get_participants(namespace, None))
             sockets.add_metric([namespace], count)
         yield sockets
+        if self._server is not None:
+            yield from _guard_metrics(self._server)
+        if isinstance(self._server, IdentityServer):
+            yield _connect_refusals(self._server.refusals)
+
+
+def _guard_metrics(server: GuardedServer) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    refusals = CounterMetricFamily(
+        "socketio_kafka_limit_refusals",
+        "Connections, events and joins refused by a limit",
+        labels=["limit"],
+    )
+    for limit, count in server.limits.refusals.items():
+        refusals.add_metric([limit], count)
+    draining = GaugeMetricFamily(
+        "socketio_kafka_draining", "1 once the node drains: it takes no new connection"
+    )
+    draining.add_metric([], 1.0 if server.draining else 0.0)
+    yield from (refusals, draining)
+
+
+def _connect_refusals(refusals: Mapping[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(
+        "socketio_kafka_connect_refusals",
+        "Connections refused for their token, by reason",
+        labels=["reason"],
+    )
+    for reason in sorted({*Refusal, *refusals}):
+        family.add_metric([reason], refusals.get(reason, 0))
+    return family
 
 
 def _health_metrics(health: Health) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
@@ -71,8 +107,10 @@ def _health_metrics(health: Health) -> Iterator[GaugeMetricFamily | CounterMetri
     yield from (restarts, replaced)
 
 
-def node_registry(manager: AsyncKafkaManager | RedisManager) -> CollectorRegistry:
+def node_registry(
+    manager: AsyncKafkaManager | RedisManager, server: GuardedServer | None = None
+) -> CollectorRegistry:
     """A registry of this node's own (not the process-global one: tests run several apps)."""
     registry = CollectorRegistry()
-    registry.register(NodeCollector(manager))
+    registry.register(NodeCollector(manager, server))
     return registry

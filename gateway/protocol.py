@@ -1,20 +1,32 @@
-"""The gateway's own client protocol: ``join``, ``leave`` and ``publish``, each with an ack.
+"""The gateway's own client protocol: ``join``, ``leave``, ``publish`` and ``refresh`` (a
+fresh token, `identity`), each with an ack.
 
-Every reply is ``{"ok": true}`` or ``{"ok": false, "error": "..."}``; a malformed payload
-gets an error reply, never an exception.
+Every reply is ``{"ok": true}`` (a publish's with its correlation ``id``) or
+``{"ok": false, "error": "..."}``; a malformed payload gets an error reply, never an exception.
 """
 
 from __future__ import annotations
 
+import logging
+import uuid
+from collections.abc import Awaitable
 from typing import Any
 
 import socketio
 
 from socketio_kafka.adapter import SocketIOKafkaError
 
-__all__ = ["MAX_NAME_LENGTH", "RESERVED_EVENTS", "register"]
+from .errors import TokenRefused
+from .limits import ROOMS, NodeLimits
+from .permissions import Action, Gate
+
+__all__ = ["MAX_CORRELATION_ID_LENGTH", "MAX_NAME_LENGTH", "RESERVED_EVENTS", "register"]
+
+logger = logging.getLogger("socketio_kafka.gateway")
 
 MAX_NAME_LENGTH = 256
+#: A publish's ``id``: what a client may choose as its correlation id.
+MAX_CORRELATION_ID_LENGTH = 64
 RESERVED_EVENTS = frozenset(
     {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
 )
@@ -26,11 +38,14 @@ class _BadRequest(ValueError):
     """A client payload the protocol refuses; its message goes back in the ack."""
 
 
-def register(sio: socketio.AsyncServer, namespace: str = "/") -> None:
-    """Install the ``join``/``leave``/``publish`` handlers on ``namespace``."""
+def register(
+    sio: socketio.AsyncServer, namespace: str = "/", *, limits: NodeLimits | None = None
+) -> None:
+    """Install the ``join``/``leave``/``publish`` handlers on ``namespace``; ``limits``
+    bounds the rooms a socket may join."""
 
     async def join(sid: str, *args: Any) -> Reply:
-        return await _reply(_enter(sio, sid, namespace, args))
+        return await _reply(_enter(sio, sid, namespace, args, limits))
 
     async def leave(sid: str, *args: Any) -> Reply:
         return await _reply(_leave(sio, sid, namespace, args))
@@ -42,21 +57,35 @@ def register(sio: socketio.AsyncServer, namespace: str = "/") -> None:
     sio.on("leave", leave, namespace=namespace)
     sio.on("publish", publish, namespace=namespace)
 
+    async def refresh(sid: str, *args: Any) -> Reply:
+        return await _reply(_refresh(sio, sid, namespace, args))
 
-async def _reply(action: Any) -> Reply:
+    sio.on("refresh", refresh, namespace=namespace)
+
+
+async def _reply(action: Awaitable[Reply | None]) -> Reply:
     try:
-        await action
+        extra = await action
     except _BadRequest as exc:
         return {"ok": False, "error": str(exc)}
     except SocketIOKafkaError as exc:
         return {"ok": False, "error": f"broker: {exc}"}
-    return {"ok": True}
+    return {"ok": True} if extra is None else {"ok": True, **extra}
 
 
 async def _enter(
-    sio: socketio.AsyncServer, sid: str, namespace: str, args: tuple[Any, ...]
+    sio: socketio.AsyncServer,
+    sid: str,
+    namespace: str,
+    args: tuple[Any, ...],
+    limits: NodeLimits | None,
 ) -> None:
     room = _room(_payload(args))
+    await _authorize(sio, sid, namespace, room, "join")
+    if limits is not None:
+        rooms = sio.rooms(sid, namespace=namespace)
+        if room not in rooms and not limits.allow_room(len(rooms) - 1):  # its own sid room
+            raise _BadRequest(limits.refuse(ROOMS, sid))
     try:
         await sio.enter_room(sid, room, namespace=namespace)
     except ValueError as exc:  # python-socketio refuses to let a socket enter another's sid room
@@ -71,7 +100,7 @@ async def _leave(
 
 async def _publish(
     sio: socketio.AsyncServer, sid: str, namespace: str, args: tuple[Any, ...]
-) -> None:
+) -> Reply:
     payload = _payload(args)
     room = _room(payload)
     event = _name(payload, "event")
@@ -79,7 +108,49 @@ async def _publish(
         raise _BadRequest(f"event name {event!r} is reserved")
     if "data" not in payload:
         raise _BadRequest("'data' is required")
-    await sio.emit(event, payload["data"], room=room, skip_sid=sid, namespace=namespace)
+    await _authorize(sio, sid, namespace, room, "publish")
+    cid = _correlation_id(payload)
+    # The manager's own emit: python-socketio's drops arguments it does not know.
+    await sio.manager.emit(
+        event, payload["data"], namespace, room=room, skip_sid=sid, correlation_id=cid
+    )
+    logger.debug("published %r to room %r from %s, correlation id %s", event, room, sid, cid)
+    return {"id": cid}
+
+
+def _correlation_id(payload: dict[str, Any]) -> str:
+    """The client's own ``id`` for its publish, or a new one: the ``sio.cid`` header."""
+    value = payload.get("id")
+    if value is None:
+        return uuid.uuid4().hex
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= MAX_CORRELATION_ID_LENGTH
+        or not value.isprintable()
+    ):
+        raise _BadRequest(
+            f"'id' must be a string of 1 to {MAX_CORRELATION_ID_LENGTH} printable characters"
+        )
+    return value
+
+
+async def _authorize(
+    sio: socketio.AsyncServer, sid: str, namespace: str, room: str, action: Action
+) -> None:
+    """On a server that checks identities (`Gate`), a room the socket's claims allow."""
+    if isinstance(sio, Gate) and not await sio.allows(sid, namespace, room, action):
+        raise _BadRequest("forbidden")
+
+
+async def _refresh(
+    sio: socketio.AsyncServer, sid: str, namespace: str, args: tuple[Any, ...]
+) -> Reply:
+    if not isinstance(sio, Gate):
+        raise _BadRequest("tokens not checked")
+    try:
+        return {"exp": await sio.refresh(sid, namespace, _payload(args).get("token"))}
+    except TokenRefused as exc:
+        raise _BadRequest(str(exc)) from None
 
 
 def _payload(args: tuple[Any, ...]) -> dict[str, Any]:

@@ -11,7 +11,9 @@ from typing import Any, Literal, get_args, get_type_hints
 
 from socketio_kafka.adapter import KafkaOptions, OutboxLimits
 
+from .auth import TokenVerifier
 from .errors import InvalidSettings
+from .limits import Limits
 
 __all__ = [
     "ADAPTERS",
@@ -28,6 +30,7 @@ __all__ = [
 ENV_PREFIX = "SOCKETIO_KAFKA_"
 _KAFKA = KafkaOptions()
 _OUTBOX = OutboxLimits()
+_LIMITS = Limits()
 
 Adapter = Literal["kafka", "redis"]
 ADAPTERS: tuple[Adapter, ...] = get_args(Adapter)
@@ -65,6 +68,14 @@ class Settings:
     max_queued_packets: int = _OUTBOX.max_packets
     max_queued_bytes: int = _OUTBOX.max_bytes
     log_level: str = "info"
+    # What one client may take of a node (README, "Limits"); never reached by a demo.
+    max_connections: int = _LIMITS.max_connections
+    connect_rate: float = _LIMITS.connect_rate
+    event_rate: float = _LIMITS.event_rate
+    max_rooms_per_socket: int = _LIMITS.max_rooms_per_socket
+    trust_forwarded_for: bool = _LIMITS.trust_forwarded_for
+    # Seconds from SIGTERM to exit (README, "Drain").
+    drain_timeout: float = 10.0
     # Kafka security (README, "Secured Kafka"). Secrets come from files read at start-up,
     # so they stay out of process listings; the password may come from the environment
     # (SOCKETIO_KAFKA_KAFKA_PASSWORD) for platforms that inject secrets so, never a flag.
@@ -77,6 +88,17 @@ class Settings:
     kafka_cert_file: str | None = None
     kafka_key_file: str | None = None
     kafka_key_password_file: str | None = None
+    # Identity (README, "Identity and permissions (JWT)"): without a key the node is open.
+    # The secret is safer in a file; as a flag, process listings show it.
+    jwt_secret: str | None = dataclasses.field(default=None, repr=False)
+    jwt_secret_file: str | None = None
+    jwt_public_key: str | None = None
+    # Comma-separated; default: HS256 with a secret, the key's own with a public key.
+    jwt_algorithms: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway: float = 0.0
+    authorize: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -91,10 +113,15 @@ class Settings:
             raise ValueError("kafka_timeout_ms must be >= 100")
         self.kafka_options  # noqa: B018 (its checks, partitions too, before anything starts)
         self.outbox_limits  # noqa: B018 (its checks)
+        if self.token_verifier is None and (self.authorize or self.jwt_algorithms):
+            raise ValueError("authorize and jwt_algorithms need a JWT key (secret or public key)")
         if self.max_payload_bytes < 1024:
             raise ValueError("max_payload_bytes must be >= 1024")
         if self.log_level.lower() not in _LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(_LOG_LEVELS)}")
+        self.limits  # noqa: B018 (its checks)
+        if self.drain_timeout <= 0:
+            raise ValueError("drain_timeout must be > 0")
 
     @property
     def kafka_options(self) -> KafkaOptions:
@@ -131,23 +158,58 @@ class Settings:
         return OutboxLimits(self.max_queued_packets, self.max_queued_bytes)
 
     @property
+    def limits(self) -> Limits:
+        """What one client may take of the node."""
+        return Limits(
+            self.max_connections,
+            self.connect_rate,
+            self.event_rate,
+            self.max_rooms_per_socket,
+            self.trust_forwarded_for,
+        )
+
+    @property
     def cors_allowed_origins(self) -> str | list[str]:
         return "*" if self.cors_origins == "*" else self.cors_origins.split(",")
+
+    @property
+    def token_verifier(self) -> TokenVerifier | None:
+        """The JWT check of every connection, from the one key given; None: no key, open."""
+        keys = ("jwt_secret", "jwt_secret_file", "jwt_public_key")
+        given = [name for name in keys if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"{' and '.join(given)} are set: give one JWT key")
+        algorithms = (
+            [a.strip() for a in self.jwt_algorithms.split(",")] if self.jwt_algorithms else None
+        )
+        checks = {"audience": self.jwt_audience, "issuer": self.jwt_issuer}
+        secret = _secret("jwt_secret_file", self.jwt_secret_file)
+        secret = self.jwt_secret if self.jwt_secret is not None else secret
+        if secret is not None:
+            return TokenVerifier.for_secret(secret, algorithms, leeway=self.jwt_leeway, **checks)
+        if self.jwt_public_key is not None:
+            pem = _read("jwt_public_key", self.jwt_public_key).encode()
+            return TokenVerifier.for_public_key(pem, algorithms, leeway=self.jwt_leeway, **checks)
+        return None
 
 
 def _secret(name: str, path: str | None) -> str | None:
     """A secret from its file, without the line end an editor or ``echo`` leaves."""
     if path is None:
         return None
-    try:
-        with open(path, encoding="utf-8") as file:
-            secret = file.read().removesuffix("\n").removesuffix("\r")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ValueError(f"{name} {path!r} cannot be read: {reason}") from None
+    secret = _read(name, path).removesuffix("\n").removesuffix("\r")
     if not secret:
         raise ValueError(f"{name} {path!r} is empty")
     return secret
+
+
+def _read(name: str, path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ValueError(f"{name} {path!r} cannot be read: {reason}") from None
 
 
 def integer(text: str) -> int:

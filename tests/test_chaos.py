@@ -121,8 +121,6 @@ def test_partition_leader_killed_and_two_brokers_down_lose_no_acked_event() -> N
     scenarios = run["per_scenario"]
     [killed] = scenarios["leader-kill"]["cycles"]
     assert killed["led_partitions"] > 0, killed
-    # Clients that reconnected while the leader was dead recovered (checked above: all).
-    assert scenarios["leader-kill"]["counts"]["reconnects"] > 0, scenarios["leader-kill"]
     [down] = scenarios["two-down"]["two_down_publishes"]
     assert down["refused"] > 0, down
     assert down["acked"] == 0, down

@@ -157,9 +157,8 @@ async def test_clients_through_nginx_upgrade_and_get_events(proxied: str) -> Non
         # must reach the same node (sticky) and nginx must pass the Upgrade.
         await wait_until(lambda: clients[0].transport() == "websocket", 10, "the upgrade")
         sender = clients[1]
-        assert await sender.call("publish", {"room": "r", "event": "news", "data": 1}) == {
-            "ok": True
-        }
+        ack = await sender.call("publish", {"room": "r", "event": "news", "data": 1})
+        assert ack["ok"] is True, ack
         await wait_until(
             lambda: received["polling+upgrade"] == [1] and received["polling"] == [1],
             15,

@@ -101,7 +101,7 @@ async def test_a_broker_that_goes_away_and_comes_back(tmp_path: Path, channel: s
             await client.ask("join", {"room": "r"})
         await away.connect(gateway.url)
         assert await away.client.call("join", {"room": "r"}) == {"ok": True}
-        assert await sender.ask("publish", {"room": "r", "event": "e", "data": 1}) == {"ok": True}
+        assert (await sender.ask("publish", {"room": "r", "event": "e", "data": 1}))["ok"] is True
         await receiver.wait_for("e", 1)
         await away.wait_count("e", 1)
         # A client drops, misses an event, and is back while the broker is away.
@@ -109,7 +109,7 @@ async def test_a_broker_that_goes_away_and_comes_back(tmp_path: Path, channel: s
         await away.drop_transport()
         async with Harness([gateway]) as harness:
             await harness.wait_gone(0, sid)
-        assert await sender.ask("publish", {"room": "r", "event": "m", "data": 0}) == {"ok": True}
+        assert (await sender.ask("publish", {"room": "r", "event": "m", "data": 0}))["ok"] is True
 
         await asyncio.to_thread(broker.stop)
         await _wait_status(f"{gateway.url}/readyz", 503)
@@ -137,7 +137,7 @@ async def test_a_broker_that_goes_away_and_comes_back(tmp_path: Path, channel: s
         assert (away.client.recovered["/"], away.sid) == (True, sid)
         assert await away.wait_count("m", 1) == [0]
         assert receiver.client.connected
-        assert await sender.ask("publish", {"room": "r", "event": "e", "data": 3}) == {"ok": True}
+        assert (await sender.ask("publish", {"room": "r", "event": "e", "data": 3}))["ok"] is True
         await wait_until(lambda: 3 in receiver.events("e"), 60, "delivery after the outage")
         # The unconfirmed publish may or may not have been written: never twice, never after 3.
         assert receiver.events("e") in ([1, 3], [1, 2, 3])

@@ -1,0 +1,188 @@
+"""What one client may take of a node: connections, connection rate, event rate, rooms.
+
+Every limit is checked where it costs least: connections at the Engine.IO handshake
+(before a Socket.IO session exists), events before their handler runs, rooms in ``join``.
+A refusal is counted by limit and logged once per client per limit per minute; other
+clients see nothing of it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "CONNECTIONS",
+    "CONNECT_RATE",
+    "EVENT_RATE",
+    "LIMITS",
+    "ROOMS",
+    "Limits",
+    "NodeLimits",
+    "TokenBuckets",
+    "client_address",
+]
+
+logger = logging.getLogger("socketio_kafka.gateway")
+
+#: The ``limit`` label of ``socketio_kafka_limit_refusals_total``.
+CONNECTIONS = "connections"
+CONNECT_RATE = "connect_rate"
+EVENT_RATE = "event_rate"
+ROOMS = "rooms"
+LIMITS = (CONNECTIONS, CONNECT_RATE, EVENT_RATE, ROOMS)
+
+#: The message a refused client gets, per limit.
+_MESSAGES = {
+    CONNECTIONS: "too many connections",
+    CONNECT_RATE: "connection rate limited",
+    EVENT_RATE: "rate limited",
+    ROOMS: "too many rooms",
+}
+_LOG_EVERY_S = 60.0
+#: Buckets kept at most (per-address state a flood of addresses cannot grow past).
+_MAX_BUCKETS = 100_000
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A node's limits; each bucket's burst is twice its rate per second."""
+
+    max_connections: int = 10_000
+    # Generous: a mass reconnect after a node dies comes in bursts, many clients share an
+    # address behind NAT, and benchmarks and tests connect hundreds from 127.0.0.1.
+    connect_rate: float = 50.0
+    event_rate: float = 1000.0
+    max_rooms_per_socket: int = 100
+    #: Take the client's address from X-Forwarded-For's first hop (behind nginx only:
+    #: a client reaching the node directly could name any address).
+    trust_forwarded_for: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be >= 1")
+        if self.connect_rate <= 0 or self.event_rate <= 0:
+            raise ValueError("connect_rate and event_rate must be > 0")
+        if self.max_rooms_per_socket < 1:
+            raise ValueError("max_rooms_per_socket must be >= 1")
+
+
+class TokenBuckets:
+    """One token bucket per key, ``burst`` tokens refilled at ``rate`` per second.
+
+    A bucket full again is dropped (a new one starts full: same answer), and past
+    ``max_buckets`` the least recently used one goes, so memory stays bounded.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float,
+        *,
+        max_buckets: int = _MAX_BUCKETS,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.rate, self.burst, self.max_buckets = rate, burst, max_buckets
+        self._clock = clock
+        # key -> (tokens, when); dict order is least recently used first.
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, key: str) -> bool:
+        """Take a token for ``key``; False when its bucket is empty."""
+        now = self._clock()
+        tokens, then = self._buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - then) * self.rate)
+        allowed = tokens >= 1
+        self._buckets[key] = (tokens - 1 if allowed else tokens, now)
+        if len(self._buckets) > self.max_buckets:
+            self._evict(now)
+        return allowed
+
+    def forget(self, key: str) -> None:
+        self._buckets.pop(key, None)
+
+    def _evict(self, now: float) -> None:
+        # Down to 90% in one scan, idle buckets first, then the least recently used: a
+        # flood of new addresses pays one scan per tenth of the cap, not one per address.
+        keep = self.max_buckets * 9 // 10
+        rate, burst = self.rate, self.burst
+        idle = [k for k, (t, then) in self._buckets.items() if t + (now - then) * rate >= burst]
+        for key in idle:
+            del self._buckets[key]
+        for key in list(itertools.islice(self._buckets, max(0, len(self._buckets) - keep))):
+            del self._buckets[key]
+
+
+class NodeLimits:
+    """The limits of one node, the buckets they need, and their refusals by limit."""
+
+    def __init__(self, limits: Limits, *, clock: Clock = time.monotonic) -> None:
+        self.limits = limits
+        self.refusals: Counter[str] = Counter(dict.fromkeys(LIMITS, 0))
+        self._clock = clock
+        self._connects = TokenBuckets(limits.connect_rate, 2 * limits.connect_rate, clock=clock)
+        self._events = TokenBuckets(limits.event_rate, 2 * limits.event_rate, clock=clock)
+        self._logged: dict[tuple[str, str], float] = {}
+
+    def admit(self, environ: Mapping[str, Any], connected: int) -> str | None:
+        """None when a new connection may go on beside ``connected`` others, else the
+        message its client gets."""
+        address = client_address(environ, trust_forwarded_for=self.limits.trust_forwarded_for)
+        if connected >= self.limits.max_connections:
+            return self.refuse(CONNECTIONS, address)
+        if not self._connects.take(address):
+            return self.refuse(CONNECT_RATE, address)
+        return None
+
+    def check_event(self, eio_sid: str) -> str | None:
+        """None when one more event of this connection may be handled, else the error
+        its ack gets."""
+        return None if self._events.take(eio_sid) else self.refuse(EVENT_RATE, eio_sid)
+
+    def allow_room(self, joined: int) -> bool:
+        """Whether a socket in ``joined`` rooms (its own sid room not counted) may join one more."""
+        return joined < self.limits.max_rooms_per_socket
+
+    def forget(self, eio_sid: str) -> None:
+        """A connection closed: its event bucket goes with it."""
+        self._events.forget(eio_sid)
+
+    def refuse(self, limit: str, client: str) -> str:
+        """Count a refusal, log it unless this client's was logged within a minute, and
+        return the message the client gets."""
+        self.refusals[limit] += 1
+        now = self._clock()
+        key = (limit, client)
+        if now - self._logged.get(key, -_LOG_EVERY_S) >= _LOG_EVERY_S:
+            if len(self._logged) >= _MAX_BUCKETS:  # bounded: at worst some log again
+                recent = {k: t for k, t in self._logged.items() if now - t < _LOG_EVERY_S}
+                self._logged = recent if len(recent) < _MAX_BUCKETS * 9 // 10 else {}
+            self._logged[key] = now
+            logger.warning(
+                "refused %s: %s (limit %s; logged once a minute per client)",
+                client,
+                _MESSAGES[limit],
+                limit,
+            )
+        return _MESSAGES[limit]
+
+
+def client_address(environ: Mapping[str, Any], *, trust_forwarded_for: bool = False) -> str:
+    """The client's address: the ASGI scope's peer, or X-Forwarded-For's first hop when
+    the node sits behind a proxy that sets it (engineio's REMOTE_ADDR is a constant)."""
+    if trust_forwarded_for:
+        forwarded = str(environ.get("HTTP_X_FORWARDED_FOR", "")).split(",")[0].strip()
+        if forwarded:
+            return forwarded
+    client = environ.get("asgi.scope", {}).get("client")
+    return str(client[0]) if client else "unknown"

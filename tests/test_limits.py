@@ -1,0 +1,209 @@
+"""Every limit refuses the client over it, with a clear error, and serves the others.
+
+Real gateway processes on real Kafka, real python-socketio clients. Clients name their
+address with X-Forwarded-For (the node runs with ``--trust-forwarded-for``), as clients
+behind nginx do: all of them are 127.0.0.1 here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import socketio
+
+from socketio_kafka.gateway.limits import Limits, NodeLimits, TokenBuckets, client_address
+
+from .support.cluster import GatewayProcess, gateway_cluster
+from .support.waiting import wait_until
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_bucket_allows_its_burst_then_its_rate() -> None:
+    clock = _Clock()
+    buckets = TokenBuckets(rate=2, burst=4, clock=clock)
+    assert [buckets.take("a") for _ in range(5)] == [True] * 4 + [False]
+    assert buckets.take("b")  # another key has its own bucket
+    clock.now = 0.5  # one token back
+    assert [buckets.take("a") for _ in range(2)] == [True, False]
+
+
+def test_buckets_stay_bounded_under_a_flood_of_keys() -> None:
+    clock = _Clock()
+    buckets = TokenBuckets(rate=1, burst=2, max_buckets=100, clock=clock)
+    for i in range(10_000):
+        buckets.take(f"10.0.{i // 256}.{i % 256}")
+    assert len(buckets) <= 100
+    clock.now = 10.0  # every bucket refilled: idle, dropped at the next eviction
+    for i in range(101):
+        buckets.take(f"new-{i}")
+    assert len(buckets) <= 100
+
+
+def test_a_refusal_is_counted_each_time_and_logged_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = _Clock()
+    limits = NodeLimits(Limits(event_rate=1), clock=clock)
+    with caplog.at_level("WARNING", "socketio_kafka.gateway"):
+        refused = [limits.check_event("s1") for _ in range(10)]
+        clock.now = 61.0
+        limits.refuse("event_rate", "s1")
+    assert refused[:2] == [None, None]
+    assert set(refused[2:]) == {"rate limited"}
+    assert limits.refusals["event_rate"] == 9
+    assert len(caplog.records) == 2
+
+
+def test_the_client_address_is_the_peer_unless_the_proxy_is_trusted() -> None:
+    environ = {
+        "asgi.scope": {"client": ("192.0.2.7", 5000)},
+        "HTTP_X_FORWARDED_FOR": "1.2.3.4, 10.0.0.1",
+    }
+    assert client_address(environ) == "192.0.2.7"
+    assert client_address(environ, trust_forwarded_for=True) == "1.2.3.4"
+
+
+@asynccontextmanager
+async def _node(kafka_url: str, channel: str, *flags: str) -> AsyncIterator[GatewayProcess]:
+    args = ["--trust-forwarded-for", *flags]
+    async with gateway_cluster(kafka_url, channel, nodes=1, extra_args=args) as (node,):
+        yield node
+
+
+async def _connect(
+    url: str, address: str, transports: Sequence[str] = ("websocket",)
+) -> socketio.AsyncClient:
+    client = socketio.AsyncClient(reconnection=False)
+    client.received = []  # type: ignore[attr-defined]
+    client.on("said", client.received.append)  # type: ignore[attr-defined]
+    await client.connect(
+        url,
+        transports=list(transports),
+        headers={"X-Forwarded-For": address},
+        auth={"recovery": False},
+    )
+    return client
+
+
+async def _handshake(url: str, address: str) -> httpx.Response:
+    """An Engine.IO handshake, as every client begins; a refused one carries the message
+    in its body (python-engineio closes its session before reading it: raw HTTP here)."""
+    async with httpx.AsyncClient() as http:
+        return await http.get(
+            f"{url}/socket.io/",
+            params={"EIO": "4", "transport": "polling"},
+            headers={"X-Forwarded-For": address},
+        )
+
+
+async def _refusal(url: str, address: str) -> Any:
+    response = await _handshake(url, address)
+    assert response.status_code == 401, response.text
+    return response.json()
+
+
+async def _served(talker: socketio.AsyncClient, listener: socketio.AsyncClient) -> None:
+    """``talker`` publishes to a room ``listener`` is in, and ``listener`` gets it."""
+    assert await listener.call("join", {"room": "quiet"}) == {"ok": True}
+    reply = await talker.call("publish", {"room": "quiet", "event": "said", "data": "hi"})
+    assert reply["ok"] is True
+    await wait_until(lambda: "hi" in listener.received, 15, "the quiet clients' event")  # type: ignore[attr-defined]
+
+
+async def _refusals(node: GatewayProcess, limit: str) -> float:
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"{node.url}/metrics")).text
+    found = re.search(rf'socketio_kafka_limit_refusals_total{{limit="{limit}"}} (\S+)', text)
+    assert found is not None, text
+    return float(found.group(1))
+
+
+async def test_a_full_node_refuses_new_connections_and_serves_its_clients(
+    kafka_url: str, channel: str
+) -> None:
+    async with _node(kafka_url, channel, "--max-connections", "2") as node:
+        clients = [await _connect(node.url, f"10.0.0.{i}") for i in (1, 2)]
+        assert await _refusal(node.url, "10.0.0.3") == {"message": "too many connections"}
+        await _served(*clients)
+        assert await _refusals(node, "connections") == 1
+        for client in clients:
+            await client.disconnect()
+
+
+async def test_an_address_connecting_too_fast_is_refused_and_others_are_not(
+    kafka_url: str, channel: str
+) -> None:
+    async with _node(kafka_url, channel, "--connect-rate", "1") as node:
+        refused = None
+        for _ in range(20):  # a burst of 2: refused long before 20 attempts at 1 a second
+            response = await _handshake(node.url, "10.0.0.66")
+            if response.status_code != 200:
+                refused = response
+                break
+        assert refused is not None
+        assert refused.status_code == 401
+        assert refused.json() == {"message": "connection rate limited"}
+        assert await _refusal(node.url, "10.0.0.66") == {"message": "connection rate limited"}
+        talker, listener = [await _connect(node.url, f"10.0.1.{i}") for i in (1, 2)]
+        await _served(talker, listener)
+        assert await _refusals(node, "connect_rate") >= 2
+        assert node.log().count("refused 10.0.0.66") == 1  # once a minute per address
+        await talker.disconnect()
+        await listener.disconnect()
+
+
+async def test_a_socket_flooding_events_is_rate_limited_and_others_are_not(
+    kafka_url: str, channel: str
+) -> None:
+    async with _node(kafka_url, channel, "--event-rate", "5") as node:
+        flooder, talker, listener = [await _connect(node.url, f"10.0.2.{i}") for i in (1, 2, 3)]
+        assert await listener.call("join", {"room": "r"}) == {"ok": True}
+        replies = await asyncio.gather(
+            *(flooder.call("publish", {"room": "r", "event": "said", "data": i}) for i in range(40))
+        )
+        accepted = [i for i, reply in enumerate(replies) if reply["ok"]]
+        refused = [reply for reply in replies if not reply["ok"]]
+        assert refused
+        assert all(r == {"ok": False, "error": "rate limited"} for r in refused)
+        for i in range(40):  # without an ack: dropped, and nothing tells the flooder
+            await flooder.emit("publish", {"room": "r", "event": "said", "data": 100 + i})
+        # The others are served at once, and the listener got exactly what was accepted.
+        reply = await talker.call("publish", {"room": "r", "event": "said", "data": "end"})
+        assert reply["ok"] is True
+        await wait_until(lambda: "end" in listener.received, 15, "the talker's event")  # type: ignore[attr-defined]
+        got: list[Any] = listener.received  # type: ignore[attr-defined]
+        assert sorted(d for d in got if isinstance(d, int) and d < 100) == accepted
+        assert len([d for d in got if isinstance(d, int) and d >= 100]) < 40
+        assert await _refusals(node, "event_rate") > len(refused)
+        for client in (flooder, talker, listener):
+            await client.disconnect()
+
+
+async def test_a_socket_in_too_many_rooms_is_refused_another_join(
+    kafka_url: str, channel: str
+) -> None:
+    async with _node(kafka_url, channel, "--max-rooms-per-socket", "2") as node:
+        joiner, talker, listener = [await _connect(node.url, f"10.0.3.{i}") for i in (1, 2, 3)]
+        for room in ("a", "b"):
+            assert await joiner.call("join", {"room": room}) == {"ok": True}
+        assert await joiner.call("join", {"room": "c"}) == {"ok": False, "error": "too many rooms"}
+        assert await joiner.call("join", {"room": "a"}) == {"ok": True}  # already in it
+        assert await joiner.call("leave", {"room": "a"}) == {"ok": True}
+        assert await joiner.call("join", {"room": "c"}) == {"ok": True}
+        await _served(talker, listener)
+        assert await _refusals(node, "rooms") == 1
+        for client in (joiner, talker, listener):
+            await client.disconnect()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -17,6 +17,7 @@ from socketio.async_manager import AsyncManager
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
 from . import codec, offsets, routing
+from .cursor import Replay, SharedReplays
 from .errors import (
     BrokerUnavailable,
     ConfigError,
@@ -30,7 +31,7 @@ from .options import KafkaOptions, parse_kafka_urls
 from .outage import BrokerWatch, fold_kafka_client_logs
 from .outbox import Outbox, Outboxes, OutboxLimits
 from .publisher import Headers, Publisher
-from .replay import Bounds, ConsumerPool, ReplayBatch, read_range, topic_bounds
+from .replay import Bounds, ConsumerPool, topic_bounds
 from .security import check_access
 from .skips import (
     UNREADABLE,
@@ -73,6 +74,8 @@ class ManagerStats:
     #: Records replays read, and of those the records they decoded (not passed by header).
     replay_records_read: int = 0
     replay_records_decoded: int = 0
+    #: Passes replay cursors began over a partition: recoveries at once share a pass.
+    replay_passes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +138,8 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         #: live consumer's would wait behind its long-poll fetch (up to fetch_max_wait_ms).
         self._offsets: AIOKafkaConsumer | None = None
         self._replays = ConsumerPool(self._replay_consumer)
+        #: Every replay of this node reads through these cursors (`adapter/cursor.py`).
+        self.shared_replays = SharedReplays(self._replays, self.events_topic, self.stats)
         self._partitions = 0
         #: Next offset to consume, per partition: the watermark every delivery carries.
         self.positions: list[int] = []
@@ -492,6 +497,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         for consumer in consumers:
             if consumer is not None:
                 await consumer.stop()
+        await self.shared_replays.close()
         await self._replays.close()
         if publisher is not None:
             await publisher.stop()
@@ -773,19 +779,12 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             raise KafkaConnectionError("the manager is not connected")
         return await topic_bounds(self._offsets, self.events_topic, self._partitions)
 
-    async def replay(
-        self,
-        start: tuple[int, ...],
-        stop: tuple[int, ...],
-        batch: int,
-        audience: routing.Audience,
-    ) -> AsyncIterator[ReplayBatch]:
-        """What ``audience`` receives in ``[start, stop)``, read back (`read_range`)."""
-        topic = self.events_topic
-        async for found in read_range(self._replays, topic, start, stop, batch, audience):
-            self.stats.replay_records_read += found.read
-            self.stats.replay_records_decoded += found.decoded
-            yield found
+    def replay(
+        self, start: tuple[int, ...], stop: tuple[int, ...], audience: routing.Audience
+    ) -> Replay:
+        """What ``audience`` receives in ``[start, stop)``, read back with every other
+        replay of this node that reads the same partitions (`SharedReplays`)."""
+        return self.shared_replays.open(start, stop, audience)
 
     @property
     def partitions(self) -> int:

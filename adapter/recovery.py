@@ -27,6 +27,7 @@ from socketio import packet
 from socketio.base_manager import BaseManager
 
 from . import offsets
+from .cursor import REPLAY_BUFFER
 from .errors import BrokerUnavailable, ConfigError, PublishError
 from .fanout import event_packets
 from .manager import AsyncKafkaManager
@@ -71,12 +72,14 @@ class RecoveryOptions:
     skip_middlewares: bool = True
     replay_batch: int = 500
     replay_timeout: float = 60.0
+    #: Found records the node's replays buffer at once, across every recovering session.
+    replay_buffer: int = REPLAY_BUFFER
 
     def __post_init__(self) -> None:
         if self.max_disconnection_duration <= 0:
             raise ConfigError("max_disconnection_duration must be > 0")
-        if self.replay_batch < 1 or self.replay_timeout <= 0:
-            raise ConfigError("replay_batch and replay_timeout must be > 0")
+        if self.replay_batch < 1 or self.replay_timeout <= 0 or self.replay_buffer < 1:
+            raise ConfigError("replay_batch, replay_timeout and replay_buffer must be > 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +160,8 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             if not isinstance(client_manager, AsyncKafkaManager):
                 raise ConfigError("connection state recovery needs the AsyncKafkaManager")
             client_manager.enable_recovery(options.max_disconnection_duration)
+            client_manager.shared_replays.batch = options.replay_batch
+            client_manager.shared_replays.limit = options.replay_buffer
             client_manager.on_rooms_changed = self._rooms_changed
 
     @property
@@ -521,21 +526,24 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         audience = Audience.of(namespace, session.sid, session.rooms)
         marker = offsets.Marker(manager.epoch, start)
         count = 0
-        async for batch in manager.replay(start, stop, self.recovery.replay_batch, audience):
-            for offset, message in batch.records:
-                queue = manager.packet_queue(eio_sid)
-                if queue is None or queue.shed:
-                    return count  # gone mid-replay: its offset says what it got
-                mark = marker.advance(batch.partition, offset + 1)
-                packets = event_packets(self.packet_class, message, mark)
-                queue.offer(packets, manager.cut_slow_consumer, eio_sid)
-                count += 1
-                if queue.above_low_water:
-                    # Paced by the client: never more than the low-water mark queued. One
-                    # that does not read meets the replay timeout here, and is cut.
-                    await queue.drained()
-            # The socket's writer runs now: the client reads this batch while the next is read.
-            await asyncio.sleep(0)
+        # Shared with the node's other replays: records arrive as the partitions' cursors
+        # find them, in offset order per partition (per room), partitions interleaved.
+        async with manager.replay(start, stop, audience) as replay:
+            async for found in replay:
+                for partition, offset, message in found:
+                    queue = manager.packet_queue(eio_sid)
+                    if queue is None or queue.shed:
+                        return count  # gone mid-replay: its offset says what it got
+                    mark = marker.advance(partition, offset + 1)
+                    packets = event_packets(self.packet_class, message, mark)
+                    queue.offer(packets, manager.cut_slow_consumer, eio_sid)
+                    count += 1
+                    if queue.above_low_water:
+                        # Paced by the client: never more than the low-water mark queued.
+                        # One that does not read meets the replay timeout here, and is cut.
+                        await queue.drained()
+                # The socket's writer runs now: the client reads this while more is read.
+                await asyncio.sleep(0)
         return count
 
     # -- session records -----------------------------------------------------------------

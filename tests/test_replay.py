@@ -1,17 +1,21 @@
-"""Reading ranges of the events topic back (the replay), against the real broker."""
+"""Reading ranges of the events topic back (the replay, through the node's shared
+cursors), against the real broker."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import sys
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from socketio_kafka.adapter import codec
-from socketio_kafka.adapter.replay import ConsumerPool, read_range, topic_bounds
+from socketio_kafka.adapter.cursor import SharedReplays
+from socketio_kafka.adapter.manager import ManagerStats
+from socketio_kafka.adapter.replay import ConsumerPool, topic_bounds
 from socketio_kafka.adapter.routing import Audience
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(60)]
@@ -54,21 +58,39 @@ _IN_A_AND_B = Audience.of("/", "sid", ["a", "b"])
 class _Counted(ConsumerPool):
     def __init__(self, kafka_bootstrap: str) -> None:
         self.started: list[AIOKafkaConsumer] = []
-        super().__init__(lambda: self._new(kafka_bootstrap), keep=1)
+        super().__init__(lambda: self._new(kafka_bootstrap), keep=2)
 
     def _new(self, kafka_bootstrap: str) -> AIOKafkaConsumer:
         self.started.append(AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap))
         return self.started[-1]
 
 
+async def _read(
+    pool: ConsumerPool,
+    topic: str,
+    start: tuple[int, ...],
+    stop: tuple[int, ...],
+    audience: Audience = _IN_A_AND_B,
+) -> list[tuple[int, int, Any]]:
+    replays = SharedReplays(pool, topic, ManagerStats(), batch=4)
+    async with replays.open(start, stop, audience) as replay:
+        return [
+            (partition, offset, message)
+            async for found in replay
+            for partition, offset, message in found
+        ]
+
+
 async def _seqs(
     pool: ConsumerPool, topic: str, start: tuple[int, ...], stop: tuple[int, ...]
 ) -> list[tuple[int, int, int]]:
-    return [
-        (batch.partition, offset, message["data"][0]["seq"])
-        async for batch in read_range(pool, topic, start, stop, 4, _IN_A_AND_B)
-        for offset, message in batch.records
+    """Partition by partition: partitions are read at once, each in offset order."""
+    got = [
+        (p, offset, m["data"][0]["seq"]) for p, offset, m in await _read(pool, topic, start, stop)
     ]
+    for partition in (0, 1):
+        assert [r for r in got if r[0] == partition] == sorted(r for r in got if r[0] == partition)
+    return sorted(got)
 
 
 async def test_ranges_read_back_in_order_skipping_poison_by_one_reused_consumer(
@@ -80,9 +102,9 @@ async def test_ranges_read_back_in_order_skipping_poison_by_one_reused_consumer(
         # Partition 1 from offset 7, partition 0 from 8: the poison record at 10 is skipped.
         got = await _seqs(pool, topic, (8, 7), (12, 10))
         assert got == [(0, 8, 8), (0, 9, 9), (0, 11, 10), (1, 7, 7), (1, 8, 8), (1, 9, 9)]
-        # Again, elsewhere, on the consumer the last replay left paused in the pool.
+        # Again, elsewhere, on the consumers the last replay left paused in the pool.
         assert await _seqs(pool, topic, (0, 9), (2, 10)) == [(0, 0, 0), (0, 1, 1), (1, 9, 9)]
-        assert len(pool.started) == 1
+        assert len(pool.started) == 2  # one per partition read at once
         async with pool.consumer() as consumer:
             bounds = await topic_bounds(consumer, topic, 2)
         assert (bounds.beginning, bounds.end) == ((0, 0), (12, 10))
@@ -118,8 +140,7 @@ async def test_a_record_aiokafka_cannot_parse_is_read_past(
         audience = Audience.of("/", "sid", ["r"])  # not in "a" nor "b"
         got = [
             (message["event"], message["data"])
-            async for batch in read_range(pool, topic, bounds.beginning, bounds.end, 4, audience)
-            for _, message in batch.records
+            for _, _, message in await _read(pool, topic, bounds.beginning, bounds.end, audience)
         ]
         assert got == [("good", [0]), ("good", [1])]
     finally:

@@ -1,0 +1,389 @@
+"""Shared replays: one read of a partition serves every session recovering from it.
+
+When a node dies, its clients reconnect to the survivors within seconds, each with a
+range of the events topic to replay that overlaps the others'. Read one by one, the
+topic is read (and its records sorted by header, or decoded) once per client: 200
+clients took 150 times one client's replay. Here each partition has at most one
+`_Cursor` per node at a time. A pass of it starts at the earliest offset any waiting
+session needs and reads on until every session that joined it has its range; each
+record read is checked once against the union of the joined sessions' rooms (by its
+headers), decoded at most once, and put in the buffer of every joined session whose
+range holds it and whose `Audience` wants it.
+
+A session that arrives during a pass joins it if its range starts at or after the
+cursor's position (records before its start are not offered to it); one that starts
+earlier waits for the next pass, which begins where it needs. Simple, and a late session
+waits at most one pass.
+
+Memory is bounded node-wide: cursors fetch only while fewer than ``limit`` found records
+wait in sessions' buffers. A session whose buffer holds a batch when its cursor is about
+to fetch again has not drained (its client is slow): it leaves the pass, and joins again
+where it stopped once it has taken what it holds, so it neither holds back the others
+nor misses a record. Its client is paced as before: the recovering server takes a
+session's records only while the socket's outbox is below its low-water mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Protocol
+
+from aiokafka import TopicPartition
+
+from . import codec, routing
+from .errors import BrokerUnavailable, RecordDecodeError
+from .replay import ConsumerPool
+from .skips import UNREADABLE
+
+__all__ = ["REPLAY_BUFFER", "Found", "Replay", "ReplayStats", "SharedReplays"]
+
+#: Found records waiting in recovering sessions' buffers, node-wide, before cursors pause.
+REPLAY_BUFFER = 10_000
+
+#: Joined readers by (namespace, room); room None: the namespace's broadcasts.
+_Index = dict[tuple[str, str | None], list["_Reader"]]
+
+#: A record found for a session: ``(partition, offset, message)``.
+Found = tuple[int, int, codec.Message]
+
+
+class ReplayStats(Protocol):
+    """The counters a node keeps of its replays (`ManagerStats`)."""
+
+    replay_records_read: int
+    replay_records_decoded: int
+    replay_passes: int
+
+
+class _Reader:
+    """One session's range of one partition: ``next`` is the first offset it still needs."""
+
+    __slots__ = ("next", "partition", "replay", "stop")
+
+    def __init__(self, replay: Replay, partition: int, start: int, stop: int) -> None:
+        self.replay = replay
+        self.partition = partition
+        self.next = start
+        self.stop = stop
+
+
+class Replay:
+    """One session's replay: an async iterator of lists of `Found` records, each list in
+    offset order per partition (per-room order: a room lives on one partition), until
+    every partition of its range is read. Use it with ``async with`` so that an early exit
+    (the socket gone, a timeout) leaves its cursors at once."""
+
+    def __init__(
+        self,
+        hub: SharedReplays,
+        audience: routing.Audience,
+        start: Sequence[int],
+        stop: Sequence[int],
+    ) -> None:
+        self.audience = audience
+        self._hub = hub
+        self._found: list[Found] = []
+        self._open: set[_Reader] = set()
+        self._parked: list[_Reader] = []
+        self._error: BaseException | None = None
+        self._wake = asyncio.Event()
+        mine = audience.partitions(len(start))
+        for partition, (first, last) in enumerate(zip(start, stop, strict=True)):
+            if first < last and partition in mine:
+                self._open.add(_Reader(self, partition, first, last))
+
+    async def __aenter__(self) -> Replay:
+        for reader in self._open:
+            self._hub.join(reader)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __aiter__(self) -> Replay:
+        return self
+
+    async def __anext__(self) -> list[Found]:
+        while not self._found:
+            if self._error is not None:
+                raise self._error
+            # Taken all it held: what left a pass for being slow joins again.
+            parked, self._parked = self._parked, []
+            for reader in parked:
+                self._hub.join(reader)
+            if not self._open:
+                raise StopAsyncIteration
+            self._wake.clear()
+            await self._wake.wait()
+        found, self._found = self._found, []
+        self._hub.taken(len(found))
+        return found
+
+    def close(self) -> None:
+        """Leave every cursor and free the buffer (safe twice)."""
+        for reader in self._open:
+            self._hub.leave(reader)
+        self._open.clear()
+        self._parked.clear()
+        self._hub.taken(len(self._found))
+        self._found = []
+
+    @property
+    def held(self) -> int:
+        return len(self._found)
+
+    def put(self, found: Found) -> None:
+        self._found.append(found)
+        self._wake.set()
+
+    def done(self, reader: _Reader) -> None:
+        self._open.discard(reader)
+        self._wake.set()
+
+    def park(self, reader: _Reader) -> None:
+        self._parked.append(reader)
+        self._wake.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._wake.set()
+
+
+class SharedReplays:
+    """A node's replay cursors, one per partition while sessions read it.
+
+    ``batch``: records read per fetch; ``limit``: found records buffered node-wide.
+    """
+
+    def __init__(
+        self,
+        pool: ConsumerPool,
+        topic: str,
+        stats: ReplayStats,
+        batch: int = 500,
+        limit: int = REPLAY_BUFFER,
+    ) -> None:
+        self.pool = pool
+        self.topic = topic
+        self.stats = stats
+        self.batch = batch
+        self.limit = limit
+        self._cursors: dict[int, _Cursor] = {}
+        self._buffered = 0
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def open(self, start: Sequence[int], stop: Sequence[int], audience: routing.Audience) -> Replay:
+        """What ``audience`` receives in ``[start, stop)`` of the topic, read back."""
+        return Replay(self, audience, start, stop)
+
+    def join(self, reader: _Reader) -> None:
+        cursor = self._cursors.get(reader.partition)
+        if cursor is None:
+            cursor = self._cursors[reader.partition] = _Cursor(self, reader.partition)
+        cursor.add(reader)
+
+    def leave(self, reader: _Reader) -> None:
+        cursor = self._cursors.get(reader.partition)
+        if cursor is not None:
+            cursor.remove(reader)
+
+    @property
+    def held(self) -> int:
+        """Found records waiting in sessions' buffers now."""
+        return self._buffered
+
+    def buffered(self, count: int) -> None:
+        self._buffered += count
+        if self._buffered >= self.limit:
+            self._room.clear()
+
+    def taken(self, count: int) -> None:
+        self._buffered -= count
+        if self._buffered < self.limit:
+            self._room.set()
+
+    async def room(self) -> None:
+        """Wait until the buffers hold fewer than ``limit`` found records."""
+        await self._room.wait()
+
+    def ended(self, cursor: _Cursor) -> None:
+        if self._cursors.get(cursor.partition) is cursor:
+            del self._cursors[cursor.partition]
+
+    async def close(self) -> None:
+        cursors, self._cursors = list(self._cursors.values()), {}
+        for cursor in cursors:
+            await cursor.cancel()
+
+
+class _Cursor:
+    """One partition's reader for every session replaying it (module docstring)."""
+
+    def __init__(self, hub: SharedReplays, partition: int) -> None:
+        self.hub = hub
+        self.partition = partition
+        self.readers: set[_Reader] = set()
+        #: The readers of the pass under way, and its position (None between passes).
+        self.joined: set[_Reader] = set()
+        self.position: int | None = None
+        self._index: _Index | None = None
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task.add_done_callback(self._finished)
+
+    def add(self, reader: _Reader) -> None:
+        self.readers.add(reader)
+        if self.position is not None and reader.next >= self.position:
+            self.joined.add(reader)
+            self._index = None
+
+    def remove(self, reader: _Reader) -> None:
+        self.readers.discard(reader)
+        if reader in self.joined:
+            self.joined.discard(reader)
+            self._index = None
+
+    async def cancel(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        async with self.hub.pool.consumer() as consumer:
+            tp = TopicPartition(self.hub.topic, self.partition)
+            consumer.assign([tp])
+            while self.readers:
+                await self._pass(consumer, tp)
+            # No await since `readers` was seen empty: a session that comes now starts
+            # a new cursor, not one that is leaving.
+            self.hub.ended(self)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.hub.ended(self)
+        error: BaseException | None
+        if task.cancelled():
+            error = BrokerUnavailable("the replay's reader was stopped")
+        else:
+            error = task.exception()
+        if error is not None:
+            for reader in self.readers:
+                reader.replay.fail(error)
+
+    async def _pass(self, consumer: Any, tp: TopicPartition) -> None:
+        self.joined = set(self.readers)
+        self._index = None
+        position = min(reader.next for reader in self.joined)
+        self.hub.stats.replay_passes += 1
+        consumer.seek(tp, position)
+        self.position = position
+        try:
+            step = self.hub.batch
+            while True:
+                await self.hub.room()
+                self._park_the_slow()
+                needed = [r.next for r in self.joined]
+                if not needed:
+                    return
+                if (target := min(needed)) > position:
+                    consumer.seek(tp, target)  # nobody joined needs what lies between
+                    position = self.position = target
+                try:
+                    fetched = await consumer.getmany(tp, timeout_ms=1000, max_records=step)
+                except UNREADABLE:
+                    # As the live loop: read again one at a time, past the refused record.
+                    if step == 1:
+                        position = self.position = position + 1
+                    consumer.seek(tp, position)
+                    step = 1
+                    continue
+                step = self.hub.batch
+                records = fetched.get(tp, ())
+                self._offer(records)
+                if records:
+                    # Before the next await: a session joining now must not need what
+                    # was just offered.
+                    position = self.position = max(position, records[-1].offset + 1)
+                # Past control records and compacted gaps, where nothing is to be found.
+                position = self.position = await consumer.position(tp)
+                self._advance(position)
+                # A fetch of records already buffered returns without suspending: the live
+                # loop (and the claims it reads back) gets its turn between batches.
+                await asyncio.sleep(0)
+        finally:
+            self.position = None
+
+    def _park_the_slow(self) -> None:
+        for reader in [r for r in self.joined if r.replay.held >= self.hub.batch]:
+            self.remove(reader)
+            reader.replay.park(reader)
+
+    def _advance(self, position: int) -> None:
+        for reader in list(self.joined):
+            if reader.next < position:
+                reader.next = min(position, reader.stop)
+            if reader.next >= reader.stop:
+                self.remove(reader)
+                reader.replay.done(reader)
+
+    def _offer(self, records: Sequence[Any]) -> None:
+        """Put each record in the buffers of the joined sessions that receive it."""
+        index = self._rooms()
+        partition = self.partition
+        read = decoded = found = 0
+        last = max((r.stop for r in self.joined), default=0)
+        for record in records:
+            offset = record.offset
+            if offset >= last:
+                break
+            read += 1
+            try:
+                route = routing.read_route(record.headers)
+                if route is None:
+                    candidates = list(self.joined)  # no headers: decoded, then each asked
+                elif route.method != "emit" or route.ack:
+                    continue
+                else:
+                    candidates = self._by_route(index, route)
+                readers = [r for r in candidates if r.next <= offset < r.stop]
+                if not readers:
+                    continue
+                decoded += 1
+                message = codec.decode(record.value)
+            except RecordDecodeError:
+                continue  # counted when the live consumer met it
+            for reader in readers:
+                if reader.replay.audience.wants(message):
+                    reader.replay.put((partition, offset, message))
+                    found += 1
+        stats = self.hub.stats
+        stats.replay_records_read += read
+        stats.replay_records_decoded += decoded
+        self.hub.buffered(found)
+
+    def _rooms(self) -> _Index:
+        """The joined readers by namespace and room (a sid is among its rooms)."""
+        if self._index is None:
+            self._index = {}
+            for reader in self.joined:
+                audience = reader.replay.audience
+                self._index.setdefault((audience.namespace, None), []).append(reader)
+                for room in audience.rooms:
+                    self._index.setdefault((audience.namespace, room), []).append(reader)
+        return self._index
+
+    @staticmethod
+    def _by_route(index: _Index, route: routing.Route) -> list[_Reader]:
+        if not route.rooms:  # to the whole namespace
+            return index.get((route.namespace, None), [])
+        if len(route.rooms) == 1:
+            return index.get((route.namespace, route.rooms[0]), [])
+        seen: dict[_Reader, None] = {}
+        for room in route.rooms:
+            seen.update(dict.fromkeys(index.get((route.namespace, room), [])))
+        return list(seen)

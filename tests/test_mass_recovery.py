@@ -1,0 +1,122 @@
+"""A mass reconnect after a node dies: 50 clients of a SIGKILLed node recover on the two
+survivors at once, each gets exactly its own missed events in order, and the survivors
+read each partition for all of them together, not once per client."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+
+import pytest
+import socketio
+from aiokafka import AIOKafkaConsumer
+
+from socketio_kafka.adapter.routing import Audience, partition_of
+from socketio_kafka.adapter.sessions import decode_session
+
+from .support.cluster import GatewayProcess
+from .support.harness import Harness
+from .support.recovering import RecoveringRecorder
+from .support.waiting import wait_until
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
+
+CLIENTS, OWN, OTHER_ROOMS, PER_OTHER_ROOM = 50, 20, 20, 100
+PARTITIONS = 6  # the gateway's default
+_OWN_ROOMS = [f"own-{n}" for n in range(CLIENTS)]
+
+
+@pytest.fixture
+async def harness(cluster: list[GatewayProcess]) -> AsyncIterator[Harness]:
+    async with Harness(cluster) as h:
+        yield h
+
+
+async def _client(url: str, room: str) -> RecoveringRecorder:
+    client = RecoveringRecorder()
+    for _ in range(50):  # as a client with reconnection on: a node limits connects per address
+        try:
+            await client.connect(url)
+            break
+        except socketio.exceptions.ConnectionError:
+            await asyncio.sleep(0.1)
+    assert await client.client.call("join", {"room": room}) == {"ok": True}
+    return client
+
+
+def _on_partitions_of(sid: str, room: str) -> int:
+    """The gap's records on the partitions a replay of this client reads."""
+    mine = Audience.of("/", sid, [room]).partitions(PARTITIONS)
+    own = sum(OWN for r in _OWN_ROOMS if partition_of(f"/#{r}".encode(), PARTITIONS) in mine)
+    others = [f"other-{n}" for n in range(OTHER_ROOMS)]
+    return own + sum(
+        PER_OTHER_ROOM for r in others if partition_of(f"/#{r}".encode(), PARTITIONS) in mine
+    )
+
+
+async def _sessions_saved(bootstrap: str, channel: str, rooms: dict[str, str]) -> None:
+    """Wait until the sessions topic holds each sid's session in its room: a node killed
+    before it wrote a session leaves nothing to recover."""
+    consumer = AIOKafkaConsumer(
+        f"{channel}.sessions", bootstrap_servers=bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        async with asyncio.timeout(30):
+            async for record in consumer:
+                if record.value and not record.key.startswith(b"__"):
+                    session = decode_session(record.value)
+                    if rooms.get(session.sid) in session.rooms:
+                        del rooms[session.sid]
+                        if not rooms:
+                            return
+    finally:
+        await consumer.stop()
+
+
+async def test_clients_of_a_killed_node_recover_at_once_sharing_the_reads(
+    harness: Harness, kafka_bootstrap: str, channel: str
+) -> None:
+    rooms = _OWN_ROOMS
+    clients = [await _client(harness.gateways[0].url, room) for room in rooms]
+    try:
+        await _sessions_saved(
+            kafka_bootstrap, channel, {c.sid: r for c, r in zip(clients, rooms, strict=True)}
+        )
+        harness.gateways[0].stop(signal.SIGKILL)
+        await wait_until(lambda: not any(c.client.connected for c in clients), 15, "the drops")
+        # The gap: 20 events of each client's own among 2,000 to rooms nobody recovers.
+        await asyncio.gather(
+            *(harness.control(1, "burst", event="own", tag=r, count=OWN, room=r) for r in rooms),
+            *(
+                harness.control(2, "burst", event="other", tag="x", count=PER_OTHER_ROOM, room=r)
+                for r in (f"other-{n}" for n in range(OTHER_ROOMS))
+            ),
+        )
+        await harness.settle()
+        before = await harness.stats()
+
+        survivors = [g.url for g in harness.gateways[1:]]
+        await asyncio.gather(
+            *(
+                c.client.connect(survivors[n % 2], transports=["websocket"])
+                for n, c in enumerate(clients)
+            )
+        )
+        for client, room in zip(clients, rooms, strict=True):
+            assert client.client.recovered["/"] is True
+            events = await client.wait_count("own", OWN)
+            assert events == [{"tag": room, "seq": seq} for seq in range(OWN)]
+            assert client.events("other") == []
+        after = await harness.stats()
+
+        read = sum(
+            a["replay_records_read"] - b["replay_records_read"]
+            for a, b in zip(after, before, strict=True)
+        )
+        # Read one by one, each replay read at least the gap's records on its partitions.
+        alone = sum(_on_partitions_of(c.sid, room) for c, room in zip(clients, rooms, strict=True))
+        assert read < alone / 2, (read, alone)
+    finally:
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)

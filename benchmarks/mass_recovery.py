@@ -105,20 +105,22 @@ async def _wait(check: Any, within_s: float, what: str) -> None:
         await asyncio.sleep(0.01)
 
 
-async def _sessions_saved(bootstrap: str, channel: str, rooms: dict[str, str]) -> None:
+async def sessions_saved(bootstrap: str, channel: str, rooms: dict[str, str]) -> None:
+    """Wait until the sessions topic holds each sid's session in its room (``rooms``: sid
+    to room, emptied as found): a node killed before it wrote a session leaves nothing to
+    recover."""
     consumer = AIOKafkaConsumer(
         f"{channel}.sessions", bootstrap_servers=bootstrap, auto_offset_reset="earliest"
     )
     await consumer.start()
     try:
-        async with asyncio.timeout(120):
-            async for record in consumer:
-                if record.value and not record.key.startswith(b"__"):
-                    session = decode_session(record.value)
-                    if rooms.get(session.sid) in session.rooms:
-                        del rooms[session.sid]
-                        if not rooms:
-                            return
+        async for record in consumer:
+            if record.value and not record.key.startswith(b"__"):
+                session = decode_session(record.value)
+                if rooms.get(session.sid) in session.rooms:
+                    del rooms[session.sid]
+                    if not rooms:
+                        return
     finally:
         await consumer.stop()
 
@@ -153,7 +155,8 @@ async def measure(bootstrap: str, args: Any) -> dict[str, Any]:
                 await asyncio.gather(*(_connect(c, gateways[0].url) for c in chunk))
                 await asyncio.gather(*(c.client.call("join", {"room": c.room}) for c in chunk))
             rooms = {str(c.client.get_sid("/")): c.room for c in clients}
-            await _sessions_saved(bootstrap, channel, rooms)
+            async with asyncio.timeout(120):
+                await sessions_saved(bootstrap, channel, rooms)
             gateways[0].stop(signal.SIGKILL)
             await _wait(lambda: not any(c.client.connected for c in clients), 30, "the drops")
 

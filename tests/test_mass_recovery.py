@@ -10,10 +10,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 import socketio
-from aiokafka import AIOKafkaConsumer
 
+from benchmarks.mass_recovery import sessions_saved
 from socketio_kafka.adapter.routing import Audience, partition_of
-from socketio_kafka.adapter.sessions import decode_session
 
 from .support.cluster import GatewayProcess
 from .support.harness import Harness
@@ -55,35 +54,16 @@ def _on_partitions_of(sid: str, room: str) -> int:
     )
 
 
-async def _sessions_saved(bootstrap: str, channel: str, rooms: dict[str, str]) -> None:
-    """Wait until the sessions topic holds each sid's session in its room: a node killed
-    before it wrote a session leaves nothing to recover."""
-    consumer = AIOKafkaConsumer(
-        f"{channel}.sessions", bootstrap_servers=bootstrap, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    try:
-        async with asyncio.timeout(30):
-            async for record in consumer:
-                if record.value and not record.key.startswith(b"__"):
-                    session = decode_session(record.value)
-                    if rooms.get(session.sid) in session.rooms:
-                        del rooms[session.sid]
-                        if not rooms:
-                            return
-    finally:
-        await consumer.stop()
-
-
 async def test_clients_of_a_killed_node_recover_at_once_sharing_the_reads(
     harness: Harness, kafka_bootstrap: str, channel: str
 ) -> None:
     rooms = _OWN_ROOMS
     clients = [await _client(harness.gateways[0].url, room) for room in rooms]
     try:
-        await _sessions_saved(
-            kafka_bootstrap, channel, {c.sid: r for c, r in zip(clients, rooms, strict=True)}
-        )
+        async with asyncio.timeout(30):
+            await sessions_saved(
+                kafka_bootstrap, channel, {c.sid: r for c, r in zip(clients, rooms, strict=True)}
+            )
         harness.gateways[0].stop(signal.SIGKILL)
         await wait_until(lambda: not any(c.client.connected for c in clients), 15, "the drops")
         # The gap: 20 events of each client's own among 2,000 to rooms nobody recovers.

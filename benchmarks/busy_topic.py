@@ -35,6 +35,8 @@ from socketio_kafka.adapter import (
     RecoveringAsyncServer,
 )
 
+from .services import wait_until
+
 _CHUNK = 5_000
 
 
@@ -72,14 +74,6 @@ async def produce(
         await producer.stop()
 
 
-async def _wait(check: Any, within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        await asyncio.sleep(0.01)
-
-
 async def measure(
     bootstrap: str, others: int, own: int, rooms: int, payload: int, partitions: int
 ) -> dict[str, float]:
@@ -100,7 +94,7 @@ async def measure(
     config = uvicorn.Config(socketio.ASGIApp(sio), host="127.0.0.1", port=0, log_level="warning")
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
-    await _wait(lambda: server.started, 15, "uvicorn")
+    await wait_until(lambda: server.started, 15, "uvicorn")
     port = server.servers[0].sockets[0].getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     await manager.start()
@@ -112,7 +106,7 @@ async def measure(
         await client.call("join", "mine")
         sid = client.get_sid("/")
         await client.eio.ws.close()
-        await _wait(lambda: not manager.is_connected(sid, "/"), 15, "the drop")
+        await wait_until(lambda: not manager.is_connected(sid, "/"), 15, "the drop")
 
         before = manager.stats.records_consumed + manager.stats.records_skipped
         cpu = time.process_time()
@@ -130,7 +124,7 @@ async def measure(
         )
         assert await writer.wait() == 0
         total = others + own
-        await _wait(
+        await wait_until(
             lambda: (
                 manager.stats.records_consumed + manager.stats.records_skipped >= before + total
             ),
@@ -141,7 +135,7 @@ async def measure(
 
         started = time.perf_counter()
         await client.connect(url, transports=["websocket"])
-        await _wait(lambda: len(got) >= own, 600, "the replay")
+        await wait_until(lambda: len(got) >= own, 600, "the replay")
         recovery = time.perf_counter() - started
         assert client.recovered["/"] is True
         assert got == list(range(own)), "missed events out of order or repeated"

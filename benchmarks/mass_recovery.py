@@ -41,6 +41,8 @@ from socketio_kafka.adapter.sessions import decode_session
 from tests.support.cluster import GatewayProcess, gateway_cluster
 from tests.support.control import CONTROL
 
+from .services import wait_until
+
 _CHUNK = 5_000
 _CONNECTS_AT_ONCE = 50
 _CONNECT_TRIES = 10
@@ -97,14 +99,6 @@ class _Client:
         self.other += 1
 
 
-async def _wait(check: Any, within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        await asyncio.sleep(0.01)
-
-
 async def sessions_saved(bootstrap: str, channel: str, rooms: dict[str, str]) -> None:
     """Wait until the sessions topic holds each sid's session in its room (``rooms``: sid
     to room, emptied as found): a node killed before it wrote a session leaves nothing to
@@ -158,7 +152,7 @@ async def measure(bootstrap: str, args: Any) -> dict[str, Any]:
             async with asyncio.timeout(120):
                 await sessions_saved(bootstrap, channel, rooms)
             gateways[0].stop(signal.SIGKILL)
-            await _wait(lambda: not any(c.client.connected for c in clients), 30, "the drops")
+            await wait_until(lambda: not any(c.client.connected for c in clients), 30, "the drops")
 
             for client in clients:
                 client.retries = 0
@@ -262,7 +256,7 @@ async def _connect(client: _Client, url: str) -> None:
 async def _recover(client: _Client, url: str, own: int, started: float) -> None:
     await _connect(client, url)
     try:
-        await _wait(lambda: len(client.own) >= own, 120, f"{client.room}'s replay")
+        await wait_until(lambda: len(client.own) >= own, 120, f"{client.room}'s replay")
     except TimeoutError:
         return  # counted as lost
     client.done_at = time.perf_counter() - started

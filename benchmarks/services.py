@@ -3,6 +3,7 @@ data dir) and each contestant's nodes (subprocesses on loopback ports)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
@@ -33,6 +34,7 @@ __all__ = [
     "free_port",
     "log_tail",
     "require_tool",
+    "wait_until",
 ]
 
 Broker = Literal["kafka", "redis"]
@@ -43,6 +45,15 @@ _STOP_TIMEOUT_S = 15.0
 
 class BenchmarkError(Exception):
     """A service or load generator failed; the message says which and shows its log."""
+
+
+async def wait_until(condition: Any, within_s: float, what: str) -> None:
+    """Poll ``condition`` until true; `TimeoutError` naming ``what`` after ``within_s``."""
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
 
 
 def free_port() -> int:

@@ -45,7 +45,7 @@ import socketio
 from socketio_kafka.adapter import AsyncKafkaManager, AsyncRecoveringClient, KafkaOptions
 from socketio_kafka.gateway.local_kafka import LocalKafka
 
-from .services import BenchmarkError, Cluster, NodeCommand, free_port
+from .services import BenchmarkError, Cluster, NodeCommand, free_port, wait_until
 
 __all__ = ["main", "run"]
 
@@ -121,7 +121,7 @@ class Reader:
             raise BenchmarkError(f"join refused: {reply}")
 
     async def wait_count(self, room: str, count: int) -> None:
-        await _wait(lambda: len(self.latencies.get(room, ())) >= count, 120, "the reader")
+        await wait_until(lambda: len(self.latencies.get(room, ())) >= count, 120, "the reader")
 
 
 def _reader_process(url: str, conn: Connection) -> None:
@@ -349,14 +349,6 @@ def _metric(url: str, name: str) -> float:
     raise BenchmarkError(f"no {name} in {url}/metrics")
 
 
-async def _wait(condition: Any, within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise BenchmarkError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def _phase(
     name: str, url: str, rss: RssSampler, reader: ReaderProcess, manager: AsyncKafkaManager,
     events: int, rate: int, raw: RawClient | None,
@@ -412,7 +404,7 @@ async def _recover(url: str, raw: RawClient, room: str, manager: AsyncKafkaManag
     connected_s = time.monotonic() - started
     # A marker after everything: once it arrives, nothing more of the flood can.
     await manager.emit("ev", {"seq": events, "room": room, "t": time.time(), "pad": ""}, room=room)
-    await _wait(lambda: events in replayed, 120, "the marker after the replay")
+    await wait_until(lambda: events in replayed, 120, "the marker after the replay")
     replay_s = time.monotonic() - started
     await client.disconnect()
     stream = before + [s for s in replayed if s != events]

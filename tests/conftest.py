@@ -17,6 +17,7 @@ import pytest
 
 from .support import containers
 from .support.cluster import GatewayProcess, gateway_cluster
+from .support.jsclient import JsClient
 
 if TYPE_CHECKING:
     from socketio_kafka.gateway.local_kafka import LocalKafka
@@ -48,6 +49,16 @@ def channel() -> str:
 async def cluster(kafka_url: str, channel: str) -> AsyncIterator[list[GatewayProcess]]:
     async with gateway_cluster(kafka_url, channel, nodes=3) as gateways:
         yield gateways
+
+
+@pytest.fixture
+async def js() -> AsyncIterator[JsClient]:
+    """The official socket.io JS client, in a Node process of its own."""
+    client = await JsClient().start()
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 @pytest.fixture(scope="session")

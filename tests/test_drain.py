@@ -9,11 +9,9 @@ import itertools
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 
 from socketio_kafka.adapter import AsyncRecoveringClient
 from socketio_kafka.gateway.app import create_app
@@ -54,15 +52,6 @@ async def test_a_draining_node_is_unready_refuses_clients_and_says_so() -> None:
     assert (ready.status_code, ready.json()) == (503, {"ready": False, "reasons": ["draining"]})
     assert (handshake.status_code, handshake.json()) == (401, {"message": "draining"})
     assert "socketio_kafka_draining 1.0" in metrics
-
-
-@pytest.fixture
-async def js() -> AsyncIterator[JsClient]:
-    client = await JsClient().start()
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def test_sigterm_under_load_moves_clients_with_nothing_lost(

@@ -26,15 +26,6 @@ async def harness(cluster: list[GatewayProcess]) -> AsyncIterator[Harness]:
         yield h
 
 
-@pytest.fixture
-async def js() -> AsyncIterator[JsClient]:
-    client = await JsClient().start()
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
 async def _join(js: JsClient, url: str, **options: object) -> str:
     connected = await js.connect(url, **options)
     assert connected["recovered"] is False

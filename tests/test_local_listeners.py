@@ -21,6 +21,7 @@ from socketio_kafka.gateway.errors import ServiceError
 from socketio_kafka.gateway.local_kafka import LocalKafka
 
 from .support.relay import Relay
+from .support.sockets import all_closed
 
 pytestmark = [pytest.mark.kafka]
 
@@ -131,6 +132,7 @@ async def test_a_wrong_password_is_refused(broker: LocalKafka, mechanism: str) -
     with pytest.raises(KafkaError):
         await producer.start()
     await producer.stop()
+    await all_closed(int(broker.secure_address.rpartition(":")[2]))
 
 
 @pytest.mark.timeout(60)

@@ -25,6 +25,7 @@ from socketio_kafka.gateway.local_tls import ensure_tls
 
 from .support.cluster import REPO, gateway_cluster
 from .support.harness import Harness
+from .support.sockets import all_closed
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
@@ -176,3 +177,4 @@ async def test_the_manager_raises_one_security_error(
     with pytest.raises(SecurityError, match=match):
         await asyncio.wait_for(manager.start(), _EXIT_BOUND_S)
     assert not manager.ready
+    await all_closed(int(_url(secure_kafka).rpartition(":")[2]))

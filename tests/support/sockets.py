@@ -1,0 +1,38 @@
+"""The TCP connections this test process holds, read from ``/proc``.
+
+aiokafka closes a connection that failed its TLS or SASL handshake without waiting for
+it: the TLS shutdown finishes on later turns of the event loop. A test that ends first
+closes its loop with the socket still open, and whichever test runs when the garbage
+collector finds it fails with an unraisable ``ResourceWarning``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .waiting import wait_until
+
+
+def connections_to(port: int) -> int:
+    """How many sockets of this process have a peer on ``port``."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[2].rpartition(":")[2], 16) == port and fields[9] in inodes:
+                count += 1
+    return count
+
+
+async def all_closed(port: int) -> None:
+    """Wait for this process's connections to ``port`` to close (TLS allows 30 s)."""
+    await wait_until(lambda: connections_to(port) == 0, 40, f"connections to port {port} closed")

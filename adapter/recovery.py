@@ -56,7 +56,7 @@ _KEEP = frozenset(
 _MAX_PID_LENGTH = 64
 _RACE_WINDOW_S = 10.0
 _FIRST_RETRY_S = 0.5
-#: Judgments of one claim at most, when it loses to a record of this node's own.
+#: Judgments of one claim at most, when it loses to a record no connection holds.
 _JUDGMENTS = 3
 _MAX_RETRY_S = 5.0
 
@@ -322,9 +322,11 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         """The session this connection won and where its replay starts; else whether the
         connection was dealt with (True: closed for a retry; False: a fresh session).
 
-        Judged again when the claim lost to a record of this node's own that no socket
-        here holds (a claim of an earlier attempt that Kafka wrote late, after an outage;
-        its release; a left record retried): that is no other client's.
+        Judged again when the claim lost to anything but a socket connected here: the pid
+        is the client's secret, so a rival claim is the client's own earlier attempt. Here,
+        one that Kafka wrote late after an outage (or its release, or a left record
+        retried); elsewhere, one whose connection went while its claim was in flight (its
+        node restores the session, then notices and writes it left: `_settled` waits).
         """
         assert claim.pid is not None
         manager = self.kafka
@@ -348,9 +350,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             if won:
                 return session, start
             current = manager.store.table.sessions.get(claim.pid)
-            if current is None or current.owner != manager.host_id:
-                break
-            if manager.is_connected(current.sid, current.namespace):
+            if current is None or manager.is_connected(current.sid, current.namespace):
                 break
         logger.info("pid %.8s… was claimed first on another node; new session", claim.pid)
         return False

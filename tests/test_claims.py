@@ -176,3 +176,47 @@ async def test_a_rejected_claim_is_followed_by_the_owners_record(nodes: tuple[No
             assert a.manager.store.table.sessions[pid].owner == a.manager.host_id
         finally:
             await client.close()
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(90)
+async def test_a_claim_that_lost_to_an_attempt_gone_since_claims_again(
+    nodes: tuple[Node, Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The client's earlier attempt, on b, claimed first (a Kafka failover held both claims
+    # back) and went: b restores the session, then writes it left. The attempt the client
+    # waits on, on a, lost to that claim: it must restore the session, not start afresh.
+    a, b = nodes
+    earlier = RecoveringRecorder()
+    real_claim = a.manager.store.claim
+
+    async def the_earlier_attempt_first(claim: Session, wait: float = 3.0) -> bool:
+        if not earlier.client.connected and not earlier.received:
+            await earlier.connect(url_b)
+            assert earlier.client.recovered["/"], "the earlier attempt restored the session"
+            asyncio.get_running_loop().create_task(earlier.drop_transport())
+        return await real_claim(claim, wait)
+
+    monkeypatch.setattr(a.manager.store, "claim", the_earlier_attempt_first)
+    async with run_server(a.asgi) as url_a, run_server(b.asgi) as url_b:
+        client = await RecoveringRecorder().connect(url_a)
+        sid, pid = client.sid, client.client.pids["/"]
+        await a.sio.emit("before", 1, to="room")
+        await client.wait_count("before", 1)
+        await client.drop_transport()
+        await wait_until(lambda: a.left(pid) and b.left(pid), 10, "both nodes seeing it left")
+        await a.sio.emit("missed", 2, to=sid)
+        earlier.client.pids.update(client.client.pids)
+        earlier.client.offsets.update(client.client.offsets)
+        later = _claimant(client)
+        await client.close()
+        try:
+            await later.connect(url_a)
+            assert earlier.events("missed") == [2]
+            assert (later.client.recovered["/"], later.sid) == (True, sid)
+            assert await later.wait_count("missed", 1) == [2]
+            await b.sio.emit("after", 3, to=sid)
+            assert await later.wait_count("after", 1) == [3]
+        finally:
+            await earlier.close()
+            await later.close()

@@ -36,7 +36,9 @@ _FAULTS = {
     "node-cut": "node 0 cut from Kafka for {cut_s:g} s by a silent TCP relay, staying up",
     "broker-restart": "the single broker stopped for {broker_down_s:g} s and started again",
     "leader-kill": "SIGKILL of the broker leading most of the events topic's partitions"
-    " (3 brokers, RF=3, min.insync.replicas=2), restarted {leader_down_s:g} s later",
+    " (3 brokers, RF=3, min.insync.replicas=2), restarted {leader_down_s:g} s later; a third"
+    " of the receivers and every publisher drop their transport 1 s after the kill;"
+    " {leader_steady_s:g} s of load after each return",
     "two-down": "two of the three brokers SIGKILLed for {two_down_s:g} s, then one back for"
     " {one_back_s:g} s, then the other",
 }

@@ -57,6 +57,8 @@ class Plan:
     #: Steady load before the first fault, after each repair, and after the last one.
     warmup_s: float = 8.0
     steady_s: float = 4.0
+    #: Load after each leader-kill repair: two cycles make the three minutes the issue asks.
+    leader_steady_s: float = 60.0
     cooldown_s: float = 8.0
     #: The nodes' ``--kafka-timeout-ms``: a publish Kafka has not confirmed by then is
     #: refused, so an outage longer than this shows as refusals, not as a stall.
@@ -105,5 +107,6 @@ QUICK = Plan(
     one_back_s=10,
     warmup_s=4,
     steady_s=2,
+    leader_steady_s=2,
     cooldown_s=4,
 )

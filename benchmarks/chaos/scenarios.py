@@ -27,16 +27,20 @@ _IN_SYNC_TIMEOUT_S = 120.0
 _READY_TIMEOUT_S = 60.0
 #: Publishes sent this long after the second broker went down are the ones that must fail.
 _TWO_DOWN_GRACE_S = 2.0
+#: Clients drop this long after a leader is killed: the cluster has not fenced it yet.
+_DROP_AFTER_KILL_S = 1.0
 
 
 def _all_nodes() -> list[int]:
     return list(range(NODES))
 
 
-def _steady(run: Running) -> float | None:
-    """Wait for every client to be connected again, then let the load run a while."""
+def _steady(run: Running, hold: float | None = None) -> float | None:
+    """Wait for every client to be connected again, then let the load run a while
+    (``hold`` seconds; the plan's ``steady_s`` by default)."""
     reconnected = run.reconnected()
-    time.sleep(run.plan.steady_s)  # a timeline: load between faults, not a wait on a state
+    # A timeline: load between faults, not a wait on a state.
+    time.sleep(run.plan.steady_s if hold is None else hold)
     return reconnected
 
 
@@ -150,7 +154,11 @@ def node_cut(run: Running, cycles: int, rng: random.Random) -> list[Json]:
 
 
 def leader_kill(run: Running, cycles: int, rng: random.Random) -> list[Json]:
-    """SIGKILL the broker leading most of the events topic's partitions; restart it later."""
+    """SIGKILL the broker leading most of the events topic's partitions; restart it later.
+
+    A third of the clients lose their transport a second after the kill, while Kafka is
+    electing new leaders: their claims wait on the failover, and some go to other nodes.
+    """
     kafka = _cluster(run)
     records = []
     previous: int | None = None
@@ -159,7 +167,10 @@ def leader_kill(run: Running, cycles: int, rng: random.Random) -> list[Json]:
         victim = _most_leading(leaders, avoid=previous)
         run.note("broker killed", broker=victim, leads=leaders[victim])
         kafka.kill(victim)
-        time.sleep(run.plan.leader_down_s)
+        killed = time.monotonic()
+        time.sleep(_DROP_AFTER_KILL_S)
+        js, py = _drop_clients(run)
+        time.sleep(max(0.0, killed + run.plan.leader_down_s - time.monotonic()))
         kafka.revive(victim)
         run.note("broker back", broker=victim)
         records.append(
@@ -167,8 +178,9 @@ def leader_kill(run: Running, cycles: int, rng: random.Random) -> list[Json]:
                 "broker": victim,
                 "led_partitions": leaders[victim],
                 "leaders_before": dict(leaders),
+                "dropped": {"js": js, "py": py},
                 "in_sync_s": _await_in_sync(run, kafka),
-                "reconnected_s": _steady(run),
+                "reconnected_s": _steady(run, run.plan.leader_steady_s),
             }
         )
         previous = victim

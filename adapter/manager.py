@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -26,6 +26,7 @@ from .errors import (
     SocketIOKafkaError,
 )
 from .fanout import HoldBuffer, event_args, event_packets
+from .histogram import LatencyHistogram
 from .metadata import pace_metadata_updates
 from .options import KafkaOptions, parse_kafka_urls
 from .outage import BrokerWatch, fold_kafka_client_logs
@@ -76,6 +77,11 @@ class ManagerStats:
     replay_records_decoded: int = 0
     #: Passes replay cursors began over a partition: recoveries at once share a pass.
     replay_passes: int = 0
+    #: Events queued on local sockets: live, and replayed to recovering ones.
+    events_delivered: int = 0
+    events_replayed: int = 0
+    #: Seconds from a record handed to the producer to Kafka's acknowledgement.
+    produce_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,7 +419,10 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
                 await check_access(self.bootstrap_servers, self.options)
             await self._ensure_topics()
             self._publisher = Publisher(
-                self._new_producer, self.options.request_timeout_ms / 1000, self._get_logger()
+                self._new_producer,
+                self.options.request_timeout_ms / 1000,
+                self._get_logger(),
+                self.stats.produce_latency,
             )
             await self._publisher.start()
             if not self.write_only:
@@ -709,7 +718,8 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         """Queue encoded packets on one socket; a socket gone meanwhile is not an error,
         one whose client does not read what is queued is cut (`Outbox.offer`)."""
         queue = self.packet_queue(eio_sid)
-        if queue is not None:
+        if queue is not None and not queue.shed:
+            self.stats.events_delivered += 1
             queue.offer(packets, self.cut_slow_consumer, eio_sid)
 
     def cut_slow_consumer(self, eio_sid: str) -> None:
@@ -789,6 +799,22 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
     @property
     def partitions(self) -> int:
         return self._partitions
+
+    def lag(self) -> dict[int, int]:
+        """Per partition of the events topic, the records Kafka holds past those this node
+        took, as of the live consumer's last fetch: no round trip, so a scrape may ask.
+
+        A partition is left out until a fetch has told its end.
+        """
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        lag = {}
+        for partition, position in enumerate(self.positions):
+            end = consumer.highwater(TopicPartition(self.events_topic, partition))
+            if end is not None:
+                lag[partition] = end - position
+        return lag
 
     def _replay_consumer(self) -> AIOKafkaConsumer:
         kwargs = self.options.consumer_kwargs(self.bootstrap_servers)

@@ -11,6 +11,7 @@ client knows it was recovered).
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import json
 import logging
@@ -18,6 +19,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import Any
 
 import socketio
@@ -36,7 +38,7 @@ from .routing import Audience
 from .sessions import Session
 from .store import NODE_STALE_S
 
-__all__ = ["OPT_OUT_KEY", "RecoveringAsyncServer", "RecoveryOptions"]
+__all__ = ["OPT_OUT_KEY", "OUTCOMES", "Fresh", "RecoveringAsyncServer", "RecoveryOptions"]
 
 logger = logging.getLogger("socketio_kafka.recovery")
 
@@ -59,6 +61,39 @@ _FIRST_RETRY_S = 0.5
 #: Judgments of one claim at most, when it loses to a record no connection holds.
 _JUDGMENTS = 3
 _MAX_RETRY_S = 5.0
+
+
+class Fresh(StrEnum):
+    """Why a claim to recover a session got a fresh one: the log says the value, the
+    ``reason`` label of ``socketio_kafka_recoveries_total{outcome="fresh"}`` the `label`."""
+
+    UNKNOWN_SESSION = "unknown session"
+    EPOCH_CHANGED = "the events topic has changed since (epoch)"
+    CONNECTED_HERE = "its sid is connected here"
+    CONNECTED_ELSEWHERE = "the session is still connected on another node"
+    EXPIRED = "expired"
+    BAD_OFFSET = "bad offset"
+    DELETED_BY_RETENTION = "missed events were already deleted by retention"
+    PAST_THE_END = "offset past the end of the topic"
+    CLAIMED_ELSEWHERE = "claimed first on another node"
+    #: Refused by a server that binds sessions to identities (the gateway's).
+    OTHER_SUBJECT = "the session is another subject's"
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+#: Every ``(outcome, reason)`` of `RecoveringAsyncServer.recoveries`: recovered; a fresh
+#: session, and why; closed for the client to retry; failed mid-way (closed); refused by
+#: the app's connect handler.
+OUTCOMES = (
+    ("recovered", ""),
+    *(("fresh", reason.label) for reason in Fresh),
+    ("retry", ""),
+    ("failed", ""),
+    ("refused", ""),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +191,9 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         #: later is not retried over it.
         self._attempts: dict[str, int] = {}
         self._attempt_numbers = itertools.count()
+        #: Connections accepted, ``fresh`` or ``recovered``; claims judged, by `OUTCOMES`.
+        self.connects: collections.Counter[str] = collections.Counter()
+        self.recoveries: collections.Counter[tuple[str, str]] = collections.Counter()
         if options is not None:
             if not isinstance(client_manager, AsyncKafkaManager):
                 raise ConfigError("connection state recovery needs the AsyncKafkaManager")
@@ -198,8 +236,11 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             self._connecting.pop(key, None)
 
     async def _send_packet(self, eio_sid: str, pkt: packet.Packet) -> None:
-        if self.recovery and pkt.packet_type == packet.CONNECT and isinstance(pkt.data, dict):
-            await self._on_connect_reply(eio_sid, pkt.namespace or "/", pkt.data)
+        # A recovered socket's CONNECT reply is sent past this (`_restore`).
+        if pkt.packet_type == packet.CONNECT and isinstance(pkt.data, dict):
+            self.connects["fresh"] += 1
+            if self.recovery:
+                await self._on_connect_reply(eio_sid, pkt.namespace or "/", pkt.data)
         await super()._send_packet(eio_sid, pkt)
 
     async def _handle_disconnect(
@@ -285,6 +326,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             if not self.recovery.skip_middlewares and not await self._admitted(
                 eio_sid, sid, namespace, claim
             ):
+                self.recoveries["refused", ""] += 1
                 await self._release(session)
                 return True
             async with asyncio.timeout(self.recovery.replay_timeout):
@@ -304,6 +346,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             manager.holds.release(eio_sid, stop, manager.send_packets)
         except Exception:
             logger.exception("recovery of sid %s failed; closing the connection", sid)
+            self.recoveries["failed", ""] += 1
             manager.holds.drop(eio_sid)
             queue = manager.packet_queue(eio_sid)
             if queue is not None and queue.above_low_water:
@@ -314,6 +357,8 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
                 await manager.close_transport(eio_sid, _REASON.SERVER_DISCONNECT)
             return True
         logger.info("recovered sid %s [%s]: %d missed events replayed", sid, namespace, missed)
+        self.recoveries["recovered", ""] += 1
+        self.connects["recovered"] += 1
         return True
 
     async def _judge(
@@ -341,9 +386,10 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
                 await self._retry_later(eio_sid, f"Kafka does not answer ({exc!r})")
                 return True
             if session is None or start is None:
-                return False
+                return False  # counted by _replay_start
             if manager.is_connected(session.sid, namespace):
-                return False  # restored meanwhile by a concurrent claim: restored once
+                # Restored meanwhile by a concurrent claim: restored once.
+                return self._fresh(claim, Fresh.CONNECTED_HERE)
             won = await self._claim(eio_sid, session)
             if won is None:
                 return True
@@ -352,7 +398,12 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             current = manager.store.table.sessions.get(claim.pid)
             if current is None or manager.is_connected(current.sid, current.namespace):
                 break
-        logger.info("pid %.8s… was claimed first on another node; new session", claim.pid)
+        return self._fresh(claim, Fresh.CLAIMED_ELSEWHERE)
+
+    def _fresh(self, claim: _Claim, reason: Fresh, detail: str = "") -> bool:
+        """Log and count a claim that gets a fresh session; False, as `_judge` answers it."""
+        logger.info("no recovery for pid %.8s…: %s%s; new session", claim.pid, reason, detail)
+        self.recoveries["fresh", reason.label] += 1
         return False
 
     async def _claim(self, eio_sid: str, session: Session) -> bool | None:
@@ -410,6 +461,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         retries by itself, and what it missed waits in Kafka (a fresh session would lose it).
         """
         logger.warning("%s: closing a recovering connection, for its client to retry", why)
+        self.recoveries["retry", ""] += 1
         await self.kafka.close_transport(eio_sid, _REASON.SERVER_DISCONNECT)
 
     async def _settled(self, session: Session | None) -> Session | None:
@@ -459,12 +511,14 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
     async def _replay_start(
         self, session: Session | None, namespace: str, claim: _Claim
     ) -> tuple[int, ...] | None:
-        """Where the replay begins, or None (and why, logged) when it cannot be whole.
+        """Where the replay begins, or None (and why, logged and counted) when it cannot be
+        whole.
 
         Raises `KafkaError` when Kafka does not answer: the claim is then not judged.
         """
         manager = self.kafka
         refusal = self._refusal(session, namespace)
+        detail = ""
         if refusal is None:
             assert session is not None
             try:
@@ -475,27 +529,27 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
                     floor = offsets.Position(manager.epoch, session.start)
                     start = claimed.at_least(floor).offsets
             except offsets.OffsetError as exc:
-                refusal = f"bad offset: {exc}"
+                refusal, detail = Fresh.BAD_OFFSET, f": {exc}"
             else:
                 bounds = await manager.bounds()
                 if any(s < b for s, b in zip(start, bounds.beginning, strict=True)):
-                    refusal = "missed events were already deleted by retention"
+                    refusal = Fresh.DELETED_BY_RETENTION
                 elif any(s > e for s, e in zip(start, bounds.end, strict=True)):
-                    refusal = "offset past the end of the topic"
+                    refusal = Fresh.PAST_THE_END
                 else:
                     return start
-        logger.info("no recovery for pid %.8s…: %s; new session", claim.pid, refusal)
+        self._fresh(claim, refusal, detail)
         return None
 
-    def _refusal(self, session: Session | None, namespace: str) -> str | None:
+    def _refusal(self, session: Session | None, namespace: str) -> Fresh | None:
         assert self.recovery is not None
         manager = self.kafka
         if session is None or session.namespace != namespace:
-            return "unknown session"
+            return Fresh.UNKNOWN_SESSION
         if session.epoch != manager.epoch:
-            return "the events topic has changed since (epoch)"
+            return Fresh.EPOCH_CHANGED
         if manager.is_connected(session.sid, namespace):
-            return "its sid is connected here"
+            return Fresh.CONNECTED_HERE
         window = self.recovery.max_disconnection_duration
         if session.disconnected_at is None:
             if session.owner == manager.host_id:
@@ -503,14 +557,14 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
                 # was away; `_retry_unsaved` writes it). This node knows better than its log.
                 return None
             if manager.store.node_alive(session.owner):
-                return "the session is still connected on another node"
+                return Fresh.CONNECTED_ELSEWHERE
             # Left when its node went quiet. A node never heard from died before its first
             # heartbeat reached us, moments ago: not expired (as SessionTable.expired).
             last_seen = manager.store.table.heartbeats.get(session.owner)
             if last_seen is not None and time.time() - last_seen > window + 15:
-                return "expired"
+                return Fresh.EXPIRED
         elif time.time() - session.disconnected_at > window:
-            return "expired"
+            return Fresh.EXPIRED
         return None
 
     async def _replay(
@@ -537,6 +591,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
                     mark = marker.advance(partition, offset + 1)
                     packets = event_packets(self.packet_class, message, mark)
                     queue.offer(packets, manager.cut_slow_consumer, eio_sid)
+                    manager.stats.events_replayed += 1
                     count += 1
                     if queue.above_low_water:
                         # Paced by the client: never more than the low-water mark queued.

@@ -14,6 +14,7 @@ python-socketio 5.18 trusts two things a hostile client controls (tests/test_hos
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import weakref
 from typing import Any
@@ -23,7 +24,7 @@ from socketio import packet
 from socketio_kafka.adapter.recovery import RecoveringAsyncServer
 
 from .limits import Limits, NodeLimits
-from .protocol import RESERVED_EVENTS
+from .protocol import EVENTS, RESERVED_EVENTS
 
 __all__ = ["ATTACHMENT_OVERHEAD", "DRAINING", "GuardedServer"]
 
@@ -51,6 +52,9 @@ class GuardedServer(RecoveringAsyncServer):
         self.limits = NodeLimits(limits or Limits())
         #: Set by `drain`: new connections are refused, /readyz answers 503.
         self.draining = False
+        #: Events clients sent, by name: the protocol's own, and ``other`` (names are the
+        #: client's to choose, and would be as many labels).
+        self.events_in: collections.Counter[str] = collections.Counter()
 
     async def drain(self) -> None:
         """Refuse new connections and close every one this node has, keeping their
@@ -113,6 +117,7 @@ class GuardedServer(RecoveringAsyncServer):
         if data[0] in RESERVED_EVENTS:
             logger.info("dropped an event named %r from %s: reserved", data[0], eio_sid)
             return
+        self.events_in[data[0] if data[0] in EVENTS else "other"] += 1
         refused = self.limits.check_event(eio_sid)
         if refused is not None:
             if id is not None:  # dropped silently otherwise: nothing waits for it

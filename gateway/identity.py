@@ -26,6 +26,7 @@ from typing import Any
 
 from socketio import packet
 
+from socketio_kafka.adapter.recovery import Fresh
 from socketio_kafka.adapter.sessions import Session
 
 from .auth import Claims, TokenVerifier, token_from, user_room
@@ -227,10 +228,10 @@ class IdentityServer(GuardedServer):
 
     # -- recovery (RecoveringAsyncServer's steps, for the subject's own sessions) --------
 
-    def _refusal(self, session: Session | None, namespace: str) -> str | None:
+    def _refusal(self, session: Session | None, namespace: str) -> Fresh | None:
         refusal = super()._refusal(session, namespace)
         if refusal is None and self.verifier is not None and not _owned(session):
-            return "the session is another subject's"
+            return Fresh.OTHER_SUBJECT
         return refusal
 
     async def _close_stale_transport(self, session: Session, eio_sid: str) -> bool:

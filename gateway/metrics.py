@@ -5,16 +5,24 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from socketio_kafka.adapter import AsyncKafkaManager
-from socketio_kafka.adapter.manager import Health
+from socketio_kafka.adapter.manager import Health, ManagerStats
+from socketio_kafka.adapter.recovery import OUTCOMES
 
 from .auth import Refusal
 from .brokers import RedisManager
 from .guard import GuardedServer
 from .identity import IdentityServer
+from .protocol import EVENTS
 
 __all__ = ["NodeCollector", "node_registry"]
 
@@ -43,7 +51,7 @@ class NodeCollector(Collector):
         self._manager = manager
         self._server = server
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         # python-socketio's Redis manager keeps no counters: readiness and sockets only.
         if isinstance(self._manager, AsyncKafkaManager):
             for name, doc in _COUNTERS.items():
@@ -51,6 +59,8 @@ class NodeCollector(Collector):
                 counter.add_metric([], getattr(self._manager.stats, name))
                 yield counter
             yield from _health_metrics(self._manager.health())
+            yield from _flow_metrics(self._manager.stats)
+            yield _lag(self._manager.lag())
         ready = GaugeMetricFamily("socketio_kafka_ready", "1 when the node is ready")
         ready.add_metric([], 1.0 if self._manager.ready else 0.0)
         yield ready
@@ -65,6 +75,7 @@ class NodeCollector(Collector):
         yield sockets
         if self._server is not None:
             yield from _guard_metrics(self._server)
+            yield from _connection_metrics(self._server)
         if isinstance(self._server, IdentityServer):
             yield _connect_refusals(self._server.refusals)
 
@@ -82,6 +93,67 @@ def _guard_metrics(server: GuardedServer) -> Iterator[GaugeMetricFamily | Counte
     )
     draining.add_metric([], 1.0 if server.draining else 0.0)
     yield from (refusals, draining)
+
+
+def _connection_metrics(server: GuardedServer) -> Iterator[CounterMetricFamily]:
+    connects = CounterMetricFamily(
+        "socketio_kafka_connects",
+        "Connections accepted: a fresh session, or a recovered one",
+        labels=["session"],
+    )
+    for session in ("fresh", "recovered"):
+        connects.add_metric([session], server.connects[session])
+    events_in = CounterMetricFamily(
+        "socketio_kafka_events_in",
+        "Events clients sent this node, by name (the protocol's own, else other)",
+        labels=["event"],
+    )
+    for event in (*sorted(EVENTS), "other"):
+        events_in.add_metric([event], server.events_in[event])
+    yield from (connects, events_in)
+    if server.recovery is not None:
+        recoveries = CounterMetricFamily(
+            "socketio_kafka_recoveries",
+            "Claims to recover a session, by outcome (and for a fresh session, why)",
+            labels=["outcome", "reason"],
+        )
+        for outcome, reason in OUTCOMES:
+            recoveries.add_metric([outcome, reason], server.recoveries[outcome, reason])
+        yield recoveries
+
+
+def _flow_metrics(stats: ManagerStats) -> Iterator[Metric]:
+    events_out = CounterMetricFamily(
+        "socketio_kafka_events_out",
+        "Events queued on this node's sockets: live, or replayed to a recovering one",
+        labels=["delivery"],
+    )
+    events_out.add_metric(["live"], stats.events_delivered)
+    events_out.add_metric(["replayed"], stats.events_replayed)
+    latency = stats.produce_latency
+    yield events_out
+    yield HistogramMetricFamily(
+        "socketio_kafka_produce_latency_seconds",
+        "Seconds from a record handed to the producer to Kafka's acknowledgement",
+        buckets=[(_le(bound), count) for bound, count in latency.cumulative()],
+        sum_value=latency.sum,
+    )
+
+
+def _le(bound: float) -> str:
+    """A bucket's bound as Prometheus writes it (``+Inf``, ``0.005``)."""
+    return floatToGoString(bound)  # type: ignore[no-untyped-call,no-any-return]  # untyped
+
+
+def _lag(lag: Mapping[int, int]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(
+        "socketio_kafka_consumer_lag",
+        "Records of an events partition not yet taken by this node, as of its last fetch",
+        labels=["partition"],
+    )
+    for partition, records in sorted(lag.items()):
+        family.add_metric([str(partition)], records)
+    return family
 
 
 def _connect_refusals(refusals: Mapping[str, int]) -> CounterMetricFamily:

@@ -20,7 +20,13 @@ from .errors import TokenRefused
 from .limits import ROOMS, NodeLimits
 from .permissions import Action, Gate
 
-__all__ = ["MAX_CORRELATION_ID_LENGTH", "MAX_NAME_LENGTH", "RESERVED_EVENTS", "register"]
+__all__ = [
+    "EVENTS",
+    "MAX_CORRELATION_ID_LENGTH",
+    "MAX_NAME_LENGTH",
+    "RESERVED_EVENTS",
+    "register",
+]
 
 logger = logging.getLogger("socketio_kafka.gateway")
 
@@ -30,6 +36,8 @@ MAX_CORRELATION_ID_LENGTH = 64
 RESERVED_EVENTS = frozenset(
     {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
 )
+#: The protocol's own events, which `register` installs.
+EVENTS = frozenset({"join", "leave", "publish", "refresh"})
 
 Reply = dict[str, Any]
 

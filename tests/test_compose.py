@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import json
 import re
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import socketio
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from socketio_kafka.gateway.settings import ENV_PREFIX, Settings
 
@@ -70,6 +73,117 @@ def test_nginx_and_prometheus_reach_every_gateway() -> None:
     prometheus = yaml.safe_load((COMPOSE / "prometheus.yml").read_text())
     targets = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
     assert targets == [f"{g}:8000" for g in GATEWAYS]
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """A service's bind mounts: where in the container, from which path of compose/."""
+    mounts = {}
+    for volume in service["volumes"]:
+        source, target, *_ = volume.split(":")
+        mounts[target] = (COMPOSE / source).resolve()
+    return mounts
+
+
+def _dashboard() -> dict[str, Any]:
+    loaded = json.loads((COMPOSE / "grafana" / "dashboards" / "socketio-kafka.json").read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def _walk(node: object) -> Iterator[dict[str, Any]]:
+    """Every JSON object in ``node``, itself included."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def test_grafana_is_provisioned_with_the_prometheus_and_the_dashboard(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    grafana = services["grafana"]
+    image, _, tag = grafana["image"].partition(":")
+    assert image == "grafana/grafana"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", tag), "pin the image to a release"
+    mounts = _mounts(grafana)
+    provisioning = mounts["/etc/grafana/provisioning"]
+    datasources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    [datasource] = datasources["datasources"]
+    # Grafana reaches Prometheus by its service name, on the port it listens on.
+    assert datasource["type"] == "prometheus"
+    assert datasource["url"] == "http://prometheus:9090"
+    assert "prometheus" in services
+    assert any(p.endswith(":9090") for p in services["prometheus"]["ports"])
+    providers = yaml.safe_load((provisioning / "dashboards" / "socketio-kafka.yml").read_text())
+    [provider] = providers["providers"]
+    dashboards = mounts[provider["options"]["path"]]
+    assert (dashboards / "socketio-kafka.json").is_file()
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == provider["options"]["path"] + "/socketio-kafka.json"
+    # Every panel, query and variable reads the provisioned datasource.
+    dashboard = _dashboard()
+    sources = [o["datasource"] for o in _walk(dashboard) if "datasource" in o]
+    assert sources
+    assert all(s == {"type": "prometheus", "uid": datasource["uid"]} for s in sources)
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    assert all(p["gridPos"]["x"] + p["gridPos"]["w"] <= 24 for p in panels)
+    assert all(p["targets"] and all(t["expr"] for t in p["targets"]) for p in panels)
+
+
+def _exprs(dashboard: dict[str, Any]) -> list[str]:
+    """The PromQL of every panel target and variable query."""
+    exprs = [o["expr"] for o in _walk(dashboard) if isinstance(o.get("expr"), str)]
+    for variable in dashboard["templating"]["list"]:
+        exprs.append(variable["query"]["query"])
+    return exprs
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+async def test_every_metric_the_dashboard_plots_is_one_a_node_exports(
+    kafka_url: str, channel: str
+) -> None:
+    exprs = _exprs(_dashboard())
+    plotted = {name for expr in exprs for name in re.findall(r"\bsocketio_kafka_\w+", expr)}
+    assert "histogram_quantile" in " ".join(exprs)
+    async with gateway_cluster(kafka_url, channel, nodes=1) as [node]:
+        # Connected while scraped: a node without sockets has no connected_sockets sample.
+        client = socketio.AsyncClient(reconnection=False)
+        await client.connect(node.url, transports=["websocket"], auth={"recovery": False})
+        try:
+            ack = await client.call("publish", {"room": "r", "event": "e", "data": 1})
+            assert ack["ok"] is True
+            exported = await _exported_once_lag_is_known(node.url)
+        finally:
+            await client.disconnect()
+            await client.shutdown()
+    assert plotted <= exported, sorted(plotted - exported)
+    # Each family of the node's has a panel (the histogram through its buckets).
+    families = {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in exported}
+    assert families <= {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in plotted}
+
+
+async def _exported_once_lag_is_known(url: str) -> set[str]:
+    """The sample names of a node's /metrics, once its consumer has fetched (the lag of a
+    partition is known from then on)."""
+    deadline = asyncio.get_running_loop().time() + 30
+    async with httpx.AsyncClient() as http:
+        while True:
+            text = (await http.get(f"{url}/metrics", timeout=5)).text
+            exported = {
+                sample.name
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+            }
+            if "socketio_kafka_consumer_lag" in exported:
+                return exported
+            assert asyncio.get_running_loop().time() < deadline, "no lag exported"
+            await asyncio.sleep(0.1)
 
 
 def _nginx() -> str:

@@ -13,6 +13,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
 
 def test_a_small_busy_topic_run(kafka_bootstrap: str) -> None:
     args = [f"--kafka={kafka_bootstrap}", "--others=3000", "--own=30", "--rooms=300"]
+    args.append("--delivered=300")
     run = subprocess.run(
         [sys.executable, "-m", "benchmarks.busy_topic", *args],
         capture_output=True,

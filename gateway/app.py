@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route
 from socketio_kafka.adapter import AsyncKafkaManager, SocketIOKafkaError, fastjson
 from socketio_kafka.adapter.recovery import RecoveryOptions
 
-from . import protocol
+from . import page, protocol
 from .brokers import RedisManager
 from .identity import IdentityServer
 from .metrics import node_registry
@@ -119,6 +119,7 @@ def create_app(
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
+            *page.routes(),  # the demo page at /
             Mount("/socket.io", socketio.ASGIApp(sio, socketio_path="")),
         ],
         lifespan=_lifespan(sio, manager, on_failure),

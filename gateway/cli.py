@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--base-port", type=int, default=8001)
     demo.add_argument("--kafka", default=env_default("kafka", None))
     demo.add_argument("--once", action="store_true", help="exit after the exchange")
+    demo.add_argument(
+        "--jwt-secret-file",
+        help="the nodes check JWTs signed with this secret; the demo signs its clients' and"
+        " its page URLs' tokens with it",
+    )
     demo.set_defaults(run=_demo)
     for name in _SERVICES:
         service = commands.add_parser(name, help=f"start, stop or check a local {name}")
@@ -313,15 +318,24 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import DemoOptions, run_demo
+    from .demo import DemoOptions, DemoTokens, run_demo
     from .errors import InvalidSettings
 
     if args.nodes < 1:
         raise InvalidSettings(f"--nodes must be >= 1, not {args.nodes}")
     # Its nodes run `serve`, which reads the environment: refused here, before anything starts.
-    env_settings()
+    given: dict[str, object] = {"port": args.base_port}
+    if args.jwt_secret_file:
+        given["jwt_secret_file"] = args.jwt_secret_file
+    try:
+        tokens = DemoTokens.from_settings(Settings(**(env_settings() | given)))
+    except ValueError as exc:
+        raise InvalidSettings(str(exc)) from exc
     kafka = args.kafka or f"kafka://{_service('kafka', None, None).start()}"
-    return run_demo(DemoOptions(kafka, args.nodes, args.base_port, once=args.once))
+    options = DemoOptions(
+        kafka, args.nodes, args.base_port, once=args.once, jwt_secret_file=args.jwt_secret_file
+    )
+    return run_demo(options, tokens)
 
 
 def _service_command(name: str) -> Callable[[argparse.Namespace], int]:

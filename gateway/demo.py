@@ -1,4 +1,9 @@
-"""``socketio-kafka demo``: a local Kafka, N gateway nodes, and clients talking across them."""
+"""``socketio-kafka demo``: a local Kafka, N gateway nodes, and clients talking across them.
+
+With a JWT secret (``--jwt-secret-file``, or the ``SOCKETIO_KAFKA_JWT_*`` variables the
+nodes read too), the demo is its own issuer: it signs tokens for its clients and for the
+demo page's URLs with the nodes' secret.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +15,23 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlencode
 
 import aiohttp
+import jwt
 
 from socketio_kafka.adapter import AsyncRecoveringClient
 
-__all__ = ["DemoOptions", "run_demo"]
+from .errors import InvalidSettings
+from .settings import Settings, _secret
+
+__all__ = ["ROOM", "DemoOptions", "DemoTokens", "page_urls", "run_demo"]
 
 _READY_TIMEOUT_S = 60.0
+#: The room the demo's clients and its page talk in.
+ROOM = "lobby"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,17 +41,86 @@ class DemoOptions:
     base_port: int = 8001
     channel: str = "demo"
     once: bool = False
+    #: Given to the nodes; the environment's ``SOCKETIO_KAFKA_JWT_*`` reach them anyway.
+    jwt_secret_file: str | None = None
 
 
-def run_demo(options: DemoOptions) -> int:
-    """Start the nodes, show a cross-node exchange, then serve until Ctrl-C (or exit, with once)."""
+@dataclass(frozen=True, slots=True)
+class DemoTokens:
+    """Tokens signed with the nodes' own secret, for the demo's clients and page.
+
+    Example::
+
+        tokens = DemoTokens.from_settings(settings)  # None: the nodes check no tokens
+        tokens.mint("alice")  # may join and publish in the demo's room for a day
+    """
+
+    secret: str = field(repr=False)
+    algorithm: str
+    audience: str | None = None
+    issuer: str | None = None
+    lifetime_s: float = 24 * 3600.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DemoTokens | None:
+        """The nodes' HMAC secret and checks; raises `InvalidSettings` for a public key,
+        whose private half the demo does not have."""
+        verifier = settings.token_verifier
+        if verifier is None:
+            return None
+        secret = settings.jwt_secret or _secret("jwt_secret_file", settings.jwt_secret_file)
+        if secret is None:
+            raise InvalidSettings(
+                "the demo signs its tokens with the nodes' secret (--jwt-secret-file):"
+                " with a public key, tokens come from the issuer holding the private key"
+            )
+        return cls(secret, verifier.algorithms[0], verifier.audience, verifier.issuer)
+
+    def mint(self, subject: str) -> str:
+        now = time.time()
+        claims: dict[str, Any] = {
+            "sub": subject,
+            "iat": int(now),
+            "exp": int(now + self.lifetime_s),
+            "rooms": [ROOM],
+            "publish": [ROOM],
+        }
+        claims |= {"aud": self.audience} if self.audience else {}
+        claims |= {"iss": self.issuer} if self.issuer else {}
+        return jwt.encode(claims, self.secret, algorithm=self.algorithm)
+
+    def auth(self, subject: str) -> dict[str, str]:
+        """A CONNECT auth payload carrying a fresh token for ``subject``."""
+        return {"token": self.mint(subject)}
+
+
+def page_urls(urls: list[str], tokens: DemoTokens | None) -> list[str]:
+    """The demo page on each node, listing every node (its own first, then the others it
+    moves to on reconnects); with tokens, one per page as ``#token=``, which browsers do
+    not send to servers, so it stays out of their logs."""
+    pages = []
+    for i, url in enumerate(urls):
+        nodes = ",".join(urls[i:] + urls[:i])
+        page = f"{url}/?{urlencode({'nodes': nodes, 'room': ROOM}, safe=':/,')}"
+        if tokens is not None:
+            page += f"#token={quote(tokens.mint(f'guest-{i + 1}'))}"
+        pages.append(page)
+    return pages
+
+
+def run_demo(options: DemoOptions, tokens: DemoTokens | None = None) -> int:
+    """Start the nodes, show a cross-node exchange, then serve until Ctrl-C (or exit, with
+    once); ``tokens`` for nodes that check JWTs (`DemoTokens.from_settings`)."""
     with _nodes(options) as urls:
         asyncio.run(_wait_ready(urls))
-        asyncio.run(_exchange(urls))
+        asyncio.run(_exchange(urls, tokens))
         if not options.once:
             print("\nnodes are serving; Ctrl-C stops them:")
             for url in urls:
                 print(f"  {url}   (/healthz /readyz /metrics, Socket.IO at /socket.io/)")
+            print("the demo page, in a browser (one per node; a reconnect moves to the next):")
+            for page in page_urls(urls, tokens):
+                print(f"  {page}")
             with contextlib.suppress(KeyboardInterrupt):
                 signal.pause()
     return 0
@@ -54,6 +136,8 @@ def _nodes(options: DemoOptions) -> Iterator[list[str]]:
                 sys.executable, "-m", "socketio_kafka.gateway", "serve", "--port", str(port),
                 "--kafka", options.kafka, "--channel", options.channel, "--log-level", "warning",
             ]  # fmt: skip
+            if options.jwt_secret_file is not None:
+                command += ["--jwt-secret-file", options.jwt_secret_file]
             processes.append(subprocess.Popen(command, env=os.environ.copy()))
         yield [f"http://127.0.0.1:{port}" for port in ports]
     finally:
@@ -86,9 +170,9 @@ async def _is_ready(http: aiohttp.ClientSession, url: str) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def _client(url: str) -> AsyncIterator[AsyncRecoveringClient]:
+async def _client(url: str, auth: dict[str, str] | None) -> AsyncIterator[AsyncRecoveringClient]:
     client = AsyncRecoveringClient(reconnection=False)
-    await client.connect(url, transports=["websocket"])
+    await client.connect(url, transports=["websocket"], auth=auth)
     try:
         yield client
     finally:
@@ -116,15 +200,19 @@ class _Inbox:
                 await self._changed.wait()
 
 
-async def _exchange(urls: list[str]) -> None:
+def _auth(tokens: DemoTokens | None, name: str) -> dict[str, str] | None:
+    return None if tokens is None else tokens.auth(name)
+
+
+async def _exchange(urls: list[str], tokens: DemoTokens | None) -> None:
     names = ["alice", "bob", "carol", "dave", "erin"]
     async with contextlib.AsyncExitStack() as stack:
         clients: list[tuple[str, AsyncRecoveringClient, _Inbox]] = []
         for i, url in enumerate(urls):
             name, inbox = names[i % len(names)], _Inbox()
-            client = await stack.enter_async_context(_client(url))
+            client = await stack.enter_async_context(_client(url, _auth(tokens, name)))
             client.on("chat", inbox.on_chat)
-            await client.call("join", {"room": "lobby"})
+            await client.call("join", {"room": ROOM})
             print(f"{name} connected to node {i + 1} ({url}) and joined 'lobby'")
             clients.append((name, client, inbox))
         (sender, alice, _), *others = clients
@@ -134,11 +222,14 @@ async def _exchange(urls: list[str]) -> None:
         for name, _, inbox in others:
             await inbox.wait(1)
             print(f"  {name} received it after {(inbox.arrived[0] - sent) * 1000:.1f} ms")
-        await _show_recovery(urls, alice, others[0])
+        await _show_recovery(urls, alice, others[0], tokens)
 
 
 async def _show_recovery(
-    urls: list[str], alice: AsyncRecoveringClient, away: tuple[str, AsyncRecoveringClient, _Inbox]
+    urls: list[str],
+    alice: AsyncRecoveringClient,
+    away: tuple[str, AsyncRecoveringClient, _Inbox],
+    tokens: DemoTokens | None,
 ) -> None:
     name, client, inbox = away
     dropped = asyncio.Event()
@@ -151,7 +242,7 @@ async def _show_recovery(
         await _say(alice, "alice", text)
         print(f"  alice: {text}")
     target = urls[-1]
-    await client.connect(target, transports=["websocket"])
+    await client.connect(target, transports=["websocket"], auth=_auth(tokens, name))
     await inbox.wait(4)
     print(
         f"{name} reconnected to {target}: recovered={client.recovered['/']}, "
@@ -160,5 +251,5 @@ async def _show_recovery(
 
 
 async def _say(client: AsyncRecoveringClient, sender: str, text: str) -> object:
-    payload = {"room": "lobby", "event": "chat", "data": {"from": sender, "text": text}}
+    payload = {"room": ROOM, "event": "chat", "data": {"from": sender, "text": text}}
     return await client.call("publish", payload)

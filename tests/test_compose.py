@@ -282,3 +282,16 @@ async def test_clients_through_nginx_upgrade_and_get_events(proxied: str) -> Non
         for client in clients:
             await client.disconnect()
             await client.shutdown()
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(60)
+async def test_the_demo_page_is_served_through_nginx_and_metrics_are_not(proxied: str) -> None:
+    async with httpx.AsyncClient() as http:
+        page = await http.get(f"{proxied}/")
+        assert page.status_code == 200
+        assert '<script src="/static/socket.io.min.js">' in page.text
+        script = await http.get(f"{proxied}/static/socket.io.min.js")
+        assert script.status_code == 200, script.text  # .ci/install's npm ci put it there
+        assert "node" in (await http.get(f"{proxied}/node")).json()
+        assert (await http.get(f"{proxied}/metrics")).status_code == 404

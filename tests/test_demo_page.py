@@ -12,9 +12,7 @@ routes every node serves, and the tokens ``socketio-kafka demo`` signs.
 from __future__ import annotations
 
 import asyncio
-import random
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -33,6 +31,7 @@ from socketio_kafka.gateway.settings import Settings
 
 from .support.clients import Recorder
 from .support.cluster import REPO, GatewayProcess, gateway_cluster
+from .support.sockets import free_run
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Chromium on a closed network: no sandbox (root in CI), no GPU, and none of the calls home
@@ -253,7 +252,7 @@ async def test_demo_with_a_secret_signs_its_clients_tokens(kafka_url: str, tmp_p
     secret_file.write_text(SECRET)
     command = [
         sys.executable, "-m", "socketio_kafka.gateway", "demo", "--once", "--kafka", kafka_url,
-        "--base-port", str(_free_pair()), "--nodes", "2", "--jwt-secret-file", str(secret_file),
+        "--base-port", str(free_run(2)), "--nodes", "2", "--jwt-secret-file", str(secret_file),
     ]  # fmt: skip
     result = await asyncio.to_thread(
         subprocess.run, command, cwd=REPO, capture_output=True, timeout=150
@@ -262,22 +261,3 @@ async def test_demo_with_a_secret_signs_its_clients_tokens(kafka_url: str, tmp_p
     assert result.returncode == 0, out + result.stderr.decode()
     assert "bob received it" in out
     assert "recovered=True, missed messages delivered in order: ['are you there?'" in out
-
-
-def _free_pair() -> int:
-    """A free port whose next is free too, for the demo's two nodes: below the ephemeral
-    range (32768 up on Linux), where the nodes' own Kafka connections could take the next."""
-    for _ in range(100):
-        base = random.randrange(20_000, 32_000)
-        if _bindable(base) and _bindable(base + 1):
-            return base
-    raise AssertionError("no two consecutive free ports in 20000-32000")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True

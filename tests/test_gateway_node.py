@@ -21,6 +21,7 @@ from .support.clients import Recorder
 from .support.cluster import REPO, GatewayProcess, free_port, gateway_cluster
 from .support.harness import Harness
 from .support.recovering import RecoveringRecorder
+from .support.sockets import free_run
 from .support.waiting import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
@@ -174,7 +175,7 @@ async def test_serve_without_kafka_starts_the_local_broker(tmp_path: Path, chann
 
 
 async def test_demo_runs_end_to_end(kafka_url: str) -> None:
-    base = free_port()
+    base = free_run(2)
     result = await asyncio.to_thread(
         subprocess.run,
         [

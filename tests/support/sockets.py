@@ -1,4 +1,6 @@
-"""The TCP connections this test process holds, read from ``/proc``.
+"""Ports for services a test starts, and the TCP connections this test process holds.
+
+The connections are read from ``/proc``.
 
 aiokafka closes a connection that failed its TLS or SASL handshake without waiting for
 it: the TLS shutdown finishes on later turns of the event loop. A test that ends first
@@ -9,6 +11,8 @@ collector finds it fails with an unraisable ``ResourceWarning``.
 from __future__ import annotations
 
 import os
+import random
+import socket
 from pathlib import Path
 
 from .waiting import wait_until
@@ -36,3 +40,23 @@ def connections_to(port: int) -> int:
 async def all_closed(port: int) -> None:
     """Wait for this process's connections to ``port`` to close (TLS allows 30 s)."""
     await wait_until(lambda: connections_to(port) == 0, 40, f"connections to port {port} closed")
+
+
+def free_run(count: int) -> int:
+    """The first of ``count`` consecutive free ports, for a command that takes a base port:
+    below the ephemeral range (32768 up on Linux), where outgoing connections (a node's own
+    to Kafka) could take one of them between this check and the bind."""
+    for _ in range(100):
+        base = random.randrange(20_000, 32_000 - count)
+        if all(_bindable(port) for port in range(base, base + count)):
+            return base
+    raise AssertionError(f"no {count} consecutive free ports in 20000-32000")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True

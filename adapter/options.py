@@ -10,6 +10,7 @@ from typing import Any
 from aiokafka.helpers import create_ssl_context
 
 from .errors import ConfigError
+from .routing import partitioner
 
 __all__ = ["SASL_MECHANISMS", "SECURITY_PROTOCOLS", "KafkaOptions", "parse_kafka_urls"]
 
@@ -194,6 +195,7 @@ class KafkaOptions:
             "max_batch_size": self.max_batch_size,
             "compression_type": self.compression_type,
             "max_request_size": self.max_record_bytes + 64 * 1024,  # + batch headers
+            "partitioner": partitioner,  # the default one, each key's hash remembered
             **self.producer_extra,
         }
 

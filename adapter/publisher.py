@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -73,8 +74,9 @@ class Delivery:
 
     producer: Producer
     futures: Sequence[Awaitable[Any]]
-    deadline: float
-    #: When they were handed over, on the event loop's clock.
+    #: None: the caller bounds the wait (`Publisher.enqueue`).
+    deadline: float | None
+    #: When they were handed over (`time.monotonic`).
     started: float
 
 
@@ -140,19 +142,26 @@ class Publisher:
         """When a publish that starts now gives up, on the event loop's clock."""
         return asyncio.get_running_loop().time() + self._timeout_s
 
-    async def enqueue(self, topic: str, records: Sequence[Record], deadline: float) -> Delivery:
+    async def enqueue(
+        self, topic: str, records: Sequence[Record], deadline: float | None
+    ) -> Delivery:
         """Hand the records to the producer, in order: those of a key reach Kafka in the
         order they were handed over (one partition, one idempotent producer).
 
-        Raises `PublishError` when the producer does not take them by ``deadline``.
+        Raises `PublishError` when the producer does not take them by ``deadline``. None:
+        the caller bounds the wait itself (the manager's publish, one timeout for the whole
+        of it: each costs a timer and loop look-ups, on the path every publish takes).
         """
-        started = asyncio.get_running_loop().time()
+        started = time.monotonic()
         producer = self._producer
         if producer is None or self.replacing:
             raise PublishError("the Kafka producer is being replaced after an error; retry")
         try:
-            async with asyncio.timeout_at(deadline):
+            if deadline is None:
                 futures = [await _send(producer, topic, record) for record in records]
+            else:
+                async with asyncio.timeout_at(deadline):
+                    futures = [await _send(producer, topic, record) for record in records]
         except KafkaError as exc:
             raise self._refused(producer, exc) from exc
         except TimeoutError as exc:
@@ -162,10 +171,14 @@ class Publisher:
         return Delivery(producer, futures, deadline, started)
 
     async def confirm(self, delivery: Delivery) -> list[Any]:
-        """The records' metadata, once Kafka acknowledged every one."""
+        """The records' metadata, once Kafka acknowledged every one (by the delivery's
+        deadline, if it has one)."""
         try:
-            async with asyncio.timeout_at(delivery.deadline):
-                outcomes = await asyncio.gather(*delivery.futures, return_exceptions=True)
+            if delivery.deadline is None:
+                outcomes = await _outcomes(delivery.futures)
+            else:
+                async with asyncio.timeout_at(delivery.deadline):
+                    outcomes = await _outcomes(delivery.futures)
         except TimeoutError as exc:
             raise PublishError(
                 f"Kafka did not confirm the record within {self._timeout_s}s "
@@ -177,8 +190,7 @@ class Publisher:
             if isinstance(outcome, BaseException):
                 raise outcome
         if self._latency is not None:
-            elapsed = asyncio.get_running_loop().time() - delivery.started
-            self._latency.observe(elapsed, len(outcomes))
+            self._latency.observe(time.monotonic() - delivery.started, len(outcomes))
         return outcomes
 
     def _refused(self, producer: Producer, exc: KafkaError) -> PublishError:
@@ -212,6 +224,16 @@ class Publisher:
         except (KafkaError, TimeoutError):
             self._logger.debug("the wedged producer did not close cleanly", exc_info=True)
         self._logger.warning("kafka producer replaced; publishing again")
+
+
+async def _outcomes(futures: Sequence[Awaitable[Any]]) -> list[Any]:
+    """Each future's result or exception; one (a publish) is awaited without a gather."""
+    if len(futures) != 1:
+        return await asyncio.gather(*futures, return_exceptions=True)
+    try:
+        return [await futures[0]]
+    except Exception as exc:  # returned, as gather(return_exceptions=True) would
+        return [exc]
 
 
 def _send(producer: Producer, topic: str, record: Record) -> Awaitable[Awaitable[Any]]:

@@ -10,8 +10,7 @@ the order python-socketio created them, which is the order the packets arrived.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
+from types import TracebackType
 
 __all__ = ["Turns"]
 
@@ -22,34 +21,84 @@ class Turns:
     one overtake the turn still in progress ahead of it."""
 
     def __init__(self) -> None:
-        self._last: dict[bytes, asyncio.Future[None]] = {}
+        self._last: dict[bytes, _Turn] = {}
 
     def __len__(self) -> int:
         """Keys with a turn in progress or waiting (bounded by the publishes in flight)."""
         return len(self._last)
 
-    @contextlib.asynccontextmanager
-    async def turn(self, key: bytes) -> AsyncIterator[None]:
-        """Wait for every earlier turn of ``key`` to end, then hold this one.
+    def turn(self, key: bytes) -> _Holding:
+        """``async with turns.turn(key)``: wait for every earlier turn of ``key`` to end,
+        then hold this one.
 
         Taken synchronously when entered: callers are ordered by when they entered, not by
-        when they woke up.
+        when they woke up. A plain object, not a generator, and no future unless a later
+        turn has to wait for this one: it runs once per publish (tests/test_turns.py).
         """
+        mine = _Turn()
         before = self._last.get(key)
-        mine = asyncio.get_running_loop().create_future()
         self._last[key] = mine
-        try:
-            if before is not None and not before.done():
-                await asyncio.shield(before)  # a cancelled waiter must not cancel `before`
-            yield
-        finally:
-            if before is None or before.done():
-                self._end(key, mine)
-            else:
-                before.add_done_callback(lambda _: self._end(key, mine))
+        return _Holding(self, key, before, mine)
 
-    def _end(self, key: bytes, turn: asyncio.Future[None]) -> None:
-        if not turn.done():
-            turn.set_result(None)
+    def _end(self, key: bytes, turn: _Turn) -> None:
+        turn.end()
         if self._last.get(key) is turn:
             del self._last[key]
+
+
+class _Turn:
+    """One caller's turn; a future to wait on is made only for a caller that must wait."""
+
+    __slots__ = ("_waiter", "ended")
+
+    def __init__(self) -> None:
+        self.ended = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def waiter(self) -> asyncio.Future[None]:
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+            if self.ended:
+                self._waiter.set_result(None)
+        return self._waiter
+
+    def end(self) -> None:
+        self.ended = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class _Holding:
+    """The turn `Turns.turn` took, as an async context manager."""
+
+    __slots__ = ("_before", "_key", "_mine", "_turns")
+
+    def __init__(self, turns: Turns, key: bytes, before: _Turn | None, mine: _Turn) -> None:
+        self._turns = turns
+        self._key = key
+        self._before = before
+        self._mine = mine
+
+    async def __aenter__(self) -> None:
+        before = self._before
+        if before is not None and not before.ended:
+            try:
+                await asyncio.shield(before.waiter())  # a cancelled waiter must not end it
+            except BaseException:
+                self._leave()
+                raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._leave()
+
+    def _leave(self) -> None:
+        before, turns, key, mine = self._before, self._turns, self._key, self._mine
+        if before is None or before.ended:
+            turns._end(key, mine)
+        else:
+            before.waiter().add_done_callback(lambda _: turns._end(key, mine))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
+from socketio.packet import Packet
 
 from socketio_kafka.adapter import RecordDecodeError, codec
 
@@ -54,6 +56,26 @@ def test_binary_parts_travel_as_base64_attachments() -> None:
     placeholder, attachment = codec.decode(value)["data"]
     assert placeholder == [{"raw": {"_placeholder": True, "num": 0}, "n": 1}]
     assert attachment == "AP8="
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"text": "x", "n": [1, 2.5, None, True]},
+        {"raw": [1, {"deep": bytearray(b"y")}]},
+        (b"a", "b"),
+        [(b"in a tuple",)],  # python-socketio's walk does not look into tuples
+        {1: b"a non-string key"},
+        {1: "a non-string key"},
+        object(),
+        [[[[]]]],
+        None,
+    ],
+)
+def test_binary_is_told_as_python_socketio_tells_it(data: Any) -> None:
+    """orjson answers first (it refuses bytes); what it refuses is walked as before."""
+    args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
+    assert _emit(data=data)["binary"] is Packet.data_is_binary(args)
 
 
 @pytest.mark.parametrize(

@@ -70,3 +70,15 @@ def test_marker_matches_a_full_encoding_as_partitions_move() -> None:
         position[partition] = offset
         assert marker.advance(partition, offset) == offsets.encode("ep", position)
     assert offsets.decode(marker.advance(2, 37), "ep", 4).offsets == (1, 1_000_000, 37, 8)
+
+
+def test_a_live_marker_matches_a_full_encoding_whatever_moved() -> None:
+    """Live delivery re-encodes only the partitions that moved since its last mark."""
+    position = [0, 35, 36, 7]
+    marker = offsets.Marker("ep", tuple(position))
+    for moves in [{}, {1: 36}, {0: 1, 3: 8}, {2: 1_000_000}, {0: 2, 1: 37, 2: 1_000_001, 3: 9}]:
+        for partition, offset in moves.items():
+            position[partition] = offset
+        assert marker.at(position) == offsets.encode("ep", position)
+    assert marker.advance(1, 40) == offsets.encode("ep", [2, 40, 1_000_001, 9])
+    assert marker.at([2, 40, 1_000_001, 9]) == offsets.encode("ep", [2, 40, 1_000_001, 9])

@@ -3,11 +3,22 @@ node takes from them (the same one it took after decoding)."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import socketio
+from aiokafka.partitioner import DefaultPartitioner
 
 from socketio_kafka.adapter import AsyncKafkaManager, RecordDecodeError, codec
-from socketio_kafka.adapter.routing import Audience, Headers, Route, headers_for, read_route
+from socketio_kafka.adapter.options import KafkaOptions
+from socketio_kafka.adapter.routing import (
+    Audience,
+    Headers,
+    Route,
+    headers_for,
+    partitioner,
+    read_route,
+)
 
 _OPS = [
     {"method": "emit", "namespace": "/", "room": None, "callback": None},
@@ -125,3 +136,15 @@ def test_a_node_decodes_what_its_sockets_or_acks_want(
     host = manager.host_id if host == "self" else host
     route = Route(method, namespace, rooms, sid, host, ack=False)
     assert manager._wanted_here(route) is wanted
+
+
+def test_the_producers_partitioner_is_kafkas_default_one() -> None:
+    """Each key's hash is remembered: the partition must stay the one every Kafka client
+    picks, or a room's records would split across partitions and lose their order."""
+    rng = random.Random(3)
+    keys = [rng.randbytes(rng.randint(1, 40)) for _ in range(2000)] + [b"/#room"] * 3
+    for key in keys:
+        for count in (1, 6, 7, 12):
+            partitions = list(range(count))
+            assert partitioner(key, partitions, []) == DefaultPartitioner()(key, partitions, [])
+    assert KafkaOptions().producer_kwargs(["b:1"])["partitioner"] is partitioner

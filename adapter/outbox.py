@@ -1,10 +1,10 @@
 """Bounded outgoing queues: a client that stops reading is cut off, not fed forever.
 
-Every Engine.IO socket's queue is an `Outbox`, an ``asyncio.Queue`` that counts the
-packets and bytes waiting on it. Live fan-out and replays put packets on it without
-awaiting (one fetched batch goes to every recipient before anything yields), so nothing
-else stops a client that does not read (a stalled mobile network, a hostile client) from
-making its node keep everything sent to it. A socket still past its high-water mark once
+Every Engine.IO socket's queue is an `Outbox`, a queue that counts the packets and bytes
+waiting on it. Live fan-out and replays put packets on it without awaiting (one fetched
+batch goes to every recipient before anything yields), so nothing else stops a client
+that does not read (a stalled mobile network, a hostile client) from making its node keep
+everything sent to it. A socket still past its high-water mark once
 its writer had its turn (a reading client's writer takes the whole queue every turn) is cut:
 its queue is emptied at once and its connection closed with the `SLOW_CONSUMER` reason,
 which connection state recovery treats as a lost connection, so the session is kept and
@@ -17,13 +17,14 @@ mark (a quarter of the high-water mark) before putting more.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["SLOW_CONSUMER", "Outbox", "OutboxLimits", "Outboxes"]
+__all__ = ["SLOW_CONSUMER", "Outbox", "OutboxLimits", "Outboxes", "SlimQueue"]
 
 #: The disconnect reason of a cut socket; its recovery session is kept.
 SLOW_CONSUMER = "slow consumer"
@@ -62,40 +63,128 @@ def _size(item: Any) -> int:
     return len(data) + 1 if isinstance(data, str | bytes) else 1
 
 
-class Outbox(asyncio.Queue[Any]):
+class SlimQueue:
+    """What Engine.IO and uvicorn use of ``asyncio.Queue`` (``get``, ``put``, their
+    ``_nowait`` forms, ``task_done``, ``join``), unbounded, without its cost.
+
+    A Queue is four deques, 3 KB, on every connection, most of them idle (measured in
+    benchmarks/memory.py). Here a deque holds the items while there are any (an empty
+    one is 760 bytes), a getter (a socket's writer) gets a future the next put resolves
+    with its item, and what only a close waits for is made then.
+    """
+
+    def __init__(self) -> None:
+        self._items: deque[Any] | None = None
+        self._getters: list[asyncio.Future[Any]] = []
+        self._unfinished = 0
+        self._finished: asyncio.Future[None] | None = None
+        #: Looked up once: Python 3.11 checks the running loop with a system call.
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # The hooks every put and get goes through (as asyncio.Queue's, for subclasses).
+    def _put(self, item: Any) -> None:
+        if self._items is None:
+            self._items = deque()
+        self._items.append(item)
+
+    def _get(self) -> Any:
+        assert self._items is not None
+        item = self._items.popleft()
+        if not self._items:
+            self._items = None
+        return item
+
+    def qsize(self) -> int:
+        return len(self._items) if self._items is not None else 0
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: Any) -> None:
+        self._unfinished += 1
+        self._put(item)
+        while self._getters:
+            getter = self._getters.pop(0)
+            if not getter.done():  # one that timed out is skipped
+                getter.set_result(self._get())
+                return
+
+    async def put(self, item: Any) -> None:
+        """Never waits (unbounded): a coroutine because the callers await it."""
+        self.put_nowait(item)
+
+    def get_nowait(self) -> Any:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._get()
+
+    def get(self) -> asyncio.Future[Any]:
+        """The next item, as a future: ``asyncio.wait_for`` (engineio's writer) would wrap a
+        coroutine in a task, one more per connection, made again on each wake-up."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        getter: asyncio.Future[Any] = self._loop.create_future()
+        self._getters = [g for g in self._getters if not g.done()]  # timed out, gone
+        if self._items and not self._getters:
+            getter.set_result(self._get())
+        else:
+            self._getters.append(getter)
+        return getter
+
+    def task_done(self) -> None:
+        if self._unfinished <= 0:
+            raise ValueError("task_done() called too many times")
+        self._unfinished -= 1
+        if self._unfinished == 0 and self._finished is not None:
+            if not self._finished.done():
+                self._finished.set_result(None)
+            self._finished = None
+
+    async def join(self) -> None:
+        """Wait until every item put was taken and marked done (engineio's close)."""
+        if self._unfinished > 0:
+            if self._finished is None:
+                self._finished = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._finished)
+
+
+class Outbox(SlimQueue):
     """An Engine.IO socket's outgoing queue that knows how much it holds."""
 
     def __init__(self, limits: OutboxLimits) -> None:
         super().__init__()
         self.limits = limits
+        self._max = (limits.max_packets, limits.max_bytes)
+        self._low_water = (limits.low_packets, limits.low_bytes)
         self.bytes = 0
         #: Cut: what was queued is dropped, and so is whatever comes after.
         self.shed = False
         self._judging = False
-        self._low = asyncio.Event()
-        self._low.set()
+        #: Made by the first replay that waits for the drain (most sockets never do).
+        self._low: asyncio.Event | None = None
 
-    # asyncio.Queue's hooks for subclasses: every put and get goes through them.
     def _put(self, item: Any) -> None:
         super()._put(item)
         self.bytes += _size(item)
-        if self.above_low_water:
+        if self._low is not None and self.above_low_water:
             self._low.clear()
 
     def _get(self) -> Any:
         item = super()._get()
         self.bytes -= _size(item)
-        if not self.above_low_water:
+        if self._low is not None and not self.above_low_water:
             self._low.set()
         return item
 
     @property
     def over_limit(self) -> bool:
-        return self.qsize() > self.limits.max_packets or self.bytes > self.limits.max_bytes
+        packets, size = self._max
+        return self.qsize() > packets or self.bytes > size
 
     @property
     def above_low_water(self) -> bool:
-        return self.qsize() > self.limits.low_packets or self.bytes > self.limits.low_bytes
+        packets, size = self._low_water
+        return self.qsize() > packets or self.bytes > size
 
     def offer(self, packets: Iterable[Any], cut: Callable[[str], object], eio_sid: str) -> None:
         """Queue ``packets`` for socket ``eio_sid``; once shed, drop them.
@@ -119,6 +208,10 @@ class Outbox(asyncio.Queue[Any]):
 
     async def drained(self) -> None:
         """Wait until the queue is at or below its low-water mark (or shed)."""
+        if self._low is None:
+            self._low = asyncio.Event()
+            if self.shed or not self.above_low_water:
+                self._low.set()
         await self._low.wait()
 
     def shed_all(self) -> None:
@@ -128,7 +221,8 @@ class Outbox(asyncio.Queue[Any]):
             self.get_nowait()
             self.task_done()
         self.put_nowait(None)  # engineio's writer exits on None
-        self._low.set()  # a replay waiting for the drain sees the socket cut
+        if self._low is not None:
+            self._low.set()  # a replay waiting for the drain sees the socket cut
 
 
 class Outboxes:

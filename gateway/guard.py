@@ -41,6 +41,16 @@ _HELD: weakref.WeakKeyDictionary[packet.Packet, int] = weakref.WeakKeyDictionary
 DRAINING = "draining"
 
 
+class _ReadBody:
+    """A ``wsgi.input`` whose body was read: nothing is left."""
+
+    async def read(self, length: int | None = None) -> bytes:
+        return b""
+
+
+_READ_BODY = _ReadBody()
+
+
 class GuardedServer(RecoveringAsyncServer):
     """The gateway's server: a packet's attachments together fit one payload
     (``max_http_buffer_size``), events with a reserved or non-string name are dropped, the
@@ -85,6 +95,10 @@ class GuardedServer(RecoveringAsyncServer):
         refused = self.limits.admit(environ, len(self.eio.sockets) - 1)  # itself included
         if refused is not None:
             return {"message": refused}
+        # engineio's ASGI driver makes a class for each request's body reader, and the
+        # environ, kept for the connection's life, holds it: 2 KB a connection for a
+        # handshake's body, which is empty and read (benchmarks/memory.py).
+        environ["wsgi.input"] = _READ_BODY
         return await super()._handle_eio_connect(eio_sid, environ)
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from socketio import packet
 
+from socketio_kafka.adapter.outbox import Outbox
 from socketio_kafka.adapter.recovery import RecoveringAsyncServer
 
 from .limits import Limits, NodeLimits
@@ -125,6 +126,9 @@ class GuardedServer(RecoveringAsyncServer):
     async def _handle_event(
         self, eio_sid: str, namespace: str | None, id: int | None, data: Any
     ) -> None:
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is None or socket.closing or socket.closed:
+            return  # cut (below): what it sent before the close reached it
         if not isinstance(data, list) or not data or not isinstance(data[0], str):
             logger.info("dropped an event without a name from %s", eio_sid)
             return
@@ -134,12 +138,39 @@ class GuardedServer(RecoveringAsyncServer):
         self.events_in[data[0] if data[0] in EVENTS else "other"] += 1
         refused = self.limits.check_event(eio_sid)
         if refused is not None:
+            if self.limits.flooding(eio_sid):
+                await self._cut_flood(eio_sid)
+                return
             if id is not None:  # dropped silently otherwise: nothing waits for it
                 reply = {"ok": False, "error": refused}
                 ack = self.packet_class(packet.ACK, namespace=namespace, data=[reply], id=id)
                 await self._send_packet(eio_sid, ack)
             return
         await super()._handle_event(eio_sid, namespace, id, data)
+
+    async def _cut_flood(self, eio_sid: str) -> None:
+        """Close the connection of a client that keeps sending past its event rate, now.
+
+        engineio's own disconnect queues a CLOSE packet behind every ack still queued and
+        reads on whatever the client sends until it closes its end, dispatching each
+        event: a flood went on costing the node as much after it as before. Here what is
+        queued is dropped (the flooder does not read it), the WebSocket is closed by its
+        writer, and anything still arriving is dropped unread. Its session is kept, as
+        for any server disconnect: only the flood ends.
+        """
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is None or socket.closing or socket.closed:
+            return
+        logger.warning(
+            "closing connection %s: kept sending events far past its rate limit", eio_sid
+        )
+        queue = socket.queue
+        if isinstance(queue, Outbox):
+            queue.shed_all()  # ends engineio's writer, which closes the WebSocket
+        else:
+            queue.put_nowait(None)
+        # engineio forgets the socket once its WebSocket handler ends.
+        await socket.close(wait=False, abort=True)
 
     async def _refuse(self, eio_sid: str, why: str) -> None:
         """Forget the half-received packet and close the connection: its client is broken

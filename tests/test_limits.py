@@ -67,6 +67,19 @@ def test_a_refusal_is_counted_each_time_and_logged_once_a_minute(
     assert len(caplog.records) == 2
 
 
+def test_a_connection_refused_past_its_rate_within_a_second_is_a_flood() -> None:
+    clock = _Clock()
+    limits = NodeLimits(Limits(event_rate=150), clock=clock)  # burst 300
+    for _ in range(300):
+        assert limits.check_event("s1") is None
+    verdicts = [limits.check_event("s1") is not None and limits.flooding("s1") for _ in range(151)]
+    assert verdicts == [False] * 150 + [True]
+    clock.now = 1.0  # a new second: refusals counted afresh
+    assert limits.check_event("s1") is None  # a hundred tokens back
+    limits.forget("s1")
+    assert not limits.flooding("s1")
+
+
 def test_the_client_address_is_the_peer_unless_the_proxy_is_trusted() -> None:
     environ = {
         "asgi.scope": {"client": ("192.0.2.7", 5000)},
@@ -121,6 +134,14 @@ async def _served(talker: socketio.AsyncClient, listener: socketio.AsyncClient) 
     reply = await talker.call("publish", {"room": "quiet", "event": "said", "data": "hi"})
     assert reply["ok"] is True
     await wait_until(lambda: "hi" in listener.received, 15, "the quiet clients' event")  # type: ignore[attr-defined]
+
+
+async def _connected(node: GatewayProcess) -> float:
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"{node.url}/metrics")).text
+    found = re.search(r'socketio_kafka_connected_sockets{namespace="/"} (\S+)', text)
+    assert found is not None, text
+    return float(found.group(1))
 
 
 async def _refusals(node: GatewayProcess, limit: str) -> float:
@@ -190,6 +211,31 @@ async def test_a_socket_flooding_events_is_rate_limited_and_others_are_not(
         assert await _refusals(node, "event_rate") > len(refused)
         for client in (flooder, talker, listener):
             await client.disconnect()
+
+
+async def test_a_socket_that_floods_past_its_refusals_is_disconnected_and_others_are_not(
+    kafka_url: str, channel: str
+) -> None:
+    async with _node(kafka_url, channel, "--event-rate", "5") as node:
+        talker, listener = [await _connect(node.url, f"10.0.4.{i}") for i in (2, 3)]
+        flooder = socketio.AsyncClient(reconnection=False)  # with a session to keep
+        await flooder.connect(
+            node.url, transports=["websocket"], headers={"X-Forwarded-For": "10.0.4.1"}
+        )
+        # Without acks, as a flood goes: 10 accepted (the burst), then more than 100
+        # refused within a second (the floor; its rate is 5), which closes its connection.
+        for i in range(300):
+            if not flooder.connected:
+                break
+            await flooder.emit("publish", {"room": "r", "event": "said", "data": i})
+        await wait_until(lambda: not flooder.connected, 15, "the flooder's disconnect")
+        await _served(talker, listener)
+        assert "kept sending events far past its rate limit" in node.log()
+        assert "Traceback" not in node.log(), node.log()
+        assert await _connected(node) == 2  # the flooder's socket is gone
+        for client in (talker, listener):
+            await client.disconnect()
+        await flooder.shutdown()
 
 
 async def test_a_socket_in_too_many_rooms_is_refused_another_join(

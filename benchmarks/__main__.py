@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from . import floor, plots, report, runner
+from . import floor, plots, report, runner, scale
 from .contestants import CONTESTANTS, Contestant, available
 from .loadgen import Json
 from .workloads import FULL, QUICK
@@ -36,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any(c.broker == "kafka" for c in contestants):
             print("measuring Kafka alone (benchmarks/floor.py)", file=sys.stderr)
             doc["kafka_floor"] = floor.measure(plan.floor_rate, plan.floor_s)
+            print("measuring recovery at scale (benchmarks/scale.py)", file=sys.stderr)
+            doc["scale"] = scale.measure(scale.QUICK if args.quick else scale.FULL)
     except KeyboardInterrupt:
         print("interrupted: every service it started is stopped", file=sys.stderr)
         return 130

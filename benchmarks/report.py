@@ -18,6 +18,8 @@ from typing import Any
 from .contestants import PEERS, Contestant
 from .floor import floor_table
 from .loadgen import Json
+from .scale import problems as scale_problems
+from .scale import sections as scale_sections
 from .workloads import Plan
 
 __all__ = ["headline_table", "new_document", "problems", "summary_markdown", "write"]
@@ -325,6 +327,8 @@ def summary_markdown(doc: Json) -> str:
             "## Kafka alone: publish to fetch, no Socket.IO (`benchmarks/floor.py`)",
             floor_table(doc["kafka_floor"]),
         ]
+    if doc.get("scale"):
+        sections += scale_sections(doc["scale"])
     errors = [f"- `{n}`: {e}" for n, entry, _ in _results(doc) for e in entry["errors"]]
     if errors:
         sections += ["## Errors", "\n".join(errors)]
@@ -348,6 +352,8 @@ def problems(doc: Json) -> list[str]:
     for row in doc.get("kafka_floor", []):
         if row["received"] != row["sent"]:
             found.append(f"Kafka alone, {row['setting']}: {row['received']} of {row['sent']}")
+    if doc.get("scale"):
+        found += scale_problems(doc["scale"])
     return found
 
 

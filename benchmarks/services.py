@@ -228,7 +228,10 @@ class LineProcess:
         )
         self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
         assert self._process.stdout is not None
-        threading.Thread(target=self._read, args=(self._process.stdout,), daemon=True).start()
+        self._reader = threading.Thread(
+            target=self._read, args=(self._process.stdout,), daemon=True
+        )
+        self._reader.start()
 
     def _read(self, stdout: IO[str]) -> None:
         try:
@@ -261,6 +264,10 @@ class LineProcess:
         if self._process.poll() is None:
             self._process.kill()
         self._process.wait()
+        self._reader.join(10)  # it reads to the end of the pipe, which closes after it
+        for pipe in (self._process.stdin, self._process.stdout):
+            if pipe is not None:
+                pipe.close()
         self._err.close()
 
 

@@ -22,7 +22,7 @@ PLOTS = {"latency_cdf.png", "saturation.png", "fanout.png", "recovery.png", "dis
 
 @pytest.mark.kafka
 @pytest.mark.redis
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1080)
 def test_quick_run_writes_sane_results(tmp_path: Path) -> None:
     if not (REPO / "benchmarks" / "peers" / "node_modules").is_dir():
         pytest.fail("Node peers missing: npm ci --prefix benchmarks/peers")
@@ -31,7 +31,7 @@ def test_quick_run_writes_sane_results(tmp_path: Path) -> None:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=840,
+        timeout=1020,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-5000:]
@@ -59,6 +59,25 @@ def test_quick_run_writes_sane_results(tmp_path: Path) -> None:
         assert row["received"] == row["sent"] > 0, row
         assert 0 < row["p50_ms"] <= row["p99_ms"], row
     assert "## Kafka alone" in summary
+    _check_scale(doc["scale"])
+    assert "## Recovery at scale" in summary
+
+
+def _check_scale(scale: dict[str, Any]) -> None:
+    """Recovery at scale (issue 10): what each part did, never how fast."""
+    assert scale["errors"] == []
+    assert [b["partitions"] for b in scale["busy_topic"]] == [48, 6]
+    for busy in scale["busy_topic"]:
+        assert busy["replay_records_decoded"] == busy["own"], busy  # its own, in order
+        assert busy["cpu_ms_per_1000_irrelevant"] > 0, busy
+        assert busy["cpu_ms_per_1000_delivered"] > 0, busy
+    mass = scale["mass_recovery"]
+    assert mass["client"] == "js"
+    assert mass["recovered_all"] == mass["clients"] > 0
+    for who in (mass, mass["lone"], mass["warm_up"]):
+        for key in ("lost", "duplicated", "out_of_order", "not_recovered"):
+            assert who[key] == 0, (key, who)
+    assert scale["memory"]["held_idle"] == scale["memory"]["connections"] > 0
 
 
 def _check_results(name: str, results: dict[str, Any], recovers: bool) -> None:

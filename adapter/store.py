@@ -38,6 +38,11 @@ _EXPIRY_EVERY_S = 5.0
 #: Tombstones per produce call in a sweep: the loop (and the heartbeat) runs in between.
 _EXPIRY_CHUNK = 500
 _EPOCH_WAIT_S = 5.0
+#: How long a claim waits to be read back. Under a mass reconnect a node's live consumer
+#: falls seconds behind: at 3 s, 546 claims of 500 clients were closed for a retry, which
+#: each client made a second later (last client recovered at 23.7 s; at 10 s: no retry,
+#: 8.1 s, a third of the CPU; benchmarks/mass_recovery.py).
+_CLAIM_WAIT_S = 10.0
 _POLL_TIMEOUT_MS = 1000
 
 
@@ -182,7 +187,7 @@ class SessionStore:
                 await asyncio.wait_for(self._read.wait_for(read_to_end), wait)
         return self.table.sessions.get(pid)
 
-    async def claim(self, claim: Session, wait: float = 3.0) -> bool:
+    async def claim(self, claim: Session, wait: float = _CLAIM_WAIT_S) -> bool:
         """Whether ``claim`` won its session, as every node's table judges it.
 
         The claim is written, then this node waits until its table has applied it:

@@ -136,20 +136,21 @@ async def _served(talker: socketio.AsyncClient, listener: socketio.AsyncClient) 
     await wait_until(lambda: "hi" in listener.received, 15, "the quiet clients' event")  # type: ignore[attr-defined]
 
 
-async def _connected(node: GatewayProcess) -> float:
+async def _metric(node: GatewayProcess, series: str) -> float:
+    """One series of the node's /metrics, by its name and labels."""
     async with httpx.AsyncClient() as http:
         text = (await http.get(f"{node.url}/metrics")).text
-    found = re.search(r'socketio_kafka_connected_sockets{namespace="/"} (\S+)', text)
+    found = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
     assert found is not None, text
     return float(found.group(1))
+
+
+async def _connected(node: GatewayProcess) -> float:
+    return await _metric(node, 'socketio_kafka_connected_sockets{namespace="/"}')
 
 
 async def _refusals(node: GatewayProcess, limit: str) -> float:
-    async with httpx.AsyncClient() as http:
-        text = (await http.get(f"{node.url}/metrics")).text
-    found = re.search(rf'socketio_kafka_limit_refusals_total{{limit="{limit}"}} (\S+)', text)
-    assert found is not None, text
-    return float(found.group(1))
+    return await _metric(node, f'socketio_kafka_limit_refusals_total{{limit="{limit}"}}')
 
 
 async def test_a_full_node_refuses_new_connections_and_serves_its_clients(

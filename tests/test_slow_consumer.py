@@ -97,23 +97,14 @@ class Node:
 
 
 @pytest.fixture
-async def js() -> AsyncIterator[JsClient]:
+async def paused_js() -> AsyncIterator[JsClient]:
+    """The client the test stops with SIGSTOP: resumed before it is closed."""
     client = await JsClient().start()
     try:
         yield client
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(client.pid, signal.SIGCONT)
-        await client.close()
-
-
-@pytest.fixture
-async def js_reader() -> AsyncIterator[JsClient]:
-    """A client that reads all along, in its own process: what the paused one must match."""
-    client = await JsClient().start()
-    try:
-        yield client
-    finally:
         await client.close()
 
 
@@ -128,19 +119,19 @@ def _seqs(events: list[Any]) -> list[int]:
 
 
 async def test_a_paused_js_client_is_cut_and_recovers_every_event_once(
-    kafka_url: str, channel: str, js: JsClient, js_reader: JsClient
+    kafka_url: str, channel: str, paused_js: JsClient, js: JsClient
 ) -> None:
     count, limits = 8000, OutboxLimits(max_bytes=4 * 1024 * 1024)
     node = Node(kafka_url, channel, limits)
     async with node.manager, run_server(node.asgi) as url:
-        connected = await js.connect(url, reconnectionDelay=200)
+        connected = await paused_js.connect(url, reconnectionDelay=200)
+        assert await paused_js.call("join", {"room": ROOM}) == {"ok": True}
+        await js.connect(url)
         assert await js.call("join", {"room": ROOM}) == {"ok": True}
-        await js_reader.connect(url)
-        assert await js_reader.call("join", {"room": ROOM}) == {"ok": True}
         queue = node.sio.eio.sockets[node.eio_sid(connected["id"])].queue
-        os.kill(js.pid, signal.SIGSTOP)
+        os.kill(paused_js.pid, signal.SIGSTOP)
         await node.flood(count)
-        expected = _seqs(await js_reader.wait_count("ev", count, timeout=120))
+        expected = _seqs(await js.wait_count("ev", count, timeout=120))
         assert sorted(expected) == list(range(count))
         # Cut once, everything it had queued dropped, its session kept for recovery.
         await wait_until(lambda: node.manager.stats.slow_consumers_cut == 1, 30, "the cut")
@@ -150,17 +141,17 @@ async def test_a_paused_js_client_is_cut_and_recovers_every_event_once(
         assert queue.bytes <= 1
         assert queue.peak <= 420 + 200  # its limit and one fetched batch at most
         assert node.manager.eio_sid_from_sid(connected["id"], "/") is None
-        os.kill(js.pid, signal.SIGCONT)
-        await js.wait_connects(2, timeout=60)
-        assert js.connects()[-1] == {
+        os.kill(paused_js.pid, signal.SIGCONT)
+        await paused_js.wait_connects(2, timeout=60)
+        assert paused_js.connects()[-1] == {
             "type": "connect",
             "id": connected["id"],
             "recovered": True,
         }
-        assert _seqs(await js.wait_count("ev", count, timeout=120)) == expected
+        assert _seqs(await paused_js.wait_count("ev", count, timeout=120)) == expected
         # Nothing more: a marker after the flood is the next event it gets.
         await node.flood(1, start=count)
-        assert _seqs(await js.wait_count("ev", count + 1)) == [*expected, count]
+        assert _seqs(await paused_js.wait_count("ev", count + 1)) == [*expected, count]
         assert node.manager.stats.slow_consumers_cut == 1
 
 

@@ -18,6 +18,14 @@ mass reconnect arrives over a second or two with nearly the same start: each arr
 costs a read back over what the pass has read so far, never a pass of its own (200
 clients made about 9 passes over the gap per node when late ones waited for the next).
 
+What a pass reads stays behind it for a while, in a `_Window` per partition: the records
+any replay could want (emits, not acks), indexed by namespace and room. A session whose
+range starts inside it takes its records from there, by index, without reading the
+partition again, and joins the cursor where the window ends. A mass reconnect arrives over
+seconds, and its sessions start at nearly the same offsets: read back for each arrival,
+500 clients read the gap ~15 times per node. Windows hold at most ``WINDOW_BYTES`` of
+record values node-wide and are dropped ``WINDOW_LINGER_S`` after their cursor ends.
+
 Memory is bounded node-wide: cursors fetch only while fewer than ``limit`` found records
 wait in sessions' buffers. A session whose buffer holds a batch when its cursor is about
 to fetch again has not drained (its client is slow): it leaves the pass, and joins again
@@ -29,7 +37,9 @@ session's records only while the socket's outbox is below its low-water mark.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import heapq
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -40,10 +50,24 @@ from .errors import BrokerUnavailable, RecordDecodeError
 from .replay import ConsumerPool
 from .skips import UNREADABLE
 
-__all__ = ["REPLAY_BUFFER", "Found", "Replay", "ReplayStats", "SharedReplays"]
+__all__ = [
+    "REPLAY_BUFFER",
+    "WINDOW_BYTES",
+    "WINDOW_LINGER_S",
+    "Found",
+    "Replay",
+    "ReplayStats",
+    "SharedReplays",
+]
 
 #: Found records waiting in recovering sessions' buffers, node-wide, before cursors pause.
 REPLAY_BUFFER = 10_000
+#: Bytes of record values (and their decoded copies) windows keep, node-wide.
+WINDOW_BYTES = 64 * 1024 * 1024
+#: How long a partition's window outlives its cursor: the stragglers of a mass reconnect.
+WINDOW_LINGER_S = 15.0
+#: What an entry costs beside its value: the entry, its index slots, the list slot.
+_ENTRY_OVERHEAD = 120
 
 #: Joined readers by (namespace, room); room None: the namespace's broadcasts.
 _Index = dict[tuple[str, str | None], list["_Reader"]]
@@ -57,6 +81,7 @@ class ReplayStats(Protocol):
 
     replay_records_read: int
     replay_records_decoded: int
+    replay_records_reused: int
     replay_passes: int
 
 
@@ -101,7 +126,7 @@ class Replay:
                 self._open.add(_Reader(self, partition, first, last))
 
     async def __aenter__(self) -> Replay:
-        for reader in self._open:
+        for reader in list(self._open):  # a reader served whole from a window is done
             self._hub.join(reader)
         return self
 
@@ -123,7 +148,9 @@ class Replay:
             # Taken all it held: what left a pass for being slow joins again.
             parked, self._parked = self._parked, []
             for reader in parked:
-                self._hub.join(reader)
+                self._hub.join(reader)  # a window may serve it at once
+            if self._found:
+                break
             if not self._open:
                 raise StopAsyncIteration
             self._wake.clear()
@@ -155,12 +182,93 @@ class Replay:
 
     def park(self, reader: _Reader) -> None:
         reader.parked = True
+        self.later(reader)
+
+    def later(self, reader: _Reader) -> None:
+        """Join ``reader`` again once what is buffered is taken."""
         self._parked.append(reader)
         self._wake.set()
 
     def fail(self, error: BaseException) -> None:
         self._error = error
         self._wake.set()
+
+
+class _Entry:
+    """A record a window holds: its value, and its decoded message once a session asked."""
+
+    __slots__ = ("message", "offset", "value")
+
+    def __init__(self, offset: int, value: bytes) -> None:
+        self.offset = offset
+        self.value = value
+        self.message: codec.Message | None = None
+
+
+class _Window:
+    """What one partition's cursor read from ``lo`` to ``hi``: every record a replay could
+    want, indexed by (namespace, room), room None for broadcasts (module docstring)."""
+
+    def __init__(self, lo: int) -> None:
+        self.lo = self.hi = lo
+        self.entries: list[_Entry] = []
+        self.index: dict[tuple[str, str | None], list[int]] = {}
+        self.unrouted: list[int] = []  # records without routing headers: any session's
+        self.size = 0
+        self.expiry: asyncio.TimerHandle | None = None
+
+    def add(self, record: Any, route: routing.Route | None) -> _Entry | None:
+        """Keep ``record`` (read at ``hi``); None when no replay ever takes it."""
+        if route is not None and (route.method != "emit" or route.ack):
+            return None
+        at = len(self.entries)
+        entry = _Entry(record.offset, record.value)
+        self.entries.append(entry)
+        self.size += len(record.value) + _ENTRY_OVERHEAD
+        if route is None:
+            self.unrouted.append(at)
+        elif not route.rooms:
+            self.index.setdefault((route.namespace, None), []).append(at)
+        else:
+            for room in route.rooms:
+                self.index.setdefault((route.namespace, room), []).append(at)
+        return entry
+
+    def decoded(self, entry: _Entry, stats: ReplayStats) -> codec.Message | None:
+        """``entry``'s message, decoded once for every session (None: undecodable)."""
+        if entry.message is None:
+            try:
+                entry.message = codec.decode(entry.value)
+            except RecordDecodeError:
+                return None  # counted when the live consumer met it
+            stats.replay_records_decoded += 1
+            self.size += len(entry.value)  # the decoded copy, about as big
+        return entry.message
+
+    def candidates(self, audience: routing.Audience, first: int, last: int) -> Iterator[_Entry]:
+        """The entries from offset ``first`` to ``last`` that may be for ``audience``, in
+        offset order, each once."""
+        start = bisect_left(self.entries, first, key=_offset)
+        keys = [(audience.namespace, None), *((audience.namespace, r) for r in audience.rooms)]
+        lists = [self.unrouted, *(self.index.get(key, ()) for key in keys)]
+        ats = [_tail(found, bisect_left(found, start)) for found in lists if found]
+        previous = -1
+        for at in heapq.merge(*ats):
+            if at == previous:
+                continue  # to several of its rooms
+            previous = at
+            entry = self.entries[at]
+            if entry.offset >= last:
+                return
+            yield entry
+
+
+def _offset(entry: _Entry) -> int:
+    return entry.offset
+
+
+def _tail(items: Sequence[int], start: int) -> Iterator[int]:
+    return (items[k] for k in range(start, len(items)))
 
 
 class SharedReplays:
@@ -183,6 +291,7 @@ class SharedReplays:
         self.batch = batch
         self.limit = limit
         self._cursors: dict[int, _Cursor] = {}
+        self._windows: dict[int, _Window] = {}
         self._buffered = 0
         self._room = asyncio.Event()
         self._room.set()
@@ -192,10 +301,77 @@ class SharedReplays:
         return Replay(self, audience, start, stop)
 
     def join(self, reader: _Reader) -> None:
+        window = self._windows.get(reader.partition)
+        if window is not None and window.lo <= reader.next < window.hi:
+            caught_up = self._serve(window, reader)
+            if reader.partition not in self._cursors:
+                self._linger(reader.partition, window)
+            if not caught_up:
+                return
         cursor = self._cursors.get(reader.partition)
         if cursor is None:
             cursor = self._cursors[reader.partition] = _Cursor(self, reader.partition)
         cursor.add(reader)
+
+    def _serve(self, window: _Window, reader: _Reader) -> bool:
+        """Offer ``reader`` what ``window`` holds of its range, a batch of found records at
+        most; True when it has all of that and needs what lies past the window."""
+        replay = reader.replay
+        audience = replay.audience
+        last = min(reader.stop, window.hi)
+        resume = last
+        found = taken = 0
+        for entry in window.candidates(audience, reader.next, last):
+            if found >= self.batch:
+                resume = entry.offset
+                break
+            taken += 1
+            message = window.decoded(entry, self.stats)
+            if message is not None and audience.wants(message):
+                replay.put((reader.partition, entry.offset, message))
+                found += 1
+        reader.next = resume
+        self.stats.replay_records_reused += taken
+        self.buffered(found)
+        if reader.next >= reader.stop:
+            replay.done(reader)
+            return False
+        if reader.next < window.hi:
+            replay.later(reader)  # the rest once this batch is taken
+            return False
+        return True
+
+    def window_at(self, partition: int, position: int) -> _Window:
+        """The window a pass reading from ``position`` extends: the partition's, if the
+        pass starts within it or where it ends; else a new one (the old one dropped)."""
+        window = self._windows.get(partition)
+        if window is not None and window.lo <= position <= window.hi:
+            if window.expiry is not None:
+                window.expiry.cancel()
+                window.expiry = None
+            return window
+        if window is not None:
+            self._drop(partition, window)
+        window = self._windows[partition] = _Window(position)
+        return window
+
+    @property
+    def window_bytes(self) -> int:
+        """What the windows hold now (``WINDOW_BYTES`` bounds their growth)."""
+        return sum(window.size for window in self._windows.values())
+
+    def _linger(self, partition: int, window: _Window) -> None:
+        if window.expiry is not None:
+            window.expiry.cancel()
+        loop = asyncio.get_running_loop()
+        window.expiry = loop.call_later(WINDOW_LINGER_S, self._drop, partition, window)
+
+    def _drop(self, partition: int, window: _Window) -> None:
+        if window.expiry is not None:
+            window.expiry.cancel()
+            window.expiry = None
+        if self._windows.get(partition) is window:
+            del self._windows[partition]
 
     def leave(self, reader: _Reader) -> None:
         cursor = self._cursors.get(reader.partition)
@@ -224,8 +400,13 @@ class SharedReplays:
     def ended(self, cursor: _Cursor) -> None:
         if self._cursors.get(cursor.partition) is cursor:
             del self._cursors[cursor.partition]
+            window = self._windows.get(cursor.partition)
+            if window is not None:
+                self._linger(cursor.partition, window)
 
     async def close(self) -> None:
+        for partition, window in list(self._windows.items()):
+            self._drop(partition, window)
         cursors, self._cursors = list(self._cursors.values()), {}
         for cursor in cursors:
             await cursor.cancel()
@@ -299,6 +480,7 @@ class _Cursor:
         self.hub.stats.replay_passes += 1
         consumer.seek(tp, position)
         self.position = position
+        window = self.hub.window_at(self.partition, position)
         try:
             step = self.hub.batch
             while True:
@@ -312,6 +494,7 @@ class _Cursor:
                     if back < position:
                         consumer.seek(tp, back)
                         position = self.position = back
+                        window = self.hub.window_at(self.partition, back)
                 needed = [r.next for r in self.joined]
                 if not needed:
                     return
@@ -329,13 +512,20 @@ class _Cursor:
                     continue
                 step = self.hub.batch
                 records = fetched.get(tp, ())
-                self._offer(records)
+                # Kept only where the window ends (a skip forward leaves a hole) and while
+                # the windows are within their bound.
+                grow = window.hi >= position and self.hub.window_bytes < WINDOW_BYTES
+                self._offer(records, window if grow else None)
                 if records:
                     # Before the next await: a session joining now must not need what
                     # was just offered.
                     position = self.position = max(position, records[-1].offset + 1)
+                    if grow:
+                        window.hi = max(window.hi, position)
                 # Past control records and compacted gaps, where nothing is to be found.
                 position = self.position = await consumer.position(tp)
+                if grow:
+                    window.hi = max(window.hi, position)
                 self._advance(position)
                 # A fetch of records already buffered returns without suspending: the live
                 # loop (and the claims it reads back) gets its turn between batches.
@@ -356,37 +546,50 @@ class _Cursor:
                 self.remove(reader)
                 reader.replay.done(reader)
 
-    def _offer(self, records: Sequence[Any]) -> None:
-        """Put each record in the buffers of the joined sessions that receive it."""
+    def _offer(self, records: Sequence[Any], window: _Window | None) -> None:
+        """Put each record in the buffers of the joined sessions that receive it, and in
+        ``window`` (when given) what it does not hold yet."""
         index = self._rooms()
         partition = self.partition
+        stats = self.hub.stats
         read = decoded = found = 0
         last = max((r.stop for r in self.joined), default=0)
         for record in records:
             offset = record.offset
-            if offset >= last:
-                break
             read += 1
             try:
                 route = routing.read_route(record.headers)
-                if route is None:
-                    candidates = list(self.joined)  # no headers: decoded, then each asked
-                elif route.method != "emit" or route.ack:
-                    continue
-                else:
-                    candidates = self._by_route(index, route)
-                readers = [r for r in candidates if r.next <= offset < r.stop]
-                if not readers:
-                    continue
-                decoded += 1
-                message = codec.decode(record.value)
             except RecordDecodeError:
+                continue  # counted when the live consumer met it
+            entry = None
+            if window is not None and offset >= window.hi:
+                entry = window.add(record, route)
+            if offset >= last:
+                continue
+            if route is None:
+                candidates = list(self.joined)  # no headers: decoded, then each asked
+            elif route.method != "emit" or route.ack:
+                continue
+            else:
+                candidates = self._by_route(index, route)
+            readers = [r for r in candidates if r.next <= offset < r.stop]
+            if not readers:
+                continue
+            if entry is not None and window is not None:
+                message = window.decoded(entry, stats)
+            else:
+                try:
+                    message = codec.decode(record.value)
+                except RecordDecodeError:
+                    message = None
+                else:
+                    decoded += 1
+            if message is None:
                 continue  # counted when the live consumer met it
             for reader in readers:
                 if reader.replay.audience.wants(message):
                     reader.replay.put((partition, offset, message))
                     found += 1
-        stats = self.hub.stats
         stats.replay_records_read += read
         stats.replay_records_decoded += decoded
         self.hub.buffered(found)

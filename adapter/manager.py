@@ -75,6 +75,8 @@ class ManagerStats:
     #: Records replays read, and of those the records they decoded (not passed by header).
     replay_records_read: int = 0
     replay_records_decoded: int = 0
+    #: Records replays took from a window of what an earlier pass read, not read again.
+    replay_records_reused: int = 0
     #: Passes replay cursors began over a partition: recoveries at once share a pass.
     replay_passes: int = 0
     #: Events queued on local sockets: live, and replayed to recovering ones.

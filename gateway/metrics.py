@@ -39,6 +39,7 @@ _COUNTERS = {
     "slow_consumers_cut": "Sockets cut for not reading what was queued for them",
     "replay_records_read": "Records recoveries read back from the events topic",
     "replay_records_decoded": "Records recoveries decoded (the rest passed by their headers)",
+    "replay_records_reused": "Records recoveries took from what an earlier replay had read",
 }
 
 

@@ -11,7 +11,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
-from socketio_kafka.adapter import codec, routing
+from socketio_kafka.adapter import codec, cursor, routing
 from socketio_kafka.adapter.cursor import Replay, SharedReplays
 from socketio_kafka.adapter.manager import ManagerStats
 from socketio_kafka.adapter.replay import ConsumerPool
@@ -115,7 +115,7 @@ async def test_sessions_at_once_share_one_read_and_one_decode() -> None:
     assert hub.held == 0
 
 
-async def test_a_later_start_joins_the_pass_and_an_earlier_one_has_it_read_back() -> None:
+async def test_a_later_start_joins_the_pass_and_an_earlier_one_takes_the_window() -> None:
     permits = asyncio.Semaphore(0)
     hub, _ = _hub(_rooms(60, "abc"), permits, batch=10)
     first = asyncio.create_task(_offsets(_open(hub, "a", 0, 60)))
@@ -125,15 +125,67 @@ async def test_a_later_start_joins_the_pass_and_an_earlier_one_has_it_read_back(
     behind = asyncio.create_task(_offsets(_open(hub, "c", 0, 60)))  # before 10
     for _ in range(20):
         permits.release()
-    # Each gets its records once, in order: the first took nothing twice while the cursor
-    # read back for the one behind.
+    # Each gets its records once, in order.
     assert await first == list(range(0, 60, 3))
     assert await joining == list(range(31, 60, 3))
     assert await behind == list(range(2, 60, 3))
-    # One pass: what it had read when the third came (one or two fetches of 10) read
-    # again, not the whole partition.
+    # One pass, the partition read once: the one behind took what had been read from the
+    # pass's window, and joined the pass where it was.
+    assert (hub.stats.replay_passes, hub.stats.replay_records_read) == (1, 60)
+    assert hub.stats.replay_records_reused > 0
+
+
+async def test_a_start_before_the_window_has_the_pass_read_back() -> None:
+    permits = asyncio.Semaphore(0)
+    hub, _ = _hub(_rooms(60, "abc"), permits, batch=10)
+    first = asyncio.create_task(_offsets(_open(hub, "a", 30, 60)))
+    permits.release()
+    await wait_until(lambda: hub.stats.replay_records_read == 10, 5, "the first fetch")
+    behind = asyncio.create_task(_offsets(_open(hub, "c", 0, 60)))  # before the window
+    for _ in range(20):
+        permits.release()
+    assert await first == list(range(30, 60, 3))
+    assert await behind == list(range(2, 60, 3))
+    # One pass: it read back from 0, and what it had read from 30 it read again.
     assert hub.stats.replay_passes == 1
     assert 60 + 10 <= hub.stats.replay_records_read <= 60 + 20
+
+
+async def test_a_session_after_the_pass_is_served_from_the_window() -> None:
+    """A mass reconnect's late arrivals: the range was read for the first ones."""
+    log = [*_rooms(60, "abc"), _emit(60, "a", headers=False)]
+    hub, _ = _hub(log, batch=10)
+    assert await _offsets(_open(hub, "a", 0, 61)) == [*range(0, 60, 3), 60]
+    read, decoded = hub.stats.replay_records_read, hub.stats.replay_records_decoded
+    # In batches of 10 found records, each once, in order; nothing read or decoded again
+    # but room "b"'s records, which nobody had wanted yet.
+    assert await _offsets(_open(hub, "a", 5, 61)) == [*range(6, 60, 3), 60]
+    assert await _offsets(_open(hub, "b", 0, 61)) == list(range(1, 60, 3))
+    assert hub.stats.replay_passes == 1
+    assert hub.stats.replay_records_read == read
+    assert hub.stats.replay_records_decoded == decoded + 20
+    # Past the window's end, the partition is read on from there.
+    log.extend(_emit(n, "a") for n in range(61, 70))
+    assert await _offsets(_open(hub, "a", 50, 70)) == [51, 54, 57, 60, *range(61, 70)]
+    assert hub.stats.replay_records_read == read + 9
+    assert hub.held == 0
+
+
+async def test_windows_stay_within_their_bound_and_expire(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cursor, "WINDOW_BYTES", 2_000)
+    monkeypatch.setattr(cursor, "WINDOW_LINGER_S", 0.05)
+    hub, _ = _hub(_rooms(300, "ab"), batch=10)
+    assert await _offsets(_open(hub, "a", 0, 300)) == list(range(0, 300, 2))
+    # Grown one fetch past the bound at most, then no more: the rest is read again.
+    assert 2_000 <= hub.window_bytes < 2_000 + 10 * 300
+    assert await _offsets(_open(hub, "b", 0, 300)) == list(range(1, 300, 2))
+    assert hub.stats.replay_records_read > 300
+    await wait_until(lambda: hub.window_bytes == 0, 5, "the windows to expire")
+    read = hub.stats.replay_records_read
+    assert await _offsets(_open(hub, "a", 0, 300)) == list(range(0, 300, 2))
+    assert hub.stats.replay_records_read == read + 300
 
 
 async def test_the_node_wide_bound_holds_while_sessions_do_not_take() -> None:

@@ -17,7 +17,7 @@ from .contestants import Contestant
 from .cpu import await_quiet
 from .loadgen import Json
 from .services import BROKERS, BenchmarkError, Brokers, Cluster, free_port
-from .workloads import Plan, Target, probe, steps
+from .workloads import Plan, Target, probe, steps, warm_up
 
 __all__ = ["NODES", "run"]
 
@@ -81,6 +81,8 @@ def _run_contestant(
             probe(target)
         except BenchmarkError as exc:
             raise BenchmarkError(f"{exc}\n{cluster.log_tails()}") from exc
+        overall.set_description(f"{contestant.name}: warming up")
+        warm_up(plan, target)
         overall.set_description(f"{contestant.name}: waiting for a quiet machine")
         entry["quiet_wait_s"] = await_quiet(cores=_QUIET_CORES)
         for step in planned:

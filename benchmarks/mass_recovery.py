@@ -22,7 +22,10 @@ two survivors. Reported, per run:
   broker) for the whole mass recovery over its CPU for the lone client's replay (goal:
   under 3);
 - the survivors' replay counters (records read, decoded; cursor passes where the adapter
-  has them).
+  has them);
+- ``recovery_to_open_cpu``: the mass recovery's cluster CPU over what the same clients
+  cost node 0 (and the broker) when they first connected and joined their rooms: a
+  recovery's floor is a connect's cost.
 
 It runs any version of the adapter installed in the running interpreter (the gateways are
 started with it), so a venv of an older commit measures "before". Without ``--kafka`` it
@@ -401,9 +404,11 @@ async def _run(
     controls: list[socketio.AsyncClient],
 ) -> dict[str, Any]:
     rooms = _rooms(sizes)
+    cpu = _Cpu(gateways[:1], broker_pid)
     sids = await fleet.open(gateways[0].url)
     async with asyncio.timeout(120):
         await sessions_saved(bootstrap, channel, dict(zip(sids, rooms, strict=True)))
+    opened = cpu.used()
     gateways[0].stop(signal.SIGKILL)
     await fleet.drops()
 
@@ -460,6 +465,13 @@ async def _run(
         "cpu_ratio": (
             round(used["cluster_cpu_s"] / alone["cluster_cpu_s"], 1)
             if alone["cluster_cpu_s"]
+            else None
+        ),
+        # What the same clients cost connecting and joining their rooms afresh, on node 0.
+        "opened_cluster_cpu_s": opened["cluster_cpu_s"],
+        "recovery_to_open_cpu": (
+            round(used["cluster_cpu_s"] / opened["cluster_cpu_s"], 2)
+            if opened["cluster_cpu_s"]
             else None
         ),
         "replay_records_read": delta("replay_records_read"),

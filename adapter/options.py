@@ -205,6 +205,9 @@ class KafkaOptions:
             "group_id": None,
             "enable_auto_commit": False,
             "auto_offset_reset": "latest",
+            # Bridges write the events topic in transactions: a node delivers (and a replay
+            # recovers) a bridged event once its transaction commits, never an aborted one.
+            "isolation_level": "read_committed",
             "fetch_min_bytes": self.fetch_min_bytes,
             "fetch_max_wait_ms": self.fetch_max_wait_ms,
             "max_partition_fetch_bytes": self.max_partition_fetch_bytes,

@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         " its page URLs' tokens with it",
     )
     demo.set_defaults(run=_demo)
+    _add_bridge(commands.add_parser("bridge", help="deliver Kafka topics into Socket.IO rooms"))
     for name in _SERVICES:
         service = commands.add_parser(name, help=f"start, stop or check a local {name}")
         service.add_argument("action", choices=["start", "stop", "status"])
@@ -145,6 +146,40 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
     _add_kafka_security(parser)
     _add_identity(parser)
     parser.set_defaults(run=_serve)
+
+
+def _add_bridge(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=Path, help="the bridges file (TOML; see README)")
+    parser.add_argument(
+        "--kafka",
+        help="kafka://host:port[,...]; default: the file's [kafka] url, else the"
+        " environment's SOCKETIO_KAFKA_KAFKA, else localhost:9092",
+    )
+    parser.add_argument(
+        "--instance",
+        help="this process's stable name among the bridges of a group (static membership:"
+        " restarted under the same name, it takes its partitions back at once)",
+    )
+    parser.add_argument("--metrics-port", type=integer, help="serve /metrics on this port")
+    parser.add_argument("--metrics-host", default="127.0.0.1")
+    parser.add_argument("--log-level", default="info")
+    parser.set_defaults(run=_bridge)
+
+
+def _bridge(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from socketio_kafka.adapter.options import parse_kafka_urls
+
+    from .bridge import load, run_bridges
+    from .bridge.service import configure_logging
+
+    config = load(args.file)
+    url = args.kafka or config.url or env_default("kafka", None) or "kafka://"
+    configure_logging(args.log_level)
+    metrics = None if args.metrics_port is None else (args.metrics_host, args.metrics_port)
+    asyncio.run(run_bridges(config, parse_kafka_urls(url), args.instance, metrics))
+    return 0
 
 
 def _add_limits(parser: argparse.ArgumentParser) -> None:

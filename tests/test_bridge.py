@@ -1,0 +1,356 @@
+"""Inbound bridges end to end, on real Kafka: ``socketio-kafka bridge FILE`` in a process
+of its own, gateway nodes, and the official JS client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from prometheus_client.parser import text_string_to_metric_families
+
+from socketio_kafka.adapter import codec
+
+from .support.cluster import REPO, GatewayProcess, free_port
+from .support.jsclient import JsClient
+from .support.waiting import wait_until
+
+pytestmark = [pytest.mark.kafka]
+
+USERS = ["u0", "u1", "u2", "u3"]
+MIN_PER_USER = 300
+MAX_PER_USER = 3000
+KILLS = 6
+
+
+class BridgeProcess:
+    """One ``socketio-kafka bridge`` process; killed and restarted under the same instance."""
+
+    def __init__(
+        self,
+        config: Path,
+        kafka: str,
+        metrics_port: int | None = None,
+        instance: str = "bridge-1",
+    ) -> None:
+        self.config = config
+        self.instance = instance
+        self.kafka = kafka
+        self.metrics_port = metrics_port
+        self.process: subprocess.Popen[bytes] | None = None
+        fd, name = tempfile.mkstemp(prefix="bridge-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(name)
+
+    def start(self) -> None:
+        metrics = ["--metrics-port", str(self.metrics_port)] if self.metrics_port else []
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "socketio_kafka.gateway", "bridge", str(self.config)),
+                    *("--kafka", self.kafka, "--instance", self.instance, "--log-level", "warning"),
+                    *metrics,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"},
+            )
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+
+async def _create_topics(bootstrap: str, *topics: tuple[str, int, dict[str, str]]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(name, partitions, 1, topic_configs=configs)
+                for name, partitions, configs in topics
+            ]
+        )
+    finally:
+        await admin.close()
+
+
+def _config(path: Path, channel: str, source: str, **extra: str) -> Path:
+    lines = [
+        f'[kafka]\nchannel = "{channel}"\n',
+        "[[inbound]]",
+        f'name = "{source}"',
+        f'topics = ["{source}"]',
+        'room = "user:{key}"',
+        'event = "order"',
+        *(f"{key} = {json.dumps(value)}" for key, value in extra.items()),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _grew(count: Callable[[], int], target: int) -> bool:
+    return count() >= target
+
+
+def _seqs(js: JsClient) -> list[int]:
+    return [payload["seq"] for payload in js.payloads("order")]
+
+
+@pytest.fixture
+async def bridge_cluster(kafka_url: str, channel: str) -> AsyncIterator[list[GatewayProcess]]:
+    from .support.cluster import gateway_cluster
+
+    async with gateway_cluster(kafka_url, channel, nodes=3) as gateways:
+        yield gateways
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("scale_out", [False, True], ids=["one-bridge", "two-bridges"])
+async def test_records_reach_their_rooms_once_in_order_through_a_drop_and_sigkills(
+    scale_out: bool,
+    bridge_cluster: list[GatewayProcess],
+    kafka_bootstrap: str,
+    kafka_url: str,
+    channel: str,
+    tmp_path: Path,
+) -> None:
+    """A plain producer writes JSON records keyed by user id; a client per user, spread
+    over three nodes, in room ``user:<id>``. One client is dropped mid-stream and returns
+    to another node; the bridge is SIGKILLed whenever it has made progress, and restarted.
+    Every client gets exactly its own records, each once, in order. With two bridges, the
+    second joins mid-stream (partitions change hands) and they are killed in turn."""
+    source = f"{channel}-orders"
+    await _create_topics(kafka_bootstrap, (source, 3, {}))
+    config = _config(tmp_path / "bridges.toml", channel, source)
+    bridges = [BridgeProcess(config, kafka_url, instance=f"bridge-{i}") for i in range(2)]
+    bridges = bridges if scale_out else bridges[:1]
+    clients = [await JsClient().start() for _ in USERS]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        for i, (user, js) in enumerate(zip(USERS, clients, strict=True)):
+            await js.connect(bridge_cluster[i % 3].url, reconnectionDelay=2000)
+            assert await js.call("join", {"room": f"user:{user}"}) == {"ok": True}
+        bridges[0].start()
+
+        killing = asyncio.Event()  # set while the bridges are still to be killed
+        killing.set()
+
+        async def write() -> int:
+            """Rounds of one record per user, until enough were written and killed through."""
+            seq = 0
+            while seq < MIN_PER_USER or (killing.is_set() and seq < MAX_PER_USER):
+                for user in USERS:
+                    value = json.dumps({"user": user, "seq": seq}).encode()
+                    await producer.send(source, value, key=user.encode())
+                seq += 1
+                if seq % 10 == 0:
+                    await producer.flush()
+                    await asyncio.sleep(0.1)  # paces the source: kills land mid-stream
+            await producer.flush()
+            return seq
+
+        def received() -> int:
+            return sum(len(js.event_args("order")) for js in clients)
+
+        writing = asyncio.create_task(write())
+        # The drop: early, to come back on another node while records keep coming.
+        dropped = clients[1]
+        await wait_until(lambda: len(dropped.event_args("order")) >= 50, 60, "50 records")
+        await dropped.send("drop", url=bridge_cluster[2].url)
+        kills = 0
+        while kills < KILLS and not writing.done():
+            await wait_until(partial(_grew, received, received() + 40), 60, "the bridge's progress")
+            if scale_out and bridges[1].process is None:
+                # A second bridge joins the group: partitions move to it mid-stream.
+                bridges[1].start()
+                continue
+            bridge = bridges[kills % len(bridges)]
+            bridge.kill()
+            kills += 1
+            bridge.start()
+        killing.clear()
+        written = await writing
+        assert kills == KILLS, f"the bridges were killed {kills} times only"
+        # A last record per user: once it arrived, any duplicate before it had arrived too.
+        for user in USERS:
+            last = json.dumps({"user": user, "seq": written}).encode()
+            await producer.send(source, last, key=user.encode())
+        await producer.flush()
+        for user, js in zip(USERS, clients, strict=True):
+            await js.wait_count("order", written + 1, timeout=60)
+            assert _seqs(js) == list(range(written + 1)), user
+            assert {p["user"] for p in js.payloads("order")} == {user}
+        assert dropped.connects()[-1]["recovered"] is True
+        assert len(dropped.connects()) == 2
+    except BaseException:
+        for bridge in bridges:
+            print(bridge.log())
+        raise
+    finally:
+        await producer.stop()
+        for bridge in bridges:
+            bridge.stop()
+            bridge.log_path.unlink(missing_ok=True)
+        await asyncio.gather(*(js.close() for js in clients))
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+#: Keyed by u1 unless said otherwise: (key, value, what the bridge must make of it).
+POISON: list[tuple[bytes | None, bytes, str]] = [
+    (b"u1", b"\xff\xfe not json", "not_json"),
+    (b"u1", b'{"seq": NaN}', "not_json"),
+    (b"u1", b'{"seq": Infinity}', "not_json"),
+    (b"u1", b'{"seq": "\\ud800"}', "not_json"),  # a lone surrogate
+    (b"u1", _nested(300), "not_json"),
+    (b"u1", b"", "not_json"),
+    (b"u1", b'{"seq": 1', "not_json"),
+    (None, b'{"seq": -1}', "missing"),  # no key: no room
+    (b"\xff\xfe", b'{"seq": -1}', "not_utf8"),
+    (b"u" * 300, b'{"seq": -1}', "room"),
+    (b"u1", b'"' + b"x" * 1_060_000 + b'"', "too_large"),
+]
+
+
+@pytest.mark.timeout(90)
+async def test_poison_records_are_counted_skipped_and_dead_lettered(
+    kafka_bootstrap: str, kafka_url: str, channel: str, tmp_path: Path
+) -> None:
+    source, dead = f"{channel}-src", f"{channel}-dead"
+    events = f"{channel}.events"
+    big = {"max.message.bytes": str(2 * 1024 * 1024)}
+    await _create_topics(kafka_bootstrap, (source, 1, big), (dead, 1, big))
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, max_request_size=3 * 1024 * 1024)
+    await producer.start()
+    good = 0
+    try:
+        for key, value, _ in POISON:
+            await producer.send_and_wait(source, value, key=key)
+            await producer.send_and_wait(source, json.dumps({"seq": good}).encode(), key=b"u1")
+            good += 1
+        await producer.send_and_wait(source, None, key=b"u1")  # a tombstone: an event
+    finally:
+        await producer.stop()
+    # A record aiokafka cannot parse (a header key that is not UTF-8), between two good ones.
+    writer = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "tests.support.unparsable", kafka_bootstrap, source, "u1"),
+        cwd=REPO,
+        env={**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"},
+    )
+    assert await asyncio.wait_for(writer.wait(), 60) == 0
+    port = free_port()
+    config = _config(tmp_path / "b.toml", channel, source, dead_letter=dead, tombstone="gone")
+    bridge = BridgeProcess(config, kafka_url, metrics_port=port)
+    bridge.start()
+    try:
+        # Before any node made the events topic, the bridge waits (supervised, restarted).
+        restarts = ("socketio_kafka_task_restarts", "")
+        assert (await _scrape_until(port, lambda m: m.get(restarts, 0) >= 1))[restarts] >= 1
+        await _create_topics(kafka_bootstrap, (events, 6, {}))
+        emitted = await _read(kafka_bootstrap, events, good + 3)
+        data = [codec.decode(value)["data"] for _, value in emitted]
+        assert data[:good] == [[{"seq": seq}] for seq in range(good)]
+        assert data[good] == ["u1"]  # the tombstone, with its key
+        assert [d[0]["data"] for d in data[good + 1 :]] == [[0], [1]]  # around the unparsable
+        assert all(key == b"/#user:u1" for key, _ in emitted)
+        dead_letters = await _read(kafka_bootstrap, dead, len(POISON), headers=True)
+        assert [(k, v) for k, v, _ in dead_letters] == [(k, v) for k, v, _ in POISON]
+        for (_, _, headers), offset in zip(dead_letters, range(0, 2 * len(POISON), 2), strict=True):
+            assert headers["bridge.topic"] == source.encode()
+            assert headers["bridge.offset"] == str(offset).encode()
+            assert headers["bridge.error"]
+        expected = {kind: sum(1 for *_, k in POISON if k == kind) for _, _, kind in POISON}
+        expected["unreadable"] = 1
+        metrics = await _scrape_until(port, lambda m: m.get(("dead_lettered", "")) == len(POISON))
+        assert {kind: metrics[("records_skipped", kind)] for kind in expected} == expected
+        assert metrics[("events", "")] == good + 3
+        # Nothing more than that reaches the events topic.
+        assert len(await _read(kafka_bootstrap, events, good + 3, settle=1.0)) == good + 3
+    except BaseException:
+        print(bridge.log())
+        raise
+    finally:
+        bridge.stop()
+        bridge.log_path.unlink(missing_ok=True)
+
+
+async def _read(
+    bootstrap: str, topic: str, count: int, headers: bool = False, settle: float = 0.0
+) -> list[Any]:
+    """The first ``count`` committed records of ``topic`` (and any more within ``settle``)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    await consumer.start()
+    found: list[Any] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(found) < count and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                found += records
+        if settle:
+            for records in (await consumer.getmany(timeout_ms=int(settle * 1000))).values():
+                found += records
+    finally:
+        await consumer.stop()
+    assert len(found) >= count, f"{len(found)} of {count} records on {topic}"
+    found.sort(key=lambda r: (r.partition, r.offset))
+    if headers:
+        return [(r.key, r.value, dict(r.headers)) for r in found]
+    return [(r.key, r.value) for r in found]
+
+
+async def _scrape_until(port: int, done: Any) -> dict[tuple[str, str], float]:
+    metrics: dict[tuple[str, str], float] = {}
+
+    async def scrape() -> None:
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"http://127.0.0.1:{port}/metrics", timeout=5)).text
+        metrics.clear()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                name = sample.name.removeprefix("socketio_kafka_bridge_").removesuffix("_total")
+                metrics[name, sample.labels.get("kind", "")] = sample.value
+
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.suppress(httpx.TransportError):
+            await scrape()
+        if done(metrics) or time.monotonic() > deadline:
+            return metrics
+        await asyncio.sleep(0.2)

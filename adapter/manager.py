@@ -45,6 +45,7 @@ from .store import SessionStore
 from .supervisor import Supervisor
 from .topics import Replication, TopicSpec, ensure_topic, replication_for
 from .turns import Turns
+from .watermarks import Watermarks
 
 __all__ = ["AsyncKafkaManager", "Health", "ManagerStats"]
 
@@ -145,6 +146,8 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         #: Asks for offsets only. Kafka answers a connection's requests in order, so the
         #: live consumer's would wait behind its long-poll fetch (up to fetch_max_wait_ms).
         self._offsets: AIOKafkaConsumer | None = None
+        #: Asked through this, recoveries at once share each request for offsets.
+        self.watermarks = Watermarks(lambda: self._offsets)
         self._replays = ConsumerPool(self._replay_consumer)
         #: Every replay of this node reads through these cursors (`adapter/cursor.py`).
         self.shared_replays = SharedReplays(self._replays, self.events_topic, self.stats)
@@ -158,7 +161,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             self.host_id,
             self.stats,
             self._ready_publisher,
-            lambda: self._offsets,
+            self.watermarks,
             self._get_logger,
         )
         self.store.on_rejected = self._session_rejected
@@ -812,9 +815,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
     async def bounds(self) -> Bounds:
         """The events topic's bounds, from a consumer kept for it (a new one would first
         wait for the topic's metadata: 15 ms of a 35 ms recovery of 10 events)."""
-        if self._offsets is None:
-            raise KafkaConnectionError("the manager is not connected")
-        return await topic_bounds(self._offsets, self.events_topic, self._partitions)
+        return await topic_bounds(self.watermarks, self.events_topic, self._partitions)
 
     def replay(
         self, start: tuple[int, ...], stop: tuple[int, ...], audience: routing.Audience

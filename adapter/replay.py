@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from .watermarks import Watermarks
+
 __all__ = ["Bounds", "ConsumerPool", "topic_bounds"]
 
 ConsumerFactory = Callable[[], AIOKafkaConsumer]
@@ -69,10 +71,8 @@ class ConsumerPool:
             await consumer.stop()
 
 
-async def topic_bounds(consumer: AIOKafkaConsumer, topic: str, partitions: int) -> Bounds:
+async def topic_bounds(watermarks: Watermarks, topic: str, partitions: int) -> Bounds:
     """Asked of a running consumer: one that knows the topic's metadata answers at once."""
     tps = [TopicPartition(topic, p) for p in range(partitions)]
-    beginning, end = await asyncio.gather(
-        consumer.beginning_offsets(tps), consumer.end_offsets(tps)
-    )
+    beginning, end = await asyncio.gather(watermarks.beginning(tps), watermarks.end(tps))
     return Bounds(tuple(beginning[tp] for tp in tps), tuple(end[tp] for tp in tps))

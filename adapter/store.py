@@ -24,6 +24,7 @@ from .errors import BrokerUnavailable, PublishError, RecordDecodeError
 from .publisher import Publisher
 from .sessions import EPOCH_KEY, NODE_PREFIX, Session, SessionTable, encode_session
 from .skips import UNREADABLE, log_skipped, log_unexpected, log_unreadable, read_past_unreadable
+from .watermarks import Watermarks
 
 if TYPE_CHECKING:
     from .manager import ManagerStats
@@ -61,7 +62,7 @@ class SessionStore:
         host_id: str,
         stats: ManagerStats,
         publisher: Callable[[], Awaitable[Publisher]],
-        offsets: Callable[[], AIOKafkaConsumer | None],
+        watermarks: Watermarks,
         logger: Callable[[], logging.Logger],
     ) -> None:
         self.topic = topic
@@ -75,7 +76,7 @@ class SessionStore:
         self._host_id = host_id
         self._stats = stats
         self._publisher = publisher
-        self._offsets = offsets
+        self._watermarks = watermarks
         self._logger = logger
         #: Next offset to read, per partition.
         self._positions: dict[int, int] = {}
@@ -172,11 +173,10 @@ class SessionStore:
         The topic is read up to its end first, even for a session known here: a record
         written a moment ago on another node (the session restored there) decides a claim.
         """
-        offsets = self._offsets()
-        if offsets is None:
+        if not self._watermarks.available:
             return self.table.sessions.get(pid)
         tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
-        end = await offsets.end_offsets(tps)
+        end = await self._watermarks.end(tps)
 
         def read_to_end() -> bool:
             return all(self._positions.get(tp.partition, 0) >= end[tp] for tp in tps)

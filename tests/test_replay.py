@@ -17,6 +17,7 @@ from socketio_kafka.adapter.cursor import SharedReplays
 from socketio_kafka.adapter.manager import ManagerStats
 from socketio_kafka.adapter.replay import ConsumerPool, topic_bounds
 from socketio_kafka.adapter.routing import Audience
+from socketio_kafka.adapter.watermarks import Watermarks
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(60)]
 
@@ -106,7 +107,7 @@ async def test_ranges_read_back_in_order_skipping_poison_by_one_reused_consumer(
         assert await _seqs(pool, topic, (0, 9), (2, 10)) == [(0, 0, 0), (0, 1, 1), (1, 9, 9)]
         assert len(pool.started) == 2  # one per partition read at once
         async with pool.consumer() as consumer:
-            bounds = await topic_bounds(consumer, topic, 2)
+            bounds = await topic_bounds(Watermarks(lambda: consumer), topic, 2)
         assert (bounds.beginning, bounds.end) == ((0, 0), (12, 10))
     finally:
         await pool.close()  # stops the kept consumer (pytest-timeout if it hung)
@@ -136,7 +137,7 @@ async def test_a_record_aiokafka_cannot_parse_is_read_past(
     pool = ConsumerPool(lambda: AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap), keep=1)
     try:
         async with pool.consumer() as consumer:
-            bounds = await topic_bounds(consumer, topic, 2)
+            bounds = await topic_bounds(Watermarks(lambda: consumer), topic, 2)
         audience = Audience.of("/", "sid", ["r"])  # not in "a" nor "b"
         got = [
             (message["event"], message["data"])

@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import socketio
 from socketio import packet
 
+from .errors import PublishError
+
 __all__ = ["AsyncRecoveringClient"]
 
 _FLUSH_TIMEOUT_S = 2.0
+
+
+@dataclass(slots=True)
+class _Unacked:
+    """A publish waiting for its ack: what to send again, and who waits."""
+
+    payload: dict[str, Any]
+    reply: asyncio.Future[Any]
+    #: Handed to a connection: its outcome is unknown until acked.
+    sent: bool = False
 
 
 class AsyncRecoveringClient(socketio.AsyncClient):  # type: ignore[misc]  # untyped base
@@ -28,6 +42,13 @@ class AsyncRecoveringClient(socketio.AsyncClient):  # type: ignore[misc]  # unty
         await client.connect("http://localhost:8001", transports=["websocket"])
         ...  # after a transport drop and the automatic reconnection:
         client.recovered["/"]  # True: every event missed meanwhile was delivered
+
+    `publish` sends the gateway's ``publish`` event with an id, and sends it again with
+    the same id after a recovered reconnection until it is acked: the gateway produces
+    each id once per session (``"repeat": true`` in the ack of one already accepted)::
+
+        reply = await client.publish("room-1", "said", {"text": "hi"})
+        reply  # {"ok": True, "id": "...", "repeat": False}
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -37,6 +58,65 @@ class AsyncRecoveringClient(socketio.AsyncClient):  # type: ignore[misc]  # unty
         #: Per namespace: whether its last connection recovered the previous session.
         self.recovered: dict[str, bool] = {}
         self._connecting = False
+        #: Per namespace, publishes not acked yet, by id, in the order they were made.
+        self._unacked: dict[str, dict[str, _Unacked]] = {}
+
+    async def publish(
+        self,
+        room: str,
+        event: str,
+        data: Any,
+        *,
+        id: str | None = None,
+        namespace: str = "/",
+    ) -> Any:
+        """Publish ``data`` as ``event`` to ``room`` through the gateway; its ack.
+
+        The id (a new one unless given) goes with every attempt: one made while
+        disconnected is sent once connected; one sent but not acked is sent again after
+        the session is recovered. Raises `PublishError` when the session was not
+        recovered (a new one cannot tell a repeat: whether it was delivered is unknown)
+        or the client disconnected on purpose.
+        """
+        pub_id = id if id is not None else uuid.uuid4().hex
+        payload = {"room": room, "event": event, "data": data, "id": pub_id}
+        pending = _Unacked(payload, asyncio.get_running_loop().create_future())
+        unacked = self._unacked.setdefault(namespace, {})
+        if pub_id in unacked:
+            raise ValueError(f"publish id {pub_id!r} is already waiting for its ack")
+        unacked[pub_id] = pending
+        if namespace in self.namespaces:
+            await self._send_publish(namespace, pending)
+        return await pending.reply
+
+    async def _send_publish(self, namespace: str, pending: _Unacked) -> None:
+        pub_id = pending.payload["id"]
+
+        def acked(reply: Any = None) -> None:
+            waiting = self._unacked.get(namespace, {})
+            if waiting.get(pub_id) is pending:
+                del waiting[pub_id]
+            if not pending.reply.done():
+                pending.reply.set_result(reply)
+
+        pending.sent = True
+        await self.emit("publish", pending.payload, namespace=namespace, callback=acked)
+
+    async def _resend(self, namespace: str, recovered: bool) -> None:
+        """After a connection: every publish not acked yet, in order. Without recovery,
+        those already sent fail: the new session cannot tell whether they were taken."""
+        for pending in list(self._unacked.get(namespace, {}).values()):
+            if recovered or not pending.sent:
+                await self._send_publish(namespace, pending)
+            else:
+                self._fail(namespace, pending, "the session was not recovered")
+
+    def _fail(self, namespace: str, pending: _Unacked, why: str) -> None:
+        self._unacked.get(namespace, {}).pop(pending.payload["id"], None)
+        if not pending.reply.done():
+            pending.reply.set_exception(
+                PublishError(f"publish {pending.payload['id']!r} unconfirmed: {why}")
+            )
 
     async def connect(self, *args: Any, wait_timeout: float = 10, **kwargs: Any) -> None:
         """python-socketio's `connect`; it waits longer by default (1 s there), as a
@@ -63,6 +143,9 @@ class AsyncRecoveringClient(socketio.AsyncClient):  # type: ignore[misc]  # unty
         if not self._connecting:
             self.pids.clear()
             self.offsets.clear()
+            for namespace, unacked in list(self._unacked.items()):
+                for pending in list(unacked.values()):
+                    self._fail(namespace, pending, "the client disconnected")
         for namespace in self.namespaces:
             await self._send_packet(self.packet_class(packet.DISCONNECT, namespace=namespace))
         with contextlib.suppress(TimeoutError):
@@ -100,6 +183,8 @@ class AsyncRecoveringClient(socketio.AsyncClient):  # type: ignore[misc]  # unty
         else:
             self.pids.pop(namespace, None)
         await super()._handle_connect(namespace, data)
+        if namespace in self.namespaces:  # not refused by the server
+            await self._resend(namespace, self.recovered[namespace])
 
     async def _handle_event(self, namespace: str | None, id: int | None, data: list[Any]) -> None:
         namespace = namespace or "/"

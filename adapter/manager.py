@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -32,6 +32,7 @@ from .options import KafkaOptions, parse_kafka_urls
 from .outage import BrokerWatch, fold_kafka_client_logs
 from .outbox import Outbox, Outboxes, OutboxLimits
 from .publisher import Headers, Publisher
+from .publishes import PublishLedger
 from .replay import Bounds, ConsumerPool, topic_bounds
 from .security import check_access
 from .skips import (
@@ -166,6 +167,8 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         )
         self.store.on_rejected = self._session_rejected
         self.sessions_topic = self.store.topic
+        #: Client publish ids accepted in the window (`adapter/publishes.py`).
+        self.publishes = PublishLedger(self.consumed_to_end)
         #: Recovery window in seconds, once a recovering server has switched recovery on.
         self.recovery_window: float | None = None
         #: Sockets that asked for no offset argument (plain python-socketio clients).
@@ -196,6 +199,9 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
                 "events a client missed could be deleted before it returns"
             )
         self.recovery_window = self.store.window = window_s
+        # A resend comes within a recovery window of the drop, for a publish made before.
+        floor = window_s + self.options.request_timeout_ms / 1000
+        self.publishes.window_s = max(self.publishes.window_s, floor)
 
     @property
     def epoch(self) -> str:
@@ -310,11 +316,13 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         callback: Callable[..., Any] | None = None,
         to: str | None = None,
         correlation_id: str | None = None,
+        publisher: str | None = None,
         **kwargs: Any,
     ) -> None:
         """Publish an emit; every node, this one included, delivers it when consumed.
 
-        ``correlation_id`` goes on the record as its ``sio.cid`` header, to trace it.
+        ``correlation_id`` goes on the record as its ``sio.cid`` header, to trace it;
+        ``publisher``, as ``sio.pub``, when it is a client's own publish id (`publishes.py`).
         """
         room = to or room
         if kwargs.get("ignore_queue"):
@@ -339,9 +347,11 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             callback=ack,
             host_id=self.host_id,
         )
-        await self._publish(message, correlation_id)
+        await self._publish(message, correlation_id, publisher)
 
-    async def _publish(self, data: codec.Message, correlation_id: str | None = None) -> None:
+    async def _publish(
+        self, data: codec.Message, correlation_id: str | None = None, publisher: str | None = None
+    ) -> None:
         value = codec.encode(data)
         if len(value) > self.options.max_record_bytes:
             self.stats.publish_errors += 1
@@ -354,7 +364,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
                 self.events_topic,
                 codec.record_key(data),
                 value,
-                routing.headers_for(data, correlation_id),
+                routing.headers_for(data, correlation_id, publisher),
             )
         except PublishError:
             self.stats.publish_errors += 1
@@ -605,6 +615,9 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         # The watermark moves before delivery: a socket registered for recovery while
         # this record is being delivered gets it from the replay, not live.
         self.positions[record.partition] = record.offset + 1
+        if not self.publishes.first(record.partition, record.offset, record.headers):
+            self.stats.records_consumed += 1  # a client's publish written twice: once here
+            return
         try:
             route = routing.read_route(record.headers)
             if route is not None and not self._wanted_here(route):
@@ -811,6 +824,24 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         # Another node's claim followed this live session's record: written again.
         if self.on_rooms_changed is not None:
             self.on_rooms_changed(sid, namespace)
+
+    async def consumed_to_end(self, partitions: Sequence[int] | None = None) -> None:
+        """Return once the live consumer has read these partitions of the events topic
+        (None: all) as far as they end now; `PublishError` when it does not in time."""
+        if not self.watermarks.available:
+            raise PublishError("the manager is not connected")
+        wanted = range(self._partitions) if partitions is None else partitions
+        tps = [TopicPartition(self.events_topic, p) for p in wanted]
+        timeout_s = self.options.request_timeout_ms / 1000
+        try:
+            async with asyncio.timeout(timeout_s):
+                ends = await self.watermarks.end(tps)
+                # Polled: the consume loop has no per-record signal, and this runs once
+                # per recovered connection (and after a failed publish), not per publish.
+                while any(self.positions[tp.partition] < end for tp, end in ends.items()):  # noqa: ASYNC110
+                    await asyncio.sleep(0.005)
+        except (KafkaError, TimeoutError) as exc:
+            raise PublishError(f"could not read the events topic to its end ({exc!r})") from exc
 
     async def bounds(self) -> Bounds:
         """The events topic's bounds, from a consumer kept for it (a new one would first

@@ -34,6 +34,7 @@ from .errors import BrokerUnavailable, ConfigError, PublishError
 from .fanout import event_packets
 from .manager import AsyncKafkaManager
 from .outbox import SLOW_CONSUMER
+from .publishes import publisher_of
 from .routing import Audience
 from .sessions import Session
 from .store import NODE_STALE_S
@@ -211,6 +212,11 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         """Whether this socket's connection is a recovered session."""
         return (sid, namespace) in self._recovered
 
+    def session_pid(self, sid: str, namespace: str = "/") -> str | None:
+        """The recovery pid of this socket's session; None without one."""
+        live = self._live.get((sid, namespace))
+        return None if live is None else live.pid
+
     # -- python-socketio overrides -------------------------------------------------------
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
@@ -254,6 +260,8 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         snapshot = await self._snapshot(sid, namespace) if sid else None
         keep = reason in _KEEP
         if snapshot is not None and keep:
+            # Its publishes settle first: a node that recovers it reads them as written.
+            await self.kafka.publishes.settle(publisher_of(snapshot.pid), eio_sid)
             # Saved before the socket leaves its rooms: were this node to die right after,
             # the session already says when it was left.
             await self._end(sid, namespace, snapshot)
@@ -585,6 +593,8 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         async with manager.replay(start, stop, audience) as replay:
             async for found in replay:
                 for partition, offset, message in found:
+                    if manager.publishes.repeated(partition, offset):
+                        continue  # a client's publish written twice: dropped live too
                     queue = manager.packet_queue(eio_sid)
                     if queue is None or queue.shed:
                         return count  # gone mid-replay: its offset says what it got

@@ -43,6 +43,8 @@ HOST = "sio.host"
 ACK = "sio.ack"
 #: A client publish's correlation id (tracing only: routing never reads it).
 CORRELATION_ID = "sio.cid"
+#: Whose client-chosen publish id ``sio.cid`` is: a digest of its session (`publishes.py`).
+PUBLISHER = "sio.pub"
 
 #: Record headers as aiokafka reads them (a value may be null on the wire).
 Headers = Sequence[tuple[str, bytes | None]]
@@ -76,9 +78,11 @@ class Route(NamedTuple):
     ack: bool
 
 
-def headers_for(message: Message, correlation_id: str | None = None) -> list[tuple[str, bytes]]:
+def headers_for(
+    message: Message, correlation_id: str | None = None, publisher: str | None = None
+) -> list[tuple[str, bytes]]:
     """The routing headers of a message the manager writes (it must be a valid one), and
-    its correlation id's when given."""
+    its correlation id's and publisher's when given."""
     method: str = message["method"]
     headers = [
         (VERSION, ROUTING_VERSION),
@@ -96,6 +100,8 @@ def headers_for(message: Message, correlation_id: str | None = None) -> list[tup
         headers.append((ACK, b"1"))
     if correlation_id is not None:
         headers.append((CORRELATION_ID, correlation_id.encode()))
+    if publisher is not None:
+        headers.append((PUBLISHER, publisher.encode()))
     return headers
 
 

@@ -93,6 +93,8 @@ def create_app(
         verifier=verifier,
         permissions=Permissions(authorize),
     )
+    if isinstance(manager, AsyncKafkaManager):  # set after the server: it sets a floor
+        manager.publishes.window_s = settings.publish_window_s
     protocol.register(sio, limits=sio.limits)
     if settings.extension:
         load_extension(settings.extension)(sio)

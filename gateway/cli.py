@@ -132,6 +132,12 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         "--recovery-window", type=number, help="seconds a disconnected client's session is kept"
     )
     parser.add_argument(
+        "--publish-window",
+        type=number,
+        help="seconds a client's publish id is remembered, its repeats acked and not produced "
+        "(default: the recovery window plus the Kafka timeout)",
+    )
+    parser.add_argument(
         "--max-queued-packets",
         type=integer,
         help="packets queued for one client before it is cut as not reading (default 50000)",

@@ -16,6 +16,7 @@ from prometheus_client.utils import floatToGoString
 
 from socketio_kafka.adapter import AsyncKafkaManager
 from socketio_kafka.adapter.manager import Health, ManagerStats
+from socketio_kafka.adapter.publishes import PublishLedger
 from socketio_kafka.adapter.recovery import OUTCOMES
 
 from .auth import Refusal
@@ -61,6 +62,7 @@ class NodeCollector(Collector):
                 yield counter
             yield from _health_metrics(self._manager.health())
             yield from _flow_metrics(self._manager.stats)
+            yield from _publish_id_metrics(self._manager.publishes)
             yield _lag(self._manager.lag())
         ready = GaugeMetricFamily("socketio_kafka_ready", "1 when the node is ready")
         ready.add_metric([], 1.0 if self._manager.ready else 0.0)
@@ -139,6 +141,22 @@ def _flow_metrics(stats: ManagerStats) -> Iterator[Metric]:
         buckets=[(_le(bound), count) for bound, count in latency.cumulative()],
         sum_value=latency.sum,
     )
+
+
+def _publish_id_metrics(ledger: PublishLedger) -> Iterator[Metric]:
+    repeats = CounterMetricFamily(
+        "socketio_kafka_publish_repeats",
+        "Publishes with a client-chosen id repeated: acked again, or read again and dropped",
+        labels=["outcome"],
+    )
+    repeats.add_metric(["acked"], ledger.counts["repeats_acked"])
+    repeats.add_metric(["dropped"], ledger.counts["repeats_dropped"])
+    yield repeats
+    remembered = GaugeMetricFamily(
+        "socketio_kafka_publish_ids", "Client publish ids remembered for the publish window"
+    )
+    remembered.add_metric([], ledger.remembered)
+    yield remembered
 
 
 def _le(bound: float) -> str:

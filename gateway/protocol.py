@@ -1,8 +1,13 @@
 """The gateway's own client protocol: ``join``, ``leave``, ``publish`` and ``refresh`` (a
 fresh token, `identity`), each with an ack.
 
-Every reply is ``{"ok": true}`` (a publish's with its correlation ``id``) or
-``{"ok": false, "error": "..."}``; a malformed payload gets an error reply, never an exception.
+Every reply is ``{"ok": true}`` (a publish's with its correlation ``id`` and, on the Kafka
+adapter, ``repeat``) or ``{"ok": false, "error": "..."}``; a malformed payload gets an error
+reply, never an exception.
+
+A publish whose ``id`` the client chose is produced once per client session: a repeat of
+an accepted id within the window is acked with ``"repeat": true`` and not produced again,
+on whichever node the session is recovered (`socketio_kafka.adapter.publishes`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,14 @@ from typing import Any
 
 import socketio
 
-from socketio_kafka.adapter import SocketIOKafkaError
+from socketio_kafka.adapter import (
+    AsyncKafkaManager,
+    BrokerUnavailable,
+    RecoveringAsyncServer,
+    SocketIOKafkaError,
+)
+from socketio_kafka.adapter.publishes import Turn, publisher_of
+from socketio_kafka.adapter.routing import partition_of
 
 from .errors import TokenRefused
 from .limits import ROOMS, NodeLimits
@@ -118,12 +130,52 @@ async def _publish(
         raise _BadRequest("'data' is required")
     await _authorize(sio, sid, namespace, room, "publish")
     cid = _correlation_id(payload)
-    # The manager's own emit: python-socketio's drops arguments it does not know.
-    await sio.manager.emit(
-        event, payload["data"], namespace, room=room, skip_sid=sid, correlation_id=cid
+    manager = sio.manager
+    ledger = manager.publishes if isinstance(manager, AsyncKafkaManager) else None
+    chosen = payload.get("id") is not None and ledger is not None
+    turn = _turn(sio, sid, namespace, room, cid) if chosen else None
+
+    async def produce() -> None:
+        # The manager's own emit: python-socketio's drops arguments it does not know.
+        await manager.emit(
+            event,
+            payload["data"],
+            namespace,
+            room=room,
+            skip_sid=sid,
+            correlation_id=cid,
+            publisher=None if turn is None else turn.publisher,
+        )
+
+    if turn is None or ledger is None:
+        await produce()
+        new = True
+    else:
+        new = await ledger.publish(turn, produce)
+    logger.debug(
+        "published %r to room %r from %s, correlation id %s%s",
+        event,
+        room,
+        sid,
+        cid,
+        "" if new else " (a repeat: not produced again)",
     )
-    logger.debug("published %r to room %r from %s, correlation id %s", event, room, sid, cid)
-    return {"id": cid}
+    # Only a node that checks ids says whether a publish repeats one (not on Redis).
+    return {"id": cid} if ledger is None else {"id": cid, "repeat": not new}
+
+
+def _turn(sio: socketio.AsyncServer, sid: str, namespace: str, room: str, cid: str) -> Turn:
+    """The session's turn for a publish with its own id: its recovery pid names it (its
+    sid, without recovery), its connection is the Engine.IO one."""
+    manager: AsyncKafkaManager = sio.manager
+    if not manager.ready:  # its partitions are not known yet
+        raise BrokerUnavailable("Kafka is not ready yet; retry with the same id")
+    pid = sio.session_pid(sid, namespace) if isinstance(sio, RecoveringAsyncServer) else None
+    publisher = publisher_of(pid if pid is not None else f"sid:{sid}")
+    partition = partition_of(f"{namespace}#{room}".encode(), manager.partitions)
+    connection = manager.eio_sid_from_sid(sid, namespace) or ""
+    recovered = isinstance(sio, RecoveringAsyncServer) and sio.is_recovered(sid, namespace)
+    return Turn(publisher, cid, partition, connection, recovered)
 
 
 def _correlation_id(payload: dict[str, Any]) -> str:

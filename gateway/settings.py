@@ -64,6 +64,9 @@ class Settings:
     extension: str | None = None
     recovery: bool = True
     recovery_window: float = 120.0
+    # Seconds a client's publish id is remembered; None: the recovery window and
+    # kafka_timeout_ms (a resend comes at most a recovery window after the drop).
+    publish_window: float | None = None
     # Per socket: a client that stops reading is cut past either (its session kept).
     max_queued_packets: int = _OUTBOX.max_packets
     max_queued_bytes: int = _OUTBOX.max_bytes
@@ -109,6 +112,8 @@ class Settings:
             raise ValueError("channel must not be empty")
         if self.recovery_window <= 0:
             raise ValueError("recovery_window must be > 0")
+        if self.publish_window is not None and self.publish_window <= 0:
+            raise ValueError("publish_window must be > 0")
         if self.kafka_timeout_ms < 100:
             raise ValueError("kafka_timeout_ms must be >= 100")
         self.kafka_options  # noqa: B018 (its checks, partitions too, before anything starts)
@@ -151,6 +156,13 @@ class Settings:
                 f"both {ENV_PREFIX}KAFKA_PASSWORD and kafka_password_file are set: give one"
             )
         return self.kafka_password or _secret("kafka_password_file", self.kafka_password_file)
+
+    @property
+    def publish_window_s(self) -> float:
+        """How long a client's publish ids are remembered (`PublishLedger`)."""
+        if self.publish_window is not None:
+            return self.publish_window
+        return self.recovery_window + self.kafka_timeout_ms / 1000
 
     @property
     def outbox_limits(self) -> OutboxLimits:

@@ -43,7 +43,7 @@ async def test_a_publish_carries_its_correlation_id_across_nodes(
         await receiver.connect()
         assert await receiver.ask("join", {"room": "r"}) == {"ok": True}
         mine = {"room": "r", "event": "said", "data": "mine", "id": "order-42"}
-        assert await sender.ask("publish", mine) == {"ok": True, "id": "order-42"}
+        assert await sender.ask("publish", mine) == {"ok": True, "id": "order-42", "repeat": False}
         made = await sender.ask("publish", {"room": "r", "event": "said", "data": "made"})
         assert made["ok"] is True
         assert re.fullmatch("[0-9a-f]{32}", made["id"])

@@ -7,7 +7,7 @@ let socket = null;
 const report = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
 
 const commands = {
-  connect({ url, auth, reconnectionDelay = 5000, reconnection = true }) {
+  connect({ url, auth, reconnectionDelay = 5000, reconnection = true, retries, ackTimeout }) {
     socket = io(url, {
       transports: ["websocket"],
       auth,
@@ -15,6 +15,7 @@ const commands = {
       reconnectionDelay,
       reconnectionDelayMax: reconnectionDelay,
       randomizationFactor: 0,
+      ...(retries === undefined ? {} : { retries, ackTimeout }),
     });
     socket.on("connect", () =>
       report({ type: "connect", id: socket.id, recovered: socket.recovered }),
@@ -25,6 +26,11 @@ const commands = {
   },
   async call({ id, event, data }) {
     const reply = await socket.timeout(15000).emitWithAck(event, data);
+    report({ type: "reply", id, reply });
+  },
+  // The client's own retries (connect's `retries`): resent until acked, across reconnections.
+  async emitRetried({ id, event, data }) {
+    const reply = await socket.emitWithAck(event, data);
     report({ type: "reply", id, reply });
   },
   // A lost transport, not a goodbye; the client reconnects by itself, to `url` if given

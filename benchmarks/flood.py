@@ -68,7 +68,7 @@ from .services import (
     wait_until,
 )
 
-__all__ = ["main", "run"]
+__all__ = ["Upgrade", "frame", "main", "read_frame", "run", "upgrade"]
 
 Json = dict[str, Any]
 
@@ -95,7 +95,7 @@ _PUBLISHES = 'socketio_kafka_events_in_total{event="publish"}'
 # -- a raw WebSocket, enough for the Engine.IO handshake and text frames ---------------------
 
 
-def _frame(text: str, opcode: int = 0x1) -> bytes:
+def frame(text: str, opcode: int = 0x1) -> bytes:
     """One client frame; the mask is zeros (any key is valid), so the payload is as is."""
     data = text.encode()
     size = len(data)
@@ -103,7 +103,7 @@ def _frame(text: str, opcode: int = 0x1) -> bytes:
     return head + (size.to_bytes(2) if size >= 126 else b"") + b"\0\0\0\0" + data
 
 
-async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     """One server frame (never masked): its opcode and payload."""
     first, second = await reader.readexactly(2)
     size = second & 0x7F
@@ -115,14 +115,14 @@ async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 
 @dataclass
-class _Upgrade:
+class Upgrade:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     status: int
     body: bytes
 
 
-async def _upgrade(host: str, port: int, source: str) -> _Upgrade:
+async def upgrade(host: str, port: int, source: str) -> Upgrade:
     """A new TCP connection from ``source`` asking for the Engine.IO WebSocket handshake.
 
     SO_LINGER 0: its close is a reset, as a flooder's would be, and leaves no TIME_WAIT
@@ -151,7 +151,7 @@ async def _upgrade(host: str, port: int, source: str) -> _Upgrade:
         for line in head.lower().split(b"\r\n"):
             if line.startswith(b"content-length:"):
                 body = await reader.readexactly(int(line.split(b":")[1]))
-    return _Upgrade(reader, writer, status, body)
+    return Upgrade(reader, writer, status, body)
 
 
 def _close(writer: asyncio.StreamWriter) -> None:
@@ -199,10 +199,10 @@ async def _attempt(host: str, port: int, tally: ConnectFlood) -> None:
     tally.attempts += 1
     try:
         async with asyncio.timeout(_HANDSHAKE_TIMEOUT_S):
-            up = await _upgrade(host, port, _CONNECT_FROM)
+            up = await upgrade(host, port, _CONNECT_FROM)
             try:
                 if up.status == 101:
-                    _, payload = await _read_frame(up.reader)
+                    _, payload = await read_frame(up.reader)
                     if payload.startswith(b"0{"):
                         tally.accepted += 1
                     else:
@@ -273,15 +273,15 @@ class EventFlood:
         return 0 < self.refused.total() <= counted["event_rate"]
 
 
-async def _read_acks(up: _Upgrade, tally: EventFlood) -> None:
+async def _read_acks(up: Upgrade, tally: EventFlood) -> None:
     """Count the acks as they come; answer the node's pings."""
     try:
         while True:
-            opcode, payload = await _read_frame(up.reader)
+            opcode, payload = await read_frame(up.reader)
             if opcode == 0x8:
                 break
             if payload == b"2":
-                up.writer.write(_frame("3"))
+                up.writer.write(frame("3"))
             elif payload.startswith(b"43"):
                 reply = json.loads(payload[payload.index(b"[") :])[0]
                 if reply.get("ok"):
@@ -298,15 +298,15 @@ async def _read_acks(up: _Upgrade, tally: EventFlood) -> None:
 async def flood_events(host: str, port: int, seconds: float) -> EventFlood:
     """One socket writing ``publish`` events for ``seconds`` as fast as the node reads them,
     then counting acks for `_ACK_GRACE_S` more and resetting the connection."""
-    up = await _upgrade(host, port, _EMIT_FROM)
+    up = await upgrade(host, port, _EMIT_FROM)
     if up.status != 101:
         raise BenchmarkError(f"the event flooder was refused: {up.status} {up.body!r}")
     tally = EventFlood()
     try:
         async with asyncio.timeout(_HANDSHAKE_TIMEOUT_S):
-            _, opened = await _read_frame(up.reader)
-            up.writer.write(_frame("40"))
-            _, connected = await _read_frame(up.reader)
+            _, opened = await read_frame(up.reader)
+            up.writer.write(frame("40"))
+            _, connected = await read_frame(up.reader)
         if not (opened.startswith(b"0{") and connected.startswith(b"40{")):
             raise BenchmarkError(f"event flooder handshake: {opened!r} {connected!r}")
         reading = asyncio.create_task(_read_acks(up, tally))
@@ -317,13 +317,17 @@ async def flood_events(host: str, port: int, seconds: float) -> EventFlood:
             first = tally.sent
             up.writer.write(
                 b"".join(
-                    _frame(f'42{n}["publish",{{"room":"{room}","event":"ev","data":{n}}}]')
+                    frame(f'42{n}["publish",{{"room":"{room}","event":"ev","data":{n}}}]')
                     for n in range(first, first + _BATCH)
                 )
             )
             tally.sent += _BATCH
-            with contextlib.suppress(TimeoutError):  # the node reads no more: time is up
+            try:
                 await asyncio.wait_for(up.writer.drain(), max(0.0, end - time.monotonic()))
+            except TimeoutError:  # the node reads no more: time is up
+                pass
+            except ConnectionError:  # the node reset the connection (its reader saw it too)
+                break
         tally.stopped = time.monotonic()
         # What the node holds unread beyond the grace goes with the reset, as it would
         # when a real flooder left.

@@ -342,7 +342,8 @@ def _serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        ws=CoalescingWebSocketProtocol,
+        # An address flooding WebSocket handshakes is refused before uvicorn accepts them.
+        ws=CoalescingWebSocketProtocol.gated(app.state.node.sio.admits),
         ws_per_message_deflate=settings.ws_compression,
         # Once the drain closed every client, what is left: requests in flight.
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout / 4)),

@@ -26,6 +26,7 @@ __all__ = [
     "NodeLimits",
     "TokenBuckets",
     "client_address",
+    "peer_address",
 ]
 
 logger = logging.getLogger("socketio_kafka.gateway")
@@ -110,6 +111,12 @@ class TokenBuckets:
             self._evict(now)
         return allowed
 
+    def peek(self, key: str) -> bool:
+        """Whether `take` would allow ``key`` now; nothing is taken."""
+        now = self._clock()
+        tokens, then = self._buckets.get(key, (self.burst, now))
+        return min(self.burst, tokens + (now - then) * self.rate) >= 1
+
     def forget(self, key: str) -> None:
         self._buckets.pop(key, None)
 
@@ -147,6 +154,15 @@ class NodeLimits:
         if not self._connects.take(address):
             return self.refuse(CONNECT_RATE, address)
         return None
+
+    def refuses_early(self, address: str) -> bool:
+        """Whether a new connection from ``address`` is refused by its rate before any work
+        is done for it (its bucket is empty; the refusal counted and logged here). Else
+        `admit` decides, and takes the token, at the Engine.IO handshake."""
+        if self._connects.peek(address):
+            return False
+        self.refuse(CONNECT_RATE, address)
+        return True
 
     def check_event(self, eio_sid: str) -> str | None:
         """None when one more event of this connection may be handled, else the error
@@ -198,9 +214,20 @@ class NodeLimits:
 def client_address(environ: Mapping[str, Any], *, trust_forwarded_for: bool = False) -> str:
     """The client's address: the ASGI scope's peer, or X-Forwarded-For's first hop when
     the node sits behind a proxy that sets it (engineio's REMOTE_ADDR is a constant)."""
-    if trust_forwarded_for:
-        forwarded = str(environ.get("HTTP_X_FORWARDED_FOR", "")).split(",")[0].strip()
+    client = environ.get("asgi.scope", {}).get("client")
+    return peer_address(
+        client[0] if client else None,
+        environ.get("HTTP_X_FORWARDED_FOR"),
+        trust_forwarded_for=trust_forwarded_for,
+    )
+
+
+def peer_address(
+    peer: str | None, forwarded_for: str | None, *, trust_forwarded_for: bool = False
+) -> str:
+    """`client_address` from the connection's peer and its X-Forwarded-For header."""
+    if trust_forwarded_for and forwarded_for:
+        forwarded = forwarded_for.split(",")[0].strip()
         if forwarded:
             return forwarded
-    client = environ.get("asgi.scope", {}).get("client")
-    return str(client[0]) if client else "unknown"
+    return str(peer) if peer else "unknown"

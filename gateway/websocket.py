@@ -11,18 +11,32 @@ callbacks already ready to run. Measured in benchmarks/RESULTS.md.
 Apps serving the adapter with uvicorn themselves can use it too::
 
     uvicorn.run(app, ws="socketio_kafka.gateway.websocket:CoalescingWebSocketProtocol")
+
+Each connection also offers the app a way to reset it (`ABORT`): a closed WebSocket is read
+and parsed until its peer answers the close, and a flooder never does. And a `gated`
+protocol asks the app's gate before it accepts a WebSocket at all.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any, ClassVar
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
 
 from socketio_kafka.adapter.outbox import SlimQueue
 
-__all__ = ["CoalescingTransport", "CoalescingWebSocketProtocol"]
+__all__ = ["ABORT", "CoalescingTransport", "CoalescingWebSocketProtocol", "Gate"]
+
+#: The ASGI scope extension of a `CoalescingWebSocketProtocol` connection:
+#: ``scope["extensions"][ABORT]["abort"]()`` resets its TCP connection at once.
+ABORT = "socketio_kafka.abort"
+
+#: A `CoalescingWebSocketProtocol.gate`.
+Gate = Callable[[str | None, str, str | None], bool]
 
 
 class CoalescingTransport:
@@ -98,6 +112,15 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
     reads neither again; the app has the headers in its scope).
     """
 
+    #: Asked before a WebSocket request is accepted: ``gate(peer_host, path, x_forwarded_for)``
+    #: False answers it with a bare 403 at once, before the app is called (`gated`).
+    gate: ClassVar[Gate | None] = None
+
+    @classmethod
+    def gated(cls, gate: Gate) -> type[CoalescingWebSocketProtocol]:
+        """This protocol with ``gate`` asked first."""
+        return type(cls.__name__, (cls,), {"gate": staticmethod(gate)})
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.queue = SlimQueue()  # type: ignore[assignment]
@@ -110,3 +133,29 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.transport = CoalescingTransport(self.transport, self.loop)  # type: ignore[assignment]
+
+    def handle_connect(self, event: Request) -> None:
+        gate, peer = type(self).gate, self.client[0] if self.client else None
+        if gate is not None and not gate(peer, event.path, event.headers.get("X-Forwarded-For")):
+            self._refuse()
+            return
+        super().handle_connect(event)
+        if not self.close_sent:  # accepted: the app starts on this scope at the next turn
+            self.scope["extensions"][ABORT] = {"abort": self.abort}
+
+    def _refuse(self) -> None:
+        """What uvicorn answers when the app closes a WebSocket before accepting it."""
+        self.handshake_initiated = self.handshake_complete = self.close_sent = True
+        self.conn.send_response(self.conn.reject(HTTPStatus.FORBIDDEN, ""))
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.transport.close()
+
+    def abort(self) -> None:
+        """Reset the connection now. After a WebSocket close, uvicorn reads and parses what
+        the peer sends until it answers the close, for up to 10 s: a flooder's backlog,
+        170,000 frames and more, cost the node seconds of CPU (benchmarks/flood.py). Here
+        nothing more is read, what was read and not yet handled is dropped, and the app's
+        next ``receive`` is the disconnect."""
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.transport.abort()

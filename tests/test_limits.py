@@ -8,7 +8,9 @@ behind nginx do: all of them are 127.0.0.1 here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,6 +19,7 @@ import httpx
 import pytest
 import socketio
 
+from benchmarks.flood import frame, read_frame, upgrade
 from socketio_kafka.gateway.limits import Limits, NodeLimits, TokenBuckets, client_address
 
 from .support.cluster import GatewayProcess, gateway_cluster
@@ -187,6 +190,27 @@ async def test_an_address_connecting_too_fast_is_refused_and_others_are_not(
         await listener.disconnect()
 
 
+async def test_websocket_handshakes_past_the_rate_are_refused_once_each(
+    kafka_url: str, channel: str
+) -> None:
+    """Refused by the protocol's gate before the app once the bucket is empty (bare 403,
+    as the app's own refusal), each counted once."""
+    async with _node(kafka_url, channel, "--connect-rate", "1") as node:
+        host, port = node.url.removeprefix("http://").split(":")
+        statuses = []
+        for _ in range(10):  # a burst of 2: most refused
+            up = await upgrade(host, int(port), "127.0.0.9")
+            up.writer.transport.abort()
+            statuses.append(up.status)
+        assert statuses[:2] == [101, 101]
+        assert set(statuses) == {101, 403}
+        assert await _refusals(node, "connect_rate") == statuses.count(403)
+        talker, listener = [await _connect(node.url, f"10.0.6.{i}") for i in (1, 2)]
+        await _served(talker, listener)
+        for client in (talker, listener):
+            await client.disconnect()
+
+
 async def test_a_socket_flooding_events_is_rate_limited_and_others_are_not(
     kafka_url: str, channel: str
 ) -> None:
@@ -237,6 +261,54 @@ async def test_a_socket_that_floods_past_its_refusals_is_disconnected_and_others
         for client in (talker, listener):
             await client.disconnect()
         await flooder.shutdown()
+
+
+async def _ended(reader: asyncio.StreamReader) -> float:
+    """When the node ended a connection: its close frame, its EOF or its reset."""
+    with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+        while (await read_frame(reader))[0] != 0x8:
+            pass
+    return time.monotonic()
+
+
+async def test_a_flooder_that_reads_nothing_is_reset_at_the_cut_and_read_no_further(
+    kafka_url: str, channel: str
+) -> None:
+    """A flooder writes on and answers no close. Closing its WebSocket left the node reading
+    and parsing all it wrote until uvicorn's close timeout, 10 s later (170,000 frames a
+    second in benchmarks/flood.py); the cut resets its connection instead."""
+    async with _node(kafka_url, channel, "--event-rate", "5") as node:
+        talker, listener = [await _connect(node.url, f"10.0.5.{i}") for i in (2, 3)]
+        host, port = node.url.removeprefix("http://").split(":")
+        up = await upgrade(host, int(port), "127.0.0.5")
+        assert up.status == 101, up.body
+        assert (await read_frame(up.reader))[1].startswith(b"0{")  # Engine.IO open
+        up.writer.write(frame("40"))
+        assert (await read_frame(up.reader))[1].startswith(b"40{")  # Socket.IO connected
+        ended = asyncio.create_task(_ended(up.reader))
+        batch = b"".join(
+            frame(f'42["publish",{{"room":"r","event":"said","data":{n}}}]') for n in range(100)
+        )
+        async with asyncio.timeout(30):  # at most 10 s after the cut, even unfixed
+            with contextlib.suppress(ConnectionError):
+                while True:  # written as fast as the node reads, until it lets go
+                    up.writer.write(batch)
+                    await up.writer.drain()
+        lost = time.monotonic()
+        assert lost - await ended < 3, "the node read on after it ended the connection"
+        up.writer.transport.abort()
+        assert "kept sending events far past its rate limit" in node.log()
+        # Nothing of the flooder is read after the reset: the events the node read
+        # grow by the talker's one publish alone.
+        publishes = 'socketio_kafka_events_in_total{event="publish"}'
+        read, refused = await _metric(node, publishes), await _refusals(node, "event_rate")
+        await _served(talker, listener)
+        assert await _metric(node, publishes) == read + 1
+        assert await _refusals(node, "event_rate") == refused
+        assert await _connected(node) == 2
+        assert "Traceback" not in node.log(), node.log()
+        for client in (talker, listener):
+            await client.disconnect()
 
 
 async def test_a_socket_in_too_many_rooms_is_refused_another_join(

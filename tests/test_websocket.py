@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 import socketio
 import uvicorn
 
-from socketio_kafka.gateway.websocket import CoalescingTransport, CoalescingWebSocketProtocol
+from benchmarks import flood
+from socketio_kafka.gateway.websocket import ABORT, CoalescingTransport, CoalescingWebSocketProtocol
 
 from .support.cluster import free_port
 from .support.waiting import wait_until
@@ -117,5 +119,57 @@ async def test_a_burst_reaches_a_real_client_in_order_in_fewer_writes(
         assert 0 < flushes - before < count / 10
     finally:
         await client.disconnect()
+        server.should_exit = True
+        await task
+
+
+@pytest.mark.timeout(60)
+async def test_a_gate_refuses_before_the_app_and_the_app_can_reset_a_connection() -> None:
+    """The gate answers 403 without calling the app; the ABORT extension resets the
+    connection, and what was read but not yet received by the app is dropped."""
+    received: list[Any] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        received.append(await receive())  # websocket.connect
+        await send({"type": "websocket.accept"})
+        received.append(await receive())  # the first of two frames written together
+        scope["extensions"][ABORT]["abort"]()
+        received.append(await receive())  # not the second frame: the disconnect
+
+    def gate(peer: str | None, path: str, forwarded_for: str | None) -> bool:
+        return peer != "127.0.0.7" and path.startswith("/socket.io/")
+
+    port = free_port()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        ws=CoalescingWebSocketProtocol.gated(gate),
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        await wait_until(lambda: server.started, 15, "uvicorn to start")
+        refused = await flood.upgrade("127.0.0.1", port, "127.0.0.7")
+        refused.writer.transport.abort()
+        assert refused.status == 403
+        assert received == []  # the app was never called
+        up = await flood.upgrade("127.0.0.1", port, "127.0.0.8")
+        assert up.status == 101
+        up.writer.write(flood.frame("first") + flood.frame("second"))
+        with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
+            async with asyncio.timeout(5):
+                await flood.read_frame(up.reader)  # no close frame: a reset
+        await wait_until(lambda: len(received) == 3, 5, "the app's disconnect")
+        assert [m["type"] for m in received] == [
+            "websocket.connect",
+            "websocket.receive",
+            "websocket.disconnect",
+        ]
+        assert received[1]["text"] == "first"
+        up.writer.transport.abort()
+    finally:
         server.should_exit = True
         await task

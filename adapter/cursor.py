@@ -66,8 +66,9 @@ REPLAY_BUFFER = 10_000
 WINDOW_BYTES = 64 * 1024 * 1024
 #: How long a partition's window outlives its cursor: the stragglers of a mass reconnect.
 WINDOW_LINGER_S = 15.0
-#: What an entry costs beside its value: the entry, its index slots, the list slot.
-_ENTRY_OVERHEAD = 120
+#: What a kept record costs beside its value's bytes: its list and index slots (64 B,
+#: measured with tracemalloc) and the value's object header (33 B).
+_ENTRY_OVERHEAD = 96
 
 #: Joined readers by (namespace, room); room None: the namespace's broadcasts.
 _Index = dict[tuple[str, str | None], list["_Reader"]]
@@ -194,77 +195,68 @@ class Replay:
         self._wake.set()
 
 
-class _Entry:
-    """A record a window holds: its value, and its decoded message once a session asked."""
-
-    __slots__ = ("message", "offset", "value")
-
-    def __init__(self, offset: int, value: bytes) -> None:
-        self.offset = offset
-        self.value = value
-        self.message: codec.Message | None = None
-
-
 class _Window:
     """What one partition's cursor read from ``lo`` to ``hi``: every record a replay could
-    want, indexed by (namespace, room), room None for broadcasts (module docstring)."""
+    want (offsets and values in two lists: no object per record), and an index of them by
+    (namespace, room), room None for broadcasts (module docstring)."""
 
     def __init__(self, lo: int) -> None:
         self.lo = self.hi = lo
-        self.entries: list[_Entry] = []
-        self.index: dict[tuple[str, str | None], list[int]] = {}
-        self.unrouted: list[int] = []  # records without routing headers: any session's
+        self.offsets: list[int] = []
         self.size = 0
         self.expiry: asyncio.TimerHandle | None = None
+        self._values: list[bytes] = []
+        self._messages: dict[int, codec.Message] = {}  # decoded, by place
+        self._index: dict[tuple[str, str | None], list[int]] = {}
+        self._unrouted: list[int] = []  # records without routing headers: any session's
 
-    def add(self, record: Any, route: routing.Route | None) -> _Entry | None:
-        """Keep ``record`` (read at ``hi``); None when no replay ever takes it."""
+    def add(self, record: Any, route: routing.Route | None) -> int | None:
+        """Keep ``record`` (read at ``hi``): its place, None when no replay takes it."""
         if route is not None and (route.method != "emit" or route.ack):
             return None
-        at = len(self.entries)
-        entry = _Entry(record.offset, record.value)
-        self.entries.append(entry)
-        self.size += len(record.value) + _ENTRY_OVERHEAD
+        at = len(self._values)
+        value = record.value
+        self.offsets.append(record.offset)
+        self._values.append(value)
+        self.size += len(value) + _ENTRY_OVERHEAD
         if route is None:
-            self.unrouted.append(at)
+            self._unrouted.append(at)
         elif not route.rooms:
-            self.index.setdefault((route.namespace, None), []).append(at)
+            self._index.setdefault((route.namespace, None), []).append(at)
         else:
             for room in route.rooms:
-                self.index.setdefault((route.namespace, room), []).append(at)
-        return entry
+                self._index.setdefault((route.namespace, room), []).append(at)
+        return at
 
-    def decoded(self, entry: _Entry, stats: ReplayStats) -> codec.Message | None:
-        """``entry``'s message, decoded once for every session (None: undecodable)."""
-        if entry.message is None:
+    def message(self, at: int, stats: ReplayStats) -> codec.Message | None:
+        """The record at ``at``, decoded once for every session (None: undecodable)."""
+        message = self._messages.get(at)
+        if message is None:
+            value = self._values[at]
             try:
-                entry.message = codec.decode(entry.value)
+                message = self._messages[at] = codec.decode(value)
             except RecordDecodeError:
                 return None  # counted when the live consumer met it
             stats.replay_records_decoded += 1
-            self.size += len(entry.value)  # the decoded copy, about as big
-        return entry.message
+            self.size += len(value)  # the decoded copy, about as big
+        return message
 
-    def candidates(self, audience: routing.Audience, first: int, last: int) -> Iterator[_Entry]:
-        """The entries from offset ``first`` to ``last`` that may be for ``audience``, in
-        offset order, each once."""
-        start = bisect_left(self.entries, first, key=_offset)
+    def candidates(self, audience: routing.Audience, first: int, last: int) -> Iterator[int]:
+        """The places of the records from offset ``first`` to ``last`` that may be for
+        ``audience``, in offset order, each once."""
+        offsets = self.offsets
+        start = bisect_left(offsets, first)
         keys = [(audience.namespace, None), *((audience.namespace, r) for r in audience.rooms)]
-        lists = [self.unrouted, *(self.index.get(key, ()) for key in keys)]
+        lists = [self._unrouted, *(self._index.get(key, ()) for key in keys)]
         ats = [_tail(found, bisect_left(found, start)) for found in lists if found]
         previous = -1
         for at in heapq.merge(*ats):
             if at == previous:
                 continue  # to several of its rooms
             previous = at
-            entry = self.entries[at]
-            if entry.offset >= last:
+            if offsets[at] >= last:
                 return
-            yield entry
-
-
-def _offset(entry: _Entry) -> int:
-    return entry.offset
+            yield at
 
 
 def _tail(items: Sequence[int], start: int) -> Iterator[int]:
@@ -321,14 +313,15 @@ class SharedReplays:
         last = min(reader.stop, window.hi)
         resume = last
         found = taken = 0
-        for entry in window.candidates(audience, reader.next, last):
+        for at in window.candidates(audience, reader.next, last):
+            offset = window.offsets[at]
             if found >= self.batch:
-                resume = entry.offset
+                resume = offset
                 break
             taken += 1
-            message = window.decoded(entry, self.stats)
+            message = window.message(at, self.stats)
             if message is not None and audience.wants(message):
-                replay.put((reader.partition, entry.offset, message))
+                replay.put((reader.partition, offset, message))
                 found += 1
         reader.next = resume
         self.stats.replay_records_reused += taken
@@ -561,9 +554,9 @@ class _Cursor:
                 route = routing.read_route(record.headers)
             except RecordDecodeError:
                 continue  # counted when the live consumer met it
-            entry = None
+            kept = None
             if window is not None and offset >= window.hi:
-                entry = window.add(record, route)
+                kept = window.add(record, route)
             if offset >= last:
                 continue
             if route is None:
@@ -575,8 +568,8 @@ class _Cursor:
             readers = [r for r in candidates if r.next <= offset < r.stop]
             if not readers:
                 continue
-            if entry is not None and window is not None:
-                message = window.decoded(entry, stats)
+            if kept is not None and window is not None:
+                message = window.message(kept, stats)
             else:
                 try:
                     message = codec.decode(record.value)

@@ -13,6 +13,7 @@ from benchmarks import flood
 from socketio_kafka.gateway.websocket import ABORT, CoalescingTransport, CoalescingWebSocketProtocol
 
 from .support.cluster import free_port
+from .support.server import run_server
 from .support.waiting import wait_until
 
 
@@ -139,19 +140,8 @@ async def test_a_gate_refuses_before_the_app_and_the_app_can_reset_a_connection(
     def gate(peer: str | None, path: str, forwarded_for: str | None) -> bool:
         return peer != "127.0.0.7" and path.startswith("/socket.io/")
 
-    port = free_port()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="off",
-        ws=CoalescingWebSocketProtocol.gated(gate),
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        await wait_until(lambda: server.started, 15, "uvicorn to start")
+    async with run_server(app, ws=CoalescingWebSocketProtocol.gated(gate)) as url:
+        port = int(url.rsplit(":", 1)[1])
         refused = await flood.upgrade("127.0.0.1", port, "127.0.0.7")
         refused.writer.transport.abort()
         assert refused.status == 403
@@ -170,6 +160,3 @@ async def test_a_gate_refuses_before_the_app_and_the_app_can_reset_a_connection(
         ]
         assert received[1]["text"] == "first"
         up.writer.transport.abort()
-    finally:
-        server.should_exit = True
-        await task

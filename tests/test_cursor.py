@@ -115,12 +115,21 @@ async def test_sessions_at_once_share_one_read_and_one_decode() -> None:
     assert hub.held == 0
 
 
-async def test_a_later_start_joins_the_pass_and_an_earlier_one_takes_the_window() -> None:
+async def _one_fetch_in(
+    start: int,
+) -> tuple[SharedReplays, asyncio.Semaphore, asyncio.Task[list[int]]]:
+    """A session of room "a" replaying from ``start`` whose cursor made one fetch of 10,
+    and the permits its next fetches wait for."""
     permits = asyncio.Semaphore(0)
     hub, _ = _hub(_rooms(60, "abc"), permits, batch=10)
-    first = asyncio.create_task(_offsets(_open(hub, "a", 0, 60)))
+    first = asyncio.create_task(_offsets(_open(hub, "a", start, 60)))
     permits.release()
     await wait_until(lambda: hub.stats.replay_records_read == 10, 5, "the first fetch")
+    return hub, permits, first
+
+
+async def test_a_later_start_joins_the_pass_and_an_earlier_one_takes_the_window() -> None:
+    hub, permits, first = await _one_fetch_in(0)
     joining = asyncio.create_task(_offsets(_open(hub, "b", 30, 60)))  # at or after 10
     behind = asyncio.create_task(_offsets(_open(hub, "c", 0, 60)))  # before 10
     for _ in range(20):
@@ -136,11 +145,7 @@ async def test_a_later_start_joins_the_pass_and_an_earlier_one_takes_the_window(
 
 
 async def test_a_start_before_the_window_has_the_pass_read_back() -> None:
-    permits = asyncio.Semaphore(0)
-    hub, _ = _hub(_rooms(60, "abc"), permits, batch=10)
-    first = asyncio.create_task(_offsets(_open(hub, "a", 30, 60)))
-    permits.release()
-    await wait_until(lambda: hub.stats.replay_records_read == 10, 5, "the first fetch")
+    hub, permits, first = await _one_fetch_in(30)
     behind = asyncio.create_task(_offsets(_open(hub, "c", 0, 60)))  # before the window
     for _ in range(20):
         permits.release()

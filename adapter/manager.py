@@ -317,12 +317,14 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
         to: str | None = None,
         correlation_id: str | None = None,
         publisher: str | None = None,
+        subject: str | None = None,
         **kwargs: Any,
     ) -> None:
         """Publish an emit; every node, this one included, delivers it when consumed.
 
         ``correlation_id`` goes on the record as its ``sio.cid`` header, to trace it;
-        ``publisher``, as ``sio.pub``, when it is a client's own publish id (`publishes.py`).
+        ``publisher``, as ``sio.pub``, when it is a client's own publish id (`publishes.py`);
+        ``subject``, as ``sio.sub``, the publishing socket's (outbound topics).
         """
         room = to or room
         if kwargs.get("ignore_queue"):
@@ -347,10 +349,14 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
             callback=ack,
             host_id=self.host_id,
         )
-        await self._publish(message, correlation_id, publisher)
+        await self._publish(message, correlation_id, publisher, subject)
 
     async def _publish(
-        self, data: codec.Message, correlation_id: str | None = None, publisher: str | None = None
+        self,
+        data: codec.Message,
+        correlation_id: str | None = None,
+        publisher: str | None = None,
+        subject: str | None = None,
     ) -> None:
         value = codec.encode(data)
         if len(value) > self.options.max_record_bytes:
@@ -364,7 +370,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
                 self.events_topic,
                 codec.record_key(data),
                 value,
-                routing.headers_for(data, correlation_id, publisher),
+                routing.headers_for(data, correlation_id, publisher, subject),
             )
         except PublishError:
             self.stats.publish_errors += 1

@@ -45,6 +45,8 @@ ACK = "sio.ack"
 CORRELATION_ID = "sio.cid"
 #: Whose client-chosen publish id ``sio.cid`` is: a digest of its session (`publishes.py`).
 PUBLISHER = "sio.pub"
+#: The publishing socket's subject, where the gateway checks tokens (outbound topics).
+SUBJECT = "sio.sub"
 
 #: Record headers as aiokafka reads them (a value may be null on the wire).
 Headers = Sequence[tuple[str, bytes | None]]
@@ -79,10 +81,13 @@ class Route(NamedTuple):
 
 
 def headers_for(
-    message: Message, correlation_id: str | None = None, publisher: str | None = None
+    message: Message,
+    correlation_id: str | None = None,
+    publisher: str | None = None,
+    subject: str | None = None,
 ) -> list[tuple[str, bytes]]:
     """The routing headers of a message the manager writes (it must be a valid one), and
-    its correlation id's and publisher's when given."""
+    its correlation id's, subject's and publisher's when given (``sio.pub`` last)."""
     method: str = message["method"]
     headers = [
         (VERSION, ROUTING_VERSION),
@@ -100,6 +105,8 @@ def headers_for(
         headers.append((ACK, b"1"))
     if correlation_id is not None:
         headers.append((CORRELATION_ID, correlation_id.encode()))
+    if subject is not None:
+        headers.append((SUBJECT, subject.encode()))
     if publisher is not None:
         headers.append((PUBLISHER, publisher.encode()))
     return headers

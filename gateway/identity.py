@@ -187,6 +187,10 @@ class IdentityServer(GuardedServer):
             ),
         )
 
+    def subject(self, sid: str, namespace: str) -> str | None:
+        identity = self._identity(sid, namespace)
+        return None if identity is None else identity.claims.subject
+
     def _identity(self, sid: str, namespace: str) -> _Identity | None:
         eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
         return None if eio_sid is None else self._identities.get((eio_sid, namespace))

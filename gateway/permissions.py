@@ -36,6 +36,9 @@ class Gate(Protocol):
     async def refresh(self, sid: str, namespace: str, token: object) -> float | None:
         """Take a fresh token; its ``exp``. Raises `TokenRefused`."""
 
+    def subject(self, sid: str, namespace: str) -> str | None:
+        """The socket's subject (its token's ``sub``); None once it has gone."""
+
 
 def default_authorize(claims: Mapping[str, Any], room: str, action: Action) -> bool:
     """A room its claim's names or patterns match; joining one's own room always."""

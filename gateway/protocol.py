@@ -134,6 +134,8 @@ async def _publish(
     ledger = manager.publishes if isinstance(manager, AsyncKafkaManager) else None
     chosen = payload.get("id") is not None and ledger is not None
     turn = _turn(sio, sid, namespace, room, cid) if chosen else None
+    # Outbound topics name who published (docs/wire-format.md: sio.sub).
+    subject = sio.subject(sid, namespace) if _is_gate(sio) else None
 
     async def produce() -> None:
         # The manager's own emit: python-socketio's drops arguments it does not know.
@@ -145,6 +147,7 @@ async def _publish(
             skip_sid=sid,
             correlation_id=cid,
             publisher=None if turn is None else turn.publisher,
+            subject=subject,
         )
 
     if turn is None or ledger is None:

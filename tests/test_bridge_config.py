@@ -76,7 +76,7 @@ _MINIMAL = '[[inbound]]\nname = "b"\ntopics = ["t"]\nroom = "r:{key}"\nevent = "
     [
         ('[[inbound]]\nname = "b"\nroom = "r:{key\n', "at line 3"),
         ("", "at least one [[inbound]]"),
-        ("[[outbound]]\n", "outbound: unknown key"),
+        ("[[other]]\n", "other: unknown key"),
         (_MINIMAL.replace('room = "r:{key}"', 'room = "r:{valu.x}"'), "inbound[0].room: unknown"),
         (_MINIMAL.replace('room = "r:{key}"', 'room = "r:{key"'), "inbound[0].room"),
         (_MINIMAL.replace('room = "r:{key}"', 'room = "{key!r}"'), "no format spec"),
@@ -137,8 +137,11 @@ def test_bridge_exports() -> None:
         "BridgesConfig",
         "InboundBridge",
         "Mapper",
+        "OutboundPump",
+        "OutboundRoute",
         "Pump",
         "load",
         "parse",
+        "publish_record",
         "run_bridges",
     ]

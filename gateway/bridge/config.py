@@ -15,9 +15,16 @@ Example::
     tombstone = "order-deleted"     # absent: a tombstone (null value) is passed over
     dead_letter = "orders.dead"     # optional: bad records are copied there
 
+    [[outbound]]
+    name = "chat"                   # names its consumer group and transactional ids
+    topic = "chat.messages"         # client publishes go there (docs/wire-format.md)
+    rooms = ["chat:*"]              # glob patterns; rooms, events or both must be given
+    events = ["message"]            # names or glob patterns
+    namespace = "/"                 # the default
+
 Every mistake is an `BridgeConfigError` naming the file's line (a TOML syntax error) or
-the key (``inbound[1].room``). Tables other than ``kafka`` and ``inbound`` are refused,
-so that a later ``[[outbound]]`` is an addition, not a change of meaning.
+the key (``inbound[1].room``). Tables other than ``kafka``, ``inbound`` and ``outbound``
+are refused, so that a later kind of table is an addition, not a change of meaning.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from socketio_kafka.adapter.publishes import DEFAULT_WINDOW_S
+
 from ..errors import InvalidSettings
 from ..protocol import MAX_NAME_LENGTH
 
@@ -37,6 +46,7 @@ __all__ = [
     "BridgesConfig",
     "Field",
     "InboundBridge",
+    "OutboundRoute",
     "Payload",
     "Template",
     "load",
@@ -115,10 +125,29 @@ class InboundBridge:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboundRoute:
+    """Client publishes (gateway ``publish`` records of the events topic) whose room and
+    event match, as documented JSON to ``topic``, keyed by room, each publish once."""
+
+    name: str
+    topic: str
+    rooms: tuple[str, ...]  # glob patterns (fnmatch, case-sensitive); empty: any room
+    events: tuple[str, ...]  # names or glob patterns; empty: any event
+    namespace: str = "/"
+    dead_letter: str | None = None
+    group: str = ""  # the consumer group; default socketio-kafka-outbound.<name>
+    start: str = "earliest"
+    #: How far back a taken partition is read again to learn the publish ids written
+    #: (never written out again): at least the gateways' publish window.
+    window_s: float = DEFAULT_WINDOW_S
+
+
+@dataclass(frozen=True, slots=True)
 class BridgesConfig:
     url: str | None
     channel: str
     inbound: tuple[InboundBridge, ...]
+    outbound: tuple[OutboundRoute, ...] = ()
 
     @property
     def events_topic(self) -> str:
@@ -141,7 +170,7 @@ def parse(text: str) -> BridgesConfig:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:  # its message says "(at line N, column M)"
         raise BridgeConfigError(f"not TOML: {exc}") from exc
-    _only(document, "", {"kafka", "inbound"})
+    _only(document, "", {"kafka", "inbound", "outbound"})
     kafka = _table(document.get("kafka", {}), "kafka")
     _only(kafka, "kafka", {"url", "channel"})
     url = _optional_str(kafka, "url", "kafka")
@@ -149,13 +178,19 @@ def parse(text: str) -> BridgesConfig:
     if not _KAFKA_NAME.fullmatch(f"{channel}.events"):
         raise BridgeConfigError(f"kafka.channel: {channel!r} makes no legal topic name")
     tables = document.get("inbound", [])
-    if not isinstance(tables, list) or not tables:
-        raise BridgeConfigError("inbound: at least one [[inbound]] table is needed")
+    routes = document.get("outbound", [])
+    for key, found in (("inbound", tables), ("outbound", routes)):
+        if not isinstance(found, list):
+            raise BridgeConfigError(f"{key}: write [[{key}]] tables")
+    if not tables and not routes:
+        raise BridgeConfigError("inbound: at least one [[inbound]] or [[outbound]] table is needed")
     bridges = tuple(_inbound(table, f"inbound[{i}]") for i, table in enumerate(tables))
-    names = [b.name for b in bridges]
+    outbound = tuple(_outbound(table, f"outbound[{i}]") for i, table in enumerate(routes))
+    # Names label metrics and supervised tasks: one name space for both kinds.
+    names = [b.name for b in bridges] + [r.name for r in outbound]
     if len(set(names)) != len(names):
-        raise BridgeConfigError(f"inbound: names must differ (got {names})")
-    return BridgesConfig(url, channel, bridges)
+        raise BridgeConfigError(f"inbound, outbound: names must differ (got {names})")
+    return BridgesConfig(url, channel, bridges, outbound)
 
 
 _INBOUND_KEYS = {
@@ -215,6 +250,67 @@ def _inbound(raw: Any, where: str) -> InboundBridge:
         start=start,
         max_room_length=max_room,
     )
+
+
+_OUTBOUND_KEYS = {
+    "name",
+    "topic",
+    "rooms",
+    "events",
+    "namespace",
+    "dead_letter",
+    "group",
+    "start",
+    "window",
+}
+
+
+def _outbound(raw: Any, where: str) -> OutboundRoute:
+    table = _table(raw, where)
+    _only(table, where, _OUTBOUND_KEYS)
+    name = _str(table, "name", where)
+    _kafka_name(name, f"{where}.name")
+    topic = _str(table, "topic", where)
+    _kafka_name(topic, f"{where}.topic")
+    rooms, events = _patterns(table, "rooms", where), _patterns(table, "events", where)
+    if not rooms and not events:
+        raise BridgeConfigError(
+            f'{where}: rooms, events or both are needed (rooms = ["*"] for every publish)'
+        )
+    namespace = _str(table, "namespace", where, default="/")
+    if not namespace.startswith("/"):
+        raise BridgeConfigError(f"{where}.namespace: must start with '/', not {namespace!r}")
+    dead_letter = _optional_str(table, "dead_letter", where)
+    if dead_letter is not None:
+        _kafka_name(dead_letter, f"{where}.dead_letter")
+    group = _str(table, "group", where, default=f"socketio-kafka-outbound.{name}")
+    _kafka_name(group, f"{where}.group")
+    start = _str(table, "start", where, default="earliest")
+    if start not in _STARTS:
+        raise BridgeConfigError(f"{where}.start: one of {_STARTS}, not {start!r}")
+    window = table.get("window", DEFAULT_WINDOW_S)
+    if type(window) not in (int, float) or not window > 0:
+        raise BridgeConfigError(f"{where}.window: seconds, a positive number")
+    return OutboundRoute(
+        name=name,
+        topic=topic,
+        rooms=rooms,
+        events=events,
+        namespace=namespace,
+        dead_letter=dead_letter,
+        group=group,
+        start=start,
+        window_s=float(window),
+    )
+
+
+def _patterns(table: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    found = table.get(key, [])
+    if isinstance(found, str):
+        found = [found]
+    if not isinstance(found, list) or not all(isinstance(p, str) and p for p in found):
+        raise BridgeConfigError(f"{where}.{key}: a pattern or a list of non-empty patterns")
+    return tuple(found)
 
 
 def template(text: str, where: str) -> Template:

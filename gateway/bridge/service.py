@@ -1,4 +1,5 @@
-"""``socketio-kafka bridge FILE``: every inbound bridge of the file, supervised, until
+"""``socketio-kafka bridge FILE``: every inbound bridge and outbound route of the file,
+supervised, until
 SIGTERM or SIGINT; with ``--metrics-port``, their counters for Prometheus."""
 
 from __future__ import annotations
@@ -17,14 +18,18 @@ from socketio_kafka.adapter.options import KafkaOptions
 from socketio_kafka.adapter.supervisor import Supervisor
 
 from .config import BridgesConfig
+from .outbound import OutboundPump
 from .pump import Pump, logger
+from .transactional import TransactionalPump
 
 __all__ = ["BridgeCollector", "run_bridges"]
 
 _COUNTERS = {
     "records": "Source records consumed and committed",
-    "events": "Emits written to the events topic",
+    "events": "Records written: emits to the events topic, or publishes to an outbound topic",
     "tombstones_passed": "Tombstones that became nothing",
+    "passed": "Outbound: events-topic records that are no publish of the route's rooms",
+    "repeats": "Outbound: publishes written twice to the events topic, written out once",
     "dead_lettered": "Bad source records copied to the dead-letter topic",
     "transactions": "Kafka transactions committed",
 }
@@ -39,7 +44,11 @@ async def run_bridges(
 ) -> None:
     """Run until ``stop`` is set (by default: until SIGTERM or SIGINT)."""
     options = KafkaOptions()
-    pumps = [Pump(b, options, bootstrap, config.events_topic, instance) for b in config.inbound]
+    topic = config.events_topic
+    pumps: list[TransactionalPump] = [
+        *(Pump(b, options, bootstrap, topic, instance) for b in config.inbound),
+        *(OutboundPump(r, options, bootstrap, topic, instance) for r in config.outbound),
+    ]
     supervisor = Supervisor(logger)
     if metrics is not None:
         registry = CollectorRegistry()
@@ -66,7 +75,7 @@ def _on_signals() -> asyncio.Event:
 class BridgeCollector(Collector):
     """The pumps' counters, read at scrape time (as gateway/metrics.py reads a node's)."""
 
-    def __init__(self, pumps: Sequence[Pump], supervisor: Supervisor) -> None:
+    def __init__(self, pumps: Sequence[TransactionalPump], supervisor: Supervisor) -> None:
         self._pumps = pumps
         self._supervisor = supervisor
 

@@ -1,0 +1,337 @@
+"""The transactional loop both kinds of bridge run: records in, records out, exactly once.
+
+A read_committed consumer group reads the source topics. For each source partition the
+pump holds a transactional producer whose ``transactional.id`` names that partition
+(``<group>.<topic>.<partition>``): each batch of the partition's records is mapped, the
+records it maps to written (and bad ones to the dead-letter topic) and its consumed
+offset committed, in one Kafka transaction. Whoever reads the written topics
+read_committed sees a batch's records exactly when its offsets are committed: never
+twice, never lost.
+
+Why a producer per source partition (docs/decisions.md): aiokafka commits offsets
+without the consumer group's generation (KIP-447), so the group cannot fence a bridge
+that lost a partition and still writes. The partition's transactional id can: whoever
+takes the partition next starts a producer with the same id, which aborts the old
+owner's open transaction and fences its producer, and only then reads where to resume.
+
+What a record becomes is the subclass's `TransactionalPump._outputs`: an inbound bridge's
+emits (`pump.Pump`), an outbound route's publishes (`outbound.OutboundPump`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeAlias
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient
+
+from socketio_kafka.adapter.options import KafkaOptions
+from socketio_kafka.adapter.skips import UNREADABLE, log_unreadable, read_past_unreadable
+
+__all__ = ["BridgeStats", "MissingTopic", "Record", "Send", "Source", "TransactionalPump"]
+
+logger = logging.getLogger("socketio_kafka.bridge")
+
+_POLL_MS = 1000
+_BATCH = 500
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+#: A record to write: topic, key, value, headers.
+Send: TypeAlias = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]
+
+
+class MissingTopic(RuntimeError):
+    """A topic the bridge writes to does not exist (it creates none: the events topic's
+    partition count must be the gateways'); the supervisor retries with backoff."""
+
+
+class Source(Protocol):
+    """What the loop reads of a bridge's configuration (`InboundBridge`, `OutboundRoute`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def group(self) -> str: ...
+    @property
+    def start(self) -> str: ...
+    @property
+    def dead_letter(self) -> str | None: ...
+
+
+@dataclass
+class BridgeStats:
+    """What one bridge did, counted when its transaction committed."""
+
+    records: int = 0  # source records consumed and committed
+    events: int = 0  # records written: emits to the events topic, or publishes out
+    tombstones_passed: int = 0  # tombstones that became nothing
+    passed: int = 0  # outbound: records that are no publish of its rooms and events
+    repeats: int = 0  # outbound: a publish written twice to the events topic, out once
+    bad: int = 0  # records that mapped to nothing (skipped)
+    dead_lettered: int = 0  # of those, copied to the dead-letter topic
+    transactions: int = 0
+    bad_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class TransactionalPump:
+    """Runs one bridge until cancelled; each `run` starts from what Kafka has committed,
+    so the supervisor can restart it at any point."""
+
+    def __init__(
+        self,
+        bridge: Source,
+        topics: Sequence[str],
+        writes: Sequence[str],
+        options: KafkaOptions,
+        bootstrap: list[str],
+        instance: str | None = None,
+    ) -> None:
+        self.bridge = bridge
+        self.stats = BridgeStats()
+        self._topics = list(topics)
+        self._writes = [*writes, *filter(None, [bridge.dead_letter])]
+        self._options = options
+        self._bootstrap = bootstrap
+        self._instance = instance
+        self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        self._next: dict[TopicPartition, int] = {}  # the first offset not yet committed
+        self._lock = asyncio.Lock()  # a rebalance waits for the batch in flight
+        self._consumer: AIOKafkaConsumer | None = None
+        # aiokafka logs and forgets what a rebalance listener raises: kept, to be raised.
+        self._failure: BaseException | None = None
+
+    # -- what a subclass says ------------------------------------------------------------
+
+    def _outputs(self, record: Record, done: BridgeStats) -> list[Send]:
+        """The records one source record becomes (none: passed over, counted in ``done``)."""
+        raise NotImplementedError
+
+    async def _positioned(
+        self, consumer: AIOKafkaConsumer, committed: dict[TopicPartition, int]
+    ) -> None:
+        """Taken partitions were sought to their committed offsets: a subclass may read
+        from earlier (`_seen_before` gets the records below them)."""
+
+    def _seen_before(self, record: Record) -> None:
+        """A record below the committed offset, read again after `_positioned`."""
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._failure = None
+        await self._require_topics()
+        consumer = AIOKafkaConsumer(**self._consumer_kwargs())
+        self._consumer = consumer
+        consumer.subscribe(self._topics, listener=_Rebalance(self))
+        try:
+            await consumer.start()  # stopped below if even this fails: no consumer left open
+            while True:
+                try:
+                    batches = await consumer.getmany(timeout_ms=_POLL_MS, max_records=_BATCH)
+                except UNREADABLE:
+                    await self._read_past_unreadable(consumer)
+                    continue
+                if self._failure is not None:
+                    raise self._failure
+                async with self._lock, asyncio.TaskGroup() as group:
+                    for tp, records in batches.items():
+                        group.create_task(self._transfer(tp, records))
+        finally:
+            await consumer.stop()
+            await self._drop(list(self._producers))
+
+    def _consumer_kwargs(self) -> dict[str, Any]:
+        kwargs = self._options.consumer_kwargs(self._bootstrap)
+        return {
+            **kwargs,
+            "group_id": self.bridge.group,
+            # A restarted bridge of the same instance takes its partitions back at once
+            # (static membership), instead of waiting out the dead one's session.
+            "group_instance_id": self._instance,
+            "auto_offset_reset": self.bridge.start,
+            "isolation_level": "read_committed",
+            "enable_auto_commit": False,
+        }
+
+    async def _require_topics(self) -> None:
+        admin = AIOKafkaAdminClient(**self._options.common_kwargs(self._bootstrap))
+        await admin.start()
+        try:
+            for topic in await admin.describe_topics(self._writes):
+                if topic["error_code"] or not topic["partitions"]:
+                    raise MissingTopic(
+                        f"topic {topic['topic']!r} does not exist: a gateway node creates the"
+                        " events topic; create the others yourself"
+                    )
+        finally:
+            await admin.close()
+
+    # -- partitions: taken and given up ---------------------------------------------------
+
+    async def _take(self, assigned: Sequence[TopicPartition]) -> None:
+        """Fence the partitions' previous owners, then resume where they committed."""
+        consumer = self._consumer
+        assert consumer is not None
+        consumer.pause(*assigned)
+        try:
+            await self._fence_and_seek(consumer, assigned)
+        except Exception as exc:  # the partitions stay paused: the run raises it
+            self._failure = exc
+            raise
+
+    async def _fence_and_seek(
+        self, consumer: AIOKafkaConsumer, assigned: Sequence[TopicPartition]
+    ) -> None:
+        async with self._lock:
+            started: dict[TopicPartition, asyncio.Task[AIOKafkaProducer]] = {}
+            try:
+                async with asyncio.TaskGroup() as group:  # an InitProducerId round trip each
+                    for tp in assigned:
+                        if tp not in self._producers:
+                            started[tp] = group.create_task(self._start_producer(tp))
+            finally:  # those started are kept even if one failed: the run's end stops them
+                for tp, task in started.items():
+                    if task.done() and not task.cancelled() and task.exception() is None:
+                        self._producers[tp] = task.result()
+            resumed: dict[TopicPartition, int] = {}
+            for tp in assigned:
+                # Read only now: an old owner's commit in flight is done or aborted.
+                committed = await consumer.committed(tp)
+                if committed is not None:
+                    consumer.seek(tp, committed)
+                    self._next[tp] = resumed[tp] = committed
+                else:
+                    self._next[tp] = 0
+            await self._positioned(consumer, resumed)
+            consumer.resume(*assigned)
+
+    async def _give_up(self, revoked: Sequence[TopicPartition]) -> None:
+        async with self._lock:  # the batch in flight commits first
+            await self._drop(revoked)
+
+    async def _start_producer(self, tp: TopicPartition) -> AIOKafkaProducer:
+        kwargs = self._options.producer_kwargs(self._bootstrap)
+        producer = AIOKafkaProducer(
+            **kwargs, transactional_id=f"{self.bridge.group}.{tp.topic}.{tp.partition}"
+        )
+        await producer.start()
+        try:
+            # InitProducerId: bumps the id's epoch (fencing the old owner's producer) and
+            # ends its open transaction. begin_transaction is where aiokafka awaits it.
+            await producer.begin_transaction()
+            await producer.abort_transaction()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
+
+    async def _drop(self, tps: Sequence[TopicPartition]) -> None:
+        for tp in tps:
+            self._next.pop(tp, None)
+            producer = self._producers.pop(tp, None)
+            if producer is not None:
+                await producer.stop()
+
+    # -- records -------------------------------------------------------------------------
+
+    async def _transfer(self, tp: TopicPartition, records: Sequence[Record]) -> None:
+        producer = self._producers.get(tp)
+        start = self._next.get(tp)
+        if producer is None or start is None:
+            return  # given up meanwhile: its next owner reads them
+        for record in records:
+            if record.offset < start:
+                self._seen_before(record)
+        records = [r for r in records if r.offset >= start]
+        if not records:
+            return
+        done = BridgeStats()
+        async with producer.transaction():
+            sent = [
+                await producer.send(topic, value, key, headers=headers)
+                for record in records
+                for topic, key, value, headers in self._outputs(record, done)
+            ]
+            await asyncio.gather(*sent)
+            end = records[-1].offset + 1
+            await producer.send_offsets_to_transaction({tp: end}, self.bridge.group)
+        self._next[tp] = end
+        done.records, done.transactions = len(records), 1
+        self._add(done)
+
+    def _bad(self, record: Record, kind: str, reason: str, done: BridgeStats) -> list[Send]:
+        logger.warning(
+            "bridge %s: skipping record %s[%d]@%d: %s",
+            *(self.bridge.name, record.topic, record.partition, record.offset, reason),
+        )
+        done.bad += 1
+        done.bad_by_reason[kind] = done.bad_by_reason.get(kind, 0) + 1
+        if self.bridge.dead_letter is None:
+            return []
+        done.dead_lettered += 1
+        return [_dead_letter(self.bridge.dead_letter, record, reason)]
+
+    def _add(self, done: BridgeStats) -> None:
+        stats = self.stats
+        stats.records += done.records
+        stats.events += done.events
+        stats.tombstones_passed += done.tombstones_passed
+        stats.passed += done.passed
+        stats.repeats += done.repeats
+        stats.bad += done.bad
+        stats.dead_lettered += done.dead_lettered
+        stats.transactions += done.transactions
+        for kind, count in done.bad_by_reason.items():
+            stats.bad_by_reason[kind] = stats.bad_by_reason.get(kind, 0) + count
+
+    async def _read_past_unreadable(self, consumer: AIOKafkaConsumer) -> None:
+        """aiokafka cannot parse a record (a header key not UTF-8, a bad CRC), and refuses
+        every fetch that holds it: read on one record at a time, each its own transaction,
+        and commit past the unreadable one."""
+        passed: dict[TopicPartition, int] = {}
+
+        def skip(tp: TopicPartition, offset: int, exc: Exception) -> None:
+            log_unreadable(logger, tp, offset, exc)
+            self._add(BridgeStats(bad=1, bad_by_reason={"unreadable": 1}))
+            passed[tp] = offset + 1
+
+        async with self._lock:
+            for tp, start in self._next.items():
+                consumer.seek(tp, start)
+            await read_past_unreadable(consumer, list(self._next), self._take_one, skip)
+            for tp, end in passed.items():
+                producer = self._producers.get(tp)
+                if producer is not None and self._next.get(tp, end) <= end:
+                    async with producer.transaction():
+                        await producer.send_offsets_to_transaction({tp: end}, self.bridge.group)
+                    self._next[tp] = end
+
+    async def _take_one(self, tp: TopicPartition, records: list[Record]) -> None:
+        await self._transfer(tp, records)
+
+
+def _dead_letter(topic: str, record: Record, reason: str) -> Send:
+    """The source record as it was, and where it came from and why it was refused."""
+    headers = [(name, value) for name, value in record.headers if value is not None]
+    headers += [
+        ("bridge.error", reason.encode()),
+        ("bridge.topic", record.topic.encode()),
+        ("bridge.partition", str(record.partition).encode()),
+        ("bridge.offset", str(record.offset).encode()),
+    ]
+    return topic, record.key, record.value, headers
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    def __init__(self, pump: TransactionalPump) -> None:
+        self._pump = pump
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        await self._pump._give_up(revoked)
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        await self._pump._take(assigned)

@@ -454,6 +454,7 @@ class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-soc
                 self.options.request_timeout_ms / 1000,
                 self._get_logger(),
                 self.stats.produce_latency,
+                topics=(self.events_topic, self.sessions_topic),
             )
             await self._publisher.start()
             if not self.write_only:

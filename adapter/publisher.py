@@ -29,7 +29,7 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 
-from .errors import PublishError
+from .errors import BrokerUnavailable, PublishError
 from .histogram import LatencyHistogram
 
 __all__ = ["WEDGED", "Delivery", "Headers", "Producer", "Publisher", "Record"]
@@ -57,6 +57,8 @@ class Producer(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+    async def partitions_for(self, topic: str) -> Any: ...
 
     async def send(
         self,
@@ -86,6 +88,11 @@ class Publisher:
     ``build`` makes a new, unstarted producer; ``timeout_s`` bounds each publish (aiokafka
     retries a batch for as long as the broker is away; a caller needs an answer). Each
     record Kafka acknowledges is observed in ``latency``, from hand-over to ack.
+
+    A producer learns the partitions of ``topics`` before it is used. Until it knows a
+    topic's, aiokafka's ``send`` waits for metadata in a loop with a sleep, and a send that
+    comes while an earlier one sleeps there goes first: two records of one key (a session's
+    two records, a room's two events) would reach Kafka out of order.
     """
 
     def __init__(
@@ -94,8 +101,10 @@ class Publisher:
         timeout_s: float,
         logger: logging.Logger,
         latency: LatencyHistogram | None = None,
+        topics: Sequence[str] = (),
     ) -> None:
         self._build = build
+        self._topics = tuple(topics)
         self._timeout_s = timeout_s
         self._logger = logger
         self._latency = latency
@@ -116,7 +125,19 @@ class Publisher:
     async def start(self) -> None:
         producer = self._build()
         await producer.start()
+        try:
+            await self._learn_topics(producer)
+        except BaseException:
+            await producer.stop()
+            raise
         self._producer = producer
+
+    async def _learn_topics(self, producer: Producer) -> None:
+        for topic in self._topics:
+            try:
+                await producer.partitions_for(topic)  # bounded by aiokafka's request timeout
+            except KafkaError as exc:
+                raise BrokerUnavailable(f"no metadata for topic {topic!r} ({exc!r})") from exc
 
     async def stop(self) -> None:
         """Flush and close. Safe to call twice."""
@@ -211,6 +232,7 @@ class Publisher:
         fresh = self._build()
         try:
             await fresh.start()
+            await self._learn_topics(fresh)
         except Exception as exc:  # the old one stays; its next refusal tries again
             await fresh.stop()
             self._logger.warning("a fresh kafka producer did not start (%r)", exc)

@@ -66,6 +66,7 @@ class _FakeProducer:
     def __init__(self, error: Exception | None) -> None:
         self.error = error
         self.sent: list[bytes | None] = []
+        self.learned: list[str] = []
         self.started = self.stopped = False
 
     async def start(self) -> None:
@@ -74,8 +75,17 @@ class _FakeProducer:
     async def stop(self) -> None:
         self.stopped = True
 
+    async def partitions_for(self, topic: str) -> set[int]:
+        self.learned.append(topic)
+        return {0}
+
     async def send(
-        self, topic: str, value: bytes | None = None, key: bytes | None = None
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        *,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> Awaitable[Any]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.error is not None:
@@ -90,8 +100,11 @@ async def test_a_wedged_producer_is_replaced_and_publishing_resumes() -> None:
     wedged = _FakeProducer(OutOfOrderSequenceNumber())
     fresh = _FakeProducer(None)
     made = iter([wedged, fresh])
-    publisher = Publisher(lambda: next(made), timeout_s=5, logger=_LOG)
+    publisher = Publisher(lambda: next(made), timeout_s=5, logger=_LOG, topics=("t", "u"))
     await publisher.start()
+    # Each producer knows its topics' partitions before it sends: until then aiokafka's
+    # send waits for metadata in a loop that a later send can overtake.
+    assert wedged.learned == ["t", "u"]
 
     with pytest.raises(PublishError, match="OutOfOrderSequenceNumber") as refused:
         await publisher.send_many("t", [(b"k", b"1")])
@@ -99,6 +112,7 @@ async def test_a_wedged_producer_is_replaced_and_publishing_resumes() -> None:
     await wait_until(lambda: not publisher.replacing, 5, "the replacement")
     await publisher.send_many("t", [(b"k", b"2")])
     assert (fresh.sent, publisher.replaced, wedged.stopped) == ([b"2"], 1, True)
+    assert fresh.learned == ["t", "u"]
     await publisher.stop()
     assert fresh.stopped
 

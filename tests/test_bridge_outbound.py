@@ -200,14 +200,14 @@ async def bridged(
 async def test_each_publish_reaches_the_outbound_topic_once_through_drops_and_sigkills(
     bridged: tuple[list[Any], BridgeProcess, OutboundReader], kafka_bootstrap: str, channel: str
 ) -> None:
-    """200 publishes with ids, at most 40 in flight; every 20 the transport drops and the
+    """1,000 publishes with ids, at most 40 in flight; every 100 the transport drops and the
     session recovers on the other node, resending what was not acked; the bridge is
     SIGKILLed twice meanwhile. A copy of two publishes' records written again to the
     events topic (the race only consumption closes), once while the bridge runs and once
     while it is down, goes out once too; publishes to rooms or events no route names
     and a record that is no publish's do not go out."""
     nodes, bridge, reader = bridged
-    total, every = 200, 20
+    total, every = 1000, 100
     prefix = f"{uuid.uuid4().hex[:6]}-"
     began = int(time.time() * 1000)
     publisher = await RecoveringRecorder().connect(nodes[0].url)

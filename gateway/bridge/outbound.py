@@ -27,7 +27,7 @@ from socketio_kafka.adapter.routing import CORRELATION_ID, PUBLISHER, SUBJECT, H
 
 from .config import OutboundRoute
 from .mapping import BadRecord
-from .transactional import BridgeStats, Record, Send, TransactionalPump, logger
+from .transactional import BridgeStats, Record, Send, Skipped, TransactionalPump
 
 __all__ = ["FORMAT_VERSION", "OutboundPump", "publish_record"]
 
@@ -80,16 +80,9 @@ class OutboundPump(TransactionalPump):
         if not self._ledger.first(record.partition, record.offset, record.headers):
             done.repeats += 1
             return []
-        try:
-            out = publish_record(self.bridge, record)
-        except BadRecord as exc:
-            return self._bad(record, exc.kind, str(exc), done)
-        except Exception:  # a bug, not bad input: still skipped, never a stuck bridge
-            logger.exception(
-                "bridge %s: record %s[%d]@%d raised while mapped",
-                *(self.bridge.name, record.topic, record.partition, record.offset),
-            )
-            return self._bad(record, "error", "mapping raised", done)
+        out = self._map(record, done, lambda r: publish_record(self.bridge, r))
+        if isinstance(out, Skipped):
+            return out.sends
         if out is None:
             done.passed += 1
             return []

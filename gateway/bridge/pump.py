@@ -8,10 +8,10 @@ from __future__ import annotations
 from socketio_kafka.adapter.options import KafkaOptions
 
 from .config import InboundBridge
-from .mapping import BadRecord, Mapper
-from .transactional import BridgeStats, MissingTopic, Record, Send, TransactionalPump, logger
+from .mapping import Mapper
+from .transactional import BridgeStats, MissingTopic, Record, Send, Skipped, TransactionalPump
 
-__all__ = ["BridgeStats", "MissingTopic", "Pump", "logger"]
+__all__ = ["BridgeStats", "MissingTopic", "Pump"]
 
 
 class Pump(TransactionalPump):
@@ -37,16 +37,9 @@ class Pump(TransactionalPump):
         self._mapper = Mapper(bridge, f"bridge:{bridge.name}", options.max_record_bytes)
 
     def _outputs(self, record: Record, done: BridgeStats) -> list[Send]:
-        try:
-            out = self._mapper.map(record)
-        except BadRecord as exc:
-            return self._bad(record, exc.kind, str(exc), done)
-        except Exception:  # a bug, not bad input: still skipped, never a stuck bridge
-            logger.exception(
-                "bridge %s: record %s[%d]@%d raised while mapped",
-                *(self.bridge.name, record.topic, record.partition, record.offset),
-            )
-            return self._bad(record, "error", "mapping raised", done)
+        out = self._map(record, done, self._mapper.map)
+        if isinstance(out, Skipped):
+            return out.sends
         if out is None:
             done.tombstones_passed += 1
             return []

@@ -19,8 +19,8 @@ from socketio_kafka.adapter.supervisor import Supervisor
 
 from .config import BridgesConfig
 from .outbound import OutboundPump
-from .pump import Pump, logger
-from .transactional import TransactionalPump
+from .pump import Pump
+from .transactional import TransactionalPump, logger
 
 __all__ = ["BridgeCollector", "run_bridges"]
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -33,7 +33,17 @@ from aiokafka.admin import AIOKafkaAdminClient
 from socketio_kafka.adapter.options import KafkaOptions
 from socketio_kafka.adapter.skips import UNREADABLE, log_unreadable, read_past_unreadable
 
-__all__ = ["BridgeStats", "MissingTopic", "Record", "Send", "Source", "TransactionalPump"]
+from .mapping import BadRecord
+
+__all__ = [
+    "BridgeStats",
+    "MissingTopic",
+    "Record",
+    "Send",
+    "Skipped",
+    "Source",
+    "TransactionalPump",
+]
 
 logger = logging.getLogger("socketio_kafka.bridge")
 
@@ -42,6 +52,7 @@ _BATCH = 500
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 #: A record to write: topic, key, value, headers.
 Send: TypeAlias = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]
+_Mapped = TypeVar("_Mapped")
 
 
 class MissingTopic(RuntimeError):
@@ -75,6 +86,14 @@ class BridgeStats:
     dead_lettered: int = 0  # of those, copied to the dead-letter topic
     transactions: int = 0
     bad_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A record `TransactionalPump._map` skipped as bad: what it sends instead (its
+    dead-letter copy, or nothing)."""
+
+    sends: list[Send]
 
 
 class TransactionalPump:
@@ -262,6 +281,22 @@ class TransactionalPump:
         self._next[tp] = end
         done.records, done.transactions = len(records), 1
         self._add(done)
+
+    def _map(
+        self, record: Record, done: BridgeStats, mapping: Callable[[Record], _Mapped]
+    ) -> _Mapped | Skipped:
+        """``mapping(record)``, or the record skipped as bad (`_bad`): bad input, or a bug
+        in the mapping, logged with its traceback, never a stuck bridge."""
+        try:
+            return mapping(record)
+        except BadRecord as exc:
+            return Skipped(self._bad(record, exc.kind, str(exc), done))
+        except Exception:
+            logger.exception(
+                "bridge %s: record %s[%d]@%d raised while mapped",
+                *(self.bridge.name, record.topic, record.partition, record.offset),
+            )
+            return Skipped(self._bad(record, "error", "mapping raised", done))
 
     def _bad(self, record: Record, kind: str, reason: str, done: BridgeStats) -> list[Send]:
         logger.warning(

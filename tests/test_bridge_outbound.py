@@ -205,11 +205,15 @@ async def test_each_publish_reaches_the_outbound_topic_once_through_drops_and_si
     SIGKILLed twice meanwhile. A copy of two publishes' records written again to the
     events topic (the race only consumption closes), once while the bridge runs and once
     while it is down, goes out once too; publishes to rooms or events no route names
-    and a record that is no publish's do not go out."""
+    and a record that is no publish's do not go out. Room members on both nodes receive
+    each publish once, in order, as the outbound topic's reader does."""
     nodes, bridge, reader = bridged
     total, every = 1000, 100
     prefix = f"{uuid.uuid4().hex[:6]}-"
     began = int(time.time() * 1000)
+    members = [await Recorder(node.url).connect() for node in nodes]
+    for member in members:
+        assert await member.ask("join", {"room": ROOM}) == {"ok": True}
     publisher = await RecoveringRecorder().connect(nodes[0].url)
     sids = {publisher.sid}
     window = asyncio.Semaphore(40)
@@ -266,6 +270,10 @@ async def test_each_publish_reaches_the_outbound_topic_once_through_drops_and_si
     assert (await publisher.client.publish(ROOM, "end", None, id=f"{prefix}end"))["ok"]
     await wait_until(lambda: f"{prefix}end" in reader.ids(), 30, "the end marker")
 
+    for member in members:
+        await member.wait_for("end", 2, timeout=30)  # the marker, then the end: all read
+        assert member.events("said") == list(range(total))
+        await member.close()
     said = [r for r in reader.records if json.loads(r.value)["event"] == "said"]
     counts = collections.Counter(json.loads(r.value)["id"] for r in reader.records)
     assert counts == {f"{prefix}{seq}": 1 for seq in [*range(total), "mark", "end"]}

@@ -133,19 +133,20 @@ def test_partition_leader_killed_and_two_brokers_down_lose_no_acked_event() -> N
 
 
 def test_the_chaos_tally_tells_lost_duplicated_out_of_order_and_refused_apart() -> None:
-    """The counting the chaos verdicts rest on, on a made-up run: one publisher, one room."""
+    """The counting the chaos verdicts rest on, on a made-up run: one publisher, one room.
+    Out of order counts acked events only: a refused one may land late (`tally`)."""
     publisher = {
         "index": 0,
-        "sent": {"r": 8},
+        "sent": {"r": 9},
         "acked": {"r": [1, 2, 3, 4, 5, 6]},
-        "refused": {"r": [7, 8]},
+        "refused": {"r": [7, 8, 9]},
     }
     members = [
-        # 3 lost, 2 twice, 5 after 6, refused 7 delivered all the same.
+        # 3 lost, 2 twice, 5 after 6; refused 8 and 7 delivered all the same, 7 late.
         {
             "client": "a",
             "room": "r",
-            "got": {"0": [1, 2, 2, 4, 6, 5, 7]},
+            "got": {"0": [1, 2, 2, 4, 6, 5, 8, 7]},
             "reconnects": [],
             "drops": 0,
         },
@@ -161,12 +162,12 @@ def test_the_chaos_tally_tells_lost_duplicated_out_of_order_and_refused_apart() 
     counted = tally([publisher], members)
     totals = counted.totals([publisher])
     assert {k: totals[k] for k in ("published", "acked", "refused", "received")} == {
-        "published": 8, "acked": 6, "refused": 2, "received": 10,
+        "published": 9, "acked": 6, "refused": 3, "received": 11,
     }  # fmt: skip
-    assert {k: totals[k] for k in ("lost", "duplicated", "out_of_order")} == {
-        "lost": 1, "duplicated": 1, "out_of_order": 1,
+    assert {k: totals[k] for k in ("lost", "duplicated", "out_of_order", "refused_late")} == {
+        "lost": 1, "duplicated": 1, "out_of_order": 1, "refused_late": 1,
     }  # fmt: skip
-    assert (totals["refused_but_delivered"], totals["not_recovered"]) == (1, 1)
+    assert (totals["refused_but_delivered"], totals["not_recovered"]) == (2, 1)
     later = Window("later", {"0": 4}, {"0": 8}, 5.0, 20.0)
     assert counted.in_window(later)["out_of_order"] == 1
     assert counted.in_window(later)["lost"] == 0  # 3 was sent before this stretch

@@ -99,13 +99,17 @@ _INTRO = """\
 Faults under a steady stream: 3 gateway nodes (recovery on), official JS and Python
 `AsyncRecoveringClient` receivers in rooms, and publishers (one per node, the first pinned to
 node 0) sending numbered events to every room, pipelined (the next before the previous ack).
-Lost: acked, never received by a member that was in the room throughout. Out of order: received
-after a higher number from the same publisher to the same room. Refused but delivered: refused
-(an error reply, or no ack in time) and delivered all the same, which a refusal saying "it may
-still be written" allows; never counted as a duplicate. These four count deliveries: an event
-10 members missed counts 10. The node cut is silent (a TCP relay that stops forwarding and
-closes nothing), so the node learns of it only through its own probes. The short form of
-every row runs in `tests/test_chaos.py`; the tables below are full runs, by hand."""
+Lost: acked, never received by a member that was in the room throughout. Out of order: acked,
+received after a higher number from the same publisher to the same room. Refused but delivered:
+refused (an error reply, or no ack in time) and delivered all the same, which a refusal saying
+"it may still be written" allows; never counted as a duplicate. Such an event may also arrive
+late: a publisher whose transport drops while Kafka elects a leader publishes on through
+another node, and the old node's record lands when Kafka takes it (the tally counts these as
+`refused_late`; a client that resends with an `id` can keep the first place). These four count
+deliveries: an event 10 members missed counts 10. The node cut is silent (a TCP relay that
+stops forwarding and closes nothing), so the node learns of it only through its own probes.
+The short form of every row runs in `tests/test_chaos.py`; the tables below are full runs,
+by hand."""
 
 _STACKS = {"single": "One broker", "cluster": "Three brokers (RF=3, `min.insync.replicas=2`)"}
 

@@ -5,9 +5,14 @@ of a room received, per client, per room, per scenario and in total.
   reconnection was not recovered had a fresh session and joined again: its gap is counted
   as ``not_recovered``, not as lost);
 - duplicated: a number received more than once;
-- out of order: a number received after a higher one from the same publisher to that room;
+- out of order: an acked number received after a higher one from the same publisher to
+  that room;
 - refused but delivered: refused (an error or no ack in time) yet delivered, which a
   refusal that says "may still be written" allows; never counted as a duplicate;
+- refused late: of those, one received after a higher number. Its place is not promised: a
+  publisher whose connection drops while Kafka elects a leader publishes on through another
+  node, and the old node's record lands when Kafka takes it, after the newer ones (a client
+  that resends with an ``id`` gets its first place back: the later copy is dropped);
 - unanswered but delivered: no answer at all when the run ended, yet delivered.
 """
 
@@ -22,7 +27,14 @@ __all__ = ["Fault", "Tally", "Window", "published_in", "tally"]
 
 Json = dict[str, Any]
 
-_KINDS = ("lost", "duplicated", "out_of_order", "refused_but_delivered", "unanswered_delivered")
+_KINDS = (
+    "lost",
+    "duplicated",
+    "out_of_order",
+    "refused_but_delivered",
+    "refused_late",
+    "unanswered_delivered",
+)
 _EXAMPLES = 5
 
 
@@ -33,7 +45,7 @@ class Fault:
     room: str
     publisher: str
     seq: int
-    #: For out of order: the higher number received before it.
+    #: For out of order and refused late: the higher number received before it.
     after: int | None = None
 
 
@@ -161,7 +173,8 @@ def _receiver_faults(receiver: Json, publishers: list[Json]) -> list[Fault]:
                 continue
             seen.add(s)
             if s < highest:
-                faults.append(Fault("out_of_order", client, room, p, s, after=highest))
+                late = "out_of_order" if s in acked else "refused_late"
+                faults.append(Fault(late, client, room, p, s, after=highest))
             highest = max(highest, s)
             if s in refused:
                 faults.append(Fault("refused_but_delivered", client, room, p, s))

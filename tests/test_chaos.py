@@ -80,7 +80,8 @@ def _assert_every_acked_event_once_in_order(run: dict[str, Any]) -> None:
     for name, scenario in run["per_scenario"].items():
         counts = scenario["counts"]
         faults = {k: counts[k] for k in ("lost", "duplicated", "out_of_order", "not_recovered")}
-        assert faults == dict.fromkeys(faults, 0), (name, counts, run["examples"])
+        # A string, printed whole: pytest cuts a tuple's repr short.
+        assert faults == dict.fromkeys(faults, 0), json.dumps([name, counts, run["examples"]])
         assert counts["recovered"] == counts["reconnects"], (name, counts)
     assert all(run["nodes_alive_at_end"]), run["nodes"]
 

@@ -11,7 +11,14 @@ from pathlib import Path
 
 from .services import Broker, NodeCommand
 
-__all__ = ["CONTESTANTS", "PEERS", "Contestant", "available", "gateway_has_recovery_flag"]
+__all__ = [
+    "CONTESTANTS",
+    "PEERS",
+    "Contestant",
+    "available",
+    "gateway_has_recovery_flag",
+    "unlimited",
+]
 
 PEERS = Path(__file__).resolve().parent / "peers"
 
@@ -47,7 +54,7 @@ def gateway_has_recovery_flag() -> bool:
     return "--no-recovery" in _serve_help()
 
 
-def _unlimited() -> list[str]:
+def unlimited() -> list[str]:
     """The per-socket and per-address rate limits (issue 11) out of the way: a benchmark
     measures what a node delivers, and its load generator sends from few sockets."""
     if "--event-rate" not in _serve_help():
@@ -66,7 +73,7 @@ def _gateway(contestant: Contestant, port: int, broker_url: str, channel: str) -
     argv = [
         sys.executable, "-m", "socketio_kafka.gateway", "serve",
         "--port", str(port), "--channel", channel, "--log-level", "warning",
-        "--no-ws-compression", *broker, *recovery, *_unlimited(), *contestant.flags,
+        "--no-ws-compression", *broker, *recovery, *unlimited(), *contestant.flags,
     ]  # fmt: skip
     return NodeCommand(argv)
 

@@ -55,6 +55,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from socketio_kafka.gateway.limits import Limits
 from socketio_kafka.gateway.local_kafka import LocalKafka
 
 from .contestants import PEERS
@@ -654,7 +655,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=("connections", "events"),
         help="one flooder alone: what each costs the others",
     )
-    parser.add_argument("--connect-rate", type=float, default=50.0, help="the node's limit")
+    parser.add_argument(
+        "--connect-rate", type=float, default=Limits().connect_rate, help="the node's limit"
+    )
     parser.add_argument(
         "--flooder-nice",
         type=int,
@@ -664,7 +667,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--event-rate",
         type=float,
-        help=f"the node's limit (default: its own, 1000; {_QUICK_EVENT_RATE:g} with --quick)",
+        help=f"the node's limit (default: its own, {Limits().event_rate:g};"
+        f" {_QUICK_EVENT_RATE:g} with --quick)",
     )
     args = parser.parse_args(argv)
     seconds = args.seconds or (4.0 if args.quick else 20.0)
@@ -679,7 +683,8 @@ def main(argv: list[str] | None = None) -> int:
                     kinds=Kinds(0 if args.only == "events" else args.concurrency,
                                 args.only != "connections"),
                     connect_rate=args.connect_rate,
-                    event_rate=args.event_rate or (_QUICK_EVENT_RATE if args.quick else 1000.0),
+                    event_rate=args.event_rate
+                    or (_QUICK_EVENT_RATE if args.quick else Limits().event_rate),
                     flooder_nice=args.flooder_nice)
             )  # fmt: skip
         finally:

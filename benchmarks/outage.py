@@ -27,7 +27,7 @@ from typing import Any
 
 from socketio_kafka.gateway.local_kafka import LocalKafka
 
-from .contestants import PEERS
+from .contestants import PEERS, unlimited
 from .services import BenchmarkError, Cluster, LineProcess, NodeCommand, free_port, require_tool
 
 __all__ = ["Plan", "main", "run_once"]
@@ -151,7 +151,8 @@ def run_once(plan: Plan, work: Path) -> Json:
         argv = [sys.executable, "-m", "socketio_kafka.gateway", "serve", "--kafka"]
         commands = [
             (port, NodeCommand([*argv, f"kafka://{address}", "--port", str(port),
-                                "--channel", "outage", "--log-level", "info"]))
+                                "--channel", "outage", "--log-level", "info",
+                                *unlimited()]))
             for port in ports
         ]  # fmt: skip
         cluster.start(commands)

@@ -203,7 +203,7 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
         help="new connections per second per client address (default 50)",
     )
     group.add_argument(
-        "--event-rate", type=number, help="events per second per connection (default 1000)"
+        "--event-rate", type=number, help="events per second per connection (default 100)"
     )
     group.add_argument(
         "--max-rooms-per-socket", type=integer, help="rooms one socket may join (default 100)"

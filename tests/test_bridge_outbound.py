@@ -30,7 +30,7 @@ from socketio_kafka.gateway.bridge import (
 )
 
 from .support.clients import Recorder
-from .support.cluster import free_port, gateway_cluster
+from .support.cluster import FAST_PUBLISHER, free_port, gateway_cluster
 from .support.recovering import RecoveringRecorder
 from .support.waiting import wait_until
 from .test_bridge import BridgeProcess, _create_topics
@@ -168,11 +168,11 @@ async def bridged(
 ) -> AsyncIterator[tuple[list[Any], BridgeProcess, OutboundReader]]:
     """Gateway nodes (checking tokens when parametrized ``secure``), the bridge
     process with one outbound route, and a reader of its topic."""
-    flags: list[str] = []
+    flags: list[str] = [*FAST_PUBLISHER]
     nodes = 2
     if getattr(request, "param", "") == "secure":
         (tmp_path / "secret").write_text(SECRET + "\n")
-        flags, nodes = ["--jwt-secret-file", str(tmp_path / "secret")], 1
+        flags, nodes = [*flags, "--jwt-secret-file", str(tmp_path / "secret")], 1
     topic = f"{channel}.out"
     await _create_topics(kafka_bootstrap, (topic, 3, {}))
     config = tmp_path / "bridges.toml"

@@ -18,7 +18,7 @@ from socketio_kafka.gateway.app import create_app
 from socketio_kafka.gateway.settings import Settings
 
 from .support.clients import Recorder
-from .support.cluster import free_port, gateway_cluster
+from .support.cluster import FAST_PUBLISHER, free_port, gateway_cluster
 from .support.jsclient import JsClient
 from .support.waiting import wait_until
 
@@ -57,7 +57,7 @@ async def test_a_draining_node_is_unready_refuses_clients_and_says_so() -> None:
 async def test_sigterm_under_load_moves_clients_with_nothing_lost(
     kafka_url: str, channel: str, js: JsClient
 ) -> None:
-    flags = ["--drain-timeout", str(DRAIN_TIMEOUT_S)]
+    flags = ["--drain-timeout", str(DRAIN_TIMEOUT_S), *FAST_PUBLISHER]
     async with gateway_cluster(kafka_url, channel, nodes=3, extra_args=flags) as nodes:
         drained, others = nodes[0], [node.url for node in nodes[1:]]
         clients = [_MovingClient(others) for _ in range(4)]

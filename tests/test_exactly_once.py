@@ -15,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from .support.clients import Recorder
-from .support.cluster import gateway_cluster
+from .support.cluster import FAST_PUBLISHER, gateway_cluster
 from .support.jsclient import JsClient
 from .support.recovering import RecoveringRecorder
 from .support.waiting import wait_until
@@ -71,7 +71,7 @@ async def test_a_repeat_is_acked_as_one_and_delivered_once(
     kafka_url: str, kafka_bootstrap: str, channel: str
 ) -> None:
     prefix = f"{uuid.uuid4().hex[:6]}-"
-    async with gateway_cluster(kafka_url, channel, nodes=2) as nodes:
+    async with gateway_cluster(kafka_url, channel, 2, FAST_PUBLISHER) as nodes:
         member = await _member(nodes[1].url)
         sender = await _member(nodes[0].url)
         first = await sender.ask("publish", _said(0, prefix))
@@ -106,7 +106,7 @@ async def test_a_repeat_on_the_node_a_session_recovers_on_is_acked_as_one(
     kafka_url: str, kafka_bootstrap: str, channel: str
 ) -> None:
     prefix = f"{uuid.uuid4().hex[:6]}-"
-    async with gateway_cluster(kafka_url, channel, nodes=3) as nodes:
+    async with gateway_cluster(kafka_url, channel, 3, FAST_PUBLISHER) as nodes:
         member = await _member(nodes[2].url)
         publisher = await _publisher(nodes[0].url)
         assert (await publisher.client.publish(ROOM, "said", 0, id=f"{prefix}0"))["repeat"] is False
@@ -157,7 +157,7 @@ async def test_resent_publishes_reach_every_member_once_through_drops_and_a_kill
     the events topic holds each once."""
     total, every = 200, 50
     prefix = f"{uuid.uuid4().hex[:6]}-"
-    async with gateway_cluster(kafka_url, channel, nodes=3) as nodes:
+    async with gateway_cluster(kafka_url, channel, 3, FAST_PUBLISHER) as nodes:
         members = [await _member(nodes[1].url), await _member(nodes[2].url)]
         publisher = await _publisher(nodes[0].url)
         window = asyncio.Semaphore(40)
@@ -200,7 +200,7 @@ async def test_a_publish_written_twice_reaches_members_once_live_and_replayed(
 ) -> None:
     """The race no check closes (an old node's record Kafka takes after the resend went
     elsewhere): both copies on the topic, the first in the partition's order delivered."""
-    async with gateway_cluster(kafka_url, channel, nodes=2) as nodes:
+    async with gateway_cluster(kafka_url, channel, 2, FAST_PUBLISHER) as nodes:
         live = [await _member(nodes[0].url), await _member(nodes[1].url)]
         away = await _publisher(nodes[1].url)
         await away.drop_transport()
@@ -257,7 +257,7 @@ async def test_the_js_clients_own_retries_publish_once_across_nodes(
     another node) is acked as a repeat where it got through, and delivered once."""
     total, every = 60, 20
     prefix = f"{uuid.uuid4().hex[:6]}-"
-    async with gateway_cluster(kafka_url, channel, nodes=3) as nodes:
+    async with gateway_cluster(kafka_url, channel, 3, FAST_PUBLISHER) as nodes:
         members = [await _member(nodes[1].url), await _member(nodes[2].url)]
         await js.connect(nodes[0].url, retries=20, ackTimeout=3000, reconnectionDelay=200)
         assert await js.call("join", {"room": ROOM}) == {"ok": True}

@@ -14,7 +14,7 @@ import pytest
 from socketio_kafka.adapter.publisher import Publisher
 
 from .support.clients import Recorder
-from .support.cluster import gateway_cluster
+from .support.cluster import FAST_PUBLISHER, gateway_cluster
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -27,7 +27,7 @@ async def test_pipelined_publishes_from_a_fresh_node_arrive_in_the_order_sent(
 ) -> None:
     """From the first publish on: the first ones of a node once waited on Kafka's metadata
     together and were stored in the order they woke up."""
-    async with gateway_cluster(kafka_url, channel, nodes=2) as (first, second):
+    async with gateway_cluster(kafka_url, channel, 2, FAST_PUBLISHER) as (first, second):
         receivers = [Recorder(second.url), Recorder(first.url)]
         publisher = Recorder(first.url)
         for client in (*receivers, publisher):

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..contestants import PEERS
+from ..contestants import PEERS, unlimited
 from ..services import Cluster, LineProcess, NodeCommand, free_port, require_tool
 from .kafka import BrokerCluster, SingleBroker
 from .plan import Plan, Stack
@@ -76,7 +76,7 @@ class Running:
             sys.executable, "-m", "socketio_kafka.gateway", "serve",
             "--kafka", f"kafka://{self.kafka.node_bootstrap(index)}",
             "--port", str(port), "--channel", CHANNEL, "--log-level", "info",
-            "--kafka-timeout-ms", str(self.plan.kafka_timeout_ms),
+            "--kafka-timeout-ms", str(self.plan.kafka_timeout_ms), *unlimited(),
         ]  # fmt: skip
         if self.stack == "cluster":
             argv += ["--replication-factor", "3", "--min-insync-replicas", "2"]

@@ -140,18 +140,22 @@ async def upgrade(host: str, port: int, source: str) -> Upgrade:
         raise
     reader, writer = await asyncio.open_connection(sock=sock)
     key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    body = b""
-    if status != 101:
-        for line in head.lower().split(b"\r\n"):
-            if line.startswith(b"content-length:"):
-                body = await reader.readexactly(int(line.split(b":")[1]))
+    try:
+        writer.write(
+            f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        body = b""
+        if status != 101:
+            for line in head.lower().split(b"\r\n"):
+                if line.startswith(b"content-length:"):
+                    body = await reader.readexactly(int(line.split(b":")[1]))
+    except BaseException:  # reset by the node, say: nothing to hand back
+        _close(writer)
+        raise
     return Upgrade(reader, writer, status, body)
 
 
@@ -200,7 +204,11 @@ async def _attempt(host: str, port: int, tally: ConnectFlood) -> None:
     tally.attempts += 1
     try:
         async with asyncio.timeout(_HANDSHAKE_TIMEOUT_S):
-            up = await upgrade(host, port, _CONNECT_FROM)
+            try:
+                up = await upgrade(host, port, _CONNECT_FROM)
+            except (ConnectionResetError, asyncio.IncompleteReadError):
+                tally.refused["reset at accept"] += 1  # the node's answer to a flooder
+                return
             try:
                 if up.status == 101:
                     _, payload = await read_frame(up.reader)

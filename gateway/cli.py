@@ -308,6 +308,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str] = os.environ)
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from .accept import gated_http
     from .app import create_app
     from .drain import DrainingServer
     from .errors import InvalidSettings
@@ -342,7 +343,9 @@ def _serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        # An address flooding WebSocket handshakes is refused before uvicorn accepts them.
+        # An address flooding handshakes is reset as it connects, and one over its rate
+        # is refused before uvicorn accepts its WebSocket.
+        http=gated_http(app.state.node.sio.accepts),
         ws=CoalescingWebSocketProtocol.gated(app.state.node.sio.admits),
         ws_per_message_deflate=settings.ws_compression,
         # Once the drain closed every client, what is left: requests in flight.

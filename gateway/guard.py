@@ -106,6 +106,14 @@ class GuardedServer(RecoveringAsyncServer):
         address = peer_address(peer, forwarded_for, trust_forwarded_for=trusted)
         return not self.limits.refuses_early(address)
 
+    def accepts(self, peer: str | None) -> bool:
+        """A `GatedHTTPProtocol` gate: False resets a new TCP connection from ``peer``
+        before its request is read (`NodeLimits.floods_connections`). Behind a proxy the
+        peer is the proxy, so nothing is judged here."""
+        if peer is None or self.limits.limits.trust_forwarded_for:
+            return True
+        return not self.limits.floods_connections(peer)
+
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
         # At the Engine.IO handshake: refused there (HTTP 401 and the message), a client
         # retries with its backoff, where a Socket.IO CONNECT_ERROR would stop the JS one.

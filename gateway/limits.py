@@ -144,8 +144,10 @@ class NodeLimits:
         self._clock = clock
         self._connects = TokenBuckets(limits.connect_rate, 2 * limits.connect_rate, clock=clock)
         self._events = TokenBuckets(limits.event_rate, 2 * limits.event_rate, clock=clock)
-        #: Per connection refused events: when its window of a second began, and how many.
+        #: Refusals within a second, per connection (events) and per address (connections):
+        #: when the window began, and how many.
         self._overdrafts: dict[str, tuple[float, int]] = {}
+        self._address_overdrafts: dict[str, tuple[float, int]] = {}
         self._logged: dict[tuple[str, str], float] = {}
 
     def admit(self, environ: Mapping[str, Any], connected: int) -> str | None:
@@ -155,7 +157,7 @@ class NodeLimits:
         if connected >= self.limits.max_connections:
             return self.refuse(CONNECTIONS, address)
         if not self._connects.take(address):
-            return self.refuse(CONNECT_RATE, address)
+            return self._refuse_connect(address)
         return None
 
     def refuses_early(self, address: str) -> bool:
@@ -164,8 +166,25 @@ class NodeLimits:
         `admit` decides, and takes the token, at the Engine.IO handshake."""
         if self._connects.peek(address):
             return False
+        self._refuse_connect(address)
+        return True
+
+    def floods_connections(self, address: str) -> bool:
+        """Whether a new TCP connection from ``address`` is reset as it is accepted, its
+        request never read: the address was refused more times within this second than its
+        rate (and 100), so it ignores what it is told. A refusal parsed and answered costs
+        the node about 0.2 ms; at 4,000 handshakes a second that was most of a core
+        (benchmarks/flood.py). Each second the first refusals are answered again, so a
+        client behind the same address learns why."""
+        began, count = self._address_overdrafts.get(address, (-2.0, 0))
+        if self._clock() - began >= 1.0 or count <= max(self._connects.rate, _FLOOD_FLOOR):
+            return False
         self.refuse(CONNECT_RATE, address)
         return True
+
+    def _refuse_connect(self, address: str) -> str:
+        self._overdraw(self._address_overdrafts, address)
+        return self.refuse(CONNECT_RATE, address)
 
     def check_event(self, eio_sid: str) -> str | None:
         """None when one more event of this connection may be handled, else the error
@@ -178,12 +197,20 @@ class NodeLimits:
         the error acks say. Refusing each event (reading it, answering it) costs the node
         what the limit is there to save: one socket's flood, all of it past the limit,
         made the other clients' p99 4-5x their quiet one (benchmarks/flood.py)."""
+        return self._overdraw(self._overdrafts, eio_sid) > max(self._events.rate, _FLOOD_FLOOR)
+
+    def _overdraw(self, table: dict[str, tuple[float, int]], key: str) -> int:
+        """One more refusal of ``key`` in its window of a second: how many now."""
         now = self._clock()
-        began, count = self._overdrafts.get(eio_sid, (now, 0))
+        began, count = table.get(key, (now, 0))
         if now - began >= 1.0:
             began, count = now, 0
-        self._overdrafts[eio_sid] = (began, count + 1)
-        return count + 1 > max(self._events.rate, _FLOOD_FLOOR)
+        elif key not in table and len(table) >= _MAX_BUCKETS:  # bounded: old windows go
+            stale = [k for k, (at, _) in table.items() if now - at >= 1.0]
+            for k in stale if len(stale) > _MAX_BUCKETS // 10 else list(table):
+                del table[k]
+        table[key] = (began, count + 1)
+        return count + 1
 
     def allow_room(self, joined: int) -> bool:
         """Whether a socket in ``joined`` rooms (its own sid room not counted) may join one more."""

@@ -83,6 +83,24 @@ def test_a_connection_refused_past_its_rate_within_a_second_is_a_flood() -> None
     assert not limits.flooding("s1")
 
 
+def test_an_address_refused_past_its_rate_within_a_second_is_reset_at_accept() -> None:
+    clock = _Clock()
+    limits = NodeLimits(Limits(connect_rate=1), clock=clock)  # burst 2, flood past 100
+    assert [limits.refuses_early("10.0.0.1") for _ in range(3)] == [False] * 3  # peeks only
+    environ = {"asgi.scope": {"client": ("10.0.0.1", 5000)}}
+    assert [limits.admit(environ, 0) for _ in range(2)] == [None, None]
+    verdicts = []
+    for _ in range(101):
+        assert limits.refuses_early("10.0.0.1")
+        verdicts.append(limits.floods_connections("10.0.0.1"))
+    assert verdicts == [False] * 100 + [True]
+    assert limits.floods_connections("10.0.0.1")  # for the rest of the second
+    assert not limits.floods_connections("10.0.0.2")  # another address
+    assert limits.refusals["connect_rate"] == 101 + 2  # each reset is a refusal too
+    clock.now = 1.0  # a new second: answered again, counted afresh
+    assert not limits.floods_connections("10.0.0.1")
+
+
 def test_the_client_address_is_the_peer_unless_the_proxy_is_trusted() -> None:
     environ = {
         "asgi.scope": {"client": ("192.0.2.7", 5000)},
@@ -209,6 +227,42 @@ async def test_websocket_handshakes_past_the_rate_are_refused_once_each(
         await _served(talker, listener)
         for client in (talker, listener):
             await client.disconnect()
+
+
+async def test_an_address_flooding_handshakes_is_reset_as_it_connects_and_others_are_not(
+    kafka_url: str, channel: str
+) -> None:
+    """Past its rate and 100 refusals within a second, an address's connections are reset
+    before a byte is read; another address is served, and the next second the first is
+    answered again. Judged on the peer (no proxy trusted): 127.0.0.x addresses."""
+    flags = ["--connect-rate", "1"]
+    async with gateway_cluster(kafka_url, channel, nodes=1, extra_args=flags) as (node,):
+        host, port = node.url.removeprefix("http://").split(":")
+
+        async def attempt(source: str) -> int | str:
+            try:
+                up = await upgrade(host, int(port), source)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                return "reset"
+            up.writer.transport.abort()
+            return up.status
+
+        seen: list[int | str] = []
+        async with asyncio.timeout(20):
+            while "reset" not in seen:  # 16 at a time: 101 refusals well within a second
+                seen += await asyncio.gather(*(attempt("127.0.0.11") for _ in range(16)))
+        assert seen.count(101) <= 2  # the burst
+        assert seen.count(403) >= 101
+        assert await attempt("127.0.0.12") == 101
+        assert await _refusals(node, "connect_rate") == seen.count(403) + seen.count("reset")
+
+        async def answered() -> bool:
+            return await attempt("127.0.0.11") == 403
+
+        deadline = time.monotonic() + 10
+        while not await answered():  # a new second
+            assert time.monotonic() < deadline, "never answered again"
+            await asyncio.sleep(0.1)
 
 
 async def test_a_socket_flooding_events_is_rate_limited_and_others_are_not(

@@ -13,7 +13,8 @@ from socketio.base_manager import BaseManager
 
 # The releases whose internals the seams below were checked against (pyproject.toml pins
 # the same ranges): python-socketio's managers and server, python-engineio's socket queue,
-# uvicorn's sans-I/O WebSocket protocol (gateway/websocket.py).
+# uvicorn's sans-I/O WebSocket protocol (gateway/websocket.py) and its HTTP protocol
+# (gateway/accept.py).
 TESTED = {"python-socketio": "5.18.", "python-engineio": "4.15.", "uvicorn": "0.54."}
 
 
@@ -139,6 +140,17 @@ def test_uvicorn_protocol_writes_only_through_its_transport_attribute() -> None:
     # Any other way out (writelines, a second transport) would pass our buffer by.
     assert "writelines" not in source
     assert source.count("self.transport = ") == 1
+
+
+def test_uvicorn_http_protocol_is_undone_by_a_reset_after_connection_made() -> None:
+    """gateway/accept.py resets a connection right after uvicorn's ``connection_made``:
+    uvicorn must then clean up in ``connection_lost``, from the set it joined."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    made = inspect.getsource(AutoHTTPProtocol.connection_made)
+    lost = inspect.getsource(AutoHTTPProtocol.connection_lost)
+    assert "self.connections.add(self)" in made
+    assert "self.connections.discard(self)" in lost
 
 
 def test_server_seams_the_gateway_guard_overrides() -> None:

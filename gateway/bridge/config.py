@@ -208,11 +208,42 @@ _INBOUND_KEYS = {
 }
 
 
-def _inbound(raw: Any, where: str) -> InboundBridge:
+@dataclass(frozen=True, slots=True)
+class _Named:
+    """What an ``[[inbound]]`` and an ``[[outbound]]`` table both say, checked alike."""
+
+    name: str
+    namespace: str
+    dead_letter: str | None
+    group: str
+    start: str
+
+
+def _named_table(
+    raw: Any, where: str, keys: set[str], group_prefix: str
+) -> tuple[dict[str, Any], _Named]:
+    """The table, its keys checked, and its shared keys read; the group defaults to
+    ``<group_prefix>.<name>``."""
     table = _table(raw, where)
-    _only(table, where, _INBOUND_KEYS)
+    _only(table, where, keys)
     name = _str(table, "name", where)
     _kafka_name(name, f"{where}.name")
+    namespace = _str(table, "namespace", where, default="/")
+    if not namespace.startswith("/"):
+        raise BridgeConfigError(f"{where}.namespace: must start with '/', not {namespace!r}")
+    dead_letter = _optional_str(table, "dead_letter", where)
+    if dead_letter is not None:
+        _kafka_name(dead_letter, f"{where}.dead_letter")
+    group = _str(table, "group", where, default=f"{group_prefix}.{name}")
+    _kafka_name(group, f"{where}.group")
+    start = _str(table, "start", where, default="earliest")
+    if start not in _STARTS:
+        raise BridgeConfigError(f"{where}.start: one of {_STARTS}, not {start!r}")
+    return table, _Named(name, namespace, dead_letter, group, start)
+
+
+def _inbound(raw: Any, where: str) -> InboundBridge:
+    table, named = _named_table(raw, where, _INBOUND_KEYS, "socketio-kafka-bridge")
     topics = table.get("topics")
     if isinstance(topics, str):
         topics = [topics]
@@ -220,17 +251,6 @@ def _inbound(raw: Any, where: str) -> InboundBridge:
         raise BridgeConfigError(f"{where}.topics: a topic name or a non-empty list of them")
     for topic in topics:
         _kafka_name(topic, f"{where}.topics")
-    namespace = _str(table, "namespace", where, default="/")
-    if not namespace.startswith("/"):
-        raise BridgeConfigError(f"{where}.namespace: must start with '/', not {namespace!r}")
-    dead_letter = _optional_str(table, "dead_letter", where)
-    if dead_letter is not None:
-        _kafka_name(dead_letter, f"{where}.dead_letter")
-    group = _str(table, "group", where, default=f"socketio-kafka-bridge.{name}")
-    _kafka_name(group, f"{where}.group")
-    start = _str(table, "start", where, default="earliest")
-    if start not in _STARTS:
-        raise BridgeConfigError(f"{where}.start: one of {_STARTS}, not {start!r}")
     max_room = table.get("max_room_length", DEFAULT_MAX_ROOM_LENGTH)
     if type(max_room) is not int or max_room < 1:
         raise BridgeConfigError(f"{where}.max_room_length: a positive integer")
@@ -238,16 +258,16 @@ def _inbound(raw: Any, where: str) -> InboundBridge:
     if tombstone == "":
         raise BridgeConfigError(f"{where}.tombstone: an event name, or leave it out")
     return InboundBridge(
-        name=name,
+        name=named.name,
         topics=tuple(topics),
         room=template(_str(table, "room", where), f"{where}.room"),
         event=template(_str(table, "event", where), f"{where}.event"),
         payload=_payload(_str(table, "payload", where, default="value"), f"{where}.payload"),
-        namespace=namespace,
+        namespace=named.namespace,
         tombstone=tombstone,
-        dead_letter=dead_letter,
-        group=group,
-        start=start,
+        dead_letter=named.dead_letter,
+        group=named.group,
+        start=named.start,
         max_room_length=max_room,
     )
 
@@ -266,10 +286,7 @@ _OUTBOUND_KEYS = {
 
 
 def _outbound(raw: Any, where: str) -> OutboundRoute:
-    table = _table(raw, where)
-    _only(table, where, _OUTBOUND_KEYS)
-    name = _str(table, "name", where)
-    _kafka_name(name, f"{where}.name")
+    table, named = _named_table(raw, where, _OUTBOUND_KEYS, "socketio-kafka-outbound")
     topic = _str(table, "topic", where)
     _kafka_name(topic, f"{where}.topic")
     rooms, events = _patterns(table, "rooms", where), _patterns(table, "events", where)
@@ -277,29 +294,18 @@ def _outbound(raw: Any, where: str) -> OutboundRoute:
         raise BridgeConfigError(
             f'{where}: rooms, events or both are needed (rooms = ["*"] for every publish)'
         )
-    namespace = _str(table, "namespace", where, default="/")
-    if not namespace.startswith("/"):
-        raise BridgeConfigError(f"{where}.namespace: must start with '/', not {namespace!r}")
-    dead_letter = _optional_str(table, "dead_letter", where)
-    if dead_letter is not None:
-        _kafka_name(dead_letter, f"{where}.dead_letter")
-    group = _str(table, "group", where, default=f"socketio-kafka-outbound.{name}")
-    _kafka_name(group, f"{where}.group")
-    start = _str(table, "start", where, default="earliest")
-    if start not in _STARTS:
-        raise BridgeConfigError(f"{where}.start: one of {_STARTS}, not {start!r}")
     window = table.get("window", DEFAULT_WINDOW_S)
     if type(window) not in (int, float) or not window > 0:
         raise BridgeConfigError(f"{where}.window: seconds, a positive number")
     return OutboundRoute(
-        name=name,
+        name=named.name,
         topic=topic,
         rooms=rooms,
         events=events,
-        namespace=namespace,
-        dead_letter=dead_letter,
-        group=group,
-        start=start,
+        namespace=named.namespace,
+        dead_letter=named.dead_letter,
+        group=named.group,
+        start=named.start,
         window_s=float(window),
     )
 

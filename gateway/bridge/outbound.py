@@ -43,6 +43,8 @@ class OutboundPump(TransactionalPump):
     """
 
     bridge: OutboundRoute
+    #: The publish ids read, built by each `run`: a restart reads the window again.
+    _ledger: PublishLedger
 
     def __init__(
         self,
@@ -53,10 +55,9 @@ class OutboundPump(TransactionalPump):
         instance: str | None = None,
     ) -> None:
         super().__init__(route, [events_topic], [route.topic], options, bootstrap, instance)
-        self._ledger = _ledger(route)
 
     async def run(self) -> None:
-        self._ledger = _ledger(self.bridge)  # a restart reads the window again
+        self._ledger = _ledger(self.bridge)
         await super().run()
 
     async def _positioned(

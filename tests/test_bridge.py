@@ -308,6 +308,22 @@ async def test_poison_records_are_counted_skipped_and_dead_lettered(
         bridge.log_path.unlink(missing_ok=True)
 
 
+async def _wait_stable(bootstrap: str, group: str, members: list[BridgeProcess]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            (response,) = await admin.describe_consumer_groups([group])
+            _error, _group, state, *_, described = response.groups[0][:6]
+            if state == "Stable" and len(described) == len(members):
+                return
+            assert time.monotonic() < deadline, f"group {group} is {state}, not Stable"
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
 async def _read(
     bootstrap: str, topic: str, count: int, headers: bool = False, settle: float = 0.0
 ) -> list[Any]:
@@ -357,3 +373,105 @@ async def _scrape_until(port: int, done: Any) -> dict[tuple[str, str], float]:
         if done(metrics) or time.monotonic() > deadline:
             return metrics
         await asyncio.sleep(0.2)
+
+
+#: Source topics before and after a restart under the same ``--instance`` (the suffixes of
+#: the channel's topics ``a`` and ``b``), how the first process ends, and whether a second
+#: bridge of the first config runs beside it throughout (a group of two live members).
+TOPIC_CHANGES = {
+    "renamed-killed": (["a"], ["b"], "kill", False),
+    "added-stopped": (["a"], ["a", "b"], "stop", False),
+    "removed-killed": (["a", "b"], ["b"], "kill", False),
+    "added-beside-another": (["a"], ["a", "b"], "kill", True),
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("change", list(TOPIC_CHANGES))
+async def test_a_restart_with_other_source_topics_consumes_at_once(
+    change: str, kafka_bootstrap: str, kafka_url: str, channel: str, tmp_path: Path
+) -> None:
+    """The same instance restarted with a bridge whose topics changed: the group's static
+    member still holds the old subscription's assignment. The new process must consume
+    its topics within seconds, not after the old member's session runs out (23 s, or
+    never for a topic added), and every record written meanwhile reaches the events topic
+    once."""
+    before, after, end, beside = TOPIC_CHANGES[change]
+    topics = {name: f"{channel}-{name}" for name in ("a", "b")}
+    events = f"{channel}.events"
+    await _create_topics(kafka_bootstrap, *((t, 1, {}) for t in topics.values()), (events, 1, {}))
+
+    def config(names: list[str]) -> Path:
+        path = tmp_path / f"{'-'.join(names)}.toml"
+        listed = ", ".join(f'"{topics[name]}"' for name in names)
+        path.write_text(
+            f'[kafka]\nchannel = "{channel}"\n[[inbound]]\nname = "{channel}-orders"\n'
+            f'topics = [{listed}]\nroom = "user:{{key}}"\nevent = "order"\n'
+        )
+        return path
+
+    seen: list[Any] = []
+    reader = AIOKafkaConsumer(
+        events,
+        bootstrap_servers=kafka_bootstrap,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    await reader.start()
+
+    async def read() -> None:
+        while True:
+            for records in (await reader.getmany(timeout_ms=200)).values():
+                seen.extend(codec.decode(r.value)["data"][0] for r in records)
+
+    reading = asyncio.create_task(read())
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    written: list[dict[str, Any]] = []
+
+    async def write(names: list[str]) -> None:
+        for name in names:
+            value = {"topic": name, "seq": len(written)}
+            await producer.send_and_wait(topics[name], json.dumps(value).encode(), key=b"u1")
+            written.append(value)
+
+    bridge = BridgeProcess(config(before), kafka_url)
+    bridges = [bridge, BridgeProcess(config(before), kafka_url, instance="bridge-0")]
+    bridges = bridges if beside else bridges[:1]
+    try:
+        for each in bridges:
+            each.start()
+        await write(before)
+        await wait_until(lambda: len(seen) == len(written), 60, "the first config's records")
+        # Stable, each member with its assignment: a rejoin then gets the old one back.
+        await _wait_stable(kafka_bootstrap, f"socketio-kafka-bridge.{channel}-orders", bridges)
+        if end == "kill":
+            bridge.kill()
+        else:
+            bridge.stop()
+        await write(before)  # while no bridge runs: the restarted one reads those it kept
+        bridge.config = config(after)
+        bridge.start()
+        started = time.monotonic()
+        await write(after)
+        expected = [v for v in written if v["seq"] < len(before) or v["topic"] in after]
+        await wait_until(lambda: len(seen) >= len(expected), 60, "the second config's records")
+        took = time.monotonic() - started
+        await write(after)  # a duplicate of an earlier record would arrive before these
+        expected += written[-len(after) :]
+        await wait_until(lambda: len(seen) >= len(expected), 30, "the last records")
+        assert sorted(seen, key=lambda v: v["seq"]) == expected
+        assert took < 8, f"the restarted bridge took {took:.1f}s to consume its topics"
+    except BaseException:
+        for each in bridges:
+            print(each.log())
+        raise
+    finally:
+        for each in bridges:
+            each.stop()
+            each.log_path.unlink(missing_ok=True)
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading
+        await producer.stop()
+        await reader.stop()

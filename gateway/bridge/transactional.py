@@ -26,9 +26,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaClient,
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRecord,
+    TopicPartition,
+)
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.client import CoordinationType
+from aiokafka.coordinator.protocol import ConsumerProtocol
+from aiokafka.errors import UnknownMemberIdError, for_code
+from aiokafka.protocol.admin import DescribeGroupsRequest
+from aiokafka.protocol.group import LeaveGroupRequest
 
 from socketio_kafka.adapter.options import KafkaOptions
 from socketio_kafka.adapter.skips import UNREADABLE, log_unreadable, read_past_unreadable
@@ -116,6 +127,8 @@ class TransactionalPump:
         self._options = options
         self._bootstrap = bootstrap
         self._instance = instance
+        # Names the instance's member in the group's description (`_leave_if_resubscribed`).
+        self._client_id = f"{options.client_id}.{instance}" if instance else options.client_id
         self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
         self._next: dict[TopicPartition, int] = {}  # the first offset not yet committed
         self._lock = asyncio.Lock()  # a rebalance waits for the batch in flight
@@ -143,6 +156,7 @@ class TransactionalPump:
     async def run(self) -> None:
         self._failure = None
         await self._require_topics()
+        await self._leave_if_resubscribed()
         consumer = AIOKafkaConsumer(**self._consumer_kwargs())
         self._consumer = consumer
         consumer.subscribe(self._topics, listener=_Rebalance(self))
@@ -167,6 +181,7 @@ class TransactionalPump:
         kwargs = self._options.consumer_kwargs(self._bootstrap)
         return {
             **kwargs,
+            "client_id": self._client_id,
             "group_id": self.bridge.group,
             # A restarted bridge of the same instance takes its partitions back at once
             # (static membership), instead of waiting out the dead one's session.
@@ -188,6 +203,41 @@ class TransactionalPump:
                     )
         finally:
             await admin.close()
+
+    async def _leave_if_resubscribed(self) -> None:
+        """Take this instance's static member out of the group if it joined with other
+        topics (the bridge's were changed): the broker would hand its rejoin the old
+        assignment, which aiokafka refuses (a topic no longer read) or keeps (a topic
+        added goes unread), until the member's session runs out (docs/decisions.md)."""
+        if self._instance is None:
+            return
+        group = self.bridge.group
+        client = AIOKafkaClient(**self._options.common_kwargs(self._bootstrap))
+        await client.bootstrap()
+        try:
+            node = await client.coordinator_lookup(CoordinationType.GROUP, group)
+            (described,) = (await client.send(node, DescribeGroupsRequest([group]))).groups
+            error, _group, _state, _type, _protocol, members, *_ = described
+            if error:
+                raise for_code(error)(f"describing group {group!r}")
+            # A member's metadata is its subscription; described only in a Stable group
+            # (a rebalance under way takes the rejoin's subscription anyway).
+            for member_id, client_id, _host, metadata, *_ in members:
+                if client_id != self._client_id or not metadata:
+                    continue
+                joined = ConsumerProtocol.METADATA.decode(metadata).subscription
+                if set(joined) == set(self._topics):
+                    continue
+                logger.warning(
+                    "bridge %s: instance %s joined group %s with topics %s, now %s:"
+                    " leaving it to join afresh",
+                    *(self.bridge.name, self._instance, group, sorted(joined), self._topics),
+                )
+                left = await client.send(node, LeaveGroupRequest(group, member_id))
+                if left.error_code and left.error_code != UnknownMemberIdError.errno:
+                    raise for_code(left.error_code)(f"leaving group {group!r}")
+        finally:
+            await client.close()
 
     # -- partitions: taken and given up ---------------------------------------------------
 

@@ -167,8 +167,13 @@ def _add_bridge(parser: argparse.ArgumentParser) -> None:
         " restarted under the same name, it takes its partitions back at once)",
     )
     parser.add_argument("--metrics-port", type=integer, help="serve /metrics on this port")
-    parser.add_argument("--metrics-host", default="127.0.0.1")
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="the address /metrics listens on (default 127.0.0.1; 0.0.0.0 for a scraper"
+        " on another host)",
+    )
+    parser.add_argument("--log-level", default="info", help="default info")
     parser.set_defaults(run=_bridge)
 
 

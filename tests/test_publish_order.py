@@ -15,6 +15,7 @@ from socketio_kafka.adapter.publisher import Publisher
 
 from .support.clients import Recorder
 from .support.cluster import FAST_PUBLISHER, gateway_cluster
+from .support.producers import FakeProducer
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -60,21 +61,14 @@ async def test_pipelined_publishes_from_a_fresh_node_arrive_in_the_order_sent(
             await client.close()
 
 
-class _StallingProducer:
+class _StallingProducer(FakeProducer):
     """Stalls its first send as aiokafka's does when a metadata refresh found the topic
     leaderless (a loop with a sleep): a send that comes meanwhile must not go first."""
 
     def __init__(self) -> None:
-        self.sent: list[bytes | None] = []
+        super().__init__()
         self.stalled = asyncio.Event()
         self.release = asyncio.Event()
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    async def partitions_for(self, topic: str) -> set[int]:
-        return {0}
 
     async def send(
         self,
@@ -87,10 +81,7 @@ class _StallingProducer:
         if not self.stalled.is_set():
             self.stalled.set()
             await self.release.wait()
-        self.sent.append(value)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        future.set_result(None)
-        return future
+        return await super().send(topic, value, key, headers=headers)
 
 
 async def test_records_reach_the_producer_in_call_order_while_a_send_waits() -> None:

@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -24,6 +24,7 @@ from socketio_kafka.gateway.app import create_app
 from socketio_kafka.gateway.settings import Settings
 
 from .support.clients import Recorder
+from .support.producers import FakeProducer
 from .support.server import run_server
 from .support.waiting import wait_until
 
@@ -60,45 +61,9 @@ async def test_a_task_that_raises_is_logged_counted_shown_down_and_restarted(
     await supervisor.stop()
 
 
-class _FakeProducer:
-    """A producer whose every send fails with ``error`` (or succeeds, without one)."""
-
-    def __init__(self, error: Exception | None) -> None:
-        self.error = error
-        self.sent: list[bytes | None] = []
-        self.learned: list[str] = []
-        self.started = self.stopped = False
-
-    async def start(self) -> None:
-        self.started = True
-
-    async def stop(self) -> None:
-        self.stopped = True
-
-    async def partitions_for(self, topic: str) -> set[int]:
-        self.learned.append(topic)
-        return {0}
-
-    async def send(
-        self,
-        topic: str,
-        value: bytes | None = None,
-        key: bytes | None = None,
-        *,
-        headers: list[tuple[str, bytes]] | None = None,
-    ) -> Awaitable[Any]:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self.error is not None:
-            future.set_exception(self.error)
-        else:
-            self.sent.append(value)
-            future.set_result(None)
-        return future
-
-
 async def test_a_wedged_producer_is_replaced_and_publishing_resumes() -> None:
-    wedged = _FakeProducer(OutOfOrderSequenceNumber())
-    fresh = _FakeProducer(None)
+    wedged = FakeProducer(OutOfOrderSequenceNumber())
+    fresh = FakeProducer(None)
     made = iter([wedged, fresh])
     publisher = Publisher(lambda: next(made), timeout_s=5, logger=_LOG, topics=("t", "u"))
     await publisher.start()

@@ -89,12 +89,13 @@ class Publisher:
     retries a batch for as long as the broker is away; a caller needs an answer). Each
     record Kafka acknowledges is observed in ``latency``, from hand-over to ack.
 
-    Records are handed to the producer one caller at a time, in the order the callers
-    came: aiokafka's ``send`` can wait (for a topic's metadata, in a loop with a sleep,
-    after a refresh that found the topic leaderless; for room in a full batch), and a send
-    that comes meanwhile would go first. Two records of one key (a session's connect and
-    leave records, a room's two events) would reach Kafka out of order. A producer also
-    learns the partitions of ``topics`` before it is used, so that wait is rare.
+    A producer learns the partitions of ``topics`` before it is used. Until it knows a
+    topic's, aiokafka's ``send`` waits for metadata in a loop with a sleep (again after a
+    refresh that found the topic leaderless), and a send that comes while an earlier one
+    sleeps there goes first; it also waits while its partition's one pending batch is full.
+    Callers that need two records of one key in order take the key's turn around `enqueue`
+    (`adapter/turns.py`: the manager's events, the session store's records): a lock for
+    all would hold every partition behind one whose leader is away.
     """
 
     def __init__(
@@ -111,7 +112,6 @@ class Publisher:
         self._logger = logger
         self._latency = latency
         self._producer: Producer | None = None
-        self._handing = asyncio.Lock()  # FIFO: records reach the producer in call order
         self._replacing: asyncio.Task[None] | None = None
         #: How many producers were replaced because they wedged.
         self.replaced = 0
@@ -177,28 +177,21 @@ class Publisher:
         of it: each costs a timer and loop look-ups, on the path every publish takes).
         """
         started = time.monotonic()
-        try:
-            if deadline is None:
-                async with self._handing:
-                    return await self._hand_over(topic, records, deadline, started)
-            async with asyncio.timeout_at(deadline), self._handing:
-                return await self._hand_over(topic, records, deadline, started)
-        except TimeoutError as exc:
-            raise PublishError(
-                f"Kafka did not take the record within {self._timeout_s}s (not written)"
-            ) from exc
-
-    async def _hand_over(
-        self, topic: str, records: Sequence[Record], deadline: float | None, started: float
-    ) -> Delivery:
-        # Read here, in turn: a producer replaced while this caller waited is not used.
         producer = self._producer
         if producer is None or self.replacing:
             raise PublishError("the Kafka producer is being replaced after an error; retry")
         try:
-            futures = [await _send(producer, topic, record) for record in records]
+            if deadline is None:
+                futures = [await _send(producer, topic, record) for record in records]
+            else:
+                async with asyncio.timeout_at(deadline):
+                    futures = [await _send(producer, topic, record) for record in records]
         except KafkaError as exc:
             raise self._refused(producer, exc) from exc
+        except TimeoutError as exc:
+            raise PublishError(
+                f"Kafka did not take the record within {self._timeout_s}s (not written)"
+            ) from exc
         return Delivery(producer, futures, deadline, started)
 
     async def confirm(self, delivery: Delivery) -> list[Any]:

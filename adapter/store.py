@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
@@ -24,6 +24,7 @@ from .errors import BrokerUnavailable, PublishError, RecordDecodeError
 from .publisher import Publisher
 from .sessions import EPOCH_KEY, NODE_PREFIX, Session, SessionTable, encode_session
 from .skips import UNREADABLE, log_skipped, log_unexpected, log_unreadable, read_past_unreadable
+from .turns import Turns
 from .watermarks import Watermarks
 
 if TYPE_CHECKING:
@@ -81,6 +82,8 @@ class SessionStore:
         #: Next offset to read, per partition.
         self._positions: dict[int, int] = {}
         self._read = asyncio.Condition()  # notified as records are applied
+        #: A pid's records reach Kafka in the order they were written here (`_send`).
+        self._turns = Turns()
 
     @property
     def epoch(self) -> str:
@@ -194,10 +197,9 @@ class SessionStore:
         first by offset after the record it names wins. `PublishError` when Kafka did
         not tell within ``wait`` (the claim may or may not stand).
         """
-        publisher = await self._publisher()
-        partition, offset = await publisher.send_at(
-            self.topic, claim.pid.encode(), encode_session(claim)
-        )
+        [written] = await self._send([(claim.pid.encode(), encode_session(claim))])
+        partition: int = written.partition
+        offset: int = written.offset
 
         def applied() -> bool:
             return self._positions.get(partition, 0) > offset
@@ -221,7 +223,23 @@ class SessionStore:
             (pid.encode(), None if session is None else encode_session(session))
             for pid, session in records.items()
         ]
-        await (await self._publisher()).send_many(self.topic, values)
+        await self._send(values)
+
+    async def _send(self, values: list[tuple[bytes, bytes | None]]) -> list[Any]:
+        """Write these records, each after every record of its pid written before it here.
+
+        The turns are taken before the first ``await``, so in the order the records were
+        made: a session's "connected, no rooms" record once waited in aiokafka's metadata
+        loop while its "left, in room r" record went first, and became the session's last
+        word (the client recovered into no room; `Publisher`).
+        """
+        turns = [self._turns.turn(key) for key, _ in values]
+        async with contextlib.AsyncExitStack() as held:
+            for turn in turns:
+                await held.enter_async_context(turn)
+            publisher = await self._publisher()
+            delivery = await publisher.enqueue(self.topic, values, publisher.deadline())
+        return await publisher.confirm(delivery)
 
     async def heartbeat(self) -> None:
         """Say this node is alive, every second, whatever else the node is doing."""

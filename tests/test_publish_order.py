@@ -7,11 +7,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from socketio_kafka.adapter.manager import ManagerStats
 from socketio_kafka.adapter.publisher import Publisher
+from socketio_kafka.adapter.sessions import Session, decode_session
+from socketio_kafka.adapter.store import SessionStore
+from socketio_kafka.adapter.watermarks import Watermarks
 
 from .support.clients import Recorder
 from .support.cluster import FAST_PUBLISHER, gateway_cluster
@@ -84,18 +89,30 @@ class _StallingProducer(FakeProducer):
         return await super().send(topic, value, key, headers=headers)
 
 
-async def test_records_reach_the_producer_in_call_order_while_a_send_waits() -> None:
-    """A session's "connected, no rooms" record stalled there, and its "left, in room r"
-    record went first: the stalled one became the session's last word, and the client
-    recovered into no room (seen under load on a fresh broker)."""
+async def test_a_sessions_records_reach_kafka_in_the_order_written_while_one_waits() -> None:
+    """A session's "connected, no rooms" record stalled in aiokafka's metadata loop, and its
+    "left, in room r" record went first: the stalled one became the session's last word,
+    and the client recovered into no room (seen under load on a fresh broker). Another
+    session's record is not held back meanwhile."""
     producer = _StallingProducer()
     publisher = Publisher(lambda: producer, timeout_s=5, logger=logging.getLogger("t"))
     await publisher.start()
-    first = asyncio.create_task(publisher.send_many("sessions", [(b"pid", b"connected")]))
+
+    async def ready() -> Publisher:
+        return publisher
+
+    store = SessionStore(
+        "c.sessions", "node", ManagerStats(), ready, Watermarks(lambda: None), logging.getLogger
+    )
+    connected = Session("p", "s", "/", (), None, (0,), "e", "node")
+    left = replace(connected, rooms=("r",), disconnected_at=1.0)
+    first = asyncio.create_task(store.write({"p": connected}))
     await asyncio.wait_for(producer.stalled.wait(), 5)
-    second = asyncio.create_task(publisher.send_many("sessions", [(b"pid", b"left")]))
-    await asyncio.sleep(0.05)  # the second has every chance to overtake; it must not
+    second = asyncio.create_task(store.write({"p": left}))
+    await asyncio.wait_for(store.write({"q": replace(connected, pid="q")}), 5)
+    assert [decode_session(v).pid for v in producer.sent if v] == ["q"]  # p's wait in turn
     producer.release.set()
     await asyncio.wait_for(asyncio.gather(first, second), 5)
-    assert producer.sent == [b"connected", b"left"]
+    written = [decode_session(v) for v in producer.sent if v]
+    assert [(w.pid, w.rooms) for w in written] == [("q", ()), ("p", ()), ("p", ("r",))]
     await publisher.stop()

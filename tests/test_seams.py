@@ -14,8 +14,13 @@ from socketio.base_manager import BaseManager
 # The releases whose internals the seams below were checked against (pyproject.toml pins
 # the same ranges): python-socketio's managers and server, python-engineio's socket queue,
 # uvicorn's sans-I/O WebSocket protocol (gateway/websocket.py) and its HTTP protocol
-# (gateway/accept.py).
-TESTED = {"python-socketio": "5.18.", "python-engineio": "4.15.", "uvicorn": "0.54."}
+# (gateway/accept.py), aiokafka's group requests (gateway/bridge/transactional.py).
+TESTED = {
+    "python-socketio": "5.18.",
+    "python-engineio": "4.15.",
+    "uvicorn": "0.54.",
+    "aiokafka": "0.14.",
+}
 
 
 @pytest.mark.parametrize("package", sorted(TESTED))
@@ -151,6 +156,19 @@ def test_uvicorn_http_protocol_is_undone_by_a_reset_after_connection_made() -> N
     lost = inspect.getsource(AutoHTTPProtocol.connection_lost)
     assert "self.connections.add(self)" in made
     assert "self.connections.discard(self)" in lost
+
+
+def test_aiokafka_group_requests_the_bridge_sends() -> None:
+    """A bridge restarted with other topics describes its group and leaves it
+    (`TransactionalPump._leave_if_resubscribed`) with aiokafka's protocol classes."""
+    from aiokafka.coordinator.protocol import ConsumerProtocol
+    from aiokafka.protocol.admin import DescribeGroupsRequest
+    from aiokafka.protocol.group import LeaveGroupRequest
+
+    assert DescribeGroupsRequest(["g"]) is not None
+    assert LeaveGroupRequest("g", "member-1") is not None
+    metadata = ConsumerProtocol.METADATA(0, ["a", "b"], b"").encode()
+    assert ConsumerProtocol.METADATA.decode(metadata).subscription == ["a", "b"]
 
 
 def test_server_seams_the_gateway_guard_overrides() -> None:

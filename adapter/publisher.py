@@ -156,12 +156,6 @@ class Publisher:
         """Queue every record, then wait for all: one linger and one round trip for all."""
         await self.confirm(await self.enqueue(topic, records, self.deadline()))
 
-    async def send_at(self, topic: str, key: bytes, value: bytes) -> tuple[int, int]:
-        """One record; where Kafka wrote it, as ``(partition, offset)``."""
-        delivery = await self.enqueue(topic, [(key, value)], self.deadline())
-        [written] = await self.confirm(delivery)
-        return written.partition, written.offset
-
     def deadline(self) -> float:
         """When a publish that starts now gives up, on the event loop's clock."""
         return asyncio.get_running_loop().time() + self._timeout_s

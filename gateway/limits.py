@@ -37,8 +37,10 @@ CONNECT_RATE = "connect_rate"
 EVENT_RATE = "event_rate"
 ROOMS = "rooms"
 LIMITS = (CONNECTIONS, CONNECT_RATE, EVENT_RATE, ROOMS)
-#: Refused events within a second that make a connection a flood, at the least.
+#: Refusals within a window that make a connection (or an address) a flood, at the least.
 _FLOOD_FLOOR = 100
+#: Refusals are counted per window of this many seconds, from the first.
+_FLOOD_WINDOW_S = 1.0
 
 #: The message a refused client gets, per limit.
 _MESSAGES = {
@@ -176,8 +178,10 @@ class NodeLimits:
         the node about 0.2 ms; at 4,000 handshakes a second that was most of a core
         (benchmarks/flood.py). Each second the first refusals are answered again, so a
         client behind the same address learns why."""
-        began, count = self._address_overdrafts.get(address, (-2.0, 0))
-        if self._clock() - began >= 1.0 or count <= max(self._connects.rate, _FLOOD_FLOOR):
+        window = self._address_overdrafts.get(address)
+        if window is None or self._clock() - window[0] >= _FLOOD_WINDOW_S:
+            return False  # no refusal this second
+        if window[1] <= max(self._connects.rate, _FLOOD_FLOOR):
             return False
         self.refuse(CONNECT_RATE, address)
         return True
@@ -203,10 +207,10 @@ class NodeLimits:
         """One more refusal of ``key`` in its window of a second: how many now."""
         now = self._clock()
         began, count = table.get(key, (now, 0))
-        if now - began >= 1.0:
+        if now - began >= _FLOOD_WINDOW_S:
             began, count = now, 0
         elif key not in table and len(table) >= _MAX_BUCKETS:  # bounded: old windows go
-            stale = [k for k, (at, _) in table.items() if now - at >= 1.0]
+            stale = [k for k, (at, _) in table.items() if now - at >= _FLOOD_WINDOW_S]
             for k in stale if len(stale) > _MAX_BUCKETS // 10 else list(table):
                 del table[k]
         table[key] = (began, count + 1)

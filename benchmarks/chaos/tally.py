@@ -12,7 +12,7 @@ of a room received, per client, per room, per scenario and in total.
 - refused late: of those, one received after a higher number. Its place is not promised: a
   publisher whose connection drops while Kafka elects a leader publishes on through another
   node, and the old node's record lands when Kafka takes it, after the newer ones (a client
-  that resends with an ``id`` gets its first place back: the later copy is dropped);
+  that resends with an ``id`` can keep its first place: a later copy is dropped);
 - unanswered but delivered: no answer at all when the run ended, yet delivered.
 """
 

@@ -17,6 +17,7 @@ mark (a quarter of the high-water mark) before putting more.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -58,6 +59,12 @@ class OutboxLimits:
         return max(1, self.max_bytes // 4)
 
 
+@functools.lru_cache(maxsize=8)
+def _marks(limits: OutboxLimits) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The high- and low-water marks, as (packets, bytes)."""
+    return (limits.max_packets, limits.max_bytes), (limits.low_packets, limits.low_bytes)
+
+
 def _size(item: Any) -> int:
     data = getattr(item, "data", None)
     return len(data) + 1 if isinstance(data, str | bytes) else 1
@@ -72,6 +79,8 @@ class SlimQueue:
     one is 760 bytes), a getter (a socket's writer) gets a future the next put resolves
     with its item, and what only a close waits for is made then.
     """
+
+    __slots__ = ("_finished", "_getters", "_items", "_loop", "_unfinished")
 
     def __init__(self) -> None:
         self._items: deque[Any] | None = None
@@ -149,13 +158,15 @@ class SlimQueue:
 
 
 class Outbox(SlimQueue):
-    """An Engine.IO socket's outgoing queue that knows how much it holds."""
+    """An Engine.IO socket's outgoing queue that knows how much it holds (in slots, and its
+    marks shared: every socket has one)."""
+
+    __slots__ = ("_judging", "_low", "_low_water", "_max", "bytes", "limits", "shed")
 
     def __init__(self, limits: OutboxLimits) -> None:
         super().__init__()
         self.limits = limits
-        self._max = (limits.max_packets, limits.max_bytes)
-        self._low_water = (limits.low_packets, limits.low_bytes)
+        self._max, self._low_water = _marks(limits)
         self.bytes = 0
         #: Cut: what was queued is dropped, and so is whatever comes after.
         self.shed = False

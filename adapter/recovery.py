@@ -645,7 +645,10 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         if live is None or self.manager.eio_sid_from_sid(sid, namespace) is None:
             return None
         rooms = tuple(r for r in self.manager.get_rooms(sid, namespace) if r != sid)
-        data = _jsonable(await self.get_session(sid, namespace=namespace))
+        # What get_session returns, without the empty session it would store on every
+        # socket that has none (160 bytes each, benchmarks/memory.py).
+        eio_session = await self.eio.get_session(self.manager.eio_sid_from_sid(sid, namespace))
+        data = _jsonable(eio_session.get(namespace, {}))
         manager = self.kafka
         return Session(
             live.pid, sid, namespace, rooms, data, live.start, live.epoch, manager.host_id

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -63,8 +64,11 @@ def encode_session(session: Session) -> bytes:
     return json.dumps({"v": _VERSION, **fields}, separators=(",", ":")).encode()
 
 
-def decode_session(value: bytes) -> Session:
-    """A session record's value, every field checked: `RecordDecodeError` if any is off."""
+def decode_session(value: bytes, pid: str | None = None) -> Session:
+    """A session record's value, every field checked: `RecordDecodeError` if any is off.
+
+    ``pid``: the record's key, which it must name; the session holds that string (a
+    table keeps one copy of each pid, not one per record)."""
     raw = parse_json(value)
     if not isinstance(raw, dict) or raw.pop("v", None) != _VERSION:
         raise RecordDecodeError("not a session record of version 1")
@@ -78,8 +82,15 @@ def decode_session(value: bytes) -> Session:
     claimed = raw.get("claimed")
     if claimed is not None and not _is_offset(claimed):
         raise RecordDecodeError("malformed session record: claimed must be an offset")
+    if pid is not None and raw["pid"] != pid:
+        raise RecordDecodeError(f"session {raw['pid']!r} under the key {pid!r}")
     return Session(
-        **{f: raw[f] for f in _TEXT_FIELDS},
+        raw["pid"] if pid is None else pid,
+        raw["sid"],
+        # Interned: every session of a node has its owner's, and of the topic its epoch.
+        sys.intern(raw["namespace"]),
+        epoch=sys.intern(raw["epoch"]),
+        owner=sys.intern(raw["owner"]),
         rooms=tuple(rooms),
         data=raw.get("data"),
         start=tuple(start),
@@ -136,11 +147,10 @@ class SessionTable:
             self.offsets.pop(_text(key), None)
         else:
             pid = _text(key)
-            session = decode_session(value)
-            if session.pid != pid:
-                raise RecordDecodeError(f"session {session.pid!r} under the key {pid!r}")
+            current = self.sessions.get(pid)
+            session = decode_session(value, pid if current is None else current.pid)
             if not self._accepts(session):
-                return self.sessions.get(pid)
+                return current
             self.sessions[pid] = session
             self.offsets[pid] = offset
         return None

@@ -56,6 +56,28 @@ class _ReadBody:
 
 _READ_BODY = _ReadBody()
 
+#: The WebSocket handshake's own request headers: engineio reads Connection and Upgrade to
+#: accept the connection, and nothing reads any of them once it is open.
+_HANDSHAKE_HEADERS = frozenset(
+    {b"connection", b"upgrade", b"sec-websocket-key", b"sec-websocket-version",
+     b"sec-websocket-extensions"}
+)  # fmt: skip
+_HANDSHAKE_KEYS = tuple(
+    "HTTP_" + name.decode().upper().replace("-", "_") for name in sorted(_HANDSHAKE_HEADERS)
+)
+
+
+def _drop_handshake_headers(environ: dict[str, Any]) -> None:
+    """Forget the handshake's headers in a connection's environ and its ASGI scope, both
+    kept for the connection's life: five of the six headers the official Node client
+    sends, about 1.6 KB a connection (benchmarks/memory.py)."""
+    for key in _HANDSHAKE_KEYS:
+        environ.pop(key, None)
+    scope: dict[str, Any] = environ.get("asgi.scope") or {}
+    headers = scope.get("headers")
+    if headers and any(name in _HANDSHAKE_HEADERS for name, _ in headers):
+        scope["headers"] = [(name, v) for name, v in headers if name not in _HANDSHAKE_HEADERS]
+
 
 class GuardedServer(RecoveringAsyncServer):
     """The gateway's server: a packet's attachments together fit one payload
@@ -127,6 +149,13 @@ class GuardedServer(RecoveringAsyncServer):
         # handshake's body, which is empty and read (benchmarks/memory.py).
         environ["wsgi.input"] = _READ_BODY
         return await super()._handle_eio_connect(eio_sid, environ)
+
+    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        # A Socket.IO CONNECT comes over an open connection: its handshake is over.
+        environ = self.environ.get(eio_sid)
+        if environ is not None:
+            _drop_handshake_headers(environ)
+        await super()._handle_connect(eio_sid, namespace, data)
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
         self.limits.forget(eio_sid)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 from socketio.async_manager import AsyncManager
@@ -197,3 +199,56 @@ def test_server_seams_the_outbox_replaces_engineio_queues() -> None:
 
     assert "self.queue = self.server.create_queue()" in inspect.getsource(AsyncSocket.__init__)
     assert callable(EngineServer.create_queue)
+
+
+def test_uvicorn_protocol_attributes_have_our_slots_and_its_request_is_read_at_handshake() -> None:
+    """gateway/websocket.py gives each attribute uvicorn's protocol sets a slot (one it adds
+    later lands in an instance dict: still right, but a connection's dict again), and
+    empties the handshake request's headers after ``start_keepalive``: uvicorn reads the
+    request only in ``handle_connect``, and websockets' parser keeps it in its frame."""
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    from websockets.server import ServerProtocol
+
+    from socketio_kafka.gateway.websocket import CoalescingWebSocketProtocol
+
+    source = inspect.getsource(WebSocketsSansIOProtocol)
+    assigned = set(re.findall(r"self\.(\w+)(?:: [^=\n]+)? = ", source))
+    assert "pending_ping_payload" in assigned  # the pattern finds annotated ones too
+    assert assigned <= set(CoalescingWebSocketProtocol.__slots__)
+    assert re.findall(r"self\.request\b", source) == ["self.request"]
+    assert "self.request = event" in inspect.getsource(WebSocketsSansIOProtocol.handle_connect)
+    assert "self.start_keepalive()" in inspect.getsource(WebSocketsSansIOProtocol.send)
+    assert "request = yield from Request.parse(" in inspect.getsource(ServerProtocol.parse)
+
+
+def test_engineio_reads_the_handshake_headers_only_as_a_request_starts() -> None:
+    """gateway/guard.py drops Connection, Upgrade and Sec-WebSocket-* from a connection's
+    environ and scope at its Socket.IO CONNECT: engineio reads them only when a request
+    comes in (its handshake, an upgrade), python-socketio never."""
+    import engineio
+    import socketio as socketio_package
+    from engineio.async_drivers import asgi
+    from engineio.async_server import AsyncServer as EngineServer
+    from engineio.async_socket import AsyncSocket
+
+    for package in (engineio, socketio_package):
+        for module in Path(inspect.getfile(package)).parent.rglob("*.py"):
+            assert "SEC_WEBSOCKET" not in module.read_text(), module
+    readers = {
+        (cls.__name__, name)
+        for cls in (EngineServer, AsyncSocket)
+        for name, member in inspect.getmembers(cls, inspect.isfunction)
+        if re.search(r"HTTP_(UPGRADE|CONNECTION)", inspect.getsource(member))
+    }
+    assert readers == {("AsyncServer", "handle_request"), ("AsyncSocket", "handle_get_request")}
+    assert "scope['headers']" in inspect.getsource(asgi.translate_request)
+
+
+def test_python_socketio_keeps_namespace_sessions_in_the_engineio_session() -> None:
+    """adapter/recovery.py reads a socket's session data as get_session does, without
+    storing an empty one."""
+    from socketio.async_server import AsyncServer
+
+    source = inspect.getsource(AsyncServer.get_session)
+    assert "await self.eio.get_session(eio_sid)" in source
+    assert "eio_session.setdefault(namespace, {})" in source

@@ -60,6 +60,25 @@ def test_table_follows_the_topic() -> None:
         table.apply(None, b"{}", 1000)
 
 
+def test_the_table_keeps_one_copy_of_what_its_sessions_share() -> None:
+    """Its pid once, whatever records of it came (the key's string), and a node's id and the
+    epoch once for all its sessions: a node holds every session of the cluster."""
+    table = SessionTable()
+    other = replace(SESSION, pid="pid2", sid="sid2")
+    for session in (SESSION, other, replace(SESSION, rooms=("c",))):
+        table.apply(session.pid.encode(), encode_session(session), 1000)
+    (key1, first), (key2, second) = table.sessions.items()
+    assert first.rooms == ("c",)
+    assert first.pid is key1
+    assert second.pid is key2
+    assert next(k for k in table.offsets if k == "pid1") is key1
+    assert first.owner is second.owner
+    assert first.epoch is second.epoch
+    with pytest.raises(RecordDecodeError, match="under the key"):
+        table.apply(b"pid3", encode_session(SESSION), 1000)
+    assert "pid3" not in table.sessions
+
+
 def test_expired_sessions() -> None:
     table = SessionTable()
     left = replace(SESSION, pid="left", disconnected_at=100.0)

@@ -34,6 +34,7 @@ from .outbox import Outbox, Outboxes, OutboxLimits
 from .publisher import Headers, Publisher
 from .publishes import PublishLedger
 from .replay import Bounds, ConsumerPool, topic_bounds
+from .rooms import RoomIndex
 from .security import check_access
 from .skips import (
     UNREADABLE,
@@ -103,7 +104,7 @@ class Health:
     producers_replaced: int
 
 
-class AsyncKafkaManager(AsyncPubSubManager):  # type: ignore[misc]  # python-socketio is untyped
+class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  # python-socketio is untyped
     """A client manager that shares every cross-node operation through a Kafka topic.
 
     Each node writes ``<channel>.events`` keyed by namespace and room, so one room's

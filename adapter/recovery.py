@@ -26,7 +26,6 @@ import socketio
 from aiokafka.errors import KafkaError
 from engineio.base_server import BaseServer as EngineIOBaseServer
 from socketio import packet
-from socketio.base_manager import BaseManager
 
 from . import offsets
 from .cursor import REPLAY_BUFFER
@@ -35,6 +34,7 @@ from .fanout import event_packets
 from .manager import AsyncKafkaManager
 from .outbox import SLOW_CONSUMER
 from .publishes import publisher_of
+from .rooms import RoomIndex
 from .routing import Audience
 from .sessions import Session
 from .store import NODE_STALE_S
@@ -321,11 +321,12 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         sid = session.sid
         # From here to the hold, nothing awaits: no live record can slip between the
         # watermark taken as the replay's end and the socket's registration in its rooms.
-        BaseManager.basic_enter_room(manager, sid, namespace, None, eio_sid=eio_sid)
-        BaseManager.basic_enter_room(manager, sid, namespace, sid, eio_sid=eio_sid)
+        # RoomIndex's enter, not the manager's: the rooms are the record's, not a change.
+        RoomIndex.basic_enter_room(manager, sid, namespace, None, eio_sid=eio_sid)
+        RoomIndex.basic_enter_room(manager, sid, namespace, sid, eio_sid=eio_sid)
         for room in session.rooms:
             if not manager.is_sid_room(namespace, room):
-                BaseManager.basic_enter_room(manager, sid, namespace, room)
+                RoomIndex.basic_enter_room(manager, sid, namespace, room)
         manager.holds.hold(eio_sid)
         stop = tuple(manager.positions)
         self._live[(sid, namespace)] = _Live(session.pid, session.start, session.epoch)

@@ -27,12 +27,17 @@ two survivors. Reported, per run:
   cost node 0 (and the broker) when they first connected and joined their rooms: a
   recovery's floor is a connect's cost.
 
+With ``--resident N`` each survivor already holds N idle official clients, each in two
+rooms (its own and one of 50), connected before node 0 dies, as survivors in production
+would: a recovery's cost should not grow with what a survivor holds.
+
 It runs any version of the adapter installed in the running interpreter (the gateways are
 started with it), so a venv of an older commit measures "before". Without ``--kafka`` it
 starts a broker of its own, whose CPU it then reads::
 
     python -m benchmarks.mass_recovery --clients 500
     python -m benchmarks.mass_recovery --kafka 127.0.0.1:19092 --client python --clients 200
+    python -m benchmarks.mass_recovery --resident 2000
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ from tests.support.control import CONTROL
 
 from .contestants import PEERS
 from .cpu import cpu_seconds
+from .memory import idle_clients
 from .services import LineProcess, require_tool, wait_until
 
 __all__ = ["Sizes", "main", "measure", "sessions_saved"]
@@ -82,6 +88,7 @@ _IDLE_WINDOW_S = 0.5
 _IDLE_CPU_S = 0.03
 _IDLE_WITHIN_S = 60.0
 _SCRIPT = PEERS / "loadgen" / "mass-recovery.mjs"
+_RESIDENT_SHARED_ROOMS = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +100,9 @@ class Sizes:
     others: int = 50_000  # events to other rooms in the gap
     rooms: int = 5_000  # other rooms
     client: ClientKind = "js"
+    # Idle official clients each survivor already holds, each in 2 rooms (its own and one
+    # of 50), as a production node would: what a recovery costs must not grow with them.
+    resident: int = 0
 
 
 def _record(room: str, event: str, seq: int) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
@@ -371,7 +381,7 @@ async def measure(bootstrap: str, sizes: Sizes, broker_pid: int | None = None) -
     # sessions outlive a slow gap (a busy machine writes 50,000 records in a minute).
     flags = ["--recovery-window", "900"]
     if find_spec("socketio_kafka.gateway.limits"):
-        flags += ["--connect-rate", "1000000"]
+        flags += ["--connect-rate", "1000000", "--max-connections", str(sizes.resident + 10_000)]
     rooms = _rooms(sizes)
     with tempfile.TemporaryDirectory(prefix="mass-recovery-") as scratch:
         fleet: _Fleet = (
@@ -381,8 +391,20 @@ async def measure(bootstrap: str, sizes: Sizes, broker_pid: int | None = None) -
         )
         async with gateway_cluster(bootstrap, channel, 3, flags) as gateways:
             controls: list[socketio.AsyncClient] = []
+            residents: list[LineProcess] = []
             try:
-                for gateway in gateways[1:]:
+                for n, gateway in enumerate(gateways[1:]):
+                    if sizes.resident:
+                        residents.append(
+                            await asyncio.to_thread(
+                                idle_clients,
+                                gateway.url,
+                                sizes.resident,
+                                _RESIDENT_SHARED_ROOMS,
+                                Path(scratch) / f"residents-{n}.log",
+                                f"resident-{n}-",
+                            )
+                        )
                     control = socketio.AsyncClient()
                     await control.connect(
                         gateway.url, namespaces=[CONTROL], transports=["websocket"]
@@ -391,6 +413,8 @@ async def measure(bootstrap: str, sizes: Sizes, broker_pid: int | None = None) -
                 return await _run(bootstrap, channel, sizes, broker_pid, fleet, gateways, controls)
             finally:
                 await fleet.close()
+                for held in residents:
+                    held.close()
                 await asyncio.gather(*(c.disconnect() for c in controls), return_exceptions=True)
 
 
@@ -442,6 +466,7 @@ async def _run(
         "own": sizes.own,
         "others": sizes.others,
         "rooms": sizes.rooms,
+        "resident": sizes.resident,
         "p50_p90_recovered_s": _quantiles(done),
         "last_recovered_s": round(last, 3) if last is not None else None,
         "p50_p90_connected_s": _quantiles([o.connect_s for o in outcomes if o.connect_s]),
@@ -552,9 +577,12 @@ def main() -> None:
     parser.add_argument("--own", type=int, default=issue.own, help="events to each client's room")
     parser.add_argument("--others", type=int, default=issue.others, help="events to other rooms")
     parser.add_argument("--rooms", type=int, default=issue.rooms, help="other rooms")
+    parser.add_argument(
+        "--resident", type=int, default=0, help="idle clients each survivor holds already"
+    )
     parser.add_argument("--runs", type=int, default=1)
     args = parser.parse_args()
-    sizes = Sizes(args.clients, args.own, args.others, args.rooms, args.client)
+    sizes = Sizes(args.clients, args.own, args.others, args.rooms, args.client, args.resident)
     with contextlib.ExitStack() as stack:
         kafka, pid = (
             (args.kafka, args.broker_pid) if args.kafka else stack.enter_context(own_broker())

@@ -35,7 +35,7 @@ from typing import Any
 from .contestants import PEERS
 from .services import Cluster, LineProcess, NodeCommand, free_port, require_tool
 
-__all__ = ["main", "measure"]
+__all__ = ["idle_clients", "main", "measure"]
 
 _SCRIPT = PEERS / "loadgen" / "memory.mjs"
 _WARM_UP = 50
@@ -50,13 +50,16 @@ _LEAVE_WITHIN_S = 600.0
 class _Clients(LineProcess):
     """The Node process holding the official clients."""
 
-    def __init__(self, url: str, connections: int, shared_rooms: int, log: Path) -> None:
+    def __init__(
+        self, url: str, connections: int, shared_rooms: int, log: Path, prefix: str = ""
+    ) -> None:
         node = require_tool("node", "Node.js runs the official socket.io-client")
         spec = {
             "url": url,
             "connections": connections,
             "atOnce": _AT_ONCE,
             "sharedRooms": shared_rooms,
+            "prefix": prefix,
         }
         super().__init__([node, str(_SCRIPT), json.dumps(spec)], log, "JS clients")
 
@@ -102,12 +105,25 @@ def _command(kafka: str, port: int, connections: int, flags: list[str]) -> NodeC
     return NodeCommand(argv)
 
 
-def _session(url: str, connections: int, shared_rooms: int, log: Path) -> _Clients:
-    clients = _Clients(url, connections, shared_rooms, log)
+def _session(
+    url: str, connections: int, shared_rooms: int, log: Path, prefix: str = ""
+) -> _Clients:
+    clients = _Clients(url, connections, shared_rooms, log, prefix)
     clients.send("open")
     opened = clients.expect("opened", 60 + connections / 20)
     if opened["connected"] != connections:
         raise AssertionError(f"{opened['connected']} of {connections} connected")
+    return clients
+
+
+def idle_clients(
+    url: str, connections: int, shared_rooms: int, log: Path, prefix: str = ""
+) -> LineProcess:
+    """``connections`` official clients on ``url``, each in 2 rooms (``<prefix>own-<n>`` and
+    one of ``shared_rooms``), idle until closed (send "close", expect "closed")."""
+    clients = _session(url, connections, shared_rooms, log, prefix)
+    clients.send("join")
+    clients.expect("joined", 60 + connections / 20)
     return clients
 
 

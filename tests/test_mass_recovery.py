@@ -104,7 +104,10 @@ async def test_clients_of_a_killed_node_recover_at_once_sharing_the_reads(
 
 
 async def test_the_benchmark_with_official_clients_recovers_every_one(kafka_bootstrap: str) -> None:
-    figures = await measure(kafka_bootstrap, Sizes(clients=20, own=10, others=1_000, rooms=100))
+    """Onto survivors that already hold idle clients of their own, as in production."""
+    sizes = Sizes(clients=20, own=10, others=1_000, rooms=100, resident=30)
+    figures = await measure(kafka_bootstrap, sizes)
+    assert figures["resident"] == 30
     assert figures["recovered_all"] == 20
     for who in (figures, figures["lone"], figures["warm_up"]):
         assert {k: who[k] for k in ("lost", "duplicated", "out_of_order", "not_recovered")} == {

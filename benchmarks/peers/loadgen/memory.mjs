@@ -1,6 +1,7 @@
 // The client side of the memory run (benchmarks/memory.py, issue 10): many idle official
 // socket.io-client connections to one node, WebSocket transport, each its own Manager.
-// argv[2]: the spec as JSON ({url, connections, atOnce, sharedRooms}).
+// argv[2]: the spec as JSON ({url, connections, atOnce, sharedRooms, prefix}); rooms are
+// named `${prefix}own-n` and `${prefix}shared-n` (prefix: "" unless given).
 // stdin: one command a line. stdout: one JSON report a line.
 //
 // Commands: {"cmd": "open"} (every connection opened, then an "opened" report),
@@ -14,6 +15,7 @@ import { io } from "socket.io-client";
 const spec = JSON.parse(process.argv[2]);
 const report = (obj, then) => process.stdout.write(JSON.stringify(obj) + "\n", then);
 const sockets = [];
+const prefix = spec.prefix ?? "";
 
 function open() {
   // A minute to connect (the client's default is 20 s): a loaded node is slow, not wrong.
@@ -50,8 +52,8 @@ const commands = {
   },
   async join() {
     await inWaves(sockets.length, async (n) => {
-      await join(sockets[n], `own-${n}`);
-      await join(sockets[n], `shared-${n % spec.sharedRooms}`);
+      await join(sockets[n], `${prefix}own-${n}`);
+      await join(sockets[n], `${prefix}shared-${n % spec.sharedRooms}`);
     });
     report({ type: "joined", rooms: 2 });
   },

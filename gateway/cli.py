@@ -315,6 +315,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .accept import gated_http
     from .app import create_app
+    from .collector import pace_collector
     from .drain import DrainingServer
     from .errors import InvalidSettings
     from .websocket import CoalescingWebSocketProtocol
@@ -360,6 +361,7 @@ def _serve(args: argparse.Namespace) -> int:
         proxy_headers=False,
     )
     server = DrainingServer(config, app.state.node.sio, settings.drain_timeout)
+    pace_collector()
     with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run
         server.run()
     if failures:

@@ -642,13 +642,14 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
 
     async def _snapshot(self, sid: str, namespace: str) -> Session | None:
         live = self._live.get((sid, namespace))
+        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
         # Connecting counts (a fresh session is saved as its CONNECT reply goes out).
-        if live is None or self.manager.eio_sid_from_sid(sid, namespace) is None:
+        if live is None or eio_sid is None:
             return None
         rooms = tuple(r for r in self.manager.get_rooms(sid, namespace) if r != sid)
         # What get_session returns, without the empty session it would store on every
         # socket that has none (160 bytes each, benchmarks/memory.py).
-        eio_session = await self.eio.get_session(self.manager.eio_sid_from_sid(sid, namespace))
+        eio_session = await self.eio.get_session(eio_sid)
         data = _jsonable(eio_session.get(namespace, {}))
         manager = self.kafka
         return Session(

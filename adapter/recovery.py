@@ -110,12 +110,18 @@ class RecoveryOptions:
     replay_timeout: float = 60.0
     #: Found records the node's replays buffer at once, across every recovering session.
     replay_buffer: int = REPLAY_BUFFER
+    #: How long ``enter_room``, ``leave_room`` and ``save_session`` on a connected socket
+    #: wait for its session record to be in Kafka (`RecoveringAsyncServer.session_saved`);
+    #: past it they return anyway, and the record is written again until Kafka takes it.
+    save_wait: float = 2.0
 
     def __post_init__(self) -> None:
         if self.max_disconnection_duration <= 0:
             raise ConfigError("max_disconnection_duration must be > 0")
         if self.replay_batch < 1 or self.replay_timeout <= 0 or self.replay_buffer < 1:
             raise ConfigError("replay_batch, replay_timeout and replay_buffer must be > 0")
+        if self.save_wait < 0:
+            raise ConfigError("save_wait must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +191,9 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         #: Sessions just kept after a transport close, in case a DISCONNECT follows.
         self._kept: dict[tuple[str, str], tuple[str, float]] = {}
         self._writer: asyncio.Task[None] | None = None
+        #: Done when the writer has written what is dirty now, and what it is writing.
+        self._next_batch: asyncio.Future[None] | None = None
+        self._batch: tuple[set[tuple[str, str]], asyncio.Future[None]] | None = None
         #: Session records Kafka has not taken yet, by pid (None: the session's end).
         self._unsaved: dict[str, Session | None] = {}
         self._retrier: asyncio.Task[None] | None = None
@@ -285,10 +294,33 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         if local and not self.manager.is_connected(sid, namespace):
             await self._end(sid, namespace, None)  # the server meant it: nothing to recover
 
+    async def enter_room(self, sid: str, room: str, namespace: str | None = None) -> None:
+        await super().enter_room(sid, room, namespace=namespace)
+        await self._saved_in_time(sid, namespace or "/")
+
+    async def leave_room(self, sid: str, room: str, namespace: str | None = None) -> None:
+        await super().leave_room(sid, room, namespace=namespace)
+        await self._saved_in_time(sid, namespace or "/")
+
     async def save_session(self, sid: str, session: Any, namespace: str | None = None) -> None:
         await super().save_session(sid, session, namespace=namespace)
         if self.recovery is not None:
             self._rooms_changed(sid, namespace or "/")
+            await self._saved_in_time(sid, namespace or "/")
+
+    async def _saved_in_time(self, sid: str, namespace: str) -> None:
+        # Returned means recoverable: a client that joined, dropped within milliseconds and
+        # reconnected to another node once got a fresh session, its join still on its way
+        # to Kafka (the quickstart's demo, about 1 run in 8).
+        if self.recovery is None or self.recovery.save_wait == 0:
+            return
+        try:
+            async with asyncio.timeout(self.recovery.save_wait):
+                saved = await self.session_saved(sid, namespace)
+        except TimeoutError:
+            saved = False
+        if not saved:
+            logger.debug("session of %s not in Kafka yet; written again until it is", sid)
 
     # -- fresh sessions ------------------------------------------------------------------
 
@@ -621,14 +653,48 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write_dirty())
 
+    async def session_saved(self, sid: str, namespace: str = "/") -> bool:
+        """Wait until this socket's session, as it is now (rooms, session data), is in
+        Kafka: from then on a client that drops can recover it on any node.
+
+        ``enter_room``, ``leave_room`` and ``save_session`` wait on it, up to the options'
+        ``save_wait``. False when Kafka refused it (it is written again until Kafka takes
+        it); True at once for a socket with nothing unwritten, or none.
+        """
+        key = (sid, namespace)
+        if key in self._dirty:
+            if self._next_batch is None:
+                self._next_batch = asyncio.get_running_loop().create_future()
+            done = self._next_batch
+        elif self._batch is not None and key in self._batch[0]:
+            done = self._batch[1]
+        else:
+            return self._saved(key)
+        await asyncio.shield(done)  # one waiter cancelled is not the batch cancelled
+        return self._saved(key)
+
+    def _saved(self, key: tuple[str, str]) -> bool:
+        live = self._live.get(key)
+        return live is None or live.pid not in self._unsaved
+
     async def _write_dirty(self) -> None:
         # All that changed since the last write goes out together: a thousand joins cost
         # one produce round trip, not a thousand in a row (each pid once per batch, and
         # batches in order, so a pid's records reach Kafka in the order they were taken).
         while self._dirty:
-            batch = list(self._dirty)
+            batch = set(self._dirty)
             self._dirty.clear()
-            await self._write(*batch)
+            done = self._next_batch or asyncio.get_running_loop().create_future()
+            self._next_batch = None
+            self._batch = (batch, done)
+            try:
+                await self._write(*batch)
+            finally:
+                self._batch = None
+                done.set_result(None)
+        if self._next_batch is not None:  # its sockets left before it was taken
+            self._next_batch.set_result(None)
+            self._next_batch = None
 
     async def _write(self, *keys: tuple[str, str]) -> None:
         """Save the sessions of these ``(sid, namespace)`` sockets, in one batch."""

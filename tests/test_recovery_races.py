@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -10,6 +11,7 @@ import socketio
 from aiokafka.errors import KafkaTimeoutError
 
 from socketio_kafka.adapter import AsyncKafkaManager, PublishError, RecoveringAsyncServer
+from socketio_kafka.gateway.protocol import register
 
 from .support.jsclient import JsClient
 from .support.proxy import black_hole_proxy
@@ -126,6 +128,49 @@ async def test_a_session_whose_left_record_kafka_refused_still_recovers(
             )
             await sio.emit("news", 1, to=sid)
             await client.client.connect(url, transports=["websocket"])
+            assert (client.client.recovered["/"], client.sid) == (True, sid)
+            assert await client.wait_count("news", 1) == [1]
+        finally:
+            await client.close()
+
+
+async def test_a_client_that_drops_right_after_its_join_ack_recovers_elsewhere_in_the_room(
+    kafka_url: str, channel: str
+) -> None:
+    """The join's ack waits for the session record: a client that joined, dropped at once
+    and reconnected to another node was given a fresh session while its join was still on
+    its way to Kafka (the quickstart's demo, about 1 run in 8)."""
+    slow, other = (
+        RecoveringAsyncServer(
+            client_manager=AsyncKafkaManager(kafka_url, channel=channel),
+            async_mode="asgi",
+            connection_state_recovery={},
+        )
+        for _ in range(2)
+    )
+    for sio in (slow, other):
+        register(sio)
+    real_write = slow.kafka.store.write
+
+    async def slow_write(records: dict[str, Any]) -> None:
+        await asyncio.sleep(0.5)  # a Kafka slow to acknowledge
+        await real_write(records)
+
+    slow.kafka.store.write = slow_write
+    client = RecoveringRecorder()
+    async with (
+        slow.kafka,
+        other.kafka,
+        run_server(socketio.ASGIApp(slow)) as url,
+        run_server(socketio.ASGIApp(other)) as other_url,
+    ):
+        try:
+            await client.client.connect(url, transports=["websocket"])
+            sid = client.sid
+            assert await client.client.call("join", {"room": "lobby"}) == {"ok": True}
+            await client.drop_transport()
+            await other.emit("news", 1, to="lobby")
+            await client.client.connect(other_url, transports=["websocket"])
             assert (client.client.recovered["/"], client.sid) == (True, sid)
             assert await client.wait_count("news", 1) == [1]
         finally:

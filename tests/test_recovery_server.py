@@ -13,6 +13,7 @@ from socketio_kafka.adapter import (
     ConfigError,
     KafkaOptions,
     RecoveringAsyncServer,
+    RecoveryOptions,
 )
 
 from .support.recovering import RecoveringRecorder
@@ -258,3 +259,8 @@ async def test_a_legacy_connect_handler_runs_on_a_recovered_socket(
             assert await client.wait_count("news", 1) == [{"n": 1}]
         finally:
             await client.close()
+
+
+def test_a_negative_save_wait_is_refused() -> None:
+    with pytest.raises(ConfigError, match="save_wait"):
+        RecoveryOptions(save_wait=-1)

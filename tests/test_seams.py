@@ -149,15 +149,16 @@ def test_uvicorn_protocol_writes_only_through_its_transport_attribute() -> None:
     assert source.count("self.transport = ") == 1
 
 
-def test_uvicorn_http_protocol_is_undone_by_a_reset_after_connection_made() -> None:
-    """gateway/accept.py resets a connection right after uvicorn's ``connection_made``:
-    uvicorn must then clean up in ``connection_lost``, from the set it joined."""
-    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+def test_uvicorn_makes_its_http_protocol_with_keywords_the_gate_passes_on() -> None:
+    """gateway/accept.py is uvicorn's ``http`` protocol class: uvicorn calls it with
+    keywords only, which it hands to uvicorn's own protocol for a connection let through."""
+    from uvicorn.server import Server
 
-    made = inspect.getsource(AutoHTTPProtocol.connection_made)
-    lost = inspect.getsource(AutoHTTPProtocol.connection_lost)
-    assert "self.connections.add(self)" in made
-    assert "self.connections.discard(self)" in lost
+    source = inspect.getsource(Server.startup)
+    call = source[source.index("config.http_protocol_class(") :]
+    call = call[: call.index(")")]
+    assert "*" not in call  # keywords only: no positional argument to pass on
+    assert re.findall(r"(\w+)=", call) == ["config", "server_state", "app_state", "_loop"]
 
 
 def test_aiokafka_group_requests_the_bridge_sends() -> None:

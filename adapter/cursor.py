@@ -48,6 +48,7 @@ from aiokafka import TopicPartition
 from . import codec, routing
 from .errors import BrokerUnavailable, RecordDecodeError
 from .replay import ConsumerPool
+from .sightings import Sightings
 from .skips import UNREADABLE
 
 __all__ = [
@@ -84,6 +85,8 @@ class ReplayStats(Protocol):
     replay_records_decoded: int
     replay_records_reused: int
     replay_passes: int
+    replay_partitions_skipped: int
+    replay_records_spared: int
 
 
 class _Reader:
@@ -121,10 +124,21 @@ class Replay:
         self._parked: list[_Reader] = []
         self._error: BaseException | None = None
         self._wake = asyncio.Event()
-        mine = audience.partitions(len(start))
+        keyed = audience.by_partition(len(start))
+        sightings = hub.sightings
         for partition, (first, last) in enumerate(zip(start, stop, strict=True)):
-            if first < last and partition in mine:
-                self._open.add(_Reader(self, partition, first, last))
+            rooms = keyed.get(partition)
+            if first >= last or rooms is None:
+                continue
+            if sightings is not None:
+                end = sightings.bound(partition, first, last, audience.namespace, rooms)
+                if end <= first:  # nothing of its rooms written there meanwhile
+                    hub.stats.replay_partitions_skipped += 1
+                    continue
+                # Past the last record of its rooms there, nothing to read.
+                hub.stats.replay_records_spared += last - end
+                last = end
+            self._open.add(_Reader(self, partition, first, last))
 
     async def __aenter__(self) -> Replay:
         for reader in list(self._open):  # a reader served whole from a window is done
@@ -282,6 +296,8 @@ class SharedReplays:
         self.stats = stats
         self.batch = batch
         self.limit = limit
+        #: What the node's live consumer saw where: ranges a replay need not read.
+        self.sightings: Sightings | None = None
         self._cursors: dict[int, _Cursor] = {}
         self._windows: dict[int, _Window] = {}
         self._buffered = 0

@@ -36,6 +36,7 @@ from .publishes import PublishLedger
 from .replay import Bounds, ConsumerPool, topic_bounds
 from .rooms import RoomIndex
 from .security import check_access
+from .sightings import Sightings
 from .skips import (
     UNREADABLE,
     log_skipped,
@@ -82,6 +83,11 @@ class ManagerStats:
     replay_records_reused: int = 0
     #: Passes replay cursors began over a partition: recoveries at once share a pass.
     replay_passes: int = 0
+    #: Partitions of recoveries' ranges not read, and records past the last one that
+    #: could concern the session not read either: the live consumer saw where its rooms
+    #: were written (`Sightings`). The second counts offsets, not records.
+    replay_partitions_skipped: int = 0
+    replay_records_spared: int = 0
     #: Events queued on local sockets: live, and replayed to recovering ones.
     events_delivered: int = 0
     events_replayed: int = 0
@@ -153,6 +159,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         self._replays = ConsumerPool(self._replay_consumer)
         #: Every replay of this node reads through these cursors (`adapter/cursor.py`).
         self.shared_replays = SharedReplays(self._replays, self.events_topic, self.stats)
+        #: What the live consumer saw where, for replays to skip (with recovery on).
+        self.sightings: Sightings | None = None
         self._partitions = 0
         #: Next offset to consume, per partition: the watermark every delivery carries.
         self.positions: list[int] = []
@@ -200,6 +208,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
                 "events a client missed could be deleted before it returns"
             )
         self.recovery_window = self.store.window = window_s
+        self.sightings = self.shared_replays.sightings = Sightings()
         # A resend comes within a recovery window of the drop, for a publish made before.
         floor = window_s + self.options.request_timeout_ms / 1000
         self.publishes.window_s = max(self.publishes.window_s, floor)
@@ -533,6 +542,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             await consumer.seek_to_end(*events)
             # Resolve the lazy seek now: readiness means positioned.
             self.positions = [await consumer.position(tp) for tp in events]
+            if self.sightings is not None:
+                self.sightings.reset(self.positions)
             if self.recovery_window is not None:
                 assert self._publisher is not None
                 await self.store.load(consumer, self._publisher)
@@ -628,6 +639,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             return
         try:
             route = routing.read_route(record.headers)
+            if self.sightings is not None:
+                self.sightings.note(record.partition, record.offset, route)
             if route is not None and not self._wanted_here(route):
                 self.stats.records_consumed += 1
                 self.stats.records_passed += 1

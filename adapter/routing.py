@@ -208,9 +208,15 @@ class Audience:
     def partitions(self, count: int) -> frozenset[int]:
         """The partitions that can hold what it receives: its rooms', its sid's and its
         namespace's broadcasts (an emit to several rooms is keyed by the namespace)."""
-        keys = [self._key(room) for room in self.rooms]
-        keys.append(self._key(None))
-        return frozenset(partition_of(key, count) for key in keys)
+        return frozenset(self.by_partition(count))
+
+    def by_partition(self, count: int) -> dict[int, list[str | None]]:
+        """Those partitions, each with the rooms (its sid among them) whose events go
+        there, and None where its namespace's broadcasts and emits to several rooms go."""
+        found: dict[int, list[str | None]] = {}
+        for room in (*self.rooms, None):
+            found.setdefault(partition_of(self._key(room), count), []).append(room)
+        return found
 
     def wants_route(self, route: Route) -> bool:
         """Whether a record so routed may be for it (`wants` decides, once decoded)."""

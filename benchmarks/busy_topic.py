@@ -144,6 +144,7 @@ async def measure(
         "irrelevant_to_delivered": per_irrelevant / per_delivered,
         "replay_records_read": getattr(manager.stats, "replay_records_read", -1),
         "replay_records_decoded": getattr(manager.stats, "replay_records_decoded", -1),
+        "replay_partitions_skipped": getattr(manager.stats, "replay_partitions_skipped", -1),
     }
 
 

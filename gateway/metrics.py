@@ -41,6 +41,10 @@ _COUNTERS = {
     "replay_records_read": "Records recoveries read back from the events topic",
     "replay_records_decoded": "Records recoveries decoded (the rest passed by their headers)",
     "replay_records_reused": "Records recoveries took from what an earlier replay had read",
+    "replay_partitions_skipped": "Partitions recoveries did not read: none of their rooms "
+    "was written there while they were away",
+    "replay_records_spared": "Offsets recoveries did not read past the last record of their "
+    "rooms in a partition",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +15,9 @@ from socketio_kafka.adapter import (
     KafkaOptions,
     RecoveringAsyncServer,
     RecoveryOptions,
+    codec,
 )
+from socketio_kafka.adapter.routing import Audience, partition_of
 
 from .support.recovering import RecoveringRecorder
 from .support.server import run_server
@@ -264,3 +267,60 @@ async def test_a_legacy_connect_handler_runs_on_a_recovered_socket(
 def test_a_negative_save_wait_is_refused() -> None:
     with pytest.raises(ConfigError, match="save_wait"):
         RecoveryOptions(save_wait=-1)
+
+
+async def test_a_replay_reads_only_the_partitions_its_rooms_were_written_to(
+    kafka_url: str, channel: str
+) -> None:
+    """The live consumer saw where each room was written: a replay skips the partitions of
+    its sid and its namespace's broadcasts when nothing went there, and reads its room's
+    only up to its last event; what does go to its sid or to everyone is still replayed."""
+    partitions = 6
+    manager = AsyncKafkaManager(kafka_url, channel=channel, options=KafkaOptions(partitions=6))
+    # Ten records a fetch: what a replay reads past its end is less than one fetch.
+    sio = RecoveringAsyncServer(
+        client_manager=manager, async_mode="asgi", connection_state_recovery={"replay_batch": 10}
+    )
+
+    @sio.on("join")  # type: ignore[misc]
+    async def join(sid: str, room: str) -> bool:
+        await sio.enter_room(sid, room)
+        return True
+
+    def partition(room: str | None) -> int:
+        key = codec.record_key({"method": "emit", "namespace": "/", "room": room})
+        return partition_of(key, partitions)
+
+    client = RecoveringRecorder()
+    async with manager, run_server(socketio.ASGIApp(sio)) as url:
+        try:
+            await client.connect(url)
+            sid = client.sid
+            assert await client.client.call("join", "mine") is True
+            await client.drop_transport()
+            others = [f"other-{n}" for n in range(60)]
+            for n in range(10):
+                await asyncio.gather(*(sio.emit("news", n, to=room) for room in others))
+                await sio.emit("own", n, to="mine")
+            for room in others * 2:  # after its last event: not read
+                await sio.emit("news", 0, to=room)
+            read_before = manager.stats.replay_records_read
+            await client.client.connect(url, transports=["websocket"])
+            assert (client.client.recovered["/"], client.sid) == (True, sid)
+            assert await client.wait_count("own", 10) == list(range(10))
+
+            others_beside = sum(partition(room) == partition("mine") for room in others)
+            read = manager.stats.replay_records_read - read_before
+            assert 10 * (others_beside + 1) <= read < 10 * (others_beside + 1) + 10
+            audience = Audience.of("/", sid, ["mine"]).partitions(partitions)
+            assert manager.stats.replay_partitions_skipped == len(audience) - 1
+
+            await client.drop_transport()
+            await sio.emit("to-me", 1, to=sid)
+            await sio.emit("to-all", 2)
+            await client.client.connect(url, transports=["websocket"])
+            assert client.client.recovered["/"] is True
+            assert await client.wait_count("to-me", 1) == [1]
+            assert await client.wait_count("to-all", 1) == [2]
+        finally:
+            await client.close()

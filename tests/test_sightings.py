@@ -1,0 +1,112 @@
+"""What the live consumer saw where, and the ranges replays may then leave unread."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from socketio_kafka.adapter import codec, routing
+from socketio_kafka.adapter.routing import Audience, Route
+from socketio_kafka.adapter.sightings import BUCKETS, Sightings
+
+MINE = ["mine", "sid1"]  # a session's rooms keyed to one partition
+
+
+def _route(message: dict[str, Any]) -> Route:
+    route = routing.read_route(routing.headers_for(message))
+    assert route is not None
+    return route
+
+
+def _emit(
+    room: str | list[str] | None,
+    namespace: str = "/",
+    callback: tuple[str, str, int] | None = None,
+) -> Route:
+    return _route(
+        codec.emit_message(
+            "e", 1, namespace=namespace, room=room, skip_sid=None, callback=callback, host_id="h"
+        )
+    )
+
+
+def _apart(*rooms: str) -> None:
+    """The test's rooms share no bucket in this process (hashes are salted per process)."""
+    per_partition = BUCKETS // 2  # of the two partitions of `_seen`
+    buckets = {hash(("/", room)) % per_partition for room in (*rooms, None)}
+    assert len(buckets) == len(rooms) + 1, "a bucket collision; run again"
+
+
+def _seen(partitions: int = 2, since: int = 10) -> tuple[Sightings, list[int]]:
+    sightings, positions = Sightings(), [since] * partitions
+    sightings.reset(positions)
+    return sightings, positions
+
+
+def test_a_partition_none_of_the_sessions_rooms_was_written_to_is_skipped() -> None:
+    _apart("mine", "sid1", "other")
+    sightings, positions = _seen()
+    for offset in range(10, 20):
+        sightings.note(0, offset, _emit("other"))
+        positions[0] = offset + 1
+    assert sightings.bound(0, 10, 20, "/", MINE) <= 10
+    sightings.note(0, 20, _emit("mine"))
+    sightings.note(0, 21, _emit("other"))
+    positions[0] = 22
+    assert sightings.bound(0, 10, 22, "/", MINE) == 21  # read up to its last record
+    assert sightings.bound(0, 21, 22, "/", MINE) <= 21  # after it: nothing
+    assert sightings.bound(0, 10, 22, "/", ["sid1"]) <= 10  # asked of its sid alone
+
+
+def test_its_sid_a_broadcast_and_an_emit_to_several_rooms_count() -> None:
+    _apart("mine", "sid1", "a", "b")
+    cases = [
+        (_emit("sid1"), MINE),
+        (_emit(None), [None]),  # where its namespace's broadcasts go
+        (_emit(["a", "mine", "b"]), [None]),  # keyed, and noted, as a broadcast
+    ]
+    for route, rooms in cases:
+        sightings, positions = _seen()
+        sightings.note(1, 10, route)
+        positions[1] = 11
+        assert sightings.bound(1, 10, 11, "/", rooms) == 11
+        assert sightings.bound(1, 10, 11, "/", ["other"]) <= 10
+
+
+def test_what_a_replay_never_delivers_is_not_counted() -> None:
+    _apart("mine", "sid1")
+    sightings, positions = _seen()
+    sightings.note(0, 10, _emit("mine", callback=("sid1", "/", 7)))  # waits for an ack
+    sightings.note(0, 11, _emit("mine", namespace="/chat"))  # another namespace
+    enter = {"method": "enter_room", "sid": "sid1", "namespace": "/", "room": "mine"}
+    sightings.note(0, 12, _route({**enter, "host_id": "h"}))
+    positions[0] = 13
+    assert sightings.bound(0, 10, 13, "/", [*MINE, None]) <= 10
+
+
+def test_a_record_without_routing_headers_may_be_anyones() -> None:
+    sightings, positions = _seen()
+    sightings.note(0, 14, None)
+    positions[0] = 15
+    assert sightings.bound(0, 10, 15, "/", MINE) == 15
+
+
+def test_a_range_not_read_whole_here_is_read_whole() -> None:
+    sightings, positions = _seen(since=10)
+    positions[0] = 20
+    assert sightings.bound(0, 5, 20, "/", MINE) == 20  # from before this node read it
+    assert sightings.bound(0, 10, 25, "/", MINE) == 25  # past what it has read
+    assert sightings.bound(3, 10, 20, "/", MINE) == 20  # a partition it does not know
+    assert sightings.bound(0, 10, 20, "/", MINE) <= 10
+    assert Sightings().bound(0, 10, 20, "/", MINE) == 20  # never positioned: nothing known
+
+
+def test_a_session_asks_each_partition_of_the_rooms_keyed_to_it() -> None:
+    audience = Audience.of("/", "sid1", ["mine", "yours"])
+    keyed = audience.by_partition(48)
+    assert set(keyed) == audience.partitions(48)
+    assert sorted(r for rooms in keyed.values() for r in rooms if r) == ["mine", "sid1", "yours"]
+    assert [r for rooms in keyed.values() for r in rooms if r is None] == [None]
+    for partition, rooms in keyed.items():
+        for room in rooms:
+            key = codec.record_key({"method": "emit", "namespace": "/", "room": room})
+            assert routing.partition_of(key, 48) == partition

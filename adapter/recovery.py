@@ -46,6 +46,7 @@ logger = logging.getLogger("socketio_kafka.recovery")
 #: ``{"recovery": false}`` in the CONNECT auth: no pid, no offset argument on events.
 OPT_OUT_KEY = "recovery"
 _REASON = EngineIOBaseServer.reason
+_ACKS = (packet.ACK, packet.BINARY_ACK)
 #: Disconnects after which a session is kept: the client did not mean to leave.
 _KEEP = frozenset(
     {
@@ -110,9 +111,9 @@ class RecoveryOptions:
     replay_timeout: float = 60.0
     #: Found records the node's replays buffer at once, across every recovering session.
     replay_buffer: int = REPLAY_BUFFER
-    #: How long ``enter_room``, ``leave_room`` and ``save_session`` on a connected socket
-    #: wait for its session record to be in Kafka (`RecoveringAsyncServer.session_saved`);
-    #: past it they return anyway, and the record is written again until Kafka takes it.
+    #: How long an event's ack waits while the socket's session (its rooms, its data)
+    #: changed and is not in Kafka yet (`RecoveringAsyncServer.session_saved`); past it the
+    #: ack goes anyway, and the record is written again until Kafka takes it. 0: never.
     save_wait: float = 2.0
 
     def __post_init__(self) -> None:
@@ -252,10 +253,13 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
 
     async def _send_packet(self, eio_sid: str, pkt: packet.Packet) -> None:
         # A recovered socket's CONNECT reply is sent past this (`_restore`).
-        if pkt.packet_type == packet.CONNECT and isinstance(pkt.data, dict):
+        kind = pkt.packet_type
+        if kind == packet.CONNECT and isinstance(pkt.data, dict):
             self.connects["fresh"] += 1
             if self.recovery:
                 await self._on_connect_reply(eio_sid, pkt.namespace or "/", pkt.data)
+        elif kind in _ACKS and self.recovery is not None and self.recovery.save_wait:
+            await self._saved_in_time(eio_sid, pkt.namespace or "/")
         await super()._send_packet(eio_sid, pkt)
 
     async def _handle_disconnect(
@@ -294,25 +298,19 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         if local and not self.manager.is_connected(sid, namespace):
             await self._end(sid, namespace, None)  # the server meant it: nothing to recover
 
-    async def enter_room(self, sid: str, room: str, namespace: str | None = None) -> None:
-        await super().enter_room(sid, room, namespace=namespace)
-        await self._saved_in_time(sid, namespace or "/")
-
-    async def leave_room(self, sid: str, room: str, namespace: str | None = None) -> None:
-        await super().leave_room(sid, room, namespace=namespace)
-        await self._saved_in_time(sid, namespace or "/")
-
     async def save_session(self, sid: str, session: Any, namespace: str | None = None) -> None:
         await super().save_session(sid, session, namespace=namespace)
         if self.recovery is not None:
             self._rooms_changed(sid, namespace or "/")
-            await self._saved_in_time(sid, namespace or "/")
 
-    async def _saved_in_time(self, sid: str, namespace: str) -> None:
-        # Returned means recoverable: a client that joined, dropped within milliseconds and
+    async def _saved_in_time(self, eio_sid: str, namespace: str) -> None:
+        # Acked means recoverable: a client that joined, dropped within milliseconds and
         # reconnected to another node once got a fresh session, its join still on its way
-        # to Kafka (the quickstart's demo, about 1 run in 8).
-        if self.recovery is None or self.recovery.save_wait == 0:
+        # to Kafka (the quickstart's demo, about 1 run in 8). The ack waits, not
+        # enter_room: a handler that moves a thousand sockets pays one round trip.
+        assert self.recovery is not None
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is None or not self._unwritten(sid, namespace):
             return
         try:
             async with asyncio.timeout(self.recovery.save_wait):
@@ -657,21 +655,27 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         """Wait until this socket's session, as it is now (rooms, session data), is in
         Kafka: from then on a client that drops can recover it on any node.
 
-        ``enter_room``, ``leave_room`` and ``save_session`` wait on it, up to the options'
-        ``save_wait``. False when Kafka refused it (it is written again until Kafka takes
-        it); True at once for a socket with nothing unwritten, or none.
+        An event's ack waits on it, up to the options' ``save_wait``: a client acked after
+        a join is recoverable in that room. False when Kafka refused it (it is written
+        again until Kafka takes it); True at once for a socket with nothing unwritten.
         """
         key = (sid, namespace)
+        if not self._unwritten(sid, namespace):
+            return self._saved(key)
         if key in self._dirty:
             if self._next_batch is None:
                 self._next_batch = asyncio.get_running_loop().create_future()
             done = self._next_batch
-        elif self._batch is not None and key in self._batch[0]:
-            done = self._batch[1]
         else:
-            return self._saved(key)
+            assert self._batch is not None
+            done = self._batch[1]
         await asyncio.shield(done)  # one waiter cancelled is not the batch cancelled
         return self._saved(key)
+
+    def _unwritten(self, sid: str, namespace: str) -> bool:
+        """Whether a change of this socket's session waits for the writer, or is on its way."""
+        key = (sid, namespace)
+        return key in self._dirty or (self._batch is not None and key in self._batch[0])
 
     def _saved(self, key: tuple[str, str]) -> bool:
         live = self._live.get(key)

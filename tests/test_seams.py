@@ -96,6 +96,10 @@ def test_server_seams_recovery_overrides() -> None:
     assert "packet.CONNECT, {'sid': sid}" in connect
     assert "self.manager.pre_connect(eio_sid, namespace)" in connect
     assert "self.manager.connect(sid, namespace)" in connect
+    # An event's ACK goes out through _send_packet, where it waits for the session record.
+    event = inspect.getsource(AsyncServer._handle_event_internal).replace("\n", "")
+    assert "await server._send_packet(eio_sid, self.packet_class(" in event
+    assert "packet.ACK, namespace=namespace, id=id, data=data" in event
 
 
 def test_client_seams_recovering_client_overrides() -> None:

@@ -52,6 +52,8 @@ class Sightings:
 
     def note(self, partition: int, offset: int, route: Route | None) -> None:
         """The live consumer read this record (before it moves past it)."""
+        if partition >= len(self._unrouted):
+            return  # not positioned there: `bound` answers for none of it
         if route is None:  # no routing headers: any session's, as far as anyone knows
             self._unrouted[partition] = offset
             return

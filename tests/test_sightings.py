@@ -110,3 +110,9 @@ def test_a_session_asks_each_partition_of_the_rooms_keyed_to_it() -> None:
         for room in rooms:
             key = codec.record_key({"method": "emit", "namespace": "/", "room": room})
             assert routing.partition_of(key, 48) == partition
+
+
+def test_a_record_of_a_partition_never_positioned_is_not_noted() -> None:
+    sightings = Sightings()
+    sightings.note(0, 5, None)  # the consume loop runs only once positioned; no error if not
+    assert sightings.bound(0, 0, 6, "/", MINE) == 6

@@ -704,7 +704,10 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         """Save the sessions of these ``(sid, namespace)`` sockets, in one batch."""
         sessions = []
         for sid, namespace in keys:
-            snapshot = await self._snapshot(sid, namespace)
+            try:
+                snapshot = await self._snapshot(sid, namespace)
+            except KeyError:  # its Engine.IO session closed: its disconnect writes the rest
+                continue
             # Disconnected (meanwhile, too): its last word is already written.
             if snapshot is not None and (sid, namespace) in self._live:
                 sessions.append(snapshot)

@@ -178,3 +178,45 @@ async def test_a_client_that_drops_right_after_its_join_ack_recovers_elsewhere_i
             assert await client.wait_count("news", 1) == [1]
         finally:
             await client.close()
+
+
+async def test_a_socket_whose_engineio_session_closed_does_not_cost_the_others_their_records(
+    kafka_url: str, channel: str
+) -> None:
+    """Engine.IO forgets a closed socket before python-socketio's manager does; a batch of
+    session records that held such a socket was lost whole (its KeyError), with every other
+    socket's join in it."""
+    manager = AsyncKafkaManager(kafka_url, channel=channel)
+    sio = RecoveringAsyncServer(
+        client_manager=manager, async_mode="asgi", connection_state_recovery={}
+    )
+    real_get_session = sio.eio.get_session
+    gone, kept = RecoveringRecorder(), RecoveringRecorder()
+    async with manager, run_server(socketio.ASGIApp(sio)) as url:
+        try:
+            await gone.connect(url)
+            await kept.connect(url)
+            closed = manager.eio_sid_from_sid(gone.sid, "/")
+
+            async def get_session(eio_sid: str) -> Any:
+                if eio_sid == closed:
+                    raise KeyError("Session is disconnected")  # as python-engineio says
+                return await real_get_session(eio_sid)
+
+            sio.eio.get_session = get_session
+            # Both in the writer's next batch.
+            await sio.enter_room(gone.sid, "elsewhere")
+            await sio.enter_room(kept.sid, "lobby")
+            assert await sio.session_saved(kept.sid)
+            pid = kept.client.pids["/"]
+            await wait_until(
+                lambda: (
+                    (s := manager.store.table.sessions.get(pid)) is not None and "lobby" in s.rooms
+                ),
+                10,
+                "the kept socket's join in the sessions topic",
+            )
+        finally:
+            sio.eio.get_session = real_get_session
+            await gone.close()
+            await kept.close()

@@ -159,8 +159,6 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         self._replays = ConsumerPool(self._replay_consumer)
         #: Every replay of this node reads through these cursors (`adapter/cursor.py`).
         self.shared_replays = SharedReplays(self._replays, self.events_topic, self.stats)
-        #: What the live consumer saw where, for replays to skip (with recovery on).
-        self.sightings: Sightings | None = None
         self._partitions = 0
         #: Next offset to consume, per partition: the watermark every delivery carries.
         self.positions: list[int] = []
@@ -208,7 +206,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
                 "events a client missed could be deleted before it returns"
             )
         self.recovery_window = self.store.window = window_s
-        self.sightings = self.shared_replays.sightings = Sightings()
+        # What the live consumer saw where, for replays to skip.
+        self.shared_replays.sightings = Sightings()
         # A resend comes within a recovery window of the drop, for a publish made before.
         floor = window_s + self.options.request_timeout_ms / 1000
         self.publishes.window_s = max(self.publishes.window_s, floor)
@@ -542,8 +541,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             await consumer.seek_to_end(*events)
             # Resolve the lazy seek now: readiness means positioned.
             self.positions = [await consumer.position(tp) for tp in events]
-            if self.sightings is not None:
-                self.sightings.reset(self.positions)
+            if (sightings := self.shared_replays.sightings) is not None:
+                sightings.reset(self.positions)
             if self.recovery_window is not None:
                 assert self._publisher is not None
                 await self.store.load(consumer, self._publisher)
@@ -639,8 +638,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             return
         try:
             route = routing.read_route(record.headers)
-            if self.sightings is not None:
-                self.sightings.note(record.partition, record.offset, route)
+            if (sightings := self.shared_replays.sightings) is not None:
+                sightings.note(record.partition, record.offset, route)
             if route is not None and not self._wanted_here(route):
                 self.stats.records_consumed += 1
                 self.stats.records_passed += 1

@@ -251,6 +251,15 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             publisher.replaced if publisher is not None else 0,
         )
 
+    def supervise(self, name: str, factory: Callable[[], Awaitable[None]]) -> bool:
+        """Run ``factory()`` as this node's background task ``name`` unless it runs already:
+        an exception that escapes it is logged, counted and shown by `health`, and it
+        restarts. False (nothing started) while the manager is not started."""
+        if self._supervisor is None:
+            return False
+        self._supervisor.ensure(name, factory)
+        return True
+
     async def start(self) -> None:
         """Connect and position the consumer; returns once ready.
 

@@ -63,6 +63,9 @@ _FIRST_RETRY_S = 0.5
 #: Judgments of one claim at most, when it loses to a record no connection holds.
 _JUDGMENTS = 3
 _MAX_RETRY_S = 5.0
+#: The node's background tasks (`AsyncKafkaManager.supervise`) that write session records.
+_WRITER = "session-writer"
+_RETRIER = "session-retry"
 
 
 class Fresh(StrEnum):
@@ -191,13 +194,11 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         self._dirty: set[tuple[str, str]] = set()
         #: Sessions just kept after a transport close, in case a DISCONNECT follows.
         self._kept: dict[tuple[str, str], tuple[str, float]] = {}
-        self._writer: asyncio.Task[None] | None = None
         #: Done when the writer has written what is dirty now, and what it is writing.
         self._next_batch: asyncio.Future[None] | None = None
         self._batch: tuple[set[tuple[str, str]], asyncio.Future[None]] | None = None
         #: Session records Kafka has not taken yet, by pid (None: the session's end).
         self._unsaved: dict[str, Session | None] = {}
-        self._retrier: asyncio.Task[None] | None = None
         #: The latest write of each pid's session in flight, so an older one that fails
         #: later is not retried over it.
         self._attempts: dict[str, int] = {}
@@ -648,8 +649,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         if (sid, namespace) not in self._live:
             return
         self._dirty.add((sid, namespace))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write_dirty())
+        self.kafka.supervise(_WRITER, self._write_dirty)
 
     async def session_saved(self, sid: str, namespace: str = "/") -> bool:
         """Wait until this socket's session, as it is now (rooms, session data), is in
@@ -693,9 +693,19 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             self._batch = (batch, done)
             try:
                 await self._write(*batch)
+            except Exception:
+                # The supervisor logs it and starts the writer again, which writes these
+                # sessions again; whoever waits for them waits for that.
+                self._dirty.update(key for key in batch if key in self._live)
+                self._next_batch = _joined(self._next_batch, done)
+                raise
+            except BaseException:  # cancelled: the node stops, nobody waits any more
+                _resolve(done, self._next_batch)
+                raise
+            else:
+                done.set_result(None)
             finally:
                 self._batch = None
-                done.set_result(None)
         if self._next_batch is not None:  # its sockets left before it was taken
             self._next_batch.set_result(None)
             self._next_batch = None
@@ -766,8 +776,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             latest = {p: r for p, r in records.items() if self._attempts.get(p) == attempt}
             logger.warning("%d session record(s) not saved yet; retrying: %s", len(latest), exc)
             self._unsaved.update(latest)
-            if self._retrier is None or self._retrier.done():
-                self._retrier = asyncio.get_running_loop().create_task(self._retry_unsaved())
+            self.kafka.supervise(_RETRIER, self._retry_unsaved)
         else:
             for pid in records:
                 if self._attempts.get(pid) == attempt:
@@ -783,7 +792,28 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_RETRY_S)
             pending, self._unsaved = self._unsaved, {}
-            await self._save(pending)  # what fails again is back in _unsaved
+            try:
+                await self._save(pending)  # what Kafka refuses again is back in _unsaved
+            except Exception:
+                # Kept for the supervisor's restart, unless a newer record came meanwhile.
+                self._unsaved = {**pending, **self._unsaved}
+                raise
+
+
+def _joined(
+    later: asyncio.Future[None] | None, earlier: asyncio.Future[None]
+) -> asyncio.Future[None]:
+    """One future for two sets of waiters: ``earlier`` is done when ``later`` is."""
+    if later is None:
+        return earlier
+    later.add_done_callback(lambda _: _resolve(earlier))
+    return later
+
+
+def _resolve(*futures: asyncio.Future[None] | None) -> None:
+    for future in futures:
+        if future is not None and not future.done():
+            future.set_result(None)
 
 
 def _jsonable(data: Any) -> Any:

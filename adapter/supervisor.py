@@ -1,7 +1,7 @@
 """Background tasks that cannot die silently.
 
-A node's consume loop, heartbeat, expiry sweep and broker watch each run under a
-`Supervisor`: an exception that escapes one is logged with its traceback, counted, and
+A node's consume loop, heartbeat, expiry sweep, broker watch and session writers each run
+under a `Supervisor`: an exception that escapes one is logged with its traceback, counted, and
 the task restarts after a capped backoff. While a task waits to restart it is *down*,
 with the error as the reason, and the node's health (and ``/readyz``) says so.
 """
@@ -46,6 +46,12 @@ class Supervisor:
         if name in self._tasks and not self._tasks[name].done():
             raise RuntimeError(f"task {name!r} is already running")
         self._tasks[name] = asyncio.create_task(self._run(name, factory), name=name)
+
+    def ensure(self, name: str, factory: TaskFactory) -> None:
+        """Start ``name`` unless it runs (or waits to restart): for tasks started on demand."""
+        task = self._tasks.get(name)
+        if task is None or task.done():
+            self._tasks[name] = asyncio.create_task(self._run(name, factory), name=name)
 
     @property
     def running(self) -> list[str]:

@@ -220,3 +220,47 @@ async def test_a_socket_whose_engineio_session_closed_does_not_cost_the_others_t
             sio.eio.get_session = real_get_session
             await gone.close()
             await kept.close()
+
+
+async def test_a_session_writer_that_fails_is_restarted_and_writes_the_session_again(
+    kafka_url: str, channel: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unexpected error in the session writer died with its task: the batch of session
+    records it held was never written, and nothing but garbage collection said so."""
+    manager = AsyncKafkaManager(kafka_url, channel=channel)
+    sio = RecoveringAsyncServer(
+        client_manager=manager, async_mode="asgi", connection_state_recovery={}
+    )
+    real_write = manager.store.write
+    calls: list[dict[str, Any]] = []
+
+    async def write_failing_once(records: dict[str, Any]) -> None:
+        calls.append(records)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the session store")
+        await real_write(records)
+
+    client = RecoveringRecorder()
+    async with manager, run_server(socketio.ASGIApp(sio)) as url:
+        try:
+            await client.connect(url)
+            pid = client.client.pids["/"]
+            manager.store.write = write_failing_once
+            await sio.enter_room(client.sid, "lobby")
+            # The waiter waits for the writer's restart, not just for the failed attempt.
+            assert await sio.session_saved(client.sid)
+            assert len(calls) == 2
+            await wait_until(
+                lambda: (
+                    (s := manager.store.table.sessions.get(pid)) is not None and "lobby" in s.rooms
+                ),
+                10,
+                "the join in the sessions topic",
+            )
+            health = manager.health()
+            assert (health.ready, health.task_restarts) == (True, 1)
+            assert "background task 'session-writer' failed" in caplog.text
+            assert "a bug in the session store" in caplog.text
+        finally:
+            manager.store.write = real_write
+            await client.close()

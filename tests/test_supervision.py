@@ -61,6 +61,27 @@ async def test_a_task_that_raises_is_logged_counted_shown_down_and_restarted(
     await supervisor.stop()
 
 
+async def test_a_task_started_on_demand_runs_once_at_a_time() -> None:
+    """`Supervisor.ensure` (the session writer): a second call while the task runs, or
+    waits to restart, starts nothing; one after it returned starts it again."""
+    runs: list[int] = []
+    release = asyncio.Event()
+
+    async def work() -> None:
+        runs.append(len(runs))
+        await release.wait()
+
+    supervisor = Supervisor(_LOG)
+    supervisor.ensure("writer", work)
+    supervisor.ensure("writer", work)
+    await wait_until(lambda: runs == [0], 5, "the first run")
+    release.set()
+    await wait_until(lambda: supervisor.running == [], 5, "the run to end")
+    supervisor.ensure("writer", work)
+    await wait_until(lambda: runs == [0, 1], 5, "a second run")
+    await supervisor.stop()
+
+
 async def test_a_wedged_producer_is_replaced_and_publishing_resumes() -> None:
     wedged = FakeProducer(OutOfOrderSequenceNumber())
     fresh = FakeProducer(None)

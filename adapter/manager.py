@@ -31,6 +31,7 @@ from .metadata import pace_metadata_updates
 from .options import KafkaOptions, parse_kafka_urls
 from .outage import BrokerWatch, fold_kafka_client_logs
 from .outbox import Outbox, Outboxes, OutboxLimits
+from .pacing import Pacing
 from .publisher import Headers, Publisher
 from .publishes import PublishLedger
 from .replay import Bounds, ConsumerPool, topic_bounds
@@ -148,6 +149,15 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         self.stats = ManagerStats()
         self._publisher: Publisher | None = None
         self._turns = Turns()
+        options = self.options
+        #: The fetch interval and linger for this node's load (`adapter/pacing.py`).
+        self.pacing = Pacing(
+            options.fetch_interval_ms,
+            options.max_fetch_interval_ms,
+            options.linger_ms,
+            options.max_linger_ms,
+            self._set_linger,
+        )
         self._supervisor: Supervisor | None = None
         self._watch: BrokerWatch | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -276,6 +286,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             supervisor = self._supervisor = Supervisor(logger, self.options.retry_backoff_max_s)
             self._watch = BrokerWatch(self._probe, lambda: self.stats.publish_errors, logger)
             supervisor.start("broker-watch", self._watch.run)
+            if self.pacing.adaptive:
+                supervisor.start("pacing", self.pacing.run)
             if not self.write_only:
                 supervisor.start("consume", self._consume_loop)
             if self.recovery_window is not None:
@@ -461,6 +473,10 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             else:
                 return
 
+    def _set_linger(self, ms: float) -> None:
+        if self._publisher is not None:
+            self._publisher.set_linger(ms)
+
     async def _connect(self) -> None:
         try:
             if self.options.sasl or self.options.tls:
@@ -474,6 +490,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
                 self.stats.produce_latency,
                 topics=(self.events_topic, self.sessions_topic),
             )
+            self._publisher.set_linger(self.pacing.linger_ms)
             await self._publisher.start()
             if not self.write_only:
                 self._consumer = await self._positioned_consumer()
@@ -579,7 +596,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             self._resume_where_delivery_stopped(consumer)
         delay = _FIRST_RETRY_S
         loop = asyncio.get_running_loop()
-        interval = self.options.fetch_interval_ms / 1000
+        pacing = self.pacing
         next_fetch = 0.0
         while True:
             # Paced fetching (KafkaOptions.fetch_interval_ms): aiokafka fetches again as
@@ -590,7 +607,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             consumer.resume(*consumer.assignment())
             try:
                 batches = await consumer.getmany(timeout_ms=_POLL_TIMEOUT_MS)
-                if interval:
+                if interval := pacing.fetch_interval_s:
                     consumer.pause(*consumer.assignment())
                     next_fetch = loop.time() + interval
             except UNREADABLE:

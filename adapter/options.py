@@ -18,6 +18,8 @@ _DEFAULT_BOOTSTRAP = "localhost:9092"
 _ACKS = ("all", 0, 1, -1)
 _COMPRESSION = (None, "gzip", "snappy", "lz4", "zstd")
 _MAX_FETCH_INTERVAL_MS = 1000
+#: A busy node's waits, by default, against an idle one's (`adapter/pacing.py`).
+_BUSY_FACTOR = 4
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -48,6 +50,10 @@ class KafkaOptions:
     # A 2 ms linger batches publishes; an awaited emit waits for it, so a loop of awaited
     # emits runs at a few hundred a second (gather them, or set 0 for such a loop).
     linger_ms: int = 2
+    # A busy node waits longer, up to these (`adapter/pacing.py`): the same cores then take
+    # more events. None: 4x the waits above (a fetch interval at most 1 s); the values
+    # above keep the waits fixed.
+    linger_max_ms: float | None = None
     max_batch_size: int = 16384
     compression_type: str | None = None
     request_timeout_ms: int = 15000
@@ -59,6 +65,7 @@ class KafkaOptions:
     fetch_min_bytes: int = 1
     fetch_max_wait_ms: int = 500
     fetch_interval_ms: float = 5.0
+    fetch_interval_max_ms: float | None = None
     max_partition_fetch_bytes: int = 1024 * 1024
     max_record_bytes: int = 1024 * 1024
     client_id: str = "socketio-kafka"
@@ -99,9 +106,14 @@ class KafkaOptions:
         _require(self.acks in _ACKS, f"acks must be one of {_ACKS}")
         _require(self.compression_type in _COMPRESSION, f"compression_type not in {_COMPRESSION}")
         _require(self.linger_ms >= 0, "linger_ms must be >= 0")
+        _require(self.max_linger_ms >= self.linger_ms, "linger_max_ms must be >= linger_ms")
         _require(
             0 <= self.fetch_interval_ms <= _MAX_FETCH_INTERVAL_MS,
             f"fetch_interval_ms must be between 0 and {_MAX_FETCH_INTERVAL_MS}",
+        )
+        _require(
+            self.fetch_interval_ms <= self.max_fetch_interval_ms <= _MAX_FETCH_INTERVAL_MS,
+            f"fetch_interval_max_ms must be between fetch_interval_ms and {_MAX_FETCH_INTERVAL_MS}",
         )
         _require(self.max_record_bytes > 0, "max_record_bytes must be > 0")
         _require(self.retry_backoff_max_s > 0, "retry_backoff_max_s must be > 0")
@@ -111,6 +123,20 @@ class KafkaOptions:
         )
         self._check_sasl()
         object.__setattr__(self, "_tls", self._tls_context())
+
+    @property
+    def max_linger_ms(self) -> float:
+        """How long a busy node's publishes may wait to share a request."""
+        if self.linger_max_ms is not None:
+            return self.linger_max_ms
+        return self.linger_ms * _BUSY_FACTOR
+
+    @property
+    def max_fetch_interval_ms(self) -> float:
+        """How long a busy node may wait between two fetches."""
+        if self.fetch_interval_max_ms is not None:
+            return self.fetch_interval_max_ms
+        return min(self.fetch_interval_ms * _BUSY_FACTOR, _MAX_FETCH_INTERVAL_MS)
 
     @property
     def sasl(self) -> bool:

@@ -113,6 +113,7 @@ class Publisher:
         self._latency = latency
         self._producer: Producer | None = None
         self._replacing: asyncio.Task[None] | None = None
+        self._linger_ms: float | None = None
         #: How many producers were replaced because they wedged.
         self.replaced = 0
 
@@ -133,7 +134,7 @@ class Publisher:
         except BaseException:
             await producer.stop()
             raise
-        self._producer = producer
+        self._producer = self._lingering(producer)
 
     async def _learn_topics(self, producer: Producer) -> None:
         for topic in self._topics:
@@ -151,6 +152,21 @@ class Publisher:
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()
+
+    def set_linger(self, ms: float) -> None:
+        """Let records wait up to ``ms`` to share a request, from the producer's next batch
+        on (`adapter/pacing.py`), in this producer and the ones that replace it."""
+        self._linger_ms = ms
+        if self._producer is not None:
+            self._lingering(self._producer)
+
+    def _lingering(self, producer: Producer) -> Producer:
+        # aiokafka reads its accumulator's linger as it opens each batch; no public setter
+        # (tests/test_python_socketio_seams.py pins the attribute).
+        accumulator = getattr(producer, "_message_accumulator", None)
+        if accumulator is not None and self._linger_ms is not None:
+            accumulator._linger_time = self._linger_ms / 1000
+        return producer
 
     async def send_many(self, topic: str, records: Sequence[Record]) -> None:
         """Queue every record, then wait for all: one linger and one round trip for all."""
@@ -234,7 +250,7 @@ class Publisher:
             await fresh.stop()
             self._logger.warning("a fresh kafka producer did not start (%r)", exc)
             return
-        self._producer = fresh
+        self._producer = self._lingering(fresh)
         self.replaced += 1
         # Its unsent batches fail (their callers already had, or get, an error).
         try:

@@ -113,6 +113,16 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         type=number,
         help="at most one Kafka fetch per this interval under load (default 5; 0: no pacing)",
     )
+    parser.add_argument(
+        "--linger-max-ms",
+        type=number,
+        help="how long a busy node's publishes may wait (default 4x --linger-ms)",
+    )
+    parser.add_argument(
+        "--fetch-interval-max-ms",
+        type=number,
+        help="a busy node's fetch interval, at most (default 4x --fetch-interval-ms)",
+    )
     parser.add_argument("--cors-origins")
     parser.add_argument("--max-payload-bytes", type=integer)
     parser.add_argument(

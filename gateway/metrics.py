@@ -16,6 +16,7 @@ from prometheus_client.utils import floatToGoString
 
 from socketio_kafka.adapter import AsyncKafkaManager
 from socketio_kafka.adapter.manager import Health, ManagerStats
+from socketio_kafka.adapter.pacing import Pacing
 from socketio_kafka.adapter.publishes import PublishLedger
 from socketio_kafka.adapter.recovery import OUTCOMES
 
@@ -68,6 +69,7 @@ class NodeCollector(Collector):
             yield from _flow_metrics(self._manager.stats)
             yield from _publish_id_metrics(self._manager.publishes)
             yield _lag(self._manager.lag())
+            yield from _pacing_metrics(self._manager.pacing)
         ready = GaugeMetricFamily("socketio_kafka_ready", "1 when the node is ready")
         ready.add_metric([], 1.0 if self._manager.ready else 0.0)
         yield ready
@@ -161,6 +163,17 @@ def _publish_id_metrics(ledger: PublishLedger) -> Iterator[Metric]:
     )
     remembered.add_metric([], ledger.remembered)
     yield remembered
+
+
+def _pacing_metrics(pacing: Pacing) -> Iterator[GaugeMetricFamily]:
+    for name, doc, value in (
+        ("pacing_load", "How busy the node reads: 0 idle, 1 at the waits' maxima", pacing.load),
+        ("fetch_interval_seconds", "The node's wait between two fetches", pacing.fetch_interval_s),
+        ("linger_seconds", "How long a publish may wait for others", pacing.linger_ms / 1000),
+    ):
+        gauge = GaugeMetricFamily(f"socketio_kafka_{name}", doc)
+        gauge.add_metric([], value)
+        yield gauge
 
 
 def _le(bound: float) -> str:

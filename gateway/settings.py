@@ -58,6 +58,9 @@ class Settings:
     # benchmarks/RESULTS.md).
     linger_ms: int = _KAFKA.linger_ms
     fetch_interval_ms: float = _KAFKA.fetch_interval_ms
+    # None: 4x the two above (adapter/pacing.py).
+    linger_max_ms: float | None = None
+    fetch_interval_max_ms: float | None = None
     cors_origins: str = "*"
     max_payload_bytes: int = 1_000_000
     ws_compression: bool = False
@@ -138,6 +141,8 @@ class Settings:
             request_timeout_ms=self.kafka_timeout_ms,
             linger_ms=self.linger_ms,
             fetch_interval_ms=self.fetch_interval_ms,
+            linger_max_ms=self.linger_max_ms,
+            fetch_interval_max_ms=self.fetch_interval_max_ms,
             # Whatever a client may send fits a record, binary parts base64-encoded included.
             max_record_bytes=self.max_payload_bytes * 4 // 3 + 64 * 1024,
             security_protocol=self.kafka_security_protocol,

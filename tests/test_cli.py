@@ -61,6 +61,24 @@ def test_latency_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     assert (options.linger_ms, options.fetch_interval_ms) == (1, 2.5)
 
 
+def test_a_busy_nodes_waits_from_flags_and_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pacing = _manager([]).pacing
+    assert (pacing.adaptive, pacing.fetch_interval_s, pacing.linger_ms) == (True, 0.005, 2)
+    fixed = _manager(["--linger-max-ms", "2", "--fetch-interval-max-ms", "5"])
+    assert not fixed.pacing.adaptive
+    monkeypatch.setenv("SOCKETIO_KAFKA_LINGER_MAX_MS", "3")
+    options = _manager(["--fetch-interval-max-ms", "7.5"]).options
+    assert (options.max_linger_ms, options.max_fetch_interval_ms) == (3, 7.5)
+
+
+@pytest.mark.usefixtures("nothing_starts")
+def test_a_busy_wait_under_the_idle_one_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", "--linger-ms", "4", "--linger-max-ms", "3"]) == 1
+    assert capsys.readouterr().err == "socketio-kafka: linger_max_ms must be >= linger_ms\n"
+
+
 def test_replication_from_flags_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (_manager([]).options.replication_factor, _manager([]).options.min_insync_replicas) == (
         None,

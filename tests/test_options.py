@@ -39,6 +39,9 @@ def test_bad_urls_are_config_errors(url: str | list[str]) -> None:
         {"max_record_bytes": 0},
         {"fetch_interval_ms": -1},
         {"fetch_interval_ms": 1001},  # nodes would miss each other's heartbeats
+        {"fetch_interval_max_ms": 1001},
+        {"fetch_interval_ms": 10, "fetch_interval_max_ms": 5},
+        {"linger_ms": 5, "linger_max_ms": 4},
         {"replication_factor": 0},
         {"min_insync_replicas": 0},
         {"replication_factor": 2, "min_insync_replicas": 3},  # no write could ever succeed

@@ -1,0 +1,87 @@
+"""How long a node lets records gather before a Kafka request: longer when it is busy.
+
+Every fetch and every produce request costs the broker and the node about as much CPU as
+the batch of records it carries (`benchmarks/RESULTS.md`, "The knee"), so waiting longer
+to batch takes more events through the same cores, and at low rates only adds latency.
+Fixed waits choose one end of that trade for every load. `Pacing` moves along it: it
+measures how late the node's event loop runs a timer (a loop with a backlog, or a machine
+short of cores, runs it late) and sets the consumer's fetch interval and the producer's
+linger between their configured values (an idle node, whose timers run less than 1 ms
+late: the loops' timers have millisecond resolution) and their maxima (a node whose timers
+run ``busy_lag_ms`` late or more).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+__all__ = ["Pacing"]
+
+#: How often the loop's lateness is sampled, and how much each sample weighs.
+_TICK_S = 0.02
+_WEIGHT = 0.2
+#: Linger changes smaller than this are not passed on (each is a producer attribute write).
+_LINGER_STEP_MS = 0.25
+#: Timers this late are on time: uvloop and asyncio wake at millisecond resolution (an idle
+#: loop ran a 20 ms sleep 0.44-0.48 ms late on average here).
+_ON_TIME_MS = 1.0
+
+
+class Pacing:
+    """The fetch interval and linger for this node's load, updated by `run`.
+
+    Example::
+
+        pacing = Pacing(5, 20, 2, 10, set_linger=publisher.set_linger)
+        supervisor.start("pacing", pacing.run)
+        await asyncio.sleep(pacing.fetch_interval_s)  # between two fetches
+    """
+
+    def __init__(
+        self,
+        fetch_interval_ms: float,
+        fetch_interval_max_ms: float,
+        linger_ms: float,
+        linger_max_ms: float,
+        set_linger: Callable[[float], None],
+        busy_lag_ms: float = 3.0,
+    ) -> None:
+        self._fetch = (fetch_interval_ms, max(fetch_interval_ms, fetch_interval_max_ms))
+        self._linger = (linger_ms, max(linger_ms, linger_max_ms))
+        self._set_linger = set_linger
+        self._busy_lag_ms = busy_lag_ms
+        #: How late the loop runs timers, smoothed (ms).
+        self.lag_ms = 0.0
+        #: 0 (idle: the configured waits) to 1 (busy: the maxima).
+        self.load = 0.0
+        self.fetch_interval_s = fetch_interval_ms / 1000
+        self.linger_ms = linger_ms
+
+    @property
+    def adaptive(self) -> bool:
+        """False when the maxima equal the configured waits: nothing to run."""
+        return self._fetch[0] != self._fetch[1] or self._linger[0] != self._linger[1]
+
+    async def run(self) -> None:
+        """Sample the loop's lateness forever (run it under a `Supervisor`)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + _TICK_S
+            await asyncio.sleep(_TICK_S)
+            self.observe((loop.time() - due) * 1000)
+
+    def observe(self, late_ms: float) -> None:
+        """Take one sample of how late a timer ran, and set the waits for it."""
+        self.lag_ms += _WEIGHT * (max(0.0, late_ms) - self.lag_ms)
+        late = self.lag_ms - _ON_TIME_MS
+        self.load = min(1.0, max(0.0, late / (self._busy_lag_ms - _ON_TIME_MS)))
+        low, high = self._fetch
+        self.fetch_interval_s = (low + self.load * (high - low)) / 1000
+        low, high = self._linger
+        linger = low + self.load * (high - low)
+        if abs(linger - self.linger_ms) >= _LINGER_STEP_MS or (
+            linger != self.linger_ms and linger in self._linger
+        ):
+            self.linger_ms = linger
+            self._set_linger(linger)

@@ -1,0 +1,103 @@
+"""A busy node waits longer to batch its Kafka requests; an idle one waits as configured."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions
+from socketio_kafka.adapter.pacing import Pacing
+
+from .support.waiting import wait_until
+
+
+def _pacing(lingers: list[float]) -> Pacing:
+    return Pacing(5, 20, 2, 8, lingers.append, busy_lag_ms=3.0)
+
+
+def test_an_idle_node_waits_as_configured_and_a_busy_one_up_to_the_maxima() -> None:
+    lingers: list[float] = []
+    pacing = _pacing(lingers)
+    for _ in range(50):
+        pacing.observe(0.9)  # a loop that runs its timers on time (to the millisecond)
+    assert (pacing.fetch_interval_s, pacing.linger_ms) == (0.005, 2)
+    assert lingers == []  # nothing changed: the producer is not touched
+    for _ in range(50):
+        pacing.observe(30.0)  # timers 30 ms late: a loop with a backlog
+    assert pacing.load == 1.0
+    assert (pacing.fetch_interval_s, pacing.linger_ms) == (0.02, 8)
+    assert lingers[-1] == 8
+    for _ in range(100):
+        pacing.observe(0.0)
+    assert (pacing.fetch_interval_s, pacing.linger_ms) == (0.005, 2)
+    assert lingers[-1] == 2
+
+
+def test_a_node_half_busy_waits_in_between_and_tells_the_producer_only_real_changes() -> None:
+    lingers: list[float] = []
+    pacing = _pacing(lingers)
+    for _ in range(100):
+        pacing.observe(2.0)  # halfway from on time to busy
+    assert pacing.fetch_interval_s == pytest.approx(0.0125, rel=0.01)
+    assert pacing.linger_ms == pytest.approx(5, rel=0.05)
+    # Changes under a quarter of a millisecond are not passed on.
+    assert len(lingers) < 15
+    assert all(b - a >= 0.25 for a, b in zip([2.0, *lingers], lingers, strict=False))
+
+
+def test_fixed_waits_need_no_sampling() -> None:
+    assert not Pacing(5, 5, 2, 2, print).adaptive
+    assert Pacing(5, 5, 2, 3, print).adaptive
+
+
+async def test_a_loop_kept_busy_widens_the_waits_and_they_narrow_once_it_is_idle() -> None:
+    """On a real event loop: callbacks that hold it 10 ms each make its timers late."""
+    lingers: list[float] = []
+    pacing = _pacing(lingers)
+    sampling = asyncio.create_task(pacing.run())
+    busy = True
+
+    async def hog() -> None:
+        while busy:
+            time.sleep(0.01)  # noqa: ASYNC251 (the point: a handler that holds the loop)
+            await asyncio.sleep(0)
+
+    hogs = [asyncio.create_task(hog()) for _ in range(3)]
+    try:
+        await wait_until(lambda: pacing.load == 1.0, 10, "a busy loop to read as busy")
+        assert pacing.fetch_interval_s == 0.02
+        assert lingers[-1] == 8
+        busy = False
+        await asyncio.gather(*hogs)
+        await wait_until(lambda: pacing.fetch_interval_s < 0.006, 10, "the waits to narrow")
+        await wait_until(lambda: pacing.linger_ms < 2.5, 10, "the linger to narrow")
+    finally:
+        busy = False
+        sampling.cancel()
+        await asyncio.gather(sampling, *hogs, return_exceptions=True)
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(60)
+async def test_the_producer_lingers_as_long_as_the_pacing_says(
+    kafka_url: str, channel: str
+) -> None:
+    """aiokafka has no public setter for its linger: the one we use must take effect."""
+    manager = AsyncKafkaManager(
+        kafka_url, channel=channel, options=KafkaOptions(linger_ms=0, linger_max_ms=1000)
+    )
+    async with manager:
+        assert manager._publisher is not None
+        await manager.emit("warm", 0, room="r")
+
+        async def publish_time() -> float:
+            began = time.monotonic()
+            await manager.emit("e", 1, room="r")
+            return time.monotonic() - began
+
+        manager._publisher.set_linger(1000)
+        assert await publish_time() >= 0.9
+        manager._publisher.set_linger(0)
+        assert await publish_time() < 0.9

@@ -417,6 +417,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         """
         timeout_s = self.options.request_timeout_ms / 1000
         delivery = None
+        self.pacing.sent += 1
         try:
             async with asyncio.timeout(timeout_s):
                 # Entered before the first await: see adapter/turns.py.
@@ -607,6 +608,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             consumer.resume(*consumer.assignment())
             try:
                 batches = await consumer.getmany(timeout_ms=_POLL_TIMEOUT_MS)
+                pacing.read += sum(map(len, batches.values()))
                 if interval := pacing.fetch_interval_s:
                     consumer.pause(*consumer.assignment())
                     next_fetch = loop.time() + interval

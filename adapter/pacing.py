@@ -9,6 +9,10 @@ short of cores, runs it late) and sets the consumer's fetch interval and the pro
 linger between their configured values (an idle node, whose timers run less than 1 ms
 late: the loops' timers have millisecond resolution) and their maxima (a node whose timers
 run ``busy_lag_ms`` late or more).
+
+A wait widens only as far as it would gather records: by how many the node reads (for the
+fetch interval) or publishes (for the linger) in the longest wait. A node busy with other
+work (a flood of connections, a replay) and a sparse stream of events would only delay them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ _LINGER_STEP_MS = 0.25
 #: Timers this late are on time: uvloop and asyncio wake at millisecond resolution (an idle
 #: loop ran a 20 ms sleep 0.44-0.48 ms late on average here).
 _ON_TIME_MS = 1.0
+#: Records a wait's maximum would gather: under the first, it does not widen (waiting would
+#: gather nothing); from the second on, it widens as far as the loop's lateness says.
+_SPARSE = 2.0
+_DENSE = 8.0
 
 
 class Pacing:
@@ -57,6 +65,11 @@ class Pacing:
         self.load = 0.0
         self.fetch_interval_s = fetch_interval_ms / 1000
         self.linger_ms = linger_ms
+        #: Records read from Kafka, and handed to the producer, since the last sample: the
+        #: consume loop and the publish path count them here.
+        self.read = 0
+        self.sent = 0
+        self._rates = (0.0, 0.0)
 
     @property
     def adaptive(self) -> bool:
@@ -67,21 +80,33 @@ class Pacing:
         """Sample the loop's lateness forever (run it under a `Supervisor`)."""
         loop = asyncio.get_running_loop()
         while True:
-            due = loop.time() + _TICK_S
+            began = loop.time()
             await asyncio.sleep(_TICK_S)
-            self.observe((loop.time() - due) * 1000)
+            elapsed = loop.time() - began
+            self.observe((elapsed - _TICK_S) * 1000, elapsed)
 
-    def observe(self, late_ms: float) -> None:
-        """Take one sample of how late a timer ran, and set the waits for it."""
+    def observe(self, late_ms: float, elapsed_s: float = _TICK_S) -> None:
+        """Take one sample: how late a timer ran, and the records counted in ``elapsed_s``;
+        set the waits for them."""
         self.lag_ms += _WEIGHT * (max(0.0, late_ms) - self.lag_ms)
         late = self.lag_ms - _ON_TIME_MS
         self.load = min(1.0, max(0.0, late / (self._busy_lag_ms - _ON_TIME_MS)))
+        read_rate, sent_rate = self._rates
+        read_rate += _WEIGHT * (self.read / elapsed_s - read_rate)
+        sent_rate += _WEIGHT * (self.sent / elapsed_s - sent_rate)
+        self._rates, self.read, self.sent = (read_rate, sent_rate), 0, 0
         low, high = self._fetch
-        self.fetch_interval_s = (low + self.load * (high - low)) / 1000
+        widen = self.load * _gathering(read_rate * high / 1000)
+        self.fetch_interval_s = (low + widen * (high - low)) / 1000
         low, high = self._linger
-        linger = low + self.load * (high - low)
+        linger = low + self.load * _gathering(sent_rate * high / 1000) * (high - low)
         if abs(linger - self.linger_ms) >= _LINGER_STEP_MS or (
             linger != self.linger_ms and linger in self._linger
         ):
             self.linger_ms = linger
             self._set_linger(linger)
+
+
+def _gathering(records: float) -> float:
+    """0 to 1: how far a wait that would gather ``records`` may widen."""
+    return min(1.0, max(0.0, (records - _SPARSE) / (_DENSE - _SPARSE)))

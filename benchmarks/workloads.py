@@ -11,7 +11,18 @@ from typing import Literal
 from .cpu import MACHINE, CpuSample, Usage
 from .loadgen import Json, run_loadgen
 
-__all__ = ["FULL", "QUICK", "Plan", "Step", "Target", "probe", "steps", "warm_up"]
+__all__ = [
+    "FULL",
+    "QUICK",
+    "Plan",
+    "Step",
+    "Target",
+    "latency_run",
+    "probe",
+    "saturation_run",
+    "steps",
+    "warm_up",
+]
 
 Mode = Literal["quick", "full"]
 
@@ -106,10 +117,10 @@ def steps(plan: Plan, recovers: bool) -> list[Step]:
     missed = plan.recovery_missed if recovers else plan.recovery_missed[:1]
     return [
         *(
-            Step("latency", f"latency {rate}/s", _latency(plan, rate))
+            Step("latency", f"latency {rate}/s", latency_run(plan, rate))
             for rate in plan.latency_rates
         ),
-        Step("saturation", "saturation", _saturation(plan)),
+        Step("saturation", "saturation", saturation_run(plan)),
         Step("fanout", f"fan-out to {plan.fanout_sockets}", _fanout(plan)),
         *(Step("recovery", f"recovery of {n}", _recovery(n)) for n in missed),
         Step("disconnect", "loss under a disconnect", _disconnect(plan)),
@@ -126,7 +137,7 @@ def warm_up(plan: Plan, target: Target) -> None:
     spent 0.8 cores on 100 events/s in the first step measured, 0.2 once warm. Whichever
     contestant came first paid it, and its CPU and latency read as its own.
     """
-    _latency(plan, _WARM_UP_RATE)(target)
+    latency_run(plan, _WARM_UP_RATE)(target)
 
 
 def probe(target: Target) -> None:
@@ -174,7 +185,7 @@ def _cpu(usage: Usage) -> Json:
     }
 
 
-def _latency(plan: Plan, rate: int) -> Callable[[Target], Json]:
+def latency_run(plan: Plan, rate: int) -> Callable[[Target], Json]:
     def run(target: Target) -> Json:
         spec = {
             "workload": "latency",
@@ -190,7 +201,7 @@ def _latency(plan: Plan, rate: int) -> Callable[[Target], Json]:
     return run
 
 
-def _saturation(plan: Plan) -> Callable[[Target], Json]:
+def saturation_run(plan: Plan) -> Callable[[Target], Json]:
     def run(target: Target) -> Json:
         spec = {
             "workload": "saturation",

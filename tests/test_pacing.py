@@ -17,20 +17,26 @@ def _pacing(lingers: list[float]) -> Pacing:
     return Pacing(5, 20, 2, 8, lingers.append, busy_lag_ms=3.0)
 
 
+def _observe(pacing: Pacing, late_ms: float, per_second: float = 5_000) -> None:
+    """One 20 ms sample, with the records read and published in it."""
+    pacing.read = pacing.sent = round(per_second * 0.02)
+    pacing.observe(late_ms, 0.02)
+
+
 def test_an_idle_node_waits_as_configured_and_a_busy_one_up_to_the_maxima() -> None:
     lingers: list[float] = []
     pacing = _pacing(lingers)
     for _ in range(50):
-        pacing.observe(0.9)  # a loop that runs its timers on time (to the millisecond)
+        _observe(pacing, 0.9)  # a loop that runs its timers on time (to the millisecond)
     assert (pacing.fetch_interval_s, pacing.linger_ms) == (0.005, 2)
     assert lingers == []  # nothing changed: the producer is not touched
     for _ in range(50):
-        pacing.observe(30.0)  # timers 30 ms late: a loop with a backlog
+        _observe(pacing, 30.0)  # timers 30 ms late: a loop with a backlog
     assert pacing.load == 1.0
     assert (pacing.fetch_interval_s, pacing.linger_ms) == (0.02, 8)
     assert lingers[-1] == 8
     for _ in range(100):
-        pacing.observe(0.0)
+        _observe(pacing, 0.0)
     assert (pacing.fetch_interval_s, pacing.linger_ms) == (0.005, 2)
     assert lingers[-1] == 2
 
@@ -39,12 +45,27 @@ def test_a_node_half_busy_waits_in_between_and_tells_the_producer_only_real_chan
     lingers: list[float] = []
     pacing = _pacing(lingers)
     for _ in range(100):
-        pacing.observe(2.0)  # halfway from on time to busy
+        _observe(pacing, 2.0)  # halfway from on time to busy
     assert pacing.fetch_interval_s == pytest.approx(0.0125, rel=0.01)
     assert pacing.linger_ms == pytest.approx(5, rel=0.05)
     # Changes under a quarter of a millisecond are not passed on.
     assert len(lingers) < 15
     assert all(b - a >= 0.25 for a, b in zip([2.0, *lingers], lingers, strict=False))
+
+
+def test_a_busy_node_with_sparse_events_keeps_its_waits() -> None:
+    """A flood of connections makes the loop late; a longer wait would only delay the few
+    events there are, not gather them."""
+    lingers: list[float] = []
+    pacing = _pacing(lingers)
+    for _ in range(50):
+        _observe(pacing, 30.0, per_second=50)  # one record in 20 ms: sparse
+    assert pacing.load == 1.0
+    assert (pacing.fetch_interval_s, pacing.linger_ms, lingers) == (0.005, 2, [])
+    for _ in range(50):
+        _observe(pacing, 30.0, per_second=250)  # 5 in the longest fetch wait, 2 in the linger
+    assert 0.005 < pacing.fetch_interval_s < 0.02
+    assert pacing.linger_ms == 2
 
 
 def test_fixed_waits_need_no_sampling() -> None:
@@ -61,14 +82,19 @@ async def test_a_loop_kept_busy_widens_the_waits_and_they_narrow_once_it_is_idle
 
     async def hog() -> None:
         while busy:
+            pacing.read += 50  # and about 5,000 records a second to read and publish
+            pacing.sent += 50
             time.sleep(0.01)  # noqa: ASYNC251 (the point: a handler that holds the loop)
             await asyncio.sleep(0)
 
     hogs = [asyncio.create_task(hog()) for _ in range(3)]
     try:
-        await wait_until(lambda: pacing.load == 1.0, 10, "a busy loop to read as busy")
-        assert pacing.fetch_interval_s == 0.02
-        assert lingers[-1] == 8
+        await wait_until(
+            lambda: pacing.fetch_interval_s == 0.02 and lingers[-1:] == [8],
+            10,
+            "a busy loop with records to gather to wait the longest",
+        )
+        assert pacing.load == 1.0
         busy = False
         await asyncio.gather(*hogs)
         await wait_until(lambda: pacing.fetch_interval_s < 0.006, 10, "the waits to narrow")

@@ -162,7 +162,7 @@ class Publisher:
 
     def _lingering(self, producer: Producer) -> Producer:
         # aiokafka reads its accumulator's linger as it opens each batch; no public setter
-        # (tests/test_python_socketio_seams.py pins the attribute).
+        # (tests/test_pacing.py checks on real Kafka that a publish waits for it).
         accumulator = getattr(producer, "_message_accumulator", None)
         if accumulator is not None and self._linger_ms is not None:
             accumulator._linger_time = self._linger_ms / 1000

@@ -45,7 +45,7 @@ class Supervisor:
         """Run ``factory()`` as ``name`` until it returns or the supervisor stops."""
         if name in self._tasks and not self._tasks[name].done():
             raise RuntimeError(f"task {name!r} is already running")
-        self._tasks[name] = asyncio.create_task(self._run(name, factory), name=name)
+        self.ensure(name, factory)
 
     def ensure(self, name: str, factory: TaskFactory) -> None:
         """Start ``name`` unless it runs (or waits to restart): for tasks started on demand."""

@@ -70,7 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     rates = [int(rate) for rate in args.rates.split(",")]
     scratch = Path(tempfile.mkdtemp(prefix="socketio-kafka-pacing-"))
     brokers = Brokers(scratch)
-    runs: list[dict[str, object]] = []
     try:
         for round_ in range(args.rounds):
             for name, flags in SETTINGS.items():
@@ -78,7 +77,6 @@ def main(argv: list[str] | None = None) -> int:
                 log_dir.mkdir()
                 row = {"setting": name, "round": round_, **measure(brokers, flags, rates, log_dir)}
                 print(json.dumps(row), flush=True)
-                runs.append(row)
     finally:
         brokers.close()
     print(json.dumps({"command": ["python", "-m", "benchmarks.pacing", *sys.argv[1:]]}))

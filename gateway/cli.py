@@ -359,9 +359,9 @@ def _serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        # An address flooding handshakes is reset as it connects, and one over its rate
+        # An address flooding handshakes is held, then reset, as it connects; one over its rate
         # is refused before uvicorn accepts its WebSocket.
-        http=gated_http(app.state.node.sio.accepts),
+        http=gated_http(app.state.node.sio.accepts, app.state.node.sio.holds),
         ws=CoalescingWebSocketProtocol.gated(app.state.node.sio.admits),
         ws_per_message_deflate=settings.ws_compression,
         # Once the drain closed every client, what is left: requests in flight.

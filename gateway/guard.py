@@ -24,6 +24,7 @@ from socketio import packet
 from socketio_kafka.adapter.outbox import Outbox
 from socketio_kafka.adapter.recovery import RecoveringAsyncServer
 
+from .accept import Holds
 from .limits import Limits, NodeLimits, peer_address
 from .protocol import EVENTS, RESERVED_EVENTS
 from .websocket import ABORT
@@ -88,6 +89,8 @@ class GuardedServer(RecoveringAsyncServer):
     def __init__(self, *args: Any, limits: Limits | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits = NodeLimits(limits or Limits())
+        #: Connections refused at accept are held here a while before their reset.
+        self.holds = Holds()
         #: Set by `drain`: new connections are refused, /readyz answers 503.
         self.draining = False
         #: Events clients sent, by name: the protocol's own, and ``other`` (names are the

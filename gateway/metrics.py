@@ -101,7 +101,12 @@ def _guard_metrics(server: GuardedServer) -> Iterator[GaugeMetricFamily | Counte
         "socketio_kafka_draining", "1 once the node drains: it takes no new connection"
     )
     draining.add_metric([], 1.0 if server.draining else 0.0)
-    yield from (refusals, draining)
+    held = GaugeMetricFamily(
+        "socketio_kafka_held_connections",
+        "Connections from flooding addresses held unread before their reset",
+    )
+    held.add_metric([], server.holds.held_total)
+    yield from (refusals, draining, held)
 
 
 def _connection_metrics(server: GuardedServer) -> Iterator[CounterMetricFamily]:

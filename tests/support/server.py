@@ -14,9 +14,9 @@ from .waiting import wait_until
 
 
 @contextlib.asynccontextmanager
-async def run_server(app: Any, ws: Any = "auto") -> AsyncIterator[str]:
-    """Serve ``app`` until the block ends (``ws``: uvicorn's WebSocket protocol); yields
-    its base URL."""
+async def run_server(app: Any, ws: Any = "auto", http: Any = "auto") -> AsyncIterator[str]:
+    """Serve ``app`` until the block ends (``ws``, ``http``: uvicorn's WebSocket and HTTP
+    protocols); yields its base URL."""
     port = free_port()
     # As the gateway serves (--ws-compression is off by default): with permessage-deflate a
     # client's kernel buffers would take megabytes of repetitive test payloads.
@@ -27,6 +27,7 @@ async def run_server(app: Any, ws: Any = "auto") -> AsyncIterator[str]:
         log_level="warning",
         lifespan="off",
         ws=ws,
+        http=http,
         ws_per_message_deflate=False,
     )
     server = uvicorn.Server(config)

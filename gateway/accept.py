@@ -66,6 +66,19 @@ class Holds:
             del self.held[peer]
 
 
+class _HTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
+    """uvicorn's HTTP protocol, which lets go of its parser once a WebSocket took over.
+
+    The parser holds the protocol's bound callbacks: each upgraded connection left that
+    cycle for the collector, and a burst of connections made its young collections take
+    55-113 ms of the event loop (benchmarks/RESULTS.md, session 14).
+    """
+
+    def handle_websocket_upgrade(self) -> None:
+        super().handle_websocket_upgrade()
+        self.__dict__.pop("parser", None)  # h11's protocol has none
+
+
 def gated_http(gate: AcceptGate, holds: Holds) -> type[asyncio.Protocol]:
     """A protocol factory for uvicorn's ``http``: ``gate`` asked first, then uvicorn's own
     HTTP protocol (httptools, else h11) takes the connection. A refused connection is held
@@ -83,7 +96,7 @@ def gated_http(gate: AcceptGate, holds: Holds) -> type[asyncio.Protocol]:
             peer = transport.get_extra_info("peername")
             host = peer[0] if peer else None
             if gate(host):
-                http = AutoHTTPProtocol(**self._uvicorn)
+                http = _HTTPProtocol(**self._uvicorn)
                 transport.set_protocol(http)
                 http.connection_made(transport)
             elif host is not None and holds.seconds > 0 and holds.take(host):

@@ -119,6 +119,10 @@ class _Flag:
                 self._waiters.remove(waiter)
 
 
+def _lost() -> None:
+    """The abort handle of a connection already lost."""
+
+
 class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol writing through a `CoalescingTransport`.
 
@@ -157,6 +161,14 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.transport = CoalescingTransport(self.transport, self.loop)  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        # Nothing more is reset: the app's abort handle, a method of this protocol in its
+        # scope, made a cycle only the collector would free, and a churn of connections
+        # makes the collector's pauses long (gateway/collector.py).
+        if (extensions := getattr(self, "scope", {}).get("extensions")) and ABORT in extensions:
+            extensions[ABORT] = {"abort": _lost}
 
     def handle_connect(self, event: Request) -> None:
         gate, peer = type(self).gate, self.client[0] if self.client else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from benchmarks import flood
 from socketio_kafka.gateway.accept import Holds, gated_http
+from socketio_kafka.gateway.websocket import CoalescingWebSocketProtocol
 
 from .support.server import run_server
 from .support.waiting import wait_until
@@ -61,6 +63,39 @@ async def test_without_a_hold_a_refused_connection_is_reset_at_once() -> None:
             async with asyncio.timeout(5):
                 await flood.upgrade("127.0.0.1", port, _FLOODER)
         assert not holds.held
+
+
+def _protocols() -> list[object]:
+    """The HTTP and WebSocket protocol objects alive in this process."""
+    return [
+        o for o in gc.get_objects()
+        if type(o).__name__ in ("_HTTPProtocol", "CoalescingWebSocketProtocol")
+    ]  # fmt: skip
+
+
+@pytest.mark.timeout(60)
+async def test_a_closed_websocket_leaves_no_cycle_for_the_collector() -> None:
+    """Reference counting frees a WebSocket's protocols, accepted or refused: a churn of
+    connections left each one's HTTP parser and abort handle in cycles, and the collector's
+    pauses grew with them (gateway/collector.py)."""
+
+    def refuse_one(peer: str | None, path: str, forwarded_for: str | None) -> bool:
+        return peer != _FLOODER
+
+    gc.collect()
+    gc.disable()
+    try:
+        ws = CoalescingWebSocketProtocol.gated(refuse_one)
+        http = gated_http(lambda peer: True, Holds())
+        async with run_server(_websocket_app, ws=ws, http=http) as url:
+            port = int(url.rsplit(":", 1)[1])
+            for source, status in [("127.0.0.8", 101), (_FLOODER, 403)] * 3:
+                up = await flood.upgrade("127.0.0.1", port, source)
+                assert up.status == status
+                up.writer.transport.abort()
+            await wait_until(lambda: not _protocols(), 10, "the protocols freed")
+    finally:
+        gc.enable()
 
 
 def test_holds_are_bounded_per_address_and_in_all() -> None:

@@ -38,18 +38,21 @@ function open() {
   });
 }
 
-// A receiver: the latency (µs) of each event of the current phase, and whether it dropped.
+// A receiver: the latency (µs) of each event of the current phase, with the time it was
+// sent (for the worst latency of each second), and whether it dropped.
 class Receiver {
   constructor(socket) {
     this.socket = socket;
     this.phase = -1;
     this.latencies = [];
+    this.sentAt = [];
     this.seqs = new Set();
     this.disconnects = 0;
     socket.on("disconnect", () => this.disconnects++);
     socket.on("ev", (data) => {
       if (data.phase !== this.phase) return;
       this.latencies.push((performance.now() - data.t) * 1000);
+      this.sentAt.push(data.t);
       this.seqs.add(data.seq);
     });
   }
@@ -84,6 +87,7 @@ async function measure(seconds) {
   for (const r of receivers) {
     r.phase = phase;
     r.latencies = [];
+    r.sentAt = [];
     r.seqs = new Set();
     r.disconnects = 0;
   }
@@ -124,6 +128,14 @@ async function measure(seconds) {
     await sleep(TICK_MS);
   }
   const all = receivers.flatMap((r) => r.latencies);
+  // When in the phase the latency went: one stall decides a p99 of 20 s.
+  const worst = new Array(Math.ceil(publishS)).fill(0);
+  for (const r of receivers) {
+    r.latencies.forEach((us, i) => {
+      const second = Math.floor((r.sentAt[i] - started) / 1000);
+      worst[second] = Math.max(worst[second] ?? 0, Math.round(us / 100) / 10);
+    });
+  }
   report({
     type: "measured",
     seconds: publishS,
@@ -138,6 +150,7 @@ async function measure(seconds) {
     publisher_connected: publisher.connected,
     newcomers: await newcomer,
     latency_ms: { ...summarize(all), cdf: undefined },
+    worst_ms_by_second: worst,
   });
 }
 

@@ -52,8 +52,10 @@ class Holds:
         return self.seconds * random.uniform(0.5, 1.5)
 
     def take(self, peer: str) -> bool:
-        """One more held connection from ``peer``, unless a bound is reached."""
-        if self.held[peer] >= self.per_address or self.held_total >= self.total:
+        """One more held connection from ``peer``, unless holds are off (``seconds`` 0) or
+        a bound is reached."""
+        full = self.held[peer] >= self.per_address or self.held_total >= self.total
+        if not self.seconds or full:
             return False
         self.held[peer] += 1
         self.held_total += 1
@@ -99,7 +101,7 @@ def gated_http(gate: AcceptGate, holds: Holds) -> type[asyncio.Protocol]:
                 http = _HTTPProtocol(**self._uvicorn)
                 transport.set_protocol(http)
                 http.connection_made(transport)
-            elif host is not None and holds.seconds > 0 and holds.take(host):
+            elif host is not None and holds.take(host):
                 self._held = host
                 transport.pause_reading()
                 loop = asyncio.get_running_loop()

@@ -215,7 +215,7 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--connect-rate",
         type=number,
-        help="new connections per second per client address (default 50)",
+        help="new connections per second per client address (default 10)",
     )
     group.add_argument(
         "--event-rate", type=number, help="events per second per connection (default 100)"

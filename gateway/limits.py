@@ -61,9 +61,12 @@ class Limits:
     """A node's limits; each bucket's burst is twice its rate per second."""
 
     max_connections: int = 10_000
-    # Generous: a mass reconnect after a node dies comes in bursts, many clients share an
-    # address behind NAT, and benchmarks and tests connect hundreds from 127.0.0.1.
-    connect_rate: float = 50.0
+    # Each admitted handshake costs the node 0.6-1.3 ms whatever the client does next: at 50
+    # a second, one flooding address took the other clients' p99 past 2x their quiet one
+    # (benchmarks/flood.py); at 10, 1.5x. A crowd behind one NAT address (or many clients
+    # reconnecting after a node died) gets in over seconds, within the recovery window;
+    # a deployment that expects such crowds raises it (docs/decisions.md).
+    connect_rate: float = 10.0
     # Ten times what a chat client or a 60 Hz game input sends; a socket publishing faster
     # is a firehose, and one node's firehose costs every other client's latency (the flood
     # benchmark: 666 accepted a second from one socket took the others' p99 past 3x).

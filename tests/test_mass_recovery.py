@@ -10,12 +10,11 @@ import signal
 from collections.abc import AsyncIterator
 
 import pytest
-import socketio
 
 from benchmarks.mass_recovery import Sizes, measure, sessions_saved
 from socketio_kafka.adapter.routing import Audience, partition_of
 
-from .support.cluster import GatewayProcess
+from .support.cluster import CROWD, gateway_cluster
 from .support.harness import Harness
 from .support.recovering import RecoveringRecorder
 from .support.waiting import wait_until
@@ -28,19 +27,13 @@ _OWN_ROOMS = [f"own-{n}" for n in range(CLIENTS)]
 
 
 @pytest.fixture
-async def harness(cluster: list[GatewayProcess]) -> AsyncIterator[Harness]:
-    async with Harness(cluster) as h:
+async def harness(kafka_url: str, channel: str) -> AsyncIterator[Harness]:
+    async with gateway_cluster(kafka_url, channel, 3, CROWD) as cluster, Harness(cluster) as h:
         yield h
 
 
 async def _client(url: str, room: str) -> RecoveringRecorder:
-    client = RecoveringRecorder()
-    for _ in range(50):  # as a client with reconnection on: a node limits connects per address
-        try:
-            await client.connect(url)
-            break
-        except socketio.exceptions.ConnectionError:
-            await asyncio.sleep(0.1)
+    client = await RecoveringRecorder().connect(url)
     assert await client.client.call("join", {"room": room}) == {"ok": True}
     return client
 

@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from socketio_kafka.adapter.sessions import decode_session
 
-from .support.cluster import GatewayProcess, gateway_cluster
+from .support.cluster import CROWD, GatewayProcess, gateway_cluster
 from .support.harness import Harness
 from .support.recovering import RecoveringRecorder
 from .support.waiting import wait_until
@@ -396,18 +396,19 @@ async def test_node_killed_under_a_connected_client_it_recovers_on_another(
 
 
 async def test_a_burst_of_joins_is_saved_for_every_socket(
-    harness: Harness, kafka_bootstrap: str, channel: str
+    kafka_url: str, kafka_bootstrap: str, channel: str
 ) -> None:
     """Joins arriving together are written together; none is left out of the batch."""
-    clients = await asyncio.gather(
-        *(RecoveringRecorder().connect(harness.gateways[0].url) for _ in range(40))
-    )
-    try:
-        replies = await asyncio.gather(*(c.client.call("join", {"room": ROOM}) for c in clients))
-        assert replies == [{"ok": True}] * len(clients)
-        await _session_saved_with_room(kafka_bootstrap, channel, *(c.sid for c in clients))
-    finally:
-        await asyncio.gather(*(c.close() for c in clients))
+    async with gateway_cluster(kafka_url, channel, 1, CROWD) as (node,):
+        clients = await asyncio.gather(*(RecoveringRecorder().connect(node.url) for _ in range(40)))
+        try:
+            replies = await asyncio.gather(
+                *(c.client.call("join", {"room": ROOM}) for c in clients)
+            )
+            assert replies == [{"ok": True}] * len(clients)
+            await _session_saved_with_room(kafka_bootstrap, channel, *(c.sid for c in clients))
+        finally:
+            await asyncio.gather(*(c.close() for c in clients))
 
 
 async def _session_saved_with_room(bootstrap: str, channel: str, *sids: str) -> None:

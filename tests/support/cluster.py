@@ -22,6 +22,9 @@ CONTROL_EXTENSION = "tests.support.control:install"
 #: For a test whose one socket publishes hundreds of events a second: it checks delivery,
 #: not the per-socket limit (100/s by default; tests/test_limits.py checks the limit).
 FAST_PUBLISHER = ("--event-rate", "100000")
+#: For a test whose clients, all from 127.0.0.1, stand for a crowd connecting at once: it
+#: checks what they get, not the per-address limit (10/s by default; tests/test_limits.py).
+CROWD = ("--connect-rate", "100000")
 
 
 def free_port() -> int:

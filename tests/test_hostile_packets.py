@@ -30,7 +30,7 @@ from websockets.exceptions import ConnectionClosed
 from socketio_kafka.adapter import fastjson
 
 from .support.clients import Recorder
-from .support.cluster import REPO, GatewayProcess, gateway_cluster
+from .support.cluster import CROWD, REPO, GatewayProcess, gateway_cluster
 from .support.rawclient import (
     CONNECT,
     Frame,
@@ -281,7 +281,8 @@ def _generated_barrage(url: str, alive: Callable[[], bool], tally: Tally) -> Non
 
 @pytest.fixture
 async def node(kafka_url: str, channel: str) -> AsyncIterator[GatewayProcess]:
-    extra = ["--max-payload-bytes", str(MAX_PAYLOAD)]
+    # Its hostile clients, all from 127.0.0.1, are many: the per-address rate is not tested here.
+    extra = ["--max-payload-bytes", str(MAX_PAYLOAD), *CROWD]
     async with gateway_cluster(kafka_url, channel, nodes=1, extra_args=extra) as [gateway]:
         yield gateway
 

@@ -5,10 +5,14 @@ the batch of records it carries (`benchmarks/RESULTS.md`, "The knee"), so waitin
 to batch takes more events through the same cores, and at low rates only adds latency.
 Fixed waits choose one end of that trade for every load. `Pacing` moves along it: it
 measures how late the node's event loop runs a timer (a loop with a backlog, or a machine
-short of cores, runs it late) and sets the consumer's fetch interval and the producer's
-linger between their configured values (an idle node, whose timers run less than 1 ms
-late: the loops' timers have millisecond resolution) and their maxima (a node whose timers
-run ``busy_lag_ms`` late or more).
+short of cores, runs it late) and how much of a core the node's process uses, and sets the
+consumer's fetch interval and the producer's linger between their configured values (an
+idle node, whose timers run less than 1 ms late: the loops' timers have millisecond
+resolution) and their maxima (a node whose timers run ``busy_lag_ms`` late or more, or
+that uses ``_CPU_BUSY`` of a core). Either signal alone misses a busy node: a node taking
+thousands of publishes a second runs many short callbacks, and its timers stay on time
+while it uses most of the one core a Python process can (session 16's runs:
+`benchmarks/RESULTS.md`, "Session 16").
 
 A wait widens only as far as it would gather records: by how many the node reads (for the
 fetch interval) or publishes (for the linger) in the longest wait. A node busy with other
@@ -18,6 +22,7 @@ work (a flood of connections, a replay) and a sparse stream of events would only
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 __all__ = ["Pacing"]
@@ -34,6 +39,10 @@ _ON_TIME_MS = 1.0
 #: gather nothing); from the second on, it widens as far as the loop's lateness says.
 _SPARSE = 2.0
 _DENSE = 8.0
+#: Of one core, smoothed: up to the first the node is idle by its CPU; from the second on,
+#: busy (a Python process uses one core at most, and queues well before it is full).
+_CPU_IDLE = 0.5
+_CPU_BUSY = 0.8
 
 
 class Pacing:
@@ -61,6 +70,8 @@ class Pacing:
         self._busy_lag_ms = busy_lag_ms
         #: How late the loop runs timers, smoothed (ms).
         self.lag_ms = 0.0
+        #: The share of one core the process uses, smoothed.
+        self.cpu = 0.0
         #: 0 (idle: the configured waits) to 1 (busy: the maxima).
         self.load = 0.0
         self.fetch_interval_s = fetch_interval_ms / 1000
@@ -80,17 +91,20 @@ class Pacing:
         """Sample the loop's lateness forever (run it under a `Supervisor`)."""
         loop = asyncio.get_running_loop()
         while True:
-            began = loop.time()
+            began, used = loop.time(), time.process_time()
             await asyncio.sleep(_TICK_S)
             elapsed = loop.time() - began
-            self.observe((elapsed - _TICK_S) * 1000, elapsed)
+            cpu = (time.process_time() - used) / elapsed
+            self.observe((elapsed - _TICK_S) * 1000, elapsed, cpu)
 
-    def observe(self, late_ms: float, elapsed_s: float = _TICK_S) -> None:
-        """Take one sample: how late a timer ran, and the records counted in ``elapsed_s``;
-        set the waits for them."""
+    def observe(self, late_ms: float, elapsed_s: float = _TICK_S, cpu: float = 0.0) -> None:
+        """Take one sample: how late a timer ran, the share of a core the process used, and
+        the records counted in ``elapsed_s``; set the waits for them."""
         self.lag_ms += _WEIGHT * (max(0.0, late_ms) - self.lag_ms)
-        late = self.lag_ms - _ON_TIME_MS
-        self.load = min(1.0, max(0.0, late / (self._busy_lag_ms - _ON_TIME_MS)))
+        self.cpu += _WEIGHT * (cpu - self.cpu)
+        by_lag = (self.lag_ms - _ON_TIME_MS) / (self._busy_lag_ms - _ON_TIME_MS)
+        by_cpu = (self.cpu - _CPU_IDLE) / (_CPU_BUSY - _CPU_IDLE)
+        self.load = min(1.0, max(0.0, by_lag, by_cpu))
         read_rate, sent_rate = self._rates
         read_rate += _WEIGHT * (self.read / elapsed_s - read_rate)
         sent_rate += _WEIGHT * (self.sent / elapsed_s - sent_rate)

@@ -68,6 +68,26 @@ def test_a_busy_node_with_sparse_events_keeps_its_waits() -> None:
     assert pacing.linger_ms == 2
 
 
+def test_a_node_using_most_of_its_core_waits_longer_though_its_timers_run_on_time() -> None:
+    """A node taking thousands of publishes a second runs many short callbacks: its timers
+    stay on time while it uses most of the one core a Python process can."""
+    lingers: list[float] = []
+    pacing = _pacing(lingers)
+    for _ in range(50):
+        pacing.read = pacing.sent = 100
+        pacing.observe(0.2, 0.02, cpu=0.3)  # a third of a core: idle by either signal
+    assert (pacing.load, pacing.fetch_interval_s, pacing.linger_ms) == (0.0, 0.005, 2)
+    for _ in range(50):
+        pacing.read = pacing.sent = 100
+        pacing.observe(0.2, 0.02, cpu=0.95)
+    assert pacing.load == 1.0
+    assert (pacing.fetch_interval_s, pacing.linger_ms) == (0.02, 8)
+    for _ in range(100):
+        pacing.read = pacing.sent = 100
+        pacing.observe(0.2, 0.02, cpu=0.1)
+    assert (pacing.load, pacing.fetch_interval_s, pacing.linger_ms) == (0.0, 0.005, 2)
+
+
 def test_fixed_waits_need_no_sampling() -> None:
     assert not Pacing(5, 5, 2, 2, print).adaptive
     assert Pacing(5, 5, 2, 3, print).adaptive
@@ -103,6 +123,40 @@ async def test_a_loop_kept_busy_widens_the_waits_and_they_narrow_once_it_is_idle
         busy = False
         sampling.cancel()
         await asyncio.gather(sampling, *hogs, return_exceptions=True)
+
+
+async def test_a_loop_of_short_busy_callbacks_widens_the_waits() -> None:
+    """On a real event loop: callbacks that each compute for half a millisecond keep the
+    process at its core's limit while every timer runs on time; the CPU says it is busy."""
+    lingers: list[float] = []
+    pacing = _pacing(lingers)
+    sampling = asyncio.create_task(pacing.run())
+    busy = True
+
+    async def spin() -> None:
+        while busy:
+            pacing.read += 3
+            pacing.sent += 3
+            until = time.process_time() + 0.0005
+            while time.process_time() < until:
+                pass
+            await asyncio.sleep(0)
+
+    spinning = asyncio.create_task(spin())
+    try:
+        await wait_until(
+            lambda: pacing.fetch_interval_s == 0.02 and lingers[-1:] == [8],
+            10,
+            "a node at its core's limit, with records to gather, to wait the longest",
+        )
+        assert pacing.lag_ms < 3.0  # the lateness alone would not have said so
+        busy = False
+        await spinning
+        await wait_until(lambda: pacing.load == 0.0, 10, "the load to fall once idle")
+    finally:
+        busy = False
+        sampling.cancel()
+        await asyncio.gather(sampling, spinning, return_exceptions=True)
 
 
 @pytest.mark.kafka

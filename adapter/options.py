@@ -20,6 +20,8 @@ _COMPRESSION = (None, "gzip", "snappy", "lz4", "zstd")
 _MAX_FETCH_INTERVAL_MS = 1000
 #: A busy node's waits, by default, against an idle one's (`adapter/pacing.py`).
 _BUSY_FACTOR = 4
+#: A busy node's linger, by default, at least: an idle node's is 0.
+_BUSY_LINGER_MS = 8.0
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -30,7 +32,7 @@ class KafkaOptions:
 
     Example::
 
-        options = KafkaOptions(partitions=12, linger_ms=2, compression_type="lz4")
+        options = KafkaOptions(partitions=12, linger_max_ms=20, compression_type="lz4")
         mgr = AsyncKafkaManager("kafka://broker:9092", options=options)
 
     ``producer_extra`` and ``consumer_extra`` pass any other aiokafka argument through.
@@ -46,13 +48,13 @@ class KafkaOptions:
     acks: str | int = "all"
     enable_idempotence: bool = True
     # Measured (benchmarks/RESULTS.md): every Kafka request costs the broker about as much
-    # CPU as a whole batch of records, so the defaults trade a few ms for fewer requests.
-    # A 2 ms linger batches publishes; an awaited emit waits for it, so a loop of awaited
-    # emits runs at a few hundred a second (gather them, or set 0 for such a loop).
-    linger_ms: int = 2
+    # CPU as a whole batch of records, so a busy node trades a few ms for fewer requests.
+    # An idle node's publishes do not linger (session 16: p50 at 100 events/s 2 ms, not
+    # 4.5 with the 2 ms linger before); a busy one's wait up to ``linger_max_ms``.
+    linger_ms: int = 0
     # A busy node waits longer, up to these (`adapter/pacing.py`): the same cores then take
-    # more events. None: 4x the waits above (a fetch interval at most 1 s); the values
-    # above keep the waits fixed.
+    # more events. None: 4x the waits above (a linger at least 8 ms, a fetch interval at
+    # most 1 s); the values above keep the waits fixed.
     linger_max_ms: float | None = None
     max_batch_size: int = 16384
     compression_type: str | None = None
@@ -129,7 +131,7 @@ class KafkaOptions:
         """How long a busy node's publishes may wait to share a request."""
         if self.linger_max_ms is not None:
             return self.linger_max_ms
-        return self.linger_ms * _BUSY_FACTOR
+        return max(self.linger_ms * _BUSY_FACTOR, _BUSY_LINGER_MS)
 
     @property
     def max_fetch_interval_ms(self) -> float:

@@ -49,7 +49,7 @@ class Setting:
 
 SETTINGS = (
     Setting("aiokafka defaults: record by record", 0, 1, 500),
-    Setting("2 ms linger, long-poll fetch (ours, without pacing)", 2, 1, 500),
+    Setting("2 ms linger, long-poll fetch (ours until session 16, without pacing)", 2, 1, 500),
     Setting("1 ms linger, fetch waits 5 ms for 4 KiB (session 1)", 1, 4096, 5),
 )
 

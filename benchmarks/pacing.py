@@ -23,9 +23,11 @@ from .cpu import await_quiet
 from .services import Brokers, Cluster, free_port
 from .workloads import FULL, Target, latency_run, probe, saturation_run, warm_up
 
-#: The waits before pacing (an idle node's, at every load), and the defaults.
+#: The waits before pacing (session 12's idle waits, at every load), the idle linger before
+#: session 16 (paced), and the defaults.
 SETTINGS = {
-    "fixed": ("--linger-max-ms", "2", "--fetch-interval-max-ms", "5"),
+    "fixed": ("--linger-ms", "2", "--linger-max-ms", "2", "--fetch-interval-max-ms", "5"),
+    "linger-2": ("--linger-ms", "2"),
     "paced": (),
 }
 

@@ -106,7 +106,7 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--linger-ms",
         type=integer,
-        help="how long a publish waits to share a Kafka request with others (default 2)",
+        help="how long an idle node's publish waits to share a Kafka request (default 0)",
     )
     parser.add_argument(
         "--fetch-interval-ms",
@@ -116,7 +116,7 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--linger-max-ms",
         type=number,
-        help="how long a busy node's publishes may wait (default 4x --linger-ms)",
+        help="how long a busy node's publishes may wait (default 4x --linger-ms, at least 8)",
     )
     parser.add_argument(
         "--fetch-interval-max-ms",

@@ -49,9 +49,9 @@ def _manager(argv: list[str]) -> AsyncKafkaManager:
 
 
 def test_latency_flags_set_the_kafka_client() -> None:
-    options = _manager(["--linger-ms", "0", "--fetch-interval-ms", "0"]).options
-    assert (options.linger_ms, options.fetch_interval_ms) == (0, 0.0)
-    assert options.producer_kwargs(["b:1"])["linger_ms"] == 0
+    options = _manager(["--linger-ms", "3", "--fetch-interval-ms", "0"]).options
+    assert (options.linger_ms, options.fetch_interval_ms) == (3, 0.0)
+    assert options.producer_kwargs(["b:1"])["linger_ms"] == 3
 
 
 def test_latency_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,9 +64,10 @@ def test_latency_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
 def test_a_busy_nodes_waits_from_flags_and_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    pacing = _manager([]).pacing
-    assert (pacing.adaptive, pacing.fetch_interval_s, pacing.linger_ms) == (True, 0.005, 2)
-    fixed = _manager(["--linger-max-ms", "2", "--fetch-interval-max-ms", "5"])
+    manager = _manager([])
+    assert (manager.pacing.adaptive, manager.pacing.fetch_interval_s) == (True, 0.005)
+    assert (manager.pacing.linger_ms, manager.options.max_linger_ms) == (0, 8)
+    fixed = _manager(["--linger-max-ms", "0", "--fetch-interval-max-ms", "5"])
     assert not fixed.pacing.adaptive
     monkeypatch.setenv("SOCKETIO_KAFKA_LINGER_MAX_MS", "3")
     options = _manager(["--fetch-interval-max-ms", "7.5"]).options

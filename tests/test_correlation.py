@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 
 from aiokafka import AIOKafkaConsumer
@@ -66,3 +67,23 @@ async def test_a_publish_carries_its_correlation_id_across_nodes(
 def _full_log(node: GatewayProcess) -> str:
     assert node.log_path is not None
     return node.log_path.read_text(errors="replace")
+
+
+def test_the_ids_a_node_makes_repeat_in_no_process_forked_from_it() -> None:
+    from socketio_kafka.gateway import protocol
+
+    def made(count: int) -> list[str]:
+        return [protocol._correlation_id({}) for _ in range(count)]
+
+    read, write = os.pipe()
+    pid = os.fork()  # both go on from the same count
+    if pid == 0:  # the child: its ids, then out without pytest's teardown
+        os.write(write, json.dumps(made(1_000)).encode())
+        os._exit(0)
+    os.close(write)
+    parent = made(1_000)
+    with os.fdopen(read) as pipe:
+        child = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    assert all(re.fullmatch("[0-9a-f]{32}", cid) for cid in parent + child)
+    assert len(set(parent) | set(child)) == 2_000

@@ -29,7 +29,7 @@ __all__ = ["Sightings"]
 #: Buckets across the partitions and both tables (2 MiB of offsets). With ``r`` rooms of a
 #: partition written within a session's gap and ``b`` buckets per table of it, one of its
 #: rooms looks written to by others with a probability of about ``(r / b)**2`` (6 partitions,
-#: 5,000 rooms: 0.3%; 100,000: a third, as with one table: a Bloom filter's trade).
+#: 5,000 rooms: 0.3%; 100,000: about 40%, as with one table: a Bloom filter's trade).
 BUCKETS = 1 << 18
 #: The second table's bucket comes from these upper bits of the room's hash.
 _SECOND = 32

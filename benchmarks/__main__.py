@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner.run(plan, contestants, doc)
         if any(c.broker == "kafka" for c in contestants):
             print("measuring Kafka alone (benchmarks/floor.py)", file=sys.stderr)
-            doc["kafka_floor"] = floor.measure(plan.floor_rate, plan.floor_s)
+            doc["kafka_floor"] = floor.measure(plan.floor_rate, plan.floor_s, plan.warm_up_passes)
             print("measuring recovery at scale (benchmarks/scale.py)", file=sys.stderr)
             doc["scale"] = scale.measure(scale.QUICK if args.quick else scale.FULL)
     except KeyboardInterrupt:

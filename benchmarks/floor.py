@@ -30,6 +30,7 @@ from socketio_kafka.gateway.local_kafka import LocalKafka
 
 from .cpu import Usage, sample
 from .loadgen import Json
+from .warmup import until_settled
 
 __all__ = ["SETTINGS", "Setting", "floor_table", "main", "measure"]
 
@@ -37,6 +38,7 @@ _PARTITIONS = 6
 _CONSUMERS = 3
 _PAYLOAD = b"x" * 150  # about the size of one benchmark event's record
 _END = b"end"
+_WARM_UP_PASS_S = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,16 +65,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def measure(rate: int, seconds: float) -> list[Json]:
-    """One row per `SETTINGS` entry, on a broker of its own (started and stopped here)."""
+def measure(rate: int, seconds: float, warm_up_passes: int = 12) -> list[Json]:
+    """One row per `SETTINGS` entry, on a broker of its own (started and stopped here),
+    once passes of the first setting (up to ``warm_up_passes``) find its CPU settled."""
     with tempfile.TemporaryDirectory(prefix="socketio-kafka-floor-") as scratch:
         kafka = LocalKafka(Path(scratch) / "kafka")
         bootstrap = kafka.start()
         try:
             status = kafka.status()
             assert status is not None
-            _run(bootstrap, SETTINGS[0], rate, min(seconds, 2.0), status.pid)  # JIT warm-up
-            return [_run(bootstrap, s, rate, seconds, status.pid) for s in SETTINGS]
+            pid = status.pid
+
+            def warm_up() -> float:
+                row = _run(bootstrap, SETTINGS[0], rate, min(seconds, _WARM_UP_PASS_S), pid)
+                return float(row["broker_cores"])
+
+            until_settled(warm_up, warm_up_passes)
+            return [_run(bootstrap, s, rate, seconds, pid) for s in SETTINGS]
         finally:
             kafka.stop()
 

@@ -82,7 +82,7 @@ def _run_contestant(
         except BenchmarkError as exc:
             raise BenchmarkError(f"{exc}\n{cluster.log_tails()}") from exc
         overall.set_description(f"{contestant.name}: warming up")
-        warm_up(plan, target)
+        entry["warm_up_broker_cpu_s"] = warm_up(plan, target)
         overall.set_description(f"{contestant.name}: waiting for a quiet machine")
         entry["quiet_wait_s"] = await_quiet(cores=_QUIET_CORES)
         for step in planned:

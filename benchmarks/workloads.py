@@ -10,6 +10,7 @@ from typing import Literal
 
 from .cpu import MACHINE, CpuSample, Usage
 from .loadgen import Json, run_loadgen
+from .warmup import until_settled
 
 __all__ = [
     "FULL",
@@ -46,6 +47,7 @@ class Plan:
     disconnect_phases_s: tuple[float, float, float]  # streaming before, away, after
     floor_rate: int  # Kafka alone (benchmarks/floor.py): records/s, and seconds per setting
     floor_s: float
+    warm_up_passes: int  # at most, until the broker's CPU settles (benchmarks/warmup.py)
 
     def as_json(self) -> Json:
         return asdict(self)
@@ -67,6 +69,7 @@ QUICK = Plan(
     disconnect_phases_s=(1.0, 1.0, 1.0),
     floor_rate=200,
     floor_s=1.0,
+    warm_up_passes=1,
 )
 
 FULL = Plan(
@@ -85,6 +88,7 @@ FULL = Plan(
     disconnect_phases_s=(3.0, 5.0, 3.0),
     floor_rate=1_000,
     floor_s=8.0,
+    warm_up_passes=12,
 )
 
 
@@ -130,14 +134,22 @@ def steps(plan: Plan, recovers: bool) -> list[Step]:
 _WARM_UP_RATE = 1_000  # events/s: every contestant takes it without queueing
 
 
-def warm_up(plan: Plan, target: Target) -> None:
-    """Load the contestant as its first measured step will, and forget the result.
+def warm_up(plan: Plan, target: Target) -> list[float]:
+    """Load the contestant as its first measured step will until its broker's CPU
+    settles (`benchmarks/warmup.py`), and forget the results; each pass's broker CPU.
 
     A broker just started runs its first seconds of traffic interpreted: a fresh Kafka JVM
     spent 0.8 cores on 100 events/s in the first step measured, 0.2 once warm. Whichever
-    contestant came first paid it, and its CPU and latency read as its own.
+    contestant came first paid it, and its CPU and latency read as its own. One pass of
+    10 s was not enough: the first measured rates of session 17 still found the broker
+    compiling (0.52 cores at 1,000 events/s, 0.21 a pass later).
     """
-    latency_run(plan, _WARM_UP_RATE)(target)
+
+    def run() -> float:
+        cpu = latency_run(plan, _WARM_UP_RATE)(target)["cpu"]
+        return float(cpu["broker_cpu_s"]) if cpu else 0.0
+
+    return until_settled(run, plan.warm_up_passes)
 
 
 def probe(target: Target) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+from engineio.async_drivers import asgi
 from socketio.async_manager import AsyncManager
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
@@ -26,6 +27,7 @@ from .errors import (
     SocketIOKafkaError,
 )
 from .fanout import HoldBuffer, event_args, event_packets
+from .frames import FramesWebSocket
 from .histogram import LatencyHistogram
 from .metadata import pace_metadata_updates
 from .options import KafkaOptions, parse_kafka_urls
@@ -92,6 +94,8 @@ class ManagerStats:
     #: Events queued on local sockets: live, and replayed to recovering ones.
     events_delivered: int = 0
     events_replayed: int = 0
+    #: Of the live ones, those written to their WebSocket at once (`adapter/frames.py`).
+    events_written: int = 0
     #: Seconds from a record handed to the producer to Kafka's acknowledgement.
     produce_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
@@ -785,6 +789,11 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         super().set_server(server)
         # Engine.IO's documented queue factory; each socket's queue is made by it.
         server.eio.create_queue = self.outboxes.create_queue
+        # Its ASGI WebSocket, made for each connection: the one that hands a connection
+        # able to write frames to the socket's queue (a copy: the table is Engine.IO's).
+        drivers = server.eio._async
+        if drivers is not None and drivers.get("websocket") is asgi.WebSocket:
+            server.eio._async = {**drivers, "websocket": FramesWebSocket}
 
     async def _emit_with_ack(self, message: codec.Message) -> None:
         """One packet per recipient, each with its own ack id, answered to the origin node.
@@ -811,7 +820,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         queue = self.packet_queue(eio_sid)
         if queue is not None and not queue.shed:
             self.stats.events_delivered += 1
-            queue.offer(packets, self.cut_slow_consumer, eio_sid)
+            if queue.offer(packets, self.cut_slow_consumer, eio_sid):
+                self.stats.events_written += 1
 
     def cut_slow_consumer(self, eio_sid: str) -> None:
         """Drop what waits for a socket whose client does not read, and close it with the

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,7 +161,9 @@ class Outbox(SlimQueue):
     """An Engine.IO socket's outgoing queue that knows how much it holds (in slots, and its
     marks shared: every socket has one)."""
 
-    __slots__ = ("_judging", "_low", "_low_water", "_max", "bytes", "limits", "shed")
+    __slots__ = (
+        "_judging", "_low", "_low_water", "_max", "bytes", "limits", "shed", "write_frames"
+    )  # fmt: skip
 
     def __init__(self, limits: OutboxLimits) -> None:
         super().__init__()
@@ -173,6 +175,9 @@ class Outbox(SlimQueue):
         self._judging = False
         #: Made by the first replay that waits for the drain (most sockets never do).
         self._low: asyncio.Event | None = None
+        #: The socket's connection, when it writes packets as they are offered
+        #: (`adapter/frames.py`).
+        self.write_frames: Callable[[Sequence[Any]], bool] | None = None
 
     def _put(self, item: Any) -> None:
         super()._put(item)
@@ -197,20 +202,26 @@ class Outbox(SlimQueue):
         packets, size = self._low_water
         return self.qsize() > packets or self.bytes > size
 
-    def offer(self, packets: Iterable[Any], cut: Callable[[str], object], eio_sid: str) -> None:
+    def offer(self, packets: Sequence[Any], cut: Callable[[str], object], eio_sid: str) -> bool:
         """Queue ``packets`` for socket ``eio_sid``; once shed, drop them.
 
         Over its limits, ``cut(eio_sid)`` is called on the next loop turn if it still is:
         its writer, woken by the first packet, runs before, and takes all of it if its
         client reads. One fetched batch to a reading client is never cut.
+
+        While nothing waits on the queue, nor with its writer, a connection that writes
+        frames (`write_frames`) takes the packets at once: True when it did.
         """
         if self.shed:
-            return
+            return False
+        if self._unfinished == 0 and self.write_frames is not None and self.write_frames(packets):
+            return True
         for pkt in packets:
             self.put_nowait(pkt)
         if not self._judging and self.over_limit:
             self._judging = True
             asyncio.get_running_loop().call_soon(self._judge, cut, eio_sid)
+        return False
 
     def _judge(self, cut: Callable[[str], object], eio_sid: str) -> None:
         self._judging = False

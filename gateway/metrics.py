@@ -146,6 +146,11 @@ def _flow_metrics(stats: ManagerStats) -> Iterator[Metric]:
     events_out.add_metric(["replayed"], stats.events_replayed)
     latency = stats.produce_latency
     yield events_out
+    yield CounterMetricFamily(
+        "socketio_kafka_events_written",
+        "Of the live events, those written to their WebSocket at once, not queued",
+        value=stats.events_written,
+    )
     yield HistogramMetricFamily(
         "socketio_kafka_produce_latency_seconds",
         "Seconds from a record handed to the producer to Kafka's acknowledgement",

@@ -20,13 +20,16 @@ protocol asks the app's gate before it accepts a WebSocket at all.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import Any, ClassVar
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
+from websockets.protocol import State
 
+from socketio_kafka.adapter.frames import FRAMES
 from socketio_kafka.adapter.outbox import SlimQueue
 
 __all__ = ["ABORT", "CoalescingTransport", "CoalescingWebSocketProtocol", "Gate"]
@@ -97,12 +100,17 @@ class _Flag:
     def is_set(self) -> bool:
         return self._set
 
+    @property
+    def clear_to_write(self) -> bool:
+        """Set, and no writer still waits or was woken but has not run yet (a frame
+        written now would go out before what that writer holds)."""
+        return self._set and not self._waiters
+
     def set(self) -> None:
         self._set = True
-        for waiter in self._waiters:
+        for waiter in self._waiters:  # each leaves the list when it runs
             if not waiter.done():
                 waiter.set_result(None)
-        self._waiters.clear()
 
     def clear(self) -> None:
         self._set = False
@@ -123,6 +131,26 @@ def _lost() -> None:
     """The abort handle of a connection already lost."""
 
 
+def _refused(packets: Sequence[Any]) -> bool:
+    """The frame writer of a connection already lost."""
+    return False
+
+
+def _frame(pkt: Any) -> bytes:
+    """An Engine.IO packet as an unmasked WebSocket frame, built once per packet (every
+    connection writes the same bytes) and kept on it."""
+    try:
+        frame: bytes = pkt.ws_frame
+    except AttributeError:
+        data = pkt.encode()
+        if isinstance(data, str):
+            frame = Frame(Opcode.TEXT, data.encode()).serialize(mask=False)
+        else:
+            frame = Frame(Opcode.BINARY, data).serialize(mask=False)
+        pkt.ws_frame = frame
+    return frame
+
+
 class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol writing through a `CoalescingTransport`.
 
@@ -135,7 +163,7 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
     of its own each connection got instead was 1.6 KB.
     """
 
-    __slots__ = _UVICORN_ATTRIBUTES
+    __slots__ = (*_UVICORN_ATTRIBUTES, "_plain")
 
     #: Asked before a WebSocket request is accepted: ``gate(peer_host, path, x_forwarded_for)``
     #: False answers it with a bare 403 at once, before the app is called (`gated`).
@@ -150,6 +178,7 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
         super().__init__(*args, **kwargs)
         self.queue = SlimQueue()  # type: ignore[assignment]
         self.writable = _Flag(self.writable.is_set())  # type: ignore[assignment]
+        self._plain = False
 
     def start_keepalive(self) -> None:
         super().start_keepalive()  # called once, right after the handshake's response
@@ -157,6 +186,8 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
         # its headers, 2.3 KB, go now.
         self.request.headers.clear()
         del self.request, self.response
+        #: Frames are written as built: no extension (permessage-deflate) rewrites them.
+        self._plain = not self.conn.extensions
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -169,6 +200,7 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
         # makes the collector's pauses long (gateway/collector.py).
         if (extensions := getattr(self, "scope", {}).get("extensions")) and ABORT in extensions:
             extensions[ABORT] = {"abort": _lost}
+            extensions[FRAMES] = {"write_frames": _refused}
 
     def handle_connect(self, event: Request) -> None:
         gate, peer = type(self).gate, self.client[0] if self.client else None
@@ -178,6 +210,25 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         if not self.close_sent:  # accepted: the app starts on this scope at the next turn
             self.scope["extensions"][ABORT] = {"abort": self.abort}
+            self.scope["extensions"][FRAMES] = {"write_frames": self.write_frames}
+
+    def write_frames(self, packets: Sequence[Any]) -> bool:
+        """Write Engine.IO packets to the client now, all in order, or none (False): not
+        before the handshake's response or after a close, not while the transport is
+        paused or an ASGI send waits for it (`adapter/frames.py`)."""
+        if (
+            not self.handshake_complete
+            or self.close_sent
+            or self.disconnected
+            or not self.writable.clear_to_write  # type: ignore[attr-defined]
+            or not self._plain
+            or self.conn.state is not State.OPEN
+        ):
+            return False
+        write = self.transport.write
+        for pkt in packets:
+            write(_frame(pkt))
+        return True
 
     def _refuse(self) -> None:
         """What uvicorn answers when the app closes a WebSocket before accepting it."""

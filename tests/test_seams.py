@@ -257,3 +257,20 @@ def test_python_socketio_keeps_namespace_sessions_in_the_engineio_session() -> N
     source = inspect.getsource(AsyncServer.get_session)
     assert "await self.eio.get_session(eio_sid)" in source
     assert "eio_session.setdefault(namespace, {})" in source
+
+
+def test_engineio_makes_each_websocket_from_its_driver_table_for_the_socket() -> None:
+    """adapter/frames.py: engineio makes a socket's WebSocket from ``_async['websocket']``
+    with the socket's own handler, which marks it upgraded before it receives again, and
+    the ASGI driver's environ carries the scope (where the connection offers `FRAMES`)."""
+    from engineio.async_drivers import asgi
+    from engineio.async_socket import AsyncSocket
+
+    upgrade = inspect.getsource(AsyncSocket._upgrade_websocket)
+    assert "self.server._async['websocket'](\n            self._websocket_handler" in upgrade
+    handler = inspect.getsource(AsyncSocket._websocket_handler)
+    assert handler.index("self.upgraded = True") < handler.index("writer_task = ")
+    assert "await ws.wait()" in handler
+    assert "await self.handler(self)" in inspect.getsource(asgi.WebSocket.__call__)
+    assert "'asgi.scope': scope" in inspect.getsource(asgi.translate_request)
+    assert asgi._async["websocket"] is asgi.WebSocket

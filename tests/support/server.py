@@ -14,9 +14,11 @@ from .waiting import wait_until
 
 
 @contextlib.asynccontextmanager
-async def run_server(app: Any, ws: Any = "auto", http: Any = "auto") -> AsyncIterator[str]:
+async def run_server(
+    app: Any, ws: Any = "auto", http: Any = "auto", deflate: bool = False
+) -> AsyncIterator[str]:
     """Serve ``app`` until the block ends (``ws``, ``http``: uvicorn's WebSocket and HTTP
-    protocols); yields its base URL."""
+    protocols; ``deflate``: permessage-deflate offered); yields its base URL."""
     port = free_port()
     # As the gateway serves (--ws-compression is off by default): with permessage-deflate a
     # client's kernel buffers would take megabytes of repetitive test payloads.
@@ -28,7 +30,7 @@ async def run_server(app: Any, ws: Any = "auto", http: Any = "auto") -> AsyncIte
         lifespan="off",
         ws=ws,
         http=http,
-        ws_per_message_deflate=False,
+        ws_per_message_deflate=deflate,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

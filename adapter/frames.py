@@ -1,0 +1,64 @@
+"""Fan-out past Engine.IO's writer: packets written to the WebSocket as they are delivered.
+
+A delivered packet normally waits on its socket's queue until the socket's writer task
+runs: a task wake-up, an ASGI message and a WebSocket frame built anew, for every socket
+and every event. A server connection that offers `FRAMES` in its ASGI scope (the gateway's
+`CoalescingWebSocketProtocol` does) takes the packets itself, as frames it builds once per
+packet and writes for every socket that gets it (server frames are not masked, so all
+recipients get the same bytes). Measured in benchmarks/RESULTS.md.
+
+Order is kept: a socket takes packets this way only while nothing waits on its queue or in
+its writer (`Outbox.offer`), and only once Engine.IO has finished upgrading it to a
+WebSocket; the connection refuses them (and they are queued as before) while its transport
+is paused by a client that does not read, so the queue's limits still cut a slow consumer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from engineio.async_drivers import asgi
+
+from .outbox import Outbox
+
+__all__ = ["FRAMES", "FramesWebSocket", "WriteFrames"]
+
+#: The ASGI scope extension of a connection that writes Engine.IO packets as WebSocket
+#: frames: ``scope["extensions"][FRAMES]["write_frames"](packets) -> bool``, all of them
+#: written in order, or none (False: the connection cannot take them now).
+FRAMES = "socketio_kafka.frames"
+
+WriteFrames = Callable[[Sequence[Any]], bool]
+
+
+class FramesWebSocket(asgi.WebSocket):  # type: ignore[misc]
+    """Engine.IO's ASGI WebSocket, handing its connection's `FRAMES` to the socket's
+    `Outbox` once the socket is upgraded (the first receive after it is)."""
+
+    def __init__(self, handler: Any, server: Any) -> None:
+        super().__init__(handler, server)
+        self._frames: WriteFrames | None = None
+
+    async def __call__(self, environ: dict[str, Any]) -> str:
+        extension = environ["asgi.scope"].get("extensions", {}).get(FRAMES)
+        self._frames = extension["write_frames"] if extension else None
+        try:
+            result: str = await super().__call__(environ)
+            return result
+        finally:
+            self._frames = None
+            if isinstance(queue := self._socket.queue, Outbox):
+                queue.write_frames = None
+
+    async def wait(self) -> Any:
+        if self._frames is not None and self._socket.upgraded:
+            if isinstance(queue := self._socket.queue, Outbox):
+                queue.write_frames = self._frames
+            self._frames = None
+        return await super().wait()
+
+    @property
+    def _socket(self) -> Any:
+        """The Engine.IO socket this WebSocket serves (its handler is a method of it)."""
+        return self.handler.__self__

@@ -1,0 +1,176 @@
+"""adapter/frames.py and the gateway's frame writer: deliveries written to the WebSocket at
+once, in order with what the socket's writer sends, and queued whenever they cannot be."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+import socketio
+from engineio import packet as eio_packet
+
+from socketio_kafka.adapter import AsyncKafkaManager
+from socketio_kafka.adapter.outbox import Outbox, OutboxLimits
+from socketio_kafka.gateway.websocket import CoalescingWebSocketProtocol, _Flag
+
+from .support.server import run_server
+from .support.waiting import wait_until
+
+
+def _packet(text: str) -> eio_packet.Packet:
+    return eio_packet.Packet(eio_packet.MESSAGE, text)
+
+
+class Connection:
+    """A connection's frame writer: what it took, and whether it takes more."""
+
+    def __init__(self) -> None:
+        self.taking = True
+        self.written: list[str] = []
+
+    def write_frames(self, packets: Sequence[Any]) -> bool:
+        if self.taking:
+            self.written.extend(p.data for p in packets)
+        return self.taking
+
+
+def _never_cut(eio_sid: str) -> None:
+    raise AssertionError(f"{eio_sid} cut")
+
+
+async def test_packets_are_written_only_while_nothing_waits_on_the_queue() -> None:
+    outbox, connection = Outbox(OutboxLimits()), Connection()
+    assert not outbox.offer([_packet("a")], _never_cut, "s")  # no writer yet: queued
+    outbox.write_frames = connection.write_frames
+    assert not outbox.offer([_packet("b")], _never_cut, "s")  # "a" still waits: "b" too
+    assert connection.written == []
+    # The socket's writer takes both (engineio's poll: get, task_done, get_nowait...).
+    assert (await outbox.get()).data == "a"
+    outbox.task_done()
+    assert outbox.get_nowait().data == "b"
+    outbox.task_done()
+    assert outbox.offer([_packet("c"), _packet("d")], _never_cut, "s")
+    assert connection.written == ["c", "d"]
+    assert outbox.empty()
+
+
+async def test_a_packet_handed_to_a_waiting_writer_keeps_later_ones_queued() -> None:
+    """The writer waits on the queue; a put hands it the packet, and until the writer has
+    run, the queue is empty but the packet is not sent yet."""
+    outbox, connection = Outbox(OutboxLimits()), Connection()
+    outbox.write_frames = connection.write_frames
+    getter = outbox.get()
+    outbox.put_nowait(_packet("ack"))  # engineio's send: a CONNECT reply, an ack
+    assert getter.done()
+    assert outbox.empty()
+    assert not outbox.offer([_packet("event")], _never_cut, "s")
+    assert connection.written == []
+    outbox.task_done()  # the writer ran: it has the ack, and now takes the event too
+    assert outbox.get_nowait().data == "event"
+
+
+async def test_a_connection_that_refuses_leaves_the_packets_queued() -> None:
+    outbox, connection = Outbox(OutboxLimits()), Connection()
+    outbox.write_frames = connection.write_frames
+    connection.taking = False  # its transport paused: the client does not read
+    assert not outbox.offer([_packet("a")], _never_cut, "s")
+    assert outbox.qsize() == 1
+    assert outbox.bytes == 2
+
+
+async def test_the_flow_flag_is_clear_to_write_only_once_woken_writers_have_run() -> None:
+    flag = _Flag(is_set=False)
+    assert not flag.clear_to_write
+    waiting = asyncio.create_task(flag.wait())
+    await asyncio.sleep(0)
+    flag.set()
+    assert flag.is_set()
+    assert not flag.clear_to_write
+    await waiting
+    assert flag.clear_to_write
+
+
+@pytest.fixture(params=[False], ids=["plain"])
+async def node(
+    request: pytest.FixtureRequest, kafka_url: str, channel: str
+) -> AsyncIterator[tuple[socketio.AsyncServer, str]]:
+    """One node in this process (no recovery), served as the gateway serves (with
+    permessage-deflate offered where the test asks)."""
+    manager = AsyncKafkaManager(kafka_url, channel=channel)
+    sio = socketio.AsyncServer(async_mode="asgi", client_manager=manager)
+
+    @sio.on("join")  # type: ignore[untyped-decorator]
+    async def join(sid: str, room: str) -> str:
+        await sio.enter_room(sid, room)
+        return "joined"
+
+    @sio.on("echo")  # type: ignore[untyped-decorator]
+    async def echo(sid: str, n: int) -> int:
+        return n
+
+    app, deflate = socketio.ASGIApp(sio), request.param
+    async with run_server(app, ws=CoalescingWebSocketProtocol, deflate=deflate) as url:
+        yield sio, url
+    await manager.stop()
+
+
+async def _events_in_order(
+    sio: socketio.AsyncServer,
+    url: str,
+    transports: list[str],
+    count: int = 300,
+    **client_options: Any,
+) -> int:
+    """Connect a client, emit ``count`` events to its room through Kafka while it sends
+    acked events of its own; return how many were written at once."""
+    manager: AsyncKafkaManager = sio.manager
+    client = socketio.AsyncClient(**client_options)
+    got: list[int] = []
+    client.on("n", got.append)
+    await client.connect(url, transports=transports)
+    try:
+        assert await client.call("join", "room") == "joined"
+        before = manager.stats.events_written
+        for n in range(count):
+            await sio.emit("n", n, room="room")
+            if n % 30 == 0:  # replies go through the socket's writer, between events
+                assert await client.call("echo", n) == n
+        await wait_until(lambda: len(got) >= count, 30, "every event")
+        assert got == list(range(count))
+        return manager.stats.events_written - before
+    finally:
+        await client.disconnect()
+
+
+@pytest.mark.timeout(90)
+async def test_a_websocket_client_gets_its_events_written_at_once_in_order(
+    node: tuple[socketio.AsyncServer, str],
+) -> None:
+    assert await _events_in_order(*node, ["websocket"]) > 0
+
+
+@pytest.mark.timeout(90)
+async def test_an_upgraded_polling_client_gets_its_events_written_at_once_in_order(
+    node: tuple[socketio.AsyncServer, str],
+) -> None:
+    assert await _events_in_order(*node, ["polling", "websocket"]) > 0
+
+
+@pytest.mark.timeout(90)
+async def test_a_polling_client_gets_its_events_through_its_queue(
+    node: tuple[socketio.AsyncServer, str],
+) -> None:
+    assert await _events_in_order(*node, ["polling"], count=60) == 0
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("node", [True], ids=["deflate"], indirect=True)
+async def test_a_compressed_websocket_gets_its_events_through_its_queue(
+    node: tuple[socketio.AsyncServer, str],
+) -> None:
+    """permessage-deflate compresses each connection's frames its own way: none are
+    written ready-made."""
+    options = {"websocket_extra_options": {"compress": 15}}
+    assert await _events_in_order(*node, ["websocket"], **options) == 0

@@ -15,7 +15,7 @@ is paused by a client that does not read, so the queue's limits still cut a slow
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from engineio.async_drivers import asgi
@@ -34,31 +34,28 @@ WriteFrames = Callable[[Sequence[Any]], bool]
 
 class FramesWebSocket(asgi.WebSocket):  # type: ignore[misc]
     """Engine.IO's ASGI WebSocket, handing its connection's `FRAMES` to the socket's
-    `Outbox` once the socket is upgraded (the first receive after it is)."""
+    `Outbox` once the socket is upgraded (at the first receive after it is).
+
+    Its two hooks return Engine.IO's own coroutines rather than awaiting them: a coroutine
+    of ours around them would stay alive, waiting, for the connection's whole life (about
+    1 kB a connection, measured by benchmarks/memory.py). Once the connection is gone, its
+    writer refuses every packet, so the `Outbox` may keep it.
+    """
 
     def __init__(self, handler: Any, server: Any) -> None:
         super().__init__(handler, server)
         self._frames: WriteFrames | None = None
 
-    async def __call__(self, environ: dict[str, Any]) -> str:
+    def __call__(self, environ: dict[str, Any]) -> Awaitable[str]:
         extension = environ["asgi.scope"].get("extensions", {}).get(FRAMES)
         self._frames = extension["write_frames"] if extension else None
-        try:
-            result: str = await super().__call__(environ)
-            return result
-        finally:
-            self._frames = None
-            if isinstance(queue := self._socket.queue, Outbox):
-                queue.write_frames = None
+        return super().__call__(environ)  # type: ignore[no-any-return]
 
-    async def wait(self) -> Any:
-        if self._frames is not None and self._socket.upgraded:
-            if isinstance(queue := self._socket.queue, Outbox):
-                queue.write_frames = self._frames
-            self._frames = None
-        return await super().wait()
-
-    @property
-    def _socket(self) -> Any:
-        """The Engine.IO socket this WebSocket serves (its handler is a method of it)."""
-        return self.handler.__self__
+    def wait(self) -> Awaitable[Any]:
+        if self._frames is not None:
+            socket = self.handler.__self__  # the handler is a method of its socket
+            if socket.upgraded:
+                if isinstance(queue := socket.queue, Outbox):
+                    queue.write_frames = self._frames
+                self._frames = None
+        return super().wait()  # type: ignore[no-any-return]

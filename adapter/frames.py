@@ -47,7 +47,7 @@ class FramesWebSocket(asgi.WebSocket):  # type: ignore[misc]
         self._frames: WriteFrames | None = None
 
     def __call__(self, environ: dict[str, Any]) -> Awaitable[str]:
-        extension = environ["asgi.scope"].get("extensions", {}).get(FRAMES)
+        extension = (environ["asgi.scope"].get("extensions") or {}).get(FRAMES)
         self._frames = extension["write_frames"] if extension else None
         return super().__call__(environ)  # type: ignore[no-any-return]
 

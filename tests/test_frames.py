@@ -12,6 +12,7 @@ import socketio
 from engineio import packet as eio_packet
 
 from socketio_kafka.adapter import AsyncKafkaManager
+from socketio_kafka.adapter.frames import FRAMES, FramesWebSocket
 from socketio_kafka.adapter.outbox import Outbox, OutboxLimits
 from socketio_kafka.gateway.websocket import CoalescingWebSocketProtocol, _Flag
 
@@ -92,6 +93,59 @@ async def test_the_flow_flag_is_clear_to_write_only_once_woken_writers_have_run(
     assert flag.clear_to_write
 
 
+class _Socket:
+    """What `FramesWebSocket` reads of an Engine.IO socket: its handler's owner."""
+
+    def __init__(self) -> None:
+        self.upgraded = False
+        self.queue = Outbox(OutboxLimits())
+        self.received: list[Any] = []
+
+    async def _websocket_handler(self, ws: FramesWebSocket) -> None:
+        self.received.append(await ws.wait())  # the upgrade's probe
+        self.upgraded = True
+        self.received.append(await ws.wait())
+
+
+@pytest.mark.parametrize("extensions", [None, {}], ids=["none", "without-frames"])
+async def test_a_connection_without_frames_leaves_the_socket_queued(
+    extensions: dict[str, Any] | None,
+) -> None:
+    socket = _Socket()
+    await FramesWebSocket(socket._websocket_handler, None)(_environ(extensions))
+    assert socket.received == ["probe", "2"]
+    assert socket.queue.write_frames is None
+
+
+async def test_frames_are_handed_over_once_the_socket_is_upgraded() -> None:
+    socket, connection = _Socket(), Connection()
+    handed: list[Any] = []
+
+    def receive_hook() -> None:
+        handed.append(socket.queue.write_frames)
+
+    environ = _environ({FRAMES: {"write_frames": connection.write_frames}}, receive_hook)
+    await FramesWebSocket(socket._websocket_handler, None)(environ)
+    assert socket.received == ["probe", "2"]
+    assert handed == [None, connection.write_frames]  # not during the upgrade
+
+
+def _environ(extensions: dict[str, Any] | None, on_receive: Any = None) -> dict[str, Any]:
+    """An Engine.IO ASGI environ whose client sends a probe, then a PING."""
+    messages = iter(["probe", "2"])
+
+    async def receive() -> dict[str, Any]:
+        if on_receive is not None:
+            on_receive()
+        return {"type": "websocket.receive", "text": next(messages)}
+
+    async def send(message: dict[str, Any]) -> None:
+        assert message["type"] == "websocket.accept"
+
+    scope = {"type": "websocket", "extensions": extensions}
+    return {"asgi.scope": scope, "asgi.receive": receive, "asgi.send": send}
+
+
 @pytest.fixture(params=[False], ids=["plain"])
 async def node(
     request: pytest.FixtureRequest, kafka_url: str, channel: str
@@ -99,7 +153,9 @@ async def node(
     """One node in this process (no recovery), served as the gateway serves (with
     permessage-deflate offered where the test asks)."""
     manager = AsyncKafkaManager(kafka_url, channel=channel)
-    sio = socketio.AsyncServer(async_mode="asgi", client_manager=manager)
+    # Pinged each second: a poll the client left pending ends within it, and so does the
+    # server's shutdown, which waits for it.
+    sio = socketio.AsyncServer(async_mode="asgi", client_manager=manager, ping_interval=1)
 
     @sio.on("join")  # type: ignore[untyped-decorator]
     async def join(sid: str, room: str) -> str:
@@ -141,7 +197,10 @@ async def _events_in_order(
         assert got == list(range(count))
         return manager.stats.events_written - before
     finally:
-        await client.disconnect()
+        if transports == ["polling"]:  # its own disconnect waits ~20 s for its pending poll
+            await client.eio.disconnect(abort=True)
+        else:
+            await client.disconnect()
 
 
 @pytest.mark.timeout(90)

@@ -13,8 +13,10 @@ Apps serving the adapter with uvicorn themselves can use it too::
     uvicorn.run(app, ws="socketio_kafka.gateway.websocket:CoalescingWebSocketProtocol")
 
 Each connection also offers the app a way to reset it (`ABORT`): a closed WebSocket is read
-and parsed until its peer answers the close, and a flooder never does. And a `gated`
-protocol asks the app's gate before it accepts a WebSocket at all.
+and parsed until its peer answers the close, and a flooder never does; a way to write
+Engine.IO packets as frames at once (`FRAMES`, which the Kafka manager's fan-out uses:
+`adapter/frames.py`); and a `gated` protocol asks the app's gate before it accepts a
+WebSocket at all.
 """
 
 from __future__ import annotations

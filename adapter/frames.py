@@ -15,21 +15,19 @@ is paused by a client that does not read, so the queue's limits still cut a slow
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable
 from typing import Any
 
 from engineio.async_drivers import asgi
 
-from .outbox import Outbox
+from .outbox import Outbox, WriteFrames
 
-__all__ = ["FRAMES", "FramesWebSocket", "WriteFrames"]
+__all__ = ["FRAMES", "FramesWebSocket"]
 
 #: The ASGI scope extension of a connection that writes Engine.IO packets as WebSocket
 #: frames: ``scope["extensions"][FRAMES]["write_frames"](packets) -> bool``, all of them
 #: written in order, or none (False: the connection cannot take them now).
 FRAMES = "socketio_kafka.frames"
-
-WriteFrames = Callable[[Sequence[Any]], bool]
 
 
 class FramesWebSocket(asgi.WebSocket):  # type: ignore[misc]

@@ -25,10 +25,14 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["SLOW_CONSUMER", "Outbox", "OutboxLimits", "Outboxes", "SlimQueue"]
+__all__ = ["SLOW_CONSUMER", "Outbox", "OutboxLimits", "Outboxes", "SlimQueue", "WriteFrames"]
 
 #: The disconnect reason of a cut socket; its recovery session is kept.
 SLOW_CONSUMER = "slow consumer"
+
+#: A connection's writer of Engine.IO packets as WebSocket frames: all of them, in order,
+#: or none (False) (`adapter/frames.py`).
+WriteFrames = Callable[[Sequence[Any]], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +181,7 @@ class Outbox(SlimQueue):
         self._low: asyncio.Event | None = None
         #: The socket's connection, when it writes packets as they are offered
         #: (`adapter/frames.py`).
-        self.write_frames: Callable[[Sequence[Any]], bool] | None = None
+        self.write_frames: WriteFrames | None = None
 
     def _put(self, item: Any) -> None:
         super()._put(item)

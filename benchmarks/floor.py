@@ -31,6 +31,7 @@ from socketio_kafka.gateway.local_kafka import LocalKafka
 from .cpu import Usage, sample
 from .loadgen import Json
 from .warmup import until_settled
+from .workloads import FULL
 
 __all__ = ["SETTINGS", "Setting", "floor_table", "main", "measure"]
 
@@ -65,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def measure(rate: int, seconds: float, warm_up_passes: int = 12) -> list[Json]:
+def measure(rate: int, seconds: float, warm_up_passes: int = FULL.warm_up_passes) -> list[Json]:
     """One row per `SETTINGS` entry, on a broker of its own (started and stopped here),
     once passes of the first setting (up to ``warm_up_passes``) find its CPU settled."""
     with tempfile.TemporaryDirectory(prefix="socketio-kafka-floor-") as scratch:

@@ -188,7 +188,8 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
         # its headers, 2.3 KB, go now.
         self.request.headers.clear()
         del self.request, self.response
-        #: Frames are written as built: no extension (permessage-deflate) rewrites them.
+        #: Handshake done, and frames are written as built: no extension
+        #: (permessage-deflate) rewrites them.
         self._plain = not self.conn.extensions
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -219,11 +220,10 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
         before the handshake's response or after a close, not while the transport is
         paused or an ASGI send waits for it (`adapter/frames.py`)."""
         if (
-            not self.handshake_complete
+            not self._plain
             or self.close_sent
             or self.disconnected
             or not self.writable.clear_to_write  # type: ignore[attr-defined]
-            or not self._plain
             or self.conn.state is not State.OPEN
         ):
             return False

@@ -19,9 +19,9 @@ _ACKS = ("all", 0, 1, -1)
 _COMPRESSION = (None, "gzip", "snappy", "lz4", "zstd")
 _MAX_FETCH_INTERVAL_MS = 1000
 #: A busy node's waits, by default, against an idle one's (`adapter/pacing.py`).
-_BUSY_FACTOR = 4
+_BUSY_FACTOR = 8
 #: A busy node's linger, by default, at least: an idle node's is 0.
-_BUSY_LINGER_MS = 8.0
+_BUSY_LINGER_MS = 16.0
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -54,7 +54,7 @@ class KafkaOptions:
     # ``linger_max_ms``.
     linger_ms: int = 0
     # A busy node waits longer, up to these (`adapter/pacing.py`): the same cores then take
-    # more events. None: 4x the waits above (a linger at least 8 ms, a fetch interval at
+    # more events. None: 8x the waits above (a linger at least 16 ms, a fetch interval at
     # most 1 s); the values above keep the waits fixed.
     linger_max_ms: float | None = None
     max_batch_size: int = 16384

@@ -14,6 +14,13 @@ thousands of publishes a second runs many short callbacks, and its timers stay o
 while it uses most of the one core a Python process can (session 16's runs:
 `benchmarks/RESULTS.md`, "Session 16").
 
+The waits follow the square of the load: a node at half load waits a quarter of the way to
+the maxima, a saturated one all of it. Long waits pay only where the node has no cores to
+spare (each fetch or produce request it saves is a millisecond or more of its CPU and the
+broker's); below that they only add latency (session 19: maxima twice as long, reached
+this way, took 11-62% more deliveries per second at saturation in 4 interleaved rounds,
+while a node at 1,000 events/s waited no longer than before).
+
 A wait widens only as far as it would gather records: by how many the node reads (for the
 fetch interval) or publishes (for the linger) in the longest wait. A node busy with other
 work (a flood of connections, a replay) and a sparse stream of events would only delay them.
@@ -110,11 +117,12 @@ class Pacing:
         read_rate += _WEIGHT * (self.read / elapsed_s - read_rate)
         sent_rate += _WEIGHT * (self.sent / elapsed_s - sent_rate)
         self._rates, self.read, self.sent = (read_rate, sent_rate), 0, 0
+        ramp = self.load * self.load
         low, high = self._fetch
-        widen = self.load * _gathering(read_rate * high / 1000)
+        widen = ramp * _gathering(read_rate * high / 1000)
         self.fetch_interval_s = (low + widen * (high - low)) / 1000
         low, high = self._linger
-        linger = low + self.load * _gathering(sent_rate * high / 1000) * (high - low)
+        linger = low + ramp * _gathering(sent_rate * high / 1000) * (high - low)
         if abs(linger - self.linger_ms) >= _LINGER_STEP_MS or (
             linger != self.linger_ms and linger in self._linger
         ):

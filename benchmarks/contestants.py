@@ -97,7 +97,7 @@ CONTESTANTS = (
     ),
     # The latency end of the trade (README, "Kafka client defaults"): publishes never
     # linger, however busy the node (before session 16, `--linger-ms 0`, whose maximum was
-    # 4x 0; the default linger is now 0 when idle, up to 8 ms when busy).
+    # 4x 0; the default linger is now 0 when idle, up to 16 ms when busy).
     Contestant(
         "kafka-low-latency",
         "socketio-kafka, recovery on, linger fixed at 0",

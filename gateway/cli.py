@@ -116,12 +116,12 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--linger-max-ms",
         type=number,
-        help="how long a busy node's publishes may wait (default 4x --linger-ms, at least 8)",
+        help="how long a busy node's publishes may wait (default 8x --linger-ms, at least 16)",
     )
     parser.add_argument(
         "--fetch-interval-max-ms",
         type=number,
-        help="a busy node's fetch interval, at most (default 4x --fetch-interval-ms)",
+        help="a busy node's fetch interval, at most (default 8x --fetch-interval-ms)",
     )
     parser.add_argument("--cors-origins")
     parser.add_argument("--max-payload-bytes", type=integer)

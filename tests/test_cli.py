@@ -66,7 +66,7 @@ def test_a_busy_nodes_waits_from_flags_and_the_environment(
 ) -> None:
     manager = _manager([])
     assert (manager.pacing.adaptive, manager.pacing.fetch_interval_s) == (True, 0.005)
-    assert (manager.pacing.linger_ms, manager.options.max_linger_ms) == (0, 8)
+    assert (manager.pacing.linger_ms, manager.options.max_linger_ms) == (0, 16)
     fixed = _manager(["--linger-max-ms", "0", "--fetch-interval-max-ms", "5"])
     assert not fixed.pacing.adaptive
     monkeypatch.setenv("SOCKETIO_KAFKA_LINGER_MAX_MS", "3")

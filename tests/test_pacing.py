@@ -41,13 +41,15 @@ def test_an_idle_node_waits_as_configured_and_a_busy_one_up_to_the_maxima() -> N
     assert lingers[-1] == 2
 
 
-def test_a_node_half_busy_waits_in_between_and_tells_the_producer_only_real_changes() -> None:
+def test_a_half_busy_node_waits_a_quarter_of_the_way_and_tells_the_producer_changes() -> None:
+    """Long waits pay only on a saturated node: they widen with the square of the load."""
     lingers: list[float] = []
     pacing = _pacing(lingers)
     for _ in range(100):
         _observe(pacing, 2.0)  # halfway from on time to busy
-    assert pacing.fetch_interval_s == pytest.approx(0.0125, rel=0.01)
-    assert pacing.linger_ms == pytest.approx(5, rel=0.05)
+    assert pacing.load == pytest.approx(0.5, rel=0.01)
+    assert pacing.fetch_interval_s == pytest.approx(0.00875, rel=0.02)
+    assert pacing.linger_ms == pytest.approx(3.5, rel=0.05)
     # Changes under a quarter of a millisecond are not passed on.
     assert len(lingers) < 15
     assert all(b - a >= 0.25 for a, b in zip([2.0, *lingers], lingers, strict=False))

@@ -118,16 +118,20 @@ class Pacing:
         sent_rate += _WEIGHT * (self.sent / elapsed_s - sent_rate)
         self._rates, self.read, self.sent = (read_rate, sent_rate), 0, 0
         ramp = self.load * self.load
-        low, high = self._fetch
-        widen = ramp * _gathering(read_rate * high / 1000)
-        self.fetch_interval_s = (low + widen * (high - low)) / 1000
-        low, high = self._linger
-        linger = low + ramp * _gathering(sent_rate * high / 1000) * (high - low)
+        self.fetch_interval_s = _wait(self._fetch, ramp, read_rate) / 1000
+        linger = _wait(self._linger, ramp, sent_rate)
         if abs(linger - self.linger_ms) >= _LINGER_STEP_MS or (
             linger != self.linger_ms and linger in self._linger
         ):
             self.linger_ms = linger
             self._set_linger(linger)
+
+
+def _wait(bounds: tuple[float, float], ramp: float, rate: float) -> float:
+    """A wait between its ``bounds`` (ms): as far towards the maximum as ``ramp`` says,
+    and as the records at ``rate`` a second that the longest wait would gather allow."""
+    low, high = bounds
+    return low + ramp * _gathering(rate * high / 1000) * (high - low)
 
 
 def _gathering(records: float) -> float:

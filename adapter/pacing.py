@@ -16,8 +16,8 @@ while it uses most of the one core a Python process can (session 16's runs:
 
 The waits follow the square of the load: a node at half load waits a quarter of the way to
 the maxima, a saturated one all of it. Long waits pay only where the node has no cores to
-spare (each fetch or produce request it saves is a millisecond or more of its CPU and the
-broker's); below that they only add latency (session 19: maxima twice as long, reached
+spare (each fetch it saves is 1-2 ms of its CPU, each produce request part of its CPU and
+the broker's); below that they only add latency (session 19: maxima twice as long, reached
 this way, took 11-62% more deliveries per second at saturation in 4 interleaved rounds,
 while a node at 1,000 events/s waited no longer than before).
 

@@ -18,7 +18,7 @@ mass reconnect arrives over a second or two with nearly the same start: each arr
 costs a read back over what the pass has read so far, never a pass of its own (200
 clients made about 9 passes over the gap per node when late ones waited for the next).
 
-What a pass reads stays behind it for a while, in a `_Window` per partition: the records
+What a pass reads stays behind it for a while, in a `Window` per partition: the records
 any replay could want (emits, not acks), indexed by namespace and room. A session whose
 range starts inside it takes its records from there, by index, without reading the
 partition again, and joins the cursor where the window ends. A mass reconnect arrives over
@@ -37,9 +37,7 @@ session's records only while the socket's outbox is below its low-water mark.
 from __future__ import annotations
 
 import asyncio
-import heapq
-from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -47,9 +45,11 @@ from aiokafka import TopicPartition
 
 from . import codec, routing
 from .errors import BrokerUnavailable, RecordDecodeError
+from .history import LiveHistory
 from .replay import ConsumerPool
 from .sightings import Sightings
 from .skips import UNREADABLE
+from .window import Window
 
 __all__ = [
     "REPLAY_BUFFER",
@@ -67,9 +67,6 @@ REPLAY_BUFFER = 10_000
 WINDOW_BYTES = 64 * 1024 * 1024
 #: How long a partition's window outlives its cursor: the stragglers of a mass reconnect.
 WINDOW_LINGER_S = 15.0
-#: What a kept record costs beside its value's bytes: its list and index slots (64 B,
-#: measured with tracemalloc) and the value's object header (33 B).
-_ENTRY_OVERHEAD = 96
 
 #: Joined readers by (namespace, room); room None: the namespace's broadcasts.
 _Index = dict[tuple[str, str | None], list["_Reader"]]
@@ -209,74 +206,6 @@ class Replay:
         self._wake.set()
 
 
-class _Window:
-    """What one partition's cursor read from ``lo`` to ``hi``: every record a replay could
-    want (offsets and values in two lists: no object per record), and an index of them by
-    (namespace, room), room None for broadcasts (module docstring)."""
-
-    def __init__(self, lo: int) -> None:
-        self.lo = self.hi = lo
-        self.offsets: list[int] = []
-        self.size = 0
-        self.expiry: asyncio.TimerHandle | None = None
-        self._values: list[bytes] = []
-        self._messages: dict[int, codec.Message] = {}  # decoded, by place
-        self._index: dict[tuple[str, str | None], list[int]] = {}
-        self._unrouted: list[int] = []  # records without routing headers: any session's
-
-    def add(self, record: Any, route: routing.Route | None) -> int | None:
-        """Keep ``record`` (read at ``hi``): its place, None when no replay takes it."""
-        if route is not None and (route.method != "emit" or route.ack):
-            return None
-        at = len(self._values)
-        value = record.value
-        self.offsets.append(record.offset)
-        self._values.append(value)
-        self.size += len(value) + _ENTRY_OVERHEAD
-        if route is None:
-            self._unrouted.append(at)
-        elif not route.rooms:
-            self._index.setdefault((route.namespace, None), []).append(at)
-        else:
-            for room in route.rooms:
-                self._index.setdefault((route.namespace, room), []).append(at)
-        return at
-
-    def message(self, at: int, stats: ReplayStats) -> codec.Message | None:
-        """The record at ``at``, decoded once for every session (None: undecodable)."""
-        message = self._messages.get(at)
-        if message is None:
-            value = self._values[at]
-            try:
-                message = self._messages[at] = codec.decode(value)
-            except RecordDecodeError:
-                return None  # counted when the live consumer met it
-            stats.replay_records_decoded += 1
-            self.size += len(value)  # the decoded copy, about as big
-        return message
-
-    def candidates(self, audience: routing.Audience, first: int, last: int) -> Iterator[int]:
-        """The places of the records from offset ``first`` to ``last`` that may be for
-        ``audience``, in offset order, each once."""
-        offsets = self.offsets
-        start = bisect_left(offsets, first)
-        keys = [(audience.namespace, None), *((audience.namespace, r) for r in audience.rooms)]
-        lists = [self._unrouted, *(self._index.get(key, ()) for key in keys)]
-        ats = [_tail(found, bisect_left(found, start)) for found in lists if found]
-        previous = -1
-        for at in heapq.merge(*ats):
-            if at == previous:
-                continue  # to several of its rooms
-            previous = at
-            if offsets[at] >= last:
-                return
-            yield at
-
-
-def _tail(items: Sequence[int], start: int) -> Iterator[int]:
-    return (items[k] for k in range(start, len(items)))
-
-
 class SharedReplays:
     """A node's replay cursors, one per partition while sessions read it.
 
@@ -298,8 +227,10 @@ class SharedReplays:
         self.limit = limit
         #: What the node's live consumer saw where: ranges a replay need not read.
         self.sightings: Sightings | None = None
+        #: What it read lately: ranges a replay takes from memory.
+        self.history: LiveHistory | None = None
         self._cursors: dict[int, _Cursor] = {}
-        self._windows: dict[int, _Window] = {}
+        self._windows: dict[int, Window] = {}
         self._buffered = 0
         self._room = asyncio.Event()
         self._room.set()
@@ -309,6 +240,8 @@ class SharedReplays:
         return Replay(self, audience, start, stop)
 
     def join(self, reader: _Reader) -> None:
+        if self.history is not None and not self._serve_history(self.history, reader):
+            return
         window = self._windows.get(reader.partition)
         if window is not None and window.lo <= reader.next < window.hi:
             caught_up = self._serve(window, reader)
@@ -321,7 +254,15 @@ class SharedReplays:
             cursor = self._cursors[reader.partition] = _Cursor(self, reader.partition)
         cursor.add(reader)
 
-    def _serve(self, window: _Window, reader: _Reader) -> bool:
+    def _serve_history(self, history: LiveHistory, reader: _Reader) -> bool:
+        """Offer ``reader`` what the live history holds of its range (`_serve`); True when
+        it needs what the history does not hold."""
+        windows = history.since(reader.partition, reader.next)
+        if windows is None:
+            return True
+        return all(self._serve(window, reader) for window in windows)
+
+    def _serve(self, window: Window, reader: _Reader) -> bool:
         """Offer ``reader`` what ``window`` holds of its range, a batch of found records at
         most; True when it has all of that and needs what lies past the window."""
         replay = reader.replay
@@ -350,7 +291,7 @@ class SharedReplays:
             return False
         return True
 
-    def window_at(self, partition: int, position: int) -> _Window:
+    def window_at(self, partition: int, position: int) -> Window:
         """The window a pass reading from ``position`` extends: the partition's, if the
         pass starts within it or where it ends; else a new one (the old one dropped)."""
         window = self._windows.get(partition)
@@ -361,7 +302,7 @@ class SharedReplays:
             return window
         if window is not None:
             self._drop(partition, window)
-        window = self._windows[partition] = _Window(position)
+        window = self._windows[partition] = Window(position)
         return window
 
     @property
@@ -369,13 +310,13 @@ class SharedReplays:
         """What the windows hold now (``WINDOW_BYTES`` bounds their growth)."""
         return sum(window.size for window in self._windows.values())
 
-    def _linger(self, partition: int, window: _Window) -> None:
+    def _linger(self, partition: int, window: Window) -> None:
         if window.expiry is not None:
             window.expiry.cancel()
         loop = asyncio.get_running_loop()
         window.expiry = loop.call_later(WINDOW_LINGER_S, self._drop, partition, window)
 
-    def _drop(self, partition: int, window: _Window) -> None:
+    def _drop(self, partition: int, window: Window) -> None:
         if window.expiry is not None:
             window.expiry.cancel()
             window.expiry = None
@@ -548,14 +489,19 @@ class _Cursor:
             reader.replay.park(reader)
 
     def _advance(self, position: int) -> None:
+        history = self.hub.history
+        held = None if history is None else history.held_from(self.partition)
         for reader in list(self.joined):
             if reader.next < position:
                 reader.next = min(position, reader.stop)
             if reader.next >= reader.stop:
                 self.remove(reader)
                 reader.replay.done(reader)
+            elif held is not None and reader.next >= held:
+                self.remove(reader)
+                self.hub.join(reader)  # the rest from memory
 
-    def _offer(self, records: Sequence[Any], window: _Window | None) -> None:
+    def _offer(self, records: Sequence[Any], window: Window | None) -> None:
         """Put each record in the buffers of the joined sessions that receive it, and in
         ``window`` (when given) what it does not hold yet."""
         index = self._rooms()

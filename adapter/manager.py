@@ -29,6 +29,7 @@ from .errors import (
 from .fanout import HoldBuffer, event_args, event_packets
 from .frames import FramesWebSocket
 from .histogram import LatencyHistogram
+from .history import LiveHistory
 from .metadata import pace_metadata_updates
 from .options import KafkaOptions, parse_kafka_urls
 from .outage import BrokerWatch, fold_kafka_client_logs
@@ -220,8 +221,11 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
                 "events a client missed could be deleted before it returns"
             )
         self.recovery_window = self.store.window = window_s
-        # What the live consumer saw where, for replays to skip.
+        # What the live consumer saw where, for replays to skip, and what it read lately,
+        # for replays to take without reading Kafka.
         self.shared_replays.sightings = Sightings()
+        if budget := self.options.replay_history_bytes:
+            self.shared_replays.history = LiveHistory(budget)
         # A resend comes within a recovery window of the drop, for a publish made before.
         floor = window_s + self.options.request_timeout_ms / 1000
         self.publishes.window_s = max(self.publishes.window_s, floor)
@@ -574,6 +578,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             self.positions = [await consumer.position(tp) for tp in events]
             if (sightings := self.shared_replays.sightings) is not None:
                 sightings.reset(self.positions)
+            if (history := self.shared_replays.history) is not None:
+                history.reset(self.positions)
             if self.recovery_window is not None:
                 assert self._publisher is not None
                 await self.store.load(consumer, self._publisher)
@@ -672,6 +678,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             route = routing.read_route(record.headers)
             if (sightings := self.shared_replays.sightings) is not None:
                 sightings.note(record.partition, record.offset, route)
+            if (history := self.shared_replays.history) is not None:
+                history.note(record.partition, record, route)
             if route is not None and not self._wanted_here(route):
                 self.stats.records_consumed += 1
                 self.stats.records_passed += 1

@@ -71,6 +71,9 @@ class KafkaOptions:
     fetch_interval_max_ms: float | None = None
     max_partition_fetch_bytes: int = 1024 * 1024
     max_record_bytes: int = 1024 * 1024
+    # With recovery: the latest records the live consumer read, kept for replays of short
+    # drops (adapter/history.py). 0: every replay reads Kafka.
+    replay_history_bytes: int = 32 * 1024 * 1024
     client_id: str = "socketio-kafka"
     # Security: SASL needs a mechanism, a username and a password; TLS trusts ``ssl_cafile``
     # (else the system's CAs) and may present a client certificate. An ``ssl_context`` made
@@ -105,6 +108,7 @@ class KafkaOptions:
             factor is None or insync is None or insync <= factor,
             "min_insync_replicas must not exceed replication_factor (no write could succeed)",
         )
+        _require(self.replay_history_bytes >= 0, "replay_history_bytes must be >= 0")
         _require(self.retention_ms == -1 or self.retention_ms > 0, "retention_ms must be > 0 or -1")
         _require(self.acks in _ACKS, f"acks must be one of {_ACKS}")
         _require(self.compression_type in _COMPRESSION, f"compression_type not in {_COMPRESSION}")

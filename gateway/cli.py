@@ -142,6 +142,11 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         "--recovery-window", type=number, help="seconds a disconnected client's session is kept"
     )
     parser.add_argument(
+        "--replay-history-mb",
+        type=number,
+        help="MiB of the latest records kept for replays of short drops (default 32; 0: none)",
+    )
+    parser.add_argument(
         "--publish-window",
         type=number,
         help="seconds a client's publish id is remembered, its repeats acked and not produced "

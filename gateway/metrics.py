@@ -41,7 +41,8 @@ _COUNTERS = {
     "slow_consumers_cut": "Sockets cut for not reading what was queued for them",
     "replay_records_read": "Records recoveries read back from the events topic",
     "replay_records_decoded": "Records recoveries decoded (the rest passed by their headers)",
-    "replay_records_reused": "Records recoveries took from what an earlier replay had read",
+    "replay_records_reused": "Records recoveries took from memory (the node's history of what "
+    "it read lately, or what an earlier replay had read) instead of reading Kafka",
     "replay_partitions_skipped": "Partitions recoveries did not read: none of their rooms "
     "was written there while they were away",
     "replay_records_spared": "Offsets recoveries did not read past the last record of their "
@@ -70,6 +71,13 @@ class NodeCollector(Collector):
             yield from _publish_id_metrics(self._manager.publishes)
             yield _lag(self._manager.lag())
             yield from _pacing_metrics(self._manager.pacing)
+            if (history := self._manager.shared_replays.history) is not None:
+                held = GaugeMetricFamily(
+                    "socketio_kafka_replay_history_bytes",
+                    "Bytes of the latest records the node keeps for replays of short drops",
+                )
+                held.add_metric([], history.size)
+                yield held
         ready = GaugeMetricFamily("socketio_kafka_ready", "1 when the node is ready")
         ready.add_metric([], 1.0 if self._manager.ready else 0.0)
         yield ready

@@ -67,6 +67,8 @@ class Settings:
     extension: str | None = None
     recovery: bool = True
     recovery_window: float = 120.0
+    # MiB of the latest records a node keeps for replays of short drops (0: none).
+    replay_history_mb: float = _KAFKA.replay_history_bytes / 2**20
     # Seconds a client's publish id is remembered; None: the recovery window and
     # kafka_timeout_ms (a resend comes at most a recovery window after the drop).
     publish_window: float | None = None
@@ -143,6 +145,7 @@ class Settings:
             fetch_interval_ms=self.fetch_interval_ms,
             linger_max_ms=self.linger_max_ms,
             fetch_interval_max_ms=self.fetch_interval_max_ms,
+            replay_history_bytes=int(self.replay_history_mb * 2**20),
             # Whatever a client may send fits a record, binary parts base64-encoded included.
             max_record_bytes=self.max_payload_bytes * 4 // 3 + 64 * 1024,
             security_protocol=self.kafka_security_protocol,

@@ -28,7 +28,9 @@ _OWN_ROOMS = [f"own-{n}" for n in range(CLIENTS)]
 
 @pytest.fixture
 async def harness(kafka_url: str, channel: str) -> AsyncIterator[Harness]:
-    async with gateway_cluster(kafka_url, channel, 3, CROWD) as cluster, Harness(cluster) as h:
+    # Replays read Kafka here (no history): the shared reads are what is tested.
+    flags = (*CROWD, "--replay-history-mb=0")
+    async with gateway_cluster(kafka_url, channel, 3, flags) as cluster, Harness(cluster) as h:
         yield h
 
 

@@ -1,0 +1,98 @@
+"""The latest records of every partition, kept as the live consumer reads them.
+
+Every node reads every record of the events topic live, so the records a recovering
+client missed passed through the node it comes back to, moments ago. Kept here in
+`Window` segments (per partition, indexed by namespace and room) up to a byte budget,
+they answer the replay of a short drop from memory: the session takes its own records by
+index, nothing is read from Kafka and only what it receives is decoded. A replay that
+starts before what a partition still holds reads that partition from Kafka as before
+(`adapter/cursor.py`); memory stays bounded, and Kafka stays the record.
+
+A segment closes at ``SEGMENT_BYTES``; when the closed ones hold more than the budget, the
+oldest of any partition is dropped (each partition's open one comes on top: a segment at
+most). A partition's history is whole from where the live
+consumer was positioned: the consumer notes every record it reads (`note`), and a new
+position (a restart of the Kafka clients) starts it afresh (`reset`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from .routing import Route
+from .window import Window
+
+__all__ = ["SEGMENT_BYTES", "LiveHistory"]
+
+#: Where a partition's segment closes and the next begins: the unit the budget drops.
+SEGMENT_BYTES = 256 * 1024
+
+
+class LiveHistory:
+    """Up to ``budget`` bytes of the records replays deliver, the latest of each partition.
+
+    Example::
+
+        history = LiveHistory(32 * 1024 * 1024)
+        history.reset(positions)  # the live consumer's, moved on in place
+        history.note(record.partition, record, route)  # each record it reads
+        windows = history.since(partition, offset)  # None: not held from there
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._positions: Sequence[int] = ()
+        self._segments: list[deque[Window]] = []
+        #: Closed segments, oldest first (the order the budget drops them in), with the
+        #: bytes each held when it closed.
+        self._closed: deque[tuple[int, Window, int]] = deque()
+        self._closed_bytes = 0
+
+    def reset(self, positions: Sequence[int]) -> None:
+        """Keep afresh from ``positions``, where the live consumer now reads from; it moves
+        them on in place as it takes records, so what it noted reaches up to them."""
+        self._positions = positions
+        self._segments = [deque([Window(p)]) for p in positions]
+        self._closed.clear()
+        self._closed_bytes = 0
+
+    def note(self, partition: int, record: Any, route: Route | None) -> None:
+        """The live consumer read this record (after moving its position past it)."""
+        if partition >= len(self._segments):
+            return  # not positioned there
+        window = self._segments[partition][-1]
+        if window.add(record, route) is None or window.size < SEGMENT_BYTES:
+            return
+        window.hi = record.offset + 1
+        self._segments[partition].append(Window(window.hi))
+        self._closed.append((partition, window, window.size))
+        self._closed_bytes += window.size
+        while self._closed and self._closed_bytes > self.budget:
+            partition, _, size = self._closed.popleft()
+            self._segments[partition].popleft()  # its oldest: closed in order
+            self._closed_bytes -= size
+
+    def held_from(self, partition: int) -> int | None:
+        """The first offset of ``partition`` it holds (None: none of it)."""
+        if partition >= len(self._segments):
+            return None
+        return self._segments[partition][0].lo
+
+    def since(self, partition: int, offset: int) -> list[Window] | None:
+        """The segments of ``partition`` from the one holding ``offset`` on, the last one
+        reaching to the live position; None when ``offset`` lies before what it holds."""
+        if partition >= len(self._segments):
+            return None
+        segments = self._segments[partition]
+        if offset < segments[0].lo:
+            return None
+        segments[-1].hi = self._positions[partition]
+        return [window for window in segments if window.hi > offset]
+
+    @property
+    def size(self) -> int:
+        """Bytes of records held: the closed segments', and each partition's open one.
+        Decoded copies of the records replays took come on top (as much again, at most)."""
+        return self._closed_bytes + sum(segments[-1].size for segments in self._segments)

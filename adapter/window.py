@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+from array import array
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
@@ -21,8 +22,10 @@ __all__ = ["Window"]
 #: What a kept record costs beside its value's bytes: its list and index slots (64 B,
 #: measured with tracemalloc) and the value's object header (33 B).
 _ENTRY_OVERHEAD = 96
-#: What a room's first record in a window costs besides: its key and list in the index.
-_KEY_OVERHEAD = 200
+#: What a room's first record in a window costs besides, once indexed: its key and list.
+_KEY_OVERHEAD = 150
+#: The key of a record that is not one room's: a hash is never -1 in CPython.
+_NO_KEY = -1
 
 
 class ReplayCounters(Protocol):
@@ -32,9 +35,13 @@ class ReplayCounters(Protocol):
 
 
 class Window:
-    """What one partition held from ``lo`` to ``hi``: every record a replay could
-    want (offsets and values in two lists: no object per record), and an index of them by
-    (namespace, room), room None for broadcasts (module docstring)."""
+    """What one partition held from ``lo`` to ``hi``: every record a replay could want
+    (offsets, values and room keys in flat lists: no object per record), and an index of
+    them by (namespace, room), room None for broadcasts, built when a replay first asks.
+
+    A room's key is the hash of (namespace, room): the index finds a room's records with
+    at most a rare other's among them, which `Audience.wants` refuses once decoded.
+    """
 
     def __init__(self, lo: int) -> None:
         self.lo = self.hi = lo
@@ -42,35 +49,33 @@ class Window:
         self.size = 0
         self.expiry: asyncio.TimerHandle | None = None
         self._values: list[bytes] = []
+        self._keys = array("q")  # by place; _NO_KEY: in _several, or no routing headers
+        self._several: dict[int, list[int]] = {}  # an emit to several rooms: their keys
         self._messages: dict[int, codec.Message] = {}  # decoded, by place
-        self._index: dict[tuple[str, str | None], list[int]] = {}
+        self._index: dict[int, list[int]] = {}
         self._unrouted: list[int] = []  # records without routing headers: any session's
+        self._indexed = 0  # places the index covers
 
     def add(self, record: Any, route: routing.Route | None) -> int | None:
         """Keep ``record`` (read at ``hi``): its place, None when no replay takes it."""
-        if route is not None and (route.method != "emit" or route.ack):
+        if route is None:
+            key = _NO_KEY
+        elif route.method != "emit" or route.ack:
             return None
+        elif len(rooms := route.rooms) == 1:
+            key = hash((route.namespace, rooms[0]))
+        elif not rooms:
+            key = hash((route.namespace, None))
+        else:
+            key = _NO_KEY
+            self._several[len(self._values)] = [hash((route.namespace, r)) for r in rooms]
         at = len(self._values)
         value = record.value
         self.offsets.append(record.offset)
         self._values.append(value)
+        self._keys.append(key)
         self.size += len(value) + _ENTRY_OVERHEAD
-        if route is None:
-            self._unrouted.append(at)
-        elif not route.rooms:
-            self._place((route.namespace, None), at)
-        else:
-            for room in route.rooms:
-                self._place((route.namespace, room), at)
         return at
-
-    def _place(self, key: tuple[str, str | None], at: int) -> None:
-        places = self._index.get(key)
-        if places is None:
-            self._index[key] = [at]
-            self.size += _KEY_OVERHEAD
-        else:
-            places.append(at)
 
     def message(self, at: int, stats: ReplayCounters) -> codec.Message | None:
         """The record at ``at``, decoded once for every session (None: undecodable)."""
@@ -88,9 +93,11 @@ class Window:
     def candidates(self, audience: routing.Audience, first: int, last: int) -> Iterator[int]:
         """The places of the records from offset ``first`` to ``last`` that may be for
         ``audience``, in offset order, each once."""
+        self._catch_up()
         offsets = self.offsets
         start = bisect_left(offsets, first)
-        keys = [(audience.namespace, None), *((audience.namespace, r) for r in audience.rooms)]
+        namespace = audience.namespace
+        keys = {hash((namespace, None)), *(hash((namespace, r)) for r in audience.rooms)}
         lists = [self._unrouted, *(self._index.get(key, ()) for key in keys)]
         ats = [_tail(found, bisect_left(found, start)) for found in lists if found]
         previous = -1
@@ -101,6 +108,26 @@ class Window:
             if offsets[at] >= last:
                 return
             yield at
+
+    def _catch_up(self) -> None:
+        """Index the places added since the index was last asked for."""
+        keys, index, end = self._keys, self._index, len(self._keys)
+        grown = 0
+        for at in range(self._indexed, end):
+            key = keys[at]
+            rooms = [key] if key != _NO_KEY else self._several.get(at)
+            if rooms is None:
+                self._unrouted.append(at)
+                continue
+            for key in rooms:
+                places = index.get(key)
+                if places is None:
+                    index[key] = [at]
+                    grown += _KEY_OVERHEAD
+                elif places[-1] != at:  # one room named twice: once
+                    places.append(at)
+        self.size += grown + 8 * (end - self._indexed)
+        self._indexed = end
 
 
 def _tail(items: Sequence[int], start: int) -> Iterator[int]:

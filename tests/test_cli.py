@@ -74,6 +74,19 @@ def test_a_busy_nodes_waits_from_flags_and_the_environment(
     assert (options.max_linger_ms, options.max_fetch_interval_ms) == (3, 7.5)
 
 
+def test_the_replay_history_from_flags_and_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    manager = _manager([])  # recovery is on by default: the node keeps its history
+    assert manager.shared_replays.history is not None
+    assert manager.shared_replays.history.budget == KafkaOptions().replay_history_bytes
+    assert _manager(["--replay-history-mb", "1.5"]).options.replay_history_bytes == 1_572_864
+    assert _manager(["--replay-history-mb", "0"]).shared_replays.history is None
+    assert _manager(["--no-recovery"]).shared_replays.history is None
+    monkeypatch.setenv("SOCKETIO_KAFKA_REPLAY_HISTORY_MB", "0")
+    assert _manager([]).shared_replays.history is None
+
+
 @pytest.mark.usefixtures("nothing_starts")
 def test_a_busy_wait_under_the_idle_one_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["serve", "--linger-ms", "4", "--linger-max-ms", "3"]) == 1

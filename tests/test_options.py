@@ -42,6 +42,7 @@ def test_bad_urls_are_config_errors(url: str | list[str]) -> None:
         {"fetch_interval_max_ms": 1001},
         {"fetch_interval_ms": 10, "fetch_interval_max_ms": 5},
         {"linger_ms": 5, "linger_max_ms": 4},
+        {"replay_history_bytes": -1},
         {"replication_factor": 0},
         {"min_insync_replicas": 0},
         {"replication_factor": 2, "min_insync_replicas": 3},  # no write could ever succeed

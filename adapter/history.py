@@ -80,6 +80,15 @@ class LiveHistory:
             return None
         return self._segments[partition][0].lo
 
+    def covers(self, start: Sequence[int]) -> bool:
+        """Whether it holds every partition from ``start`` (one offset each) to the live
+        position: a replay from there needs nothing of Kafka, not even its bounds."""
+        segments, positions = self._segments, self._positions
+        return len(start) == len(segments) and all(
+            held[0].lo <= offset <= position
+            for held, offset, position in zip(segments, start, positions, strict=True)
+        )
+
     def since(self, partition: int, offset: int) -> list[Window] | None:
         """The segments of ``partition`` from the one holding ``offset`` on, the last one
         reaching to the live position; None when ``offset`` lies before what it holds."""

@@ -571,6 +571,9 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             except offsets.OffsetError as exc:
                 refusal, detail = Fresh.BAD_OFFSET, f": {exc}"
             else:
+                history = manager.shared_replays.history
+                if history is not None and history.covers(start):
+                    return start  # read here live since, and held: within Kafka's bounds
                 bounds = await manager.bounds()
                 if any(s < b for s, b in zip(start, bounds.beginning, strict=True)):
                     refusal = Fresh.DELETED_BY_RETENTION

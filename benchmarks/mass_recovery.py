@@ -502,6 +502,9 @@ async def _run(
         "replay_records_read": delta("replay_records_read"),
         "replay_records_decoded": delta("replay_records_decoded"),
         "replay_passes": delta("replay_passes") if "replay_passes" in after[0] else None,
+        "replay_records_reused": (
+            delta("replay_records_reused") if "replay_records_reused" in after[0] else None
+        ),
         "survivors_warnings": _warnings(survivors),
         "idle_wait_s": idle_s,
     }

@@ -123,3 +123,14 @@ async def test_sessions_recovering_at_once_share_its_decodes() -> None:
     results: list[Any] = await asyncio.gather(*(_offsets(r) for r in replays))
     assert results == [list(range(50))] * 10
     assert hub.stats.replay_records_decoded == 50
+
+
+def test_it_covers_a_start_it_holds_up_to_the_live_position() -> None:
+    kept, positions = _fed(_rooms(50, "a"), start=10)
+    assert kept.covers([10])
+    assert kept.covers([50])  # nothing missed yet
+    assert not kept.covers([9])  # before it: Kafka's bounds decide
+    assert not kept.covers([51])  # past what it read: Kafka's end decides
+    assert not kept.covers([10, 10])  # another partition count
+    positions[0] = 60
+    assert kept.covers([55])

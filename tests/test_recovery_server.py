@@ -326,3 +326,42 @@ async def test_a_replay_reads_only_the_partitions_its_rooms_were_written_to(
             assert await client.wait_count("to-all", 1) == [2]
         finally:
             await client.close()
+
+
+@pytest.mark.parametrize("history", [True, False])
+async def test_a_short_drop_is_replayed_from_the_nodes_history_without_asking_kafka(
+    kafka_url: str, channel: str, monkeypatch: pytest.MonkeyPatch, history: bool
+) -> None:
+    options = KafkaOptions(replay_history_bytes=KafkaOptions().replay_history_bytes * history)
+    app = App(kafka_url, channel, skip_middlewares=True, options=options)
+    asked: list[object] = []
+    bounds = app.manager.bounds
+
+    async def counted() -> object:
+        asked.append(None)
+        return await bounds()
+
+    async with app.manager, run_server(app.asgi) as url:
+        monkeypatch.setattr(app.manager, "bounds", counted)
+        client = RecoveringRecorder()
+        await client.client.connect(url, transports=["websocket"], auth={"token": "alice"})
+        try:
+            read, reused = (
+                app.manager.stats.replay_records_read,
+                app.manager.stats.replay_records_reused,
+            )
+            await _away_and_back(app, url, client)
+            assert client.client.recovered["/"] is True
+            assert await client.wait_count("news", 1) == [{"n": 1}]
+            stats = app.manager.stats
+            if history:  # its record from memory; its start checked against what it holds
+                assert (stats.replay_records_read - read, stats.replay_records_reused - reused) == (
+                    0,
+                    1,
+                )
+                assert asked == []
+            else:  # Kafka's bounds, then its record read back
+                assert stats.replay_records_read - read >= 1
+                assert len(asked) == 1
+        finally:
+            await client.close()

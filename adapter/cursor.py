@@ -26,6 +26,10 @@ seconds, and its sessions start at nearly the same offsets: read back for each a
 500 clients read the gap ~15 times per node. Windows hold at most ``WINDOW_BYTES`` of
 record values node-wide and are dropped ``WINDOW_LINGER_S`` after their cursor ends.
 
+Before any of this, the node's live history (`adapter/history.py`) serves what it holds:
+a session whose range it covers never reaches a cursor, and one whose range starts before
+it leaves its cursor where the history begins.
+
 Memory is bounded node-wide: cursors fetch only while fewer than ``limit`` found records
 wait in sessions' buffers. A session whose buffer holds a batch when its cursor is about
 to fetch again has not drained (its client is slow): it leaves the pass, and joins again

@@ -58,6 +58,9 @@ class Window:
 
     def add(self, record: Any, route: routing.Route | None) -> int | None:
         """Keep ``record`` (read at ``hi``): its place, None when no replay takes it."""
+        value = record.value
+        if value is None:  # a tombstone: nothing to deliver (the live path skips it too)
+            return None
         if route is None:
             key = _NO_KEY
         elif route.method != "emit" or route.ack:
@@ -70,7 +73,6 @@ class Window:
             key = _NO_KEY
             self._several[len(self._values)] = [hash((route.namespace, r)) for r in rooms]
         at = len(self._values)
-        value = record.value
         self.offsets.append(record.offset)
         self._values.append(value)
         self._keys.append(key)

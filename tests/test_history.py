@@ -95,7 +95,8 @@ async def test_the_budget_drops_the_oldest_segments_and_bounds_its_size(
 
 
 async def test_records_no_replay_delivers_are_not_kept() -> None:
-    log = [_emit(0, "a"), _ack(1), _emit(2, "a")]
+    tombstone = _emit(3, "a")._replace(value=None)  # routed, but nothing to deliver
+    log = [_emit(0, "a"), _ack(1), _emit(2, "a"), tombstone]
     kept, _ = _fed(log)
     windows = kept.since(0, 0)
     assert windows is not None

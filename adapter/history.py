@@ -10,9 +10,9 @@ starts before what a partition still holds reads that partition from Kafka as be
 
 A segment closes at ``SEGMENT_BYTES``; when the closed ones hold more than the budget, the
 oldest of any partition is dropped (each partition's open one comes on top: a segment at
-most). A partition's history is whole from where the live
-consumer was positioned: the consumer notes every record it reads (`note`), and a new
-position (a restart of the Kafka clients) starts it afresh (`reset`).
+most). A partition's history is whole from where the live consumer was positioned: the
+consumer notes every record it reads (`note`), and a new position (a restart of the Kafka
+clients) starts it afresh (`reset`).
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ class LiveHistory:
         self._closed.append((partition, window, window.size))
         self._closed_bytes += window.size
         while self._closed and self._closed_bytes > self.budget:
-            partition, _, size = self._closed.popleft()
-            self._segments[partition].popleft()  # its oldest: closed in order
+            oldest, _, size = self._closed.popleft()
+            self._segments[oldest].popleft()  # that partition's oldest: closed in order
             self._closed_bytes -= size
 
     def held_from(self, partition: int) -> int | None:

@@ -242,11 +242,19 @@ def _mass(mass: Json) -> str:
         ["one client alone: s / cluster CPU s", f"{_fmt(lone['recovery_s'], 3)} / "
                                                 f"{_fmt(lone['cluster_cpu_s'], 2)}"],
         ["cluster CPU, all / one alone", _fmt(mass["cpu_ratio"])],
-        ["replay records read / decoded / passes", _fmt([mass["replay_records_read"],
-                                                         mass["replay_records_decoded"],
-                                                         mass["replay_passes"]])],
+        ["cluster CPU per client, ms: recovering / connecting afresh (on node 0)",
+         _fmt([_per_client(mass, "cluster_cpu_s"), _per_client(mass, "opened_cluster_cpu_s")])],
+        ["replay records read / decoded / taken from memory / passes",
+         _fmt([mass["replay_records_read"], mass["replay_records_decoded"],
+               mass.get("replay_records_reused"), mass["replay_passes"]])],
     ]  # fmt: skip
     return _table(["figure", "measured"], rows)
+
+
+def _per_client(mass: Json, cpu: str) -> float | None:
+    """CPU ms a client: what a node death costs the cluster per client it held."""
+    seconds = mass.get(cpu)
+    return None if seconds is None else round(seconds / mass["clients"] * 1000, 1)
 
 
 def problems(scale: Json) -> Iterator[str]:

@@ -329,35 +329,61 @@ async def test_plain_python_client_with_one_argument_handlers_opts_out(
         await plain.shutdown()
 
 
+async def _drop_then_kafka_deletes_the_gap(
+    harness: Harness, kafka_bootstrap: str, channel: str
+) -> tuple[RecoveringRecorder, str]:
+    """A client in ROOM that got one event, dropped, missed ten; then Kafka deleted every
+    record so far, as retention would in time: the log starts after what it missed."""
+    client = await _client_in_room(harness.gateways[0].url)
+    sid = client.sid
+    await harness.control(1, "emit", event="room-ev", data={"seq": 0}, room=ROOM)
+    await client.wait_count("room-ev", 1)
+    await client.drop_transport()
+    await harness.wait_gone(0, sid)
+    await harness.control(1, "burst", event="room-ev", tag="r", count=10, room=ROOM)
+    await harness.settle()
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        topic = f"{channel}.events"
+        partitions = [
+            p["partition"] for p in (await admin.describe_topics([topic]))[0]["partitions"]
+        ]
+        await admin.delete_records(
+            {TopicPartition(topic, p): RecordsToDelete(-1) for p in partitions}
+        )
+    finally:
+        await admin.close()
+    return client, sid
+
+
 async def test_missed_events_deleted_by_kafka_mean_a_fresh_session(
     harness: Harness, kafka_bootstrap: str, channel: str
 ) -> None:
-    client = await _client_in_room(harness.gateways[0].url)
+    """Where no node holds them either: restarted, each node's history starts afresh."""
+    client, sid = await _drop_then_kafka_deletes_the_gap(harness, kafka_bootstrap, channel)
     try:
-        sid = client.sid
-        await harness.control(1, "emit", event="room-ev", data={"seq": 0}, room=ROOM)
-        await client.wait_count("room-ev", 1)
-        await client.drop_transport()
-        await harness.wait_gone(0, sid)
-        await harness.control(1, "burst", event="room-ev", tag="r", count=10, room=ROOM)
-        # What retention would do in time: the log now starts after what the client missed.
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-        await admin.start()
-        try:
-            topic = f"{channel}.events"
-            partitions = [
-                p["partition"] for p in (await admin.describe_topics([topic]))[0]["partitions"]
-            ]
-            await admin.delete_records(
-                {TopicPartition(topic, p): RecordsToDelete(-1) for p in partitions}
-            )
-        finally:
-            await admin.close()
+        await harness.restart_all()
         await client.client.connect(harness.gateways[1].url, transports=["websocket"])
         assert client.client.recovered["/"] is False
         assert client.sid != sid
         await _barrier(harness, client, node=1)
         assert len(client.events("room-ev")) == 1  # nothing partial pretends to be whole
+    finally:
+        await client.close()
+
+
+async def test_missed_events_kafka_deleted_are_replayed_by_a_node_that_still_holds_them(
+    harness: Harness, kafka_bootstrap: str, channel: str
+) -> None:
+    """The node's history (adapter/history.py) holds the whole gap: the recovery is whole."""
+    client, sid = await _drop_then_kafka_deletes_the_gap(harness, kafka_bootstrap, channel)
+    try:
+        await client.client.connect(harness.gateways[1].url, transports=["websocket"])
+        assert client.client.recovered["/"] is True
+        assert client.sid == sid
+        await _barrier(harness, client, node=1)
+        assert len(client.events("room-ev")) == 11  # the one it had, the ten it missed
     finally:
         await client.close()
 

@@ -19,6 +19,7 @@ from .support.server import run_server
 from .support.waiting import wait_until
 
 ROUNDS = 20
+CONCURRENT = 5
 LEFT = Session("p1", "s1", "/", ("room",), None, (0,), "ep", "node-a", disconnected_at=1.0)
 
 
@@ -49,7 +50,7 @@ def test_a_claim_whose_record_was_compacted_away_never_stands() -> None:
 
 
 class Node:
-    """One recovering server; every socket joins ``room`` on connect."""
+    """One recovering server; every socket joins the room its auth names (else ``room``)."""
 
     def __init__(self, kafka_url: str, channel: str) -> None:
         self.manager = AsyncKafkaManager(kafka_url, channel=channel)
@@ -60,7 +61,7 @@ class Node:
         self.asgi = socketio.ASGIApp(self.sio)
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
-        await self.sio.enter_room(sid, "room")
+        await self.sio.enter_room(sid, (auth or {}).get("room", "room"))
 
     def left(self, pid: str) -> bool:
         session = self.manager.store.table.sessions.get(pid)
@@ -76,7 +77,7 @@ async def nodes(kafka_url: str, channel: str) -> AsyncIterator[tuple[Node, Node]
 
 def _claimant(of: RecoveringRecorder) -> RecoveringRecorder:
     """A client presenting the same pid and offset: the dropped client, twice over."""
-    claimant = RecoveringRecorder()
+    claimant = RecoveringRecorder(of.auth)
     claimant.client.pids.update(of.client.pids)
     claimant.client.offsets.update(of.client.offsets)
     return claimant
@@ -108,10 +109,10 @@ async def _last_record_is_the_winners(reader: Node, pid: str, winner: Node) -> N
     assert (last.owner, last.disconnected_at) == (winner.manager.host_id, None)
 
 
-async def _one_round(a: Node, b: Node, urls: tuple[str, str]) -> None:
-    client = await RecoveringRecorder().connect(urls[0])
+async def _one_round(a: Node, b: Node, urls: tuple[str, str], room: str) -> None:
+    client = await RecoveringRecorder({"room": room}).connect(urls[0])
     sid, pid = client.sid, client.client.pids["/"]
-    await a.sio.emit("before", 1, to="room")  # the claims carry an offset
+    await a.sio.emit("before", 1, to=room)  # the claims carry an offset
     await client.wait_count("before", 1)
     await client.drop_transport()
     await wait_until(lambda: a.left(pid) and b.left(pid), 10, "both nodes seeing it left")
@@ -126,7 +127,7 @@ async def _one_round(a: Node, b: Node, urls: tuple[str, str]) -> None:
         await _last_record_is_the_winners(a, pid, (a, b)[claimants.index(winner)])
         assert await winner.wait_count("missed", 1) == [1]
         await b.sio.emit("after", 2, to=sid)
-        await b.sio.emit("marker", 3, to="room")  # sent after "after": a barrier for both
+        await b.sio.emit("marker", 3, to=room)  # sent after "after": a barrier for both
         await winner.wait_count("marker", 1)
         await loser.wait_count("marker", 1)
         assert (winner.events("after"), winner.events("missed")) == ([2], [1])
@@ -141,10 +142,13 @@ async def _one_round(a: Node, b: Node, urls: tuple[str, str]) -> None:
 async def test_simultaneous_claims_on_two_nodes_restore_the_session_once(
     nodes: tuple[Node, Node],
 ) -> None:
+    # Rounds run CONCURRENT at a time, each in its own room: more claims in flight at
+    # once than a sequence would make, and the losers' waits (`_settled`) overlap.
     a, b = nodes
     async with run_server(a.asgi) as url_a, run_server(b.asgi) as url_b:
-        for _ in range(ROUNDS):
-            await _one_round(a, b, (url_a, url_b))
+        for first in range(0, ROUNDS, CONCURRENT):
+            rooms = [f"room-{n}" for n in range(first, first + CONCURRENT)]
+            await asyncio.gather(*(_one_round(a, b, (url_a, url_b), room) for room in rooms))
 
 
 @pytest.mark.kafka

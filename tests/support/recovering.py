@@ -12,7 +12,8 @@ from .waiting import wait_until
 class RecoveringRecorder:
     """Records every event (offset argument already taken off by the client)."""
 
-    def __init__(self) -> None:
+    def __init__(self, auth: dict[str, Any] | None = None) -> None:
+        self.auth = auth
         self.client = AsyncRecoveringClient(reconnection=False)
         self.received: list[tuple[str, Any]] = []
         self.client.on("*", self._record)
@@ -21,7 +22,7 @@ class RecoveringRecorder:
         self.received.append((event, args[0] if len(args) == 1 else list(args)))
 
     async def connect(self, url: str) -> RecoveringRecorder:
-        await self.client.connect(url, transports=["websocket"])
+        await self.client.connect(url, transports=["websocket"], auth=self.auth)
         return self
 
     @property

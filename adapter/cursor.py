@@ -235,6 +235,8 @@ class SharedReplays:
         self.history: LiveHistory | None = None
         self._cursors: dict[int, _Cursor] = {}
         self._windows: dict[int, Window] = {}
+        #: When a partition's window, extended by no cursor now, goes.
+        self._expiries: dict[int, asyncio.TimerHandle] = {}
         self._buffered = 0
         self._room = asyncio.Event()
         self._room.set()
@@ -300,9 +302,7 @@ class SharedReplays:
         pass starts within it or where it ends; else a new one (the old one dropped)."""
         window = self._windows.get(partition)
         if window is not None and window.lo <= position <= window.hi:
-            if window.expiry is not None:
-                window.expiry.cancel()
-                window.expiry = None
+            self._keep(partition)
             return window
         if window is not None:
             self._drop(partition, window)
@@ -315,16 +315,19 @@ class SharedReplays:
         return sum(window.size for window in self._windows.values())
 
     def _linger(self, partition: int, window: Window) -> None:
-        if window.expiry is not None:
-            window.expiry.cancel()
+        """Keep ``partition``'s window, ``window``, ``WINDOW_LINGER_S`` more."""
+        self._keep(partition)
         loop = asyncio.get_running_loop()
-        window.expiry = loop.call_later(WINDOW_LINGER_S, self._drop, partition, window)
+        self._expiries[partition] = loop.call_later(WINDOW_LINGER_S, self._drop, partition, window)
+
+    def _keep(self, partition: int) -> None:
+        expiry = self._expiries.pop(partition, None)
+        if expiry is not None:
+            expiry.cancel()
 
     def _drop(self, partition: int, window: Window) -> None:
-        if window.expiry is not None:
-            window.expiry.cancel()
-            window.expiry = None
         if self._windows.get(partition) is window:
+            self._keep(partition)
             del self._windows[partition]
 
     def leave(self, reader: _Reader) -> None:

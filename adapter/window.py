@@ -7,7 +7,6 @@ inside one takes its records from there, by index, without reading Kafka.
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 from array import array
 from bisect import bisect_left
@@ -47,7 +46,6 @@ class Window:
         self.lo = self.hi = lo
         self.offsets: list[int] = []
         self.size = 0
-        self.expiry: asyncio.TimerHandle | None = None
         self._values: list[bytes] = []
         self._keys = array("q")  # by place; _NO_KEY: in _several, or no routing headers
         self._several: dict[int, list[int]] = {}  # an emit to several rooms: their keys

@@ -12,13 +12,13 @@ import pytest
 from socketio_kafka.adapter import history, routing
 from socketio_kafka.adapter.history import LiveHistory
 
-from .test_cursor import _emit, _hub, _offsets, _open, _Record, _rooms
+from .support import fakelog
 
 pytestmark = pytest.mark.timeout(30)
 
 
 def _fed(
-    log: list[_Record], budget: int = 1 << 30, start: int = 0
+    log: list[fakelog.Record], budget: int = 1 << 30, start: int = 0
 ) -> tuple[LiveHistory, list[int]]:
     """A history fed ``log`` as a live consumer positioned at ``start`` would."""
     positions = [start]
@@ -32,37 +32,37 @@ def _fed(
     return kept, positions
 
 
-def _ack(offset: int) -> _Record:
+def _ack(offset: int) -> fakelog.Record:
     """A record no replay delivers: an emit that waits for an ack."""
-    record = _emit(offset, "a")
+    record = fakelog.emit(offset, "a")
     headers = [(k, v) for k, v in record.headers if k != "sio.ack"] + [("sio.ack", b"1")]
-    return _Record(offset, headers, record.value)
+    return fakelog.Record(offset, headers, record.value)
 
 
 async def test_a_replay_it_holds_reads_nothing_and_decodes_only_its_own() -> None:
-    log = _rooms(90, "abc")
-    hub, consumers = _hub(log)
+    log = fakelog.rooms(90, "abc")
+    hub, consumers = fakelog.hub(log)
     hub.history, _ = _fed(log)
-    assert await _offsets(_open(hub, "b", 10, 90)) == list(range(10, 90, 3))
+    assert await fakelog.offsets(fakelog.open_replay(hub, "b", 10, 90)) == list(range(10, 90, 3))
     assert consumers == []  # no Kafka consumer was ever asked for
     assert hub.stats.replay_records_read == 0
     assert hub.stats.replay_records_decoded == hub.stats.replay_records_reused == 27
 
 
 async def test_a_replay_larger_than_a_batch_is_served_in_batches_in_order() -> None:
-    log = _rooms(3000, "ab")
-    hub, consumers = _hub(log, batch=100)
+    log = fakelog.rooms(3000, "ab")
+    hub, consumers = fakelog.hub(log, batch=100)
     hub.history, _ = _fed(log)
-    assert await _offsets(_open(hub, "a", 0, 3000)) == list(range(0, 3000, 2))
+    assert await fakelog.offsets(fakelog.open_replay(hub, "a", 0, 3000)) == list(range(0, 3000, 2))
     assert consumers == []
 
 
 async def test_a_replay_from_before_it_reads_kafka_then_only_what_precedes_it() -> None:
     """Positioned at 40 (a node started then): 0-39 come from Kafka, the rest from memory."""
-    log = _rooms(100, "ab")
-    hub, consumers = _hub(log, batch=10)  # 10 records a fetch
+    log = fakelog.rooms(100, "ab")
+    hub, consumers = fakelog.hub(log, batch=10)  # 10 records a fetch
     hub.history, _ = _fed(log, start=40)
-    assert await _offsets(_open(hub, "a", 0, 100)) == list(range(0, 100, 2))
+    assert await fakelog.offsets(fakelog.open_replay(hub, "a", 0, 100)) == list(range(0, 100, 2))
     assert len(consumers) == 1
     assert hub.stats.replay_records_read == 40  # Kafka up to where memory begins
 
@@ -71,7 +71,7 @@ async def test_the_budget_drops_the_oldest_segments_and_bounds_its_size(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(history, "SEGMENT_BYTES", 4_000)
-    log = _rooms(2_000, "abcd")
+    log = fakelog.rooms(2_000, "abcd")
     kept, _ = _fed(log, budget=20_000)
     assert kept.size <= 20_000 + 4_000 + 1_000  # closed ones, and the open one
     assert kept.since(0, 0) is None  # the oldest are gone
@@ -87,16 +87,18 @@ async def test_the_budget_drops_the_oldest_segments_and_bounds_its_size(
     offsets = [o for window in windows for o in window.offsets]
     assert offsets == list(range(first, 2_000))
     # A replay from there still gets its records in order: from memory, then Kafka before.
-    hub, consumers = _hub(log, batch=10)
+    hub, consumers = fakelog.hub(log, batch=10)
     hub.history = kept
-    assert await _offsets(_open(hub, "c", 0, 2_000)) == list(range(2, 2_000, 4))
+    assert await fakelog.offsets(fakelog.open_replay(hub, "c", 0, 2_000)) == list(
+        range(2, 2_000, 4)
+    )
     assert len(consumers) == 1
     assert first <= hub.stats.replay_records_read < first + 10  # stopped where memory begins
 
 
 async def test_records_no_replay_delivers_are_not_kept() -> None:
-    tombstone = _emit(3, "a")._replace(value=None)  # routed, but nothing to deliver
-    log = [_emit(0, "a"), _ack(1), _emit(2, "a"), tombstone]
+    tombstone = fakelog.emit(3, "a")._replace(value=None)  # routed, but nothing to deliver
+    log = [fakelog.emit(0, "a"), _ack(1), fakelog.emit(2, "a"), tombstone]
     kept, _ = _fed(log)
     windows = kept.since(0, 0)
     assert windows is not None
@@ -104,7 +106,7 @@ async def test_records_no_replay_delivers_are_not_kept() -> None:
 
 
 async def test_it_reaches_to_the_live_position_and_starts_afresh_on_reset() -> None:
-    log = _rooms(10, "a")
+    log = fakelog.rooms(10, "a")
     kept, positions = _fed(log)
     positions[0] = 15  # records past 9 that no replay delivers (acks, control records)
     windows = kept.since(0, 5)
@@ -117,17 +119,17 @@ async def test_it_reaches_to_the_live_position_and_starts_afresh_on_reset() -> N
 
 
 async def test_sessions_recovering_at_once_share_its_decodes() -> None:
-    log = [_emit(n, "all") for n in range(50)]
-    hub, _ = _hub(log)
+    log = [fakelog.emit(n, "all") for n in range(50)]
+    hub, _ = fakelog.hub(log)
     hub.history, _ = _fed(log)
-    replays = [_open(hub, "all", 0, 50) for _ in range(10)]
-    results: list[Any] = await asyncio.gather(*(_offsets(r) for r in replays))
+    replays = [fakelog.open_replay(hub, "all", 0, 50) for _ in range(10)]
+    results: list[Any] = await asyncio.gather(*(fakelog.offsets(r) for r in replays))
     assert results == [list(range(50))] * 10
     assert hub.stats.replay_records_decoded == 50
 
 
 def test_it_covers_a_start_it_holds_up_to_the_live_position() -> None:
-    kept, positions = _fed(_rooms(50, "a"), start=10)
+    kept, positions = _fed(fakelog.rooms(50, "a"), start=10)
     assert kept.covers([10])
     assert kept.covers([50])  # nothing missed yet
     assert not kept.covers([9])  # before it: Kafka's bounds decide

@@ -45,14 +45,16 @@ class LiveHistory:
         self.budget = budget
         self._positions: Sequence[int] = ()
         self._segments: list[deque[Window]] = []
-        #: Closed segments, oldest first (the order the budget drops them in), with the
-        #: bytes each held when it closed.
-        self._closed: deque[tuple[int, Window, int]] = deque()
+        #: Closed segments, oldest first (the order the budget drops them in), by partition.
+        self._closed: deque[tuple[int, Window]] = deque()
+        #: What they hold now, decoded copies and indexes included.
         self._closed_bytes = 0
 
     def reset(self, positions: Sequence[int]) -> None:
         """Keep afresh from ``positions``, where the live consumer now reads from; it moves
         them on in place as it takes records, so what it noted reaches up to them."""
+        for _, window in self._closed:
+            window.grown = None
         self._positions = positions
         self._segments = [deque([Window(p)]) for p in positions]
         self._closed.clear()
@@ -67,12 +69,22 @@ class LiveHistory:
             return
         window.hi = record.offset + 1
         self._segments[partition].append(Window(window.hi))
-        self._closed.append((partition, window, window.size))
+        self._closed.append((partition, window))
         self._closed_bytes += window.size
+        window.grown = self._grew
+        self._trim()
+
+    def _grew(self, by: int) -> None:
+        """A closed segment grew (a replay decoded from it, or indexed it)."""
+        self._closed_bytes += by
+        self._trim()
+
+    def _trim(self) -> None:
         while self._closed and self._closed_bytes > self.budget:
-            oldest, _, size = self._closed.popleft()
+            oldest, window = self._closed.popleft()
             self._segments[oldest].popleft()  # that partition's oldest: closed in order
-            self._closed_bytes -= size
+            window.grown = None  # a replay may still take from it: no longer held here
+            self._closed_bytes -= window.size
 
     def held_from(self, partition: int) -> int | None:
         """The first offset of ``partition`` it holds (None: none of it)."""
@@ -102,6 +114,6 @@ class LiveHistory:
 
     @property
     def size(self) -> int:
-        """Bytes of records held: the closed segments', and each partition's open one.
-        Decoded copies of the records replays took come on top (as much again, at most)."""
+        """Bytes held: the closed segments', and each partition's open one (values, index
+        and the decoded copies of the records replays took)."""
         return self._closed_bytes + sum(segments[-1].size for segments in self._segments)

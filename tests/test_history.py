@@ -96,6 +96,24 @@ async def test_the_budget_drops_the_oldest_segments_and_bounds_its_size(
     assert first <= hub.stats.replay_records_read < first + 10  # stopped where memory begins
 
 
+async def test_what_replays_decode_counts_against_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(history, "SEGMENT_BYTES", 4_000)
+    log = fakelog.rooms(200, "a")
+    kept, _ = _fed(log, budget=60_000)
+    assert kept.held_from(0) == 0  # all of it, values and offsets
+    hub, consumers = fakelog.hub(log)
+    hub.history = kept
+    assert await fakelog.offsets(fakelog.open_replay(hub, "a", 0, 200)) == list(range(200))
+    assert (consumers, hub.stats.replay_records_decoded) == ([], 200)
+    # Their decoded copies, several times the values' bytes, pushed the oldest out.
+    assert kept.held_from(0) > 0
+    open_segment = kept.since(0, 199)
+    assert open_segment is not None
+    assert kept.size <= 60_000 + open_segment[-1].size
+
+
 async def test_records_no_replay_delivers_are_not_kept() -> None:
     tombstone = fakelog.emit(3, "a")._replace(value=None)  # routed, but nothing to deliver
     log = [fakelog.emit(0, "a"), _ack(1), fakelog.emit(2, "a"), tombstone]

@@ -25,6 +25,7 @@ __all__ = [
     "Audience",
     "Headers",
     "Route",
+    "RouteCache",
     "correlation_id",
     "headers_for",
     "partition_of",
@@ -69,7 +70,9 @@ class Route(NamedTuple):
     """Who a record is for, read from its headers (a tuple: one is made per record read).
 
     ``rooms``: an emit's rooms (none: the whole namespace), or the one room of a room
-    operation. ``ack``: an emit whose producer waits for acknowledgements.
+    operation. ``ack``: an emit whose producer waits for acknowledgements. ``key``: the
+    hash of (namespace, its one room, or None for none or several), by which sightings
+    and replay windows file it (made once per headers, with `RouteCache`).
     """
 
     method: str
@@ -78,6 +81,7 @@ class Route(NamedTuple):
     sid: str | None
     host: str | None
     ack: bool
+    key: int
 
 
 def headers_for(
@@ -166,7 +170,36 @@ def read_route(headers: Headers) -> Route | None:
         or found.get(ACK, b"1") != b"1"
     ):
         raise RecordDecodeError(f"routing headers of a {method} record incomplete")
-    return Route(method, namespace, targets, sid, host, ACK in found)
+    key = hash((namespace, targets[0] if len(targets) == 1 else None))
+    return Route(method, namespace, targets, sid, host, ACK in found, key)
+
+
+class RouteCache:
+    """`read_route`, remembered by the headers: every record to one room from the server
+    side carries the same ones, and a tuple's lookup costs a seventh of a parse (0.3 µs
+    against 2.2). Up to ``size`` entries of about 900 B, then cleared and filled again:
+    headers that never repeat (a client publish's correlation id) cost 0.3 µs more, as
+    do more distinct headers in turn than it holds.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._known: dict[Headers, Route | None] = {}
+
+    def read(self, headers: Headers) -> Route | None:
+        """`read_route` of ``headers`` (aiokafka's tuple of pairs; a list is parsed)."""
+        known = self._known
+        try:
+            return known[headers]
+        except KeyError:
+            pass
+        except TypeError:  # unhashable: not aiokafka's tuple
+            return read_route(headers)
+        route = read_route(headers)  # malformed ones raise, never remembered
+        if len(known) >= self.size:
+            known.clear()
+        known[headers] = route
+        return route
 
 
 def partition_of(key: bytes, partitions: int) -> int:

@@ -66,11 +66,8 @@ class Sightings:
             return
         if route.method != "emit" or route.ack:
             return  # never replayed
-        rooms = route.rooms
         # An emit to several rooms is keyed as a broadcast, and noted as one.
-        room = rooms[0] if len(rooms) == 1 else None
-        last, mask = self._last[partition], self._mask
-        key = hash((route.namespace, room))
+        last, mask, key = self._last[partition], self._mask, route.key
         last[key & mask] = offset
         last[mask + 1 + (key >> _SECOND & mask)] = offset
 

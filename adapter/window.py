@@ -70,10 +70,8 @@ class Window:
             key = _NO_KEY
         elif route.method != "emit" or route.ack:
             return None
-        elif len(rooms := route.rooms) == 1:
-            key = hash((route.namespace, rooms[0]))
-        elif not rooms:
-            key = hash((route.namespace, None))
+        elif len(rooms := route.rooms) <= 1:
+            key = route.key
         else:
             key = _NO_KEY
             self._several[len(self._values)] = [hash((route.namespace, r)) for r in rooms]

@@ -15,6 +15,7 @@ from socketio_kafka.adapter.routing import (
     Audience,
     Headers,
     Route,
+    RouteCache,
     headers_for,
     partitioner,
     read_route,
@@ -42,6 +43,9 @@ def test_headers_say_what_the_value_says(message: codec.Message) -> None:
     assert route.sid == message.get("sid")
     assert route.host == (None if message["method"] == "emit" else "h")
     assert route.ack == bool(message.get("callback"))
+    # Filed by the one room, or as a broadcast: where the audience of that room looks.
+    key_room = room if isinstance(room, str) else None
+    assert route.key == hash((message["namespace"], key_room))
 
 
 @pytest.mark.parametrize(
@@ -72,6 +76,32 @@ _V1 = [("sio.v", b"1"), ("sio.ns", b"/")]
 def test_malformed_version_1_headers_are_refused(headers: Headers) -> None:
     with pytest.raises(RecordDecodeError):
         read_route(headers)
+    cache = RouteCache()
+    for _ in range(2):  # never remembered: refused every time
+        with pytest.raises(RecordDecodeError):
+            cache.read(tuple(headers))
+
+
+def test_the_route_cache_answers_as_read_route_within_its_size() -> None:
+    cache = RouteCache(size=3)
+    rooms = ["a", "b", "c", "d", "a", "b", None]
+    for room in rooms * 3:
+        message = codec.emit_message(
+            "e", 1, namespace="/", room=room, skip_sid=None, callback=None, host_id="h"
+        )
+        headers = tuple(headers_for(message))  # new objects each time, as aiokafka's
+        assert cache.read(headers) == read_route(headers)
+        assert len(cache._known) <= 3
+    again = tuple(
+        headers_for(
+            codec.emit_message(
+                "e", 2, namespace="/", room=None, skip_sid=None, callback=None, host_id="h"
+            )
+        )
+    )
+    assert cache.read(again) is cache.read(again)  # remembered: one parse
+    assert cache.read(list(again)) == read_route(again)  # a list is parsed
+    assert cache.read(()) is None  # no routing headers
 
 
 def test_a_replay_receives_events_only() -> None:
@@ -134,7 +164,7 @@ def test_a_node_decodes_what_its_sockets_or_acks_want(
     wanted: bool,
 ) -> None:
     host = manager.host_id if host == "self" else host
-    route = Route(method, namespace, rooms, sid, host, ack=False)
+    route = Route(method, namespace, rooms, sid, host, ack=False, key=0)
     assert manager._wanted_here(route) is wanted
 
 

@@ -233,8 +233,6 @@ class SharedReplays:
         self.sightings: Sightings | None = None
         #: What it read lately: ranges a replay takes from memory.
         self.history: LiveHistory | None = None
-        #: The routes of the records its cursors read, by their headers.
-        self.routes = routing.RouteCache()
         self._cursors: dict[int, _Cursor] = {}
         self._windows: dict[int, Window] = {}
         #: When a partition's window, extended by no cursor now, goes.
@@ -522,7 +520,7 @@ class _Cursor:
             offset = record.offset
             read += 1
             try:
-                route = self.hub.routes.read(record.headers)
+                route = routing.replay_route(record.headers)
             except RecordDecodeError:
                 continue  # counted when the live consumer met it
             kept = None

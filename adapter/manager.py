@@ -175,8 +175,6 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         #: Every replay of this node reads through these cursors (`adapter/cursor.py`).
         self.shared_replays = SharedReplays(self._replays, self.events_topic, self.stats)
         self._partitions = 0
-        #: The routes of the records the live consumer reads, by their headers.
-        self._routes = routing.RouteCache()
         #: Next offset to consume, per partition: the watermark every delivery carries.
         self.positions: list[int] = []
         self._marker: offsets.Marker | None = None
@@ -677,7 +675,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             self.stats.records_consumed += 1  # a client's publish written twice: once here
             return
         try:
-            route = self._routes.read(record.headers)
+            route = routing.read_route(record.headers)
             if (sightings := self.shared_replays.sightings) is not None:
                 sightings.note(record.partition, record.offset, route)
             if (history := self.shared_replays.history) is not None:

@@ -15,10 +15,10 @@ from socketio_kafka.adapter.routing import (
     Audience,
     Headers,
     Route,
-    RouteCache,
     headers_for,
     partitioner,
     read_route,
+    replay_route,
 )
 
 _OPS = [
@@ -76,32 +76,21 @@ _V1 = [("sio.v", b"1"), ("sio.ns", b"/")]
 def test_malformed_version_1_headers_are_refused(headers: Headers) -> None:
     with pytest.raises(RecordDecodeError):
         read_route(headers)
-    cache = RouteCache()
     for _ in range(2):  # never remembered: refused every time
         with pytest.raises(RecordDecodeError):
-            cache.read(tuple(headers))
+            replay_route(tuple(headers))
 
 
-def test_the_route_cache_answers_as_read_route_within_its_size() -> None:
-    cache = RouteCache(size=3)
-    rooms = ["a", "b", "c", "d", "a", "b", None]
-    for room in rooms * 3:
+def test_a_replays_route_is_read_routes_remembered() -> None:
+    for room in ["a", "b", None, "a", ["a", "b"]] * 2:
         message = codec.emit_message(
             "e", 1, namespace="/", room=room, skip_sid=None, callback=None, host_id="h"
         )
         headers = tuple(headers_for(message))  # new objects each time, as aiokafka's
-        assert cache.read(headers) == read_route(headers)
-        assert len(cache._known) <= 3
-    again = tuple(
-        headers_for(
-            codec.emit_message(
-                "e", 2, namespace="/", room=None, skip_sid=None, callback=None, host_id="h"
-            )
-        )
-    )
-    assert cache.read(again) is cache.read(again)  # remembered: one parse
-    assert cache.read(list(again)) == read_route(again)  # a list is parsed
-    assert cache.read(()) is None  # no routing headers
+        assert replay_route(headers) == read_route(headers)
+    assert replay_route(headers) is replay_route(tuple(headers))  # remembered: one parse
+    assert replay_route(list(headers)) == read_route(headers)  # a list is parsed
+    assert replay_route(()) is None  # no routing headers
 
 
 def test_a_replay_receives_events_only() -> None:

@@ -17,6 +17,11 @@ from .support import fakelog
 pytestmark = pytest.mark.timeout(30)
 
 
+@pytest.fixture
+def small_segments(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(history, "SEGMENT_BYTES", 4_000)
+
+
 def _fed(
     log: list[fakelog.Record], budget: int = 1 << 30, start: int = 0
 ) -> tuple[LiveHistory, list[int]]:
@@ -67,10 +72,8 @@ async def test_a_replay_from_before_it_reads_kafka_then_only_what_precedes_it() 
     assert hub.stats.replay_records_read == 40  # Kafka up to where memory begins
 
 
-async def test_the_budget_drops_the_oldest_segments_and_bounds_its_size(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(history, "SEGMENT_BYTES", 4_000)
+@pytest.mark.usefixtures("small_segments")
+async def test_the_budget_drops_the_oldest_segments_and_bounds_its_size() -> None:
     log = fakelog.rooms(2_000, "abcd")
     kept, _ = _fed(log, budget=20_000)
     assert kept.size <= 20_000 + 4_000 + 1_000  # closed ones, and the open one
@@ -96,10 +99,8 @@ async def test_the_budget_drops_the_oldest_segments_and_bounds_its_size(
     assert first <= hub.stats.replay_records_read < first + 10  # stopped where memory begins
 
 
-async def test_what_replays_decode_counts_against_the_budget(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(history, "SEGMENT_BYTES", 4_000)
+@pytest.mark.usefixtures("small_segments")
+async def test_what_replays_decode_counts_against_the_budget() -> None:
     log = fakelog.rooms(200, "a")
     kept, _ = _fed(log, budget=60_000)
     assert kept.held_from(0) == 0  # all of it, values and offsets

@@ -31,6 +31,7 @@ __all__ = [
     "partitioner",
     "read_route",
     "replay_route",
+    "room_key",
 ]
 
 #: The value of the ``sio.v`` header: the routing format's version.
@@ -71,8 +72,8 @@ class Route(NamedTuple):
 
     ``rooms``: an emit's rooms (none: the whole namespace), or the one room of a room
     operation. ``ack``: an emit whose producer waits for acknowledgements. ``key``: the
-    hash of (namespace, its one room, or None for none or several), by which sightings
-    and replay windows file it.
+    `room_key` of its namespace and its one room (None for none or several), by which
+    sightings and replay windows file it.
     """
 
     method: str
@@ -170,8 +171,15 @@ def read_route(headers: Headers) -> Route | None:
         or found.get(ACK, b"1") != b"1"
     ):
         raise RecordDecodeError(f"routing headers of a {method} record incomplete")
-    key = hash((namespace, targets[0] if len(targets) == 1 else None))
+    key = room_key(namespace, targets[0] if len(targets) == 1 else None)
     return Route(method, namespace, targets, sid, host, ACK in found, key)
+
+
+def room_key(namespace: str, room: str | None) -> int:
+    """What sightings and replay windows file a room's records by (None: the namespace's
+    broadcasts); an emit to several rooms is filed by each in a window, as a broadcast in
+    sightings. Never -1 (a CPython hash is not)."""
+    return hash((namespace, room))
 
 
 #: `read_route` remembered by the headers (aiokafka's tuple of pairs; see `replay_route`).

@@ -22,7 +22,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterable, Sequence
 
-from .routing import Route
+from .routing import Route, room_key
 
 __all__ = ["Sightings"]
 
@@ -87,6 +87,6 @@ class Sightings:
         last, mask = self._last[partition], self._mask
         seen = self._unrouted[partition]
         for room in rooms:
-            key = hash((namespace, room))
+            key = room_key(namespace, room)
             seen = max(seen, min(last[key & mask], last[mask + 1 + (key >> _SECOND & mask)]))
         return min(stop, seen + 1)

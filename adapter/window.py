@@ -23,7 +23,7 @@ __all__ = ["Window"]
 _ENTRY_OVERHEAD = 96
 #: What a room's first record in a window costs besides, once indexed: its key and list.
 _KEY_OVERHEAD = 150
-#: The key of a record that is not one room's: a hash is never -1 in CPython.
+#: The key of a record that is not one room's: `routing.room_key` is never -1.
 _NO_KEY = -1
 #: What a decoded copy costs, by its value's bytes: measured with tracemalloc, 870-1,920
 #: B for records of 150-1,150 B (dicts and strings: 1.7-6x the JSON), under this bound.
@@ -74,7 +74,7 @@ class Window:
             key = route.key
         else:
             key = _NO_KEY
-            self._several[len(self._values)] = [hash((route.namespace, r)) for r in rooms]
+            self._several[len(self._values)] = [routing.room_key(route.namespace, r) for r in rooms]
         at = len(self._values)
         self.offsets.append(record.offset)
         self._values.append(value)
@@ -102,7 +102,10 @@ class Window:
         offsets = self.offsets
         start = bisect_left(offsets, first)
         namespace = audience.namespace
-        keys = {hash((namespace, None)), *(hash((namespace, r)) for r in audience.rooms)}
+        keys = {
+            routing.room_key(namespace, None),
+            *(routing.room_key(namespace, r) for r in audience.rooms),
+        }
         lists = [self._unrouted, *(self._index.get(key, ()) for key in keys)]
         ats = [_tail(found, bisect_left(found, start)) for found in lists if found]
         previous = -1

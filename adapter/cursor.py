@@ -73,7 +73,9 @@ WINDOW_BYTES = 64 * 1024 * 1024
 WINDOW_LINGER_S = 15.0
 
 #: Joined readers by (namespace, room); room None: the namespace's broadcasts.
-_Index = dict[tuple[str, str | None], list["_Reader"]]
+#: Joined readers by `routing.room_key` (a key's collision only makes a reader a candidate:
+#: its audience still decides).
+_Index = dict[int, list["_Reader"]]
 
 #: A record found for a session: ``(partition, offset, message)``.
 Found = tuple[int, int, codec.Message]
@@ -557,23 +559,22 @@ class _Cursor:
         self.hub.buffered(found)
 
     def _rooms(self) -> _Index:
-        """The joined readers by namespace and room (a sid is among its rooms)."""
+        """The joined readers by the room key of their namespace's broadcasts and of each
+        of their rooms (a sid is among its rooms)."""
         if self._index is None:
             self._index = {}
             for reader in self.joined:
                 audience = reader.replay.audience
-                self._index.setdefault((audience.namespace, None), []).append(reader)
-                for room in audience.rooms:
-                    self._index.setdefault((audience.namespace, room), []).append(reader)
+                for room in (None, *audience.rooms):
+                    key = routing.room_key(audience.namespace, room)
+                    self._index.setdefault(key, []).append(reader)
         return self._index
 
     @staticmethod
     def _by_route(index: _Index, route: routing.Route) -> list[_Reader]:
-        if not route.rooms:  # to the whole namespace
-            return index.get((route.namespace, None), [])
-        if len(route.rooms) == 1:
-            return index.get((route.namespace, route.rooms[0]), [])
+        if len(route.rooms) < 2:  # its key is its one room's, or its namespace's
+            return index.get(route.key, [])
         seen: dict[_Reader, None] = {}
         for room in route.rooms:
-            seen.update(dict.fromkeys(index.get((route.namespace, room), [])))
+            seen.update(dict.fromkeys(index.get(routing.room_key(route.namespace, room), [])))
         return list(seen)

@@ -34,6 +34,15 @@ async def test_sessions_at_once_share_one_read_and_one_decode() -> None:
     assert hub.held == 0
 
 
+async def test_broadcasts_and_emits_to_several_rooms_reach_each_member_once() -> None:
+    targets: list[str | list[str] | None] = ["a", None, ["b", "a"], ["b", "c"], "b", ["a", "a"]]
+    hub, _ = fakelog.hub([fakelog.emit(n, room) for n, room in enumerate(targets)])
+    a, b, c = await asyncio.gather(
+        *(fakelog.offsets(fakelog.open_replay(hub, room, 0, 6)) for room in "abc")
+    )
+    assert (a, b, c) == ([0, 1, 2, 5], [1, 2, 3, 4], [1, 3])
+
+
 async def _one_fetch_in(
     start: int,
 ) -> tuple[SharedReplays, asyncio.Semaphore, asyncio.Task[list[int]]]:

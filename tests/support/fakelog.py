@@ -21,7 +21,8 @@ class Record(NamedTuple):
     value: bytes | None  # None: a tombstone
 
 
-def emit(offset: int, room: str, *, headers: bool = True) -> Record:
+def emit(offset: int, room: str | list[str] | None, *, headers: bool = True) -> Record:
+    """An emit to ``room``: one, several, or (None) the whole namespace."""
     message = codec.emit_message(
         "e", {"n": offset}, namespace="/", room=room, skip_sid=None, callback=None, host_id="h"
     )

@@ -288,6 +288,7 @@ class SharedReplays:
             if message is not None and audience.wants(message):
                 replay.put((reader.partition, offset, message))
                 found += 1
+        window.report()
         reader.next = resume
         self.stats.replay_records_reused += taken
         self.buffered(found)

@@ -50,9 +50,10 @@ class Window:
         self.lo = self.hi = lo
         self.offsets: list[int] = []
         self.size = 0
-        #: Told of what the window grows by once its records are in: decoded copies and
-        #: the index (`LiveHistory` counts them against its budget).
+        #: Told of what the window grew by once its records are in: decoded copies and
+        #: the index (`LiveHistory` counts them against its budget), at `report`.
         self.grown: Callable[[int], None] | None = None
+        self._unreported = 0
         self._values: list[bytes] = []
         self._keys = array("q")  # by place; _NO_KEY: in _several, or no routing headers
         self._several: dict[int, list[int]] = {}  # an emit to several rooms: their keys
@@ -137,10 +138,18 @@ class Window:
         self._indexed, indexed = end, self._indexed
         self._grow(grown + 8 * (end - indexed))
 
+    def report(self) -> None:
+        """Tell ``grown`` what the window grew by since it last did: once per batch a
+        replay takes, not per record decoded (the call chain cost 1.7-3 µs a record, a
+        fifth of a decode)."""
+        if self._unreported and self.grown is not None:
+            self.grown(self._unreported)
+        self._unreported = 0
+
     def _grow(self, by: int) -> None:
         self.size += by
-        if self.grown is not None:
-            self.grown(by)
+        if self.grown is not None:  # before it is set, ``size`` says it all
+            self._unreported += by
 
 
 def _tail(items: Sequence[int], start: int) -> Iterator[int]:

@@ -72,7 +72,6 @@ WINDOW_BYTES = 64 * 1024 * 1024
 #: How long a partition's window outlives its cursor: the stragglers of a mass reconnect.
 WINDOW_LINGER_S = 15.0
 
-#: Joined readers by (namespace, room); room None: the namespace's broadcasts.
 #: Joined readers by `routing.room_key` (a key's collision only makes a reader a candidate:
 #: its audience still decides).
 _Index = dict[int, list["_Reader"]]

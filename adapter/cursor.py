@@ -564,9 +564,7 @@ class _Cursor:
         if self._index is None:
             self._index = {}
             for reader in self.joined:
-                audience = reader.replay.audience
-                for room in (None, *audience.rooms):
-                    key = routing.room_key(audience.namespace, room)
+                for key in reader.replay.audience.room_keys():
                     self._index.setdefault(key, []).append(reader)
         return self._index
 

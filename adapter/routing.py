@@ -248,6 +248,11 @@ class Audience:
             found.setdefault(partition_of(self._key(room), count), []).append(room)
         return found
 
+    def room_keys(self) -> frozenset[int]:
+        """The `room_key`s its records are filed by: its rooms' (its sid among them) and
+        its namespace's broadcasts', each once."""
+        return frozenset(room_key(self.namespace, room) for room in (None, *self.rooms))
+
     def wants_route(self, route: Route) -> bool:
         """Whether a record so routed may be for it (`wants` decides, once decoded)."""
         return (

@@ -102,12 +102,7 @@ class Window:
         self._catch_up()
         offsets = self.offsets
         start = bisect_left(offsets, first)
-        namespace = audience.namespace
-        keys = {
-            routing.room_key(namespace, None),
-            *(routing.room_key(namespace, r) for r in audience.rooms),
-        }
-        lists = [self._unrouted, *(self._index.get(key, ()) for key in keys)]
+        lists = [self._unrouted, *(self._index.get(key, ()) for key in audience.room_keys())]
         ats = [_tail(found, bisect_left(found, start)) for found in lists if found]
         previous = -1
         for at in heapq.merge(*ats):

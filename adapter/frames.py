@@ -20,6 +20,7 @@ from typing import Any
 
 from engineio.async_drivers import asgi
 
+from . import websocket_loop
 from .outbox import Outbox, WriteFrames
 
 __all__ = ["FRAMES", "FramesWebSocket"]
@@ -34,10 +35,12 @@ class FramesWebSocket(asgi.WebSocket):  # type: ignore[misc]
     """Engine.IO's ASGI WebSocket, handing its connection's `FRAMES` to the socket's
     `Outbox` once the socket is upgraded (at the first receive after it is).
 
-    Its two hooks return Engine.IO's own coroutines rather than awaiting them: a coroutine
-    of ours around them would stay alive, waiting, for the connection's whole life (about
-    1 kB a connection, measured by benchmarks/memory.py). Once the connection is gone, its
-    writer refuses every packet, so the `Outbox` may keep it.
+    Its socket is served by `websocket_loop.serve` in place of the socket's own handler
+    (the handler is a method of its socket). Its hooks return their coroutines rather than
+    awaiting them: a coroutine of ours around them would stay alive, waiting, for the
+    connection's whole life (about 1 kB a connection, measured by benchmarks/memory.py).
+    Once the connection is gone, its writer refuses every packet, so the `Outbox` may
+    keep it.
     """
 
     def __init__(self, handler: Any, server: Any) -> None:
@@ -47,7 +50,9 @@ class FramesWebSocket(asgi.WebSocket):  # type: ignore[misc]
     def __call__(self, environ: dict[str, Any]) -> Awaitable[str]:
         extension = (environ["asgi.scope"].get("extensions") or {}).get(FRAMES)
         self._frames = extension["write_frames"] if extension else None
-        return super().__call__(environ)  # type: ignore[no-any-return]
+        self.asgi_receive = environ["asgi.receive"]
+        self.asgi_send = environ["asgi.send"]
+        return websocket_loop.serve(self.handler.__self__, self)
 
     def wait(self) -> Awaitable[Any]:
         if self._frames is not None:

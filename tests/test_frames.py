@@ -7,9 +7,11 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import engineio
 import pytest
 import socketio
 from engineio import packet as eio_packet
+from engineio.async_socket import AsyncSocket
 
 from socketio_kafka.adapter import AsyncKafkaManager
 from socketio_kafka.adapter.frames import FRAMES, FramesWebSocket
@@ -72,6 +74,33 @@ async def test_a_packet_handed_to_a_waiting_writer_keeps_later_ones_queued() -> 
     assert outbox.get_nowait().data == "event"
 
 
+async def test_a_packet_sent_to_one_socket_is_written_at_once_while_nothing_waits() -> None:
+    """Engine.IO's send (an ack, a ping) takes the same way as deliveries: at once while
+    the queue and the writer hold nothing, behind them otherwise; the writer's end (None)
+    is always queued."""
+    outbox, connection = Outbox(OutboxLimits()), Connection()
+    await outbox.put(_packet("before frames"))  # not upgraded yet: queued
+    outbox.write_frames = connection.write_frames
+    await outbox.put(_packet("ack 1"))  # behind the first: queued too
+    assert connection.written == []
+    assert [(await outbox.get()).data, outbox.get_nowait().data] == ["before frames", "ack 1"]
+    await outbox.put(_packet("ack 2"))  # the writer holds two, not yet written: queued
+    assert outbox.qsize() == 1
+    outbox.task_done()
+    outbox.task_done()
+    assert outbox.get_nowait().data == "ack 2"
+    outbox.task_done()
+    await outbox.put(_packet("ack 3"))
+    assert connection.written == ["ack 3"]
+    assert outbox.empty()
+    await outbox.put(None)
+    assert outbox.get_nowait() is None
+    outbox.task_done()
+    connection.taking = False  # the client does not read: queued, counted
+    await outbox.put(_packet("ack 4"))
+    assert outbox.qsize() == 1
+
+
 async def test_a_connection_that_refuses_leaves_the_packets_queued() -> None:
     outbox, connection = Outbox(OutboxLimits()), Connection()
     outbox.write_frames = connection.write_frames
@@ -93,57 +122,84 @@ async def test_the_flow_flag_is_clear_to_write_only_once_woken_writers_have_run(
     assert flag.clear_to_write
 
 
-class _Socket:
-    """What `FramesWebSocket` reads of an Engine.IO socket: its handler's owner."""
-
-    def __init__(self) -> None:
-        self.upgraded = False
-        self.queue = Outbox(OutboxLimits())
-        self.received: list[Any] = []
-
-    async def _websocket_handler(self, ws: FramesWebSocket) -> None:
-        self.received.append(await ws.wait())  # the upgrade's probe
-        self.upgraded = True
-        self.received.append(await ws.wait())
+def _socket(*, upgrading: bool) -> Any:
+    """A real Engine.IO socket with an `Outbox`: connected by polling (``upgrading``,
+    so its WebSocket begins with the upgrade's probe) or over the WebSocket itself."""
+    server = engineio.AsyncServer(async_mode="asgi")
+    socket = AsyncSocket(server, "sid")
+    socket.queue = Outbox(OutboxLimits())
+    socket.connected = upgrading
+    return socket
 
 
 @pytest.mark.parametrize("extensions", [None, {}], ids=["none", "without-frames"])
 async def test_a_connection_without_frames_leaves_the_socket_queued(
     extensions: dict[str, Any] | None,
 ) -> None:
-    socket = _Socket()
-    await FramesWebSocket(socket._websocket_handler, None)(_environ(extensions))
-    assert socket.received == ["probe", "2"]
+    socket = _socket(upgrading=True)
+    environ, _ = _environ(extensions, ["2probe", "5", "3"])
+    assert await FramesWebSocket(socket._websocket_handler, None)(environ) == ""
+    assert socket.upgraded
     assert socket.queue.write_frames is None
 
 
-async def test_frames_are_handed_over_once_the_socket_is_upgraded() -> None:
-    socket, connection = _Socket(), Connection()
+@pytest.mark.parametrize("upgrading", [True, False], ids=["upgraded", "websocket"])
+async def test_frames_are_handed_over_once_the_socket_is_upgraded(upgrading: bool) -> None:
+    socket, connection = _socket(upgrading=upgrading), Connection()
     handed: list[Any] = []
 
     def receive_hook() -> None:
         handed.append(socket.queue.write_frames)
 
-    environ = _environ({FRAMES: {"write_frames": connection.write_frames}}, receive_hook)
+    received = ["2probe", "5", "3"] if upgrading else ["3"]
+    frames = {FRAMES: {"write_frames": connection.write_frames}}
+    environ, sent = _environ(frames, received, receive_hook)
     await FramesWebSocket(socket._websocket_handler, None)(environ)
-    assert socket.received == ["probe", "2"]
-    assert handed == [None, connection.write_frames]  # not during the upgrade
+    during_upgrade = [None, None] if upgrading else []
+    assert handed == [*during_upgrade, connection.write_frames, connection.write_frames]
+    assert sent[0] == "websocket.accept"
+    assert sent[-1] == "websocket.close"
+    assert socket.closed
 
 
-def _environ(extensions: dict[str, Any] | None, on_receive: Any = None) -> dict[str, Any]:
-    """An Engine.IO ASGI environ whose client sends a probe, then a PING."""
-    messages = iter(["probe", "2"])
+async def test_a_client_silent_for_the_idle_timeout_is_dropped() -> None:
+    """engineio's idle timeout (ping interval + ping timeout) on each read, kept."""
+    socket = _socket(upgrading=False)
+    socket.server.ping_interval, socket.server.ping_timeout = 0.2, 0.1
+    environ, sent = _environ({}, ["3"], silent=True)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await asyncio.wait_for(FramesWebSocket(socket._websocket_handler, None)(environ), 5)
+    assert 0.3 <= loop.time() - began < 2
+    assert sent[-1] == "websocket.close"
+    assert socket.closed
+
+
+def _environ(
+    extensions: dict[str, Any] | None,
+    received: list[str],
+    on_receive: Any = None,
+    silent: bool = False,
+) -> tuple[dict[str, Any], list[str]]:
+    """An Engine.IO ASGI environ whose client sends ``received``, then disconnects (or,
+    ``silent``, sends nothing more); and the types of what the server sent."""
+    messages = iter(received)
+    sent: list[str] = []
 
     async def receive() -> dict[str, Any]:
         if on_receive is not None:
             on_receive()
-        return {"type": "websocket.receive", "text": next(messages)}
+        for text in messages:
+            return {"type": "websocket.receive", "text": text}
+        if silent:
+            await asyncio.Event().wait()
+        return {"type": "websocket.disconnect", "code": 1000}
 
     async def send(message: dict[str, Any]) -> None:
-        assert message["type"] == "websocket.accept"
+        sent.append(message["type"])
 
     scope = {"type": "websocket", "extensions": extensions}
-    return {"asgi.scope": scope, "asgi.receive": receive, "asgi.send": send}
+    return {"asgi.scope": scope, "asgi.receive": receive, "asgi.send": send}, sent
 
 
 @pytest.fixture(params=[False], ids=["plain"])

@@ -274,3 +274,22 @@ def test_engineio_makes_each_websocket_from_its_driver_table_for_the_socket() ->
     assert "await self.handler(self)" in inspect.getsource(asgi.WebSocket.__call__)
     assert "'asgi.scope': scope" in inspect.getsource(asgi.translate_request)
     assert asgi._async["websocket"] is asgi.WebSocket
+
+
+def test_engineio_websocket_loop_is_the_one_ours_follows() -> None:
+    """adapter/websocket_loop.py serves a socket as python-engineio 4.15's
+    ``AsyncSocket._websocket_handler`` does, with its receive loop lighter; its ASGI
+    WebSocket's ``__call__`` accepts, then runs that handler. A release that changes
+    either is to be read again, and `serve` brought in line with it."""
+    import hashlib
+
+    from engineio.async_drivers import asgi
+    from engineio.async_socket import AsyncSocket
+
+    followed = {
+        AsyncSocket._websocket_handler: "27f120df4d717a24",
+        asgi.WebSocket.__call__: "abbf7a49b2256d37",
+    }
+    for function, digest in followed.items():
+        source = inspect.getsource(function)
+        assert hashlib.sha256(source.encode()).hexdigest()[:16] == digest, function.__qualname__

@@ -206,25 +206,6 @@ class Outbox(SlimQueue):
         packets, size = self._low_water
         return self.qsize() > packets or self.bytes > size
 
-    async def put(self, item: Any) -> None:
-        """Engine.IO's send (an ack, a CONNECT reply, a ping, an emit to one socket):
-        written as a frame at once while nothing waits on the queue or with its writer,
-        as `offer` writes deliveries; queued otherwise. The writer's end (None) is
-        always queued.
-
-        Each packet sent this way skips a wake-up of the socket's writer task and the
-        ASGI send: at 4,000 acked publishes a second they were 8% of the publishing
-        node's samples (benchmarks/RESULTS.md, "Session 23")."""
-        if (
-            self._unfinished == 0
-            and self.write_frames is not None
-            and item is not None
-            and not self.shed
-            and self.write_frames((item,))
-        ):
-            return
-        self.put_nowait(item)
-
     def offer(self, packets: Sequence[Any], cut: Callable[[str], object], eio_sid: str) -> bool:
         """Queue ``packets`` for socket ``eio_sid``; once shed, drop them.
 

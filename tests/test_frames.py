@@ -74,33 +74,6 @@ async def test_a_packet_handed_to_a_waiting_writer_keeps_later_ones_queued() -> 
     assert outbox.get_nowait().data == "event"
 
 
-async def test_a_packet_sent_to_one_socket_is_written_at_once_while_nothing_waits() -> None:
-    """Engine.IO's send (an ack, a ping) takes the same way as deliveries: at once while
-    the queue and the writer hold nothing, behind them otherwise; the writer's end (None)
-    is always queued."""
-    outbox, connection = Outbox(OutboxLimits()), Connection()
-    await outbox.put(_packet("before frames"))  # not upgraded yet: queued
-    outbox.write_frames = connection.write_frames
-    await outbox.put(_packet("ack 1"))  # behind the first: queued too
-    assert connection.written == []
-    assert [(await outbox.get()).data, outbox.get_nowait().data] == ["before frames", "ack 1"]
-    await outbox.put(_packet("ack 2"))  # the writer holds two, not yet written: queued
-    assert outbox.qsize() == 1
-    outbox.task_done()
-    outbox.task_done()
-    assert outbox.get_nowait().data == "ack 2"
-    outbox.task_done()
-    await outbox.put(_packet("ack 3"))
-    assert connection.written == ["ack 3"]
-    assert outbox.empty()
-    await outbox.put(None)
-    assert outbox.get_nowait() is None
-    outbox.task_done()
-    connection.taking = False  # the client does not read: queued, counted
-    await outbox.put(_packet("ack 4"))
-    assert outbox.qsize() == 1
-
-
 async def test_a_connection_that_refuses_leaves_the_packets_queued() -> None:
     outbox, connection = Outbox(OutboxLimits()), Connection()
     outbox.write_frames = connection.write_frames
@@ -289,3 +262,44 @@ async def test_a_compressed_websocket_gets_its_events_through_its_queue(
     written ready-made."""
     options = {"websocket_extra_options": {"compress": 15}}
     assert await _events_in_order(*node, ["websocket"], **options) == 0
+
+
+@pytest.mark.timeout(90)
+async def test_a_client_fed_only_frames_stays_connected_past_the_idle_timeout(
+    kafka_url: str, channel: str
+) -> None:
+    """Engine.IO's writer ends a connection when nothing reached its queue for the ping
+    interval plus the ping timeout; the pings it queues keep it alive while every event
+    goes out as a frame. (Pings written as frames too closed such connections after
+    45 s in a benchmark run, session 23.)"""
+    manager = AsyncKafkaManager(kafka_url, channel=channel)
+    sio = socketio.AsyncServer(
+        async_mode="asgi", client_manager=manager, ping_interval=0.5, ping_timeout=0.5
+    )
+
+    @sio.on("join")  # type: ignore[untyped-decorator]
+    async def join(sid: str, room: str) -> str:
+        await sio.enter_room(sid, room)
+        return "joined"
+
+    async with run_server(socketio.ASGIApp(sio), ws=CoalescingWebSocketProtocol) as url:
+        client = socketio.AsyncClient(reconnection=False)
+        got: list[int] = []
+        client.on("n", got.append)
+        await client.connect(url, transports=["websocket"])
+        try:
+            assert await client.call("join", "room") == "joined"
+            written = manager.stats.events_written
+            loop = asyncio.get_running_loop()
+            began, n = loop.time(), 0
+            while loop.time() - began < 4:  # four times the writer's wait
+                await sio.emit("n", n, room="room")
+                n += 1
+                await asyncio.sleep(0.05)
+            await wait_until(lambda: len(got) >= n, 30, "every event")
+            assert got == list(range(n))
+            assert client.connected
+            assert manager.stats.events_written - written == n
+        finally:
+            await client.disconnect()
+    await manager.stop()

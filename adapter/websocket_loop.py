@@ -3,12 +3,14 @@
 python-engineio reads each packet a client sends over a WebSocket in a task of its own,
 awaited through ``asyncio.wait_for`` with the connection's idle timeout: a task, a timer
 and their callbacks per packet. Without them a packet took 19 µs in-process instead of 36,
-and an acked publish about 9% less of its node's CPU (benchmarks/RESULTS.md, "Session
-23"). `serve` is
-``AsyncSocket._websocket_handler`` of python-engineio 4.15 (tests/test_seams.py checks
-the source it follows) with one difference: the loop reads packets in place, and one timer
-for the connection's life cancels a read that waited the idle timeout, so a client silent
-that long is dropped as before.
+and an acked publish about 9% less of its node's CPU (benchmarks/RESULTS.md, "Session 23").
+
+`serve` is ``AsyncSocket._websocket_handler`` of python-engineio 4.15 (tests/test_seams.py
+checks the source it follows) with one difference: the loop reads packets in place, and
+one timer for the connection's life cancels a read that waited the idle timeout, so a
+client silent that long is dropped as before. The writer is engineio's: it ends the
+connection when nothing reached the socket's queue for that timeout, so Engine.IO's own
+sends (its pings) must go through the queue (docs/decisions.md).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ sends (its pings) must go through the queue (docs/decisions.md).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Awaitable
 from typing import Any
 
 from engineio import exceptions, packet
@@ -39,7 +39,7 @@ class _Idle:
         self._expired = False
         self._handle = self._loop.call_later(timeout_s, self._check)
 
-    async def read(self, wait: Coroutine[Any, Any, Any]) -> Any:
+    async def read(self, wait: Awaitable[Any]) -> Any:
         """``await wait``; TimeoutError once it waited ``timeout_s``."""
         self._read_since = self._loop.time()
         try:
@@ -141,13 +141,12 @@ async def _handle(socket: Any, ws: Any) -> None:
     idle = _Idle(server.ping_interval + server.ping_timeout)
     try:
         while True:
-            p = None
             try:
-                p = await idle.read(websocket_wait())
+                p = await idle.read(ws.wait())
             except (Exception, asyncio.CancelledError):  # engineio's: a timeout, a close
                 break
-            if p is None:
-                # connection closed by client
+            if p is None or len(p) > server.max_http_buffer_size:
+                # connection closed by client, or a packet too large (engineio's ValueError)
                 break
             pkt = packet.Packet(encoded_packet=p)
             try:

@@ -101,3 +101,40 @@ def _check_results(name: str, results: dict[str, Any], recovers: bool) -> None:
     [disconnect] = results["disconnect"]
     assert disconnect["distinct"] > 0, name  # nobody loses everything
     assert disconnect["witness"]["lost"] == 0, name
+
+
+_PACE = """
+import {{ pace }} from {module};
+let open = false;
+const opening = setTimeout(() => {{ open = true; }}, {opens_after_ms});
+try {{
+  const run = await pace({{
+    rate: 1000, seconds: Infinity, count: 20, send: () => {{}},
+    headroom: () => (open ? Infinity : 0), stallSeconds: 0.3,
+  }});
+  console.log(JSON.stringify({{ sent: run.sent }}));
+}} catch (error) {{
+  console.log(JSON.stringify({{ error: error.message }}));
+}}
+clearTimeout(opening);
+"""
+
+
+@pytest.mark.parametrize("opens_after_ms", [100, 60_000])
+def test_the_load_generator_gives_up_on_a_stalled_receiver(opens_after_ms: int) -> None:
+    """A workload paced by its receivers (the recovery's witness) fails when they stop
+    taking events instead of waiting without end, and one that only slows down goes on."""
+    module = json.dumps((REPO / "benchmarks/peers/loadgen/publisher.js").as_uri())
+    script = _PACE.format(module=module, opens_after_ms=opens_after_ms)
+    done = subprocess.run(
+        ["node", "--input-type=module", "-e", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    outcome = json.loads(done.stdout.splitlines()[-1])
+    if opens_after_ms < 300:
+        assert outcome == {"sent": 20}
+    else:
+        assert "no headroom for 0.3 s after 0 events" in outcome["error"]

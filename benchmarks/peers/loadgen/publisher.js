@@ -35,17 +35,33 @@ export class Publisher {
 }
 
 // Call `send()` `rate` times a second for `seconds` (at most `count` times), never while
-// `headroom()` is not positive; `onTick(elapsedSeconds)` after each 1 ms tick.
-export async function pace({ rate, seconds, count = Infinity, send, headroom, onTick = () => {} }) {
+// `headroom()` is not positive; `onTick(elapsedSeconds)` after each 1 ms tick. Throws when
+// events were due and `headroom()` let none go for `stallSeconds` (a receiver that lost its
+// connection would otherwise hold the run forever).
+export async function pace({
+  rate,
+  seconds,
+  count = Infinity,
+  send,
+  headroom,
+  onTick = () => {},
+  stallSeconds = Infinity,
+}) {
   const start = performance.now();
   let sent = 0;
   let throttled = false;
+  let movedAt = start;
   for (;;) {
-    const elapsed = (performance.now() - start) / 1000;
+    const now = performance.now();
+    const elapsed = (now - start) / 1000;
     if (elapsed >= seconds || sent >= count) break;
     const due = Math.min(count, Math.floor(elapsed * rate) + 1) - sent;
     const allowed = Math.min(due, headroom());
     if (allowed < due) throttled = true;
+    if (due <= 0 || allowed > 0) movedAt = now;
+    else if (now - movedAt > stallSeconds * 1000) {
+      throw new Error(`no headroom for ${stallSeconds} s after ${sent} events: a receiver stalled`);
+    }
     for (let i = 0; i < allowed; i++, sent++) send();
     onTick(elapsed);
     await sleep(1);

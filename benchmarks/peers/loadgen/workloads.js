@@ -247,6 +247,7 @@ export async function recovery(spec, out) {
     await pace({
       rate: AS_FAST_AS_THE_WINDOW_ALLOWS,
       seconds: Infinity,
+      stallSeconds: spec.timeout_s,
       count: spec.missed,
       send: () => publisher.send(seq++),
       headroom: () => spec.window - (seq - missedAtWitness()),

@@ -95,16 +95,18 @@ CONTESTANTS = (
         True,
         _gateway,
     ),
-    # The latency end of the trade (README, "Kafka client defaults"): publishes never
-    # linger, however busy the node (before session 16, `--linger-ms 0`, whose maximum was
-    # 4x 0; the default linger is now 0 when idle, up to 16 ms when busy).
+    # The latency end of the trade (README, "Kafka client defaults"): an idle node's
+    # fetches long-poll, answered at the first record, instead of waiting out the 5 ms
+    # interval; a busy node's are paced as the default's (up to 40 ms). Until session 24
+    # its publishes never lingered instead: half as much off the median, a third off the
+    # plateau (benchmarks/RESULTS.md, "Session 24").
     Contestant(
         "kafka-low-latency",
-        "socketio-kafka, recovery on, linger fixed at 0",
+        "socketio-kafka, recovery on, no fetch interval when idle",
         "kafka",
         True,
         _gateway,
-        ("--linger-ms", "0", "--linger-max-ms", "0"),
+        ("--fetch-interval-ms", "0", "--fetch-interval-max-ms", "40"),
     ),
     Contestant("redis", "python-socketio + AsyncRedisManager", "redis", False, _gateway),
     Contestant(

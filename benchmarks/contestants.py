@@ -98,7 +98,7 @@ CONTESTANTS = (
     # The latency end of the trade (README, "Kafka client defaults"): an idle node's
     # fetches long-poll, answered at the first record, instead of waiting out the 5 ms
     # interval; a busy node's are paced as the default's (up to 40 ms). Until session 24
-    # its publishes never lingered instead: half as much off the median, a third off the
+    # its publishes never lingered instead: half as much off the median, 20-60% off the
     # plateau (benchmarks/RESULTS.md, "Session 24").
     Contestant(
         "kafka-low-latency",

@@ -24,8 +24,7 @@ PLOTS = {"latency_cdf.png", "saturation.png", "fanout.png", "recovery.png", "dis
 @pytest.mark.redis
 @pytest.mark.timeout(1080)
 def test_quick_run_writes_sane_results(tmp_path: Path) -> None:
-    if not (REPO / "benchmarks" / "peers" / "node_modules").is_dir():
-        pytest.fail("Node peers missing: npm ci --prefix benchmarks/peers")
+    _require_peers()
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
         cwd=REPO,
@@ -124,6 +123,7 @@ clearTimeout(opening);
 def test_the_load_generator_gives_up_on_a_stalled_receiver(opens_after_ms: int) -> None:
     """A workload paced by its receivers (the recovery's witness) fails when they stop
     taking events instead of waiting without end, and one that only slows down goes on."""
+    _require_peers()
     module = json.dumps((REPO / "benchmarks/peers/loadgen/publisher.js").as_uri())
     script = _PACE.format(module=module, opens_after_ms=opens_after_ms)
     done = subprocess.run(
@@ -138,3 +138,8 @@ def test_the_load_generator_gives_up_on_a_stalled_receiver(opens_after_ms: int) 
         assert outcome == {"sent": 20}
     else:
         assert "no headroom for 0.3 s after 0 events" in outcome["error"]
+
+
+def _require_peers() -> None:
+    if not (REPO / "benchmarks" / "peers" / "node_modules").is_dir():
+        pytest.fail("Node peers missing: npm ci --prefix benchmarks/peers")

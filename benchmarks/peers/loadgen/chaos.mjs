@@ -13,10 +13,11 @@ import { createInterface } from "node:readline";
 
 import { io } from "socket.io-client";
 
+import { connectedWithin, eventually, join } from "./clients.js";
+
 const spec = JSON.parse(process.argv[2]);
 const report = (obj, then) =>
   process.stdout.write(JSON.stringify({ t: Date.now() / 1000, ...obj }) + "\n", then);
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // Round-robin over the nodes up: where a reconnection goes.
 const balancer = {
@@ -44,18 +45,6 @@ function open(url, pinned = false) {
   return socket;
 }
 
-function connected(socket) {
-  return new Promise((resolve, reject) => {
-    socket.once("connect", resolve);
-    setTimeout(() => reject(new Error(`no connection to ${socket.io.uri}`)), 30000);
-  });
-}
-
-async function join(socket, room) {
-  const reply = await socket.timeout(20000).emitWithAck("join", { room });
-  if (!reply.ok) throw new Error(`join ${room}: ${reply.error}`);
-}
-
 // A member of one room: per publisher, the numbers it received, in arrival order.
 class Receiver {
   constructor(index, url, room) {
@@ -68,7 +57,7 @@ class Receiver {
   }
 
   async start() {
-    await connected(this.socket);
+    await connectedWithin(this.socket, 30000);
     await join(this.socket, this.room);
     this.socket.on("connect", () => this.reconnected());
   }
@@ -148,17 +137,11 @@ class Publisher {
   }
 }
 
-async function waitFor(condition, timeoutMs) {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition() && Date.now() < deadline) await sleep(50);
-  return condition();
-}
-
 async function main() {
   const receivers = spec.receivers.map(({ room, node }, i) => new Receiver(i, spec.urls[node], room));
   await Promise.all(receivers.map((r) => r.start()));
   const publishers = spec.publishers.map(({ node, pinned }, i) => new Publisher(i, spec.urls[node], pinned));
-  await Promise.all(publishers.map((p) => connected(p.socket)));
+  await Promise.all(publishers.map((p) => connectedWithin(p.socket, 30000)));
   report({ type: "ready" });
 
   let dropped = 0;
@@ -193,11 +176,11 @@ async function main() {
     },
     async stop() {
       publishers.forEach((p) => clearInterval(p.timer));
-      await waitFor(() => publishers.every((p) => p.pending === 0), spec.ackTimeoutMs + 5000);
+      await eventually(() => publishers.every((p) => p.pending === 0), spec.ackTimeoutMs + 5000);
       report({ type: "stopped", publishers: publishers.map((p) => p.summary()) });
     },
     async settle({ last, timeoutMs }) {
-      const settled = await waitFor(() => receivers.every((r) => r.has(last[r.room] ?? {})), timeoutMs);
+      const settled = await eventually(() => receivers.every((r) => r.has(last[r.room] ?? {})), timeoutMs);
       const result = receivers.map((r) => ({
         client: `js-${r.index}`,
         room: r.room,

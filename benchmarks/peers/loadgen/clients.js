@@ -57,6 +57,28 @@ export async function ask(socket, event, payload, timeoutMs = 30_000) {
   return reply;
 }
 
+// Whether `condition` holds within `timeoutMs`, polled every `pollMs`: for a caller that
+// reports a miss instead of failing on it.
+export async function eventually(condition, timeoutMs, pollMs = 50) {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition() && Date.now() < deadline) await sleep(pollMs);
+  return condition();
+}
+
+// Resolves when `socket`, which connects by itself, is connected; rejects after `timeoutMs`.
+export function connectedWithin(socket, timeoutMs) {
+  return new Promise((resolve, reject) => {
+    socket.once("connect", resolve);
+    setTimeout(() => reject(new Error(`no connection to ${socket.io.uri}`)), timeoutMs);
+  });
+}
+
+// Join `room` (the gateway's and the Node peers' protocol); throws the server's refusal.
+export async function join(socket, room, timeoutMs = 20_000) {
+  const reply = await socket.timeout(timeoutMs).emitWithAck("join", { room });
+  if (!reply.ok) throw new Error(`join ${room}: ${reply.error}`);
+}
+
 export async function waitUntil(predicate, timeoutMs, what) {
   const deadline = performance.now() + timeoutMs;
   while (!predicate()) {

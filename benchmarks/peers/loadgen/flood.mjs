@@ -14,11 +14,11 @@ import { performance } from "node:perf_hooks";
 
 import { io } from "socket.io-client";
 
+import { join, sleep } from "./clients.js";
 import { summarize } from "./stats.js";
 
 const spec = JSON.parse(process.argv[2]);
 const report = (obj, then) => process.stdout.write(JSON.stringify(obj) + "\n", then);
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const TICK_MS = 10;
 const SETTLE_MS = 30000;
 
@@ -61,11 +61,6 @@ class Receiver {
 const receivers = [];
 let publisher = null;
 let phase = 0;
-
-async function join(socket) {
-  const reply = await socket.timeout(10000).emitWithAck("join", { room: spec.room });
-  if (!reply.ok) throw new Error(`join: ${reply.error}`);
-}
 
 // One connection opened and closed each second while ``running()``.
 async function newcomers(running) {
@@ -157,7 +152,7 @@ async function measure(seconds) {
 const commands = {
   async open() {
     for (let n = 0; n < spec.receivers; n++) receivers.push(new Receiver(await open()));
-    await Promise.all(receivers.map((r) => join(r.socket)));
+    await Promise.all(receivers.map((r) => join(r.socket, spec.room, 10000)));
     publisher = await open();
     report({ type: "opened", receivers: receivers.length });
   },

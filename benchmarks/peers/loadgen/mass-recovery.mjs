@@ -16,9 +16,10 @@ import { createInterface } from "node:readline";
 
 import { io } from "socket.io-client";
 
+import { eventually, join } from "./clients.js";
+
 const spec = JSON.parse(process.argv[2]);
 const report = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // Reconnections are ours to start (on command): none happens before it.
 class Client {
@@ -57,8 +58,7 @@ class Client {
   }
 
   async join() {
-    const reply = await this.socket.timeout(60000).emitWithAck("join", { room: this.room });
-    if (!reply.ok) throw new Error(`join ${this.room}: ${reply.error}`);
+    await join(this.socket, this.room, 60000);
   }
 
   // With reconnection on from here, as a real client has it: an attempt the node closes
@@ -83,12 +83,6 @@ class Client {
   }
 }
 
-async function waitFor(condition, timeoutMs) {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition() && Date.now() < deadline) await sleep(20);
-  return condition();
-}
-
 const clients = spec.rooms.map((room) => new Client(room));
 
 const commands = {
@@ -101,13 +95,13 @@ const commands = {
     report({ type: "opened", sids: clients.map((c) => c.socket.id) });
   },
   async drops({ timeoutMs }) {
-    await waitFor(() => clients.every((c) => !c.socket.connected), timeoutMs);
+    await eventually(() => clients.every((c) => !c.socket.connected), timeoutMs, 20);
     report({ type: "dropped", connected: clients.filter((c) => c.socket.connected).length });
   },
   async reconnect({ clients: chosen, urls, own, timeoutMs }) {
     const picked = chosen.map((n) => clients[n]);
     picked.forEach((c, k) => c.recover(urls[k % urls.length], own));
-    await waitFor(() => picked.every((c) => c.doneMs !== undefined), timeoutMs);
+    await eventually(() => picked.every((c) => c.doneMs !== undefined), timeoutMs, 20);
     report({ type: "reconnected", clients: picked.map((c) => c.result()) });
   },
 };

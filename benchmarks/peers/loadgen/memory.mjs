@@ -12,6 +12,8 @@ import { createInterface } from "node:readline";
 
 import { io } from "socket.io-client";
 
+import { join } from "./clients.js";
+
 const spec = JSON.parse(process.argv[2]);
 const report = (obj, then) => process.stdout.write(JSON.stringify(obj) + "\n", then);
 const sockets = [];
@@ -31,11 +33,6 @@ function open() {
   });
 }
 
-async function join(socket, room) {
-  const reply = await socket.timeout(60000).emitWithAck("join", { room });
-  if (!reply.ok) throw new Error(`join ${room}: ${reply.error}`);
-}
-
 // In waves of atOnce: a node accepts a burst, not thousands of handshakes in one turn.
 async function inWaves(count, work) {
   for (let at = 0; at < count; at += spec.atOnce) {
@@ -52,8 +49,8 @@ const commands = {
   },
   async join() {
     await inWaves(sockets.length, async (n) => {
-      await join(sockets[n], `${prefix}own-${n}`);
-      await join(sockets[n], `${prefix}shared-${n % spec.sharedRooms}`);
+      await join(sockets[n], `${prefix}own-${n}`, 60000);
+      await join(sockets[n], `${prefix}shared-${n % spec.sharedRooms}`, 60000);
     });
     report({ type: "joined", rooms: 2 });
   },

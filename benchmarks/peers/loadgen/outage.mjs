@@ -8,10 +8,11 @@ import { createInterface } from "node:readline";
 
 import { io } from "socket.io-client";
 
+import { connectedWithin, eventually, join } from "./clients.js";
+
 const spec = JSON.parse(process.argv[2]);
 const report = (obj, then) =>
   process.stdout.write(JSON.stringify({ t: Date.now() / 1000, ...obj }) + "\n", then);
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // Reconnection on (the official client's own, with connection state recovery), and quick.
 function open(url) {
@@ -20,18 +21,6 @@ function open(url) {
     reconnectionDelay: 300,
     reconnectionDelayMax: 1000,
   });
-}
-
-function connected(socket) {
-  return new Promise((resolve, reject) => {
-    socket.once("connect", resolve);
-    setTimeout(() => reject(new Error(`no connection to ${socket.io.uri}`)), 20000);
-  });
-}
-
-async function join(socket, room) {
-  const reply = await socket.timeout(20000).emitWithAck("join", { room });
-  if (!reply.ok) throw new Error(`join ${room}: ${reply.error}`);
 }
 
 // A member of one room: what it received, in order, and how each reconnection went.
@@ -46,7 +35,7 @@ class Receiver {
   }
 
   async start() {
-    await connected(this.socket);
+    await connectedWithin(this.socket, 20000);
     await join(this.socket, this.room);
     this.socket.on("connect", () => this.reconnected());
   }
@@ -129,12 +118,6 @@ class Prober {
   }
 }
 
-async function waitFor(condition, timeoutMs) {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition() && Date.now() < deadline) await sleep(50);
-  return condition();
-}
-
 // Every acked publish must reach each member of its room once, in order.
 function check(receiver, okSeqs) {
   const acked = new Set(okSeqs);
@@ -171,7 +154,8 @@ async function main() {
   await Promise.all(receivers.map((r) => r.start()));
   const publisher = new Publisher(urls[0]);
   const probers = urls.map((url) => new Prober(url));
-  await Promise.all([publisher.socket, ...probers.map((p) => p.socket)].map(connected));
+  const sockets = [publisher.socket, ...probers.map((p) => p.socket)];
+  await Promise.all(sockets.map((socket) => connectedWithin(socket, 20000)));
   publisher.run({ A: spec.rateA, B: spec.rateB });
   probers.forEach((p) => p.run());
   report({ type: "ready" });
@@ -188,11 +172,11 @@ async function main() {
     async finish() {
       clearInterval(publisher.timer);
       probers.forEach((p) => clearInterval(p.timer));
-      await waitFor(() => publisher.pending === 0, spec.ackTimeoutMs + 5000);
+      await eventually(() => publisher.pending === 0, spec.ackTimeoutMs + 5000);
       // Delivery after the last ack: wait until every member has all it should, or give up.
       const complete = () =>
         receivers.every((r) => (publisher.okSeqs[r.room] ?? []).every((s) => r.got.has(s)));
-      const settled = await waitFor(complete, 15000);
+      const settled = await eventually(complete, 15000);
       const members = receivers.map((r) => ({
         index: r.index,
         url: r.url,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -22,6 +22,7 @@ from socketio_kafka.adapter.recovery import OUTCOMES
 
 from .auth import Refusal
 from .brokers import RedisManager
+from .collector import PAUSES, CollectorPauses
 from .guard import GuardedServer
 from .identity import IdentityServer
 from .protocol import EVENTS
@@ -95,6 +96,7 @@ class NodeCollector(Collector):
             yield from _connection_metrics(self._server)
         if isinstance(self._server, IdentityServer):
             yield _connect_refusals(self._server.refusals)
+        yield _pause_metric(PAUSES)
 
 
 def _guard_metrics(server: GuardedServer) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
@@ -194,6 +196,22 @@ def _pacing_metrics(pacing: Pacing) -> Iterator[GaugeMetricFamily]:
         yield gauge
 
 
+def _pause_metric(pauses: CollectorPauses) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(
+        "socketio_kafka_gc_pause_seconds",
+        "The garbage collector's pauses of this process (its event loop stalls meanwhile), "
+        "by generation: 2 is a full collection",
+        labels=["generation"],
+    )
+    for generation, pauses_of in enumerate(pauses.by_generation):
+        family.add_metric(
+            [str(generation)],
+            [(_le(bound), count) for bound, count in pauses_of.cumulative()],
+            pauses_of.sum,
+        )
+    return family
+
+
 def _le(bound: float) -> str:
     """A bucket's bound as Prometheus writes it (``+Inf``, ``0.005``)."""
     return floatToGoString(bound)  # type: ignore[no-untyped-call,no-any-return]  # untyped
@@ -236,7 +254,11 @@ def _health_metrics(health: Health) -> Iterator[GaugeMetricFamily | CounterMetri
 def node_registry(
     manager: AsyncKafkaManager | RedisManager, server: GuardedServer | None = None
 ) -> CollectorRegistry:
-    """A registry of this node's own (not the process-global one: tests run several apps)."""
+    """A registry of this node's own (not the process-global one: tests run several apps),
+    with the process's CPU, memory and file descriptors and its collector's work beside."""
     registry = CollectorRegistry()
     registry.register(NodeCollector(manager, server))
+    ProcessCollector(registry=registry)
+    GCCollector(registry=registry)
+    PAUSES.install()
     return registry

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -237,6 +238,11 @@ async def test_metrics_and_health_routes(node: GatewayProcess) -> None:
         metrics = (await http.get(f"{node.url}/metrics")).text
     assert "socketio_kafka_ready 1.0" in metrics
     assert "socketio_kafka_records_skipped_total 0.0" in metrics
+    # The process beside the node: its memory, and its collector's work and pauses.
+    assert re.search(r"^process_resident_memory_bytes [1-9]", metrics, re.M)
+    assert re.search(r'^python_gc_collections_total\{generation="0"\} [1-9]', metrics, re.M)
+    young = r'^socketio_kafka_gc_pause_seconds_count\{generation="0"\} [1-9]'
+    assert re.search(young, metrics, re.M), "young collections timed"
 
 
 async def _wait_status(url: str, status: int, timeout: float = 30) -> None:

@@ -9,6 +9,9 @@ rooms are written meanwhile, with ``--own`` of its own spread among them. Report
 - then the same node's CPU per 1,000 events it delivers (``--delivered`` more to ``mine``,
   the client back): what a record costs a node that wants it, beside one that does not.
 
+The node runs with a gateway node's collector (`gateway/collector.py`): without it, a full
+collection of this process (50 ms here) fell inside some recoveries and not others.
+
 The records are written as an external producer following docs/wire-format.md would,
 routing headers included (a node of a release without them ignores them), so the same
 run measures any version of the adapter::
@@ -36,6 +39,7 @@ from socketio_kafka.adapter import (
     KafkaOptions,
     RecoveringAsyncServer,
 )
+from socketio_kafka.gateway.collector import pace_collector
 
 from .services import wait_until
 
@@ -208,6 +212,7 @@ def main() -> None:
             produce(args.kafka, args.topic, args.others, args.own, args.rooms, args.payload)
         )
         return
+    pace_collector()
     for _ in range(args.runs):
         figures = asyncio.run(
             measure(

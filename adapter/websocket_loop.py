@@ -77,9 +77,12 @@ async def serve(socket: Any, ws: Any) -> str:
 async def _handle(socket: Any, ws: Any) -> None:
     server = socket.server
 
+    def too_large(data: Any) -> bool:
+        return bool(data) and len(data) > server.max_http_buffer_size
+
     async def websocket_wait() -> Any:
         data = await ws.wait()
-        if data and len(data) > server.max_http_buffer_size:
+        if too_large(data):
             raise ValueError("packet is too large")
         return data
 
@@ -145,8 +148,9 @@ async def _handle(socket: Any, ws: Any) -> None:
                 p = await idle.read(ws.wait())
             except (Exception, asyncio.CancelledError):  # engineio's: a timeout, a close
                 break
-            if p is None or len(p) > server.max_http_buffer_size:
-                # connection closed by client, or a packet too large (engineio's ValueError)
+            if p is None or too_large(p):
+                # connection closed by client, or a packet too large (engineio's ValueError,
+                # checked here so that a read is one coroutine, not websocket_wait's)
                 break
             pkt = packet.Packet(encoded_packet=p)
             try:

@@ -68,8 +68,12 @@ export async function eventually(condition, timeoutMs, pollMs = 50) {
 // Resolves when `socket`, which connects by itself, is connected; rejects after `timeoutMs`.
 export function connectedWithin(socket, timeoutMs) {
   return new Promise((resolve, reject) => {
-    socket.once("connect", resolve);
-    setTimeout(() => reject(new Error(`no connection to ${socket.io.uri}`)), timeoutMs);
+    const fail = () => reject(new Error(`no connection to ${socket.io.uri}`));
+    const timer = setTimeout(fail, timeoutMs);
+    socket.once("connect", () => {
+      clearTimeout(timer); // a script that is done exits at once, not at the deadline
+      resolve();
+    });
   });
 }
 

@@ -38,6 +38,7 @@ starts a broker of its own, whose CPU it then reads::
     python -m benchmarks.mass_recovery --clients 500
     python -m benchmarks.mass_recovery --kafka 127.0.0.1:19092 --client python --clients 200
     python -m benchmarks.mass_recovery --resident 2000
+    python -m benchmarks.mass_recovery --history-mb 0  # replays read Kafka
 """
 
 from __future__ import annotations
@@ -103,6 +104,10 @@ class Sizes:
     # Idle official clients each survivor already holds, each in 2 rooms (its own and one
     # of 50), as a production node would: what a recovery costs must not grow with them.
     resident: int = 0
+    # The survivors' replay history (MiB; None: the gateway's default). 0 makes every
+    # replay read Kafka, as on survivors whose history no longer holds the gap (a gap
+    # longer than it, or survivors restarted since it began: a rolling deploy).
+    history_mb: float | None = None
 
 
 def _record(room: str, event: str, seq: int) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
@@ -382,6 +387,8 @@ async def measure(bootstrap: str, sizes: Sizes, broker_pid: int | None = None) -
     flags = ["--recovery-window", "900"]
     if find_spec("socketio_kafka.gateway.limits"):
         flags += ["--connect-rate", "1000000", "--max-connections", str(sizes.resident + 10_000)]
+    if sizes.history_mb is not None:
+        flags += ["--replay-history-mb", f"{sizes.history_mb:g}"]
     rooms = _rooms(sizes)
     with tempfile.TemporaryDirectory(prefix="mass-recovery-") as scratch:
         fleet: _Fleet = (
@@ -467,6 +474,7 @@ async def _run(
         "others": sizes.others,
         "rooms": sizes.rooms,
         "resident": sizes.resident,
+        "history_mb": sizes.history_mb,
         "p50_p90_recovered_s": _quantiles(done),
         "last_recovered_s": round(last, 3) if last is not None else None,
         "p50_p90_connected_s": _quantiles([o.connect_s for o in outcomes if o.connect_s]),
@@ -583,9 +591,16 @@ def main() -> None:
     parser.add_argument(
         "--resident", type=int, default=0, help="idle clients each survivor holds already"
     )
+    parser.add_argument(
+        "--history-mb",
+        type=float,
+        help="the survivors' replay history (default: the gateway's; 0: replays read Kafka)",
+    )
     parser.add_argument("--runs", type=int, default=1)
     args = parser.parse_args()
-    sizes = Sizes(args.clients, args.own, args.others, args.rooms, args.client, args.resident)
+    sizes = Sizes(
+        args.clients, args.own, args.others, args.rooms, args.client, args.resident, args.history_mb
+    )
     with contextlib.ExitStack() as stack:
         kafka, pid = (
             (args.kafka, args.broker_pid) if args.kafka else stack.enter_context(own_broker())

@@ -7,6 +7,8 @@
   sockets wants against its CPU per 1,000 events it delivers;
 - mass recovery: the clients of a SIGKILLed node recover on the two survivors at once
   (`benchmarks/mass_recovery.py`, official JS clients), against one client's replay alone;
+  twice: replays served by the survivors' history, then read from Kafka (history off, as on
+  survivors whose history no longer holds the gap);
 - memory per connection (`benchmarks/memory.py`): one node's RSS for idle connections, and
   with 2 rooms each.
 
@@ -23,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from . import mass_recovery, memory
@@ -37,6 +39,9 @@ __all__ = ["FULL", "QUICK", "ScalePlan", "measure", "problems", "sections"]
 _MISSING = "—"
 #: Errors a part ends with when the harness, not the gateway's speed, is at fault.
 _FAILURES = (BenchmarkError, TimeoutError, AssertionError, OSError, subprocess.SubprocessError)
+#: The mass recoveries by their key in the run's JSON: where their replays read, and the
+#: survivors' history in MiB (None: the gateway's default; 0: none, every replay reads Kafka).
+MASS_RECOVERIES = {"mass_recovery": ("history", None), "mass_recovery_from_kafka": ("Kafka", 0)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +58,10 @@ class ScalePlan:
 
     def as_json(self) -> Json:
         return asdict(self)
+
+    def masses(self) -> dict[str, mass_recovery.Sizes]:
+        """Each mass recovery's sizes, by its key in `MASS_RECOVERIES`."""
+        return {key: replace(self.mass, history_mb=mb) for key, (_, mb) in MASS_RECOVERIES.items()}
 
 
 QUICK = ScalePlan(
@@ -95,8 +104,9 @@ def measure(plan: ScalePlan) -> Json:
             for partitions in plan.busy_partitions:
                 run = functools.partial(_busy, plan, address, partitions)
                 _part(doc, f"busy topic, {partitions} partitions", run, into=doc["busy_topic"])
-            run = functools.partial(_mass_recovery, address, plan.mass, broker_pid)
-            _part(doc, "mass recovery", run, key="mass_recovery")
+            for key, sizes in plan.masses().items():
+                run = functools.partial(_mass_recovery, address, sizes, broker_pid)
+                _part(doc, _mass_label(key), run, key=key)
             work = Path(scratch) / "memory"
             work.mkdir()
             sizes = (plan.memory_connections, plan.memory_shared_rooms)
@@ -126,6 +136,10 @@ def _part(
         into.append(result)
     if key is not None:
         doc[key] = result
+
+
+def _mass_label(key: str) -> str:
+    return f"mass recovery, replays from {MASS_RECOVERIES[key][0]}"
 
 
 def _mass_recovery(address: str, sizes: mass_recovery.Sizes, broker_pid: int) -> Json:
@@ -189,8 +203,10 @@ def sections(scale: Json) -> list[str]:
             "### Irrelevant traffic: the node's CPU per record",
             _irrelevant_table(scale["busy_topic"]),
         ]
-    if mass := scale.get("mass_recovery"):
-        out += ["### Mass recovery (goals: all within 3 s; CPU under 3x one replay)", _mass(mass)]
+    for key in MASS_RECOVERIES:
+        if mass := scale.get(key):
+            out += [f"### {_mass_label(key).capitalize()} (goals: all within 3 s; CPU under 3x"
+                    " one replay)", _mass(mass)]  # fmt: skip
     if mem := scale.get("memory"):
         out += ["### Memory per connection (goal: under 30 KB)", _memory_table(mem)]
     if scale["errors"]:
@@ -262,18 +278,20 @@ def problems(scale: Json) -> Iterator[str]:
     events, or handed out a fresh session."""
     for error in scale["errors"]:
         yield f"recovery at scale: {error}"
-    mass = scale.get("mass_recovery")
-    if mass is not None:
+    for key in MASS_RECOVERIES:
+        if (mass := scale.get(key)) is None:
+            continue
+        label = _mass_label(key)
         for who, figures in (
-            ("mass recovery", mass),
-            ("mass recovery, one alone", mass["lone"]),
-            ("mass recovery, warm-up", mass["warm_up"]),
+            (label, mass),
+            (f"{label}, one alone", mass["lone"]),
+            (f"{label}, warm-up", mass["warm_up"]),
         ):
             bad = {k: figures[k] for k in ("lost", "duplicated", "out_of_order", "not_recovered")}
             if any(bad.values()):
                 yield f"{who}: {bad}"
         if mass["recovered_all"] != mass["clients"]:
-            yield f"mass recovery: {mass['recovered_all']} of {mass['clients']} got all they missed"
+            yield f"{label}: {mass['recovered_all']} of {mass['clients']} got all they missed"
     for busy in scale["busy_topic"]:
         if busy["replay_records_decoded"] not in (-1, busy["own"]):
             yield f"busy topic, {busy['partitions']} partitions: decoded {busy}"

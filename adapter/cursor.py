@@ -28,7 +28,9 @@ record values node-wide and are dropped ``WINDOW_LINGER_S`` after their cursor e
 
 Before any of this, the node's live history (`adapter/history.py`) serves what it holds:
 a session whose range it covers never reaches a cursor, and one whose range starts before
-it leaves its cursor where the history begins.
+it leaves its cursor where the history begins, or goes on from a window to the history
+(a pass's last fetch reads past where the history begins: the stragglers of a mass
+reconnect each made a pass of its own there, reading Kafka again).
 
 Memory is bounded node-wide: cursors fetch only while fewer than ``limit`` found records
 wait in sessions' buffers. A session whose buffer holds a batch when its cursor is about
@@ -247,7 +249,8 @@ class SharedReplays:
         return Replay(self, audience, start, stop)
 
     def join(self, reader: _Reader) -> None:
-        if self.history is not None and not self._serve_history(self.history, reader):
+        history = self.history
+        if history is not None and not self._serve_history(history, reader):
             return
         window = self._windows.get(reader.partition)
         if window is not None and window.lo <= reader.next < window.hi:
@@ -255,6 +258,10 @@ class SharedReplays:
             if reader.partition not in self._cursors:
                 self._linger(reader.partition, window)
             if not caught_up:
+                return
+            # A pass's window reaches into what the history holds (its last fetch went
+            # past it): the rest from memory, not a pass that reads it again.
+            if history is not None and not self._serve_history(history, reader):
                 return
         cursor = self._cursors.get(reader.partition)
         if cursor is None:

@@ -58,6 +58,7 @@ class Window:
         self._keys = array("q")  # by place; _NO_KEY: in _several, or no routing headers
         self._several: dict[int, list[int]] = {}  # an emit to several rooms: their keys
         self._messages: dict[int, codec.Message] = {}  # decoded, by place
+        self._decoded_bytes = 0  # what they count for in ``size``
         self._index: dict[int, list[int]] = {}
         self._unrouted: list[int] = []  # records without routing headers: any session's
         self._indexed = 0  # places the index covers
@@ -93,8 +94,18 @@ class Window:
             except RecordDecodeError:
                 return None  # counted when the live consumer met it
             stats.replay_records_decoded += 1
-            self._grow(_DECODED_FACTOR * len(value) + _DECODED_OVERHEAD)
+            cost = _DECODED_FACTOR * len(value) + _DECODED_OVERHEAD
+            self._decoded_bytes += cost
+            self._grow(cost)
         return message
+
+    def forget_decoded(self) -> int:
+        """Drop the decoded copies (a replay decodes again what it takes): the bytes of
+        ``size`` freed. Told to no one: the caller accounts for them."""
+        freed, self._decoded_bytes = self._decoded_bytes, 0
+        self._messages.clear()
+        self.size -= freed
+        return freed
 
     def candidates(self, audience: routing.Audience, first: int, last: int) -> Iterator[int]:
         """The places of the records from offset ``first`` to ``last`` that may be for

@@ -72,6 +72,22 @@ async def test_a_replay_from_before_it_reads_kafka_then_only_what_precedes_it() 
     assert hub.stats.replay_records_read == 40  # Kafka up to where memory begins
 
 
+async def test_a_later_replay_from_before_it_takes_the_window_then_memory() -> None:
+    """The first replay's pass read 0-44 (its last fetch past where memory begins, 40); a
+    replay of the same range after it takes 0-44 from the pass's window and the rest from
+    memory: Kafka is not read again (a mass reconnect's late arrivals, each of which made
+    a pass of its own at the window's end)."""
+    log = fakelog.rooms(100, "ab")
+    hub, _ = fakelog.hub(log, batch=15)
+    hub.history, _ = _fed(log, start=40)
+    expected = list(range(0, 100, 2))
+    assert await fakelog.offsets(fakelog.open_replay(hub, "a", 0, 100)) == expected
+    read, passes = hub.stats.replay_records_read, hub.stats.replay_passes
+    assert (read, passes) == (45, 1)
+    assert await fakelog.offsets(fakelog.open_replay(hub, "a", 0, 100)) == expected
+    assert (hub.stats.replay_records_read, hub.stats.replay_passes) == (read, passes)
+
+
 @pytest.mark.usefixtures("small_segments")
 async def test_the_budget_drops_the_oldest_segments_and_bounds_its_size() -> None:
     log = fakelog.rooms(2_000, "abcd")
@@ -100,19 +116,23 @@ async def test_the_budget_drops_the_oldest_segments_and_bounds_its_size() -> Non
 
 
 @pytest.mark.usefixtures("small_segments")
-async def test_what_replays_decode_counts_against_the_budget() -> None:
+async def test_what_replays_decode_counts_against_the_budget_and_goes_first() -> None:
     log = fakelog.rooms(200, "a")
     kept, _ = _fed(log, budget=60_000)
     assert kept.held_from(0) == 0  # all of it, values and offsets
     hub, consumers = fakelog.hub(log)
     hub.history = kept
-    assert await fakelog.offsets(fakelog.open_replay(hub, "a", 0, 200)) == list(range(200))
-    assert (consumers, hub.stats.replay_records_decoded) == ([], 200)
-    # Their decoded copies, several times the values' bytes, pushed the oldest out.
-    assert kept.held_from(0) > 0
-    open_segment = kept.since(0, 199)
-    assert open_segment is not None
-    assert kept.size <= 60_000 + open_segment[-1].size
+    for replays in (1, 2):
+        assert await fakelog.offsets(fakelog.open_replay(hub, "a", 0, 200)) == list(range(200))
+        # Their decoded copies, several times the values' bytes, would not fit: they were
+        # dropped, oldest first, and the records kept (Kafka is never read); a replay
+        # decodes again what it takes.
+        open_segment = kept.since(0, 199)
+        assert open_segment is not None
+        assert kept.size <= 60_000 + open_segment[-1].size
+        assert kept.held_from(0) == 0
+        assert consumers == []
+        assert 200 * replays - 200 < hub.stats.replay_records_decoded <= 200 * replays
 
 
 async def test_records_no_replay_delivers_are_not_kept() -> None:

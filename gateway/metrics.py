@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from socketio_kafka.adapter import AsyncKafkaManager
+from socketio_kafka.adapter.histogram import LatencyHistogram
 from socketio_kafka.adapter.manager import Health, ManagerStats
 from socketio_kafka.adapter.pacing import Pacing
 from socketio_kafka.adapter.publishes import PublishLedger
@@ -164,7 +165,7 @@ def _flow_metrics(stats: ManagerStats) -> Iterator[Metric]:
     yield HistogramMetricFamily(
         "socketio_kafka_produce_latency_seconds",
         "Seconds from a record handed to the producer to Kafka's acknowledgement",
-        buckets=[(_le(bound), count) for bound, count in latency.cumulative()],
+        buckets=_buckets(latency),
         sum_value=latency.sum,
     )
 
@@ -206,15 +207,18 @@ def _pause_metric(pauses: CollectorPauses) -> HistogramMetricFamily:
     for generation, pauses_of in enumerate(pauses.by_generation):
         family.add_metric(
             [str(generation)],
-            [(_le(bound), count) for bound, count in pauses_of.cumulative()],
+            _buckets(pauses_of),
             pauses_of.sum,
         )
     return family
 
 
-def _le(bound: float) -> str:
-    """A bucket's bound as Prometheus writes it (``+Inf``, ``0.005``)."""
-    return floatToGoString(bound)  # type: ignore[no-untyped-call,no-any-return]  # untyped
+def _buckets(histogram: LatencyHistogram) -> list[tuple[str, float]]:
+    """Its cumulative buckets, each bound as Prometheus writes it (``+Inf``, ``0.005``)."""
+    return [
+        (floatToGoString(bound), count)  # type: ignore[no-untyped-call]  # untyped
+        for bound, count in histogram.cumulative()
+    ]
 
 
 def _lag(lag: Mapping[int, int]) -> GaugeMetricFamily:

@@ -205,8 +205,9 @@ def sections(scale: Json) -> list[str]:
         ]
     for key in MASS_RECOVERIES:
         if mass := scale.get(key):
-            out += [f"### {_mass_label(key).capitalize()} (goals: all within 3 s; CPU under 3x"
-                    " one replay)", _mass(mass)]  # fmt: skip
+            label = _mass_label(key)
+            heading = f"### {label[0].upper()}{label[1:]} (goals: all within 3 s; CPU under 3x"
+            out += [f"{heading} one replay)", _mass(mass)]
     if mem := scale.get("memory"):
         out += ["### Memory per connection (goal: under 30 KB)", _memory_table(mem)]
     if scale["errors"]:

@@ -9,15 +9,16 @@ starts before what a partition still holds reads that partition from Kafka as be
 (`adapter/cursor.py`); memory stays bounded, and Kafka stays the record.
 
 A segment closes at ``SEGMENT_BYTES``; when the closed ones hold more than the budget, the
-decoded copies replays left in them are dropped first, then the oldest segment of any
-partition (each partition's open one comes on top: a segment at most). A partition's
-history is whole from where the live consumer was positioned: the consumer notes every
-record it reads (`note`), and a new position (a restart of the Kafka clients) starts it
-afresh (`reset`).
+decoded copies replays left in them are dropped first (those of the segments that grew
+first), then the oldest segment of any partition (each partition's open one comes on top: a
+segment at most). A partition's history is whole from where the live consumer was
+positioned: the consumer notes every record it reads (`note`), and a new position (a
+restart of the Kafka clients) starts it afresh (`reset`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -50,6 +51,9 @@ class LiveHistory:
         self._closed: deque[tuple[int, Window]] = deque()
         #: What they hold now, decoded copies and indexes included.
         self._closed_bytes = 0
+        #: Those that grew since their copies were last dropped, in the order they grew:
+        #: the copies the budget drops first, without a walk over every segment.
+        self._grown: dict[Window, None] = {}
 
     def reset(self, positions: Sequence[int]) -> None:
         """Keep afresh from ``positions``, where the live consumer now reads from; it moves
@@ -60,6 +64,7 @@ class LiveHistory:
         self._segments = [deque([Window(p)]) for p in positions]
         self._closed.clear()
         self._closed_bytes = 0
+        self._grown.clear()
 
     def note(self, partition: int, record: Any, route: Route | None) -> None:
         """The live consumer read this record (after moving its position past it)."""
@@ -72,27 +77,28 @@ class LiveHistory:
         self._segments[partition].append(Window(window.hi))
         self._closed.append((partition, window))
         self._closed_bytes += window.size
-        window.grown = self._grew
+        window.grown = functools.partial(self._grew, window)
         self._trim()
 
-    def _grew(self, by: int) -> None:
+    def _grew(self, window: Window, by: int) -> None:
         """A closed segment grew (a replay decoded from it, or indexed it)."""
         self._closed_bytes += by
+        self._grown[window] = None
         self._trim()
 
     def _trim(self) -> None:
-        # Decoded copies go first, oldest segments' first: they save a decode each, where a
-        # dropped record sends every replay that needs it to Kafka (a mass reconnect's
-        # decodes, about 870 B a record of 90, pushed its own gap out of memory).
-        if self._closed_bytes > self.budget:
-            for _, window in self._closed:
-                self._closed_bytes -= window.forget_decoded()
-                if self._closed_bytes <= self.budget:
-                    return
+        # Decoded copies go first, those of the segments that grew first: they save a
+        # decode each, where a dropped record sends every replay that needs it to Kafka (a
+        # mass reconnect's decodes, about 870 B a record of 90, pushed its own gap out).
+        while self._grown and self._closed_bytes > self.budget:
+            window = next(iter(self._grown))
+            del self._grown[window]
+            self._closed_bytes -= window.forget_decoded()
         while self._closed and self._closed_bytes > self.budget:
             oldest, window = self._closed.popleft()
             self._segments[oldest].popleft()  # that partition's oldest: closed in order
             window.grown = None  # a replay may still take from it: no longer held here
+            self._grown.pop(window, None)
             self._closed_bytes -= window.size
 
     def held_from(self, partition: int) -> int | None:

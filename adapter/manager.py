@@ -425,7 +425,6 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         """
         timeout_s = self.options.request_timeout_ms / 1000
         delivery = None
-        self.pacing.sent += 1
         try:
             async with asyncio.timeout(timeout_s):
                 # Entered before the first await: see adapter/turns.py.
@@ -498,6 +497,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
                 self._get_logger(),
                 self.stats.produce_latency,
                 topics=(self.events_topic, self.sessions_topic),
+                handed=self.pacing.handed,
             )
             self._publisher.set_linger(self.pacing.linger_ms)
             await self._publisher.start()

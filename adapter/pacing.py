@@ -84,7 +84,7 @@ class Pacing:
         self.fetch_interval_s = fetch_interval_ms / 1000
         self.linger_ms = linger_ms
         #: Records read from Kafka, and handed to the producer, since the last sample: the
-        #: consume loop and the publish path count them here.
+        #: consume loop counts them here, the producer's every record (`handed`).
         self.read = 0
         self.sent = 0
         self._rates = (0.0, 0.0)
@@ -93,6 +93,11 @@ class Pacing:
     def adaptive(self) -> bool:
         """False when the maxima equal the configured waits: nothing to run."""
         return self._fetch[0] != self._fetch[1] or self._linger[0] != self._linger[1]
+
+    def handed(self, records: int) -> None:
+        """Records were handed to the producer: events, and the session store's (a mass
+        reconnect's claims and session records gather in a busy node's linger too)."""
+        self.sent += records
 
     async def run(self) -> None:
         """Sample the loop's lateness and the process's CPU forever (run it under a

@@ -87,7 +87,9 @@ class Publisher:
 
     ``build`` makes a new, unstarted producer; ``timeout_s`` bounds each publish (aiokafka
     retries a batch for as long as the broker is away; a caller needs an answer). Each
-    record Kafka acknowledges is observed in ``latency``, from hand-over to ack.
+    record Kafka acknowledges is observed in ``latency``, from hand-over to ack; ``handed``
+    is told how many records each `enqueue` handed over (`Pacing` counts them all, the
+    session store's too).
 
     A producer learns the partitions of ``topics`` before it is used. Until it knows a
     topic's, aiokafka's ``send`` waits for metadata in a loop with a sleep (again after a
@@ -105,8 +107,10 @@ class Publisher:
         logger: logging.Logger,
         latency: LatencyHistogram | None = None,
         topics: Sequence[str] = (),
+        handed: Callable[[int], None] | None = None,
     ) -> None:
         self._build = build
+        self._handed = handed
         self._topics = tuple(topics)
         self._timeout_s = timeout_s
         self._logger = logger
@@ -202,6 +206,8 @@ class Publisher:
             raise PublishError(
                 f"Kafka did not take the record within {self._timeout_s}s (not written)"
             ) from exc
+        if self._handed is not None:
+            self._handed(len(futures))
         return Delivery(producer, futures, deadline, started)
 
     async def confirm(self, delivery: Delivery) -> list[Any]:

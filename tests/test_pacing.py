@@ -184,3 +184,22 @@ async def test_the_producer_lingers_as_long_as_the_pacing_says(
         assert await publish_time() >= 0.9
         manager._publisher.set_linger(0)
         assert await publish_time() < 0.9
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(60)
+async def test_the_session_records_a_node_writes_count_towards_its_linger(
+    kafka_url: str, channel: str
+) -> None:
+    """A mass reconnect's claims and session records gather in a busy node's linger as its
+    events do (session 27: a survivor's produce requests for 1,000 recovering clients fell
+    from about 1,150 to about 250, and the broker's CPU by half)."""
+    fixed = KafkaOptions(linger_ms=0, linger_max_ms=0, fetch_interval_max_ms=5.0)
+    manager = AsyncKafkaManager(kafka_url, channel=channel, options=fixed)
+    async with manager:
+        assert not manager.pacing.adaptive  # nothing samples the counts away
+        before = manager.pacing.sent
+        await manager.emit("e", 1, room="r")
+        await manager.store.write({f"pid-{n}": None for n in range(5)})
+        # Heartbeats count too: one a second.
+        assert manager.pacing.sent - before in (6, 7)

@@ -192,7 +192,8 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         self._connecting: dict[tuple[str, str], str | None] = {}
         self._recovered: set[tuple[str, str]] = set()
         self._dirty: set[tuple[str, str]] = set()
-        #: Sessions just kept after a transport close, in case a DISCONNECT follows.
+        #: Sessions just kept after a transport close, in case a DISCONNECT follows; in
+        #: the order they were kept, so the expired ones are first.
         self._kept: dict[tuple[str, str], tuple[str, float]] = {}
         #: Done when the writer has written what is dirty now, and what it is writing.
         self._next_batch: asyncio.Future[None] | None = None
@@ -279,6 +280,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             # Saved before the socket leaves its rooms: were this node to die right after,
             # the session already says when it was left.
             await self._end(sid, namespace, snapshot)
+            self._kept.pop((eio_sid, namespace), None)  # to the end: kept last
             self._kept[(eio_sid, namespace)] = (snapshot.pid, time.monotonic())
         await super()._handle_disconnect(eio_sid, namespace, reason)
         self.kafka.holds.drop(eio_sid)
@@ -759,9 +761,15 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         await self._save({pid: None})
 
     def _prune_kept(self) -> None:
+        """Forget what was kept longer ago than the race: from the front, the oldest (a
+        walk over all of them on every disconnect made a node's mass drop quadratic)."""
         cutoff = time.monotonic() - _RACE_WINDOW_S
-        for key in [k for k, (_, at) in self._kept.items() if at < cutoff]:
-            del self._kept[key]
+        kept = self._kept
+        while kept:
+            key = next(iter(kept))
+            if kept[key][1] >= cutoff:
+                return
+            del kept[key]
 
     async def _store(self, *sessions: Session) -> None:
         if sessions:

@@ -15,7 +15,7 @@ import json
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from .codec import parse_json
@@ -58,10 +58,23 @@ class Session:
 
 
 def encode_session(session: Session) -> bytes:
-    fields = asdict(session)
-    if session.claimed is None:
-        del fields["claimed"]  # a plain record reads as it always did
-    return json.dumps({"v": _VERSION, **fields}, separators=(",", ":")).encode()
+    # Field by field: `dataclasses.asdict` copies deeply, and a mass reconnect writes two
+    # records a client (it was 1-2% of a survivor's CPU).
+    record = {
+        "v": _VERSION,
+        "pid": session.pid,
+        "sid": session.sid,
+        "namespace": session.namespace,
+        "rooms": session.rooms,
+        "data": session.data,
+        "start": session.start,
+        "epoch": session.epoch,
+        "owner": session.owner,
+        "disconnected_at": session.disconnected_at,
+    }
+    if session.claimed is not None:  # a plain record reads as it always did
+        record["claimed"] = session.claimed
+    return json.dumps(record, separators=(",", ":")).encode()
 
 
 def decode_session(value: bytes, pid: str | None = None) -> Session:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -264,3 +265,35 @@ async def test_a_session_writer_that_fails_is_restarted_and_writes_the_session_a
         finally:
             manager.store.write = real_write
             await client.close()
+
+
+class _Instant(float):
+    """A monotonic time that counts how often it is compared."""
+
+    compared = 0
+
+    def __lt__(self, other: object) -> bool:
+        _Instant.compared += 1
+        return float(self) < float(other)  # type: ignore[arg-type]
+
+    def __ge__(self, other: object) -> bool:
+        _Instant.compared += 1
+        return float(self) >= float(other)  # type: ignore[arg-type]
+
+
+def test_what_transport_closes_kept_is_forgotten_from_the_oldest_without_a_walk() -> None:
+    """Each transport close keeps its session a while for a DISCONNECT that may follow, and
+    each disconnect forgets those kept too long ago. A node whose every client drops at once
+    must not walk all it keeps on each: at 20,000 that was 6 s of a core, in sum."""
+    sio = RecoveringAsyncServer(
+        client_manager=AsyncKafkaManager("127.0.0.1:9", channel="c"),
+        connection_state_recovery={},
+    )
+    now = time.monotonic()
+    old = {(f"old-{n}", "/"): ("pid", _Instant(now - 3600)) for n in range(10)}
+    young = {(f"young-{n}", "/"): ("pid", _Instant(now)) for n in range(1_000)}
+    sio._kept.update({**old, **young})
+    _Instant.compared = 0
+    sio._prune_kept()
+    assert sio._kept == young
+    assert _Instant.compared <= len(old) + 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 
@@ -25,6 +25,11 @@ def test_round_trip() -> None:
     assert decode_session(encode_session(SESSION)) == SESSION
     gone = replace(SESSION, rooms=("a",), data=None, disconnected_at=12.5)
     assert decode_session(encode_session(gone)) == gone
+    claim = replace(SESSION, claimed=41)
+    assert decode_session(encode_session(claim)) == claim
+    # Every field is written: one added to Session must be added to the record too.
+    every = replace(gone, claimed=41)
+    assert json.loads(encode_session(every)).keys() == {"v", *(f.name for f in fields(Session))}
 
 
 @pytest.mark.parametrize(

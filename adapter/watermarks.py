@@ -5,7 +5,10 @@ the events topic's bounds before a replay), each a request to the partitions' le
 When a node dies, hundreds of its clients recover on each survivor within a second, and
 each survivor asked about a thousand times. Here a caller waits for the next request that
 starts after it asked (one already under way could miss a record written just before),
-and every caller waiting then shares that request, the union of their partitions.
+and every caller waiting then shares that request, the union of their partitions. A busy
+node waits its producer's linger before each request, as its records do, so that more
+callers share it: a survivor of a node's death asked 1,700-2,700 times for 2,500 clients
+with requests back to back (session 27).
 """
 
 from __future__ import annotations
@@ -23,12 +26,17 @@ _Ask = Callable[[AIOKafkaConsumer, list[TopicPartition]], Awaitable[Offsets]]
 
 
 class Watermarks:
-    """Offsets asked of the consumer ``consumer()`` returns (None: not connected)."""
+    """Offsets asked of the consumer ``consumer()`` returns (None: not connected);
+    ``gather()``: seconds to let callers gather before each request (`Pacing`'s linger)."""
 
-    def __init__(self, consumer: Callable[[], AIOKafkaConsumer | None]) -> None:
+    def __init__(
+        self,
+        consumer: Callable[[], AIOKafkaConsumer | None],
+        gather: Callable[[], float] = lambda: 0.0,
+    ) -> None:
         self._consumer = consumer
-        self._end = _Shared(lambda c, tps: c.end_offsets(tps), consumer)
-        self._beginning = _Shared(lambda c, tps: c.beginning_offsets(tps), consumer)
+        self._end = _Shared(lambda c, tps: c.end_offsets(tps), consumer, gather)
+        self._beginning = _Shared(lambda c, tps: c.beginning_offsets(tps), consumer, gather)
 
     @property
     def available(self) -> bool:
@@ -59,9 +67,15 @@ class _Shared:
     """One kind of request, one at a time, each shared by the callers that came during
     the one before it."""
 
-    def __init__(self, ask: _Ask, consumer: Callable[[], AIOKafkaConsumer | None]) -> None:
+    def __init__(
+        self,
+        ask: _Ask,
+        consumer: Callable[[], AIOKafkaConsumer | None],
+        gather: Callable[[], float],
+    ) -> None:
         self._ask = ask
         self._consumer = consumer
+        self._gather = gather
         self._next: _Batch | None = None
         self._asking: asyncio.Task[None] | None = None
 
@@ -79,8 +93,10 @@ class _Shared:
     async def _run(self) -> None:
         batch: _Batch | None = None
         try:
-            while (batch := self._next) is not None:
-                self._next = None
+            while self._next is not None:
+                if (wait := self._gather()) > 0:
+                    await asyncio.sleep(wait)
+                batch, self._next = self._next, None
                 consumer = self._consumer()
                 if consumer is None:
                     batch.answer.set_exception(KafkaConnectionError("the manager is not connected"))

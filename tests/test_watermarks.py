@@ -72,6 +72,24 @@ async def test_a_caller_during_a_request_waits_for_the_next_one() -> None:
     assert len(consumer.requests) == 2
 
 
+async def test_a_busy_node_lets_callers_gather_before_each_request() -> None:
+    """Its linger, before the first request and between two: callers that come within it
+    share one request (a mass reconnect's recoveries asked back to back otherwise)."""
+    consumer = _Consumer()
+    consumer.permits = asyncio.Semaphore(2)
+    wait = 0.2
+    marks = Watermarks(lambda: consumer, lambda: wait)
+    first = asyncio.create_task(marks.end([A]))
+    await _turns()
+    assert consumer.requests == []  # gathering
+    more = asyncio.create_task(marks.end([B]))
+    assert await first == {A: 1}
+    assert await more == {B: 1}
+    assert consumer.requests == [[A, B]]
+    wait = 0.0  # idle again: asked at once
+    assert await marks.end([A]) == {A: 2}
+
+
 async def test_a_failed_request_fails_its_callers_only_and_the_next_one_asks_again() -> None:
     consumer = _Consumer()
     marks = _watermarks(consumer)

@@ -170,7 +170,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         #: live consumer's would wait behind its long-poll fetch (up to fetch_max_wait_ms).
         self._offsets: AIOKafkaConsumer | None = None
         #: Asked through this, recoveries at once share each request for offsets.
-        self.watermarks = Watermarks(lambda: self._offsets, lambda: self.pacing.linger_ms / 1000)
+        self.watermarks = Watermarks(lambda: self._offsets, lambda: self.pacing.widened_s)
         self._replays = ConsumerPool(self._replay_consumer)
         #: Every replay of this node reads through these cursors (`adapter/cursor.py`).
         self.shared_replays = SharedReplays(self._replays, self.events_topic, self.stats)

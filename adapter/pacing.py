@@ -94,6 +94,12 @@ class Pacing:
         """False when the maxima equal the configured waits: nothing to run."""
         return self._fetch[0] != self._fetch[1] or self._linger[0] != self._linger[1]
 
+    @property
+    def widened_s(self) -> float:
+        """How far the load widened the linger past its configured value, in seconds: 0 on
+        an idle node. Other requests that gather callers wait this too (`Watermarks`)."""
+        return (self.linger_ms - self._linger[0]) / 1000
+
     def handed(self, records: int) -> None:
         """Records were handed to the producer: events, and the session store's (a mass
         reconnect's claims and session records gather in a busy node's linger too)."""

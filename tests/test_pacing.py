@@ -203,3 +203,13 @@ async def test_the_session_records_a_node_writes_count_towards_its_linger(
         await manager.store.write({f"pid-{n}": None for n in range(5)})
         # Heartbeats count too: one a second.
         assert manager.pacing.sent - before in (6, 7)
+
+
+def test_only_what_the_load_adds_to_the_linger_counts_as_widened() -> None:
+    """Offset requests wait that much: an idle node with a configured linger asks at once."""
+    pacing = _pacing([])
+    assert pacing.linger_ms == 2
+    assert pacing.widened_s == 0
+    for _ in range(50):
+        _observe(pacing, 30.0)
+    assert pacing.widened_s == pytest.approx(0.006)

@@ -283,21 +283,24 @@ class SharedReplays:
         audience = replay.audience
         last = min(reader.stop, window.hi)
         resume = last
-        found = taken = 0
-        for at in window.candidates(audience, reader.next, last):
-            offset = window.offsets[at]
-            if found >= self.batch:
-                resume = offset
-                break
-            taken += 1
-            message = window.message(at, self.stats)
-            if message is not None and audience.wants(message):
-                replay.put((reader.partition, offset, message))
-                found += 1
+        # Most windows hold nothing of one session: passed over without a look inside (a
+        # mass reconnect's sessions each read tens of the history's windows).
+        if window.may_hold(audience.room_keys):
+            found = taken = 0
+            for at in window.candidates(audience, reader.next, last):
+                offset = window.offsets[at]
+                if found >= self.batch:
+                    resume = offset
+                    break
+                taken += 1
+                message = window.message(at, self.stats)
+                if message is not None and audience.wants(message):
+                    replay.put((reader.partition, offset, message))
+                    found += 1
+            self.stats.replay_records_reused += taken
+            self.buffered(found)
         window.report()
         reader.next = resume
-        self.stats.replay_records_reused += taken
-        self.buffered(found)
         if reader.next >= reader.stop:
             replay.done(reader)
             return False
@@ -571,7 +574,7 @@ class _Cursor:
         if self._index is None:
             self._index = {}
             for reader in self.joined:
-                for key in reader.replay.audience.room_keys():
+                for key in reader.replay.audience.room_keys:
                     self._index.setdefault(key, []).append(reader)
         return self._index
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from aiokafka.partitioner import DefaultPartitioner, murmur2
@@ -230,6 +230,13 @@ class Audience:
     namespace: str
     sid: str
     rooms: frozenset[str]
+    #: The `room_key`s its records are filed by: its rooms' (its sid among them) and its
+    #: namespace's broadcasts', each once; made once, as every window a replay reads asks.
+    room_keys: frozenset[int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        keys = frozenset(room_key(self.namespace, room) for room in (None, *self.rooms))
+        object.__setattr__(self, "room_keys", keys)  # frozen: the one way to set it
 
     @classmethod
     def of(cls, namespace: str, sid: str, rooms: Sequence[str]) -> Audience:
@@ -247,11 +254,6 @@ class Audience:
         for room in (*self.rooms, None):
             found.setdefault(partition_of(self._key(room), count), []).append(room)
         return found
-
-    def room_keys(self) -> frozenset[int]:
-        """The `room_key`s its records are filed by: its rooms' (its sid among them) and
-        its namespace's broadcasts', each once."""
-        return frozenset(room_key(self.namespace, room) for room in (None, *self.rooms))
 
     def wants_route(self, route: Route) -> bool:
         """Whether a record so routed may be for it (`wants` decides, once decoded)."""

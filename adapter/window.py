@@ -113,7 +113,7 @@ class Window:
         self._catch_up()
         offsets = self.offsets
         start = bisect_left(offsets, first)
-        lists = [self._unrouted, *(self._index.get(key, ()) for key in audience.room_keys())]
+        lists = [self._unrouted, *(self._index.get(key, ()) for key in audience.room_keys)]
         ats = [_tail(found, bisect_left(found, start)) for found in lists if found]
         previous = -1
         for at in heapq.merge(*ats):
@@ -124,9 +124,18 @@ class Window:
                 return
             yield at
 
+    def may_hold(self, keys: frozenset[int]) -> bool:
+        """Whether it may hold records filed by any of these room keys (`candidates`
+        says which), or records without routing headers, which anyone may want."""
+        self._catch_up()
+        index = self._index
+        return bool(self._unrouted) or any(key in index for key in keys)
+
     def _catch_up(self) -> None:
         """Index the places added since the index was last asked for."""
         keys, index, end = self._keys, self._index, len(self._keys)
+        if self._indexed == end:
+            return
         grown = 0
         for at in range(self._indexed, end):
             key = keys[at]

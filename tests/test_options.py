@@ -37,6 +37,7 @@ def test_bad_urls_are_config_errors(url: str | list[str]) -> None:
         {"acks": 1},  # idempotence needs acks=all
         {"compression_type": "brotli"},
         {"max_record_bytes": 0},
+        {"max_batch_size": 0},
         {"fetch_interval_ms": -1},
         {"fetch_interval_ms": 1001},  # nodes would miss each other's heartbeats
         {"fetch_interval_max_ms": 1001},

@@ -97,16 +97,16 @@ CONTESTANTS = (
     ),
     # The latency end of the trade (README, "Kafka client defaults"): an idle node's
     # fetches long-poll, answered at the first record, instead of waiting out the 5 ms
-    # interval; a busy node's are paced as the default's (up to 40 ms). Until session 24
-    # its publishes never lingered instead: half as much off the median, 20-60% off the
-    # plateau (benchmarks/RESULTS.md, "Session 24").
+    # interval; a busy node's are paced as the default's (up to 20 ms; 40 until session
+    # 28). Until session 24 its publishes never lingered instead: half as much off the
+    # median, 20-60% off the plateau (benchmarks/RESULTS.md, "Session 24").
     Contestant(
         "kafka-low-latency",
         "socketio-kafka, recovery on, no fetch interval when idle",
         "kafka",
         True,
         _gateway,
-        ("--fetch-interval-ms", "0", "--fetch-interval-max-ms", "40"),
+        ("--fetch-interval-ms", "0", "--fetch-interval-max-ms", "20"),
     ),
     Contestant("redis", "python-socketio + AsyncRedisManager", "redis", False, _gateway),
     Contestant(

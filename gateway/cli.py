@@ -121,7 +121,7 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fetch-interval-max-ms",
         type=number,
-        help="a busy node's fetch interval, at most (default 8x --fetch-interval-ms)",
+        help="a busy node's fetch interval, at most (default 4x --fetch-interval-ms)",
     )
     parser.add_argument("--cors-origins")
     parser.add_argument("--max-payload-bytes", type=integer)

@@ -58,7 +58,7 @@ class Settings:
     # benchmarks/RESULTS.md).
     linger_ms: int = _KAFKA.linger_ms
     fetch_interval_ms: float = _KAFKA.fetch_interval_ms
-    # None: 8x the two above (adapter/pacing.py).
+    # None: 8x the linger (at least 16 ms), 4x the fetch interval (adapter/pacing.py).
     linger_max_ms: float | None = None
     fetch_interval_max_ms: float | None = None
     cors_origins: str = "*"

@@ -56,7 +56,8 @@ def test_bad_options_are_config_errors(kwargs: dict[str, object]) -> None:
 
 def test_an_idle_node_does_not_linger_and_a_busy_one_may() -> None:
     assert (KafkaOptions().linger_ms, KafkaOptions().max_linger_ms) == (0, 16)
-    assert KafkaOptions().max_fetch_interval_ms == 40
+    assert KafkaOptions().max_fetch_interval_ms == 20
+    assert KafkaOptions(fetch_interval_ms=10).max_fetch_interval_ms == 40
     assert KafkaOptions(linger_ms=5).max_linger_ms == 40  # 8x what the app chose
     assert KafkaOptions(linger_max_ms=0).max_linger_ms == 0  # never lingers
 

@@ -63,7 +63,7 @@ class KafkaOptions:
     # The most a request carries for one partition. aiokafka keeps one produce request in
     # flight per broker, one batch a partition in it, and a room's events share a partition:
     # a busy room's events go at most this much per round trip. At aiokafka's 16 KiB a room
-    # stalled near 5,500 events/s of 400-byte records, 85% of requests full (session 28:
+    # stalled near 5,500 events/s of 430-byte records, 85% of requests full (session 28:
     # 256 KiB took 30-35% more deliveries per second at saturation). Batches are this large
     # only under load; at most ``max_record_bytes``, which the topics accept.
     max_batch_size: int = 256 * 1024

@@ -58,7 +58,6 @@ __all__ = ["AsyncKafkaManager", "Health", "ManagerStats"]
 
 _FIRST_RETRY_S = 0.25
 _POLL_TIMEOUT_MS = 1000
-_BATCH_OVERHEAD_BYTES = 64 * 1024
 _REPLAY_FETCH_BYTES = 8 * 1024 * 1024
 _REPLAY_RETRY_BACKOFF_MS = 10
 _METADATA_BACKOFF_S = 0.1  # aiokafka's (and Kafka's) default retry backoff
@@ -562,7 +561,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             replication,
             cleanup_policy,
             options.retention_ms,
-            options.max_record_bytes + _BATCH_OVERHEAD_BYTES,
+            options.max_message_bytes,
         )
 
     async def _positioned_consumer(self) -> AIOKafkaConsumer:

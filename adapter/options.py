@@ -18,6 +18,8 @@ _DEFAULT_BOOTSTRAP = "localhost:9092"
 _ACKS = ("all", 0, 1, -1)
 _COMPRESSION = (None, "gzip", "snappy", "lz4", "zstd")
 _MAX_FETCH_INTERVAL_MS = 1000
+#: What a record batch adds to its records: headers, and a record over the batch limit.
+_BATCH_OVERHEAD_BYTES = 64 * 1024
 #: A busy node's waits, by default, against an idle one's (`adapter/pacing.py`): fetches
 #: 4x (20 ms at the default 5; 8x, 40 ms, until session 28: longer held deliveries back and
 #: took no more of them at saturation once a room's batches were no longer capped).
@@ -156,6 +158,13 @@ class KafkaOptions:
         return min(self.fetch_interval_ms * _BUSY_FETCH_FACTOR, _MAX_FETCH_INTERVAL_MS)
 
     @property
+    def max_message_bytes(self) -> int:
+        """The largest batch the manager's topics take, and its producer sends: a record of
+        ``max_record_bytes`` with a batch's headers (batches lingering to
+        ``max_batch_size`` stay under it)."""
+        return self.max_record_bytes + _BATCH_OVERHEAD_BYTES
+
+    @property
     def sasl(self) -> bool:
         """Whether this client authenticates with SASL."""
         return self.security_protocol.startswith("SASL_")
@@ -237,7 +246,7 @@ class KafkaOptions:
             "linger_ms": self.linger_ms,
             "max_batch_size": min(self.max_batch_size, self.max_record_bytes),
             "compression_type": self.compression_type,
-            "max_request_size": self.max_record_bytes + 64 * 1024,  # + batch headers
+            "max_request_size": self.max_message_bytes,
             "partitioner": partitioner,  # the default one, each key's hash remembered
             **self.producer_extra,
         }

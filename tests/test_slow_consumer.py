@@ -185,6 +185,12 @@ async def test_a_replay_to_a_client_that_does_not_read_is_paced_then_cut(
             pid, offset = client.client.pids["/"], client.client.offsets["/"]
             await client.drop_transport()
             await node.flood(count, start=1)
+            # Read by the node before the claim, so that its replay is all it is sent: records
+            # still arriving live are held for it, and past its limit the hold cuts it before
+            # its replay's timeout does (seen in a full suite run) or fills its queue.
+            await wait_until(
+                lambda: node.manager.stats.records_consumed > count, 60, "the flood read"
+            )
             stalled = await _stalled_claim(url, pid, offset)
             try:
                 await wait_until(lambda: node.manager.stats.slow_consumers_cut == 1, 30, "cut")
@@ -194,9 +200,17 @@ async def test_a_replay_to_a_client_that_does_not_read_is_paced_then_cut(
             # Never more than the low-water mark and one record's packets queued at once.
             assert 0 < replayed.peak <= limits.low_packets + 1
             assert replayed.shed
+            assert node.sio.recoveries["failed", ""] == 1  # cut by its replay's timeout
             await wait_until(lambda: SLOW_CONSUMER in node.reasons, 10, "its disconnect")
             # The session was kept: claimed again from the same offset, all of it, once.
-            await client.client.connect(url, transports=["websocket"])
+            try:
+                await client.client.connect(url, transports=["websocket"])
+            except socketio.exceptions.ConnectionError as exc:
+                # What the node made of the claim: a retry, a failed replay, a second cut.
+                raise AssertionError(
+                    f"reconnect failed: {dict(node.sio.recoveries)}, reasons {node.reasons}, "
+                    f"cuts {node.manager.stats.slow_consumers_cut}"
+                ) from exc
             assert client.client.recovered["/"] is True
             events = await client.wait_count("ev", count + 1, timeout=60)
             assert _seqs(events) == list(range(count + 1))

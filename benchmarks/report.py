@@ -205,6 +205,7 @@ def latency_table(doc: Json) -> str:
                     _fmt(summary.get("p99_ms"), 2),
                     _fmt(summary.get("p999_ms"), 2),
                     _fmt(summary.get("max_ms"), 2),
+                    _spread(result.get("timeline")),
                     f"{result['delivered']:,} / {result['expected']:,}",
                     "yes" if result["overloaded"] else "no",
                     _fmt((result.get("cpu") or {}).get("server_cores"), 2),
@@ -213,9 +214,19 @@ def latency_table(doc: Json) -> str:
             )
     header = [
         "contestant", "events/s", "p50 ms", "p95 ms", "p99 ms", "p99.9 ms", "max ms",
-        "delivered / expected", "overloaded", "server cores busy", "other processes' cores",
+        "p99 of each 0.5 s, ms", "delivered / expected", "overloaded", "server cores busy",
+        "other processes' cores",
     ]  # fmt: skip
     return _table(header, rows)
+
+
+def _spread(timeline: Sequence[Json] | None) -> str:
+    """The best and worst half second's p99: close together, the latency is the load's;
+    one far worse, a stall (runs before session 29 did not keep the timeline)."""
+    p99s = [bucket["p99_ms"] for bucket in timeline or () if bucket["count"]]
+    if not p99s:
+        return _MISSING
+    return f"{min(p99s):,.1f} to {max(p99s):,.1f}"
 
 
 def saturation_table(doc: Json) -> str:

@@ -91,6 +91,12 @@ def _check_results(name: str, results: dict[str, Any], recovers: bool) -> None:
             value = result["latency"][key]
             assert math.isfinite(value), (name, result["rate"], key)
             assert value > 0, (name, result["rate"], key)
+        # Over time, every latency once, by when it was sent.
+        timeline = result["timeline"]
+        assert sum(b["count"] for b in timeline) == result["latency"]["count"], name
+        for bucket in timeline:
+            if bucket["count"]:
+                assert 0 < bucket["p50_ms"] <= bucket["p99_ms"] <= bucket["max_ms"], bucket
     [saturation] = results["saturation"]
     assert saturation["plateau_deliveries_per_s"] > 0, name
     assert saturation["server_cpu_s_per_1k"] > 0, name

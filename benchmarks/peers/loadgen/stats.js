@@ -29,6 +29,30 @@ export function summarize(latenciesUs) {
   };
 }
 
+// Per `bucketS` of send time (an event's seq over the rate, from `fromSeq`): how many
+// events arrived and their p50, p99 and worst latency in ms. A p99 made by one stall shows
+// as one bad bucket; one made by a backlog, as buckets growing worse until it drains.
+export function timeline(seqs, latenciesUs, rate, fromSeq, bucketS = 0.5) {
+  const buckets = [];
+  for (let i = 0; i < seqs.length; i++) {
+    const at = Math.floor((seqs[i] - fromSeq) / rate / bucketS);
+    if (at < 0) continue;
+    (buckets[at] ??= []).push(latenciesUs[i]);
+  }
+  const ms = (us) => Math.round(us) / 1000;
+  return Array.from(buckets, (bucket, at) => {
+    const sorted = Float64Array.from(bucket ?? []).sort();
+    if (sorted.length === 0) return { at_s: at * bucketS, count: 0 };
+    return {
+      at_s: at * bucketS,
+      count: sorted.length,
+      p50_ms: ms(quantile(sorted, 0.5)),
+      p99_ms: ms(quantile(sorted, 0.99)),
+      max_ms: ms(sorted[sorted.length - 1]),
+    };
+  });
+}
+
 // How many distinct seqs in [0, count) a receiver got, and how many it got more than once.
 export function tally(seqs, count) {
   const seen = new Uint8Array(count);

@@ -4,7 +4,7 @@
 import { ask, connect, connected, nowUs, waitUntil } from "./clients.js";
 import { Publisher, pace } from "./publisher.js";
 import { Receivers } from "./receivers.js";
-import { summarize, tally } from "./stats.js";
+import { summarize, tally, timeline } from "./stats.js";
 
 const AS_FAST_AS_THE_WINDOW_ALLOWS = 1e9;
 const WARM = -1; // an event every subject gets first, so a recovering client holds an offset
@@ -73,7 +73,7 @@ export async function latency(spec, out) {
     });
     const drainS = await drain(receivers, publisher, spec.drain_s);
     out.mark("end");
-    const { latencies } = await receivers.report();
+    const { seqs, latencies } = await receivers.report();
     return {
       rate: spec.rate,
       achieved_rate: run.sent / run.seconds,
@@ -86,6 +86,7 @@ export async function latency(spec, out) {
       drain_s: drainS,
       publish_refused: publisher.refused,
       latency: summarize(latencies),
+      timeline: timeline(seqs, latencies, spec.rate, recordFromSeq),
     };
   } finally {
     publisher.close();

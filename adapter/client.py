@@ -120,11 +120,12 @@ class AsyncRecoveringClient(socketio.AsyncClient):  # type: ignore[misc]  # unty
 
     async def connect(self, *args: Any, wait_timeout: float = 10, **kwargs: Any) -> None:
         """python-socketio's `connect`; it waits longer by default (1 s there), as a
-        recovery may wait for the old node to say it lost the client, then replays.
+        recovery may wait for the old node to say it lost the client.
 
-        An attempt that fails (the connection lost during the replay, before the CONNECT
-        reply) keeps the sessions and offsets, as the JS client does: the next attempt
-        claims them from where the events stopped.
+        The CONNECT reply of a recovered session comes before its replay: this returns
+        before the missed events have all arrived. An attempt that fails keeps the
+        sessions and offsets, as the JS client does: the next attempt claims them from
+        where the events stopped.
         """
         self._connecting = True
         try:

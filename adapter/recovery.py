@@ -376,15 +376,21 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
                 # Written while the replay runs: its acknowledgement is a round trip.
                 written = asyncio.create_task(self._write((sid, namespace)))
                 try:
+                    # The CONNECT reply before the replay (Node sends it after): the JS
+                    # client moves its offset only with events it has handed out, and
+                    # hands out what comes before the reply only at a reply. A connection
+                    # lost mid-replay then claims again from where its events stopped;
+                    # the other way round, it claimed the same range again and the next
+                    # reply handed out both (docs/decisions.md).
+                    await super()._send_packet(
+                        eio_sid,
+                        self.packet_class(
+                            packet.CONNECT, {"sid": sid, "pid": session.pid}, namespace=namespace
+                        ),
+                    )
                     missed = await self._replay(eio_sid, namespace, session, start, stop)
                 finally:
                     await written
-            await super()._send_packet(
-                eio_sid,
-                self.packet_class(
-                    packet.CONNECT, {"sid": sid, "pid": session.pid}, namespace=namespace
-                ),
-            )
             manager.holds.release(eio_sid, stop, manager.send_packets)
         except Exception:
             logger.exception("recovery of sid %s failed; closing the connection", sid)

@@ -129,7 +129,7 @@ async def measure(
         irrelevant_cpu = await _consumed_cpu(manager, others, own, rooms, payload)
 
         started = time.perf_counter()
-        # Measured, not bounded: the replay precedes the CONNECT reply.
+        # Measured, not bounded: the connection, then every missed event.
         await client.connect(url, transports=["websocket"], wait_timeout=600)
         await wait_until(lambda: len(got) >= own, 600, "the replay")
         recovery = time.perf_counter() - started

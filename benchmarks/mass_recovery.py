@@ -147,7 +147,7 @@ class _Outcome:
 
     room: str
     own: list[int]
-    connect_s: float | None  # the CONNECT reply (a recovery's replay comes before it)
+    connect_s: float | None  # the CONNECT reply (a recovery's replay follows it, since session 29)
     done_s: float | None
     recovered: bool
     retries: int

@@ -216,3 +216,37 @@ async def test_a_replay_to_a_client_that_does_not_read_is_paced_then_cut(
             assert _seqs(events) == list(range(count + 1))
         finally:
             await client.close()
+
+
+async def test_a_js_client_that_stops_reading_mid_replay_recovers_each_event_once(
+    kafka_url: str, channel: str, paused_js: JsClient
+) -> None:
+    """The official client, paused during its replay until the replay's timeout cuts it,
+    then reading again: it claims from the last event it handed out, and its app sees
+    every event once, in order (before the CONNECT reply came first, 419 of 4,000 twice)."""
+    count = 4000
+    node = Node(kafka_url, channel, OutboxLimits(), replay_timeout=3)
+    async with node.manager, run_server(node.asgi) as url:
+        connected = await paused_js.connect(url, reconnectionDelay=200)
+        assert await paused_js.call("join", {"room": ROOM}) == {"ok": True}
+        await node.flood(1)
+        await paused_js.wait_count("ev", 1)
+        # Gone while paused: it notices once it runs again, and claims its session.
+        os.kill(paused_js.pid, signal.SIGSTOP)
+        await node.manager.close_transport(node.eio_sid(connected["id"]), "transport close")
+        await node.flood(count, start=1)
+        await wait_until(lambda: node.manager.stats.records_consumed > count, 60, "the flood read")
+        replayed = node.manager.stats.events_replayed
+        os.kill(paused_js.pid, signal.SIGCONT)
+        await wait_until(
+            lambda: node.manager.stats.events_replayed >= replayed + 300, 30, "the replay"
+        )
+        os.kill(paused_js.pid, signal.SIGSTOP)  # mid-replay
+        await wait_until(lambda: node.sio.recoveries["failed", ""] == 1, 30, "the timeout")
+        os.kill(paused_js.pid, signal.SIGCONT)
+        await paused_js.wait_connects(3, timeout=60)
+        assert [c["recovered"] for c in paused_js.connects()] == [False, True, True]
+        await node.flood(1, start=count + 1)  # a marker: the next event after the flood
+        events = await paused_js.wait_count("ev", count + 2, timeout=120)
+        assert _seqs(events) == list(range(count + 2))
+        assert node.sio.recoveries["recovered", ""] == 1  # and one failed, mid-replay

@@ -15,9 +15,11 @@ const name = query.get("name") || subjectOf(token) || `visitor-${Math.random().t
 const $ = (id) => document.getElementById(id);
 $("room").textContent = room;
 
-// Replayed events reach the handlers before "connect" fires (the client buffers what
-// arrives ahead of the CONNECT reply): those are what this connection recovered.
-let awaitingConnect = true;
+// A recovered connection's CONNECT reply comes before its replay, and the page sends a
+// join at once: the messages that arrive before the join's reply are what it recovered
+// (a replay of more than one of the server's batches, 500 events, may outlast that round
+// trip; this page's count is a demo's).
+let recovering = false;
 let recoveredCount = 0;
 let current = 0;
 
@@ -44,23 +46,24 @@ function start() {
   });
 
   socket.on("connect", async () => {
-    awaitingConnect = false;
     setState("connected", "connected");
     showError("");
     showNode(nodes[current]);
     const badge = $("recovered");
+    badge.hidden = true;
+    recovering = socket.recovered;
+    // A fresh session's rooms are not kept, so it joins again; a recovered one is in the
+    // room already, and the reply comes after its replay.
+    const reply = await socket.emitWithAck("join", { room });
+    recovering = false;
+    if (!reply.ok) return showError(`join ${room}: ${reply.error}`);
     badge.hidden = !socket.recovered;
     badge.textContent = `recovered: ${recoveredCount} missed message${recoveredCount === 1 ? "" : "s"}`;
-    if (!socket.recovered) {
-      // A fresh session: rooms are not kept, so join again.
-      const reply = await socket.emitWithAck("join", { room });
-      if (!reply.ok) return showError(`join ${room}: ${reply.error}`);
-    }
     $("room").dataset.joined = "true";
   });
 
   socket.on("disconnect", (reason) => {
-    awaitingConnect = true;
+    recovering = false;
     recoveredCount = 0;
     delete $("room").dataset.joined;
     setState("disconnected", `disconnected (${reason})`);
@@ -76,7 +79,7 @@ function start() {
   });
 
   socket.on("chat", (message) => {
-    const recovered = awaitingConnect && socket.recovered;
+    const recovered = recovering;
     if (recovered) recoveredCount += 1;
     addMessage(message, { recovered });
   });

@@ -47,11 +47,16 @@ async def test_a_busy_rooms_burst_goes_out_in_a_few_requests(
     kafka_url: str, channel: str, event_batches: list[int]
 ) -> None:
     """With aiokafka's 16 KiB a batch, 500 KB to one room took at least 31 round trips
-    (session 28: a room stalled near 5,500 events/s, 85% of its requests full)."""
+    (session 28: a room stalled near 5,500 events/s, 85% of its requests full).
+
+    How the burst splits depends on when the sender runs (3-4 requests on a quiet machine,
+    10 once in CI), but what gathers while one is out goes in one batch: more than 16 KiB.
+    """
     async with AsyncKafkaManager(kafka_url, channel=channel) as manager:
         await _burst(manager)
     assert sum(event_batches) == _BURST
-    assert len(event_batches) <= 6, event_batches
+    assert max(event_batches) * 500 > 2 * 16 * 1024, event_batches
+    assert len(event_batches) < 31, event_batches
 
 
 async def test_batches_stay_within_what_the_topic_accepts(

@@ -242,11 +242,14 @@ async def test_a_js_client_that_stops_reading_mid_replay_recovers_each_event_onc
             lambda: node.manager.stats.events_replayed >= replayed + 300, 30, "the replay"
         )
         os.kill(paused_js.pid, signal.SIGSTOP)  # mid-replay
-        await wait_until(lambda: node.sio.recoveries["failed", ""] == 1, 30, "the timeout")
+        await wait_until(lambda: node.sio.recoveries["failed", ""] >= 1, 30, "the timeout")
         os.kill(paused_js.pid, signal.SIGCONT)
-        await paused_js.wait_connects(3, timeout=60)
-        assert [c["recovered"] for c in paused_js.connects()] == [False, True, True]
+        # Each attempt's CONNECT reply came; the last one's replay was whole.
+        await wait_until(lambda: node.sio.recoveries["recovered", ""] == 1, 60, "a recovery")
+        connects = paused_js.connects()
+        assert connects[0]["recovered"] is False
+        assert len(connects) >= 3
+        assert all(c["recovered"] and c["id"] == connected["id"] for c in connects[1:])
         await node.flood(1, start=count + 1)  # a marker: the next event after the flood
         events = await paused_js.wait_count("ev", count + 2, timeout=120)
         assert _seqs(events) == list(range(count + 2))
-        assert node.sio.recoveries["recovered", ""] == 1  # and one failed, mid-replay

@@ -9,11 +9,13 @@ function quantile(sorted, q) {
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
 }
 
+// µs to ms, to the microsecond.
+const ms = (us) => Math.round(us) / 1000;
+
 // Latencies in µs in, milliseconds out.
 export function summarize(latenciesUs) {
   if (latenciesUs.length === 0) return { count: 0 };
   const sorted = Float64Array.from(latenciesUs).sort();
-  const ms = (us) => Math.round(us) / 1000;
   let sum = 0;
   for (const value of sorted) sum += value;
   return {
@@ -39,7 +41,6 @@ export function timeline(seqs, latenciesUs, rate, fromSeq, bucketS = 0.5) {
     if (at < 0) continue;
     (buckets[at] ??= []).push(latenciesUs[i]);
   }
-  const ms = (us) => Math.round(us) / 1000;
   return Array.from(buckets, (bucket, at) => {
     const sorted = Float64Array.from(bucket ?? []).sort();
     if (sorted.length === 0) return { at_s: at * bucketS, count: 0 };

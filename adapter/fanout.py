@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from engineio import packet as eio_packet
@@ -17,6 +18,7 @@ from socketio import packet
 from socketio.packet import Packet
 
 from .codec import Message
+from .outbox import OutboxLimits, packet_size
 
 __all__ = ["HoldBuffer", "event_args", "event_packets"]
 
@@ -54,32 +56,44 @@ def event_packets(packet_class: type[Packet], message: Message, offset: str | No
     return [eio_packet.Packet(eio_packet.MESSAGE, part) for part in parts]
 
 
+@dataclass(slots=True)
+class _Hold:
+    """One socket's held records, as (partition, offset, packets), and their bytes."""
+
+    records: list[tuple[int, int, list[Any]]] = field(default_factory=list)
+    bytes: int = 0
+
+
 class HoldBuffer:
     """Live packets of sockets under recovery, with the record position each came from.
 
-    At most ``max_records`` records per socket: a socket whose replay is outrun by more
-    live traffic than that is handed to ``overflow`` (which cuts it; it recovers again from
-    where its replay got to) and its held packets are dropped, not kept for a client that
-    may never read them.
+    Each socket's hold is bounded as its outgoing queue is (``limits``: packets and bytes,
+    whichever comes first): a socket whose replay is outrun by more live traffic than that
+    is handed to ``overflow`` (which cuts it; it recovers again from where its replay got
+    to) and its held packets are dropped, not kept for a client that may never read them.
+    A count alone would let a busy room of large records hold gigabytes for one socket.
     """
 
     def __init__(
-        self, max_records: int = 50_000, overflow: Callable[[str], object] | None = None
+        self, limits: OutboxLimits | None = None, overflow: Callable[[str], object] | None = None
     ) -> None:
-        self._held: dict[str, list[tuple[int, int, list[Any]]]] = {}
-        self._max_records = max_records
+        self._held: dict[str, _Hold] = {}
+        limits = limits or OutboxLimits()
+        self._max = (limits.max_packets, limits.max_bytes)
         self._overflow = overflow
 
     def hold(self, eio_sid: str) -> None:
-        self._held[eio_sid] = []
+        self._held[eio_sid] = _Hold()
 
     def add(self, eio_sid: str, partition: int, offset: int, packets: list[Any]) -> bool:
         """Keep ``packets`` if ``eio_sid`` is held; return whether it was (or was cut)."""
         held = self._held.get(eio_sid)
         if held is None:
             return False
-        held.append((partition, offset, packets))
-        if len(held) > self._max_records:
+        held.records.append((partition, offset, packets))
+        held.bytes += sum(packet_size(p) for p in packets)
+        max_records, max_bytes = self._max
+        if len(held.records) > max_records or held.bytes > max_bytes:
             del self._held[eio_sid]
             if self._overflow is not None:
                 self._overflow(eio_sid)
@@ -90,7 +104,8 @@ class HoldBuffer:
 
         Nothing awaits here, so no live packet can arrive while the buffer drains.
         """
-        for partition, offset, packets in self._held.pop(eio_sid, ()):
+        held = self._held.pop(eio_sid, None)
+        for partition, offset, packets in held.records if held is not None else ():
             if offset >= replayed_up_to[partition]:
                 send(eio_sid, packets)
 

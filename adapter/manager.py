@@ -197,7 +197,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         #: Bounds every socket's outgoing queue (`OutboxLimits`): a client that does not
         #: read is cut off, its session kept.
         self.outboxes = Outboxes(limits or OutboxLimits())
-        self.holds = HoldBuffer(self.outboxes.limits.max_packets, self.cut_slow_consumer)
+        self.holds = HoldBuffer(self.outboxes.limits, self.cut_slow_consumer)
         self.on_rooms_changed: Callable[[str, str], None] | None = None
         self._consume_runs = 0
         self._start_task: asyncio.Task[None] | None = None

@@ -25,7 +25,15 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["SLOW_CONSUMER", "Outbox", "OutboxLimits", "Outboxes", "SlimQueue", "WriteFrames"]
+__all__ = [
+    "SLOW_CONSUMER",
+    "Outbox",
+    "OutboxLimits",
+    "Outboxes",
+    "SlimQueue",
+    "WriteFrames",
+    "packet_size",
+]
 
 #: The disconnect reason of a cut socket; its recovery session is kept.
 SLOW_CONSUMER = "slow consumer"
@@ -69,7 +77,8 @@ def _marks(limits: OutboxLimits) -> tuple[tuple[int, int], tuple[int, int]]:
     return (limits.max_packets, limits.max_bytes), (limits.low_packets, limits.low_bytes)
 
 
-def _size(item: Any) -> int:
+def packet_size(item: Any) -> int:
+    """What an Engine.IO packet counts against a byte limit: its encoded characters."""
     data = getattr(item, "data", None)
     return len(data) + 1 if isinstance(data, str | bytes) else 1
 
@@ -185,13 +194,13 @@ class Outbox(SlimQueue):
 
     def _put(self, item: Any) -> None:
         super()._put(item)
-        self.bytes += _size(item)
+        self.bytes += packet_size(item)
         if self._low is not None and self.above_low_water:
             self._low.clear()
 
     def _get(self) -> Any:
         item = super()._get()
-        self.bytes -= _size(item)
+        self.bytes -= packet_size(item)
         if self._low is not None and not self.above_low_water:
             self._low.set()
         return item

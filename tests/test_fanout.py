@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from engineio import packet as eio_packet
 from socketio.packet import EVENT, Packet
 
 from socketio_kafka.adapter import codec
 from socketio_kafka.adapter.fanout import HoldBuffer, event_args, event_packets
+from socketio_kafka.adapter.outbox import OutboxLimits
 
 
 def _message(data: Any, event: str = "e", namespace: str = "/") -> codec.Message:
@@ -88,7 +90,7 @@ def test_hold_buffer_drops_what_the_replay_covered_and_keeps_order() -> None:
 
 def test_a_hold_outrun_by_more_than_its_bound_is_dropped_and_its_socket_cut() -> None:
     cut: list[str] = []
-    holds = HoldBuffer(max_records=3, overflow=cut.append)
+    holds = HoldBuffer(OutboxLimits(max_packets=3), overflow=cut.append)
     holds.hold("e1")
     for offset in range(3):
         assert holds.add("e1", 0, offset, [offset])
@@ -99,3 +101,16 @@ def test_a_hold_outrun_by_more_than_its_bound_is_dropped_and_its_socket_cut() ->
     holds.release("e1", (0,), lambda sid, packets: sent.extend(packets))
     assert sent == []  # nothing kept for it
     assert not holds.add("e1", 0, 4, [4])  # no longer held: live delivery (to a cut socket)
+
+
+def test_a_hold_of_large_records_is_cut_by_its_bytes_before_its_count() -> None:
+    cut: list[str] = []
+    holds = HoldBuffer(OutboxLimits(max_packets=1000, max_bytes=10_000), overflow=cut.append)
+    holds.hold("e1")
+    big = [eio_packet.Packet(eio_packet.MESSAGE, "x" * 3_000)]
+    for offset in range(3):
+        assert holds.add("e1", 0, offset, big)
+    assert cut == []  # 9,003 bytes held
+    assert holds.add("e1", 0, 3, big)
+    assert cut == ["e1"]  # 12,004: over 10,000 with 4 records of the 1,000 allowed
+    assert not holds.add("e1", 0, 4, big)  # no longer held

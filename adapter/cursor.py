@@ -59,6 +59,7 @@ from .window import Window
 
 __all__ = [
     "REPLAY_BUFFER",
+    "REPLAY_BUFFER_BYTES",
     "WINDOW_BYTES",
     "WINDOW_LINGER_S",
     "Found",
@@ -69,6 +70,8 @@ __all__ = [
 
 #: Found records waiting in recovering sessions' buffers, node-wide, before cursors pause.
 REPLAY_BUFFER = 10_000
+#: And their bytes (as written in Kafka), the bound that holds when records are large.
+REPLAY_BUFFER_BYTES = 32 * 1024 * 1024
 #: Bytes of record values (and their decoded copies) windows keep, node-wide.
 WINDOW_BYTES = 64 * 1024 * 1024
 #: How long a partition's window outlives its cursor: the stragglers of a mass reconnect.
@@ -124,6 +127,7 @@ class Replay:
         self.audience = audience
         self._hub = hub
         self._found: list[Found] = []
+        self._found_bytes = 0
         self._open: set[_Reader] = set()
         self._parked: list[_Reader] = []
         self._error: BaseException | None = None
@@ -175,7 +179,8 @@ class Replay:
             self._wake.clear()
             await self._wake.wait()
         found, self._found = self._found, []
-        self._hub.taken(len(found))
+        self._hub.taken(len(found), self._found_bytes)
+        self._found_bytes = 0
         return found
 
     def close(self) -> None:
@@ -184,15 +189,18 @@ class Replay:
             self._hub.leave(reader)
         self._open.clear()
         self._parked.clear()
-        self._hub.taken(len(self._found))
+        self._hub.taken(len(self._found), self._found_bytes)
         self._found = []
+        self._found_bytes = 0
 
     @property
     def held(self) -> int:
         return len(self._found)
 
-    def put(self, found: Found) -> None:
+    def put(self, found: Found, size: int) -> None:
+        """Buffer a record found for this session; ``size``: its value's bytes."""
         self._found.append(found)
+        self._found_bytes += size
         self._wake.set()
 
     def done(self, reader: _Reader) -> None:
@@ -226,12 +234,14 @@ class SharedReplays:
         stats: ReplayStats,
         batch: int = 500,
         limit: int = REPLAY_BUFFER,
+        limit_bytes: int = REPLAY_BUFFER_BYTES,
     ) -> None:
         self.pool = pool
         self.topic = topic
         self.stats = stats
         self.batch = batch
         self.limit = limit
+        self.limit_bytes = limit_bytes
         #: What the node's live consumer saw where: ranges a replay need not read.
         self.sightings: Sightings | None = None
         #: What it read lately: ranges a replay takes from memory.
@@ -241,6 +251,7 @@ class SharedReplays:
         #: When a partition's window, extended by no cursor now, goes.
         self._expiries: dict[int, asyncio.TimerHandle] = {}
         self._buffered = 0
+        self._buffered_bytes = 0
         self._room = asyncio.Event()
         self._room.set()
 
@@ -286,7 +297,7 @@ class SharedReplays:
         # Most windows hold nothing of one session: passed over without a look inside (a
         # mass reconnect's sessions each read tens of the history's windows).
         if window.may_hold(audience.room_keys):
-            found = taken = 0
+            found = taken = size = 0
             for at in window.candidates(audience, reader.next, last):
                 offset = window.offsets[at]
                 if found >= self.batch:
@@ -295,10 +306,12 @@ class SharedReplays:
                 taken += 1
                 message = window.message(at, self.stats)
                 if message is not None and audience.wants(message):
-                    replay.put((reader.partition, offset, message))
+                    value_size = window.value_size(at)
+                    replay.put((reader.partition, offset, message), value_size)
                     found += 1
+                    size += value_size
             self.stats.replay_records_reused += taken
-            self.buffered(found)
+            self.buffered(found, size)
         window.report()
         reader.next = resume
         if reader.next >= reader.stop:
@@ -352,18 +365,26 @@ class SharedReplays:
         """Found records waiting in sessions' buffers now."""
         return self._buffered
 
-    def buffered(self, count: int) -> None:
+    @property
+    def held_bytes(self) -> int:
+        """Their bytes."""
+        return self._buffered_bytes
+
+    def buffered(self, count: int, size: int) -> None:
         self._buffered += count
-        if self._buffered >= self.limit:
+        self._buffered_bytes += size
+        if self._buffered >= self.limit or self._buffered_bytes >= self.limit_bytes:
             self._room.clear()
 
-    def taken(self, count: int) -> None:
+    def taken(self, count: int, size: int) -> None:
         self._buffered -= count
-        if self._buffered < self.limit:
+        self._buffered_bytes -= size
+        if self._buffered < self.limit and self._buffered_bytes < self.limit_bytes:
             self._room.set()
 
     async def room(self) -> None:
-        """Wait until the buffers hold fewer than ``limit`` found records."""
+        """Wait until the buffers hold fewer than ``limit`` found records, and fewer than
+        ``limit_bytes`` of them."""
         await self._room.wait()
 
     def ended(self, cursor: _Cursor) -> None:
@@ -526,7 +547,7 @@ class _Cursor:
         index = self._rooms()
         partition = self.partition
         stats = self.hub.stats
-        read = decoded = found = 0
+        read = decoded = found = size = 0
         last = max((r.stop for r in self.joined), default=0)
         for record in records:
             offset = record.offset
@@ -560,13 +581,15 @@ class _Cursor:
                     decoded += 1
             if message is None:
                 continue  # counted when the live consumer met it
+            value_size = len(record.value or b"")
             for reader in readers:
                 if reader.replay.audience.wants(message):
-                    reader.replay.put((partition, offset, message))
+                    reader.replay.put((partition, offset, message), value_size)
                     found += 1
+                    size += value_size
         stats.replay_records_read += read
         stats.replay_records_decoded += decoded
-        self.hub.buffered(found)
+        self.hub.buffered(found, size)
 
     def _rooms(self) -> _Index:
         """The joined readers by the room key of their namespace's broadcasts and of each

@@ -28,7 +28,7 @@ from engineio.base_server import BaseServer as EngineIOBaseServer
 from socketio import packet
 
 from . import offsets
-from .cursor import REPLAY_BUFFER
+from .cursor import REPLAY_BUFFER, REPLAY_BUFFER_BYTES
 from .errors import BrokerUnavailable, ConfigError, PublishError
 from .fanout import event_packets
 from .manager import AsyncKafkaManager
@@ -114,6 +114,8 @@ class RecoveryOptions:
     replay_timeout: float = 60.0
     #: Found records the node's replays buffer at once, across every recovering session.
     replay_buffer: int = REPLAY_BUFFER
+    #: And their bytes: large records reach that bound first.
+    replay_buffer_bytes: int = REPLAY_BUFFER_BYTES
     #: How long an event's ack waits while the socket's session (its rooms, its data)
     #: changed and is not in Kafka yet (`RecoveringAsyncServer.session_saved`); past it the
     #: ack goes anyway, and the record is written again until Kafka takes it. 0: never.
@@ -122,8 +124,15 @@ class RecoveryOptions:
     def __post_init__(self) -> None:
         if self.max_disconnection_duration <= 0:
             raise ConfigError("max_disconnection_duration must be > 0")
-        if self.replay_batch < 1 or self.replay_timeout <= 0 or self.replay_buffer < 1:
-            raise ConfigError("replay_batch, replay_timeout and replay_buffer must be > 0")
+        if (
+            self.replay_batch < 1
+            or self.replay_timeout <= 0
+            or self.replay_buffer < 1
+            or self.replay_buffer_bytes < 1
+        ):
+            raise ConfigError(
+                "replay_batch, replay_timeout, replay_buffer and replay_buffer_bytes must be > 0"
+            )
         if self.save_wait < 0:
             raise ConfigError("save_wait must be >= 0")
 
@@ -213,6 +222,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             client_manager.enable_recovery(options.max_disconnection_duration)
             client_manager.shared_replays.batch = options.replay_batch
             client_manager.shared_replays.limit = options.replay_buffer
+            client_manager.shared_replays.limit_bytes = options.replay_buffer_bytes
             client_manager.on_rooms_changed = self._rooms_changed
 
     @property
@@ -403,6 +413,13 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
                 manager.cut_slow_consumer(eio_sid)
             else:
                 await manager.close_transport(eio_sid, _REASON.SERVER_DISCONNECT)
+            return True
+        queue = manager.packet_queue(eio_sid)
+        if queue is None or queue.shed:
+            # Gone mid-replay, or cut (its hold outrun by live traffic): its session is
+            # kept, and its offset says what it got. Not a recovery.
+            logger.info("recovery of sid %s ended after %d events: connection gone", sid, missed)
+            self.recoveries["failed", ""] += 1
             return True
         logger.info("recovered sid %s [%s]: %d missed events replayed", sid, namespace, missed)
         self.recoveries["recovered", ""] += 1

@@ -84,6 +84,10 @@ class Window:
         self.size += len(value) + _ENTRY_OVERHEAD
         return at
 
+    def value_size(self, at: int) -> int:
+        """The bytes of the record at ``at``, as written in Kafka."""
+        return len(self._values[at])
+
     def message(self, at: int, stats: ReplayCounters) -> codec.Message | None:
         """The record at ``at``, decoded once for every session (None: undecodable)."""
         message = self._messages.get(at)

@@ -148,6 +148,23 @@ async def test_the_node_wide_bound_holds_while_sessions_do_not_take() -> None:
     assert hub.held == 0
 
 
+async def test_the_node_wide_bound_counts_bytes_when_records_are_large() -> None:
+    """10 KB records: the byte bound pauses the cursor long before the count bound would."""
+    log = fakelog.rooms(300, "abc", pad=10_000)
+    size = len(log[0].value or b"")
+    hub, _ = fakelog.hub(log, batch=10, limit_bytes=5 * size)
+    replays = [fakelog.open_replay(hub, room, 0, 300) for room in "abc"]
+    for replay in replays:
+        await replay.__aenter__()
+    for _ in range(100):  # the cursor runs as far as it may, nobody taking
+        await asyncio.sleep(0)
+        assert hub.held_bytes < 5 * size + 10 * size  # the bound, and one fetch past it
+    assert hub.held < 15
+    got = await asyncio.gather(*(fakelog.offsets(r) for r in replays))
+    assert got == [list(range(k, 300, 3)) for k in range(3)]
+    assert hub.held == hub.held_bytes == 0
+
+
 async def test_a_session_that_leaves_frees_what_it_held_and_the_cursor_stops() -> None:
     hub, started = fakelog.hub(fakelog.rooms(90, "ab"), batch=10)
     replay = fakelog.open_replay(hub, "a", 0, 90)

@@ -218,6 +218,46 @@ async def test_a_replay_to_a_client_that_does_not_read_is_paced_then_cut(
             await client.close()
 
 
+async def test_a_replay_outrun_by_live_traffic_past_its_bytes_is_cut_and_recovers_later(
+    kafka_url: str, channel: str
+) -> None:
+    """While a replay waits on its client, the live events of its rooms are held for it;
+    past the socket's byte bound (far below its packet bound here) it is cut, not kept
+    growing, its session kept, and it is not counted as recovered."""
+    count, live = 1000, 300  # 10 MB to replay; then 3 MB live, over the 2 MB bound
+    limits = OutboxLimits(max_packets=400, max_bytes=2 * 1024 * 1024)
+    node = Node(kafka_url, channel, limits, replay_timeout=120)
+    async with node.manager, run_server(node.asgi) as url:
+        client = await _reader(url)
+        try:
+            await node.flood(1)
+            await client.wait_count("ev", 1)
+            pid, offset = client.client.pids["/"], client.client.offsets["/"]
+            await client.drop_transport()
+            await node.flood(count, start=1)
+            await wait_until(
+                lambda: node.manager.stats.records_consumed > count, 60, "the flood read"
+            )
+            stalled = await _stalled_claim(url, pid, offset)
+            try:
+                # Its replay waits for a drain that never comes; live events are held.
+                await wait_until(lambda: node.manager.stats.events_replayed > 0, 30, "replay")
+                await node.flood(live, start=count + 1)
+                await wait_until(lambda: node.manager.stats.slow_consumers_cut == 1, 30, "cut")
+            finally:
+                stalled.transport.abort()
+            await wait_until(lambda: node.sio.recoveries["failed", ""] == 1, 30, "the outcome")
+            assert node.sio.recoveries["recovered", ""] == 0
+            assert node.outboxes.made[-1].peak <= limits.low_packets + 1  # not its queue
+            await client.client.connect(url, transports=["websocket"])
+            assert client.client.recovered["/"] is True
+            events = await client.wait_count("ev", count + live + 1, timeout=60)
+            assert _seqs(events) == list(range(count + live + 1))
+            assert node.sio.recoveries["recovered", ""] == 1
+        finally:
+            await client.close()
+
+
 async def test_a_js_client_that_stops_reading_mid_replay_recovers_each_event_once(
     kafka_url: str, channel: str, paused_js: JsClient
 ) -> None:

@@ -21,10 +21,14 @@ class Record(NamedTuple):
     value: bytes | None  # None: a tombstone
 
 
-def emit(offset: int, room: str | list[str] | None, *, headers: bool = True) -> Record:
-    """An emit to ``room``: one, several, or (None) the whole namespace."""
+def emit(
+    offset: int, room: str | list[str] | None, *, headers: bool = True, pad: int = 0
+) -> Record:
+    """An emit to ``room``: one, several, or (None) the whole namespace; ``pad`` characters
+    of padding in its data."""
+    data: dict[str, Any] = {"n": offset, "pad": "x" * pad} if pad else {"n": offset}
     message = codec.emit_message(
-        "e", {"n": offset}, namespace="/", room=room, skip_sid=None, callback=None, host_id="h"
+        "e", data, namespace="/", room=room, skip_sid=None, callback=None, host_id="h"
     )
     return Record(offset, routing.headers_for(message) if headers else [], codec.encode(message))
 
@@ -93,5 +97,5 @@ async def offsets(replay: Replay) -> list[int]:
         return [offset async for found in replay for _, offset, _ in found]
 
 
-def rooms(count: int, rooms: str) -> list[Record]:
-    return [emit(n, rooms[n % len(rooms)]) for n in range(count)]
+def rooms(count: int, rooms: str, pad: int = 0) -> list[Record]:
+    return [emit(n, rooms[n % len(rooms)], pad=pad) for n in range(count)]

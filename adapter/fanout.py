@@ -78,11 +78,14 @@ class HoldBuffer:
         self, limits: OutboxLimits | None = None, overflow: Callable[[str], object] | None = None
     ) -> None:
         self._held: dict[str, _Hold] = {}
+        #: Every held socket's bytes together (the node's metrics show it).
+        self.bytes = 0
         limits = limits or OutboxLimits()
         self._max = (limits.max_packets, limits.max_bytes)
         self._overflow = overflow
 
     def hold(self, eio_sid: str) -> None:
+        self.drop(eio_sid)
         self._held[eio_sid] = _Hold()
 
     def add(self, eio_sid: str, partition: int, offset: int, packets: list[Any]) -> bool:
@@ -91,10 +94,12 @@ class HoldBuffer:
         if held is None:
             return False
         held.records.append((partition, offset, packets))
-        held.bytes += sum(packet_size(p) for p in packets)
+        size = sum(packet_size(p) for p in packets)
+        held.bytes += size
+        self.bytes += size
         max_records, max_bytes = self._max
         if len(held.records) > max_records or held.bytes > max_bytes:
-            del self._held[eio_sid]
+            self.drop(eio_sid)
             if self._overflow is not None:
                 self._overflow(eio_sid)
         return True
@@ -104,10 +109,16 @@ class HoldBuffer:
 
         Nothing awaits here, so no live packet can arrive while the buffer drains.
         """
-        held = self._held.pop(eio_sid, None)
+        held = self._pop(eio_sid)
         for partition, offset, packets in held.records if held is not None else ():
             if offset >= replayed_up_to[partition]:
                 send(eio_sid, packets)
 
     def drop(self, eio_sid: str) -> None:
-        self._held.pop(eio_sid, None)
+        self._pop(eio_sid)
+
+    def _pop(self, eio_sid: str) -> _Hold | None:
+        held = self._held.pop(eio_sid, None)
+        if held is not None:
+            self.bytes -= held.bytes
+        return held

@@ -73,13 +73,7 @@ class NodeCollector(Collector):
             yield from _publish_id_metrics(self._manager.publishes)
             yield _lag(self._manager.lag())
             yield from _pacing_metrics(self._manager.pacing)
-            if (history := self._manager.shared_replays.history) is not None:
-                held = GaugeMetricFamily(
-                    "socketio_kafka_replay_history_bytes",
-                    "Bytes of the latest records the node keeps for replays of short drops",
-                )
-                held.add_metric([], history.size)
-                yield held
+            yield from _replay_memory_metrics(self._manager)
         ready = GaugeMetricFamily("socketio_kafka_ready", "1 when the node is ready")
         ready.add_metric([], 1.0 if self._manager.ready else 0.0)
         yield ready
@@ -192,6 +186,36 @@ def _pacing_metrics(pacing: Pacing) -> Iterator[GaugeMetricFamily]:
         ("fetch_interval_seconds", "The node's wait between two fetches", pacing.fetch_interval_s),
         ("linger_seconds", "How long a publish may wait for others", pacing.linger_ms / 1000),
     ):
+        gauge = GaugeMetricFamily(f"socketio_kafka_{name}", doc)
+        gauge.add_metric([], value)
+        yield gauge
+
+
+def _replay_memory_metrics(manager: AsyncKafkaManager) -> Iterator[GaugeMetricFamily]:
+    """What recoveries keep in memory now: each bounded (README, "Recovery")."""
+    replays = manager.shared_replays
+    gauges = [
+        (
+            "replay_buffered_records",
+            "Records found for recovering sessions, not yet taken by them",
+            replays.held,
+        ),
+        ("replay_buffered_bytes", "Their bytes, as written in Kafka", replays.held_bytes),
+        (
+            "held_live_bytes",
+            "Bytes of live events held for sockets until their replay is done",
+            manager.holds.bytes,
+        ),
+    ]
+    if replays.history is not None:
+        gauges.append(
+            (
+                "replay_history_bytes",
+                "Bytes of the latest records the node keeps for replays of short drops",
+                replays.history.size,
+            )
+        )
+    for name, doc, value in gauges:
         gauge = GaugeMetricFamily(f"socketio_kafka_{name}", doc)
         gauge.add_metric([], value)
         yield gauge

@@ -110,7 +110,9 @@ def test_a_hold_of_large_records_is_cut_by_its_bytes_before_its_count() -> None:
     big = [eio_packet.Packet(eio_packet.MESSAGE, "x" * 3_000)]
     for offset in range(3):
         assert holds.add("e1", 0, offset, big)
-    assert cut == []  # 9,003 bytes held
+    assert cut == []
+    assert holds.bytes == 9_003  # 3,000 characters and the packet type each
     assert holds.add("e1", 0, 3, big)
     assert cut == ["e1"]  # 12,004: over 10,000 with 4 records of the 1,000 allowed
+    assert holds.bytes == 0  # freed with it
     assert not holds.add("e1", 0, 4, big)  # no longer held

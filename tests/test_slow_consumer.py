@@ -254,6 +254,9 @@ async def test_a_replay_outrun_by_live_traffic_past_its_bytes_is_cut_and_recover
             events = await client.wait_count("ev", count + live + 1, timeout=60)
             assert _seqs(events) == list(range(count + live + 1))
             assert node.sio.recoveries["recovered", ""] == 1
+            # Nothing left held or buffered for recoveries (the node's gauges of it).
+            assert node.manager.holds.bytes == 0
+            assert node.manager.shared_replays.held == node.manager.shared_replays.held_bytes == 0
         finally:
             await client.close()
 

@@ -62,57 +62,65 @@ class _Hold:
 
     records: list[tuple[int, int, list[Any]]] = field(default_factory=list)
     bytes: int = 0
+    #: Outrun past the bound: what it held was dropped, and what comes is not kept.
+    outrun: bool = False
 
 
 class HoldBuffer:
     """Live packets of sockets under recovery, with the record position each came from.
 
     Each socket's hold is bounded as its outgoing queue is (``limits``: packets and bytes,
-    whichever comes first): a socket whose replay is outrun by more live traffic than that
-    is handed to ``overflow`` (which cuts it; it recovers again from where its replay got
-    to) and its held packets are dropped, not kept for a client that may never read them.
-    A count alone would let a busy room of large records hold gigabytes for one socket.
+    whichever comes first; a count alone would let a busy room of large records hold
+    gigabytes for one socket). A socket whose replay is outrun by more live traffic than
+    that has its held packets dropped, and stays held, keeping nothing more: its release
+    then says so, and the replay reads on from where it ended (every dropped record is in
+    Kafka, or in the node's history).
     """
 
-    def __init__(
-        self, limits: OutboxLimits | None = None, overflow: Callable[[str], object] | None = None
-    ) -> None:
+    def __init__(self, limits: OutboxLimits | None = None) -> None:
         self._held: dict[str, _Hold] = {}
         #: Every held socket's bytes together (the node's metrics show it).
         self.bytes = 0
         limits = limits or OutboxLimits()
         self._max = (limits.max_packets, limits.max_bytes)
-        self._overflow = overflow
 
     def hold(self, eio_sid: str) -> None:
         self.drop(eio_sid)
         self._held[eio_sid] = _Hold()
 
     def add(self, eio_sid: str, partition: int, offset: int, packets: list[Any]) -> bool:
-        """Keep ``packets`` if ``eio_sid`` is held; return whether it was (or was cut)."""
+        """Keep ``packets`` if ``eio_sid`` is held; return whether it was (kept or not)."""
         held = self._held.get(eio_sid)
         if held is None:
             return False
+        if held.outrun:
+            return True
         held.records.append((partition, offset, packets))
         size = sum(packet_size(p) for p in packets)
         held.bytes += size
         self.bytes += size
         max_records, max_bytes = self._max
         if len(held.records) > max_records or held.bytes > max_bytes:
-            self.drop(eio_sid)
-            if self._overflow is not None:
-                self._overflow(eio_sid)
+            self.bytes -= held.bytes
+            held.records, held.bytes, held.outrun = [], 0, True
         return True
 
-    def release(self, eio_sid: str, replayed_up_to: tuple[int, ...], send: Send) -> None:
+    def release(self, eio_sid: str, replayed_up_to: tuple[int, ...], send: Send) -> bool:
         """Send what was held, minus what the replay already covered, then stop holding.
+        False when it was outrun: nothing is sent, and the replay must read on from
+        ``replayed_up_to``.
 
         Nothing awaits here, so no live packet can arrive while the buffer drains.
         """
         held = self._pop(eio_sid)
-        for partition, offset, packets in held.records if held is not None else ():
+        if held is None:
+            return True
+        if held.outrun:
+            return False
+        for partition, offset, packets in held.records:
             if offset >= replayed_up_to[partition]:
                 send(eio_sid, packets)
+        return True
 
     def drop(self, eio_sid: str) -> None:
         self._pop(eio_sid)

@@ -86,6 +86,9 @@ class ManagerStats:
     replay_records_reused: int = 0
     #: Passes replay cursors began over a partition: recoveries at once share a pass.
     replay_passes: int = 0
+    #: Replays read on past their end: more live events came for the socket meanwhile
+    #: than its hold keeps (`HoldBuffer`).
+    replays_outrun: int = 0
     #: Partitions of recoveries' ranges not read, and records past the last one that
     #: could concern the session not read either: the live consumer saw where its rooms
     #: were written (`Sightings`). The second counts offsets, not records.
@@ -197,7 +200,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         #: Bounds every socket's outgoing queue (`OutboxLimits`): a client that does not
         #: read is cut off, its session kept.
         self.outboxes = Outboxes(limits or OutboxLimits())
-        self.holds = HoldBuffer(self.outboxes.limits, self.cut_slow_consumer)
+        self.holds = HoldBuffer(self.outboxes.limits)
         self.on_rooms_changed: Callable[[str, str], None] | None = None
         self._consume_runs = 0
         self._start_task: asyncio.Task[None] | None = None

@@ -62,6 +62,9 @@ _RACE_WINDOW_S = 10.0
 _FIRST_RETRY_S = 0.5
 #: Judgments of one claim at most, when it loses to a record no connection holds.
 _JUDGMENTS = 3
+#: Times a replay reads on past its end because live events outran its hold, before the
+#: socket is cut as reading slower than its rooms are written.
+_READ_ON = 4
 _MAX_RETRY_S = 5.0
 #: The node's background tasks (`AsyncKafkaManager.supervise`) that write session records.
 _WRITER = "session-writer"
@@ -398,10 +401,11 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
                             packet.CONNECT, {"sid": sid, "pid": session.pid}, namespace=namespace
                         ),
                     )
-                    missed = await self._replay(eio_sid, namespace, session, start, stop)
+                    missed = await self._replay_then_release(
+                        eio_sid, namespace, session, start, stop
+                    )
                 finally:
                     await written
-            manager.holds.release(eio_sid, stop, manager.send_packets)
         except Exception:
             logger.exception("recovery of sid %s failed; closing the connection", sid)
             self.recoveries["failed", ""] += 1
@@ -670,6 +674,34 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
                 # The socket's writer runs now: the client reads this while more is read.
                 await asyncio.sleep(0)
         return count
+
+    async def _replay_then_release(
+        self,
+        eio_sid: str,
+        namespace: str,
+        session: Session,
+        start: tuple[int, ...],
+        stop: tuple[int, ...],
+    ) -> int:
+        """Replay ``[start, stop)``, then send the live events held meanwhile. A hold outrun
+        by more live events than it keeps dropped them: the replay reads on, from its end
+        to the live position, in the socket's rooms as they are now (as a reconnect would,
+        without one), and holds again; a few times, then the socket is cut."""
+        manager = self.kafka
+        missed = await self._replay(eio_sid, namespace, session, start, stop)
+        for _ in range(_READ_ON):
+            if manager.holds.release(eio_sid, stop, manager.send_packets):
+                return missed
+            manager.stats.replays_outrun += 1
+            start, stop = stop, tuple(manager.positions)
+            manager.holds.hold(eio_sid)  # nothing awaited since the position was taken
+            rooms = tuple(r for r in manager.get_rooms(session.sid, namespace) if r != session.sid)
+            now = replace(session, rooms=rooms)
+            missed += await self._replay(eio_sid, namespace, now, start, stop)
+        if not manager.holds.release(eio_sid, stop, manager.send_packets):
+            manager.stats.replays_outrun += 1
+            manager.cut_slow_consumer(eio_sid)  # its session kept: it reads slower than live
+        return missed
 
     # -- session records -----------------------------------------------------------------
 

@@ -83,36 +83,38 @@ def test_hold_buffer_drops_what_the_replay_covered_and_keeps_order() -> None:
     assert holds.add("s1", 0, 4, ["replayed-already"])
     assert holds.add("s1", 1, 7, ["live-1"])
     assert holds.add("s1", 0, 5, ["live-0"])
-    holds.release("s1", replayed_up_to=(5, 7), send=send)
+    assert holds.release("s1", replayed_up_to=(5, 7), send=send) is True
     assert sent == [("s1", ["live-1"]), ("s1", ["live-0"])]
     assert not holds.add("s1", 0, 10, ["after"])
 
 
-def test_a_hold_outrun_by_more_than_its_bound_is_dropped_and_its_socket_cut() -> None:
-    cut: list[str] = []
-    holds = HoldBuffer(OutboxLimits(max_packets=3), overflow=cut.append)
+def test_a_hold_outrun_past_its_bound_drops_what_it_held_and_keeps_nothing_more() -> None:
+    holds = HoldBuffer(OutboxLimits(max_packets=3))
     holds.hold("e1")
     for offset in range(3):
         assert holds.add("e1", 0, offset, [offset])
-    assert cut == []
-    assert holds.add("e1", 0, 3, [3])  # the fourth: over the bound
-    assert cut == ["e1"]
+    assert holds.add("e1", 0, 3, [3])  # the fourth: over the bound, dropped with the rest
+    assert holds.add("e1", 0, 4, [4])  # still held (not delivered live), not kept
     sent: list[Any] = []
-    holds.release("e1", (0,), lambda sid, packets: sent.extend(packets))
-    assert sent == []  # nothing kept for it
-    assert not holds.add("e1", 0, 4, [4])  # no longer held: live delivery (to a cut socket)
+    # Outrun: nothing sent, and the replay must read on from where it ended.
+    assert holds.release("e1", (0,), lambda sid, packets: sent.extend(packets)) is False
+    assert sent == []
+    assert not holds.add("e1", 0, 5, [5])  # no longer held
+    holds.hold("e1")  # held again for the next stretch: kept as before
+    assert holds.add("e1", 0, 6, [6])
+    assert holds.release("e1", (6,), lambda sid, packets: sent.extend(packets)) is True
+    assert sent == [6]
 
 
-def test_a_hold_of_large_records_is_cut_by_its_bytes_before_its_count() -> None:
-    cut: list[str] = []
-    holds = HoldBuffer(OutboxLimits(max_packets=1000, max_bytes=10_000), overflow=cut.append)
+def test_a_hold_of_large_records_is_outrun_by_its_bytes_before_its_count() -> None:
+    holds = HoldBuffer(OutboxLimits(max_packets=1000, max_bytes=10_000))
     holds.hold("e1")
     big = [eio_packet.Packet(eio_packet.MESSAGE, "x" * 3_000)]
     for offset in range(3):
         assert holds.add("e1", 0, offset, big)
-    assert cut == []
     assert holds.bytes == 9_003  # 3,000 characters and the packet type each
-    assert holds.add("e1", 0, 3, big)
-    assert cut == ["e1"]  # 12,004: over 10,000 with 4 records of the 1,000 allowed
-    assert holds.bytes == 0  # freed with it
-    assert not holds.add("e1", 0, 4, big)  # no longer held
+    assert holds.add("e1", 0, 3, big)  # 12,004: over 10,000 with 4 records of the 1,000
+    assert holds.bytes == 0  # dropped
+    assert holds.add("e1", 0, 4, big)
+    assert holds.bytes == 0  # and nothing more kept
+    assert holds.release("e1", (0,), lambda sid, packets: None) is False

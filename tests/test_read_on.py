@@ -1,0 +1,94 @@
+"""A replay outrun by live events reads on past its end, a few times, then the socket is
+cut: the loop alone, its replays stood in for (no broker). The whole of it against a real
+Kafka: `tests/test_slow_consumer.py`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from socketio_kafka.adapter import AsyncKafkaManager, OutboxLimits, RecoveringAsyncServer
+from socketio_kafka.adapter.sessions import Session
+
+SESSION = Session("pid", "sid", "/", ("a",), None, (0,), "ep", "host")
+
+
+class Outrun:
+    """Stands in for the server's replay of one range: records the ranges asked for, moves
+    the live position on, and has live events outrun the socket's hold ``times`` times."""
+
+    def __init__(self, manager: AsyncKafkaManager, times: int) -> None:
+        self.manager = manager
+        self.times = times
+        self.ranges: list[tuple[tuple[int, ...], tuple[int, ...], tuple[str, ...]]] = []
+
+    async def __call__(
+        self, eio_sid: str, namespace: str, session: Session, start: Any, stop: Any
+    ) -> int:
+        self.ranges.append((start, stop, session.rooms))
+        live = self.manager.positions[0]
+        self.manager.positions[0] += 10
+        events = 3 if len(self.ranges) <= self.times else 1  # the hold keeps 2
+        for offset in range(live, live + events):
+            self.manager.holds.add(eio_sid, 0, offset, [offset])
+        return stop[0] - start[0]
+
+
+@pytest.fixture
+def server() -> RecoveringAsyncServer:
+    manager = AsyncKafkaManager("127.0.0.1:9", channel="unit", limits=OutboxLimits(max_packets=2))
+    manager.positions = [10]
+    return RecoveringAsyncServer(
+        client_manager=manager, async_mode="asgi", connection_state_recovery={}
+    )
+
+
+def _wire(
+    server: RecoveringAsyncServer, monkeypatch: pytest.MonkeyPatch, times: int
+) -> tuple[Outrun, list[str], list[tuple[str, list[Any]]]]:
+    manager = server.kafka
+    replay = Outrun(manager, times)
+    cuts: list[str] = []
+    sent: list[tuple[str, list[Any]]] = []
+    monkeypatch.setattr(server, "_replay", replay)
+    monkeypatch.setattr(manager, "cut_slow_consumer", cuts.append)
+    monkeypatch.setattr(manager, "send_packets", lambda sid, packets: sent.append((sid, packets)))
+    manager.holds.hold("e1")
+    return replay, cuts, sent
+
+
+async def test_an_outrun_replay_reads_on_from_its_end_to_the_live_position(
+    server: RecoveringAsyncServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replay, cuts, sent = _wire(server, monkeypatch, times=1)
+    missed = await server._replay_then_release("e1", "/", SESSION, (0,), (10,))
+    # The first range, then from its end to where the live position was when it ended.
+    assert [(start, stop) for start, stop, _ in replay.ranges] == [((0,), (10,)), ((10,), (20,))]
+    assert missed == 20
+    assert sent == [("e1", [20])]  # what the second stretch held, released
+    assert cuts == []
+    assert server.kafka.stats.replays_outrun == 1
+    assert server.kafka.holds.bytes == 0
+
+
+async def test_a_replay_outrun_every_time_reads_on_4_times_then_its_socket_is_cut(
+    server: RecoveringAsyncServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replay, cuts, sent = _wire(server, monkeypatch, times=100)
+    await server._replay_then_release("e1", "/", SESSION, (0,), (10,))
+    assert len(replay.ranges) == 5  # the range and 4 read-ons, each from the last one's end
+    assert [start for start, _, _ in replay.ranges] == [(0,), (10,), (20,), (30,), (40,)]
+    assert cuts == ["e1"]
+    assert sent == []
+    assert server.kafka.stats.replays_outrun == 5
+    assert not server.kafka.holds.add("e1", 0, 99, [99])  # no longer held
+
+
+async def test_a_read_on_replays_the_rooms_the_socket_is_in_now(
+    server: RecoveringAsyncServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replay, _, _ = _wire(server, monkeypatch, times=1)
+    monkeypatch.setattr(server.kafka, "get_rooms", lambda sid, namespace: [sid, "a", "b"])
+    await server._replay_then_release("e1", "/", SESSION, (0,), (10,))
+    assert [rooms for _, _, rooms in replay.ranges] == [("a",), ("a", "b")]

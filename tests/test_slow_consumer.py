@@ -313,3 +313,38 @@ async def test_a_js_client_that_stops_reading_mid_replay_recovers_each_event_onc
         await node.flood(1, start=count + 1)  # a marker: the next event after the flood
         events = await paused_js.wait_count("ev", count + 2, timeout=120)
         assert _seqs(events) == list(range(count + 2))
+
+
+async def test_a_js_client_outrun_by_live_events_mid_replay_gets_each_once_unbroken(
+    kafka_url: str, channel: str, paused_js: JsClient
+) -> None:
+    """The official client paused mid-replay while 3 MB of live events come for it, over
+    its 2 MB bound, then reading again: its replay reads on to them on the same connection
+    (no second reconnect), and its app sees every event once, in order."""
+    count, live = 4000, 300
+    limits = OutboxLimits(max_bytes=2 * 1024 * 1024)
+    node = Node(kafka_url, channel, limits, replay_timeout=120)
+    async with node.manager, run_server(node.asgi) as url:
+        connected = await paused_js.connect(url, reconnectionDelay=200)
+        assert await paused_js.call("join", {"room": ROOM}) == {"ok": True}
+        await node.flood(1)
+        await paused_js.wait_count("ev", 1)
+        os.kill(paused_js.pid, signal.SIGSTOP)
+        await node.manager.close_transport(node.eio_sid(connected["id"]), "transport close")
+        await node.flood(count, start=1)
+        await wait_until(lambda: node.manager.stats.records_consumed > count, 60, "the flood read")
+        os.kill(paused_js.pid, signal.SIGCONT)
+        await wait_until(lambda: node.manager.stats.events_replayed >= 300, 30, "the replay")
+        os.kill(paused_js.pid, signal.SIGSTOP)  # mid-replay
+        await node.flood(live, start=count + 1)
+        total = count + live + 1
+        await wait_until(lambda: node.manager.stats.records_consumed > total - 1, 60, "live read")
+        os.kill(paused_js.pid, signal.SIGCONT)
+        events = await paused_js.wait_count("ev", total, timeout=120)
+        assert _seqs(events) == list(range(total))
+        await wait_until(lambda: node.sio.recoveries["recovered", ""] == 1, 30, "the recovery")
+        assert paused_js.connects()[1:] == [
+            {"type": "connect", "id": connected["id"], "recovered": True}
+        ]
+        assert node.manager.stats.slow_consumers_cut == 0
+        assert node.manager.stats.replays_outrun >= 1  # its hold was outrun: it read on

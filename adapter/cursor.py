@@ -58,6 +58,7 @@ from .skips import UNREADABLE
 from .window import Window
 
 __all__ = [
+    "BATCH_BYTES",
     "REPLAY_BUFFER",
     "REPLAY_BUFFER_BYTES",
     "WINDOW_BYTES",
@@ -72,6 +73,8 @@ __all__ = [
 REPLAY_BUFFER = 10_000
 #: And their bytes (as written in Kafka), the bound that holds when records are large.
 REPLAY_BUFFER_BYTES = 32 * 1024 * 1024
+#: The bytes of found records one session takes at a time, beside the batch's count.
+BATCH_BYTES = 1024 * 1024
 #: Bytes of record values (and their decoded copies) windows keep, node-wide.
 WINDOW_BYTES = 64 * 1024 * 1024
 #: How long a partition's window outlives its cursor: the stragglers of a mass reconnect.
@@ -197,6 +200,10 @@ class Replay:
     def held(self) -> int:
         return len(self._found)
 
+    @property
+    def held_bytes(self) -> int:
+        return self._found_bytes
+
     def put(self, found: Found, size: int) -> None:
         """Buffer a record found for this session; ``size``: its value's bytes."""
         self._found.append(found)
@@ -235,11 +242,14 @@ class SharedReplays:
         batch: int = 500,
         limit: int = REPLAY_BUFFER,
         limit_bytes: int = REPLAY_BUFFER_BYTES,
+        batch_bytes: int = BATCH_BYTES,
     ) -> None:
         self.pool = pool
         self.topic = topic
         self.stats = stats
         self.batch = batch
+        #: A session's batch ends at ``batch`` found records or at this many bytes of them.
+        self.batch_bytes = batch_bytes
         self.limit = limit
         self.limit_bytes = limit_bytes
         #: What the node's live consumer saw where: ranges a replay need not read.
@@ -300,7 +310,7 @@ class SharedReplays:
             found = taken = size = 0
             for at in window.candidates(audience, reader.next, last):
                 offset = window.offsets[at]
-                if found >= self.batch:
+                if found >= self.batch or size >= self.batch_bytes:
                     resume = offset
                     break
                 taken += 1
@@ -524,7 +534,12 @@ class _Cursor:
             self.position = None
 
     def _park_the_slow(self) -> None:
-        for reader in [r for r in self.joined if r.replay.held >= self.hub.batch]:
+        hub = self.hub
+        for reader in [
+            r
+            for r in self.joined
+            if r.replay.held >= hub.batch or r.replay.held_bytes >= hub.batch_bytes
+        ]:
             self.remove(reader)
             reader.replay.park(reader)
 

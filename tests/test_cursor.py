@@ -165,6 +165,33 @@ async def test_the_node_wide_bound_counts_bytes_when_records_are_large() -> None
     assert hub.held == hub.held_bytes == 0
 
 
+async def test_a_session_takes_large_records_a_few_bytes_at_a_time() -> None:
+    """A session's batch ends at its bytes too: from a window of what an earlier replay
+    read, and as the cursor parks a session that holds that much."""
+    log = fakelog.rooms(90, "abc", pad=10_000)
+    size = len(log[0].value or b"")
+    hub, _ = fakelog.hub(log, batch=100, batch_bytes=3 * size)
+    assert await fakelog.offsets(fakelog.open_replay(hub, "a", 0, 90)) == list(range(0, 90, 3))
+    read = hub.stats.replay_records_read
+    replay = fakelog.open_replay(hub, "a", 0, 90)  # served from the window the first left
+    async with replay:
+        batches = [[offset for _, offset, _ in found] async for found in replay]
+    assert [len(batch) for batch in batches] == [3] * 10
+    assert sum(batches, []) == list(range(0, 90, 3))
+    assert hub.stats.replay_records_read == read
+    # Read by a cursor, nobody taking: each parked once it holds that much.
+    hub, _ = fakelog.hub(log, batch=10, batch_bytes=3 * size)
+    replays = [fakelog.open_replay(hub, room, 0, 90) for room in "abc"]
+    for replay in replays:
+        await replay.__aenter__()
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert all(3 <= replay.held < 3 + 10 for replay in replays)  # a fetch's share past it
+    got = await asyncio.gather(*(fakelog.offsets(r) for r in replays))
+    assert got == [list(range(k, 90, 3)) for k in range(3)]
+    assert hub.held == hub.held_bytes == 0
+
+
 async def test_a_session_that_leaves_frees_what_it_held_and_the_cursor_stops() -> None:
     hub, started = fakelog.hub(fakelog.rooms(90, "ab"), batch=10)
     replay = fakelog.open_replay(hub, "a", 0, 90)

@@ -114,6 +114,22 @@ async def _reader(url: str) -> RecoveringRecorder:
     return reader
 
 
+async def _drop_behind(node: Node, client: RecoveringRecorder, count: int) -> tuple[str, str]:
+    """The client has one event, drops, and misses ``count`` more: its pid and offset.
+
+    The node has read them all when this returns, so that a claim's replay is all it is
+    sent (in a full suite run the node was still reading them at the claim: records
+    arriving live were held for the stalled replay, past its hold's bound).
+    """
+    await node.flood(1)
+    await client.wait_count("ev", 1)
+    pid, offset = client.client.pids["/"], client.client.offsets["/"]
+    await client.drop_transport()
+    await node.flood(count, start=1)
+    await wait_until(lambda: node.manager.stats.records_consumed > count, 60, "the flood read")
+    return pid, offset
+
+
 def _seqs(events: list[Any]) -> list[int]:
     return [e["seq"] for e in events]
 
@@ -180,17 +196,7 @@ async def test_a_replay_to_a_client_that_does_not_read_is_paced_then_cut(
     async with node.manager, run_server(node.asgi) as url:
         client = await _reader(url)
         try:
-            await node.flood(1)
-            await client.wait_count("ev", 1)
-            pid, offset = client.client.pids["/"], client.client.offsets["/"]
-            await client.drop_transport()
-            await node.flood(count, start=1)
-            # Read by the node before the claim, so that its replay is all it is sent: records
-            # still arriving live are held for it, and past its limit the hold cuts it before
-            # its replay's timeout does (seen in a full suite run) or fills its queue.
-            await wait_until(
-                lambda: node.manager.stats.records_consumed > count, 60, "the flood read"
-            )
+            pid, offset = await _drop_behind(node, client, count)
             stalled = await _stalled_claim(url, pid, offset)
             try:
                 await wait_until(lambda: node.manager.stats.slow_consumers_cut == 1, 30, "cut")
@@ -243,14 +249,7 @@ async def test_a_replay_outrun_by_live_traffic_reads_on_without_a_cut(
     async with node.manager, run_server(node.asgi) as url:
         client = await _reader(url)
         try:
-            await node.flood(1)
-            await client.wait_count("ev", 1)
-            pid, offset = client.client.pids["/"], client.client.offsets["/"]
-            await client.drop_transport()
-            await node.flood(count, start=1)
-            await wait_until(
-                lambda: node.manager.stats.records_consumed > count, 60, "the flood read"
-            )
+            pid, offset = await _drop_behind(node, client, count)
             ws = await _stalled_claim(url, pid, offset)
             try:
                 reply = await asyncio.wait_for(ws.recv(), 10)
@@ -278,6 +277,26 @@ async def test_a_replay_outrun_by_live_traffic_reads_on_without_a_cut(
             await client.close()
 
 
+async def _paused_mid_replay(node: Node, js: JsClient, url: str, count: int) -> dict[str, Any]:
+    """The official client in the room with one event, gone while paused (SIGSTOP), then
+    back (its claim replays the ``count`` it missed) and paused again mid-replay: its
+    first connect."""
+    connected = await js.connect(url, reconnectionDelay=200)
+    assert await js.call("join", {"room": ROOM}) == {"ok": True}
+    await node.flood(1)
+    await js.wait_count("ev", 1)
+    # Gone while paused: it notices once it runs again, and claims its session.
+    os.kill(js.pid, signal.SIGSTOP)
+    await node.manager.close_transport(node.eio_sid(connected["id"]), "transport close")
+    await node.flood(count, start=1)
+    await wait_until(lambda: node.manager.stats.records_consumed > count, 60, "the flood read")
+    replayed = node.manager.stats.events_replayed
+    os.kill(js.pid, signal.SIGCONT)
+    await wait_until(lambda: node.manager.stats.events_replayed >= replayed + 300, 30, "replay")
+    os.kill(js.pid, signal.SIGSTOP)  # mid-replay
+    return connected
+
+
 async def test_a_js_client_that_stops_reading_mid_replay_recovers_each_event_once(
     kafka_url: str, channel: str, paused_js: JsClient
 ) -> None:
@@ -287,21 +306,7 @@ async def test_a_js_client_that_stops_reading_mid_replay_recovers_each_event_onc
     count = 4000
     node = Node(kafka_url, channel, OutboxLimits(), replay_timeout=3)
     async with node.manager, run_server(node.asgi) as url:
-        connected = await paused_js.connect(url, reconnectionDelay=200)
-        assert await paused_js.call("join", {"room": ROOM}) == {"ok": True}
-        await node.flood(1)
-        await paused_js.wait_count("ev", 1)
-        # Gone while paused: it notices once it runs again, and claims its session.
-        os.kill(paused_js.pid, signal.SIGSTOP)
-        await node.manager.close_transport(node.eio_sid(connected["id"]), "transport close")
-        await node.flood(count, start=1)
-        await wait_until(lambda: node.manager.stats.records_consumed > count, 60, "the flood read")
-        replayed = node.manager.stats.events_replayed
-        os.kill(paused_js.pid, signal.SIGCONT)
-        await wait_until(
-            lambda: node.manager.stats.events_replayed >= replayed + 300, 30, "the replay"
-        )
-        os.kill(paused_js.pid, signal.SIGSTOP)  # mid-replay
+        connected = await _paused_mid_replay(node, paused_js, url, count)
         await wait_until(lambda: node.sio.recoveries["failed", ""] >= 1, 30, "the timeout")
         os.kill(paused_js.pid, signal.SIGCONT)
         # Each attempt's CONNECT reply came; the last one's replay was whole.
@@ -325,17 +330,7 @@ async def test_a_js_client_outrun_by_live_events_mid_replay_gets_each_once_unbro
     limits = OutboxLimits(max_bytes=2 * 1024 * 1024)
     node = Node(kafka_url, channel, limits, replay_timeout=120)
     async with node.manager, run_server(node.asgi) as url:
-        connected = await paused_js.connect(url, reconnectionDelay=200)
-        assert await paused_js.call("join", {"room": ROOM}) == {"ok": True}
-        await node.flood(1)
-        await paused_js.wait_count("ev", 1)
-        os.kill(paused_js.pid, signal.SIGSTOP)
-        await node.manager.close_transport(node.eio_sid(connected["id"]), "transport close")
-        await node.flood(count, start=1)
-        await wait_until(lambda: node.manager.stats.records_consumed > count, 60, "the flood read")
-        os.kill(paused_js.pid, signal.SIGCONT)
-        await wait_until(lambda: node.manager.stats.events_replayed >= 300, 30, "the replay")
-        os.kill(paused_js.pid, signal.SIGSTOP)  # mid-replay
+        connected = await _paused_mid_replay(node, paused_js, url, count)
         await node.flood(live, start=count + 1)
         total = count + live + 1
         await wait_until(lambda: node.manager.stats.records_consumed > total - 1, 60, "live read")

@@ -420,8 +420,9 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             return True
         queue = manager.packet_queue(eio_sid)
         if queue is None or queue.shed:
-            # Gone mid-replay, or cut (its hold outrun by live traffic): its session is
-            # kept, and its offset says what it got. Not a recovery.
+            # Gone mid-replay, or cut (its queue past its bound, or its hold outrun by
+            # live events past its read-ons): its session is kept, and its offset says
+            # what it got. Not a recovery.
             logger.info("recovery of sid %s ended after %d events: connection gone", sid, missed)
             self.recoveries["failed", ""] += 1
             return True
@@ -692,6 +693,9 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         for _ in range(_READ_ON):
             if manager.holds.release(eio_sid, stop, manager.send_packets):
                 return missed
+            queue = manager.packet_queue(eio_sid)
+            if queue is None or queue.shed:
+                return missed  # gone or cut meanwhile: nothing to read on for
             manager.stats.replays_outrun += 1
             start, stop = stop, tuple(manager.positions)
             manager.holds.hold(eio_sid)  # nothing awaited since the position was taken

@@ -4,6 +4,7 @@ Kafka: `tests/test_slow_consumer.py`."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -53,6 +54,8 @@ def _wire(
     sent: list[tuple[str, list[Any]]] = []
     monkeypatch.setattr(server, "_replay", replay)
     monkeypatch.setattr(manager, "cut_slow_consumer", cuts.append)
+    queue = SimpleNamespace(shed=False)  # the socket's queue: there, not cut
+    monkeypatch.setattr(manager, "packet_queue", lambda eio_sid: queue)
     monkeypatch.setattr(manager, "send_packets", lambda sid, packets: sent.append((sid, packets)))
     manager.holds.hold("e1")
     return replay, cuts, sent
@@ -92,3 +95,14 @@ async def test_a_read_on_replays_the_rooms_the_socket_is_in_now(
     monkeypatch.setattr(server.kafka, "get_rooms", lambda sid, namespace: [sid, "a", "b"])
     await server._replay_then_release("e1", "/", SESSION, (0,), (10,))
     assert [rooms for _, _, rooms in replay.ranges] == [("a",), ("a", "b")]
+
+
+async def test_a_socket_cut_or_gone_during_its_replay_is_not_read_on_for(
+    server: RecoveringAsyncServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replay, cuts, _ = _wire(server, monkeypatch, times=100)
+    monkeypatch.setattr(server.kafka, "packet_queue", lambda eio_sid: None)
+    await server._replay_then_release("e1", "/", SESSION, (0,), (10,))
+    assert len(replay.ranges) == 1
+    assert cuts == []
+    assert server.kafka.stats.replays_outrun == 0

@@ -49,8 +49,8 @@ _COUNTERS = {
     "was written there while they were away",
     "replay_records_spared": "Offsets recoveries did not read past the last record of their "
     "rooms in a partition",
-    "replays_outrun": "Replays read on past their end: more live events came for the socket "
-    "meanwhile than it may hold",
+    "replays_outrun": "Replays outrun by more live events for the socket than it may hold: "
+    "each read on past its end (the fifth in a row, cut)",
 }
 
 

@@ -699,8 +699,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             manager.stats.replays_outrun += 1
             start, stop = stop, tuple(manager.positions)
             manager.holds.hold(eio_sid)  # nothing awaited since the position was taken
-            rooms = tuple(r for r in manager.get_rooms(session.sid, namespace) if r != session.sid)
-            now = replace(session, rooms=rooms)
+            now = replace(session, rooms=self._session_rooms(session.sid, namespace))
             missed += await self._replay(eio_sid, namespace, now, start, stop)
         if not manager.holds.release(eio_sid, stop, manager.send_packets):
             manager.stats.replays_outrun += 1
@@ -793,7 +792,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         # Connecting counts (a fresh session is saved as its CONNECT reply goes out).
         if live is None or eio_sid is None:
             return None
-        rooms = tuple(r for r in self.manager.get_rooms(sid, namespace) if r != sid)
+        rooms = self._session_rooms(sid, namespace)
         # What get_session returns, without the empty session it would store on every
         # socket that has none (160 bytes each, benchmarks/memory.py).
         eio_session = await self.eio.get_session(eio_sid)
@@ -802,6 +801,10 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         return Session(
             live.pid, sid, namespace, rooms, data, live.start, live.epoch, manager.host_id
         )
+
+    def _session_rooms(self, sid: str, namespace: str) -> tuple[str, ...]:
+        """The rooms a session record keeps for ``sid``: all it is in but its own."""
+        return tuple(r for r in self.manager.get_rooms(sid, namespace) if r != sid)
 
     async def _end(self, sid: str, namespace: str, kept: Session | None) -> None:
         """Forget a socket's session here; keep it in Kafka (disconnected) or end it there."""

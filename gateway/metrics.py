@@ -188,9 +188,13 @@ def _pacing_metrics(pacing: Pacing) -> Iterator[GaugeMetricFamily]:
         ("fetch_interval_seconds", "The node's wait between two fetches", pacing.fetch_interval_s),
         ("linger_seconds", "How long a publish may wait for others", pacing.linger_ms / 1000),
     ):
-        gauge = GaugeMetricFamily(f"socketio_kafka_{name}", doc)
-        gauge.add_metric([], value)
-        yield gauge
+        yield _gauge(name, doc, value)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    gauge = GaugeMetricFamily(f"socketio_kafka_{name}", doc)
+    gauge.add_metric([], value)
+    return gauge
 
 
 def _replay_memory_metrics(manager: AsyncKafkaManager) -> Iterator[GaugeMetricFamily]:
@@ -218,9 +222,7 @@ def _replay_memory_metrics(manager: AsyncKafkaManager) -> Iterator[GaugeMetricFa
             )
         )
     for name, doc, value in gauges:
-        gauge = GaugeMetricFamily(f"socketio_kafka_{name}", doc)
-        gauge.add_metric([], value)
-        yield gauge
+        yield _gauge(name, doc, value)
 
 
 def _pause_metric(pauses: CollectorPauses) -> HistogramMetricFamily:

@@ -17,8 +17,9 @@ from engineio import packet as eio_packet
 from socketio import packet
 from socketio.packet import Packet
 
+from .budget import HELD_RECORD, MemoryBudget, packet_size
 from .codec import Message
-from .outbox import OutboxLimits, packet_size
+from .outbox import OutboxLimits
 
 __all__ = ["HoldBuffer", "event_args", "event_packets"]
 
@@ -74,15 +75,19 @@ class HoldBuffer:
     gigabytes for one socket). A socket whose replay is outrun by more live traffic than
     that has its held packets dropped, and stays held, keeping nothing more: its release
     then says so, and the replay reads on from where it ended (every dropped record is in
-    Kafka, or in the node's history).
+    Kafka, or in the node's history). What all holds keep counts against the node's
+    ``budget``, as its queues do; the manager outruns the largest holds when it is over.
     """
 
-    def __init__(self, limits: OutboxLimits | None = None) -> None:
+    def __init__(
+        self, limits: OutboxLimits | None = None, budget: MemoryBudget | None = None
+    ) -> None:
         self._held: dict[str, _Hold] = {}
         #: Every held socket's bytes together (the node's metrics show it).
         self.bytes = 0
         limits = limits or OutboxLimits()
         self._max = (limits.max_packets, limits.max_bytes)
+        self.budget = budget or MemoryBudget(limits.node_max_bytes)
 
     def hold(self, eio_sid: str) -> None:
         self.drop(eio_sid)
@@ -96,14 +101,29 @@ class HoldBuffer:
         if held.outrun:
             return True
         held.records.append((partition, offset, packets))
-        size = sum(packet_size(p) for p in packets)
+        size = 0
+        for pkt in packets:
+            pkt_size = packet_size(pkt)
+            self.budget.keep(pkt, pkt_size, HELD_RECORD)
+            size += pkt_size
         held.bytes += size
         self.bytes += size
         max_records, max_bytes = self._max
         if len(held.records) > max_records or held.bytes > max_bytes:
-            self.bytes -= held.bytes
-            held.records, held.bytes, held.outrun = [], 0, True
+            self.outrun(eio_sid)
         return True
+
+    def outrun(self, eio_sid: str) -> None:
+        """Drop what ``eio_sid`` holds, and keep nothing more for it: its replay reads on."""
+        held = self._held.get(eio_sid)
+        if held is not None:
+            self._forget(held)
+            held.outrun = True
+
+    def largest(self) -> list[str]:
+        """The sockets that hold something, the most bytes first."""
+        kept = [(held.bytes, eio_sid) for eio_sid, held in self._held.items() if held.records]
+        return [eio_sid for _, eio_sid in sorted(kept, reverse=True)]
 
     def release(self, eio_sid: str, replayed_up_to: tuple[int, ...], send: Send) -> bool:
         """Send what was held, minus what the replay already covered, then stop holding.
@@ -112,7 +132,7 @@ class HoldBuffer:
 
         Nothing awaits here, so no live packet can arrive while the buffer drains.
         """
-        held = self._pop(eio_sid)
+        held = self._held.pop(eio_sid, None)
         if held is None:
             return True
         if held.outrun:
@@ -120,13 +140,18 @@ class HoldBuffer:
         for partition, offset, packets in held.records:
             if offset >= replayed_up_to[partition]:
                 send(eio_sid, packets)
+        self._forget(held)
         return True
 
     def drop(self, eio_sid: str) -> None:
-        self._pop(eio_sid)
-
-    def _pop(self, eio_sid: str) -> _Hold | None:
         held = self._held.pop(eio_sid, None)
         if held is not None:
-            self.bytes -= held.bytes
-        return held
+            self._forget(held)
+
+    def _forget(self, held: _Hold) -> None:
+        """Drop a hold's records, and their bytes from the node's counts."""
+        for _, _, packets in held.records:
+            for pkt in packets:
+                self.budget.free(pkt, packet_size(pkt), HELD_RECORD)
+        self.bytes -= held.bytes
+        held.records, held.bytes = [], 0

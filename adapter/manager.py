@@ -18,6 +18,7 @@ from socketio.async_manager import AsyncManager
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
 from . import codec, offsets, routing
+from .budget import MemoryBudget
 from .cursor import Replay, SharedReplays
 from .errors import (
     BrokerUnavailable,
@@ -79,6 +80,9 @@ class ManagerStats:
     session_records_skipped: int = 0
     sessions_expired: int = 0
     slow_consumers_cut: int = 0
+    #: Holds outrun and sockets cut because the node's sockets together kept more than its
+    #: budget (`MemoryBudget`); the cuts are among ``slow_consumers_cut`` too.
+    over_node_budget: int = 0
     #: Records replays read, and of those the records they decoded (not passed by header).
     replay_records_read: int = 0
     replay_records_decoded: int = 0
@@ -198,9 +202,12 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         #: Sockets that asked for no offset argument (plain python-socketio clients).
         self.plain_sids: set[str] = set()
         #: Bounds every socket's outgoing queue (`OutboxLimits`): a client that does not
-        #: read is cut off, its session kept.
-        self.outboxes = Outboxes(limits or OutboxLimits())
-        self.holds = HoldBuffer(self.outboxes.limits)
+        #: read is cut off, its session kept; and what all queues and holds keep together.
+        limits = limits or OutboxLimits()
+        self.budget = MemoryBudget(limits.node_max_bytes)
+        self.budget.on_over = self._relieve_memory
+        self.outboxes = Outboxes(limits, self.budget)
+        self.holds = HoldBuffer(limits, self.budget)
         self.on_rooms_changed: Callable[[str, str], None] | None = None
         self._consume_runs = 0
         self._start_task: asyncio.Task[None] | None = None
@@ -833,18 +840,50 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             if queue.offer(packets, self.cut_slow_consumer, eio_sid):
                 self.stats.events_written += 1
 
-    def cut_slow_consumer(self, eio_sid: str) -> None:
+    def cut_slow_consumer(self, eio_sid: str, over: object = None) -> bool:
         """Drop what waits for a socket whose client does not read, and close it with the
         `SLOW_CONSUMER` reason: recovery keeps its session, and its client, reading
-        again, recovers from its offset what it did not process."""
+        again, recovers from its offset what it did not process. ``over``: the bound it
+        passed (its own limits by default). False when it was gone or cut already."""
         if self.server is None:
-            return
+            return False
         socket = self.server.eio.sockets.get(eio_sid)
-        if socket is not None and self.outboxes.cut(socket):
-            self.stats.slow_consumers_cut += 1
-            self._get_logger().warning(
-                "socket %s cut: its client is not reading (over %s)", eio_sid, self.outboxes.limits
-            )
+        if socket is None or not self.outboxes.cut(socket):
+            return False
+        self.stats.slow_consumers_cut += 1
+        self._get_logger().warning(
+            "socket %s cut: its client is not reading (over %s)",
+            eio_sid,
+            over or self.outboxes.limits,
+        )
+        return True
+
+    def _relieve_memory(self) -> None:
+        """The node's sockets keep more than its budget: outrun the largest holds (their
+        replays read on later, from the history or Kafka), then cut the sockets with the
+        most queued, until they do not."""
+        budget = self.budget
+        for eio_sid in self.holds.largest():
+            if not budget.over:
+                return
+            self.holds.outrun(eio_sid)
+            self.stats.over_node_budget += 1
+        for eio_sid in self._largest_queues():
+            if not budget.over:
+                return
+            if self.cut_slow_consumer(eio_sid, f"the node's {budget.limit} bytes"):
+                self.stats.over_node_budget += 1
+
+    def _largest_queues(self) -> list[str]:
+        """The Engine.IO sockets with packets queued, the most bytes first (a look at every
+        socket, made only when the node is over its budget)."""
+        sockets = self.server.eio.sockets if self.server is not None else {}
+        queued = [
+            (queue.bytes, eio_sid)
+            for eio_sid, socket in sockets.items()
+            if isinstance(queue := socket.queue, Outbox) and queue.qsize() and not queue.shed
+        ]
+        return [eio_sid for _, eio_sid in sorted(queued, reverse=True)]
 
     async def close_transport(self, eio_sid: str, reason: str) -> None:
         """Close a socket's connection so that its client sees it, at once.

@@ -12,6 +12,10 @@ the client, once it reads again, recovers from Kafka exactly what it did not pro
 
 Replays do not fill an outbox to its mark: they wait for it to drain below a low-water
 mark (a quarter of the high-water mark) before putting more.
+
+All of a node's queues count against one `MemoryBudget` (`adapter/budget.py`): many
+sockets, each under its own marks, are cut too once together they keep more than the node
+may, the largest first.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .budget import MemoryBudget, packet_size
 from .errors import ConfigError
 
 __all__ = [
@@ -32,7 +37,6 @@ __all__ = [
     "Outboxes",
     "SlimQueue",
     "WriteFrames",
-    "packet_size",
 ]
 
 #: The disconnect reason of a cut socket; its recovery session is kept.
@@ -57,10 +61,14 @@ class OutboxLimits:
 
     max_packets: int = 50_000
     max_bytes: int = 16 * 1024 * 1024
+    #: What all of a node's queues and holds keep together (`MemoryBudget`), estimated in
+    #: bytes: past it the largest are shed first. About a connection's own memory (25 kB)
+    #: for each of 10,000 connections (the gateway's default bound on them).
+    node_max_bytes: int = 256 * 1024 * 1024
 
     def __post_init__(self) -> None:
-        if self.max_packets < 1 or self.max_bytes < 1:
-            raise ConfigError("max_packets and max_bytes must be >= 1")
+        if min(self.max_packets, self.max_bytes, self.node_max_bytes) < 1:
+            raise ConfigError("max_packets, max_bytes and node_max_bytes must be >= 1")
 
     @property
     def low_packets(self) -> int:
@@ -75,12 +83,6 @@ class OutboxLimits:
 def _marks(limits: OutboxLimits) -> tuple[tuple[int, int], tuple[int, int]]:
     """The high- and low-water marks, as (packets, bytes)."""
     return (limits.max_packets, limits.max_bytes), (limits.low_packets, limits.low_bytes)
-
-
-def packet_size(item: Any) -> int:
-    """What an Engine.IO packet counts against a byte limit: its encoded characters."""
-    data = getattr(item, "data", None)
-    return len(data) + 1 if isinstance(data, str | bytes) else 1
 
 
 class SlimQueue:
@@ -175,12 +177,15 @@ class Outbox(SlimQueue):
     marks shared: every socket has one)."""
 
     __slots__ = (
-        "_judging", "_low", "_low_water", "_max", "bytes", "limits", "shed", "write_frames"
+        "_judging", "_low", "_low_water", "_max", "budget", "bytes", "limits", "shed",
+        "write_frames",
     )  # fmt: skip
 
-    def __init__(self, limits: OutboxLimits) -> None:
+    def __init__(self, limits: OutboxLimits, budget: MemoryBudget | None = None) -> None:
         super().__init__()
         self.limits = limits
+        #: The node's, shared by all its sockets' queues (or this queue's own).
+        self.budget = budget or MemoryBudget(limits.node_max_bytes)
         self._max, self._low_water = _marks(limits)
         self.bytes = 0
         #: Cut: what was queued is dropped, and so is whatever comes after.
@@ -194,16 +199,26 @@ class Outbox(SlimQueue):
 
     def _put(self, item: Any) -> None:
         super()._put(item)
-        self.bytes += packet_size(item)
+        size = packet_size(item)
+        self.bytes += size
+        self.budget.keep(item, size)
         if self._low is not None and self.above_low_water:
             self._low.clear()
 
     def _get(self) -> Any:
         item = super()._get()
-        self.bytes -= packet_size(item)
+        size = packet_size(item)
+        self.bytes -= size
+        self.budget.free(item, size)
         if self._low is not None and not self.above_low_water:
             self._low.set()
         return item
+
+    def __del__(self) -> None:
+        # A socket closed with packets still queued (its writer ended first) keeps them
+        # until the queue itself is freed: only then does the node have them back.
+        for item in self._items or ():
+            self.budget.free(item, packet_size(item))
 
     @property
     def over_limit(self) -> bool:
@@ -261,15 +276,17 @@ class Outbox(SlimQueue):
 
 
 class Outboxes:
-    """Makes every socket's queue an `Outbox`, and cuts sockets off."""
+    """Makes every socket's queue an `Outbox`, all counted in one node's budget, and cuts
+    sockets off."""
 
-    def __init__(self, limits: OutboxLimits) -> None:
+    def __init__(self, limits: OutboxLimits, budget: MemoryBudget | None = None) -> None:
         self.limits = limits
+        self.budget = budget or MemoryBudget(limits.node_max_bytes)
         self._closing: set[asyncio.Task[None]] = set()
 
     def create_queue(self, *args: Any, **kwargs: Any) -> Outbox:
         """Engine.IO server's queue factory (``AsyncServer.create_queue``)."""
-        return Outbox(self.limits)
+        return Outbox(self.limits, self.budget)
 
     def cut(self, socket: Any) -> bool:
         """Empty an Engine.IO socket's queue now and close it with `SLOW_CONSUMER`.

@@ -162,6 +162,12 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         type=integer,
         help="bytes queued for one client before it is cut as not reading (default 16 MiB)",
     )
+    parser.add_argument(
+        "--max-node-queued-bytes",
+        type=integer,
+        help="bytes all clients' queues may keep together, estimated; past it the clients "
+        "furthest behind are cut first (default 256 MiB)",
+    )
     parser.add_argument("--log-level")
     _add_limits(parser)
     _add_kafka_security(parser)

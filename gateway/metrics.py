@@ -41,6 +41,8 @@ _COUNTERS = {
     "session_records_skipped": "Undecodable records skipped on the sessions topic",
     "sessions_expired": "Sessions this node ended after the recovery window",
     "slow_consumers_cut": "Sockets cut for not reading what was queued for them",
+    "over_node_budget": "Holds outrun and sockets cut because the node's sockets together "
+    "kept more than it may (--max-node-queued-bytes): the largest first",
     "replay_records_read": "Records recoveries read back from the events topic",
     "replay_records_decoded": "Records recoveries decoded (the rest passed by their headers)",
     "replay_records_reused": "Records recoveries took from memory (the node's history of what "
@@ -75,7 +77,7 @@ class NodeCollector(Collector):
             yield from _publish_id_metrics(self._manager.publishes)
             yield _lag(self._manager.lag())
             yield from _pacing_metrics(self._manager.pacing)
-            yield from _replay_memory_metrics(self._manager)
+            yield from _memory_metrics(self._manager)
         ready = GaugeMetricFamily("socketio_kafka_ready", "1 when the node is ready")
         ready.add_metric([], 1.0 if self._manager.ready else 0.0)
         yield ready
@@ -197,10 +199,16 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return gauge
 
 
-def _replay_memory_metrics(manager: AsyncKafkaManager) -> Iterator[GaugeMetricFamily]:
-    """What recoveries keep in memory now: each bounded (README, "Recovery")."""
+def _memory_metrics(manager: AsyncKafkaManager) -> Iterator[GaugeMetricFamily]:
+    """What sockets and recoveries keep in memory now: each bounded (README, "Recovery")."""
     replays = manager.shared_replays
     gauges = [
+        (
+            "kept_bytes",
+            "What the node's outgoing queues and replays' holds keep together, estimated in "
+            "bytes (each packet once)",
+            manager.budget.bytes,
+        ),
         (
             "replay_buffered_records",
             "Records found for recovering sessions, not yet taken by them",

@@ -75,6 +75,8 @@ class Settings:
     # Per socket: a client that stops reading is cut past either (its session kept).
     max_queued_packets: int = _OUTBOX.max_packets
     max_queued_bytes: int = _OUTBOX.max_bytes
+    # Per node: what all sockets' queues (and replays' holds) keep together, estimated.
+    max_node_queued_bytes: int = _OUTBOX.node_max_bytes
     log_level: str = "info"
     # What one client may take of a node (README, "Limits"); never reached by a demo.
     max_connections: int = _LIMITS.max_connections
@@ -174,8 +176,10 @@ class Settings:
 
     @property
     def outbox_limits(self) -> OutboxLimits:
-        """Every socket's bounds on queued outgoing packets and bytes."""
-        return OutboxLimits(self.max_queued_packets, self.max_queued_bytes)
+        """Every socket's bounds on queued outgoing packets and bytes, and the node's."""
+        return OutboxLimits(
+            self.max_queued_packets, self.max_queued_bytes, self.max_node_queued_bytes
+        )
 
     @property
     def limits(self) -> Limits:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions
+from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions, OutboxLimits
 from socketio_kafka.gateway import cli, demo
 from socketio_kafka.gateway.app import create_app
 from socketio_kafka.gateway.cli import build_parser, settings_from
@@ -85,6 +85,19 @@ def test_the_replay_history_from_flags_and_the_environment(
     assert _manager(["--no-recovery"]).shared_replays.history is None
     monkeypatch.setenv("SOCKETIO_KAFKA_REPLAY_HISTORY_MB", "0")
     assert _manager([]).shared_replays.history is None
+
+
+def test_queue_bounds_from_flags_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    manager = _manager(["--max-queued-bytes", "1000"])
+    assert manager.outboxes.limits == OutboxLimits(max_bytes=1000)
+    assert manager.budget.limit == OutboxLimits().node_max_bytes
+    monkeypatch.setenv("SOCKETIO_KAFKA_MAX_NODE_QUEUED_BYTES", "5000000")
+    manager = _manager([])
+    assert (manager.budget.limit, manager.outboxes.budget, manager.holds.budget) == (
+        5_000_000,
+        manager.budget,
+        manager.budget,
+    )
 
 
 @pytest.mark.usefixtures("nothing_starts")

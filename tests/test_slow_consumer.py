@@ -24,6 +24,7 @@ from socketio_kafka.adapter import (
     OutboxLimits,
     RecoveringAsyncServer,
 )
+from socketio_kafka.adapter.budget import MemoryBudget
 from socketio_kafka.adapter.outbox import SLOW_CONSUMER, Outbox, Outboxes
 from socketio_kafka.gateway import protocol
 
@@ -40,22 +41,25 @@ PAD = "x" * 10_000
 
 
 class PeakOutbox(Outbox):
-    """Remembers the most packets it ever held."""
+    """Remembers the most packets it ever held, and the most its node's budget counted
+    as it took one."""
 
     peak = 0
+    budget_peak = 0
 
     def _put(self, item: Any) -> None:
         super()._put(item)
         self.peak = max(self.peak, self.qsize())
+        self.budget_peak = max(self.budget_peak, self.budget.bytes)
 
 
 class PeakOutboxes(Outboxes):
-    def __init__(self, limits: OutboxLimits) -> None:
-        super().__init__(limits)
+    def __init__(self, limits: OutboxLimits, budget: MemoryBudget) -> None:
+        super().__init__(limits, budget)
         self.made: list[PeakOutbox] = []
 
     def create_queue(self, *args: Any, **kwargs: Any) -> PeakOutbox:
-        queue = PeakOutbox(self.limits)
+        queue = PeakOutbox(self.limits, self.budget)
         self.made.append(queue)
         return queue
 
@@ -67,7 +71,7 @@ class Node:
         self, kafka_url: str, channel: str, limits: OutboxLimits, replay_timeout: float = 60
     ) -> None:
         self.manager = AsyncKafkaManager(kafka_url, channel=channel, limits=limits)
-        self.outboxes = self.manager.outboxes = PeakOutboxes(limits)
+        self.outboxes = self.manager.outboxes = PeakOutboxes(limits, self.manager.budget)
         self.sio = RecoveringAsyncServer(
             client_manager=self.manager,
             async_mode="asgi",
@@ -171,8 +175,9 @@ async def test_a_paused_js_client_is_cut_and_recovers_every_event_once(
         assert node.manager.stats.slow_consumers_cut == 1
 
 
-async def _stalled_claim(url: str, pid: str, offset: str) -> ClientConnection:
-    """A raw WebSocket client claiming a session, that reads nothing after the handshake."""
+async def _small_window_client(url: str) -> ClientConnection:
+    """A raw WebSocket client with a small receive window (its kernel takes little of what
+    it does not read), opened at Engine.IO's level."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, set before connect
     sock.setblocking(False)
@@ -184,7 +189,25 @@ async def _stalled_claim(url: str, pid: str, offset: str) -> ClientConnection:
     opened = await asyncio.wait_for(ws.recv(), 10)
     assert isinstance(opened, str)
     assert opened.startswith("0{")
+    return ws
+
+
+async def _stalled_claim(url: str, pid: str, offset: str) -> ClientConnection:
+    """A raw WebSocket client claiming a session, that reads nothing after the handshake."""
+    ws = await _small_window_client(url)
     await ws.send("40" + json.dumps({"pid": pid, "offset": offset}))
+    return ws  # never read again; aborting its transport ends it
+
+
+async def _stalled_member(url: str) -> ClientConnection:
+    """A raw client connected and in the room, that reads nothing after its join's ack."""
+    ws = await _small_window_client(url)
+    await ws.send("40")
+    reply = await asyncio.wait_for(ws.recv(), 10)
+    assert isinstance(reply, str)
+    assert reply.startswith("40{")
+    await ws.send("421" + json.dumps(["join", {"room": ROOM}]))
+    assert await asyncio.wait_for(ws.recv(), 10) == '431[{"ok":true}]'
     return ws  # never read again; aborting its transport ends it
 
 
@@ -343,3 +366,31 @@ async def test_a_js_client_outrun_by_live_events_mid_replay_gets_each_once_unbro
         ]
         assert node.manager.stats.slow_consumers_cut == 0
         assert node.manager.stats.replays_outrun >= 1  # its hold was outrun: it read on
+
+
+async def test_clients_that_stop_reading_together_are_cut_at_the_nodes_budget(
+    kafka_url: str, channel: str
+) -> None:
+    """3 clients in a room stop reading while 15 MB of events come: each stays under its
+    own bound (16 MiB), together they keep more than the node's budget of 4 MiB, so they
+    are cut (their sessions kept), the furthest behind first; a client that reads gets
+    every event once and is never cut."""
+    count = 1500
+    limits = OutboxLimits(node_max_bytes=4 * 1024 * 1024)
+    node = Node(kafka_url, channel, limits)
+    async with node.manager, run_server(node.asgi) as url:
+        reader = await _reader(url)
+        stalled = [await _stalled_member(url) for _ in range(3)]
+        try:
+            await node.flood(count)
+            assert _seqs(await reader.wait_count("ev", count, timeout=120)) == list(range(count))
+            await wait_until(lambda: node.reasons.count(SLOW_CONSUMER) == 3, 30, "the cuts")
+        finally:
+            for ws in stalled:
+                ws.transport.abort()
+            await reader.close()
+        assert node.manager.stats.over_node_budget == node.manager.stats.slow_consumers_cut == 3
+        # Over the budget by what one fetch brought at most (a partition's 1 MB).
+        peak = max(queue.budget_peak for queue in node.outboxes.made)
+        assert limits.node_max_bytes < peak < limits.node_max_bytes + 2 * 1024 * 1024
+        assert all(queue.peak * len(PAD) < limits.max_bytes for queue in node.outboxes.made)

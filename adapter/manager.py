@@ -835,7 +835,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         """Queue encoded packets on one socket; a socket gone meanwhile is not an error,
         one whose client does not read what is queued is cut (`Outbox.offer`)."""
         queue = self.packet_queue(eio_sid)
-        if queue is not None and not queue.shed:
+        if queue is not None:
             self.stats.events_delivered += 1
             if queue.offer(packets, self.cut_slow_consumer, eio_sid):
                 self.stats.events_written += 1
@@ -900,7 +900,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         self.server.eio.sockets.pop(eio_sid, None)
 
     def packet_queue(self, eio_sid: str) -> Outbox | None:
-        """The Engine.IO socket's outgoing queue, or None once the socket is gone.
+        """The Engine.IO socket's outgoing queue, or None once the socket is gone or cut.
 
         Packets go on it directly: engineio's ``send`` awaits a ping check and formats a
         log line per packet, a tenth of a 100,000-event replay. The `Outbox` bounds it.
@@ -911,7 +911,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             queue = self.server.eio._get_socket(eio_sid).queue
         except KeyError:  # unknown, or closed (engineio then forgets it)
             return None
-        return queue if isinstance(queue, Outbox) else None
+        return queue if isinstance(queue, Outbox) and not queue.shed else None
 
     # -- connection state recovery: what RecoveringAsyncServer builds on ----------------
 

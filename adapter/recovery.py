@@ -17,7 +17,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from array import array
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -168,7 +169,7 @@ class _Live:
     """A connected socket's recoverable session."""
 
     pid: str
-    start: tuple[int, ...]
+    start: Sequence[int]  # packed, as a session's (`Session.start`)
     epoch: str
 
 
@@ -348,7 +349,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             return
         data["pid"] = pid
         manager = self.kafka
-        self._live[(sid, namespace)] = _Live(pid, tuple(manager.positions), manager.epoch)
+        self._live[(sid, namespace)] = _Live(pid, array("q", manager.positions), manager.epoch)
         # Saved in the background, with whatever else changed: the reply does not wait on
         # Kafka, and the socket is still connecting here (python-socketio connects it after).
         self._rooms_changed(sid, namespace)
@@ -419,7 +420,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
                 await manager.close_transport(eio_sid, _REASON.SERVER_DISCONNECT)
             return True
         queue = manager.packet_queue(eio_sid)
-        if queue is None or queue.shed:
+        if queue is None:
             # Gone mid-replay, or cut (its queue past its bound, or its hold outrun by
             # live events past its read-ons): its session is kept, and its offset says
             # what it got. Not a recovery.
@@ -592,11 +593,11 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         if refusal is None:
             assert session is not None
             try:
-                start = session.start
+                start = tuple(session.start)
                 if claim.offset is not None:
                     claimed = offsets.decode(claim.offset, manager.epoch, manager.partitions)
                     # Never before the session began: that would replay what it never had.
-                    floor = offsets.Position(manager.epoch, session.start)
+                    floor = offsets.Position(manager.epoch, start)
                     start = claimed.at_least(floor).offsets
             except offsets.OffsetError as exc:
                 refusal, detail = Fresh.BAD_OFFSET, f": {exc}"
@@ -661,7 +662,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
                     if manager.publishes.repeated(partition, offset):
                         continue  # a client's publish written twice: dropped live too
                     queue = manager.packet_queue(eio_sid)
-                    if queue is None or queue.shed:
+                    if queue is None:
                         return count  # gone mid-replay: its offset says what it got
                     mark = marker.advance(partition, offset + 1)
                     packets = event_packets(self.packet_class, message, mark)
@@ -694,7 +695,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             if manager.holds.release(eio_sid, stop, manager.send_packets):
                 return missed
             queue = manager.packet_queue(eio_sid)
-            if queue is None or queue.shed:
+            if queue is None:
                 return missed  # gone or cut meanwhile: nothing to read on for
             manager.stats.replays_outrun += 1
             start, stop = stop, tuple(manager.positions)

@@ -54,7 +54,7 @@ def _wire(
     sent: list[tuple[str, list[Any]]] = []
     monkeypatch.setattr(server, "_replay", replay)
     monkeypatch.setattr(manager, "cut_slow_consumer", cuts.append)
-    queue = SimpleNamespace(shed=False)  # the socket's queue: there, not cut
+    queue = SimpleNamespace()  # the socket's queue: there, not cut
     monkeypatch.setattr(manager, "packet_queue", lambda eio_sid: queue)
     monkeypatch.setattr(manager, "send_packets", lambda sid, packets: sent.append((sid, packets)))
     manager.holds.hold("e1")

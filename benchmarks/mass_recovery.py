@@ -478,6 +478,11 @@ async def _run(
         "p50_p90_recovered_s": _quantiles(done),
         "last_recovered_s": round(last, 3) if last is not None else None,
         "p50_p90_connected_s": _quantiles([o.connect_s for o in outcomes if o.connect_s]),
+        # The CONNECT reply comes before the replay (docs/decisions.md, session 29).
+        "connected_before_recovered": sum(
+            o.connect_s is not None and o.done_s is not None and o.connect_s < o.done_s
+            for o in outcomes
+        ),
         "within_3s": last is not None and last <= 3.0,
         "recovered_all": len(done),
         **_losses(outcomes, sizes.own),

@@ -104,6 +104,7 @@ async def test_the_benchmark_with_official_clients_recovers_every_one(kafka_boot
     figures = await measure(kafka_bootstrap, sizes)
     assert figures["resident"] == 30
     assert figures["recovered_all"] == 20
+    assert figures["connected_before_recovered"] == 20  # each reply timed before its replay
     for who in (figures, figures["lone"], figures["warm_up"]):
         assert {k: who[k] for k in ("lost", "duplicated", "out_of_order", "not_recovered")} == {
             "lost": 0,

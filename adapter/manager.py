@@ -863,15 +863,26 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         replays read on later, from the history or Kafka), then cut the sockets with the
         most queued, until they do not."""
         budget = self.budget
+        kept = budget.bytes
+        outrun = 0
         for eio_sid in self.holds.largest():
             if not budget.over:
-                return
+                break
             self.holds.outrun(eio_sid)
-            self.stats.over_node_budget += 1
+            outrun += 1
+        self.stats.over_node_budget += outrun
+        if outrun:
+            self._get_logger().warning(
+                "node over its budget of %d bytes for sockets (%d kept): %d replays' holds "
+                "outrun, to read on later",
+                budget.limit,
+                kept,
+                outrun,
+            )
         for eio_sid in self._largest_queues():
             if not budget.over:
-                return
-            if self.cut_slow_consumer(eio_sid, f"the node's {budget.limit} bytes"):
+                break
+            if self.cut_slow_consumer(eio_sid, f"the node's budget of {budget.limit} bytes"):
                 self.stats.over_node_budget += 1
 
     def _largest_queues(self) -> list[str]:

@@ -10,6 +10,7 @@ import logging
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from engineio import packet as eio_packet
 
 from socketio_kafka.adapter import AsyncKafkaManager, OutboxLimits
@@ -102,7 +103,9 @@ class _Socket:
         self.closed_for = reason
 
 
-async def test_over_the_node_budget_holds_are_outrun_then_the_largest_queues_cut() -> None:
+async def test_over_the_node_budget_holds_are_outrun_then_the_largest_queues_cut(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     limit = 5 * (OBJECT + SLOT)
     manager = AsyncKafkaManager(
         "127.0.0.1:9", channel="unit", limits=OutboxLimits(node_max_bytes=limit)
@@ -122,6 +125,7 @@ async def test_over_the_node_budget_holds_are_outrun_then_the_largest_queues_cut
     assert manager.holds.largest() == []
     assert manager.budget.bytes == 5 * (OBJECT + SLOT)
     assert manager.stats.over_node_budget == 1
+    assert "1 replays' holds outrun" in caplog.text
     assert all(s.closed_for is None for s in sockets.values())
     # 2 more on the small one (4 there, 3 on the big one): the one with the most is cut.
     for _ in range(2):
@@ -134,3 +138,4 @@ async def test_over_the_node_budget_holds_are_outrun_then_the_largest_queues_cut
     # The big one's 3, and the None that ends the cut one's writer.
     assert manager.budget.bytes == 3 * (OBJECT + SLOT) + (1 + 200 + SLOT)
     assert (manager.stats.over_node_budget, manager.stats.slow_consumers_cut) == (2, 1)
+    assert "socket small cut: its client is not reading (over the node's budget" in caplog.text

@@ -142,11 +142,16 @@ class SessionTable:
     """This node's view of the sessions topic, fed record by record in offset order."""
 
     def __init__(self) -> None:
+        #: Every live session of the cluster, by pid: change it through `apply` only.
         self.sessions: dict[str, Session] = {}
         #: The offset of each session's record, the one a claim of it must name.
         self.offsets: dict[str, int] = {}
         self.epoch: str | None = None
         self.heartbeats: dict[str, float] = {}
+        #: When each session marked left was left, and how many sessions each node owns:
+        #: what `expired` looks at instead of every session (a node may hold millions).
+        self._left: dict[str, float] = {}
+        self._owned: dict[str, int] = {}
 
     def apply(
         self, key: bytes | None, value: bytes | None, timestamp_ms: int, offset: int = -1
@@ -168,17 +173,35 @@ class SessionTable:
             host_id = _text(key[len(NODE_PREFIX) :])
             self.heartbeats[host_id] = _heartbeat_time(timestamp_ms)
         elif value is None:
-            self.sessions.pop(_text(key), None)
-            self.offsets.pop(_text(key), None)
+            self._put(_text(key), None)
         else:
             pid = _text(key)
             current = self.sessions.get(pid)
             session = decode_session(value, pid if current is None else current.pid)
             if not self._accepts(session):
                 return current
-            self.sessions[pid] = session
-            self.offsets[pid] = offset
+            self._put(session.pid, session)
+            self.offsets[session.pid] = offset
         return None
+
+    def _put(self, pid: str, session: Session | None) -> None:
+        """Set (or, with None, end) ``pid``'s session, and what `expired` looks at."""
+        old = self.sessions.pop(pid, None) if session is None else self.sessions.get(pid)
+        if old is not None:
+            if (owned := self._owned[old.owner] - 1) > 0:
+                self._owned[old.owner] = owned
+            else:
+                del self._owned[old.owner]
+        if session is None:
+            self.offsets.pop(pid, None)
+            self._left.pop(pid, None)
+            return
+        self.sessions[pid] = session
+        self._owned[session.owner] = self._owned.get(session.owner, 0) + 1
+        if session.disconnected_at is None:
+            self._left.pop(pid, None)
+        else:
+            self._left[pid] = session.disconnected_at
 
     def _accepts(self, session: Session) -> bool:
         if session.claimed is not None:
@@ -202,18 +225,23 @@ class SessionTable:
         """Sessions no client can claim any more: past the window since they were left.
 
         A session still marked connected counts as left at its node's last heartbeat,
-        once that heartbeat is stale (the node died without a word).
+        once that heartbeat is stale (the node died without a word). Only sessions marked
+        left are looked at, and the sessions of a dead node once its own have passed the
+        window (every session then, once: its tombstones end them all).
         """
-        out = []
-        for session in self.sessions.values():
-            left_at = session.disconnected_at
-            if left_at is None:
-                seen = self.heartbeats.get(session.owner)
-                if seen is None or now - seen < stale_after:
-                    continue  # alive, or not heard of yet: leave it alone
-                left_at = seen
-            if now - left_at > window:
-                out.append(session)
+        out = [self.sessions[pid] for pid, left_at in self._left.items() if now - left_at > window]
+        dead = set()
+        for owner in self._owned:
+            seen = self.heartbeats.get(owner)
+            # Not heard of yet, or heard of lately: alive, leave its sessions alone.
+            if seen is not None and now - seen >= stale_after and now - seen > window:
+                dead.add(owner)
+        if dead:
+            out += [
+                session
+                for session in self.sessions.values()
+                if session.disconnected_at is None and session.owner in dead
+            ]
         return out
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 import tracemalloc
 from dataclasses import fields, replace
+from typing import Any
 
 import pytest
 
@@ -130,6 +132,62 @@ def test_expired_sessions() -> None:
     assert table.expired(now=150, window=60, stale_after=15) == []
     assert {s.pid for s in table.expired(now=161, window=60, stale_after=15)} == {"left"}
     assert {s.pid for s in table.expired(now=200, window=60, stale_after=15)} == {"left", "orphan"}
+
+
+def _expired_by_scan(table: SessionTable, now: float, window: float, stale: float) -> set[str]:
+    """What `SessionTable.expired` finds, found by looking at every session."""
+    out = set()
+    for session in table.sessions.values():
+        left_at = session.disconnected_at
+        if left_at is None:
+            seen = table.heartbeats.get(session.owner)
+            if seen is None or now - seen < stale:
+                continue
+            left_at = seen
+        if now - left_at > window:
+            out.add(session.pid)
+    return out
+
+
+def test_expiry_finds_what_a_look_at_every_session_finds() -> None:
+    """Sessions written, rewritten, left, taken over by other nodes and ended, in random
+    order, under nodes alive, dead and unheard of."""
+    rng = random.Random(7)
+    table = SessionTable()
+    owners = ["n1", "n2", "n3", "n4"]
+    for offset in range(3000):
+        pid = f"p{rng.randrange(400)}"
+        if rng.random() < 0.1:
+            table.apply(pid.encode(), None, 0, offset)
+            continue
+        left = rng.choice([None, float(rng.randrange(200))])
+        session = replace(SESSION, pid=pid, owner=rng.choice(owners), disconnected_at=left)
+        table.apply(pid.encode(), encode_session(session), 0, offset)
+        if rng.random() < 0.05:
+            table.apply(
+                NODE_PREFIX + rng.choice(owners[:3]).encode(), b"{}", 1000 * rng.randrange(200)
+            )
+    for now in range(0, 400, 7):
+        found = {s.pid for s in table.expired(float(now), window=60, stale_after=15)}
+        assert found == _expired_by_scan(table, now, 60, 15), now
+
+
+class _NoScan(dict[str, Session]):
+    def values(self) -> Any:
+        raise AssertionError("looked at every session")
+
+
+def test_expiry_looks_only_at_left_sessions_while_no_node_is_dead() -> None:
+    """A node holds every session of the cluster (millions at scale), and the sweep runs
+    every 5 s on its event loop."""
+    table = SessionTable()
+    table.sessions = _NoScan()
+    table.apply(NODE_PREFIX + b"node1", b"{}", 100_000)
+    for n in range(1000):
+        left = 10.0 if n % 10 == 0 else None
+        session = replace(SESSION, pid=f"p{n}", disconnected_at=left)
+        table.apply(session.pid.encode(), encode_session(session), 0, n)
+    assert len(table.expired(now=105, window=60, stale_after=15)) == 100
 
 
 def test_a_session_left_by_a_node_never_heard_from_is_claimable() -> None:

@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaConnectionError, OutOfOrderSequenceNumber
 from socketio_kafka.adapter import AsyncKafkaManager, PublishError
 from socketio_kafka.adapter.outage import BrokerWatch
 from socketio_kafka.adapter.publisher import Publisher
-from socketio_kafka.adapter.sessions import Session
+from socketio_kafka.adapter.sessions import Session, encode_session
 from socketio_kafka.adapter.store import NODE_STALE_S
 from socketio_kafka.adapter.supervisor import Supervisor
 from socketio_kafka.gateway.app import create_app
@@ -201,9 +201,10 @@ async def test_a_sweep_of_100000_expired_sessions_never_makes_a_heartbeat_late(
         left = time.time() - 3600
         for n in range(100_000):
             pid = f"pid-{n}"
-            manager.store.table.sessions[pid] = Session(
+            session = Session(
                 pid, f"sid-{n}", "/", (), None, (0,) * 6, manager.epoch, "a-dead-node", left
             )
+            manager.store.table.apply(pid.encode(), encode_session(session), 0, n)
         beats: list[float] = []
 
         def heard() -> bool:

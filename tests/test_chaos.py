@@ -1,6 +1,6 @@
 """The short CI forms of the by-hand runs (issue 8's ``benchmarks/outage.py`` and
-``benchmarks/slow_consumer.py``, issue 9's ``benchmarks/chaos``): what they check of
-behaviour, never their speed."""
+``benchmarks/slow_consumer.py``, issue 9's ``benchmarks/chaos``, ``benchmarks/stalled.py``):
+what they check of behaviour, never their speed."""
 
 from __future__ import annotations
 
@@ -63,6 +63,19 @@ def test_a_client_that_stops_reading_is_cut_bounded_and_recovers_every_event(
     assert summary["bars"]["rss_growth_under_50mb"], summary["stalled"]["rss_mb"]
     assert summary["bars"]["every_event_once"], summary["recovery"]
     # (Its third bar, the other client's p99 within 2x, is speed: measured by hand.)
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(300)
+def test_clients_that_stop_reading_together_keep_their_node_within_its_budget(
+    kafka_url: str,
+) -> None:
+    returncode, summary = _run("benchmarks.stalled", "--quick", "--kafka", kafka_url, timeout=280)
+    assert summary["bars"]["bounded_cut_for_the_budget"], summary["bounded"]
+    assert summary["bars"]["lifted_keeps_more_than_the_budget"], summary["lifted"]
+    assert summary["bars"]["bounded_within_the_budget"], summary["bounded"]
+    assert summary["lifted"]["cut"] == 0, summary["lifted"]  # each under its own bound
+    assert returncode == 0
 
 
 def _chaos(*scenarios: str, timeout: float) -> dict[str, Any]:

@@ -46,9 +46,9 @@ _FIELDS = frozenset({*_TEXT_FIELDS, "rooms", "data", "start", "disconnected_at",
 class Session:
     """What a reconnecting client gets back, and where its event stream began.
 
-    Every node keeps every live session of the cluster (`SessionTable`), so its size is
-    paid once per connection per node: ``start`` is kept packed, 8 bytes a partition (a
-    tuple of ints took 36: 1.3 kB of a session's 2.6 at 48 partitions; `docs/scaling.md`).
+    ``start`` is an ``array("q")``, whatever sequence it was made with: 8 bytes a
+    partition, where a tuple of ints takes 36. (`SessionTable` keeps sessions as rows,
+    not as these objects.)
     """
 
     pid: str

@@ -14,11 +14,17 @@ after they all left. Reported: KB of RSS per connection, idle and with 2 rooms::
 RSS counts what the process took from the system, not what Python holds now: freed
 memory stays in the allocator's arenas, so the figure after the clients left shows what a
 node keeps once it served that many.
+
+``--sessions N`` first writes N sessions of another node's clients to the node's sessions
+topic and reports the RSS each cost it (every node keeps every session of the cluster).
+Reading them leaves freed memory in the arenas that the connections then take: a run with
+``--sessions`` reports less per connection than one without; take those from a run without.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -31,6 +37,10 @@ import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from socketio_kafka.adapter.sessions import Session, encode_session
 
 from .contestants import PEERS
 from .services import Cluster, LineProcess, NodeCommand, free_port, require_tool
@@ -45,6 +55,8 @@ _SETTLE_EVERY_S = 0.5
 _STABLE_KB = 256
 _SETTLE_WITHIN_S = 30.0
 _LEAVE_WITHIN_S = 600.0
+#: The events topic's partitions (the gateway's default): one start offset each.
+_PARTITIONS = 6
 
 
 class _Clients(LineProcess):
@@ -93,11 +105,13 @@ def connected_sockets(url: str) -> int:
     return int(float(found.group(1))) if found else 0
 
 
-def _command(kafka: str, port: int, connections: int, flags: list[str]) -> NodeCommand:
+def _command(
+    kafka: str, port: int, channel: str, connections: int, flags: list[str]
+) -> NodeCommand:
     argv = [
         sys.executable, "-m", "socketio_kafka.gateway", "serve",
         "--kafka", f"kafka://{kafka}", "--port", str(port),
-        "--channel", f"memory-{uuid.uuid4().hex[:8]}", "--log-level", "warning",
+        "--channel", channel, "--log-level", "warning",
         # Every client comes from 127.0.0.1: the per-address limits would refuse them.
         "--connect-rate", "10000000", "--max-connections", str(connections + _WARM_UP + 10),
         *flags,
@@ -132,16 +146,26 @@ def _kb_per(delta_kb: int, connections: int) -> float:
 
 
 def measure(
-    kafka: str, connections: int, shared_rooms: int, work: Path, flags: list[str]
+    kafka: str,
+    connections: int,
+    shared_rooms: int,
+    work: Path,
+    flags: list[str],
+    sessions: int = 0,
 ) -> dict[str, Any]:
-    """One node, ``connections`` clients: its RSS at each step, in KiB and per connection."""
-    port = free_port()
+    """One node, ``connections`` clients: its RSS at each step, in KiB and per connection;
+    first, with ``sessions``, what that many sessions of another node's clients cost it."""
+    port, channel = free_port(), f"memory-{uuid.uuid4().hex[:8]}"
     cluster = Cluster(work)
     clients: _Clients | None = None
+    foreign: dict[str, Any] = {}
     try:
-        cluster.start([(port, _command(kafka, port, connections, flags))])
+        cluster.start([(port, _command(kafka, port, channel, connections, flags))])
         pid, url = cluster.pids[0], cluster.urls[0]
         ready = _settled_rss_kb(pid)
+        if sessions:
+            foreign = _foreign_sessions(kafka, channel, url, pid, sessions)
+            ready = _settled_rss_kb(pid)
         warm = _session(url, _WARM_UP, shared_rooms, work / "warm-up.log")
         warm.send("join")
         warm.expect("joined", 60)
@@ -183,7 +207,53 @@ def measure(
         "kb_per_connection_idle": _kb_per(idle - baseline, connections),
         "kb_per_connection_rooms": _kb_per(rooms - baseline, connections),
         "kb_per_connection_from_ready": _kb_per(idle - ready, connections),
+        **foreign,
     }
+
+
+def _foreign_sessions(kafka: str, channel: str, url: str, pid: int, count: int) -> dict[str, Any]:
+    """Write ``count`` sessions of a node that keeps them (its clients connected, each in 2
+    rooms) to the node's sessions topic; its RSS before and once it has read them all."""
+    before = _settled_rss_kb(pid)
+    asyncio.run(_write_sessions(kafka, f"{channel}.sessions", count))
+    deadline = time.monotonic() + _SETTLE_WITHIN_S + count / 10_000
+    while _metric(url, "socketio_kafka_sessions") < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the node did not read {count} sessions")
+        time.sleep(0.2)
+    after = _settled_rss_kb(pid)
+    return {
+        "sessions": count,
+        "rss_mib_sessions": {"before": round(before / 1024, 1), "after": round(after / 1024, 1)},
+        "bytes_per_session": round((after - before) * 1024 / count),
+    }
+
+
+async def _write_sessions(kafka: str, topic: str, count: int) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=kafka, linger_ms=20, max_batch_size=1 << 20)
+    await producer.start()
+    try:
+        for first in range(0, count, 10_000):
+            sends = []
+            for n in range(first, min(count, first + 10_000)):
+                session = Session(
+                    f"pid-{n:020d}", f"sid-{n:018d}", "/", (f"own-{n}", f"shared-{n % 50}"),
+                    None, tuple(1_000_000 + n + p for p in range(_PARTITIONS)),
+                    "memory", "another-node",
+                )  # fmt: skip
+                key = session.pid.encode()
+                sends.append(await producer.send(topic, encode_session(session), key))
+            await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
+
+
+def _metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+    return 0.0
 
 
 def _after_all_left(url: str, pid: int) -> tuple[int, float]:
@@ -219,6 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ws-compression", action="store_true", help="the node offers per-message deflate"
     )
+    parser.add_argument(
+        "--sessions",
+        type=int,
+        default=0,
+        help="first, what this many sessions of another node's clients cost the node",
+    )
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--keep", type=Path, help="keep each run's logs under this directory")
     args = parser.parse_args(argv)
@@ -228,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
             work = args.keep / f"run-{run}" if args.keep else Path(scratch)
             work.mkdir(parents=True, exist_ok=True)
             flags = ["--ws-compression"] if args.ws_compression else []
-            figures = measure(args.kafka, connections, args.shared_rooms, work, flags)
+            figures = measure(
+                args.kafka, connections, args.shared_rooms, work, flags, args.sessions
+            )
         print(json.dumps({"run": run, "machine": _machine(), **figures}), flush=True)
     return 0
 

@@ -204,6 +204,12 @@ def _memory_metrics(manager: AsyncKafkaManager) -> Iterator[GaugeMetricFamily]:
     replays = manager.shared_replays
     gauges = [
         (
+            "sessions",
+            "Live sessions of the whole cluster this node keeps, for any client that may "
+            "reconnect to it",
+            len(manager.store.table.sessions),
+        ),
+        (
             "kept_bytes",
             "What the node's outgoing queues and replays' holds keep together, estimated in "
             "bytes (each packet once)",

@@ -16,7 +16,7 @@ import re
 import sys
 import time
 from array import array
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -269,20 +269,45 @@ class SessionTable:
 
         A session still marked connected counts as left at its node's last heartbeat,
         once that heartbeat is stale (the node died without a word). Only sessions marked
-        left are looked at, and the sessions of a dead node once its own have passed the
-        window (every session then, once: its tombstones end them all).
+        left are looked at (`left_past`), and every session only once a node that owns
+        some is dead past the window (`dead_owners`, `connected_of`): its sessions end
+        then, all together.
         """
+        pids = [pid for pid, _ in self.left_past(now, window)]
+        if dead := self.dead_owners(now, window, stale_after):
+            pids += self.connected_of(dead, list(self._rows))
+        return [_session(self._rows[pid]) for pid in pids]
+
+    def left_past(self, now: float, window: float) -> list[tuple[str, str]]:
+        """(pid, owner) of the sessions marked left more than ``window`` ago."""
         rows = self._rows
-        out = [rows[pid] for pid, left_at in self._left.items() if now - left_at > window]
+        return [
+            (pid, rows[pid][_OWNER])
+            for pid, left_at in self._left.items()
+            if now - left_at > window
+        ]
+
+    def dead_owners(self, now: float, window: float, stale_after: float) -> set[str]:
+        """Nodes that own sessions and were last heard of, stale, more than ``window`` ago:
+        every session of theirs still marked connected has expired. (A node not heard of
+        yet, or heard of lately, is alive.)"""
         dead = set()
         for owner in self._owned:
             seen = self.heartbeats.get(owner)
-            # Not heard of yet, or heard of lately: alive, leave its sessions alone.
             if seen is not None and now - seen >= stale_after and now - seen > window:
                 dead.add(owner)
-        if dead:
-            out += [r for r in rows.values() if r[_LEFT_AT] is None and r[_OWNER] in dead]
-        return [_session(row) for row in out]
+        return dead
+
+    def connected_of(self, owners: set[str], pids: Iterable[str]) -> list[str]:
+        """Of ``pids``, those of sessions still marked connected, owned by ``owners``."""
+        rows = self._rows
+        return [
+            pid
+            for pid in pids
+            if (row := rows.get(pid)) is not None
+            and row[_LEFT_AT] is None
+            and row[_OWNER] in owners
+        ]
 
 
 def _text(key: bytes) -> str:

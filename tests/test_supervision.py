@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaConnectionError, OutOfOrderSequenceNumber
 from socketio_kafka.adapter import AsyncKafkaManager, PublishError
 from socketio_kafka.adapter.outage import BrokerWatch
 from socketio_kafka.adapter.publisher import Publisher
-from socketio_kafka.adapter.sessions import Session, encode_session
+from socketio_kafka.adapter.sessions import NODE_PREFIX, Session, encode_session
 from socketio_kafka.adapter.store import NODE_STALE_S
 from socketio_kafka.adapter.supervisor import Supervisor
 from socketio_kafka.gateway.app import create_app
@@ -194,17 +194,22 @@ async def test_a_sweep_of_100000_expired_sessions_never_makes_a_heartbeat_late(
     kafka_url: str, channel: str
 ) -> None:
     """Peers count a node unheard of for 3 s as dead, its live sessions claimable: the
-    sweep that ends a dead node's sessions must not hold this node's own heartbeat."""
+    sweep that ends a dead node's sessions must not hold this node's own heartbeat. Half
+    of them were left an hour ago; the other half were still connected when their node
+    was last heard of, an hour ago (found by a look at every session, a chunk a turn)."""
     manager = AsyncKafkaManager(kafka_url, channel=channel)
     manager.enable_recovery(60)
     async with manager:
         left = time.time() - 3600
+        table = manager.store.table
+        table.apply(NODE_PREFIX + b"a-dead-node", b"{}", int(left * 1000))
         for n in range(100_000):
             pid = f"pid-{n}"
             session = Session(
-                pid, f"sid-{n}", "/", (), None, (0,) * 6, manager.epoch, "a-dead-node", left
-            )
-            manager.store.table.apply(pid.encode(), encode_session(session), 0, n)
+                pid, f"sid-{n}", "/", (), None, (0,) * 6, manager.epoch, "a-dead-node",
+                left if n % 2 else None,
+            )  # fmt: skip
+            table.apply(pid.encode(), encode_session(session), 0, n)
         beats: list[float] = []
 
         def heard() -> bool:

@@ -27,17 +27,22 @@ from .support.waiting import wait_until
 _KB_PER_CONNECTION = 60
 
 
-@pytest.mark.kafka
-@pytest.mark.timeout(300)
-def test_the_quick_memory_run(kafka_bootstrap: str) -> None:
+def _memory_run(kafka_bootstrap: str, *args: str) -> Any:
+    """``python -m benchmarks.memory``'s figures (its last line)."""
     run = subprocess.run(
-        [sys.executable, "-m", "benchmarks.memory", "--quick", f"--kafka={kafka_bootstrap}"],
+        [sys.executable, "-m", "benchmarks.memory", f"--kafka={kafka_bootstrap}", *args],
         capture_output=True,
         text=True,
         timeout=290,
         check=True,
     )
-    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(300)
+def test_the_quick_memory_run(kafka_bootstrap: str) -> None:
+    figures = _memory_run(kafka_bootstrap, "--quick")
     assert figures["connections"] == 500
     assert figures["held_idle"] == figures["held_with_rooms"] == 500
     assert figures["clients_still_connected"] == 500
@@ -52,15 +57,7 @@ def test_the_sessions_of_other_nodes_cost_a_bounded_share_of_a_nodes_memory(
 ) -> None:
     """Every node keeps every session of the cluster: about 0.8 kB of RSS each today (2.2
     kB by `tracemalloc` at 48 partitions before session 31)."""
-    argv = ["--connections", "50", "--sessions", "20000", f"--kafka={kafka_bootstrap}"]
-    run = subprocess.run(
-        [sys.executable, "-m", "benchmarks.memory", *argv],
-        capture_output=True,
-        text=True,
-        timeout=290,
-        check=True,
-    )
-    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    figures = _memory_run(kafka_bootstrap, "--connections", "50", "--sessions", "20000")
     assert figures["sessions"] == 20_000
     assert 0 < figures["bytes_per_session"] < 2000, figures
 

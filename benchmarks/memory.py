@@ -43,7 +43,7 @@ from aiokafka import AIOKafkaProducer
 from socketio_kafka.adapter.sessions import Session, encode_session
 
 from .contestants import PEERS
-from .services import Cluster, LineProcess, NodeCommand, free_port, require_tool
+from .services import Cluster, LineProcess, NodeCommand, free_port, metric, require_tool
 
 __all__ = ["idle_clients", "main", "measure"]
 
@@ -217,7 +217,7 @@ def _foreign_sessions(kafka: str, channel: str, url: str, pid: int, count: int) 
     before = _settled_rss_kb(pid)
     asyncio.run(_write_sessions(kafka, f"{channel}.sessions", count))
     deadline = time.monotonic() + _SETTLE_WITHIN_S + count / 10_000
-    while _metric(url, "socketio_kafka_sessions") < count:
+    while metric(url, "socketio_kafka_sessions") < count:
         if time.monotonic() > deadline:
             raise TimeoutError(f"the node did not read {count} sessions")
         time.sleep(0.2)
@@ -246,14 +246,6 @@ async def _write_sessions(kafka: str, topic: str, count: int) -> None:
             await asyncio.gather(*sends)
     finally:
         await producer.stop()
-
-
-def _metric(url: str, name: str) -> float:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(f"{name} "):
-                return float(line.split()[1])
-    return 0.0
 
 
 def _after_all_left(url: str, pid: int) -> tuple[int, float]:

@@ -33,6 +33,7 @@ __all__ = [
     "NodeCommand",
     "free_port",
     "log_tail",
+    "metric",
     "require_tool",
     "wait_until",
 ]
@@ -54,6 +55,15 @@ async def wait_until(condition: Any, within_s: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def metric(url: str, name: str) -> float:
+    """One sample of ``name`` from a node's /metrics (the first, whatever its labels)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+    raise BenchmarkError(f"no {name} in {url}/metrics")
 
 
 def free_port() -> int:

@@ -32,7 +32,6 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ import socketio
 from socketio_kafka.adapter import AsyncKafkaManager, AsyncRecoveringClient, KafkaOptions
 from socketio_kafka.gateway.local_kafka import LocalKafka
 
-from .services import BenchmarkError, Cluster, NodeCommand, free_port, wait_until
+from .services import BenchmarkError, Cluster, NodeCommand, free_port, metric, wait_until
 
 __all__ = ["main", "run"]
 
@@ -333,20 +332,12 @@ _CUT = "socketio_kafka_slow_consumers_cut_total"
 async def _watch_cut(url: str, progress: Progress, rss: RssSampler, seen: Json) -> None:
     """When the node's cut counter first moves: seconds into publishing, events sent, RSS."""
     loop = asyncio.get_running_loop()
-    before = await loop.run_in_executor(None, _metric, url, _CUT)
-    while await loop.run_in_executor(None, _metric, url, _CUT) == before:  # noqa: ASYNC110  (a remote counter: nothing to wait on)
+    before = await loop.run_in_executor(None, metric, url, _CUT)
+    while await loop.run_in_executor(None, metric, url, _CUT) == before:  # noqa: ASYNC110  (a remote counter: nothing to wait on)
         await asyncio.sleep(_RSS_EVERY_S)
     seen["cut_at_s"] = round(time.monotonic() - progress.started, 2)
     seen["sent_before_cut"] = progress.sent
     seen["rss_mb_at_cut"] = round(rss.samples[-1], 1)
-
-
-def _metric(url: str, name: str) -> float:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
-    raise BenchmarkError(f"no {name} in {url}/metrics")
 
 
 async def _phase(
@@ -455,7 +446,7 @@ async def run(
                 del baseline["seqs"]
                 raw = RawClient()
                 stalled = await _phase("stalled", url, rss, reader, manager, events, rate, raw)
-                cut = _metric(url, _CUT)
+                cut = metric(url, _CUT)
                 room = stalled["room"]
                 recovery = await _recover(url, raw, room, manager, stalled.pop("seqs"), rss)
             finally:

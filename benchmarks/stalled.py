@@ -26,7 +26,6 @@ import socket
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions, OutboxLimits
 from socketio_kafka.gateway.local_kafka import LocalKafka
 
-from .services import BenchmarkError, Cluster, NodeCommand, free_port
+from .services import BenchmarkError, Cluster, NodeCommand, free_port, metric
 from .slow_consumer import RssSampler
 
 __all__ = ["main", "run"]
@@ -72,16 +71,6 @@ async def _stalled_client(port: int, room: str) -> ClientConnection:
     if not str(await asyncio.wait_for(ws.recv(), 10)).startswith("431"):
         raise BenchmarkError(f"join of {room} refused")
     return ws
-
-
-def _metrics(port: int, *names: str) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
-    found = {}
-    for line in text.decode().splitlines():
-        name, _, value = line.partition(" ")
-        if name in names:
-            found[name] = float(value)
-    return found
 
 
 async def _publish(manager: AsyncKafkaManager, rooms: list[str], events: int, rate: int) -> None:
@@ -129,21 +118,19 @@ async def _phase(
             sampling.cancel()
             for ws in stalled:
                 ws.transport.abort()
-        figures = _metrics(
-            port,
-            "socketio_kafka_kept_bytes",
-            "socketio_kafka_slow_consumers_cut_total",
-            "socketio_kafka_over_node_budget_total",
-        )
+        url = cluster.urls[0]
+        kept = metric(url, "socketio_kafka_kept_bytes")
+        cut = metric(url, "socketio_kafka_slow_consumers_cut_total")
+        for_budget = metric(url, "socketio_kafka_over_node_budget_total")
     finally:
         cluster.stop()
     return {
         "budget_mb": round(budget / 2**20, 1) if budget < _LIFTED else None,
         "rss_mb": {"before": round(base, 1), "peak": round(rss.peak, 1)},
         "rss_growth_mb": round(rss.peak - base, 1),
-        "kept_mb_at_end": round(figures.get("socketio_kafka_kept_bytes", 0) / 2**20, 1),
-        "cut": int(figures.get("socketio_kafka_slow_consumers_cut_total", 0)),
-        "cut_for_the_budget": int(figures.get("socketio_kafka_over_node_budget_total", 0)),
+        "kept_mb_at_end": round(kept / 2**20, 1),
+        "cut": int(cut),
+        "cut_for_the_budget": int(for_budget),
     }
 
 

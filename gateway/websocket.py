@@ -198,9 +198,14 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        # Nothing more is reset: the app's abort handle, a method of this protocol in its
-        # scope, made a cycle only the collector would free, and a churn of connections
-        # makes the collector's pauses long (gateway/collector.py).
+        # Nothing more is read, and what would be left is cycles only the collector frees
+        # (a churn of connections makes its pauses long, and it never frees what it was
+        # told to leave alone: gateway/collector.py). websockets' parser is a generator
+        # whose frame holds the connection (and the handshake's request), and its error a
+        # traceback through that frame: both end here.
+        self.conn.parser.close()
+        self.conn.parser_exc = None
+        # The app's abort handle, a method of this protocol in its scope, is another.
         if (extensions := getattr(self, "scope", {}).get("extensions")) and ABORT in extensions:
             extensions[ABORT] = {"abort": _lost}
             extensions[FRAMES] = {"write_frames": _refused}

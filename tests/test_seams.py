@@ -210,8 +210,10 @@ def test_uvicorn_protocol_attributes_have_our_slots_and_its_request_is_read_at_h
     """gateway/websocket.py gives each attribute uvicorn's protocol sets a slot (one it adds
     later lands in an instance dict: still right, but a connection's dict again), and
     empties the handshake request's headers after ``start_keepalive``: uvicorn reads the
-    request only in ``handle_connect``, and websockets' parser keeps it in its frame."""
+    request only in ``handle_connect``, and websockets' parser keeps it in its frame. A
+    closed connection ends that parser, and drops its error (a traceback through it)."""
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    from websockets.protocol import Protocol
     from websockets.server import ServerProtocol
 
     from socketio_kafka.gateway.websocket import CoalescingWebSocketProtocol
@@ -224,6 +226,10 @@ def test_uvicorn_protocol_attributes_have_our_slots_and_its_request_is_read_at_h
     assert "self.request = event" in inspect.getsource(WebSocketsSansIOProtocol.handle_connect)
     assert "self.start_keepalive()" in inspect.getsource(WebSocketsSansIOProtocol.send)
     assert "request = yield from Request.parse(" in inspect.getsource(ServerProtocol.parse)
+    # A closed connection ends its parser (a generator holding it) and drops its error.
+    made = inspect.getsource(Protocol.__init__)
+    assert "self.parser = self.parse()" in made
+    assert "self.parser_exc: Exception | None = None" in made
 
 
 def test_engineio_reads_the_handshake_headers_only_as_a_request_starts() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -160,3 +162,45 @@ async def test_a_gate_refuses_before_the_app_and_the_app_can_reset_a_connection(
         ]
         assert received[1]["text"] == "first"
         up.writer.transport.abort()
+
+
+@pytest.mark.timeout(60)
+async def test_a_closed_connection_is_freed_without_the_collector() -> None:
+    """Closed cleanly or reset, nothing of a connection waits for the cycle collector: a
+    churn of connections would make its pauses long, and what the gateway froze out of its
+    sight (gateway/collector.py) it would never free."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+
+    parsers: list[weakref.ref[Any]] = []
+
+    class Watched(CoalescingWebSocketProtocol):
+        def start_keepalive(self) -> None:
+            super().start_keepalive()
+            parsers.append(weakref.ref(self.conn))
+
+    gc.disable()
+    try:
+        async with run_server(app, ws=Watched) as url:
+            port = int(url.rsplit(":", 1)[1])
+            ups = [await flood.upgrade("127.0.0.1", port, "127.0.0.1") for _ in range(5)]
+            await wait_until(lambda: len(parsers) == 5, 5, "5 handshakes")
+            for up in ups[:2]:  # the closing handshake, then the server closes the TCP
+                up.writer.write(flood.frame("", opcode=0x8))
+                assert (await flood.read_frame(up.reader))[0] == 0x8
+                assert await up.reader.read() == b""
+                up.writer.close()
+            for up in ups[2:4]:
+                up.writer.transport.abort()
+            ups[4].writer.write(b"\x81\x01x")  # unmasked: websockets fails the connection
+            assert (await flood.read_frame(ups[4].reader)) == (0x8, b"\x03\xeaincorrect masking")
+            ups[4].writer.close()
+            await wait_until(
+                lambda: all(parser() is None for parser in parsers), 10, "connections freed"
+            )
+    finally:
+        gc.enable()

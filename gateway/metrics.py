@@ -23,7 +23,7 @@ from socketio_kafka.adapter.recovery import OUTCOMES
 
 from .auth import Refusal
 from .brokers import RedisManager
-from .collector import PAUSES, CollectorPauses
+from .collector import FREEZER, PAUSES, CollectorPauses, Freezer
 from .guard import GuardedServer
 from .identity import IdentityServer
 from .protocol import EVENTS
@@ -96,6 +96,7 @@ class NodeCollector(Collector):
         if isinstance(self._server, IdentityServer):
             yield _connect_refusals(self._server.refusals)
         yield _pause_metric(PAUSES)
+        yield from _freezer_metrics(FREEZER)
 
 
 def _guard_metrics(server: GuardedServer) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
@@ -253,6 +254,22 @@ def _pause_metric(pauses: CollectorPauses) -> HistogramMetricFamily:
             pauses_of.sum,
         )
     return family
+
+
+def _freezer_metrics(freezer: Freezer) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    frozen = GaugeMetricFamily(
+        "socketio_kafka_gc_frozen_objects",
+        "Objects left out of the collector's collections when last counted "
+        "(what survived the full ones)",
+    )
+    frozen.add_metric([], freezer.frozen)
+    thaws = CounterMetricFamily(
+        "socketio_kafka_gc_thaws",
+        "Full collections of everything, the frozen objects included: as long a pause as "
+        "the node's connections are many",
+    )
+    thaws.add_metric([], freezer.thaws)
+    yield from (frozen, thaws)
 
 
 def _buckets(histogram: LatencyHistogram) -> list[tuple[str, float]]:

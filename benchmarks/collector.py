@@ -43,7 +43,7 @@ import socketio
 from socketio_kafka.gateway.collector import FREEZER
 
 from .memory import connected_sockets, idle_clients, rss_kb
-from .services import Cluster, NodeCommand, free_port
+from .services import Cluster, NodeCommand, free_port, wait_until
 
 __all__ = ["main", "measure", "watch"]
 
@@ -166,14 +166,6 @@ def _node(kafka: str, port: int, most: int, arm: str) -> NodeCommand:
     return NodeCommand(argv, {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), _ARM: arm})
 
 
-def _until_held(url: str, count: int, within_s: float) -> None:
-    deadline = time.monotonic() + within_s
-    while connected_sockets(url) != count:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the node holds {connected_sockets(url)}, not {count}")
-        time.sleep(0.2)
-
-
 def _pauses(timed: list[list[float]], generation: int) -> dict[str, Any]:
     mine = sorted((m, n) for g, m, n in timed if g == generation)
     ms = [m for m, _ in mine]
@@ -211,7 +203,14 @@ def measure(
                 clients.send("close")
                 clients.expect("closed", 60)
                 clients.close()
-            _until_held(url, connections, 120)
+            asyncio.run(
+                wait_until(
+                    lambda: connected_sockets(url) == connections,
+                    120,
+                    f"the node to hold {connections} again",
+                    every_s=0.2,
+                )
+            )
         churned_s = time.monotonic() - started
         time.sleep(_PING_HOLD_S)
         after = asyncio.run(_call(url, "collector.kept"))

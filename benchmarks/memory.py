@@ -43,7 +43,15 @@ from aiokafka import AIOKafkaProducer
 from socketio_kafka.adapter.sessions import Session, encode_session
 
 from .contestants import PEERS
-from .services import Cluster, LineProcess, NodeCommand, free_port, metric, require_tool
+from .services import (
+    Cluster,
+    LineProcess,
+    NodeCommand,
+    free_port,
+    metric,
+    require_tool,
+    wait_until,
+)
 
 __all__ = ["idle_clients", "main", "measure"]
 
@@ -216,11 +224,14 @@ def _foreign_sessions(kafka: str, channel: str, url: str, pid: int, count: int) 
     rooms) to the node's sessions topic; its RSS before and once it has read them all."""
     before = _settled_rss_kb(pid)
     asyncio.run(_write_sessions(kafka, f"{channel}.sessions", count))
-    deadline = time.monotonic() + _SETTLE_WITHIN_S + count / 10_000
-    while metric(url, "socketio_kafka_sessions") < count:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the node did not read {count} sessions")
-        time.sleep(0.2)
+    asyncio.run(
+        wait_until(
+            lambda: metric(url, "socketio_kafka_sessions") >= count,
+            _SETTLE_WITHIN_S + count / 10_000,
+            f"the node to read {count} sessions",
+            every_s=0.2,
+        )
+    )
     after = _settled_rss_kb(pid)
     return {
         "sessions": count,

@@ -48,13 +48,14 @@ class BenchmarkError(Exception):
     """A service or load generator failed; the message says which and shows its log."""
 
 
-async def wait_until(condition: Any, within_s: float, what: str) -> None:
-    """Poll ``condition`` until true; `TimeoutError` naming ``what`` after ``within_s``."""
+async def wait_until(condition: Any, within_s: float, what: str, every_s: float = 0.01) -> None:
+    """Poll ``condition`` every ``every_s`` until true; `TimeoutError` naming ``what`` after
+    ``within_s``."""
     deadline = time.monotonic() + within_s
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(every_s)
 
 
 def metric(url: str, name: str) -> float:

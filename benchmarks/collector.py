@@ -20,6 +20,14 @@ nothing after)::
 
     python -m benchmarks.collector --kafka 127.0.0.1:19092            # 6,000 + 4 x 2,000
     python -m benchmarks.collector --kafka 127.0.0.1:19092 --quick    # 600 + 2 x 300
+
+``--grow``: a node that grows instead. Each round's clients stay, and the node is asked for
+as many full collections as it makes between two counts of its frozen objects; the arms
+are the gateway's collector and session 32's, which thawed whenever the frozen objects
+grew by half, its connections' as any::
+
+    python -m benchmarks.collector --grow --kafka 127.0.0.1:19092     # 1,000 + 5 x 2,000
+    python -m benchmarks.collector --grow --quick ...                 # 300 + 3 x 600
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from typing import Any
 
 import socketio
 
-from socketio_kafka.gateway.collector import FREEZER
+from socketio_kafka.gateway.collector import COUNT_EVERY, FREEZER
 
 from .memory import connected_sockets, idle_clients, rss_kb
 from .services import Cluster, NodeCommand, free_port, wait_until
@@ -48,6 +56,7 @@ from .services import Cluster, NodeCommand, free_port, wait_until
 __all__ = ["main", "measure", "watch"]
 
 ARMS = ("freezing", "before")
+GROWING_ARMS = ("freezing", "growth")
 #: engineio's ping task holds a closed connection until it wakes (its 25 s interval).
 _PING_HOLD_S = 27.0
 _SESSIONS_KEPT_S = 5
@@ -64,8 +73,11 @@ def watch(sio: socketio.AsyncServer) -> None:
     """Time the node's middle and full collections, and answer the benchmark's calls.
 
     Loaded as the app is made, before ``serve`` paces the collector: the "before" arm's
-    node freezes once, what start-up made, as `collector.pace_collector` did."""
+    node freezes once, what start-up made, as `collector.pace_collector` did; the "growth"
+    arm's does not tell the freezer its connections, as session 32's did not."""
     freezing = os.environ.get(_ARM) != "before"
+    if os.environ.get(_ARM) == "growth":
+        FREEZER.follow = lambda connections: None  # type: ignore[method-assign]
     if not freezing:
         once: list[bool] = []
 
@@ -114,8 +126,8 @@ def watch(sio: socketio.AsyncServer) -> None:
         return True
 
     @sio.on("collector.collect")  # type: ignore[untyped-decorator]
-    async def collect(_: str) -> int:
-        return gc.collect()
+    async def collect(_: str, times: int = 1) -> int:
+        return sum(gc.collect() for _ in range(times))
 
     @sio.on("collector.kept")  # type: ignore[untyped-decorator]
     async def kept(_: str) -> dict[str, Any]:
@@ -180,22 +192,36 @@ def _pauses(timed: list[list[float]], generation: int) -> dict[str, Any]:
 
 
 def measure(
-    kafka: str, arm: str, connections: int, churn: int, rounds: int, held: int, work: Path
+    kafka: str,
+    arm: str,
+    connections: int,
+    churn: int,
+    rounds: int,
+    held: int,
+    work: Path,
+    grow: bool = False,
 ) -> dict[str, Any]:
-    """One arm on a fresh node: its collections' pauses over the rounds, and what it kept."""
+    """One arm on a fresh node: its collections' pauses over the rounds, and what it kept
+    (``grow``: what its frozen objects grew by a connection)."""
     port = free_port()
     cluster = Cluster(work)
     base = None
+    grown: list[Any] = []
+    most = connections + churn * (rounds if grow else 1) + 50
     try:
-        cluster.start([(port, _node(kafka, port, connections + churn + 50, arm))])
+        cluster.start([(port, _node(kafka, port, most, arm))])
         url, pid = cluster.urls[0], cluster.pids[0]
         base = idle_clients(url, connections, _SHARED_ROOMS, work / "base.log")
-        before = asyncio.run(_call(url, "collector.kept"))["objects"]
+        start = asyncio.run(_call(url, "collector.kept"))
         asyncio.run(_call(url, "collector.load", held))
         rss_before = rss_kb(pid)
         started = time.monotonic()
         for n in range(rounds):
             clients = idle_clients(url, churn, _SHARED_ROOMS, work / f"churn-{n}.log", f"c{n}-")
+            if grow:  # the freezer counts once a round
+                grown.append(clients)
+                asyncio.run(_call(url, "collector.collect", COUNT_EVERY))
+                continue
             asyncio.run(_call(url, "collector.collect"))  # one full collection while they are up
             if n % 2:
                 clients.close()  # killed: every connection reset
@@ -212,24 +238,36 @@ def measure(
                 )
             )
         churned_s = time.monotonic() - started
-        time.sleep(_PING_HOLD_S)
+        if not grow:
+            time.sleep(_PING_HOLD_S)
         after = asyncio.run(_call(url, "collector.kept"))
         rss_after = rss_kb(pid)
     finally:
-        if base is not None:
-            base.close()
+        for clients in (base, *grown):
+            if clients is not None:
+                clients.close()
         cluster.stop()
+    per_churned = (
+        {"frozen_per_connection": round((after["frozen"] - start["frozen"]) / (churn * rounds), 1)}
+        if grow
+        else {
+            "kept_per_churned_connection": round(
+                (after["objects"] - start["objects"]) / (churn * rounds), 1
+            )
+        }
+    )
     return {
         "arm": arm,
         "churn_s": round(churned_s, 1),
         "middle": _pauses(after["pauses"], 1),
         "full": _pauses(after["pauses"], 2),
         "thaws": after["thaws"],
-        "objects_before": before,
+        "objects_before": start["objects"],
         "objects_after": after["objects"],
+        "frozen_before": start["frozen"],
         "frozen_after": after["frozen"],
         "grown": after["grown"],
-        "kept_per_churned_connection": round((after["objects"] - before) / (churn * rounds), 1),
+        **per_churned,
         "rss_mib_before": round(rss_before / 1024, 1),
         "rss_mib_after": round(rss_after / 1024, 1),
     }
@@ -240,27 +278,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kafka", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
     )
-    parser.add_argument("--quick", action="store_true", help="600 + 2 x 300: a smoke test")
+    parser.add_argument("--quick", action="store_true", help="a smoke test (sizes above)")
+    parser.add_argument("--grow", action="store_true", help="each round's clients stay")
     parser.add_argument("--connections", type=int, help="held throughout (default 6,000)")
     parser.add_argument("--churn", type=int, help="connections a round (default 2,000)")
-    parser.add_argument("--rounds", type=int, help="default 4")
+    parser.add_argument("--rounds", type=int, help="default 4 (growing: 5)")
     parser.add_argument("--held", type=int, help="objects held together (default 20,000)")
-    parser.add_argument("--arms", default=",".join(ARMS), help="default: " + ",".join(ARMS))
+    parser.add_argument(
+        "--arms", help=f"default: {','.join(ARMS)} (growing: {','.join(GROWING_ARMS)})"
+    )
     args = parser.parse_args(argv)
-    connections = args.connections or (600 if args.quick else 6_000)
-    churn = args.churn or (300 if args.quick else 2_000)
-    rounds = args.rounds or (2 if args.quick else 4)
+    if args.grow:
+        connections = args.connections or (300 if args.quick else 1_000)
+        churn = args.churn or (600 if args.quick else 2_000)
+        rounds = args.rounds or (3 if args.quick else 5)
+    else:
+        connections = args.connections or (600 if args.quick else 6_000)
+        churn = args.churn or (300 if args.quick else 2_000)
+        rounds = args.rounds or (2 if args.quick else 4)
     held = args.held or (5_000 if args.quick else 20_000)
+    names = (args.arms or ",".join(GROWING_ARMS if args.grow else ARMS)).split(",")
     arms = {}
-    for arm in args.arms.split(","):
+    for arm in names:
         with tempfile.TemporaryDirectory(prefix="collector-") as scratch:
-            arms[arm] = measure(args.kafka, arm, connections, churn, rounds, held, Path(scratch))
+            arms[arm] = measure(
+                args.kafka, arm, connections, churn, rounds, held, Path(scratch), args.grow
+            )
         print(json.dumps(arms[arm]), file=sys.stderr, flush=True)
     figures: dict[str, Any] = {"connections": connections, "churn": churn, "rounds": rounds}
-    figures |= {"held": held, "load_1m": round(os.getloadavg()[0], 2), "arms": arms}
-    with contextlib.suppress(KeyError, ZeroDivisionError):
+    figures |= {"grow": args.grow, "held": held, "load_1m": round(os.getloadavg()[0], 2)}
+    figures["arms"] = arms
+    with contextlib.suppress(KeyError, ZeroDivisionError, IndexError):
+        other = names[1] if names[0] == "freezing" else names[0]
         figures["longest_full_ratio"] = round(
-            arms["freezing"]["full"]["longest_ms"] / arms["before"]["full"]["longest_ms"], 3
+            arms["freezing"]["full"]["longest_ms"] / arms[other]["full"]["longest_ms"], 3
         )
     print(json.dumps(figures), flush=True)
     return 0

@@ -26,7 +26,10 @@ connection's state (127 objects an idle one: 1.5 s a collection at 20,000 connec
 records in flight. A frozen object is still freed when nothing refers to it; one left in a
 cycle is not (the collector never looks at it again): a connection closes without one
 (gateway/websocket.py), and what else leaks that way is bounded: once the frozen objects
-grew by half, the next full collection walks them all again.
+are half again what start-up and the node's connections account for, the next full
+collection walks them all again. A node that grows by its connections is not thawed for it:
+each thaw is as long a pause as before (about 9 of them while a node grew from 0 to 20,000
+connections, up to 1.5 s each, when any growth by half thawed).
 
 The gateway's `serve` sets it (`pace_collector`); an app that imports only the adapter keeps
 its own settings (and may call it once its imports are done). `CollectorPauses` times every
@@ -37,12 +40,15 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
 from typing import Any
 
 from socketio_kafka.adapter.histogram import LatencyHistogram
 
 __all__ = [
+    "COUNT_EVERY",
     "FREEZER",
+    "OBJECTS_PER_CONNECTION",
     "PAUSES",
     "PAUSE_BUCKETS_S",
     "THRESHOLDS",
@@ -61,20 +67,29 @@ THRESHOLDS = (5_000, 50, 100)
 PAUSE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
-#: The frozen objects may grow by half (a node's new connections, or cycles that formed
-#: after their objects were frozen) before a full collection walks them all again.
+#: The frozen objects may be half again what start-up and the node's connections account
+#: for (cycles that formed after their objects were frozen) before a full collection walks
+#: them all again.
 THAW_GROWTH = 1.5
+
+#: What the collector tracks for a connection the node holds, idle in 2 rooms (uvicorn's,
+#: Engine.IO's and our per-connection state: session 31's census, 127): frozen objects that
+#: grew by this much a connection are the connections', not a leak.
+OBJECTS_PER_CONNECTION = 127
 
 #: Counting the frozen objects walks them all (21 ms for 2.5 million here): once in so many
 #: full collections.
-_COUNT_EVERY = 10
+COUNT_EVERY = 10
 
 
-def pace_collector() -> None:
+def pace_collector(connections: Callable[[], int] | None = None) -> None:
     """Set this process's collector to `THRESHOLDS`, and leave what exists now (start-up's
     objects, once the garbage among them is freed) and what survives each later full
-    collection out of the collections that follow (`FREEZER`)."""
+    collection out of the collections that follow (`FREEZER`). ``connections``: how many
+    the process holds now, what its frozen objects grow with (`Freezer.follow`)."""
     gc.set_threshold(*THRESHOLDS)
+    if connections is not None:
+        FREEZER.follow(connections)
     FREEZER.install()
     gc.collect()
 
@@ -83,16 +98,20 @@ class Freezer:
     """After each full collection, its survivors leave the collector's sight.
 
     A full collection then walks what survived since the last one, not every connection
-    of the node. Every `_COUNT_EVERY` full collections the frozen objects are counted: past
-    `THAW_GROWTH` times the fewest counted since the last thaw, they are thawed, and the next
-    full collection walks them all (and frees the cycles among them) before freezing again.
+    of the node. Every `COUNT_EVERY` full collections the frozen objects are counted,
+    beside what the node's connections account for (`OBJECTS_PER_CONNECTION` each, once
+    `follow` says how many it holds): past `THAW_GROWTH` times what those and the fewest
+    others counted since the last thaw come to, they are thawed, and the next full
+    collection walks them all (and frees the cycles among them) before freezing again.
     One per process (`FREEZER`), like the collector.
     """
 
     def __init__(self) -> None:
-        #: Frozen objects when last counted, and the fewest since the last thaw.
+        #: Frozen objects when last counted.
         self.frozen = 0
-        self._fewest = 0
+        #: The fewest of them counted since the last thaw less the connections' share.
+        self._fewest_others = 0
+        self._connections: Callable[[], int] = _none
         self._fulls = 0
         self._thawed = True
         #: Thaws: each makes the next full collection walk everything, as long a pause as
@@ -104,21 +123,33 @@ class Freezer:
         if self._after not in gc.callbacks:
             gc.callbacks.append(self._after)
 
+    def follow(self, connections: Callable[[], int]) -> None:
+        """Judge the frozen objects' growth beside ``connections()``, the connections the
+        process holds: a node that grows by its connections is not thawed for that."""
+        self._connections = connections
+
     def _after(self, phase: str, info: dict[str, Any]) -> None:
         if phase != "stop" or info["generation"] != 2:
             return
         gc.freeze()
         self._fulls += 1
+        if not self._thawed and self._fulls % COUNT_EVERY:
+            return
+        self.frozen = gc.get_freeze_count()
+        held = OBJECTS_PER_CONNECTION * self._connections()
         if self._thawed:  # this collection walked everything
-            self.frozen = self._fewest = gc.get_freeze_count()
+            self._fewest_others = self.frozen - held
             self._thawed = False
-        elif self._fulls % _COUNT_EVERY == 0:
-            self.frozen = gc.get_freeze_count()
-            self._fewest = min(self._fewest, self.frozen)
-            if self.frozen > self._fewest * THAW_GROWTH:
-                gc.unfreeze()
-                self._thawed = True
-                self.thaws += 1
+            return
+        self._fewest_others = min(self._fewest_others, self.frozen - held)
+        if self.frozen > THAW_GROWTH * (self._fewest_others + held):
+            gc.unfreeze()
+            self._thawed = True
+            self.thaws += 1
+
+
+def _none() -> int:
+    return 0
 
 
 class CollectorPauses:

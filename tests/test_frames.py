@@ -222,7 +222,13 @@ async def _events_in_order(
             await sio.emit("n", n, room="room")
             if n % 30 == 0:  # replies go through the socket's writer, between events
                 assert await client.call("echo", n) == n
-        await wait_until(lambda: len(got) >= count, 30, "every event")
+        try:
+            await wait_until(lambda: len(got) >= count, 30, "every event")
+        except AssertionError as exc:  # what a rare failure in CI (session 33) did not say
+            raise AssertionError(
+                f"{exc}: {len(got)} of {count} arrived (the last: {got[-3:]}); the client "
+                f"is {'' if client.connected else 'not '}connected, on {client.transport()}"
+            ) from None
         assert got == list(range(count))
         return manager.stats.events_written - before
     finally:

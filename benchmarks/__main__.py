@@ -18,8 +18,12 @@ from types import FrameType
 from . import floor, plots, report, runner, scale
 from .contestants import CONTESTANTS, Contestant, available
 from .loadgen import Json
+from .speed import SpeedProbe
 from .workloads import FULL, QUICK
 
+# Their names among the run's speeds, beside the contestants'.
+FLOOR = "Kafka alone"
+SCALE = "recovery at scale"
 _OUT = Path(__file__).resolve().parent / "out"
 
 
@@ -35,9 +39,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner.run(plan, contestants, doc)
         if any(c.broker == "kafka" for c in contestants):
             print("measuring Kafka alone (benchmarks/floor.py)", file=sys.stderr)
-            doc["kafka_floor"] = floor.measure(plan.floor_rate, plan.floor_s, plan.warm_up_passes)
+            with SpeedProbe() as probe:
+                doc["kafka_floor"] = floor.measure(
+                    plan.floor_rate, plan.floor_s, plan.warm_up_passes
+                )
+            doc["speeds"][FLOOR] = probe.speeds
             print("measuring recovery at scale (benchmarks/scale.py)", file=sys.stderr)
-            doc["scale"] = scale.measure(scale.QUICK if args.quick else scale.FULL)
+            with SpeedProbe() as probe:
+                doc["scale"] = scale.measure(scale.QUICK if args.quick else scale.FULL)
+            doc["speeds"][SCALE] = probe.speeds
     except KeyboardInterrupt:
         print("interrupted: every service it started is stopped", file=sys.stderr)
         return 130

@@ -20,6 +20,7 @@ from .floor import floor_table
 from .loadgen import Json
 from .scale import problems as scale_problems
 from .scale import sections as scale_sections
+from .speed import speed_summary
 from .workloads import Plan
 
 __all__ = ["headline_table", "new_document", "problems", "summary_markdown", "write"]
@@ -39,6 +40,7 @@ def new_document(plan: Plan, contestants: Sequence[Contestant], argv: Sequence[s
         "plan": plan.as_json(),
         "contestant_order": [c.name for c in contestants],
         "contestants": {},
+        "speeds": {},  # each part's samples of one core's speed (benchmarks/speed.py)
     }
 
 
@@ -321,6 +323,7 @@ def summary_markdown(doc: Json) -> str:
         f"`{' '.join(doc['command'])}` on {machine['cpu_model']} ({machine['cpus_usable']}"
         f" CPUs usable, {machine['memory_gib']} GiB); Python {versions['python']},"
         f" Node {versions['node']}, Kafka {versions['kafka']}, Redis {versions['redis']}.",
+        speed_summary(doc.get("speeds", {})),
         headline_table(doc),
         "## Latency at fixed rates",
         latency_table(doc),

@@ -7,6 +7,7 @@ scratch data dir, nodes and load generators as child processes.
 from __future__ import annotations
 
 import contextlib
+import statistics
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from .contestants import Contestant
 from .cpu import await_quiet
 from .loadgen import Json
 from .services import BROKERS, BenchmarkError, Brokers, Cluster, free_port
+from .speed import SpeedProbe
 from .workloads import Plan, Target, probe, steps, warm_up
 
 __all__ = ["NODES", "run"]
@@ -44,8 +46,9 @@ def run(plan: Plan, contestants: Sequence[Contestant], doc: Json) -> None:
                     brokers.stop(broker)
             log_dir = Path(scratch) / contestant.name
             log_dir.mkdir()
+            speeds = doc["speeds"].setdefault(contestant.name, [])
             doc["contestants"][contestant.name] = _run_contestant(
-                contestant, plan, brokers, log_dir, overall, channel=f"bench-{doc['run_id']}"
+                contestant, plan, brokers, log_dir, overall, f"bench-{doc['run_id']}", speeds
             )
             doc["versions"][contestant.broker] = brokers.version(contestant.broker)
 
@@ -57,6 +60,7 @@ def _run_contestant(
     log_dir: Path,
     overall: tqdm[object],
     channel: str,
+    speeds: list[float],
 ) -> Json:
     entry: Json = {
         "title": contestant.title,
@@ -91,7 +95,11 @@ def _run_contestant(
             attempted += 1
             overall.set_description(f"{contestant.name}: {step.label}")
             try:
-                entry["results"].setdefault(step.workload, []).append(step.run(target))
+                with SpeedProbe() as pace:
+                    result = step.run(target)
+                speeds += pace.speeds
+                result["core_speed"] = statistics.median(pace.speeds)
+                entry["results"].setdefault(step.workload, []).append(result)
             except BenchmarkError as exc:
                 entry["errors"].append(f"{step.label}: {exc}")
                 tqdm.write(f"{contestant.name}: {step.label} failed: {exc}")

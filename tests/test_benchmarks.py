@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,14 @@ def test_quick_run_writes_sane_results(tmp_path: Path) -> None:
     assert "## Kafka alone" in summary
     _check_scale(doc["scale"])
     assert "## Recovery at scale" in summary
+    # The host's speed, sampled through every part of the run (benchmarks/speed.py).
+    from benchmarks.__main__ import FLOOR, SCALE
+
+    assert set(doc["speeds"]) == set(doc["contestants"]) | {FLOOR, SCALE}
+    for part, speeds in doc["speeds"].items():
+        assert speeds, part
+        assert all(speed > 0 for speed in speeds), part
+    assert "Machine speed during each part" in summary
 
 
 def _check_scale(scale: dict[str, Any]) -> None:
@@ -111,6 +120,33 @@ def _check_results(name: str, results: dict[str, Any], recovers: bool) -> None:
     [disconnect] = results["disconnect"]
     assert disconnect["distinct"] > 0, name  # nobody loses everything
     assert disconnect["witness"]["lost"] == 0, name
+    for workload, runs in results.items():
+        assert all(run["core_speed"] > 0 for run in runs), (name, workload)
+
+
+def test_the_probe_samples_the_cores_speed_all_through_a_step() -> None:
+    from benchmarks.speed import SpeedProbe
+
+    with SpeedProbe(every_s=0.01) as probe:
+        deadline = time.monotonic() + 10
+        while len(probe.speeds) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the step: the probe samples meanwhile, on its own thread
+    sampled = len(probe.speeds)
+    assert sampled >= 5
+    assert all(0 < speed < 1000 for speed in probe.speeds), probe.speeds
+    time.sleep(0.05)
+    assert len(probe.speeds) == sampled  # and stops with the step
+
+
+def test_the_summary_says_when_the_hosts_speed_moved_during_a_run() -> None:
+    from benchmarks.speed import speed_summary
+
+    steady = speed_summary({"kafka": [20.0, 19.5], "redis": [19.8]})
+    assert "`kafka` 19.5-20.0, `redis` 19.8-19.8; slowest 0.97x the fastest." in steady
+    assert "skewed" not in steady
+    moved = speed_summary({"kafka": [28.0, 27.0], "redis": [17.0, 18.0]})
+    assert "slowest 0.61x the fastest" in moved
+    assert "skewed by up to that much" in moved
 
 
 _PACE = """

@@ -18,10 +18,12 @@ from types import FrameType
 from . import floor, plots, report, runner, scale
 from .contestants import CONTESTANTS, Contestant, available
 from .loadgen import Json
-from .speed import SpeedProbe, await_fast, fast_level
+from .speed import SpeedProbe
 from .workloads import FULL, QUICK
 
-FLOOR = "Kafka alone"  # its name among the run's speeds, beside the contestants'
+# Their names among the run's speeds, beside the contestants'.
+FLOOR = "Kafka alone"
+SCALE = "recovery at scale"
 _OUT = Path(__file__).resolve().parent / "out"
 
 
@@ -37,16 +39,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner.run(plan, contestants, doc)
         if any(c.broker == "kafka" for c in contestants):
             print("measuring Kafka alone (benchmarks/floor.py)", file=sys.stderr)
-            doc["kafka_floor_fast_wait_s"] = (
-                None if args.quick else await_fast(fast_level(doc["speeds"]))
-            )
-            with SpeedProbe() as pace:
+            with SpeedProbe() as probe:
                 doc["kafka_floor"] = floor.measure(
                     plan.floor_rate, plan.floor_s, plan.warm_up_passes
                 )
-            doc["speeds"][FLOOR] = pace.speeds
+            doc["speeds"][FLOOR] = probe.speeds
             print("measuring recovery at scale (benchmarks/scale.py)", file=sys.stderr)
-            doc["scale"] = scale.measure(scale.QUICK if args.quick else scale.FULL, doc["speeds"])
+            with SpeedProbe() as probe:
+                doc["scale"] = scale.measure(scale.QUICK if args.quick else scale.FULL)
+            doc["speeds"][SCALE] = probe.speeds
     except KeyboardInterrupt:
         print("interrupted: every service it started is stopped", file=sys.stderr)
         return 130

@@ -323,7 +323,7 @@ def summary_markdown(doc: Json) -> str:
         f"`{' '.join(doc['command'])}` on {machine['cpu_model']} ({machine['cpus_usable']}"
         f" CPUs usable, {machine['memory_gib']} GiB); Python {versions['python']},"
         f" Node {versions['node']}, Kafka {versions['kafka']}, Redis {versions['redis']}.",
-        speed_summary(doc.get("speeds", {}), _fast_waits(doc)),
+        speed_summary(doc.get("speeds", {})),
         headline_table(doc),
         "## Latency at fixed rates",
         latency_table(doc),
@@ -347,16 +347,6 @@ def summary_markdown(doc: Json) -> str:
     if errors:
         sections += ["## Errors", "\n".join(errors)]
     return "\n\n".join(sections) + "\n"
-
-
-def _fast_waits(doc: Json) -> list[float]:
-    """Each part's wait for the host's fast speed (`benchmarks/speed.py`), where it waited."""
-    parts = [run for _, _, results in _results(doc) for runs in results.values() for run in runs]
-    scale = doc.get("scale") or {}
-    parts += [*scale.get("busy_topic", []), *(v for v in scale.values() if isinstance(v, dict))]
-    waits = [part.get("fast_wait_s") for part in parts]
-    waits.append(doc.get("kafka_floor_fast_wait_s"))
-    return [wait for wait in waits if wait is not None]
 
 
 # -- sanity ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from .contestants import Contestant
 from .cpu import await_quiet
 from .loadgen import Json
 from .services import BROKERS, BenchmarkError, Brokers, Cluster, free_port
-from .speed import SpeedProbe, await_fast, fast_level
+from .speed import SpeedProbe
 from .workloads import Plan, Target, probe, steps, warm_up
 
 __all__ = ["NODES", "run"]
@@ -46,8 +46,9 @@ def run(plan: Plan, contestants: Sequence[Contestant], doc: Json) -> None:
                     brokers.stop(broker)
             log_dir = Path(scratch) / contestant.name
             log_dir.mkdir()
+            speeds = doc["speeds"].setdefault(contestant.name, [])
             doc["contestants"][contestant.name] = _run_contestant(
-                contestant, plan, brokers, log_dir, overall, f"bench-{doc['run_id']}", doc["speeds"]
+                contestant, plan, brokers, log_dir, overall, f"bench-{doc['run_id']}", speeds
             )
             doc["versions"][contestant.broker] = brokers.version(contestant.broker)
 
@@ -59,7 +60,7 @@ def _run_contestant(
     log_dir: Path,
     overall: tqdm[object],
     channel: str,
-    speeds: dict[str, list[float]],
+    speeds: list[float],
 ) -> Json:
     entry: Json = {
         "title": contestant.title,
@@ -85,25 +86,19 @@ def _run_contestant(
         except BenchmarkError as exc:
             raise BenchmarkError(f"{exc}\n{cluster.log_tails()}") from exc
         overall.set_description(f"{contestant.name}: warming up")
-        mine = speeds.setdefault(contestant.name, [])
-        with SpeedProbe() as pace:  # the first contestant's tells the run its fast speed
-            entry["warm_up_broker_cpu_s"] = warm_up(plan, target)
-        mine += pace.speeds
+        entry["warm_up_broker_cpu_s"] = warm_up(plan, target)
         entry["quiet_wait_s"] = None
-        full = plan.mode == "full"  # worth a quiet, fast machine; a quick run only checks
-        if full:
+        if plan.mode == "full":  # worth a quiet machine; a quick run only checks
             overall.set_description(f"{contestant.name}: waiting for a quiet machine")
             entry["quiet_wait_s"] = await_quiet(cores=_QUIET_CORES)
         for step in planned:
             attempted += 1
             overall.set_description(f"{contestant.name}: {step.label}")
             try:
-                waited = await_fast(fast_level(speeds)) if full else None
                 with SpeedProbe() as pace:
                     result = step.run(target)
-                mine += pace.speeds
+                speeds += pace.speeds
                 result["core_speed"] = statistics.median(pace.speeds)
-                result["fast_wait_s"] = waited
                 entry["results"].setdefault(step.workload, []).append(result)
             except BenchmarkError as exc:
                 entry["errors"].append(f"{step.label}: {exc}")

@@ -21,7 +21,6 @@ import asyncio
 import functools
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,12 +32,9 @@ from . import mass_recovery, memory
 from .cpu import await_quiet
 from .loadgen import Json
 from .services import BenchmarkError, Brokers
-from .speed import SpeedProbe, await_fast, fast_level
 from .workloads import Mode
 
-__all__ = ["FULL", "QUICK", "SCALE", "ScalePlan", "measure", "problems", "sections"]
-
-SCALE = "recovery at scale"  # its name among the run's speeds, beside the contestants'
+__all__ = ["FULL", "QUICK", "ScalePlan", "measure", "problems", "sections"]
 
 _MISSING = "—"
 #: Errors a part ends with when the harness, not the gateway's speed, is at fault.
@@ -93,11 +89,9 @@ FULL = ScalePlan(
 )
 
 
-def measure(plan: ScalePlan, speeds: dict[str, list[float]]) -> Json:
-    """Every part of ``plan`` on a broker started here and stopped at the end; the host's
-    speed during each goes to ``speeds`` (the run's, `benchmarks/speed.py`) as `SCALE`'s."""
+def measure(plan: ScalePlan) -> Json:
+    """Every part of ``plan`` on a broker started here and stopped at the end."""
     doc: Json = {"plan": plan.as_json(), "busy_topic": [], "errors": []}
-    speed = _Speed(speeds, full=plan.mode == "full")
     with tempfile.TemporaryDirectory(prefix="socketio-kafka-scale-") as scratch:
         brokers = Brokers(Path(scratch))
         try:
@@ -109,35 +103,18 @@ def measure(plan: ScalePlan, speeds: dict[str, list[float]]) -> Json:
             doc["load_1m"] = round(os.getloadavg()[0], 2)
             for partitions in plan.busy_partitions:
                 run = functools.partial(_busy, plan, address, partitions)
-                label = f"busy topic, {partitions} partitions"
-                _part(doc, label, speed.watch(run), into=doc["busy_topic"])
+                _part(doc, f"busy topic, {partitions} partitions", run, into=doc["busy_topic"])
             for key, sizes in plan.masses().items():
                 run = functools.partial(_mass_recovery, address, sizes, broker_pid)
-                _part(doc, _mass_label(key), speed.watch(run), key=key)
+                _part(doc, _mass_label(key), run, key=key)
             work = Path(scratch) / "memory"
             work.mkdir()
             sizes = (plan.memory_connections, plan.memory_shared_rooms)
             run = functools.partial(memory.measure, address, *sizes, work, flags=[])
-            _part(doc, "memory", speed.watch(run), key="memory")
+            _part(doc, "memory", run, key="memory")
         finally:
             brokers.close()
     return doc
-
-
-@dataclass(frozen=True, slots=True)
-class _Speed:
-    speeds: dict[str, list[float]]
-    full: bool  # a full run waits for the host's fast speed before each part
-
-    def watch(self, run: Callable[[], Json]) -> Callable[[], Json]:
-        def watched() -> Json:
-            waited = await_fast(fast_level(self.speeds)) if self.full else None
-            with SpeedProbe() as pace:
-                result = run()
-            self.speeds.setdefault(SCALE, []).extend(pace.speeds)
-            return {**result, "core_speed": statistics.median(pace.speeds), "fast_wait_s": waited}
-
-        return watched
 
 
 def _part(

@@ -9,11 +9,8 @@ the plateau, the latencies under load) scales with it, and it moved from 17 to 2
 a minute: so it is sampled all through each step (`SpeedProbe`, 1% of a core) and the
 summary says how far it moved during the run. Sampled under the step's load, it reads the
 host and that load's share of the core's caches together: an idle machine moved as much.
-
-Session 34's first run with the probe found two speeds, about 18 and 27, in stretches of
-seconds to a minute, and one contestant's steps almost all at the slower (its plateau half
-its neighbours'). So a full run waits, before each step, until the host runs at its fast
-speed again (`await_fast`), as it waits for a quiet machine (`benchmarks/cpu.py`).
+Waiting before each step for the fast speed was tried and dropped (`docs/decisions.md`,
+session 34): the host changed speed within steps as often.
 """
 
 from __future__ import annotations
@@ -24,15 +21,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 
-__all__ = [
-    "SKEWED",
-    "SpeedProbe",
-    "await_fast",
-    "core_speed",
-    "fast_level",
-    "speed_summary",
-    "spread",
-]
+__all__ = ["SKEWED", "SpeedProbe", "core_speed", "speed_summary", "spread"]
 
 _STEPS = 100_000  # about 10 ms of the loop on the benchmark machine
 # Slowest over fastest below this: ratios between figures measured at different moments
@@ -89,40 +78,14 @@ class SpeedProbe:
                 return
 
 
-def fast_level(speeds: Mapping[str, Sequence[float]]) -> float | None:
-    """The host's fast speed as the run saw it so far: the 90th percentile of its samples
-    (the fastest alone is an outlier's), None before there are 10."""
-    values = [value for samples in speeds.values() for value in samples]
-    if len(values) < 10:
-        return None
-    return statistics.quantiles(values, n=10)[-1]
-
-
-def await_fast(level: float | None, timeout_s: float = 30.0, every_s: float = 0.25) -> float:
-    """Wait until two samples in a row run at `SKEWED` of ``level`` or faster; how long
-    that took, or -1.0 if they did not within ``timeout_s`` (the step runs anyway, and its
-    ``core_speed`` shows it). No level yet: no wait."""
-    if level is None:
-        return 0.0
-    start = time.monotonic()
-    fast_in_a_row = 0
-    while time.monotonic() - start < timeout_s:
-        fast_in_a_row = fast_in_a_row + 1 if core_speed() >= SKEWED * level else 0
-        if fast_in_a_row == 2:
-            return round(time.monotonic() - start, 1)
-        time.sleep(every_s)
-    return -1.0
-
-
 def spread(speeds: Iterable[float]) -> float | None:
     """The slowest speed over the fastest (1.0: steady), or None without any."""
     values = list(speeds)
     return round(min(values) / max(values), 2) if values else None
 
 
-def speed_summary(speeds: Mapping[str, Sequence[float]], waits: Sequence[float]) -> str:
-    """One paragraph for the run's summary: each part's speed range, the run's spread, and
-    how long its parts waited for the fast speed (``waits``: `await_fast`'s answers)."""
+def speed_summary(speeds: Mapping[str, Sequence[float]]) -> str:
+    """One paragraph for the run's summary: each part's speed range and the run's spread."""
     parts = [
         f"`{name}` {min(values):.1f}-{max(values):.1f}" for name, values in speeds.items() if values
     ]
@@ -134,16 +97,9 @@ def speed_summary(speeds: Mapping[str, Sequence[float]], waits: Sequence[float])
         f"one core, sampled every half second): {', '.join(parts)}; slowest {ratio:.2f}x the"
         " fastest."
     )
-    if waits:
-        gave_up = sum(wait < 0 for wait in waits)
-        text += (
-            f" Before its {len(waits)} parts the run waited {sum(w for w in waits if w > 0):.0f}"
-            f" s in all for the fast speed ({gave_up} began without it)."
-        )
     if ratio < SKEWED:
         text += (
             " **The host's speed moved during this run: figures measured at different speeds"
-            " (and ratios between them) are skewed by up to that much; each step's"
-            " `core_speed` in the JSON says at which it ran.**"
+            " (and ratios between them) are skewed by up to that much.**"
         )
     return text

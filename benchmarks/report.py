@@ -193,6 +193,10 @@ def _loss_cell(result: Json | None) -> str:
     return f"{result['lost']:,} / {result['duplicates']:,} of {result['sent']:,}"
 
 
+# A step's median speed of the host (benchmarks/speed.py): compare steps of about the same.
+_SPEED = "host speed"
+
+
 def latency_table(doc: Json) -> str:
     rows = []
     for name, _, results in _results(doc):
@@ -212,12 +216,13 @@ def latency_table(doc: Json) -> str:
                     "yes" if result["overloaded"] else "no",
                     _fmt((result.get("cpu") or {}).get("server_cores"), 2),
                     _fmt((result.get("cpu") or {}).get("other_cores"), 2),
+                    _fmt(result.get("core_speed")),
                 ]
             )
     header = [
         "contestant", "events/s", "p50 ms", "p95 ms", "p99 ms", "p99.9 ms", "max ms",
         "p99 of each 0.5 s, ms", "delivered / expected", "overloaded", "server cores busy",
-        "other processes' cores",
+        "other processes' cores", _SPEED,
     ]  # fmt: skip
     return _table(header, rows)
 
@@ -248,12 +253,13 @@ def saturation_table(doc: Json) -> str:
                     _fmt(result["loadgen_cpu_s_per_1k"], 4),
                     _fmt(cpu["loadgen_cores"], 2),
                     _fmt(cpu["other_cores"], 2),
+                    _fmt(result.get("core_speed")),
                 ]
             )
     header = [
         "contestant", "deliveries/s", "events/s published", "server CPU s per 1k deliveries",
         "CPU s: nodes + broker", "server cores busy", "load generator CPU s per 1k",
-        "load generator cores busy", "other processes' cores",
+        "load generator cores busy", "other processes' cores", _SPEED,
     ]  # fmt: skip
     return _table(header, rows)
 

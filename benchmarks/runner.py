@@ -98,7 +98,7 @@ def _run_contestant(
                 with SpeedProbe() as pace:
                     result = step.run(target)
                 speeds += pace.speeds
-                result["core_speed"] = statistics.median(pace.speeds)
+                result["core_speed"] = round(statistics.median(pace.speeds), 1)
                 entry["results"].setdefault(step.workload, []).append(result)
             except BenchmarkError as exc:
                 entry["errors"].append(f"{step.label}: {exc}")

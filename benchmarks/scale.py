@@ -21,6 +21,7 @@ import asyncio
 import functools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ from . import mass_recovery, memory
 from .cpu import await_quiet
 from .loadgen import Json
 from .services import BenchmarkError, Brokers
+from .speed import SpeedProbe
 from .workloads import Mode
 
 __all__ = ["FULL", "QUICK", "ScalePlan", "measure", "problems", "sections"]
@@ -90,8 +92,9 @@ FULL = ScalePlan(
 
 
 def measure(plan: ScalePlan) -> Json:
-    """Every part of ``plan`` on a broker started here and stopped at the end."""
-    doc: Json = {"plan": plan.as_json(), "busy_topic": [], "errors": []}
+    """Every part of ``plan`` on a broker started here and stopped at the end (``speeds``:
+    the host's, sampled all through them, `benchmarks/speed.py`)."""
+    doc: Json = {"plan": plan.as_json(), "busy_topic": [], "errors": [], "speeds": []}
     with tempfile.TemporaryDirectory(prefix="socketio-kafka-scale-") as scratch:
         brokers = Brokers(Path(scratch))
         try:
@@ -126,12 +129,17 @@ def _part(
     into: list[Json] | None = None,
 ) -> None:
     print(f"recovery at scale: {label}", file=sys.stderr)
+    pace = SpeedProbe()
     try:
-        result = run()
+        with pace:
+            result = run()
     except _FAILURES as exc:
         doc["errors"].append(f"{label}: {exc!r}"[:2000])
         print(f"recovery at scale: {label} failed: {exc!r}", file=sys.stderr)
         return
+    finally:
+        doc["speeds"] += pace.speeds
+    result["core_speed"] = round(statistics.median(pace.speeds), 1)
     if into is not None:
         into.append(result)
     if key is not None:
@@ -217,9 +225,11 @@ def sections(scale: Json) -> list[str]:
 
 def _busy_table(busy: list[Json]) -> str:
     header = ["partitions", "others", "own", "s to last missed", "records read", "decoded"]
+    header.append("host speed")  # benchmarks/speed.py; none in runs before session 34
     keys = ["partitions", "others", "own", "recovery_s"]
     keys += ["replay_records_read", "replay_records_decoded"]
-    return _table(header, [[_fmt(b[k], 3) for k in keys] for b in busy])
+    rows = [[*(_fmt(b[k], 3) for k in keys), _fmt(b.get("core_speed"))] for b in busy]
+    return _table(header, rows)
 
 
 def _irrelevant_table(busy: list[Json]) -> str:

@@ -92,6 +92,8 @@ def _check_scale(scale: dict[str, Any]) -> None:
         # With the history off, every replay reads Kafka; with it, the gap is in memory.
         assert (mass["replay_records_read"] > 0) == (mass["history_mb"] == 0), (name, mass)
     assert scale["memory"]["held_idle"] == scale["memory"]["connections"] > 0
+    parts = [*scale["busy_topic"], *(scale[name] for name in MASS_RECOVERIES), scale["memory"]]
+    assert all(part["core_speed"] > 0 for part in parts)  # the host's speed during each
 
 
 def _check_results(name: str, results: dict[str, Any], recovers: bool) -> None:

@@ -69,7 +69,8 @@ def test_quick_run_writes_sane_results(tmp_path: Path) -> None:
         assert speeds, part
         assert all(speed > 0 for speed in speeds), part
     assert "Machine speed during each part" in summary
-    assert summary.count("| host speed |") == 2  # beside each latency and saturation figure
+    # Beside each latency, saturation and busy-topic figure.
+    assert summary.count("| host speed |") == 3
 
 
 def _check_scale(scale: dict[str, Any]) -> None:

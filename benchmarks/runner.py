@@ -7,7 +7,6 @@ scratch data dir, nodes and load generators as child processes.
 from __future__ import annotations
 
 import contextlib
-import statistics
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,7 +97,7 @@ def _run_contestant(
                 with SpeedProbe() as pace:
                     result = step.run(target)
                 speeds += pace.speeds
-                result["core_speed"] = round(statistics.median(pace.speeds), 1)
+                result["core_speed"] = pace.median
                 entry["results"].setdefault(step.workload, []).append(result)
             except BenchmarkError as exc:
                 entry["errors"].append(f"{step.label}: {exc}")

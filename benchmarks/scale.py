@@ -21,7 +21,6 @@ import asyncio
 import functools
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -139,7 +138,7 @@ def _part(
         return
     finally:
         doc["speeds"] += pace.speeds
-    result["core_speed"] = round(statistics.median(pace.speeds), 1)
+    result["core_speed"] = pace.median
     if into is not None:
         into.append(result)
     if key is not None:
@@ -224,8 +223,9 @@ def sections(scale: Json) -> list[str]:
 
 
 def _busy_table(busy: list[Json]) -> str:
+    # The host speed (benchmarks/speed.py): none in runs before session 34.
     header = ["partitions", "others", "own", "s to last missed", "records read", "decoded"]
-    header.append("host speed")  # benchmarks/speed.py; none in runs before session 34
+    header += ["host speed"]
     keys = ["partitions", "others", "own", "recovery_s"]
     keys += ["replay_records_read", "replay_records_decoded"]
     rows = [[*(_fmt(b[k], 3) for k in keys), _fmt(b.get("core_speed"))] for b in busy]

@@ -71,6 +71,11 @@ class SpeedProbe:
         self._stop.set()
         self._thread.join()
 
+    @property
+    def median(self) -> float:
+        """The step's speed: the median of its samples (there is always one)."""
+        return round(statistics.median(self.speeds), 1)
+
     def _sample(self) -> None:
         while True:
             self.speeds.append(core_speed(samples=1))

@@ -20,6 +20,7 @@ from socketio.async_pubsub_manager import AsyncPubSubManager
 from . import codec, offsets, routing
 from .budget import MemoryBudget
 from .cursor import Replay, SharedReplays
+from .deadlines import Deadlines
 from .errors import (
     BrokerUnavailable,
     ConfigError,
@@ -160,6 +161,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         self.stats = ManagerStats()
         self._publisher: Publisher | None = None
         self._turns = Turns()
+        self._deadlines = Deadlines(self.options.request_timeout_ms / 1000)
         options = self.options
         #: The fetch interval and linger for this node's load (`adapter/pacing.py`).
         self.pacing = Pacing(
@@ -429,13 +431,14 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
     ) -> None:
         """Produce one record; those of a key are produced in the order this was called.
 
-        One timeout bounds all of it (a timer each is a cost every publish pays): the
-        record handed to the producer, in its key's turn, then Kafka's acknowledgement.
+        One deadline bounds all of it, on a timer shared by every publish
+        (`adapter/deadlines.py`): the record handed to the producer, in its key's turn,
+        then Kafka's acknowledgement.
         """
-        timeout_s = self.options.request_timeout_ms / 1000
+        timeout_s = self._deadlines.timeout_s
         delivery = None
         try:
-            async with asyncio.timeout(timeout_s):
+            async with self._deadlines.bound():
                 # Entered before the first await: see adapter/turns.py.
                 async with self._turns.turn(key):
                     publisher = await self._ready_publisher()

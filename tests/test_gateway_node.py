@@ -121,7 +121,9 @@ async def test_a_broker_that_goes_away_and_comes_back(tmp_path: Path, channel: s
             unready = (await http.get(f"{gateway.url}/readyz", timeout=1)).json()
         assert any(r.startswith("kafka unreachable") for r in unready["reasons"]), unready
         reply = await sender.ask("publish", {"room": "r", "event": "e", "data": 2}, timeout=30)
+        # Bounded by --kafka-timeout-ms (on the timer every publish shares), not left to hang.
         assert reply["ok"] is False
+        assert re.search(r"did not (take|confirm) the record within 3\.0s", reply["error"]), reply
         await _assert_waits_quietly(gateway, seconds=5.0)
         # Its claim cannot be judged: no fresh session (that would lose the event), a retry.
         with pytest.raises(socketio.exceptions.ConnectionError):

@@ -33,7 +33,7 @@ from .loadgen import Json
 from .warmup import until_settled
 from .workloads import FULL
 
-__all__ = ["SETTINGS", "Setting", "floor_table", "main", "measure"]
+__all__ = ["SETTINGS", "Setting", "floor_table", "main", "measure", "record_by_record"]
 
 _PARTITIONS = 6
 _CONSUMERS = 3
@@ -85,6 +85,12 @@ def measure(rate: int, seconds: float, warm_up_passes: int = FULL.warm_up_passes
             return [_run(bootstrap, s, rate, seconds, pid) for s in SETTINGS]
         finally:
             kafka.stop()
+
+
+def record_by_record(bootstrap: str, broker: int, rate: int, seconds: float) -> Json:
+    """One row of the first setting (aiokafka's defaults) on a running broker: the floor a
+    paired run (`benchmarks/paired.py`) measures beside our nodes on their broker."""
+    return _run(bootstrap, SETTINGS[0], rate, seconds, broker)
 
 
 def floor_table(rows: Sequence[Json]) -> str:

@@ -153,6 +153,57 @@ def test_the_summary_says_when_the_hosts_speed_moved_during_a_run() -> None:
     assert "skewed by up to that much" in moved
 
 
+@pytest.mark.kafka
+@pytest.mark.redis
+@pytest.mark.timeout(600)
+def test_a_paired_run_measures_every_goal_on_both_sides_in_each_round(tmp_path: Path) -> None:
+    _require_peers()
+    from benchmarks.paired import FLOOR, GOALS
+
+    argv = ["-m", "benchmarks.paired", "--quick", "--rounds", "1"]
+    done = subprocess.run(
+        [sys.executable, *argv, "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=560,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-5000:]
+    [path] = tmp_path.glob("*.json")
+    doc = json.loads(path.read_text())
+    assert doc["command"][1:] == [*argv, "--out", str(tmp_path)]
+    [measured] = doc["rounds"]
+    for goal in GOALS:
+        for name in filter(None, (goal.ours, goal.peer)):
+            figure = measured[goal.workload][name]
+            assert figure["value"] > 0, (goal.name, name, figure)
+            assert figure["speed"] > 0, (goal.name, name, figure)
+    assert FLOOR in measured["latency 1000/s"]
+    summary = (tmp_path / f"{doc['run_id']}.md").read_text()
+    assert all(f"| {goal.name} |" in summary for goal in GOALS), summary
+
+
+def test_a_paired_goal_is_judged_round_by_round_with_its_speeds() -> None:
+    from benchmarks.paired import GOALS, judged
+
+    by_name = {goal.name: goal for goal in GOALS}
+    saturation = by_name["saturation at least 0.5x node-redis"]
+    rounds = [
+        {"saturation": {"kafka-recovery": {"value": 60.0, "speed": 27.0},
+                        "node-redis": {"value": 100.0, "speed": 26.0}}},
+        {"saturation": {"kafka-recovery": {"value": 40.0, "speed": 18.0},
+                        "node-redis": {"value": 100.0, "speed": 27.0}}},
+    ]  # fmt: skip
+    assert judged(saturation, rounds) == [
+        {"value": 0.6, "met": True, "speeds": [27.0, 26.0], "same_speed": True},
+        {"value": 0.4, "met": False, "speeds": [18.0, 27.0], "same_speed": False},
+    ]
+    p99 = by_name["p99 at 5,000/s x 10 under 25 ms"]  # a bound, no peer
+    rounds = [{"latency 5000/s": {"kafka-recovery": {"value": v, "speed": 20.0}}} for v in (13, 31)]
+    assert [r["met"] for r in judged(p99, rounds)] == [True, False]
+
+
 _PACE = """
 import {{ pace }} from {module};
 let open = false;

@@ -133,8 +133,9 @@ def _clusters(
             cluster.stop()
 
 
-# One measurement: the figure it yields.
-Run = Callable[[], float]
+# One measurement: the figure it yields, and the CPU of its step (`workloads._cpu`;
+# other processes' cores among it: the idle clusters of the other contestants).
+Run = Callable[[], tuple[float, Json]]
 
 
 def _runs(
@@ -156,13 +157,29 @@ def _run_of(
 ) -> Run:
     if name == FLOOR:
         rate = int(goal.workload.split()[1].removesuffix("/s"))
-        return lambda: float(floor.record_by_record(kafka, broker, rate, plan.latency_s)["p50_ms"])
+
+        def alone() -> tuple[float, Json]:
+            row = floor.record_by_record(kafka, broker, rate, plan.latency_s)
+            return float(row["p50_ms"]), {k: row[k] for k in ("broker_cores", "consumer_cores")}
+
+        return alone
     target = targets[name]
     if goal.workload == "saturation":
         saturate = saturation_run(plan)
-        return lambda: float(saturate(target)["plateau_deliveries_per_s"])
+
+        def plateau() -> tuple[float, Json]:
+            result = saturate(target)
+            [best] = [s for s in result["steps"] if s["index"] == result["plateau_step"]]
+            return float(result["plateau_deliveries_per_s"]), best["cpu"]
+
+        return plateau
     latency = latency_run(plan, int(goal.workload.split()[1].removesuffix("/s")))
-    return lambda: float(latency(target)["latency"][goal.figure])
+
+    def percentile() -> tuple[float, Json]:
+        result = latency(target)
+        return float(result["latency"][goal.figure]), result["cpu"]
+
+    return percentile
 
 
 def _round(plan: Plan, runs: dict[str, dict[str, Run]], turn: int) -> Json:
@@ -173,8 +190,12 @@ def _round(plan: Plan, runs: dict[str, dict[str, Run]], turn: int) -> Json:
         for name in names:
             print(f"round {turn + 1}: {workload} on {name}", file=sys.stderr)
             with SpeedProbe() as pace:
-                value = by_name[name]()
-            measured.setdefault(workload, {})[name] = {"value": value, "speed": pace.median}
+                value, cpu = by_name[name]()
+            measured.setdefault(workload, {})[name] = {
+                "value": value,
+                "speed": pace.median,
+                "cpu": cpu,
+            }
     return measured
 
 
@@ -210,6 +231,9 @@ def summary_markdown(doc: Json) -> str:
         "loop steps a second, `benchmarks/speed.py`); a pair whose slower step ran under "
         f"{SKEWED}x the faster one's speed is marked *.",
         "",
+        f"Other processes (the idle clusters among them) used at most {_others(rounds)} "
+        "cores in any step.",
+        "",
         "| goal | each round | median | met in rounds |",
         "| --- | --- | --- | --- |",
     ]
@@ -224,6 +248,16 @@ def summary_markdown(doc: Json) -> str:
         met = sum(r["met"] for r in rows)
         lines.append(f"| {goal.name} | {cells} | {median:.3g} | {met} of {len(rows)} |")
     return "\n".join(lines) + "\n"
+
+
+def _others(rounds: Sequence[Json]) -> float:
+    cores = [
+        step["cpu"].get("other_cores", 0.0)
+        for measured in rounds
+        for by_name in measured.values()
+        for step in by_name.values()
+    ]
+    return max(cores, default=0.0)
 
 
 if __name__ == "__main__":

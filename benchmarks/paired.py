@@ -252,7 +252,7 @@ def summary_markdown(doc: Json) -> str:
 
 def _others(rounds: Sequence[Json]) -> float:
     cores = [
-        step["cpu"].get("other_cores", 0.0)
+        step.get("cpu", {}).get("other_cores", 0.0)
         for measured in rounds
         for by_name in measured.values()
         for step in by_name.values()

@@ -25,18 +25,7 @@ PLOTS = {"latency_cdf.png", "saturation.png", "fanout.png", "recovery.png", "dis
 @pytest.mark.redis
 @pytest.mark.timeout(1080)
 def test_quick_run_writes_sane_results(tmp_path: Path) -> None:
-    _require_peers()
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=1020,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-5000:]
-    [path] = tmp_path.glob("*.json")
-    doc = json.loads(path.read_text())
+    doc = _run_bench(["-m", "benchmarks", "--quick"], tmp_path, timeout=1020)
 
     assert doc["mode"] == "quick"
     assert doc["machine"]["cpu_count"] >= 1
@@ -157,21 +146,10 @@ def test_the_summary_says_when_the_hosts_speed_moved_during_a_run() -> None:
 @pytest.mark.redis
 @pytest.mark.timeout(600)
 def test_a_paired_run_measures_every_goal_on_both_sides_in_each_round(tmp_path: Path) -> None:
-    _require_peers()
     from benchmarks.paired import FLOOR, GOALS
 
     argv = ["-m", "benchmarks.paired", "--quick", "--rounds", "1"]
-    done = subprocess.run(
-        [sys.executable, *argv, "--out", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=560,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-5000:]
-    [path] = tmp_path.glob("*.json")
-    doc = json.loads(path.read_text())
+    doc = _run_bench(argv, tmp_path, timeout=560)
     assert doc["command"][1:] == [*argv, "--out", str(tmp_path)]
     [measured] = doc["rounds"]
     for goal in GOALS:
@@ -240,6 +218,22 @@ def test_the_load_generator_gives_up_on_a_stalled_receiver(opens_after_ms: int) 
         assert outcome == {"sent": 20}
     else:
         assert "no headroom for 0.3 s after 0 events" in outcome["error"]
+
+
+def _run_bench(argv: list[str], out: Path, timeout: float) -> dict[str, Any]:
+    """Run a benchmark module writing to ``out``; the one JSON document it wrote."""
+    _require_peers()
+    done = subprocess.run(
+        [sys.executable, *argv, "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-5000:]
+    [path] = out.glob("*.json")
+    return dict(json.loads(path.read_text()))
 
 
 def _require_peers() -> None:

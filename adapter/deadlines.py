@@ -33,6 +33,7 @@ class Deadlines:
         self.timeout_s = timeout_s
         self._buckets: deque[tuple[int, set[_Bound]]] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __len__(self) -> int:
         """Bounds entered and not yet left or fired (the buckets hold nothing else)."""
@@ -48,6 +49,9 @@ class Deadlines:
 
     def _enter(self, bound: _Bound) -> set[_Bound]:
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # first use, or a new loop: the old one's timer is gone
+            self._loop, self._timer = loop, None
+            self._buckets.clear()
         tick = math.ceil((loop.time() + self.timeout_s) / TICK_S)
         buckets = self._buckets
         if not buckets or buckets[-1][0] != tick:  # the loop's clock never goes back

@@ -104,6 +104,25 @@ async def test_bounds_entered_later_fire_later() -> None:
     assert all(0.2 <= took < 0.2 + TICK_S + 0.2 for _, took in fired), fired
 
 
+def test_bounds_still_fire_on_the_next_event_loop() -> None:
+    """One left armed on a loop that closed would never fire: a manager built once and
+    run on two loops (a test's next one) would bound nothing on the second."""
+    deadlines = Deadlines(0.1)
+
+    async def outlive() -> None:
+        async with deadlines.bound():
+            await asyncio.sleep(10)
+
+    async def leave_armed() -> None:
+        async with deadlines.bound():
+            pass
+        assert deadlines.armed
+
+    asyncio.run(leave_armed())
+    with pytest.raises(TimeoutError):
+        asyncio.run(outlive())
+
+
 def test_a_bound_is_a_positive_time() -> None:
     with pytest.raises(ValueError, match="timeout_s"):
         Deadlines(0)

@@ -33,7 +33,7 @@ from .services import Brokers, Cluster, free_port
 from .speed import SKEWED, SpeedProbe, spread
 from .workloads import FULL, QUICK, Plan, Target, latency_run, probe, saturation_run, warm_up
 
-__all__ = ["FLOOR", "GOALS", "Goal", "main", "measure", "summary_markdown"]
+__all__ = ["FLOOR", "GOALS", "Goal", "judged", "main", "measure", "summary_markdown"]
 
 #: Kafka alone (`benchmarks/floor.py`, record by record), run as one of the contestants.
 FLOOR = "kafka-alone"
@@ -45,22 +45,26 @@ class Goal:
     """``ours``'s ``figure`` against ``peer``'s (None: against ``bound`` itself)."""
 
     name: str
-    workload: str  # "latency 1000/s", "latency 5000/s" or "saturation"
+    rate: int | None  # events/s of a latency step; None: the saturation step
     ours: str
     peer: str | None
     figure: str  # p50_ms, p99_ms or deliveries_per_s
     bound: float  # the ratio (or, without a peer, the figure) the goal allows
     at_most: bool  # True: the ratio must not exceed ``bound``; False: must reach it
 
+    @property
+    def workload(self) -> str:
+        return "saturation" if self.rate is None else f"latency {self.rate}/s"
+
 
 GOALS = (
-    Goal("p50 at 1,000/s within 1.5x Kafka alone", "latency 1000/s",
+    Goal("p50 at 1,000/s within 1.5x Kafka alone", 1_000,
          "kafka-low-latency", FLOOR, "p50_ms", 1.5, at_most=True),
-    Goal("p99 at 5,000/s x 10 under 25 ms", "latency 5000/s",
+    Goal("p99 at 5,000/s x 10 under 25 ms", 5_000,
          "kafka-recovery", None, "p99_ms", 25.0, at_most=True),
-    Goal("saturation at least 0.5x node-redis", "saturation",
+    Goal("saturation at least 0.5x node-redis", None,
          "kafka-recovery", "node-redis", "deliveries_per_s", 0.5, at_most=False),
-    Goal("saturation at least 2.5x redis", "saturation",
+    Goal("saturation at least 2.5x redis", None,
          "kafka-recovery", "redis", "deliveries_per_s", 2.5, at_most=False),
 )  # fmt: skip
 
@@ -92,14 +96,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def measure(plan: Plan, contestants: Sequence[Contestant], rounds: int) -> list[Json]:
     """Every goal's figures, ``rounds`` times: each round a dict of workload -> contestant
-    -> {the figure's value, the step's host speed}."""
+    -> {the figure's value, the step's host speed, its CPU}."""
     with tempfile.TemporaryDirectory(prefix="socketio-kafka-paired-") as scratch:
         brokers = Brokers(Path(scratch))
         try:
             with _clusters(plan, contestants, brokers, Path(scratch)) as targets:
                 kafka = brokers.url("kafka").removeprefix("kafka://")
                 runs = _runs(plan, targets, kafka, brokers.pid("kafka"))
-                return [_round(plan, runs, turn) for turn in range(rounds)]
+                return [_round(runs, turn) for turn in range(rounds)]
         finally:
             brokers.close()
 
@@ -155,8 +159,8 @@ def _runs(
 def _run_of(
     plan: Plan, goal: Goal, name: str, targets: dict[str, Target], kafka: str, broker: int
 ) -> Run:
-    if name == FLOOR:
-        rate = int(goal.workload.split()[1].removesuffix("/s"))
+    rate = goal.rate
+    if name == FLOOR and rate is not None:
 
         def alone() -> tuple[float, Json]:
             row = floor.record_by_record(kafka, broker, rate, plan.latency_s)
@@ -164,7 +168,7 @@ def _run_of(
 
         return alone
     target = targets[name]
-    if goal.workload == "saturation":
+    if rate is None:
         saturate = saturation_run(plan)
 
         def plateau() -> tuple[float, Json]:
@@ -173,7 +177,7 @@ def _run_of(
             return float(result["plateau_deliveries_per_s"]), best["cpu"]
 
         return plateau
-    latency = latency_run(plan, int(goal.workload.split()[1].removesuffix("/s")))
+    latency = latency_run(plan, rate)
 
     def percentile() -> tuple[float, Json]:
         result = latency(target)
@@ -182,7 +186,7 @@ def _run_of(
     return percentile
 
 
-def _round(plan: Plan, runs: dict[str, dict[str, Run]], turn: int) -> Json:
+def _round(runs: dict[str, dict[str, Run]], turn: int) -> Json:
     measured: Json = {}
     for workload, by_name in runs.items():
         names = list(by_name)

@@ -28,10 +28,10 @@ from pathlib import Path
 from . import floor, report
 from .contestants import CONTESTANTS, Contestant
 from .loadgen import Json
-from .runner import NODES
-from .services import Brokers, Cluster, free_port
+from .runner import launch
+from .services import Brokers, Cluster
 from .speed import SKEWED, SpeedProbe, spread
-from .workloads import FULL, QUICK, Plan, Target, latency_run, probe, saturation_run, warm_up
+from .workloads import FULL, QUICK, Plan, Target, latency_run, saturation_run, warm_up
 
 __all__ = ["FLOOR", "GOALS", "Goal", "judged", "main", "measure", "summary_markdown"]
 
@@ -121,14 +121,8 @@ def _clusters(
             log_dir.mkdir()
             cluster = Cluster(log_dir)
             clusters.append(cluster)
-            url = brokers.url(contestant.broker)
             channel = f"paired-{contestant.name}-{time.time_ns()}"
-            ports = [free_port() for _ in range(NODES)]
-            cluster.start([(port, contestant.command(port, url, channel)) for port in ports])
-            target = Target(
-                cluster.urls, cluster.pids, brokers.pid(contestant.broker), log_dir / "loadgen.log"
-            )
-            probe(target)
+            target = launch(cluster, contestant, brokers, channel)
             warm_up(plan, target)
             targets[contestant.name] = target
         yield targets

@@ -20,7 +20,7 @@ from .services import BROKERS, BenchmarkError, Brokers, Cluster, free_port
 from .speed import SpeedProbe
 from .workloads import Plan, Target, probe, steps, warm_up
 
-__all__ = ["NODES", "run"]
+__all__ = ["NODES", "launch", "run"]
 
 NODES = 3
 # Idle nodes and broker stay under this; more means other work shares the machine.
@@ -52,6 +52,21 @@ def run(plan: Plan, contestants: Sequence[Contestant], doc: Json) -> None:
             doc["versions"][contestant.broker] = brokers.version(contestant.broker)
 
 
+def launch(cluster: Cluster, contestant: Contestant, brokers: Brokers, channel: str) -> Target:
+    """Start ``contestant``'s `NODES` nodes in ``cluster`` on its broker, and return them
+    once an event published on any reaches the others (`probe`)."""
+    url = brokers.url(contestant.broker)
+    ports = [free_port() for _ in range(NODES)]
+    cluster.start([(port, contestant.command(port, url, channel)) for port in ports])
+    log = cluster.log_dir / "loadgen.log"
+    target = Target(cluster.urls, cluster.pids, brokers.pid(contestant.broker), log)
+    try:
+        probe(target)
+    except BenchmarkError as exc:
+        raise BenchmarkError(f"{exc}\n{cluster.log_tails()}") from exc
+    return target
+
+
 def _run_contestant(
     contestant: Contestant,
     plan: Plan,
@@ -74,16 +89,7 @@ def _run_contestant(
     cluster = Cluster(log_dir)
     try:
         overall.set_description(f"{contestant.name}: starting")
-        url = brokers.url(contestant.broker)
-        node_channel = f"{channel}-{contestant.name}"
-        ports = [free_port() for _ in range(NODES)]
-        cluster.start([(port, contestant.command(port, url, node_channel)) for port in ports])
-        broker_pid = brokers.pid(contestant.broker)
-        target = Target(cluster.urls, cluster.pids, broker_pid, log_dir / "loadgen.log")
-        try:
-            probe(target)
-        except BenchmarkError as exc:
-            raise BenchmarkError(f"{exc}\n{cluster.log_tails()}") from exc
+        target = launch(cluster, contestant, brokers, f"{channel}-{contestant.name}")
         overall.set_description(f"{contestant.name}: warming up")
         entry["warm_up_broker_cpu_s"] = warm_up(plan, target)
         entry["quiet_wait_s"] = None

@@ -137,7 +137,7 @@ class Cluster:
     terminal reaches the harness alone, which then stops them in order)."""
 
     def __init__(self, log_dir: Path) -> None:
-        self._log_dir = log_dir
+        self.log_dir = log_dir
         self._nodes: list[_Node] = []
 
     @property
@@ -151,7 +151,7 @@ class Cluster:
     def start(self, commands: Sequence[tuple[int, NodeCommand]], timeout: float = 90.0) -> None:
         """Start one node per ``(port, command)``; return once every one answers /readyz."""
         for port, command in commands:
-            log = self._log_dir / f"node-{port}.log"
+            log = self.log_dir / f"node-{port}.log"
             self._nodes.append(_Node(port, log, _spawn(command, log, "wb"), command))
         deadline = time.monotonic() + timeout
         for node in self._nodes:

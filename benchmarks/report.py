@@ -20,6 +20,7 @@ from .floor import floor_table
 from .loadgen import Json
 from .scale import problems as scale_problems
 from .scale import sections as scale_sections
+from .speed import COLUMN as SPEED_COLUMN
 from .speed import speed_summary
 from .workloads import Plan
 
@@ -193,10 +194,6 @@ def _loss_cell(result: Json | None) -> str:
     return f"{result['lost']:,} / {result['duplicates']:,} of {result['sent']:,}"
 
 
-# A step's median speed of the host (benchmarks/speed.py): compare steps of about the same.
-_SPEED = "host speed"
-
-
 def latency_table(doc: Json) -> str:
     rows = []
     for name, _, results in _results(doc):
@@ -222,7 +219,7 @@ def latency_table(doc: Json) -> str:
     header = [
         "contestant", "events/s", "p50 ms", "p95 ms", "p99 ms", "p99.9 ms", "max ms",
         "p99 of each 0.5 s, ms", "delivered / expected", "overloaded", "server cores busy",
-        "other processes' cores", _SPEED,
+        "other processes' cores", SPEED_COLUMN,
     ]  # fmt: skip
     return _table(header, rows)
 
@@ -259,7 +256,7 @@ def saturation_table(doc: Json) -> str:
     header = [
         "contestant", "deliveries/s", "events/s published", "server CPU s per 1k deliveries",
         "CPU s: nodes + broker", "server cores busy", "load generator CPU s per 1k",
-        "load generator cores busy", "other processes' cores", _SPEED,
+        "load generator cores busy", "other processes' cores", SPEED_COLUMN,
     ]  # fmt: skip
     return _table(header, rows)
 

@@ -32,6 +32,7 @@ from . import mass_recovery, memory
 from .cpu import await_quiet
 from .loadgen import Json
 from .services import BenchmarkError, Brokers
+from .speed import COLUMN as SPEED_COLUMN
 from .speed import SpeedProbe
 from .workloads import Mode
 
@@ -225,7 +226,7 @@ def sections(scale: Json) -> list[str]:
 def _busy_table(busy: list[Json]) -> str:
     # The host speed (benchmarks/speed.py): none in runs before session 34.
     header = ["partitions", "others", "own", "s to last missed", "records read", "decoded"]
-    header += ["host speed"]
+    header += [SPEED_COLUMN]
     keys = ["partitions", "others", "own", "recovery_s"]
     keys += ["replay_records_read", "replay_records_decoded"]
     rows = [[*(_fmt(b[k], 3) for k in keys), _fmt(b.get("core_speed"))] for b in busy]

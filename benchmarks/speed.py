@@ -21,12 +21,15 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 
-__all__ = ["SKEWED", "SpeedProbe", "core_speed", "speed_summary", "spread"]
+__all__ = ["COLUMN", "SKEWED", "SpeedProbe", "core_speed", "speed_summary", "spread"]
 
 _STEPS = 100_000  # about 10 ms of the loop on the benchmark machine
 # Slowest over fastest below this: ratios between figures measured at different moments
 # of the run may be off by as much (the summary says so).
 SKEWED = 0.85
+#: The tables' column of a step's speed (its `SpeedProbe.median`): compare rows of about
+#: the same.
+COLUMN = "host speed"
 
 
 def core_speed(samples: int = 5) -> float:

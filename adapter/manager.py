@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
@@ -558,11 +558,15 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             )
             logger = self._get_logger()
             spec = self._topic_spec(self.events_topic, "delete", replication)
-            events = await ensure_topic(admin, spec, logger)
-            self._partitions = self.store.partitions = events.partitions
+            self._partitions = (await ensure_topic(admin, spec, logger)).partitions
             if self.recovery_window is not None:
-                spec = self._topic_spec(self.sessions_topic, "compact", replication)
-                self.store.created = (await ensure_topic(admin, spec, logger)).created
+                spec = replace(
+                    self._topic_spec(self.sessions_topic, "compact", replication),
+                    partitions=self.options.sessions_partitions,
+                    any_partitions=True,
+                )
+                sessions = await ensure_topic(admin, spec, logger)
+                self.store.partitions, self.store.created = sessions.partitions, sessions.created
         finally:
             await admin.close()
 
@@ -583,7 +587,9 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         await consumer.start()
         try:
             events = [TopicPartition(self.events_topic, p) for p in range(self._partitions)]
-            sessions = [TopicPartition(self.sessions_topic, p) for p in range(self._partitions)]
+            sessions = [
+                TopicPartition(self.sessions_topic, p) for p in range(self.store.partitions)
+            ]
             consumer.assign(events + sessions if self.recovery_window is not None else events)
             await consumer.seek_to_end(*events)
             # Resolve the lazy seek now: readiness means positioned.

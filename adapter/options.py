@@ -44,6 +44,11 @@ class KafkaOptions:
     """
 
     partitions: int = 6
+    # Of a new `<channel>.sessions` topic (recovery); an existing one is read as it is. Every
+    # node reads all of it in the same fetches as the events: each partition costs every
+    # fetch of every node, whatever it carries (a bare consumer: about 5-10 µs a partition a
+    # fetch here, docs/decisions.md), and a pid's records share one partition at any count.
+    sessions_partitions: int = 1
     # None: min(3, the brokers in the cluster) and, with 3 replicas or more, 2 in sync for a
     # write (docs/decisions.md). A value given here is a requirement: an existing topic with
     # fewer is refused at start; with the defaults it is a warning.
@@ -106,6 +111,7 @@ class KafkaOptions:
 
     def __post_init__(self) -> None:
         _require(self.partitions >= 1, "partitions must be >= 1")
+        _require(self.sessions_partitions >= 1, "sessions_partitions must be >= 1")
         _require(
             self.replication_factor is None or self.replication_factor >= 1,
             "replication_factor must be >= 1",

@@ -41,7 +41,8 @@ def replication_for(factor: int | None, min_insync: int | None, brokers: int) ->
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
-    """What the manager asks of one topic."""
+    """What the manager asks of one topic. ``partitions`` of an existing topic must match
+    unless ``any_partitions`` (a topic whose readers take its layout as it is)."""
 
     name: str
     partitions: int
@@ -49,6 +50,7 @@ class TopicSpec:
     cleanup_policy: str
     retention_ms: int
     max_message_bytes: int
+    any_partitions: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +109,7 @@ def _weaker_replication(spec: TopicSpec, layout: TopicLayout) -> str | None:
 
 
 def _check(spec: TopicSpec, layout: TopicLayout) -> None:
-    if layout.partitions != spec.partitions:
+    if layout.partitions != spec.partitions and not spec.any_partitions:
         raise TopicLayoutError(
             f"topic {spec.name!r} has {layout.partitions} partitions, this node is configured "
             f"for {spec.partitions}: set partitions={layout.partitions} or use another channel"

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import socketio
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from socketio_kafka.adapter import (
     AsyncKafkaManager,
@@ -68,6 +69,9 @@ async def app(kafka_url: str, channel: str, request: pytest.FixtureRequest) -> A
 
 
 async def _away_and_back(app: App, url: str, client: RecoveringRecorder) -> None:
+    # Recoverable once its session is in Kafka (what an ack waits for): a client dropped
+    # a few ms after its CONNECT reply could come back before it is.
+    assert await app.sio.session_saved(client.sid)
     await client.drop_transport()
     await app.sio.emit("news", {"n": 1}, to="room")
     await client.client.connect(url, transports=["websocket"], auth=client.client.connection_auth)
@@ -169,6 +173,55 @@ async def test_a_claim_is_judged_on_the_sessions_topic_as_it_is_now(
         await thief.close()
         await client.close()
         await lagging.manager.stop()
+
+
+@pytest.mark.parametrize("existing", [None, 3])
+async def test_the_sessions_topic_is_read_with_the_partitions_it_has(
+    kafka_bootstrap: str, kafka_url: str, channel: str, existing: int | None
+) -> None:
+    """A new sessions topic gets ``sessions_partitions`` (1); one that exists (a channel
+    made when it had as many as the events topic) is read as it is: sessions left on one
+    node are restored on the other either way."""
+    first, second = App(kafka_url, channel, True), App(kafka_url, channel, True)
+    clients = [RecoveringRecorder() for _ in range(6)]
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        if existing is not None:
+            configs = {"cleanup.policy": "compact"}
+            await admin.create_topics(
+                [NewTopic(f"{channel}.sessions", existing, 1, topic_configs=configs)]
+            )
+        async with (
+            first.manager,
+            second.manager,
+            run_server(first.asgi) as url,
+            run_server(second.asgi) as other_url,
+        ):
+            for n, client in enumerate(clients):
+                auth = {"token": f"user-{n}"}
+                await client.client.connect(url, transports=["websocket"], auth=auth)
+            sids = [client.sid for client in clients]
+            for client in clients:
+                assert await first.sio.session_saved(client.sid)
+                await client.drop_transport()
+            await first.sio.emit("news", {"n": 1}, to="room")
+            for client in clients:
+                await client.client.connect(
+                    other_url, transports=["websocket"], auth=client.client.connection_auth
+                )
+            assert [(c.client.recovered["/"], c.sid) for c in clients] == [
+                (True, sid) for sid in sids
+            ]
+            for client in clients:
+                assert await client.wait_count("news", 1) == [{"n": 1}]
+        (topic,) = await admin.describe_topics([f"{channel}.sessions"])
+    finally:
+        for client in clients:
+            await client.close()
+        await admin.close()
+    assert len(topic["partitions"]) == (existing or KafkaOptions().sessions_partitions)
+    assert first.manager.store.partitions == len(topic["partitions"])
 
 
 def test_retention_shorter_than_the_window_is_refused(kafka_url: str) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -560,25 +560,25 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             spec = self._topic_spec(self.events_topic, "delete", replication)
             self._partitions = (await ensure_topic(admin, spec, logger)).partitions
             if self.recovery_window is not None:
-                spec = replace(
-                    self._topic_spec(self.sessions_topic, "compact", replication),
-                    partitions=self.options.sessions_partitions,
-                    any_partitions=True,
-                )
+                # Made with sessions_partitions, read with the count it has (docs/decisions.md).
+                spec = self._topic_spec(self.sessions_topic, "compact", replication, sessions=True)
                 sessions = await ensure_topic(admin, spec, logger)
                 self.store.partitions, self.store.created = sessions.partitions, sessions.created
         finally:
             await admin.close()
 
-    def _topic_spec(self, name: str, cleanup_policy: str, replication: Replication) -> TopicSpec:
+    def _topic_spec(
+        self, name: str, cleanup_policy: str, replication: Replication, sessions: bool = False
+    ) -> TopicSpec:
         options = self.options
         return TopicSpec(
             name,
-            options.partitions,
+            options.sessions_partitions if sessions else options.partitions,
             replication,
             cleanup_policy,
             options.retention_ms,
             options.max_message_bytes,
+            any_partitions=sessions,
         )
 
     async def _positioned_consumer(self) -> AIOKafkaConsumer:

@@ -87,6 +87,11 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channel")
     parser.add_argument("--partitions", type=integer)
     parser.add_argument(
+        "--sessions-partitions",
+        type=integer,
+        help="partitions of a new sessions topic (default 1); an existing one is read as it is",
+    )
+    parser.add_argument(
         "--replication-factor",
         type=integer,
         help="replicas of each partition of the topics this node creates; given, an existing"

@@ -50,6 +50,8 @@ class Settings:
     redis_url: str | None = None
     channel: str = "socketio"
     partitions: int = 6
+    # Of a new sessions topic; an existing one is read as it is (docs/decisions.md).
+    sessions_partitions: int = _KAFKA.sessions_partitions
     # None: what the cluster can hold (KafkaOptions; docs/decisions.md).
     replication_factor: int | None = None
     min_insync_replicas: int | None = None
@@ -140,6 +142,7 @@ class Settings:
         """The Kafka clients' options; raises `ConfigError` (a ValueError) when out of range."""
         return KafkaOptions(
             partitions=self.partitions,
+            sessions_partitions=self.sessions_partitions,
             replication_factor=self.replication_factor,
             min_insync_replicas=self.min_insync_replicas,
             request_timeout_ms=self.kafka_timeout_ms,

@@ -116,6 +116,17 @@ def test_replication_from_flags_and_the_environment(monkeypatch: pytest.MonkeyPa
     assert (options.replication_factor, options.min_insync_replicas) == (3, 2)
 
 
+def test_the_sessions_topics_partitions_from_flags_and_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert _manager([]).options.sessions_partitions == KafkaOptions().sessions_partitions == 1
+    monkeypatch.setenv("SOCKETIO_KAFKA_SESSIONS_PARTITIONS", "6")
+    assert _manager([]).options.sessions_partitions == 6
+    assert _manager(["--sessions-partitions", "3"]).options.sessions_partitions == 3
+    with pytest.raises(ValueError, match="sessions_partitions must be >= 1"):
+        settings_from(build_parser().parse_args(["serve", "--sessions-partitions", "0"]))
+
+
 @pytest.mark.usefixtures("nothing_starts")
 def test_more_in_sync_than_replicas_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["serve", "--replication-factor", "1", "--min-insync-replicas", "2"]) == 1

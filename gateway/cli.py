@@ -249,6 +249,11 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
         type=number,
         help="seconds from SIGTERM to exit: clients are moved off, Kafka flushed (default 10)",
     )
+    group.add_argument(
+        "--keep-alive-timeout",
+        type=integer,
+        help="seconds an idle HTTP connection is kept; above any proxy's in front (default 65)",
+    )
 
 
 def _add_kafka_security(parser: argparse.ArgumentParser) -> None:
@@ -382,6 +387,7 @@ def _serve(args: argparse.Namespace) -> int:
         ws_per_message_deflate=settings.ws_compression,
         # Once the drain closed every client, what is left: requests in flight.
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout / 4)),
+        timeout_keep_alive=settings.keep_alive_timeout,
         # The client address the limits key on: the peer, or X-Forwarded-For's first hop
         # with --trust-forwarded-for (limits.client_address), never uvicorn's rewrite.
         proxy_headers=False,

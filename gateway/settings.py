@@ -88,6 +88,11 @@ class Settings:
     trust_forwarded_for: bool = _LIMITS.trust_forwarded_for
     # Seconds from SIGTERM to exit (README, "Drain").
     drain_timeout: float = 10.0
+    # Seconds an idle HTTP connection is kept open for its next request. Longer than what
+    # clients and proxies keep theirs (aiohttp 15 s, nginx's upstream keepalive and AWS ALB
+    # 60 s): whoever closes an idle connection must be the one that would reuse it, or a
+    # request it sends as the node closes is lost ("transport error"; docs/decisions.md).
+    keep_alive_timeout: int = 65
     # Kafka security (README, "Secured Kafka"). Secrets come from files read at start-up,
     # so they stay out of process listings; the password may come from the environment
     # (SOCKETIO_KAFKA_KAFKA_PASSWORD) for platforms that inject secrets so, never a flag.
@@ -136,6 +141,8 @@ class Settings:
         self.limits  # noqa: B018 (its checks)
         if self.drain_timeout <= 0:
             raise ValueError("drain_timeout must be > 0")
+        if self.keep_alive_timeout < 1:
+            raise ValueError("keep_alive_timeout must be >= 1")
 
     @property
     def kafka_options(self) -> KafkaOptions:

@@ -100,6 +100,18 @@ def test_queue_bounds_from_flags_and_the_environment(monkeypatch: pytest.MonkeyP
     )
 
 
+def test_the_keep_alive_from_flags_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    def keep_alive(*flags: str) -> int:
+        return settings_from(build_parser().parse_args(["serve", *flags])).keep_alive_timeout
+
+    assert keep_alive() == 65
+    monkeypatch.setenv("SOCKETIO_KAFKA_KEEP_ALIVE_TIMEOUT", "620")
+    assert keep_alive() == 620
+    assert keep_alive("--keep-alive-timeout", "30") == 30
+    with pytest.raises(ValueError, match="keep_alive_timeout must be >= 1"):
+        keep_alive("--keep-alive-timeout", "0")
+
+
 @pytest.mark.usefixtures("nothing_starts")
 def test_a_busy_wait_under_the_idle_one_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["serve", "--linger-ms", "4", "--linger-max-ms", "3"]) == 1

@@ -75,6 +75,26 @@ def test_nginx_and_prometheus_reach_every_gateway() -> None:
     assert targets == [f"{g}:8000" for g in GATEWAYS]
 
 
+def test_nginx_outwaits_the_heartbeat_and_closes_idle_connections_first(
+    compose: dict[str, Any],
+) -> None:
+    """nginx must not end a held poll or a quiet WebSocket before a heartbeat could come
+    (the ping interval plus the ping timeout), and must close an idle upstream connection
+    before the gateway does (a request on one the gateway is closing is lost)."""
+    nginx = (COMPOSE / "nginx.conf").read_text()
+    upstream = re.search(r"upstream gateways \{(.*?)\n    \}", nginx, re.S)
+    assert upstream is not None
+    idle = re.search(r"^\s*keepalive_timeout (\d+)s;", upstream[1], re.M)
+    assert idle is not None, "nginx's own default (60 s) is not written where it is checked"
+    for name in GATEWAYS:
+        environment = compose["services"][name]["environment"]
+        keep = environment.get(f"{ENV_PREFIX}KEEP_ALIVE_TIMEOUT", Settings().keep_alive_timeout)
+        assert int(idle[1]) < int(keep), name
+    heartbeat = socketio.AsyncServer().eio  # the gateway's: python-socketio's defaults
+    for timeout in re.findall(r"proxy_(?:read|send)_timeout (\d+)s;", nginx):
+        assert int(timeout) > heartbeat.ping_interval + heartbeat.ping_timeout
+
+
 def _mounts(service: dict[str, Any]) -> dict[str, Path]:
     """A service's bind mounts: where in the container, from which path of compose/."""
     mounts = {}

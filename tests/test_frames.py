@@ -214,6 +214,9 @@ async def _events_in_order(
     client = socketio.AsyncClient(**client_options)
     got: list[int] = []
     client.on("n", got.append)
+    # A client that reconnects gets a new socket, in no room: what it says why.
+    drops: list[object] = []
+    client.on("disconnect", lambda *reason: drops.append(reason))
     await client.connect(url, transports=transports)
     try:
         assert await client.call("join", "room") == "joined"
@@ -224,10 +227,11 @@ async def _events_in_order(
                 assert await client.call("echo", n) == n
         try:
             await wait_until(lambda: len(got) >= count, 30, "every event")
-        except AssertionError as exc:  # what a rare failure in CI (session 33) did not say
+        except AssertionError as exc:  # what rare failures in CI (sessions 33, 36) did not say
             raise AssertionError(
                 f"{exc}: {len(got)} of {count} arrived (the last: {got[-3:]}); the client "
-                f"is {'' if client.connected else 'not '}connected, on {client.transport()}"
+                f"is {'' if client.connected else 'not '}connected, on {client.transport()}, "
+                f"disconnected before: {drops}"
             ) from None
         assert got == list(range(count))
         return manager.stats.events_written - before

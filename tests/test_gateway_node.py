@@ -246,6 +246,47 @@ async def test_metrics_and_health_routes(node: GatewayProcess) -> None:
     assert await _young_collection_timed(node.url), "young collections timed"
 
 
+async def test_an_idle_connection_is_kept_for_its_next_request(
+    node: GatewayProcess, kafka_url: str, channel: str
+) -> None:
+    """Clients and proxies reuse idle connections: the node must not close one first, or a
+    request sent as it closes is lost. uvicorn's own 5 s did that, rarely, to a polling
+    client (a "transport error", then a new session: docs/decisions.md)."""
+    assert not await _closed_when_idle(node.url, 6)
+    async with gateway_cluster(
+        kafka_url, channel, nodes=1, extra_args=["--keep-alive-timeout", "1"]
+    ) as [short]:
+        assert await _closed_when_idle(short.url, 10)
+
+
+async def _closed_when_idle(url: str, seconds: float) -> bool:
+    """Whether the node closes a connection left idle after a request, within ``seconds``;
+    one it keeps must serve a second request."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+    request = b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n"
+
+    async def status() -> bytes:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length: *(\d+)", head)
+        assert length is not None, head
+        await reader.readexactly(int(length[1]))
+        return head.split(b" ", 2)[1]
+
+    try:
+        writer.write(request)
+        assert await status() == b"200"
+        try:
+            async with asyncio.timeout(seconds):
+                assert await reader.read(1) == b"", "nothing unasked is sent"
+                return True
+        except TimeoutError:
+            writer.write(request)
+            assert await status() == b"200"
+            return False
+    finally:
+        writer.close()
+
+
 async def _young_collection_timed(url: str, batch: int = 10, most: int = 300) -> bool:
     """Whether the node's collector times a young collection once clients bring one about.
 

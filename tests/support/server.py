@@ -9,6 +9,8 @@ from typing import Any
 
 import uvicorn
 
+from socketio_kafka.gateway.settings import Settings
+
 from .cluster import free_port
 from .waiting import wait_until
 
@@ -31,6 +33,10 @@ async def run_server(
         ws=ws,
         http=http,
         ws_per_message_deflate=deflate,
+        # As the gateway keeps idle connections: past aiohttp's 15 s. uvicorn's own 5 s lost
+        # a polling client, rarely, its connection, when it reused one as the server closed
+        # it (CI in sessions 33 and 36: "transport error", then a new session in no room).
+        timeout_keep_alive=Settings().keep_alive_timeout,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -217,6 +217,8 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         #: later is not retried over it.
         self._attempts: dict[str, int] = {}
         self._attempt_numbers = itertools.count()
+        #: Claims waiting for the writes of their pid in flight here (`_written`).
+        self._writing: dict[str, asyncio.Future[None]] = {}
         #: Connections accepted, ``fresh`` or ``recovered``; claims judged, by `OUTCOMES`.
         self.connects: collections.Counter[str] = collections.Counter()
         self.recoveries: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -448,6 +450,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         manager = self.kafka
         for _ in range(_JUDGMENTS):
             try:
+                await self._written(claim.pid)
                 session = await manager.store.find(claim.pid)
                 if session is not None and await self._close_stale_transport(session, eio_sid):
                     session = await manager.store.find(claim.pid)  # as the close left it
@@ -859,6 +862,19 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             for pid in records:
                 if self._attempts.get(pid) == attempt:
                     del self._attempts[pid]
+                    if (waiting := self._writing.pop(pid, None)) is not None:
+                        waiting.set_result(None)
+
+    async def _written(self, pid: str) -> None:
+        """Wait until the writes of ``pid``'s session in flight here are answered (each is
+        bounded by the publisher's deadline), so that a claim reads them: a client dropped
+        as its session was being written (its CONNECT reply, its rooms, its "left" record)
+        and back at once would otherwise find it unknown, and lose what it missed."""
+        if pid in self._attempts:
+            waiting = self._writing.get(pid)
+            if waiting is None:
+                waiting = self._writing[pid] = asyncio.get_running_loop().create_future()
+            await asyncio.shield(waiting)  # one claim cancelled is not the others'
 
     async def _retry_unsaved(self) -> None:
         delay = _FIRST_RETRY_S

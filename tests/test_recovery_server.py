@@ -93,6 +93,38 @@ async def test_a_recovered_socket_skips_the_connect_handler_and_keeps_its_data(a
             await client.close()
 
 
+@pytest.mark.parametrize("app", [True], indirect=True)
+async def test_a_client_back_before_its_session_is_in_kafka_recovers_it(app: App) -> None:
+    """Dropped right after its CONNECT reply and back at once, while its session's records
+    (connected, in its room; then left) are still on their way to Kafka, which takes half a
+    second to answer each (as during a leader's election): the claim waits for this node's
+    writes of the session, and recovers it. (It got a fresh session, "unknown session",
+    and lost what it missed.)"""
+    store = app.manager.store
+    write = store.write
+
+    async def slow_write(records: Any) -> None:
+        await asyncio.sleep(0.5)
+        await write(records)
+
+    store.write = slow_write  # type: ignore[method-assign]
+    async with run_server(app.asgi) as url:
+        client = RecoveringRecorder()
+        await client.client.connect(url, transports=["websocket"], auth={"token": "carol"})
+        try:
+            pid = client.client.pids["/"]
+            await client.drop_transport()
+            assert store.table.sessions.get(pid) is None, "already in Kafka"
+            await app.sio.emit("news", {"n": 1}, to="room")
+            auth = client.client.connection_auth
+            await client.client.connect(url, transports=["websocket"], auth=auth)
+            assert client.client.recovered["/"] is True
+            assert await client.wait_count("news", 1) == [{"n": 1}]
+            assert await client.client.call("whoami") == {"user": "carol", "recovered": True}
+        finally:
+            await client.close()
+
+
 @pytest.mark.parametrize("app", [False], indirect=True)
 async def test_without_skip_middlewares_the_connect_handler_decides(app: App) -> None:
     async with run_server(app.asgi) as url:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import json
 import logging
@@ -866,15 +867,18 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
                         waiting.set_result(None)
 
     async def _written(self, pid: str) -> None:
-        """Wait until the writes of ``pid``'s session in flight here are answered (each is
-        bounded by the publisher's deadline), so that a claim reads them: a client dropped
-        as its session was being written (its CONNECT reply, its rooms, its "left" record)
-        and back at once would otherwise find it unknown, and lose what it missed."""
+        """Wait until the writes of ``pid``'s session in flight here are answered, so that a
+        claim reads them: a client dropped as its session was being written (its CONNECT
+        reply, its rooms, its "left" record) and back at once would otherwise find it
+        unknown, and lose what it missed. At most a Kafka request's timeout: each write is
+        bounded by it, but a socket still connected here may go on changing its session."""
         if pid in self._attempts:
             waiting = self._writing.get(pid)
             if waiting is None:
                 waiting = self._writing[pid] = asyncio.get_running_loop().create_future()
-            await asyncio.shield(waiting)  # one claim cancelled is not the others'
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.kafka.options.request_timeout_ms / 1000):
+                    await asyncio.shield(waiting)  # one claim cancelled is not the others'
 
     async def _retry_unsaved(self) -> None:
         delay = _FIRST_RETRY_S

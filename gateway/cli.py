@@ -245,6 +245,11 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
         help="key limits on X-Forwarded-For's first hop (behind a proxy only; default off)",
     )
     group.add_argument(
+        "--read-timeout",
+        type=number,
+        help="seconds a connection has to send a whole HTTP request (default 30)",
+    )
+    group.add_argument(
         "--drain-timeout",
         type=number,
         help="seconds from SIGTERM to exit: clients are moved off, Kafka flushed (default 10)",
@@ -375,6 +380,7 @@ def _serve(args: argparse.Namespace) -> int:
             settings.kafka or f"kafka://{_service('kafka', None, None).start()}",
             on_failure=stop,
         )
+    sio = app.state.node.sio
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -382,8 +388,9 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         # An address flooding handshakes is held, then reset, as it connects; one over its rate
         # is refused before uvicorn accepts its WebSocket.
-        http=gated_http(app.state.node.sio.accepts, app.state.node.sio.holds),
-        ws=CoalescingWebSocketProtocol.gated(app.state.node.sio.admits),
+        # A connection that does not send its request in time is closed.
+        http=gated_http(sio.accepts, sio.holds, settings.read_timeout, sio.read_too_slow),
+        ws=CoalescingWebSocketProtocol.gated(sio.admits),
         ws_per_message_deflate=settings.ws_compression,
         # Once the drain closed every client, what is left: requests in flight.
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout / 4)),
@@ -392,9 +399,9 @@ def _serve(args: argparse.Namespace) -> int:
         # with --trust-forwarded-for (limits.client_address), never uvicorn's rewrite.
         proxy_headers=False,
     )
-    server = DrainingServer(config, app.state.node.sio, settings.drain_timeout)
+    server = DrainingServer(config, sio, settings.drain_timeout)
     # What the node's frozen objects grow with: its Engine.IO connections.
-    pace_collector(connections=lambda: len(app.state.node.sio.eio.sockets))
+    pace_collector(connections=lambda: len(sio.eio.sockets))
     with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run
         server.run()
     if failures:

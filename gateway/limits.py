@@ -21,6 +21,7 @@ __all__ = [
     "CONNECT_RATE",
     "EVENT_RATE",
     "LIMITS",
+    "READ_TIMEOUT",
     "ROOMS",
     "Limits",
     "NodeLimits",
@@ -36,7 +37,8 @@ CONNECTIONS = "connections"
 CONNECT_RATE = "connect_rate"
 EVENT_RATE = "event_rate"
 ROOMS = "rooms"
-LIMITS = (CONNECTIONS, CONNECT_RATE, EVENT_RATE, ROOMS)
+READ_TIMEOUT = "read_timeout"
+LIMITS = (CONNECTIONS, CONNECT_RATE, EVENT_RATE, ROOMS, READ_TIMEOUT)
 #: Refusals within a window that make a connection (or an address) a flood, at the least.
 _FLOOD_FLOOR = 100
 #: Refusals are counted per window of this many seconds, from the first.
@@ -48,6 +50,7 @@ _MESSAGES = {
     CONNECT_RATE: "connection rate limited",
     EVENT_RATE: "rate limited",
     ROOMS: "too many rooms",
+    READ_TIMEOUT: "request not sent in time; connection closed",
 }
 _LOG_EVERY_S = 60.0
 #: Buckets kept at most (per-address state a flood of addresses cannot grow past).
@@ -75,6 +78,11 @@ class Limits:
     #: Take the client's address from X-Forwarded-For's first hop (behind nginx only:
     #: a client reaching the node directly could name any address).
     trust_forwarded_for: bool = False
+    # Seconds a connection has to send a whole HTTP request: from the connection, or the
+    # request's first byte, to its last. uvicorn has no such bound: a connection that sent
+    # nothing, or half a request, was held (an open file, 7.5 kB) for as long as its client
+    # liked. nginx's own header and body timeouts are 60 s; a Socket.IO client sends at once.
+    read_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if self.max_connections < 1:
@@ -83,6 +91,8 @@ class Limits:
             raise ValueError("connect_rate and event_rate must be > 0")
         if self.max_rooms_per_socket < 1:
             raise ValueError("max_rooms_per_socket must be >= 1")
+        if self.read_timeout <= 0:
+            raise ValueError("read_timeout must be > 0")
 
 
 class TokenBuckets:

@@ -86,6 +86,7 @@ class Settings:
     event_rate: float = _LIMITS.event_rate
     max_rooms_per_socket: int = _LIMITS.max_rooms_per_socket
     trust_forwarded_for: bool = _LIMITS.trust_forwarded_for
+    read_timeout: float = _LIMITS.read_timeout
     # Seconds from SIGTERM to exit (README, "Drain").
     drain_timeout: float = 10.0
     # Seconds an idle HTTP connection is kept open for its next request. Longer than what
@@ -200,6 +201,7 @@ class Settings:
             self.event_rate,
             self.max_rooms_per_socket,
             self.trust_forwarded_for,
+            self.read_timeout,
         )
 
     @property

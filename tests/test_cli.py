@@ -112,6 +112,18 @@ def test_the_keep_alive_from_flags_and_the_environment(monkeypatch: pytest.Monke
         keep_alive("--keep-alive-timeout", "0")
 
 
+def test_the_read_timeout_from_flags_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    def read_timeout(*flags: str) -> float:
+        return settings_from(build_parser().parse_args(["serve", *flags])).limits.read_timeout
+
+    assert read_timeout() == 30
+    monkeypatch.setenv("SOCKETIO_KAFKA_READ_TIMEOUT", "2.5")
+    assert read_timeout() == 2.5
+    assert read_timeout("--read-timeout", "60") == 60
+    with pytest.raises(ValueError, match="read_timeout must be > 0"):
+        read_timeout("--read-timeout", "0")
+
+
 @pytest.mark.usefixtures("nothing_starts")
 def test_a_busy_wait_under_the_idle_one_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["serve", "--linger-ms", "4", "--linger-max-ms", "3"]) == 1

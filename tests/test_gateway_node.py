@@ -246,17 +246,26 @@ async def test_metrics_and_health_routes(node: GatewayProcess) -> None:
     assert await _young_collection_timed(node.url), "young collections timed"
 
 
-async def test_an_idle_connection_is_kept_for_its_next_request(
+async def test_an_idle_connection_is_kept_and_a_silent_one_closed_when_due(
     node: GatewayProcess, kafka_url: str, channel: str
 ) -> None:
     """Clients and proxies reuse idle connections: the node must not close one first, or a
     request sent as it closes is lost. uvicorn's own 5 s did that, rarely, to a polling
-    client (a "transport error", then a new session: docs/decisions.md)."""
+    client (a "transport error", then a new session: docs/decisions.md). A connection that
+    sends no request is closed at the read timeout, and counted."""
     assert not await _closed_when_idle(node.url, 6)
-    async with gateway_cluster(
-        kafka_url, channel, nodes=1, extra_args=["--keep-alive-timeout", "1"]
-    ) as [short]:
+    flags = ["--keep-alive-timeout", "1", "--read-timeout", "1"]
+    async with gateway_cluster(kafka_url, channel, nodes=1, extra_args=flags) as [short]:
         assert await _closed_when_idle(short.url, 10)
+        reader, writer = await asyncio.open_connection("127.0.0.1", short.port)
+        try:
+            async with asyncio.timeout(10):
+                assert await reader.read() == b""
+        finally:
+            writer.close()
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(f"{short.url}/metrics")).text
+        assert 'socketio_kafka_limit_refusals_total{limit="read_timeout"} 1.0' in metrics
 
 
 async def _closed_when_idle(url: str, seconds: float) -> bool:

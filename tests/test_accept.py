@@ -146,6 +146,7 @@ async def test_a_connection_that_does_not_send_its_request_in_time_is_closed() -
     http = gated_http(lambda peer: True, Holds(), 1.0, timed_out.append)
     async with run_server(_websocket_app, http=http) as url:
         port = int(url.rsplit(":", 1)[1])
+        began = time.monotonic()
         connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
         (silent, _), (half, half_w), (slow, slow_w), (polling, polling_w) = connections
         half_w.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
@@ -153,11 +154,10 @@ async def test_a_connection_that_does_not_send_its_request_in_time_is_closed() -
         polling_w.write(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
         websocket = await flood.upgrade("127.0.0.1", port, "127.0.0.8")
         assert websocket.status == 101
-        began = time.monotonic()
         try:
             closed = await asyncio.gather(*(_closed_within(r, 5) for r in (silent, half, slow)))
             assert closed == [True, True, True]
-            assert time.monotonic() - began >= 0.5  # not before its time
+            assert time.monotonic() - began >= 1  # not before its time
             assert timed_out == ["127.0.0.1"] * 3
             # Answered after 1.5 s, and kept: idle after its response, as long as it likes.
             assert (await polling.readuntil(b"ok")).startswith(b"HTTP/1.1 200")

@@ -392,6 +392,10 @@ def _serve(args: argparse.Namespace) -> int:
         http=gated_http(sio.accepts, sio.holds, settings.read_timeout, sio.read_too_slow),
         ws=CoalescingWebSocketProtocol.gated(sio.admits),
         ws_per_message_deflate=settings.ws_compression,
+        # A message over the payload limit is refused at its frame's header, not read into
+        # memory first (uvicorn's own bound is 16 MiB a connection); decompressed, if
+        # compressed.
+        ws_max_size=settings.max_payload_bytes,
         # Once the drain closed every client, what is left: requests in flight.
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout / 4)),
         timeout_keep_alive=settings.keep_alive_timeout,

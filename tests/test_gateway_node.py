@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import struct
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ import httpx
 import pytest
 import socketio
 
+from benchmarks import flood
 from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions, PublishError
 from socketio_kafka.gateway.local_kafka import LocalKafka
 
@@ -231,6 +233,28 @@ async def test_a_client_sending_more_than_max_payload_is_cut_off_and_others_are_
         assert await other.ask("join", {"room": "r"}) == {"ok": True}
     finally:
         await asyncio.gather(big.close(), other.close())
+
+
+async def test_a_websocket_message_over_max_payload_is_refused_before_it_is_read(
+    node: GatewayProcess,
+) -> None:
+    """A frame that announces more than ``--max-payload-bytes`` closes the connection at its
+    header (1009, "message too big"): the node neither waits for nor keeps the rest (it
+    kept up to uvicorn's own 16 MiB a connection, then refused it)."""
+    port = int(node.url.rsplit(":", 1)[1])
+    up = await flood.upgrade("127.0.0.1", port, "127.0.0.1")
+    assert up.status == 101
+    try:
+        length = 10_000_000
+        header = struct.pack("!BBQ", 0x81, 0x80 | 127, length) + os.urandom(4)
+        up.writer.write(header + b"4" * 1024)  # a text frame, masked, as clients send
+        async with asyncio.timeout(10):
+            received = await up.reader.read()  # to the node's close
+        close = received.rfind(b"\x88")
+        assert close >= 0, received
+        assert struct.unpack("!H", received[close + 2 : close + 4]) == (1009,)
+    finally:
+        up.writer.transport.abort()
 
 
 async def test_metrics_and_health_routes(node: GatewayProcess) -> None:

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from .reading import BoundedHTTPProtocol, Refused
 
 __all__ = ["AcceptGate", "Holds", "gated_http"]
 
@@ -68,74 +68,13 @@ class Holds:
             del self.held[peer]
 
 
-class _HTTPProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP protocol (httptools', of uvicorn[standard]) with a deadline on reading
-    each request, which lets go of its parser once a WebSocket took over.
-
-    The deadline runs from the connection, and from each later request's first byte, to the
-    request's last byte: past it the connection is closed and ``timed_out(peer)`` told. A
-    response, however long (a long-polling GET held until there is something to send), is
-    not read, so not bound; between requests uvicorn's keep-alive timeout bounds the wait.
-
-    The parser holds the protocol's bound callbacks: each upgraded connection left that
-    cycle for the collector, and a burst of connections made its young collections take
-    55-113 ms of the event loop (benchmarks/RESULTS.md, session 14).
-    """
-
-    def __init__(
-        self, read_timeout: float, timed_out: Callable[[str | None], None], **uvicorn: Any
-    ) -> None:
-        super().__init__(**uvicorn)
-        self._read_timeout = read_timeout
-        self._timed_out = timed_out
-        self._reading: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._read_from_now()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._read_done()
-        super().connection_lost(exc)
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if self._reading is None:
-            self._read_from_now()
-
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        self._read_done()
-
-    def handle_websocket_upgrade(self) -> None:
-        self._read_done()
-        super().handle_websocket_upgrade()
-        self.__dict__.pop("parser", None)
-
-    def _read_from_now(self) -> None:
-        self._reading = self.loop.call_later(self._read_timeout, self._too_slow)
-
-    def _read_done(self) -> None:
-        if self._reading is not None:
-            self._reading.cancel()
-            self._reading = None
-
-    def _too_slow(self) -> None:
-        self._reading = None
-        if not self.transport.is_closing():
-            self._timed_out(self.client[0] if self.client else None)
-            self.transport.close()
-
-
 def gated_http(
-    gate: AcceptGate,
-    holds: Holds,
-    read_timeout: float,
-    timed_out: Callable[[str | None], None],
+    gate: AcceptGate, holds: Holds, read_timeout: float, refused: Refused
 ) -> type[asyncio.Protocol]:
     """A protocol factory for uvicorn's ``http``: ``gate`` asked first, then uvicorn's own
-    HTTP protocol takes the connection, with ``read_timeout`` seconds for each request
-    (`_HTTPProtocol`). A refused connection is held as ``holds`` allows, else reset at once."""
+    HTTP protocol takes the connection, with its bounds on each request
+    (`BoundedHTTPProtocol`). A refused connection is held as ``holds`` allows, else reset
+    at once."""
 
     class GatedHTTPProtocol(asyncio.Protocol):
         __slots__ = ("_held", "_reset", "_uvicorn")
@@ -149,7 +88,7 @@ def gated_http(
             peer = transport.get_extra_info("peername")
             host = peer[0] if peer else None
             if gate(host):
-                http = _HTTPProtocol(read_timeout, timed_out, **self._uvicorn)
+                http = BoundedHTTPProtocol(read_timeout, refused, **self._uvicorn)
                 transport.set_protocol(http)
                 http.connection_made(transport)
             elif host is not None and holds.take(host):

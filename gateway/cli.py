@@ -388,8 +388,9 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         # An address flooding handshakes is held, then reset, as it connects; one over its rate
         # is refused before uvicorn accepts its WebSocket.
-        # A connection that does not send its request in time is closed.
-        http=gated_http(sio.accepts, sio.holds, settings.read_timeout, sio.read_too_slow),
+        # A connection that does not send its request in time, or whose head is too large,
+        # is closed.
+        http=gated_http(sio.accepts, sio.holds, settings.read_timeout, sio.refused_request),
         ws=CoalescingWebSocketProtocol.gated(sio.admits),
         ws_per_message_deflate=settings.ws_compression,
         # A message over the payload limit is refused at its frame's header, not read into

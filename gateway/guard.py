@@ -25,7 +25,7 @@ from socketio_kafka.adapter.outbox import Outbox
 from socketio_kafka.adapter.recovery import RecoveringAsyncServer
 
 from .accept import Holds
-from .limits import READ_TIMEOUT, Limits, NodeLimits, peer_address
+from .limits import Limits, NodeLimits, peer_address
 from .protocol import EVENTS, RESERVED_EVENTS
 from .websocket import ABORT
 
@@ -119,10 +119,10 @@ class GuardedServer(RecoveringAsyncServer):
         socket.queue.put_nowait(None)  # ends engineio's writer, which closes the WebSocket
         self.eio.sockets.pop(eio_sid, None)
 
-    def read_too_slow(self, peer: str | None) -> None:
-        """A connection closed for not sending its request within the read timeout
-        (`gated_http`): counted and logged as a refusal, by the TCP peer's address."""
-        self.limits.refuse(READ_TIMEOUT, peer_address(peer, None))
+    def refused_request(self, limit: str, peer: str | None) -> None:
+        """A connection closed over a bound on reading its request (`BoundedHTTPProtocol`):
+        counted and logged as a refusal, by the TCP peer's address."""
+        self.limits.refuse(limit, peer_address(peer, None))
 
     def admits(self, peer: str | None, path: str, forwarded_for: str | None) -> bool:
         """A `CoalescingWebSocketProtocol` gate: False for an Engine.IO handshake over

@@ -22,6 +22,7 @@ __all__ = [
     "EVENT_RATE",
     "LIMITS",
     "READ_TIMEOUT",
+    "REQUEST_HEAD",
     "ROOMS",
     "Limits",
     "NodeLimits",
@@ -38,7 +39,8 @@ CONNECT_RATE = "connect_rate"
 EVENT_RATE = "event_rate"
 ROOMS = "rooms"
 READ_TIMEOUT = "read_timeout"
-LIMITS = (CONNECTIONS, CONNECT_RATE, EVENT_RATE, ROOMS, READ_TIMEOUT)
+REQUEST_HEAD = "request_head"
+LIMITS = (CONNECTIONS, CONNECT_RATE, EVENT_RATE, ROOMS, READ_TIMEOUT, REQUEST_HEAD)
 #: Refusals within a window that make a connection (or an address) a flood, at the least.
 _FLOOD_FLOOR = 100
 #: Refusals are counted per window of this many seconds, from the first.
@@ -51,6 +53,7 @@ _MESSAGES = {
     EVENT_RATE: "rate limited",
     ROOMS: "too many rooms",
     READ_TIMEOUT: "request not sent in time; connection closed",
+    REQUEST_HEAD: "request head too large; connection closed",
 }
 _LOG_EVERY_S = 60.0
 #: Buckets kept at most (per-address state a flood of addresses cannot grow past).

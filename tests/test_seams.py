@@ -16,7 +16,8 @@ from socketio.base_manager import BaseManager
 # The releases whose internals the seams below were checked against (pyproject.toml pins
 # the same ranges): python-socketio's managers and server, python-engineio's socket queue,
 # uvicorn's sans-I/O WebSocket protocol (gateway/websocket.py) and its HTTP protocol
-# (gateway/accept.py), aiokafka's group requests (gateway/bridge/transactional.py).
+# (gateway/accept.py, gateway/reading.py), aiokafka's group requests
+# (gateway/bridge/transactional.py).
 TESTED = {
     "python-socketio": "5.18.",
     "python-engineio": "4.15.",
@@ -163,6 +164,22 @@ def test_uvicorn_makes_its_http_protocol_with_keywords_the_gate_passes_on() -> N
     call = call[: call.index(")")]
     assert "*" not in call  # keywords only: no positional argument to pass on
     assert re.findall(r"(\w+)=", call) == ["config", "server_state", "app_state", "_loop"]
+
+
+def test_uvicorn_httptools_protocol_parses_in_the_callbacks_reading_bounds() -> None:
+    """gateway/reading.py times a request from ``on_message_begin`` to
+    ``on_message_complete`` and counts its head until ``on_headers_complete``: uvicorn's
+    httptools protocol must be the parser's callback object, and parse in
+    ``data_received``, answering a parser error with a 400 that closes the connection."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    init = inspect.getsource(HttpToolsProtocol.__init__)
+    assert "httptools.HttpRequestParser(self)" in init
+    received = inspect.getsource(HttpToolsProtocol.data_received)
+    assert "self.parser.feed_data(data)" in received
+    assert "self.send_400_response(" in received
+    for callback in ("on_message_begin", "on_headers_complete", "on_message_complete"):
+        assert callable(getattr(HttpToolsProtocol, callback))
 
 
 def test_aiokafka_group_requests_the_bridge_sends() -> None:

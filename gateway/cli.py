@@ -399,7 +399,7 @@ def _serve(args: argparse.Namespace) -> int:
         ws_max_size=settings.max_payload_bytes,
         # Engine.IO's heartbeat (a ping every 25 s, answered within 20) finds a dead peer;
         # uvicorn's own WebSocket pings (every 20 s) did it again, at a timer and a frame
-        # each way per connection: 3,000 idle clients cost a node 4.1-4.2% of a core with
+        # each way per connection: 3,000 idle clients cost a node 4.1-4.3% of a core with
         # them, 3.1% without (docs/decisions.md).
         ws_ping_interval=None,
         # Once the drain closed every client, what is left: requests in flight.

@@ -6,7 +6,8 @@ transport, each its own Manager), then each joins 2 rooms (one of its own, one o
 ``--shared-rooms``). The node's RSS (``VmRSS`` of /proc/<pid>/status) is read once it
 settles: ready, after a warm-up (a few connections that came and went, so lazily made
 state is not counted as a connection's), with the connections idle, with their rooms, and
-after they all left. Reported: KB of RSS per connection, idle and with 2 rooms::
+after they all left. Reported: KB of RSS per connection, idle and with 2 rooms, and the
+node's CPU while they sit idle in their rooms (``--idle-s``: heartbeats, timers)::
 
     python -m benchmarks.memory --kafka 127.0.0.1:19092            # 5,000 connections
     python -m benchmarks.memory --kafka 127.0.0.1:19092 --quick    # 500
@@ -43,6 +44,7 @@ from aiokafka import AIOKafkaProducer
 from socketio_kafka.adapter.sessions import Session, encode_session
 
 from .contestants import PEERS
+from .cpu import cpu_seconds
 from .services import (
     Cluster,
     LineProcess,
@@ -160,9 +162,11 @@ def measure(
     work: Path,
     flags: list[str],
     sessions: int = 0,
+    idle_s: float = 60.0,
 ) -> dict[str, Any]:
-    """One node, ``connections`` clients: its RSS at each step, in KiB and per connection;
-    first, with ``sessions``, what that many sessions of another node's clients cost it."""
+    """One node, ``connections`` clients: its RSS at each step, in KiB and per connection,
+    and its CPU over ``idle_s`` with them idle in their rooms; first, with ``sessions``,
+    what that many sessions of another node's clients cost it."""
     port, channel = free_port(), f"memory-{uuid.uuid4().hex[:8]}"
     cluster = Cluster(work)
     clients: _Clients | None = None
@@ -188,6 +192,9 @@ def measure(
         clients.send("join")
         clients.expect("joined", 60 + connections / 20)
         rooms = _settled_rss_kb(pid)
+        busy = cpu_seconds(pid)
+        time.sleep(idle_s)
+        idle_cores = (cpu_seconds(pid) - busy) / idle_s
         clients.send("count")
         still = clients.expect("counted", 30)["connected"]
         held_rooms = connected_sockets(url)
@@ -215,6 +222,9 @@ def measure(
         "kb_per_connection_idle": _kb_per(idle - baseline, connections),
         "kb_per_connection_rooms": _kb_per(rooms - baseline, connections),
         "kb_per_connection_from_ready": _kb_per(idle - ready, connections),
+        "idle_s": idle_s,
+        "idle_cpu_cores": round(idle_cores, 4),
+        "idle_cpu_percent_per_1000": round(100 * idle_cores * 1000 / connections, 3),
         **foreign,
     }
 
@@ -298,6 +308,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="first, what this many sessions of another node's clients cost the node",
     )
+    parser.add_argument(
+        "--idle-s",
+        type=float,
+        default=None,
+        help="CPU sampled with the clients idle (60; quick 10)",
+    )
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--keep", type=Path, help="keep each run's logs under this directory")
     args = parser.parse_args(argv)
@@ -307,8 +323,9 @@ def main(argv: list[str] | None = None) -> int:
             work = args.keep / f"run-{run}" if args.keep else Path(scratch)
             work.mkdir(parents=True, exist_ok=True)
             flags = ["--ws-compression"] if args.ws_compression else []
+            idle_s = args.idle_s or (10.0 if args.quick else 60.0)
             figures = measure(
-                args.kafka, connections, args.shared_rooms, work, flags, args.sessions
+                args.kafka, connections, args.shared_rooms, work, flags, args.sessions, idle_s
             )
         print(json.dumps({"run": run, "machine": _machine(), **figures}), flush=True)
     return 0

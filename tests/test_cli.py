@@ -100,28 +100,25 @@ def test_queue_bounds_from_flags_and_the_environment(monkeypatch: pytest.MonkeyP
     )
 
 
-def test_the_keep_alive_from_flags_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    def keep_alive(*flags: str) -> int:
-        return settings_from(build_parser().parse_args(["serve", *flags])).keep_alive_timeout
+@pytest.mark.parametrize(
+    ("name", "default", "error"),
+    [("keep_alive_timeout", 65, "must be >= 1"), ("read_timeout", 30, "must be > 0")],
+)
+def test_the_http_timeouts_from_flags_and_the_environment(
+    monkeypatch: pytest.MonkeyPatch, name: str, default: float, error: str
+) -> None:
+    flag = "--" + name.replace("_", "-")
 
-    assert keep_alive() == 65
-    monkeypatch.setenv("SOCKETIO_KAFKA_KEEP_ALIVE_TIMEOUT", "620")
-    assert keep_alive() == 620
-    assert keep_alive("--keep-alive-timeout", "30") == 30
-    with pytest.raises(ValueError, match="keep_alive_timeout must be >= 1"):
-        keep_alive("--keep-alive-timeout", "0")
+    def value(*flags: str) -> float:
+        settings = settings_from(build_parser().parse_args(["serve", *flags]))
+        return getattr(settings, name)  # type: ignore[no-any-return]
 
-
-def test_the_read_timeout_from_flags_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    def read_timeout(*flags: str) -> float:
-        return settings_from(build_parser().parse_args(["serve", *flags])).limits.read_timeout
-
-    assert read_timeout() == 30
-    monkeypatch.setenv("SOCKETIO_KAFKA_READ_TIMEOUT", "2.5")
-    assert read_timeout() == 2.5
-    assert read_timeout("--read-timeout", "60") == 60
-    with pytest.raises(ValueError, match="read_timeout must be > 0"):
-        read_timeout("--read-timeout", "0")
+    assert value() == default
+    monkeypatch.setenv("SOCKETIO_KAFKA_" + name.upper(), "620")
+    assert value() == 620
+    assert value(flag, "30") == 30
+    with pytest.raises(ValueError, match=f"{name} {error}"):
+        value(flag, "0")
 
 
 @pytest.mark.usefixtures("nothing_starts")

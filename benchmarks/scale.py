@@ -57,6 +57,7 @@ class ScalePlan:
     mass: mass_recovery.Sizes
     memory_connections: int
     memory_shared_rooms: int
+    memory_idle_s: float  # the node's CPU sampled this long with the clients idle
 
     def as_json(self) -> Json:
         return asdict(self)
@@ -76,6 +77,7 @@ QUICK = ScalePlan(
     mass=mass_recovery.Sizes(clients=20, own=20, others=2_000, rooms=200),
     memory_connections=200,
     memory_shared_rooms=20,
+    memory_idle_s=5.0,
 )
 
 FULL = ScalePlan(
@@ -88,6 +90,7 @@ FULL = ScalePlan(
     mass=mass_recovery.Sizes(),  # the issue's: 500 clients, 20 each, 50,000 to 5,000 rooms
     memory_connections=5_000,
     memory_shared_rooms=50,
+    memory_idle_s=60.0,
 )
 
 
@@ -113,7 +116,9 @@ def measure(plan: ScalePlan) -> Json:
             work = Path(scratch) / "memory"
             work.mkdir()
             sizes = (plan.memory_connections, plan.memory_shared_rooms)
-            run = functools.partial(memory.measure, address, *sizes, work, flags=[])
+            run = functools.partial(
+                memory.measure, address, *sizes, work, flags=[], idle_s=plan.memory_idle_s
+            )
             _part(doc, "memory", run, key="memory")
         finally:
             brokers.close()
@@ -242,12 +247,14 @@ def _irrelevant_table(busy: list[Json]) -> str:
 
 def _memory_table(mem: Json) -> str:
     header = ["connections", "KB each, idle", "KB each, 2 rooms", "RSS MiB: idle / rooms"]
+    header += ["idle CPU, % of a core per 1,000"]
     rss = mem["rss_mib"]
     row = [
         _fmt(mem["connections"]),
         _fmt(mem["kb_per_connection_idle"]),
         _fmt(mem["kb_per_connection_rooms"]),
         _fmt([rss["idle"], rss["rooms"]]),
+        _fmt(mem.get("idle_cpu_percent_per_1000"), 2),  # runs before session 37 had none
     ]
     return _table(header, [row])
 

@@ -241,8 +241,7 @@ async def test_a_websocket_message_over_max_payload_is_refused_before_it_is_read
     """A frame that announces more than ``--max-payload-bytes`` closes the connection at its
     header (1009, "message too big"): the node neither waits for nor keeps the rest (it
     kept up to uvicorn's own 16 MiB a connection, then refused it)."""
-    port = int(node.url.rsplit(":", 1)[1])
-    up = await flood.upgrade("127.0.0.1", port, "127.0.0.1")
+    up = await flood.upgrade("127.0.0.1", node.port, "127.0.0.1")
     assert up.status == 101
     try:
         length = 10_000_000
@@ -277,10 +276,10 @@ async def test_an_idle_connection_is_kept_and_a_silent_one_closed_when_due(
     request sent as it closes is lost. uvicorn's own 5 s did that, rarely, to a polling
     client (a "transport error", then a new session: docs/decisions.md). A connection that
     sends no request is closed at the read timeout, and counted."""
-    assert not await _closed_when_idle(node.url, 6)
+    assert not await _closed_when_idle(node, 6)
     flags = ["--keep-alive-timeout", "1", "--read-timeout", "1"]
     async with gateway_cluster(kafka_url, channel, nodes=1, extra_args=flags) as [short]:
-        assert await _closed_when_idle(short.url, 10)
+        assert await _closed_when_idle(short, 10)
         reader, writer = await asyncio.open_connection("127.0.0.1", short.port)
         try:
             async with asyncio.timeout(10):
@@ -292,10 +291,10 @@ async def test_an_idle_connection_is_kept_and_a_silent_one_closed_when_due(
         assert 'socketio_kafka_limit_refusals_total{limit="read_timeout"} 1.0' in metrics
 
 
-async def _closed_when_idle(url: str, seconds: float) -> bool:
+async def _closed_when_idle(gateway: GatewayProcess, seconds: float) -> bool:
     """Whether the node closes a connection left idle after a request, within ``seconds``;
     one it keeps must serve a second request."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
     request = b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n"
 
     async def status() -> bytes:

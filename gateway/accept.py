@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from .inbound import InboundBudget
 from .reading import BoundedHTTPProtocol, Refused
 
 __all__ = ["AcceptGate", "Holds", "gated_http"]
@@ -69,12 +70,16 @@ class Holds:
 
 
 def gated_http(
-    gate: AcceptGate, holds: Holds, read_timeout: float, refused: Refused
+    gate: AcceptGate,
+    holds: Holds,
+    read_timeout: float,
+    refused: Refused,
+    inbound: InboundBudget | None = None,
 ) -> type[asyncio.Protocol]:
     """A protocol factory for uvicorn's ``http``: ``gate`` asked first, then uvicorn's own
     HTTP protocol takes the connection, with its bounds on each request
-    (`BoundedHTTPProtocol`). A refused connection is held as ``holds`` allows, else reset
-    at once."""
+    (`BoundedHTTPProtocol`, its unfinished requests counted in ``inbound``). A refused
+    connection is held as ``holds`` allows, else reset at once."""
 
     class GatedHTTPProtocol(asyncio.Protocol):
         __slots__ = ("_held", "_reset", "_uvicorn")
@@ -88,7 +93,7 @@ def gated_http(
             peer = transport.get_extra_info("peername")
             host = peer[0] if peer else None
             if gate(host):
-                http = BoundedHTTPProtocol(read_timeout, refused, **self._uvicorn)
+                http = BoundedHTTPProtocol(read_timeout, refused, inbound, **self._uvicorn)
                 transport.set_protocol(http)
                 http.connection_made(transport)
             elif host is not None and holds.take(host):

@@ -250,6 +250,13 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
         help="seconds a connection has to send a whole HTTP request (default 30)",
     )
     group.add_argument(
+        "--max-node-inbound-bytes",
+        type=integer,
+        help="bytes of unfinished messages (WebSocket messages, request heads and bodies) all "
+        "connections may hold together; past it the ones begun longest ago are closed first "
+        "(default 64 MiB)",
+    )
+    group.add_argument(
         "--drain-timeout",
         type=number,
         help="seconds from SIGTERM to exit: clients are moved off, Kafka flushed (default 10)",
@@ -389,9 +396,12 @@ def _serve(args: argparse.Namespace) -> int:
         # An address flooding handshakes is held, then reset, as it connects; one over its rate
         # is refused before uvicorn accepts its WebSocket.
         # A connection that does not send its request in time, or whose head is too large,
-        # is closed.
-        http=gated_http(sio.accepts, sio.holds, settings.read_timeout, sio.refused_request),
-        ws=CoalescingWebSocketProtocol.gated(sio.admits),
+        # is closed; so are those that began their unfinished messages longest ago, once
+        # all of those together are more than the node may hold.
+        http=gated_http(
+            sio.accepts, sio.holds, settings.read_timeout, sio.refused_request, sio.inbound
+        ),
+        ws=CoalescingWebSocketProtocol.gated(sio.admits, sio.inbound),
         ws_per_message_deflate=settings.ws_compression,
         # A message over the payload limit is refused at its frame's header, not read into
         # memory first (uvicorn's own bound is 16 MiB a connection); decompressed, if

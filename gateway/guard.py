@@ -25,6 +25,7 @@ from socketio_kafka.adapter.outbox import Outbox
 from socketio_kafka.adapter.recovery import RecoveringAsyncServer
 
 from .accept import Holds
+from .inbound import InboundBudget
 from .limits import Limits, NodeLimits, peer_address
 from .protocol import EVENTS, RESERVED_EVENTS
 from .websocket import ABORT
@@ -91,6 +92,8 @@ class GuardedServer(RecoveringAsyncServer):
         self.limits = NodeLimits(limits or Limits())
         #: Connections refused at accept are held here a while before their reset.
         self.holds = Holds()
+        #: What all connections hold of messages they have not finished sending.
+        self.inbound = InboundBudget(self.limits.limits.max_inbound_bytes, self.refused_request)
         #: Set by `drain`: new connections are refused, /readyz answers 503.
         self.draining = False
         #: Events clients sent, by name: the protocol's own, and ``other`` (names are the

@@ -20,6 +20,7 @@ __all__ = [
     "CONNECTIONS",
     "CONNECT_RATE",
     "EVENT_RATE",
+    "INBOUND_BYTES",
     "LIMITS",
     "READ_TIMEOUT",
     "REQUEST_HEAD",
@@ -40,7 +41,8 @@ EVENT_RATE = "event_rate"
 ROOMS = "rooms"
 READ_TIMEOUT = "read_timeout"
 REQUEST_HEAD = "request_head"
-LIMITS = (CONNECTIONS, CONNECT_RATE, EVENT_RATE, ROOMS, READ_TIMEOUT, REQUEST_HEAD)
+INBOUND_BYTES = "inbound_bytes"
+LIMITS = (CONNECTIONS, CONNECT_RATE, EVENT_RATE, ROOMS, READ_TIMEOUT, REQUEST_HEAD, INBOUND_BYTES)
 #: Refusals within a window that make a connection (or an address) a flood, at the least.
 _FLOOD_FLOOR = 100
 #: Refusals are counted per window of this many seconds, from the first.
@@ -54,6 +56,7 @@ _MESSAGES = {
     ROOMS: "too many rooms",
     READ_TIMEOUT: "request not sent in time; connection closed",
     REQUEST_HEAD: "request head too large; connection closed",
+    INBOUND_BYTES: "node holds too much of unfinished messages; the oldest's connection closed",
 }
 _LOG_EVERY_S = 60.0
 #: Buckets kept at most (per-address state a flood of addresses cannot grow past).
@@ -86,6 +89,11 @@ class Limits:
     # nothing, or half a request, was held (an open file, 7.5 kB) for as long as its client
     # liked. nginx's own header and body timeouts are 60 s; a Socket.IO client sends at once.
     read_timeout: float = 30.0
+    # Bytes of messages begun and not finished (WebSocket messages, request heads and POST
+    # bodies) the node holds for all connections (gateway/inbound.py): 64 of the largest
+    # messages at the default payload limit, where a connection that never finishes one
+    # held it for its life.
+    max_inbound_bytes: int = 64 * 2**20
 
     def __post_init__(self) -> None:
         if self.max_connections < 1:
@@ -96,6 +104,8 @@ class Limits:
             raise ValueError("max_rooms_per_socket must be >= 1")
         if self.read_timeout <= 0:
             raise ValueError("read_timeout must be > 0")
+        if self.max_inbound_bytes < 1:
+            raise ValueError("max_inbound_bytes must be >= 1")
 
 
 class TokenBuckets:

@@ -116,7 +116,13 @@ def _guard_metrics(server: GuardedServer) -> Iterator[GaugeMetricFamily | Counte
         "Connections from flooding addresses held unread before their reset",
     )
     held.add_metric([], server.holds.held_total)
-    yield from (refusals, draining, held)
+    inbound = GaugeMetricFamily(
+        "socketio_kafka_inbound_bytes",
+        "Bytes of messages clients have begun and not finished sending that the node holds "
+        "(WebSocket messages, request heads and bodies), at most --max-node-inbound-bytes",
+    )
+    inbound.add_metric([], server.inbound.bytes)
+    yield from (refusals, draining, held, inbound)
 
 
 def _connection_metrics(server: GuardedServer) -> Iterator[CounterMetricFamily]:

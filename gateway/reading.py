@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .limits import READ_TIMEOUT, REQUEST_HEAD
+
+if TYPE_CHECKING:
+    from .inbound import InboundBudget
 
 __all__ = ["MAX_HEAD_BYTES", "BoundedHTTPProtocol", "Refused"]
 
@@ -42,20 +45,32 @@ class BoundedHTTPProtocol(HttpToolsProtocol):
     request's last byte. A response, however long (a long-polling GET held until there is
     something to send), is not read, so not bound; between requests uvicorn's keep-alive
     timeout bounds the wait. A head past `MAX_HEAD_BYTES` is answered 431. Either closes the
-    connection and tells ``refused``.
+    connection and tells ``refused``. What it holds of a request's head or body not yet
+    whole counts in the node's ``inbound`` budget (`InboundBudget`), which may close it.
 
     The parser holds the protocol's bound callbacks: each upgraded connection left that
     cycle for the collector, and a burst of connections made its young collections take
     55-113 ms of the event loop (benchmarks/RESULTS.md, session 14).
     """
 
-    def __init__(self, read_timeout: float, refused: Refused, **uvicorn: Any) -> None:
+    def __init__(
+        self,
+        read_timeout: float,
+        refused: Refused,
+        inbound: InboundBudget | None = None,
+        **uvicorn: Any,
+    ) -> None:
         super().__init__(**uvicorn)
         self._read_timeout = read_timeout
         self._refused = refused
+        self._inbound = inbound
         self._reading: asyncio.TimerHandle | None = None
         #: Bytes of the request head being read, once it began and until it is whole.
         self._head: int | None = None
+        #: Bytes of the request body read, from its head's end until it is whole.
+        self._body: int | None = None
+        #: What this connection holds in ``inbound``'s count.
+        self._held = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -63,6 +78,7 @@ class BoundedHTTPProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._read_done()
+        self._hold(0)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -75,6 +91,7 @@ class BoundedHTTPProtocol(HttpToolsProtocol):
                 self._head = None
                 self.transport.write(_TOO_LARGE)
                 self._refuse(REQUEST_HEAD)
+        self._hold(self._head or self._body or 0)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -84,16 +101,37 @@ class BoundedHTTPProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._head = None
+        self._body = 0
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        # Once answered, uvicorn drops the rest of a body unread (a request too large for
+        # Engine.IO, say): nothing is held, and a client sending on must not count.
+        if self._body is not None and not self.cycle.response_complete:
+            self._body += len(body)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        self._body = None
         self._read_done()
+
+    def cut_inbound(self) -> None:
+        """Over the node's inbound budget: closed, nothing more read (`InboundBudget`)."""
+        self._held = 0
+        self.transport.close()
 
     def handle_websocket_upgrade(self) -> None:
         self._read_done()
+        self._body = None
+        self._hold(0)
         super().handle_websocket_upgrade()
         self.__dict__.pop("parser", None)
+
+    def _hold(self, nbytes: int) -> None:
+        if nbytes != self._held and self._inbound is not None:
+            self._held = nbytes
+            self._inbound.hold(self, nbytes)
 
     def _read_from_now(self) -> None:
         self._reading = self.loop.call_later(self._read_timeout, self._too_slow)

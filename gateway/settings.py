@@ -87,6 +87,7 @@ class Settings:
     max_rooms_per_socket: int = _LIMITS.max_rooms_per_socket
     trust_forwarded_for: bool = _LIMITS.trust_forwarded_for
     read_timeout: float = _LIMITS.read_timeout
+    max_node_inbound_bytes: int = _LIMITS.max_inbound_bytes
     # Seconds from SIGTERM to exit (README, "Drain").
     drain_timeout: float = 10.0
     # Seconds an idle HTTP connection is kept open for its next request. Longer than what
@@ -140,6 +141,9 @@ class Settings:
         if self.log_level.lower() not in _LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(_LOG_LEVELS)}")
         self.limits  # noqa: B018 (its checks)
+        if self.max_node_inbound_bytes < self.max_payload_bytes:
+            # Else one message of the largest size, finished at once, would be cut.
+            raise ValueError("max_node_inbound_bytes must be >= max_payload_bytes")
         if self.drain_timeout <= 0:
             raise ValueError("drain_timeout must be > 0")
         if self.keep_alive_timeout < 1:
@@ -202,6 +206,7 @@ class Settings:
             self.max_rooms_per_socket,
             self.trust_forwarded_for,
             self.read_timeout,
+            self.max_node_inbound_bytes,
         )
 
     @property

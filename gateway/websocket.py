@@ -24,15 +24,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.frames import Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 
 from socketio_kafka.adapter.frames import FRAMES
 from socketio_kafka.adapter.outbox import SlimQueue
+
+if TYPE_CHECKING:
+    from .inbound import InboundBudget
 
 __all__ = ["ABORT", "CoalescingTransport", "CoalescingWebSocketProtocol", "Gate"]
 
@@ -165,22 +168,30 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
     of its own each connection got instead was 1.6 KB.
     """
 
-    __slots__ = (*_UVICORN_ATTRIBUTES, "_plain")
+    __slots__ = (*_UVICORN_ATTRIBUTES, "_held", "_plain")
 
     #: Asked before a WebSocket request is accepted: ``gate(peer_host, path, x_forwarded_for)``
     #: False answers it with a bare 403 at once, before the app is called (`gated`).
     gate: ClassVar[Gate | None] = None
+    #: Counts what each connection holds of a message not yet whole (`gated`).
+    inbound: ClassVar[InboundBudget | None] = None
 
     @classmethod
-    def gated(cls, gate: Gate) -> type[CoalescingWebSocketProtocol]:
-        """This protocol with ``gate`` asked first."""
-        return type(cls.__name__, (cls,), {"gate": staticmethod(gate)})
+    def gated(
+        cls, gate: Gate, inbound: InboundBudget | None = None
+    ) -> type[CoalescingWebSocketProtocol]:
+        """This protocol with ``gate`` asked first, and unfinished messages counted in
+        ``inbound``, which may close the connection."""
+        attributes = {"gate": staticmethod(gate), "inbound": inbound}
+        return type(cls.__name__, (cls,), attributes)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.queue = SlimQueue()  # type: ignore[assignment]
         self.writable = _Flag(self.writable.is_set())  # type: ignore[assignment]
         self._plain = False
+        #: What this connection holds in ``inbound``'s count.
+        self._held = 0
 
     def start_keepalive(self) -> None:
         super().start_keepalive()  # called once, right after the handshake's response
@@ -196,7 +207,34 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
         super().connection_made(transport)
         self.transport = CoalescingTransport(self.transport, self.loop)  # type: ignore[assignment]
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if (inbound := type(self).inbound) is not None:
+            # What websockets' parser waits on to finish a frame, and the frames of a
+            # fragmented message so far (uvicorn's).
+            held = len(self.conn.reader.buffer)
+            if self.frames:
+                held += sum(map(len, self.frames))
+            if held != self._held:
+                self._held = held
+                inbound.hold(self, held)
+
+    def cut_inbound(self) -> None:
+        """Over the node's inbound budget: closed with 1013 (try again later), what it held
+        dropped, nothing more read (`InboundBudget`)."""
+        self._held = 0
+        self.conn.reader.buffer.clear()
+        self.frames = []
+        if self.handshake_complete and not self.close_sent and self.conn.state is State.OPEN:
+            self.conn.send_close(CloseCode.TRY_AGAIN_LATER, "node busy")
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.close_sent = True
+        self.transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._held and (inbound := type(self).inbound) is not None:
+            self._held = 0
+            inbound.hold(self, 0)
         super().connection_lost(exc)
         # Nothing more is read, and what would be left is cycles only the collector frees
         # (a churn of connections makes its pauses long, and it never frees what it was

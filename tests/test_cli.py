@@ -121,6 +121,21 @@ def test_the_http_timeouts_from_flags_and_the_environment(
         value(flag, "0")
 
 
+def test_the_inbound_bound_from_flags_and_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def limit(*flags: str) -> int:
+        return settings_from(build_parser().parse_args(["serve", *flags])).limits.max_inbound_bytes
+
+    assert limit() == 64 * 2**20
+    monkeypatch.setenv("SOCKETIO_KAFKA_MAX_NODE_INBOUND_BYTES", "2000000")
+    assert limit() == 2_000_000
+    assert limit("--max-node-inbound-bytes", "3000000") == 3_000_000
+    # One message of the largest size must fit, or a client sending it at once is cut.
+    with pytest.raises(ValueError, match="max_node_inbound_bytes must be >= max_payload_bytes"):
+        limit("--max-payload-bytes", "2000001")
+
+
 @pytest.mark.usefixtures("nothing_starts")
 def test_a_busy_wait_under_the_idle_one_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["serve", "--linger-ms", "4", "--linger-max-ms", "3"]) == 1

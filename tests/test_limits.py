@@ -365,6 +365,38 @@ async def test_a_flooder_that_reads_nothing_is_reset_at_the_cut_and_read_no_furt
             await client.disconnect()
 
 
+async def test_unfinished_messages_past_the_nodes_bound_close_the_oldest(
+    kafka_url: str, channel: str
+) -> None:
+    """Three WebSockets each send a message but for its last byte: past
+    ``--max-node-inbound-bytes`` the first is closed (1013, try again later) and counted,
+    the node shows what the others hold, and a Socket.IO client is served meanwhile
+    (gateway/inbound.py)."""
+    flags = ("--max-payload-bytes", "100000", "--max-node-inbound-bytes", "150000")
+    async with _node(kafka_url, channel, *flags) as node:
+        ups = [await upgrade("127.0.0.1", node.port, "127.0.0.1") for _ in range(3)]
+        try:
+            for up in ups:
+                assert up.status == 101
+                up.writer.write(frame("4" * 60_000)[:-1])
+                await up.writer.drain()
+            async with asyncio.timeout(10):
+                while (closing := await read_frame(ups[0].reader))[0] != 0x8:
+                    pass  # Engine.IO's open packet
+            assert int.from_bytes(closing[1][:2]) == 1013
+            assert await ups[0].reader.read() == b""
+            clients = [await _connect(node.url, f"10.0.0.{i}") for i in (1, 2)]
+            await _served(*clients)
+            for client in clients:
+                await client.disconnect()
+            assert await _refusals(node, "inbound_bytes") == 1
+            # Past the bound at the third's first 30,003 bytes held, and at most all of it.
+            assert 90_000 < await _metric(node, "socketio_kafka_inbound_bytes") <= 2 * 59_999
+        finally:
+            for up in ups:
+                up.writer.transport.abort()
+
+
 async def test_a_socket_in_too_many_rooms_is_refused_another_join(
     kafka_url: str, channel: str
 ) -> None:

@@ -178,8 +178,36 @@ def test_uvicorn_httptools_protocol_parses_in_the_callbacks_reading_bounds() -> 
     received = inspect.getsource(HttpToolsProtocol.data_received)
     assert "self.parser.feed_data(data)" in received
     assert "self.send_400_response(" in received
-    for callback in ("on_message_begin", "on_headers_complete", "on_message_complete"):
+    callbacks = ("on_message_begin", "on_headers_complete", "on_body", "on_message_complete")
+    for callback in callbacks:
         assert callable(getattr(HttpToolsProtocol, callback))
+
+
+def test_websockets_parser_buffers_an_unfinished_frame_where_the_inbound_count_reads_it() -> None:
+    """gateway/websocket.py counts what a connection holds of a message not yet whole as
+    the bytes websockets' parser waits on (``conn.reader.buffer``) and the frames of a
+    fragmented message uvicorn gathered (``frames``)."""
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    from websockets.frames import Frame, Opcode
+    from websockets.protocol import State
+    from websockets.server import ServerProtocol
+
+    conn = ServerProtocol(max_size=1_000_000)
+    conn.receive_data(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    (request,) = conn.events_received()
+    conn.send_response(conn.accept(request))  # type: ignore[arg-type]
+    assert conn.state is State.OPEN
+    frame = Frame(Opcode.TEXT, b"4" * 1000).serialize(mask=True)
+    conn.receive_data(frame[:-1])
+    assert (len(conn.reader.buffer), conn.events_received()) == (999, [])
+    conn.receive_data(frame[-1:])
+    assert (len(conn.reader.buffer), len(conn.events_received())) == (0, 1)
+    assert "self.frames.append(event.data)" in inspect.getsource(
+        WebSocketsSansIOProtocol.handle_cont
+    )
 
 
 def test_aiokafka_group_requests_the_bridge_sends() -> None:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from socketio import packet
@@ -39,6 +41,21 @@ logger = logging.getLogger("socketio_kafka.gateway")
 ATTACHMENT_OVERHEAD = 64
 #: Bytes held so far by each half-received binary packet; gone with the packet.
 _HELD: weakref.WeakKeyDictionary[packet.Packet, int] = weakref.WeakKeyDictionary()
+
+
+class _Attachments:
+    """A connection's binary packet with attachments still to come, as an `InboundBudget`
+    holder: python-socketio keeps the ones in until the last arrives, which a client may
+    never send."""
+
+    __slots__ = ("_cut", "client")
+
+    def __init__(self, client: tuple[str, int] | None, cut: Callable[[], None]) -> None:
+        self.client = client
+        self._cut = cut
+
+    def cut_inbound(self) -> None:
+        self._cut()
 
 
 #: What a client connecting to a draining node is told (it retries, elsewhere).
@@ -92,8 +109,11 @@ class GuardedServer(RecoveringAsyncServer):
         self.limits = NodeLimits(limits or Limits())
         #: Connections refused at accept are held here a while before their reset.
         self.holds = Holds()
-        #: What all connections hold of messages they have not finished sending.
+        #: What all connections hold of messages they have not finished sending: in
+        #: uvicorn's protocols, and here, attachments of binary packets not yet whole.
         self.inbound = InboundBudget(self.limits.limits.max_inbound_bytes, self.refused_request)
+        self._attachments: dict[str, _Attachments] = {}
+        self._cutting: set[asyncio.Task[None]] = set()
         #: Set by `drain`: new connections are refused, /readyz answers 503.
         self.draining = False
         #: Events clients sent, by name: the protocol's own, and ``other`` (names are the
@@ -170,6 +190,7 @@ class GuardedServer(RecoveringAsyncServer):
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
         self.limits.forget(eio_sid)
+        self._hold_attachments(eio_sid, 0)
         await super()._handle_eio_disconnect(eio_sid, reason)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
@@ -191,6 +212,31 @@ class GuardedServer(RecoveringAsyncServer):
             and (announced.attachment_count * ATTACHMENT_OVERHEAD > self.eio.max_http_buffer_size)
         ):
             await self._refuse(eio_sid, "more binary attachments than the payload limit allows")
+        elif announced is not None or pending is not None:
+            self._hold_attachments(eio_sid, 0 if announced is None else _HELD.get(announced, 0))
+
+    def _hold_attachments(self, eio_sid: str, nbytes: int) -> None:
+        """The attachments ``eio_sid``'s binary packet holds now, in the node's count."""
+        holder = self._attachments.get(eio_sid)
+        if holder is None:
+            if not nbytes:
+                return
+            scope = self.environ.get(eio_sid, {}).get("asgi.scope", {})
+            cut = functools.partial(self._cut_attachments, eio_sid)
+            holder = self._attachments[eio_sid] = _Attachments(scope.get("client"), cut)
+        elif not nbytes:
+            del self._attachments[eio_sid]
+        self.inbound.hold(holder, nbytes)
+
+    def _cut_attachments(self, eio_sid: str) -> None:
+        """Over the node's inbound budget: the packet forgotten now, the connection reset
+        next (`_cut`), its session kept for its client to recover."""
+        self._attachments.pop(eio_sid, None)
+        self._binary_packet.pop(eio_sid, None)
+        why = "the node holds too much of unfinished messages"
+        task = asyncio.get_running_loop().create_task(self._cut(eio_sid, why))
+        self._cutting.add(task)
+        task.add_done_callback(self._cutting.discard)
 
     async def _handle_event(
         self, eio_sid: str, namespace: str | None, id: int | None, data: Any
@@ -207,7 +253,7 @@ class GuardedServer(RecoveringAsyncServer):
         refused = self.limits.check_event(eio_sid)
         if refused is not None:
             if self.limits.flooding(eio_sid):
-                await self._cut_flood(eio_sid)
+                await self._cut(eio_sid, "kept sending events far past its rate limit")
                 return
             if id is not None:  # dropped silently otherwise: nothing waits for it
                 reply = {"ok": False, "error": refused}
@@ -216,8 +262,9 @@ class GuardedServer(RecoveringAsyncServer):
             return
         await super()._handle_event(eio_sid, namespace, id, data)
 
-    async def _cut_flood(self, eio_sid: str) -> None:
-        """Close the connection of a client that keeps sending past its event rate, now.
+    async def _cut(self, eio_sid: str, why: str) -> None:
+        """Close a client's connection now: one that keeps sending past its event rate, or
+        the oldest holding attachments once the node holds too much (`_cut_attachments`).
 
         engineio's own disconnect queues a CLOSE packet behind every ack still queued and
         reads on whatever the client sends until it closes its end, dispatching each
@@ -230,9 +277,7 @@ class GuardedServer(RecoveringAsyncServer):
         socket = self._open_socket(eio_sid)
         if socket is None:
             return
-        logger.warning(
-            "closing connection %s: kept sending events far past its rate limit", eio_sid
-        )
+        logger.warning("closing connection %s: %s", eio_sid, why)
         extension = self.environ.get(eio_sid, {}).get("asgi.scope", {}).get("extensions") or {}
         if ABORT in extension:  # a socket upgraded from polling has its handshake's scope
             extension[ABORT]["abort"]()

@@ -20,6 +20,7 @@ import pytest
 import socketio
 
 from benchmarks.flood import frame, read_frame, upgrade
+from socketio_kafka.gateway.guard import ATTACHMENT_OVERHEAD
 from socketio_kafka.gateway.limits import Limits, NodeLimits, TokenBuckets, client_address
 
 from .support.cluster import GatewayProcess, gateway_cluster
@@ -365,33 +366,67 @@ async def test_a_flooder_that_reads_nothing_is_reset_at_the_cut_and_read_no_furt
             await client.disconnect()
 
 
+#: Two ways to leave 60,000 bytes of a message unfinished on a connection: a WebSocket
+#: message but for its last byte; the first of a binary event's two attachments.
+_UNFINISHED = {
+    "frame": [frame("4" * 60_000)[:-1]],
+    "attachments": [
+        frame("40"),
+        frame('452-["publish",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]'),
+        frame("x" * 60_000, opcode=0x2),
+    ],
+}
+
+
+async def _close_code(reader: asyncio.StreamReader) -> int | None:
+    """The code of the close frame the node sent before it closed the connection; None if
+    it reset it or closed it without one."""
+    try:
+        async with asyncio.timeout(10):
+            while (received := await read_frame(reader))[0] != 0x8:
+                pass  # Engine.IO's and Socket.IO's packets before it
+    except (asyncio.IncompleteReadError, ConnectionResetError):
+        return None
+    async with asyncio.timeout(10):
+        assert await reader.read() == b""
+    return int.from_bytes(received[1][:2])
+
+
+@pytest.mark.parametrize("unfinished", list(_UNFINISHED))
 async def test_unfinished_messages_past_the_nodes_bound_close_the_oldest(
-    kafka_url: str, channel: str
+    kafka_url: str, channel: str, unfinished: str
 ) -> None:
-    """Three WebSockets each send a message but for its last byte: past
-    ``--max-node-inbound-bytes`` the first is closed (1013, try again later) and counted,
-    the node shows what the others hold, and a Socket.IO client is served meanwhile
-    (gateway/inbound.py)."""
+    """Three connections each leave 60 kB of a message unfinished: past
+    ``--max-node-inbound-bytes`` the first is closed (a WebSocket message with 1013, try
+    again later; a packet's attachments reset, as a flooder is) and counted, the node shows
+    what the others hold, and Socket.IO clients are served (gateway/inbound.py)."""
     flags = ("--max-payload-bytes", "100000", "--max-node-inbound-bytes", "150000")
     async with _node(kafka_url, channel, *flags) as node:
         ups = [await upgrade("127.0.0.1", node.port, "127.0.0.1") for _ in range(3)]
         try:
             for up in ups:
                 assert up.status == 101
-                up.writer.write(frame("4" * 60_000)[:-1])
+                up.writer.write(b"".join(_UNFINISHED[unfinished]))
                 await up.writer.drain()
-            async with asyncio.timeout(10):
-                while (closing := await read_frame(ups[0].reader))[0] != 0x8:
-                    pass  # Engine.IO's open packet
-            assert int.from_bytes(closing[1][:2]) == 1013
-            assert await ups[0].reader.read() == b""
+            assert await _close_code(ups[0].reader) == (1013 if unfinished == "frame" else None)
             clients = [await _connect(node.url, f"10.0.0.{i}") for i in (1, 2)]
             await _served(*clients)
             for client in clients:
                 await client.disconnect()
             assert await _refusals(node, "inbound_bytes") == 1
-            # Past the bound at the third's first 30,003 bytes held, and at most all of it.
-            assert 90_000 < await _metric(node, "socketio_kafka_inbound_bytes") <= 2 * 59_999
+            held = await _metric(node, "socketio_kafka_inbound_bytes")
+            if unfinished == "frame":  # past the bound at the third's first 30,003 bytes read
+                assert 90_000 < held <= 2 * 59_999
+            else:  # each attachment whole, with its overhead (gateway/guard.py)
+                assert held == 2 * (60_000 + ATTACHMENT_OVERHEAD)
+                # The second's packet gets its last attachment: whole, it holds nothing.
+                # A join's ack after it says the node has read both.
+                ups[1].writer.write(frame("y", opcode=0x2) + frame('421["join",{"room":"z"}]'))
+                async with asyncio.timeout(10):
+                    while not (await read_frame(ups[1].reader))[1].startswith(b"431"):
+                        pass
+                held = await _metric(node, "socketio_kafka_inbound_bytes")
+                assert held == 60_000 + ATTACHMENT_OVERHEAD
         finally:
             for up in ups:
                 up.writer.transport.abort()

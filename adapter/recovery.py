@@ -16,8 +16,8 @@ import contextlib
 import itertools
 import json
 import logging
+import secrets
 import time
-import uuid
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -38,7 +38,7 @@ from .outbox import SLOW_CONSUMER
 from .publishes import publisher_of
 from .rooms import RoomIndex
 from .routing import Audience
-from .sessions import Session
+from .sessions import ARRIVAL_S, Session
 from .store import NODE_STALE_S
 
 __all__ = ["OPT_OUT_KEY", "OUTCOMES", "Fresh", "RecoveringAsyncServer", "RecoveryOptions"]
@@ -264,7 +264,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             return
         key = (eio_sid, namespace)
         # Without Kafka a new socket is served without a session to recover (no pid).
-        self._connecting[key] = uuid.uuid4().hex if ready and not claim.opt_out else None
+        self._connecting[key] = new_pid() if ready and not claim.opt_out else None
         try:
             await super()._handle_connect(eio_sid, namespace, claim.auth)
         finally:
@@ -453,6 +453,9 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             try:
                 await self._written(claim.pid)
                 session = await manager.store.find(claim.pid)
+                if session is None and not manager.store.table.ended_lately(claim.pid):
+                    # Minted moments ago elsewhere, maybe: its record on its way.
+                    session = await manager.store.arrival(claim.pid, _arriving(claim.pid))
                 if session is not None and await self._close_stale_transport(session, eio_sid):
                     session = await manager.store.find(claim.pid)  # as the close left it
                 session = await self._settled(session)
@@ -892,6 +895,34 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
                 # Kept for the supervisor's restart, unless a newer record came meanwhile.
                 self._unsaved = {**pending, **self._unsaved}
                 raise
+
+
+def new_pid() -> str:
+    """A session's private id: 32 hex digits, the first 12 the milliseconds since the epoch
+    it was minted at (as a UUIDv7's), the rest random (80 bits).
+
+    A claim on a node that does not know the pid can tell a session just begun elsewhere,
+    whose record may still be on its way to Kafka, from one long gone or never made, and
+    wait for the first alone (`_arriving`). The time told is no secret the client did not
+    already have.
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+
+
+def _arriving(pid: str) -> float:
+    """How long a claim of an unknown ``pid`` waits for its session's record: what is left
+    of `ARRIVAL_S` since the pid was minted (all of it, for a clock a little ahead of this
+    node's), or nothing: for a pid minted longer ago, one this node did not make that way,
+    or one of an older version's random pids (whose first digits, read as a time, are
+    almost never within seconds of now)."""
+    try:
+        minted = int(pid[:12], 16) / 1000 if len(pid) == 32 else None
+    except ValueError:
+        minted = None
+    now = time.time()
+    if minted is None or not now - ARRIVAL_S < minted < now + ARRIVAL_S:
+        return 0.0
+    return min(ARRIVAL_S, minted + ARRIVAL_S - now)
 
 
 def _joined(

@@ -32,6 +32,10 @@ __all__ = [
     "encode_session",
 ]
 
+#: How long a session may still be on its way to Kafka after its pid was minted: a claim
+#: of an unknown pid minted that recently waits for it (recovery.py), unless the pid's
+#: session ended within twice as long (`SessionTable.ended_lately`).
+ARRIVAL_S = 3.0
 EPOCH_KEY = b"__epoch__"
 NODE_PREFIX = b"__node__:"
 _VERSION = 1
@@ -196,6 +200,8 @@ class SessionTable:
         #: what `expired` looks at instead of every session (a node may hold millions).
         self._left: dict[str, float] = {}
         self._owned: dict[str, int] = {}
+        #: Sessions whose end was written lately, by pid: when (oldest first).
+        self._ended: dict[str, float] = {}
 
     def apply(
         self, key: bytes | None, value: bytes | None, timestamp_ms: int, offset: int = -1
@@ -217,7 +223,9 @@ class SessionTable:
             host_id = _text(key[len(NODE_PREFIX) :])
             self.heartbeats[host_id] = _heartbeat_time(timestamp_ms)
         elif value is None:
-            self._put(_text(key), None)
+            pid = _text(key)
+            self._put(pid, None)
+            self._note_end(pid, timestamp_ms / 1000)
         else:
             pid = _text(key)
             current = self._rows.get(pid)
@@ -246,6 +254,24 @@ class SessionTable:
             self._left.pop(pid, None)
         else:
             self._left[pid] = row[_LEFT_AT]
+
+    def ended_lately(self, pid: str) -> bool:
+        """Whether ``pid``'s session ended within the last 2 x `ARRIVAL_S` seconds: a claim
+        of it (a client reconnecting after it left on purpose, say) is not kept waiting
+        for a session that will not come."""
+        ended = self._ended.get(pid)
+        return ended is not None and time.time() - ended < 2 * ARRIVAL_S
+
+    def _note_end(self, pid: str, at: float) -> None:
+        """Remember an end written at ``at`` while it is recent; forget those that are not
+        (the end of the sessions topic's past, read at start-up, never enters)."""
+        now = time.time()
+        if now - at < 2 * ARRIVAL_S:
+            self._ended.pop(pid, None)
+            self._ended[pid] = at
+        ended = self._ended
+        while ended and now - ended[oldest := next(iter(ended))] >= 2 * ARRIVAL_S:
+            del ended[oldest]
 
     def _accepts(self, row: _Row, current: _Row | None) -> bool:
         if row[_CLAIMED] is not None:

@@ -192,6 +192,20 @@ class SessionStore:
                 await asyncio.wait_for(self._read.wait_for(read_to_end), wait)
         return self.table.sessions.get(pid)
 
+    async def arrival(self, pid: str, wait: float) -> Session | None:
+        """The session of ``pid`` once its first record (or its end) is read, if within
+        ``wait`` seconds: a session minted moments ago on another node may not be in Kafka
+        yet."""
+        table = self.table
+        if wait > 0:
+            async with self._read:
+                with contextlib.suppress(TimeoutError):
+                    read = self._read.wait_for(
+                        lambda: pid in table.sessions or table.ended_lately(pid)
+                    )
+                    await asyncio.wait_for(read, wait)
+        return table.sessions.get(pid)
+
     async def claim(self, claim: Session, wait: float = _CLAIM_WAIT_S) -> bool:
         """Whether ``claim`` won its session, as every node's table judges it.
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +19,7 @@ from socketio_kafka.adapter import (
     RecoveringAsyncServer,
     RecoveryOptions,
     codec,
+    recovery,
 )
 from socketio_kafka.adapter.routing import Audience, partition_of
 
@@ -123,6 +126,84 @@ async def test_a_client_back_before_its_session_is_in_kafka_recovers_it(app: App
             assert await client.client.call("whoami") == {"user": "carol", "recovered": True}
         finally:
             await client.close()
+
+
+@pytest.mark.parametrize("app", [True], indirect=True)
+async def test_a_client_back_on_another_node_before_its_session_is_in_kafka_recovers_it(
+    app: App, kafka_url: str, channel: str
+) -> None:
+    """Dropped right after its CONNECT reply and back at once on another node, while its
+    node takes half a second to write each of its session's records: the other node knows
+    the pid was minted a moment ago, waits for its records, and recovers the session.
+    (It got a fresh session, "unknown session", and lost what it missed.)"""
+    store = app.manager.store
+    write = store.write
+
+    async def slow_write(records: Any) -> None:
+        await asyncio.sleep(0.5)
+        await write(records)
+
+    store.write = slow_write  # type: ignore[method-assign]
+    other = App(kafka_url, channel, skip_middlewares=True)
+    client = RecoveringRecorder()
+    try:
+        async with run_server(app.asgi) as url, run_server(other.asgi) as other_url:
+            await other.manager.start()
+            await client.client.connect(url, transports=["websocket"], auth={"token": "erin"})
+            sid, pid = client.sid, client.client.pids["/"]
+            await client.drop_transport()
+            assert other.manager.store.table.sessions.get(pid) is None, "already in Kafka"
+            await app.sio.emit("news", {"n": 1}, to="room")
+            auth = client.client.connection_auth
+            await client.client.connect(other_url, transports=["websocket"], auth=auth)
+            assert (client.client.recovered["/"], client.sid) == (True, sid)
+            assert await client.wait_count("news", 1) == [{"n": 1}]
+    finally:
+        await client.close()
+        await other.manager.stop()
+
+
+@pytest.mark.parametrize("app", [True], indirect=True)
+async def test_a_pid_whose_session_ended_on_purpose_gets_a_fresh_session_at_once(
+    app: App, kafka_url: str, channel: str
+) -> None:
+    """A client that left on purpose and connects again with its old pid, at once and on
+    another node (as socket.io-client does after ``disconnect()``, ``connect()``), is not
+    kept waiting for a session that will not come: the node read its end. (python-socketio's
+    client gives a connection up after 1 s without a CONNECT reply, by default; the node
+    would have waited up to 3 s.)"""
+    other = App(kafka_url, channel, skip_middlewares=True)
+    client = RecoveringRecorder()
+    try:
+        async with run_server(app.asgi) as url, run_server(other.asgi) as other_url:
+            await other.manager.start()
+            await client.client.connect(url, transports=["websocket"], auth={"token": "finn"})
+            sid, pid = client.sid, client.client.pids["/"]
+            await client.client.disconnect()
+            table = other.manager.store.table
+            await wait_until(lambda: table.ended_lately(pid), 10, "the end read elsewhere")
+            client.client.pids["/"] = pid
+            await client.client.connect(
+                other_url, transports=["websocket"], auth={"token": "finn"}, wait_timeout=1
+            )
+            assert (client.client.recovered["/"], client.sid != sid) == (False, True)
+            assert other.sio.recoveries["fresh", "unknown_session"] == 1
+    finally:
+        await client.close()
+        await other.manager.stop()
+
+
+def test_a_pid_tells_when_it_was_minted_and_a_claim_waits_for_young_ones_alone() -> None:
+    pid = recovery.new_pid()
+    assert re.fullmatch(r"[0-9a-f]{32}", pid)
+    assert 2.9 < recovery._arriving(pid) <= 3.0  # minted now: all of the wait
+    now_ms = time.time_ns() // 1_000_000
+    old, ahead, far = (f"{now_ms + ms:012x}{pid[12:]}" for ms in (-10_000, 1_000, 60_000))
+    assert recovery._arriving(old) == 0
+    assert recovery._arriving(ahead) == 3.0  # another node's clock, a second ahead
+    # Not made so, or a forged time far off: no wait.
+    for other in (far, "f" * 32, "z" * 32, pid[:31], "", "forged"):
+        assert recovery._arriving(other) == 0
 
 
 @pytest.mark.parametrize("app", [False], indirect=True)

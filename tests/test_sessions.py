@@ -14,6 +14,7 @@ import pytest
 
 from socketio_kafka.adapter import AsyncKafkaManager, RecordDecodeError, RecoveringAsyncServer
 from socketio_kafka.adapter.sessions import (
+    ARRIVAL_S,
     EPOCH_KEY,
     NODE_PREFIX,
     Session,
@@ -67,6 +68,24 @@ def test_table_follows_the_topic() -> None:
         table.apply(EPOCH_KEY, b'{"epoch": 5}', 1000)
     with pytest.raises(RecordDecodeError):
         table.apply(None, b"{}", 1000)
+
+
+def test_a_session_ended_lately_is_remembered_for_a_while_and_an_old_end_never() -> None:
+    """A claim of a pid not in the table waits for a session minted moments ago elsewhere,
+    unless its end was read lately (recovery.py): ends are kept twice `ARRIVAL_S` by the
+    time their records were written, so the topic's past, read at start-up, keeps none."""
+    table = SessionTable()
+    now_ms = int(time.time() * 1000)
+    table.apply(b"pid1", encode_session(SESSION), now_ms)
+    table.apply(b"pid1", None, now_ms)
+    table.apply(b"pid0", None, now_ms - int(2 * ARRIVAL_S * 1000) - 1000)  # from the past
+    assert (table.ended_lately("pid1"), table.ended_lately("pid0")) == (True, False)
+    assert not table.ended_lately("pid2")
+    assert list(table._ended) == ["pid1"]
+    # An end written long enough ago is forgotten as the next one is noted.
+    table._ended["pid1"] -= 2 * ARRIVAL_S
+    table.apply(b"pid3", None, now_ms)
+    assert (table.ended_lately("pid1"), list(table._ended)) == (False, ["pid3"])
 
 
 def test_the_table_keeps_one_copy_of_what_its_sessions_share() -> None:

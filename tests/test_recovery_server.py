@@ -71,6 +71,27 @@ async def app(kafka_url: str, channel: str, request: pytest.FixtureRequest) -> A
         yield app
 
 
+@pytest.fixture
+async def other(kafka_url: str, channel: str) -> AsyncIterator[App]:
+    """Another node of the same cluster, its manager started."""
+    other = App(kafka_url, channel, skip_middlewares=True)
+    async with other.manager:
+        yield other
+
+
+def _slow_session_writes(app: App) -> None:
+    """Each write of ``app``'s session records waits half a second first, as Kafka's
+    answer does through a leader's election."""
+    store = app.manager.store
+    write = store.write
+
+    async def slow_write(records: Any) -> None:
+        await asyncio.sleep(0.5)
+        await write(records)
+
+    store.write = slow_write  # type: ignore[method-assign]
+
+
 async def _away_and_back(app: App, url: str, client: RecoveringRecorder) -> None:
     # Recoverable once its session is in Kafka (what an ack waits for): a client dropped
     # a few ms after its CONNECT reply could come back before it is.
@@ -104,13 +125,7 @@ async def test_a_client_back_before_its_session_is_in_kafka_recovers_it(app: App
     writes of the session, and recovers it. (It got a fresh session, "unknown session",
     and lost what it missed.)"""
     store = app.manager.store
-    write = store.write
-
-    async def slow_write(records: Any) -> None:
-        await asyncio.sleep(0.5)
-        await write(records)
-
-    store.write = slow_write  # type: ignore[method-assign]
+    _slow_session_writes(app)
     async with run_server(app.asgi) as url:
         client = RecoveringRecorder()
         await client.client.connect(url, transports=["websocket"], auth={"token": "carol"})
@@ -130,25 +145,16 @@ async def test_a_client_back_before_its_session_is_in_kafka_recovers_it(app: App
 
 @pytest.mark.parametrize("app", [True], indirect=True)
 async def test_a_client_back_on_another_node_before_its_session_is_in_kafka_recovers_it(
-    app: App, kafka_url: str, channel: str
+    app: App, other: App
 ) -> None:
     """Dropped right after its CONNECT reply and back at once on another node, while its
     node takes half a second to write each of its session's records: the other node knows
     the pid was minted a moment ago, waits for its records, and recovers the session.
     (It got a fresh session, "unknown session", and lost what it missed.)"""
-    store = app.manager.store
-    write = store.write
-
-    async def slow_write(records: Any) -> None:
-        await asyncio.sleep(0.5)
-        await write(records)
-
-    store.write = slow_write  # type: ignore[method-assign]
-    other = App(kafka_url, channel, skip_middlewares=True)
+    _slow_session_writes(app)
     client = RecoveringRecorder()
     try:
         async with run_server(app.asgi) as url, run_server(other.asgi) as other_url:
-            await other.manager.start()
             await client.client.connect(url, transports=["websocket"], auth={"token": "erin"})
             sid, pid = client.sid, client.client.pids["/"]
             await client.drop_transport()
@@ -160,23 +166,20 @@ async def test_a_client_back_on_another_node_before_its_session_is_in_kafka_reco
             assert await client.wait_count("news", 1) == [{"n": 1}]
     finally:
         await client.close()
-        await other.manager.stop()
 
 
 @pytest.mark.parametrize("app", [True], indirect=True)
 async def test_a_pid_whose_session_ended_on_purpose_gets_a_fresh_session_at_once(
-    app: App, kafka_url: str, channel: str
+    app: App, other: App
 ) -> None:
     """A client that left on purpose and connects again with its old pid, at once and on
     another node (as socket.io-client does after ``disconnect()``, ``connect()``), is not
     kept waiting for a session that will not come: the node read its end. (python-socketio's
     client gives a connection up after 1 s without a CONNECT reply, by default; the node
     would have waited up to 3 s.)"""
-    other = App(kafka_url, channel, skip_middlewares=True)
     client = RecoveringRecorder()
     try:
         async with run_server(app.asgi) as url, run_server(other.asgi) as other_url:
-            await other.manager.start()
             await client.client.connect(url, transports=["websocket"], auth={"token": "finn"})
             sid, pid = client.sid, client.client.pids["/"]
             await client.client.disconnect()
@@ -190,7 +193,6 @@ async def test_a_pid_whose_session_ended_on_purpose_gets_a_fresh_session_at_once
             assert other.sio.recoveries["fresh", "unknown_session"] == 1
     finally:
         await client.close()
-        await other.manager.stop()
 
 
 def test_a_pid_tells_when_it_was_minted_and_a_claim_waits_for_young_ones_alone() -> None:

@@ -252,9 +252,9 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-node-inbound-bytes",
         type=integer,
-        help="bytes of unfinished messages (WebSocket messages, request heads and bodies) all "
-        "connections may hold together; past it the ones begun longest ago are closed first "
-        "(default 64 MiB)",
+        help="bytes of unfinished messages (WebSocket messages, request heads and bodies, "
+        "binary events' attachments) all connections may hold together; past it the ones "
+        "begun longest ago are closed first (default 64 MiB)",
     )
     group.add_argument(
         "--drain-timeout",

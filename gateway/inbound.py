@@ -1,7 +1,8 @@
 """What a node holds of messages its clients have begun and not finished sending, bounded.
 
-A WebSocket message is read whole before the app sees it, and so is an HTTP request's head
-and a polling POST's body. Each is bounded on its own (``--max-payload-bytes``, 64 kB of
+A WebSocket message is read whole before the app sees it, and so is an HTTP request's head,
+a polling POST's body and a binary event's attachments (`GuardedServer`). Each is bounded
+on its own (``--max-payload-bytes``, 64 kB of
 head), but not in all: a client that sends a message but for its last byte, then waits,
 held that much of the node as long as its connection lived (200 such WebSockets: 191 MiB
 of RSS), and ``--max-connections`` such clients many GiB. Engine.IO's heartbeat does not

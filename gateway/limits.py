@@ -89,10 +89,10 @@ class Limits:
     # nothing, or half a request, was held (an open file, 7.5 kB) for as long as its client
     # liked. nginx's own header and body timeouts are 60 s; a Socket.IO client sends at once.
     read_timeout: float = 30.0
-    # Bytes of messages begun and not finished (WebSocket messages, request heads and POST
-    # bodies) the node holds for all connections (gateway/inbound.py): 64 of the largest
-    # messages at the default payload limit, where a connection that never finishes one
-    # held it for its life.
+    # Bytes of messages begun and not finished (WebSocket messages, request heads, POST
+    # bodies, binary events' attachments) the node holds for all connections
+    # (gateway/inbound.py): 64 of the largest messages at the default payload limit,
+    # where a connection that never finished one held it for its life.
     max_inbound_bytes: int = 64 * 2**20
 
     def __post_init__(self) -> None:

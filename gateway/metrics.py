@@ -119,7 +119,8 @@ def _guard_metrics(server: GuardedServer) -> Iterator[GaugeMetricFamily | Counte
     inbound = GaugeMetricFamily(
         "socketio_kafka_inbound_bytes",
         "Bytes of messages clients have begun and not finished sending that the node holds "
-        "(WebSocket messages, request heads and bodies), at most --max-node-inbound-bytes",
+        "(WebSocket messages, request heads and bodies, binary events' attachments), at most "
+        "--max-node-inbound-bytes",
     )
     inbound.add_metric([], server.inbound.bytes)
     yield from (refusals, draining, held, inbound)

@@ -16,7 +16,8 @@ Each connection also offers the app a way to reset it (`ABORT`): a closed WebSoc
 and parsed until its peer answers the close, and a flooder never does; a way to write
 Engine.IO packets as frames at once (`FRAMES`, which the Kafka manager's fan-out uses:
 `adapter/frames.py`); and a `gated` protocol asks the app's gate before it accepts a
-WebSocket at all.
+WebSocket at all, and counts what it holds of a message not yet whole in the node's
+bound on those (`gateway/inbound.py`).
 """
 
 from __future__ import annotations

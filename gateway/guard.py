@@ -17,7 +17,6 @@ import asyncio
 import collections
 import functools
 import logging
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -39,8 +38,6 @@ logger = logging.getLogger("socketio_kafka.gateway")
 #: What an attachment costs beyond its bytes (its object and list slot), so that a packet
 #: of many empty attachments is bounded too.
 ATTACHMENT_OVERHEAD = 64
-#: Bytes held so far by each half-received binary packet; gone with the packet.
-_HELD: weakref.WeakKeyDictionary[packet.Packet, int] = weakref.WeakKeyDictionary()
 
 
 class _Attachments:
@@ -199,11 +196,10 @@ class GuardedServer(RecoveringAsyncServer):
             await asyncio.sleep(0)
         pending = self._binary_packet.get(eio_sid)
         if pending is not None:
-            held = _HELD.get(pending, 0) + len(data) + ATTACHMENT_OVERHEAD
+            held = self._attachments_held(eio_sid) + len(data) + ATTACHMENT_OVERHEAD
             if held > self.eio.max_http_buffer_size:
                 await self._refuse(eio_sid, "binary attachments larger than the payload limit")
                 return
-            _HELD[pending] = held
         await super()._handle_eio_message(eio_sid, data)
         announced = self._binary_packet.get(eio_sid)
         if (
@@ -212,8 +208,13 @@ class GuardedServer(RecoveringAsyncServer):
             and (announced.attachment_count * ATTACHMENT_OVERHEAD > self.eio.max_http_buffer_size)
         ):
             await self._refuse(eio_sid, "more binary attachments than the payload limit allows")
-        elif announced is not None or pending is not None:
-            self._hold_attachments(eio_sid, 0 if announced is None else _HELD.get(announced, 0))
+        elif pending is not None:  # whole now, it holds nothing
+            self._hold_attachments(eio_sid, held if announced is pending else 0)
+
+    def _attachments_held(self, eio_sid: str) -> int:
+        """What ``eio_sid``'s binary packet holds so far, as the node counts it."""
+        holder = self._attachments.get(eio_sid)
+        return 0 if holder is None else self.inbound.held(holder)
 
     def _hold_attachments(self, eio_sid: str, nbytes: int) -> None:
         """The attachments ``eio_sid``'s binary packet holds now, in the node's count."""

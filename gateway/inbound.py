@@ -48,6 +48,10 @@ class InboundBudget:
     def __len__(self) -> int:
         return len(self._held)
 
+    def held(self, holder: Holder) -> int:
+        """What ``holder`` holds in the count now (0 once cut)."""
+        return self._held.get(holder, 0)
+
     def hold(self, holder: Holder, nbytes: int) -> None:
         """``holder`` now holds ``nbytes`` of a message not yet whole (0: none, or done)."""
         before = self._held.get(holder, 0)

@@ -99,9 +99,19 @@ _PUBLISHES = 'socketio_kafka_events_in_total{event="publish"}'
 def frame(text: str, opcode: int = 0x1) -> bytes:
     """One client frame; the mask is zeros (any key is valid), so the payload is as is."""
     data = text.encode()
-    size = len(data)
-    head = bytes([0x80 | opcode, 0x80 | size]) if size < 126 else bytes([0x80 | opcode, 0xFE])
-    return head + (size.to_bytes(2) if size >= 126 else b"") + b"\0\0\0\0" + data
+    return frame_header(len(data), opcode) + data
+
+
+def frame_header(size: int, opcode: int = 0x1) -> bytes:
+    """The header of a client frame (final, masked with zeros) of ``size`` bytes, which
+    need not follow."""
+    if size < 126:
+        length = bytes([0x80 | size])
+    elif size < 2**16:
+        length = b"\xfe" + size.to_bytes(2)
+    else:
+        length = b"\xff" + size.to_bytes(8)
+    return bytes([0x80 | opcode]) + length + b"\0\0\0\0"
 
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import struct
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -23,6 +22,7 @@ from socketio_kafka.gateway.local_kafka import LocalKafka
 from .support.clients import Recorder
 from .support.cluster import REPO, GatewayProcess, free_port, gateway_cluster
 from .support.harness import Harness
+from .support.rawclient import close_code
 from .support.recovering import RecoveringRecorder
 from .support.sockets import free_run
 from .support.waiting import wait_until
@@ -244,14 +244,8 @@ async def test_a_websocket_message_over_max_payload_is_refused_before_it_is_read
     up = await flood.upgrade("127.0.0.1", node.port, "127.0.0.1")
     assert up.status == 101
     try:
-        length = 10_000_000
-        header = struct.pack("!BBQ", 0x81, 0x80 | 127, length) + os.urandom(4)
-        up.writer.write(header + b"4" * 1024)  # a text frame, masked, as clients send
-        async with asyncio.timeout(10):
-            received = await up.reader.read()  # to the node's close
-        close = received.rfind(b"\x88")
-        assert close >= 0, received
-        assert struct.unpack("!H", received[close + 2 : close + 4]) == (1009,)
+        up.writer.write(flood.frame_header(10_000_000) + b"4" * 1024)
+        assert await close_code(up.reader) == 1009
     finally:
         up.writer.transport.abort()
 

@@ -4,7 +4,6 @@ that began theirs longest ago are closed, and counted; quick senders are served.
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ from socketio_kafka.gateway.inbound import InboundBudget
 from socketio_kafka.gateway.limits import INBOUND_BYTES
 from socketio_kafka.gateway.websocket import CoalescingWebSocketProtocol
 
+from .support.rawclient import close_code
 from .support.server import run_server
 from .support.waiting import wait_until
 
@@ -109,22 +109,6 @@ async def server() -> AsyncIterator[tuple[int, InboundBudget, _Refusals]]:
         yield int(url.rsplit(":", 1)[1]), budget, refused
 
 
-def _frame(length: int) -> bytes:
-    """The header of a masked text frame of ``length`` bytes, as clients send (its payload,
-    all ``4``, is the same masked or not under a zero mask)."""
-    return struct.pack("!BBQ", 0x81, 0x80 | 127, length) + b"\0\0\0\0"
-
-
-async def _close_code(reader: asyncio.StreamReader) -> int | None:
-    """The code of the close frame the server sent before it closed, if it did."""
-    async with asyncio.timeout(10):
-        received = await reader.read(-1)
-    close = received.rfind(b"\x88")
-    if close < 0:
-        return None
-    return int(struct.unpack("!H", received[close + 2 : close + 4])[0])
-
-
 async def test_the_connections_that_began_longest_ago_are_closed_and_quick_ones_served(
     server: tuple[int, InboundBudget, _Refusals],
 ) -> None:
@@ -135,7 +119,7 @@ async def test_the_connections_that_began_longest_ago_are_closed_and_quick_ones_
     port, budget, refused = server
     oldest = await flood.upgrade("127.0.0.1", port, "127.0.0.1")
     assert oldest.status == 101
-    oldest.writer.write(_frame(400_000) + b"4" * 399_999)  # all but its last byte
+    oldest.writer.write(flood.frame_header(400_000) + b"4" * 399_999)  # all but its last byte
     await wait_until(lambda: budget.bytes >= 399_999, 10, "the first message held")
     post_reader, post_writer = await asyncio.open_connection("127.0.0.1", port)
     post_writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 400000\r\n\r\n")
@@ -145,15 +129,15 @@ async def test_the_connections_that_began_longest_ago_are_closed_and_quick_ones_
     quick = await flood.upgrade("127.0.0.1", port, "127.0.0.1")
     try:
         assert refused.seen == []
-        newest.writer.write(_frame(800_000) + b"4" * 799_999)
-        assert await _close_code(oldest.reader) == 1013
+        newest.writer.write(flood.frame_header(800_000) + b"4" * 799_999)
+        assert await close_code(oldest.reader) == 1013
         async with asyncio.timeout(10):
             assert await post_reader.read(-1) == b""  # closed, unanswered
         assert refused.seen == [(INBOUND_BYTES, "127.0.0.1")] * 2
         await wait_until(lambda: budget.bytes == 799_999, 10, "the newest's message held")
         newest.writer.write(b"4")
         assert await _text(newest.reader) == b"800000"
-        quick.writer.write(_frame(900_000) + b"4" * 900_000)
+        quick.writer.write(flood.frame_header(900_000) + b"4" * 900_000)
         assert await _text(quick.reader) == b"900000"
         assert (budget.bytes, len(budget), len(refused.seen)) == (0, 0, 2)
     finally:
@@ -178,7 +162,7 @@ async def test_a_large_message_sent_slowly_but_steadily_is_served_alone(
     port, budget, refused = server
     up = await flood.upgrade("127.0.0.1", port, "127.0.0.1")
     try:
-        up.writer.write(_frame(900_000))
+        up.writer.write(flood.frame_header(900_000))
         for _ in range(9):
             up.writer.write(b"4" * 100_000)
             await up.writer.drain()

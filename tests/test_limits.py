@@ -24,6 +24,7 @@ from socketio_kafka.gateway.guard import ATTACHMENT_OVERHEAD
 from socketio_kafka.gateway.limits import Limits, NodeLimits, TokenBuckets, client_address
 
 from .support.cluster import GatewayProcess, gateway_cluster
+from .support.rawclient import close_code
 from .support.waiting import wait_until
 
 
@@ -378,20 +379,6 @@ _UNFINISHED = {
 }
 
 
-async def _close_code(reader: asyncio.StreamReader) -> int | None:
-    """The code of the close frame the node sent before it closed the connection; None if
-    it reset it or closed it without one."""
-    try:
-        async with asyncio.timeout(10):
-            while (received := await read_frame(reader))[0] != 0x8:
-                pass  # Engine.IO's and Socket.IO's packets before it
-    except (asyncio.IncompleteReadError, ConnectionResetError):
-        return None
-    async with asyncio.timeout(10):
-        assert await reader.read() == b""
-    return int.from_bytes(received[1][:2])
-
-
 @pytest.mark.parametrize("unfinished", list(_UNFINISHED))
 async def test_unfinished_messages_past_the_nodes_bound_close_the_oldest(
     kafka_url: str, channel: str, unfinished: str
@@ -408,7 +395,7 @@ async def test_unfinished_messages_past_the_nodes_bound_close_the_oldest(
                 assert up.status == 101
                 up.writer.write(b"".join(_UNFINISHED[unfinished]))
                 await up.writer.drain()
-            assert await _close_code(ups[0].reader) == (1013 if unfinished == "frame" else None)
+            assert await close_code(ups[0].reader) == (1013 if unfinished == "frame" else None)
             clients = [await _connect(node.url, f"10.0.0.{i}") for i in (1, 2)]
             await _served(*clients)
             for client in clients:

@@ -17,6 +17,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as connect_to
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from benchmarks.flood import read_frame
+
 
 class RawText(bytes):
     """Bytes sent in a *text* frame, unchecked: how invalid UTF-8 reaches a text parser."""
@@ -118,3 +120,18 @@ def polling_body(frames: Sequence[Frame]) -> bytes:
     """Frames as one POST body: text as is, binary base64-less (raw bytes, as an attacker)."""
     parts = [f.encode("utf-8", "surrogatepass") if isinstance(f, str) else f for f in frames]
     return SEPARATOR.encode().join(parts)
+
+
+async def close_code(reader: asyncio.StreamReader) -> int | None:
+    """The code of the close frame a node sent on a raw WebSocket (`benchmarks.flood`'s
+    ``upgrade``), past the frames before it, once it closed the connection too; None if it
+    reset it or closed it without one."""
+    try:
+        async with asyncio.timeout(10):
+            while (received := await read_frame(reader))[0] != 0x8:
+                pass
+    except (asyncio.IncompleteReadError, ConnectionResetError):
+        return None
+    async with asyncio.timeout(10):
+        assert await reader.read() == b""
+    return int.from_bytes(received[1][:2])

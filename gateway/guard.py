@@ -129,13 +129,19 @@ class GuardedServer(RecoveringAsyncServer):
         self.draining = True
         eio_sids = list(self.eio.sockets)
         logger.warning("draining: closing %d connection(s), sessions kept", len(eio_sids))
-        await asyncio.gather(*(self._close_kept(eio_sid) for eio_sid in eio_sids))
+        await asyncio.gather(*(self._close(eio_sid, tell=False) for eio_sid in eio_sids))
 
-    async def _close_kept(self, eio_sid: str) -> None:
+    async def _close(self, eio_sid: str, *, tell: bool) -> None:
+        """Close a connection now, with Engine.IO's CLOSE packet first if ``tell``.
+
+        engineio's own disconnect queues the CLOSE and leaves its writer waiting for more
+        until the idle timeout (45 s) before it closes the WebSocket: a client that does not
+        close its end on the CLOSE (a hostile one) kept its connection that long.
+        """
         socket = self.eio.sockets.get(eio_sid)
         if socket is None:
             return
-        await socket.close(wait=False, abort=True, reason=self.reason.SERVER_DISCONNECT)
+        await socket.close(wait=False, abort=not tell, reason=self.reason.SERVER_DISCONNECT)
         socket.queue.put_nowait(None)  # ends engineio's writer, which closes the WebSocket
         self.eio.sockets.pop(eio_sid, None)
 
@@ -300,4 +306,4 @@ class GuardedServer(RecoveringAsyncServer):
         or hostile, and anything it sends next would be read as more attachments."""
         self._binary_packet.pop(eio_sid, None)
         logger.warning("closing connection %s: %s", eio_sid, why)
-        await self.eio.disconnect(eio_sid)
+        await self._close(eio_sid, tell=True)

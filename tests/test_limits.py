@@ -367,6 +367,44 @@ async def test_a_flooder_that_reads_nothing_is_reset_at_the_cut_and_read_no_furt
             await client.disconnect()
 
 
+#: Two binary events the payload limit (100,000 bytes) refuses, each frame under it: more
+#: attachments announced than it could hold; attachments together over it.
+_OVERSIZED = {
+    "announced": [frame('459999-["x",{"_placeholder":true,"num":0}]')],
+    "together": [
+        frame('452-["x",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]'),
+        frame("a" * 60_000, opcode=0x2),
+        frame("b" * 60_000, opcode=0x2),
+    ],
+}
+
+
+@pytest.mark.parametrize("oversized", list(_OVERSIZED))
+async def test_a_binary_event_over_the_payload_limit_closes_its_connection_at_once(
+    kafka_url: str, channel: str, oversized: str
+) -> None:
+    """The node answers with Engine.IO's CLOSE and closes the WebSocket, also for a client
+    that keeps its end open: engineio's disconnect left the connection to its writer's idle
+    timeout (45 s), with the client's frames read meanwhile (gateway/guard.py)."""
+    async with _node(kafka_url, channel, "--max-payload-bytes", "100000") as node:
+        up = await upgrade("127.0.0.1", node.port, "127.0.0.1")
+        try:
+            assert up.status == 101, up.body
+            assert (await read_frame(up.reader))[1].startswith(b"0{")  # Engine.IO open
+            up.writer.write(frame("40"))
+            assert (await read_frame(up.reader))[1].startswith(b"40{")  # Socket.IO connected
+            up.writer.write(b"".join(_OVERSIZED[oversized]))
+            async with asyncio.timeout(10):
+                assert await read_frame(up.reader) == (0x1, b"1")  # Engine.IO's CLOSE
+                assert (await read_frame(up.reader))[0] == 0x8  # the WebSocket's close
+        finally:
+            up.writer.transport.abort()
+        assert "than the payload limit" in node.log()
+        client = await _connect(node.url, "10.0.0.1")
+        assert await _connected(node) == 1  # the refused socket is gone from the node
+        await client.disconnect()
+
+
 #: Two ways to leave 60,000 bytes of a message unfinished on a connection: a WebSocket
 #: message but for its last byte; the first of a binary event's two attachments.
 _UNFINISHED = {

@@ -21,7 +21,7 @@ from socketio.base_manager import BaseManager
 TESTED = {
     "python-socketio": "5.18.",
     "python-engineio": "4.15.",
-    "uvicorn": "0.54.",
+    "uvicorn": "0.55.",
     "aiokafka": "0.14.",
 }
 

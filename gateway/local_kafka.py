@@ -54,7 +54,7 @@ from .local_tls import ensure_tls
 
 __all__ = ["KAFKA_VERSION", "SASL_MECHANISMS", "LocalKafka", "ServiceStatus"]
 
-KAFKA_VERSION = "4.1.1"
+KAFKA_VERSION = "4.4.0"
 LOG4J_VERSION = "2.24.3"
 
 _POM = """\

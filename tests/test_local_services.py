@@ -22,7 +22,7 @@ from socketio_kafka.gateway.errors import (
     ServiceError,
     ServiceStartFailed,
 )
-from socketio_kafka.gateway.local_kafka import LocalKafka
+from socketio_kafka.gateway.local_kafka import KAFKA_VERSION, LocalKafka
 from socketio_kafka.gateway.local_redis import LocalRedis
 
 
@@ -125,7 +125,7 @@ def test_second_launcher_reuses_the_running_broker(kafka: LocalKafka) -> None:
     status = kafka.status()
     assert status is not None
     assert status.data_dir == kafka.data_dir
-    assert status.version == "4.1.1"
+    assert status.version == KAFKA_VERSION
     again = LocalKafka(kafka.data_dir)
     assert again.start() == status.address
     assert again.status() == status

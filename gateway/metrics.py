@@ -86,8 +86,14 @@ class NodeCollector(Collector):
             "Sockets connected to this node",
             labels=["namespace"],
         )
-        for namespace in list(self._manager.get_namespaces()):
-            count = sum(1 for _ in self._manager.get_participants(namespace, None))
+        occupied = set(self._manager.get_namespaces())
+        served: set[str] = set()  # the app's, at 0 when empty rather than absent
+        if self._server is not None:
+            served.update(self._server.handlers, self._server.namespace_handlers)
+            served.discard("*")
+        for namespace in sorted(occupied | served):
+            participants = self._manager.get_participants(namespace, None)
+            count = sum(1 for _ in participants) if namespace in occupied else 0
             sockets.add_metric([namespace], count)
         yield sockets
         if self._server is not None:

@@ -176,7 +176,7 @@ async def test_every_metric_the_dashboard_plots_is_one_a_node_exports(
     }
     assert "histogram_quantile" in " ".join(exprs)
     async with gateway_cluster(kafka_url, channel, nodes=1) as [node]:
-        # Connected while scraped: a node without sockets has no connected_sockets sample.
+        # A client connected and publishing while scraped: every family has its samples.
         client = socketio.AsyncClient(reconnection=False)
         await client.connect(node.url, transports=["websocket"], auth={"recovery": False})
         try:

@@ -88,6 +88,9 @@ async def test_a_publish_counts_in_produced_and_out(node: GatewayProcess) -> Non
     finally:
         await asyncio.gather(sender.close(), receiver.close())
     assert moved(before, after, "socketio_kafka_connects_total", session="fresh") == 2
+    # The app's namespace reads 0 on a node without sockets (an alert on it can fire).
+    assert before[("socketio_kafka_connected_sockets", (("namespace", "/"),))] == 0
+    assert sample(after, "socketio_kafka_connected_sockets", namespace="/") == 2
     assert moved(before, after, "socketio_kafka_events_in_total", event="join") == 2
     assert moved(before, after, "socketio_kafka_events_in_total", event="publish") == 1
     # The sender is skipped: one socket got the event.

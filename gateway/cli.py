@@ -250,6 +250,12 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
         help="seconds a connection has to send a whole HTTP request (default 30)",
     )
     group.add_argument(
+        "--connect-timeout",
+        type=number,
+        help="seconds a connection may go without a Socket.IO namespace connected, from its "
+        "handshake or its last namespace's disconnect (default 45, as Node's socket.io)",
+    )
+    group.add_argument(
         "--max-node-inbound-bytes",
         type=integer,
         help="bytes of unfinished messages (WebSocket messages, request heads and bodies, "

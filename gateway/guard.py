@@ -27,7 +27,7 @@ from socketio_kafka.adapter.recovery import RecoveringAsyncServer
 
 from .accept import Holds
 from .inbound import InboundBudget
-from .limits import Limits, NodeLimits, peer_address
+from .limits import CONNECT_TIMEOUT, Limits, NodeLimits, client_address, peer_address
 from .protocol import EVENTS, RESERVED_EVENTS
 from .websocket import ABORT
 
@@ -111,6 +111,10 @@ class GuardedServer(RecoveringAsyncServer):
         self.inbound = InboundBudget(self.limits.limits.max_inbound_bytes, self.refused_request)
         self._attachments: dict[str, _Attachments] = {}
         self._cutting: set[asyncio.Task[None]] = set()
+        #: Connections without a Socket.IO namespace, each closed at its timer unless one
+        #: connects first (`_await_namespace`); CONNECTs being judged, by connection.
+        self._unconnected: dict[str, asyncio.TimerHandle] = {}
+        self._judging: collections.Counter[str] = collections.Counter()
         #: Set by `drain`: new connections are refused, /readyz answers 503.
         self.draining = False
         #: Events clients sent, by name: the protocol's own, and ``other`` (names are the
@@ -182,19 +186,78 @@ class GuardedServer(RecoveringAsyncServer):
         # environ, kept for the connection's life, holds it: 2 KB a connection for a
         # handshake's body, which is empty and read (benchmarks/memory.py).
         environ["wsgi.input"] = _READ_BODY
-        return await super()._handle_eio_connect(eio_sid, environ)
+        refused = await super()._handle_eio_connect(eio_sid, environ)
+        if refused is None or refused is True:  # engineio's two ways to accept
+            self._await_namespace(eio_sid)
+        return refused
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
         # A Socket.IO CONNECT comes over an open connection: its handshake is over.
         environ = self.environ.get(eio_sid)
         if environ is not None:
             _drop_handshake_headers(environ)
-        await super()._handle_connect(eio_sid, namespace, data)
+        self._judging[eio_sid] += 1
+        try:
+            await super()._handle_connect(eio_sid, namespace, data)
+        finally:
+            self._judging[eio_sid] -= 1
+            if not self._judging[eio_sid]:
+                del self._judging[eio_sid]
+        if self._namespaced(eio_sid) and (timer := self._unconnected.pop(eio_sid, None)):
+            timer.cancel()
+
+    async def _handle_disconnect(
+        self, eio_sid: str, namespace: str | None, reason: str | None = None
+    ) -> None:
+        await super()._handle_disconnect(eio_sid, namespace, reason)
+        self._await_namespace(eio_sid)
+
+    async def disconnect(
+        self, sid: str, namespace: str | None = None, ignore_queue: bool = False
+    ) -> None:
+        eio_sid = self.manager.eio_sid_from_sid(sid, namespace or "/")
+        await super().disconnect(sid, namespace, ignore_queue=ignore_queue)
+        if eio_sid is not None:
+            self._await_namespace(eio_sid)
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
         self.limits.forget(eio_sid)
         self._hold_attachments(eio_sid, 0)
+        if timer := self._unconnected.pop(eio_sid, None):
+            timer.cancel()
         await super()._handle_eio_disconnect(eio_sid, reason)
+
+    def _namespaced(self, eio_sid: str) -> bool:
+        """Whether ``eio_sid`` has a Socket.IO namespace connected."""
+        return any(
+            self.manager.sid_from_eio_sid(eio_sid, namespace) is not None
+            for namespace in self.manager.get_namespaces()
+        )
+
+    def _await_namespace(self, eio_sid: str) -> None:
+        """An open connection without a namespace gets ``connect_timeout`` to connect one
+        (`Limits`): at the handshake, and when its last namespace is disconnected."""
+        if eio_sid in self._unconnected or self._open_socket(eio_sid) is None:
+            return
+        if self._namespaced(eio_sid):
+            return
+        timeout = self.limits.limits.connect_timeout
+        loop = asyncio.get_running_loop()
+        self._unconnected[eio_sid] = loop.call_later(timeout, self._connect_overdue, eio_sid)
+
+    def _connect_overdue(self, eio_sid: str) -> None:
+        del self._unconnected[eio_sid]
+        if self._open_socket(eio_sid) is None or self._namespaced(eio_sid):
+            return
+        if self._judging[eio_sid]:  # a CONNECT being judged: its own bounds hold it
+            self._await_namespace(eio_sid)
+            return
+        trusted = self.limits.limits.trust_forwarded_for
+        address = client_address(self.environ.get(eio_sid, {}), trust_forwarded_for=trusted)
+        self.limits.refuse(CONNECT_TIMEOUT, address)
+        task = asyncio.get_running_loop().create_task(self._close(eio_sid, tell=True))
+        self._cutting.add(task)
+        task.add_done_callback(self._cutting.discard)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         self._messages += 1

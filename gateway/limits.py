@@ -19,6 +19,7 @@ from typing import Any
 __all__ = [
     "CONNECTIONS",
     "CONNECT_RATE",
+    "CONNECT_TIMEOUT",
     "EVENT_RATE",
     "INBOUND_BYTES",
     "LIMITS",
@@ -42,7 +43,11 @@ ROOMS = "rooms"
 READ_TIMEOUT = "read_timeout"
 REQUEST_HEAD = "request_head"
 INBOUND_BYTES = "inbound_bytes"
-LIMITS = (CONNECTIONS, CONNECT_RATE, EVENT_RATE, ROOMS, READ_TIMEOUT, REQUEST_HEAD, INBOUND_BYTES)
+CONNECT_TIMEOUT = "connect_timeout"
+LIMITS = (
+    CONNECTIONS, CONNECT_RATE, EVENT_RATE, ROOMS, READ_TIMEOUT, REQUEST_HEAD, INBOUND_BYTES,
+    CONNECT_TIMEOUT,
+)  # fmt: skip
 #: Refusals within a window that make a connection (or an address) a flood, at the least.
 _FLOOD_FLOOR = 100
 #: Refusals are counted per window of this many seconds, from the first.
@@ -57,6 +62,7 @@ _MESSAGES = {
     READ_TIMEOUT: "request not sent in time; connection closed",
     REQUEST_HEAD: "request head too large; connection closed",
     INBOUND_BYTES: "node holds too much of unfinished messages; the oldest's connection closed",
+    CONNECT_TIMEOUT: "no namespace connected in time; connection closed",
 }
 _LOG_EVERY_S = 60.0
 #: Buckets kept at most (per-address state a flood of addresses cannot grow past).
@@ -94,6 +100,12 @@ class Limits:
     # (gateway/inbound.py): 64 of the largest messages at the default payload limit,
     # where a connection that never finished one held it for its life.
     max_inbound_bytes: int = 64 * 2**20
+    # Seconds an Engine.IO connection may go without a Socket.IO namespace connected: from
+    # its handshake, or from its last namespace's disconnect. Node's socket.io closes it at
+    # 45 s (``connectTimeout``); python-socketio never did, so a client that answered the
+    # heartbeat and connected nothing held its connection, and a slot of max_connections,
+    # for as long as it liked.
+    connect_timeout: float = 45.0
 
     def __post_init__(self) -> None:
         if self.max_connections < 1:
@@ -104,6 +116,8 @@ class Limits:
             raise ValueError("max_rooms_per_socket must be >= 1")
         if self.read_timeout <= 0:
             raise ValueError("read_timeout must be > 0")
+        if self.connect_timeout <= 0:
+            raise ValueError("connect_timeout must be > 0")
         if self.max_inbound_bytes < 1:
             raise ValueError("max_inbound_bytes must be >= 1")
 

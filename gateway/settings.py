@@ -87,6 +87,7 @@ class Settings:
     max_rooms_per_socket: int = _LIMITS.max_rooms_per_socket
     trust_forwarded_for: bool = _LIMITS.trust_forwarded_for
     read_timeout: float = _LIMITS.read_timeout
+    connect_timeout: float = _LIMITS.connect_timeout
     max_node_inbound_bytes: int = _LIMITS.max_inbound_bytes
     # Seconds from SIGTERM to exit (README, "Drain").
     drain_timeout: float = 10.0
@@ -207,6 +208,7 @@ class Settings:
             self.trust_forwarded_for,
             self.read_timeout,
             self.max_node_inbound_bytes,
+            self.connect_timeout,
         )
 
     @property

@@ -102,9 +102,13 @@ def test_queue_bounds_from_flags_and_the_environment(monkeypatch: pytest.MonkeyP
 
 @pytest.mark.parametrize(
     ("name", "default", "error"),
-    [("keep_alive_timeout", 65, "must be >= 1"), ("read_timeout", 30, "must be > 0")],
+    [
+        ("keep_alive_timeout", 65, "must be >= 1"),
+        ("read_timeout", 30, "must be > 0"),
+        ("connect_timeout", 45, "must be > 0"),
+    ],
 )
-def test_the_http_timeouts_from_flags_and_the_environment(
+def test_the_connection_timeouts_from_flags_and_the_environment(
     monkeypatch: pytest.MonkeyPatch, name: str, default: float, error: str
 ) -> None:
     flag = "--" + name.replace("_", "-")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -19,7 +20,7 @@ import httpx
 import pytest
 import socketio
 
-from benchmarks.flood import frame, read_frame, upgrade
+from benchmarks.flood import Upgrade, frame, read_frame, upgrade
 from socketio_kafka.gateway.guard import ATTACHMENT_OVERHEAD
 from socketio_kafka.gateway.limits import Limits, NodeLimits, TokenBuckets, client_address
 
@@ -387,22 +388,68 @@ async def test_a_binary_event_over_the_payload_limit_closes_its_connection_at_on
     that keeps its end open: engineio's disconnect left the connection to its writer's idle
     timeout (45 s), with the client's frames read meanwhile (gateway/guard.py)."""
     async with _node(kafka_url, channel, "--max-payload-bytes", "100000") as node:
-        up = await upgrade("127.0.0.1", node.port, "127.0.0.1")
+        up = await _opened(node)
         try:
-            assert up.status == 101, up.body
-            assert (await read_frame(up.reader))[1].startswith(b"0{")  # Engine.IO open
-            up.writer.write(frame("40"))
-            assert (await read_frame(up.reader))[1].startswith(b"40{")  # Socket.IO connected
             up.writer.write(b"".join(_OVERSIZED[oversized]))
             async with asyncio.timeout(10):
-                assert await read_frame(up.reader) == (0x1, b"1")  # Engine.IO's CLOSE
-                assert (await read_frame(up.reader))[0] == 0x8  # the WebSocket's close
+                await _told_to_close(up)
         finally:
             up.writer.transport.abort()
         assert "than the payload limit" in node.log()
         client = await _connect(node.url, "10.0.0.1")
         assert await _connected(node) == 1  # the refused socket is gone from the node
         await client.disconnect()
+
+
+async def test_a_connection_without_a_namespace_is_closed_at_the_connect_timeout(
+    kafka_url: str, channel: str
+) -> None:
+    """An Engine.IO connection that connects no Socket.IO namespace, over WebSocket or
+    polling, or disconnects its last, is closed after ``--connect-timeout`` and counted, as
+    Node's socket.io does: python-socketio kept it (and its slot of ``--max-connections``)
+    for as long as its client answered the heartbeat. A connected one is served on."""
+    async with _node(kafka_url, channel, "--connect-timeout", "1") as node:
+        connected, silent, left = await _opened(node), await _opened(node, connect=False), None
+        try:
+            left = await _opened(node)
+            left.writer.write(frame("41"))  # its namespace disconnected, the connection kept
+            async with httpx.AsyncClient(base_url=node.url, timeout=10) as http:
+                query = {"EIO": "4", "transport": "polling"}
+                opened = await http.get("/socket.io/", params=query)
+                sid = json.loads(opened.text[1:])["sid"]
+                assert (await http.get("/socket.io/", params={**query, "sid": sid})).text == "1"
+            async with asyncio.timeout(10):
+                await _told_to_close(silent)
+                await _told_to_close(left)
+                # Seconds after its own timeout would have been due, the connected one is
+                # served.
+                connected.writer.write(frame('421["join",{"room":"z"}]'))
+                while not (await read_frame(connected.reader))[1].startswith(b"431"):
+                    pass
+            assert await _refusals(node, "connect_timeout") == 3
+        finally:
+            for up in (connected, silent, left):
+                if up is not None:
+                    up.writer.transport.abort()
+
+
+async def _opened(node: GatewayProcess, *, connect: bool = True) -> Upgrade:
+    """A raw Engine.IO WebSocket to ``node``, open, and with ``connect`` its Socket.IO
+    namespace connected."""
+    up = await upgrade("127.0.0.1", node.port, "127.0.0.1")
+    assert up.status == 101, up.body
+    assert (await read_frame(up.reader))[1].startswith(b"0{")  # Engine.IO open
+    if connect:
+        up.writer.write(frame("40"))
+        assert (await read_frame(up.reader))[1].startswith(b"40{")  # Socket.IO connected
+    return up
+
+
+async def _told_to_close(up: Upgrade) -> None:
+    """Engine.IO's CLOSE, past any packets before it, then the WebSocket's close."""
+    while await read_frame(up.reader) != (0x1, b"1"):
+        pass
+    assert (await read_frame(up.reader))[0] == 0x8
 
 
 #: Two ways to leave 60,000 bytes of a message unfinished on a connection: a WebSocket

@@ -36,7 +36,8 @@ def ensure_tls(directory: Path) -> TlsFiles:
     files = TlsFiles(
         directory / "ca.pem", directory / "broker-chain.pem", directory / "broker-key.pem"
     )
-    if files.ca.exists() and files.broker_chain.exists() and files.broker_key.exists():
+    made = files.ca.exists() and files.broker_chain.exists() and files.broker_key.exists()
+    if made and _identified(files.broker_chain):
         return files
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
@@ -45,6 +46,10 @@ def ensure_tls(directory: Path) -> TlsFiles:
     ca_cert = (
         _builder(ca_name, ca_name, ca_key.public_key(), now)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -69,6 +74,10 @@ def ensure_tls(directory: Path) -> TlsFiles:
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     pem = serialization.Encoding.PEM
@@ -79,6 +88,18 @@ def ensure_tls(directory: Path) -> TlsFiles:
     _write(files.broker_chain, cert.public_bytes(pem) + ca_cert.public_bytes(pem))
     _write(files.ca, ca_cert.public_bytes(pem))  # last: its presence marks a complete set
     return files
+
+
+def _identified(chain: Path) -> bool:
+    """Whether the broker's certificate names its issuer's key: Python 3.13's default TLS
+    context (``VERIFY_X509_STRICT``) refuses one that does not, as this module made them
+    before; such a set is made again."""
+    broker = x509.load_pem_x509_certificate(chain.read_bytes())
+    try:
+        broker.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+    except x509.ExtensionNotFound:
+        return False
+    return True
 
 
 def _builder(

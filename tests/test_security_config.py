@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from socketio_kafka.adapter import BrokerUnavailable, ConfigError, KafkaOptions
 from socketio_kafka.adapter.security import check_access
@@ -62,6 +65,53 @@ def test_sasl_over_tls_reaches_every_aiokafka_client(tls: TlsFiles) -> None:
     assert context.cert_store_stats()["x509_ca"] == 1  # the CA file's, not the system's
     for kind in (options.producer_kwargs(["b:1"]), options.consumer_kwargs(["b:1"])):
         assert kind["ssl_context"] is context
+
+
+async def test_the_local_ca_passes_strict_verification(tls: TlsFiles) -> None:
+    """Python 3.13's default context verifies with ``VERIFY_X509_STRICT``, which refuses a
+    certificate that does not name its issuer's key: the local broker's did not, and no
+    client on 3.13 could reach it. A TLS handshake as strict as that, on any Python."""
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(tls.broker_chain, tls.broker_key)
+    client = ssl.create_default_context(cafile=str(tls.ca))
+    client.verify_flags |= ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.readexactly(5))
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        async with asyncio.timeout(10):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
+            writer.write(b"hello")
+            assert await reader.readexactly(5) == b"hello"
+            writer.close()
+    finally:
+        listener.close()
+        await listener.wait_closed()
+
+
+def test_a_set_made_without_key_identifiers_is_made_again(tmp_path: Path) -> None:
+    files = ensure_tls(tmp_path)
+    ca = files.ca.read_bytes()
+    assert ensure_tls(tmp_path).ca.read_bytes() == ca  # kept while it serves
+    old = x509.load_pem_x509_certificate(files.broker_chain.read_bytes())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(old.subject)
+        .issuer_name(old.issuer)
+        .public_key(old.public_key())  # type: ignore[arg-type]
+        .serial_number(old.serial_number)
+        .not_valid_before(old.not_valid_before_utc)
+        .not_valid_after(old.not_valid_after_utc)
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    unidentified = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    files.broker_chain.write_bytes(unidentified + ca)
+    assert ensure_tls(tmp_path).ca.read_bytes() != ca
 
 
 def test_an_explicit_ssl_context_wins_over_the_files(tls: TlsFiles) -> None:

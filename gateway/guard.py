@@ -17,7 +17,7 @@ import asyncio
 import collections
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from socketio import packet
@@ -255,9 +255,7 @@ class GuardedServer(RecoveringAsyncServer):
         trusted = self.limits.limits.trust_forwarded_for
         address = client_address(self.environ.get(eio_sid, {}), trust_forwarded_for=trusted)
         self.limits.refuse(CONNECT_TIMEOUT, address)
-        task = asyncio.get_running_loop().create_task(self._close(eio_sid, tell=True))
-        self._cutting.add(task)
-        task.add_done_callback(self._cutting.discard)
+        self._in_background(self._close(eio_sid, tell=True))
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         self._messages += 1
@@ -303,8 +301,12 @@ class GuardedServer(RecoveringAsyncServer):
         next (`_cut`), its session kept for its client to recover."""
         self._attachments.pop(eio_sid, None)
         self._binary_packet.pop(eio_sid, None)
-        why = "the node holds too much of unfinished messages"
-        task = asyncio.get_running_loop().create_task(self._cut(eio_sid, why))
+        self._in_background(self._cut(eio_sid, "the node holds too much of unfinished messages"))
+
+    def _in_background(self, closing: Coroutine[Any, Any, None]) -> None:
+        """Run ``closing`` (a close or a cut, started where nothing can await it), its
+        task kept until it ends."""
+        task = asyncio.get_running_loop().create_task(closing)
         self._cutting.add(task)
         task.add_done_callback(self._cutting.discard)
 

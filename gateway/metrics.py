@@ -92,8 +92,9 @@ class NodeCollector(Collector):
             served.update(self._server.handlers, self._server.namespace_handlers)
             served.discard("*")
         for namespace in sorted(occupied | served):
-            participants = self._manager.get_participants(namespace, None)
-            count = sum(1 for _ in participants) if namespace in occupied else 0
+            count = 0
+            if namespace in occupied:
+                count = sum(1 for _ in self._manager.get_participants(namespace, None))
             sockets.add_metric([namespace], count)
         yield sockets
         if self._server is not None:

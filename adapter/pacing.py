@@ -24,6 +24,9 @@ while a node at 1,000 events/s waited no longer than before).
 A wait widens only as far as it would gather records: by how many the node reads (for the
 fetch interval) or publishes (for the linger) in the longest wait. A node busy with other
 work (a flood of connections, a replay) and a sparse stream of events would only delay them.
+Nor does it widen by less than the gap between two records: the node taking 1,000 publishes
+a second of the benchmark's latency step read a fifth busy by its CPU and lingered 0.5 ms,
+half a record's gap, which gathered nothing and delayed every publish (session 40).
 """
 
 from __future__ import annotations
@@ -140,9 +143,11 @@ class Pacing:
 
 def _wait(bounds: tuple[float, float], ramp: float, rate: float) -> float:
     """A wait between its ``bounds`` (ms): as far towards the maximum as ``ramp`` says,
-    and as the records at ``rate`` a second that the longest wait would gather allow."""
+    and as the records at ``rate`` a second that the longest wait would gather allow; not
+    widened at all while what it adds would not gather one more record."""
     low, high = bounds
-    return low + ramp * _gathering(rate * high / 1000) * (high - low)
+    widened = ramp * _gathering(rate * high / 1000) * (high - low)
+    return low + widened if rate * widened >= 1000 else low
 
 
 def _gathering(records: float) -> float:

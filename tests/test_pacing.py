@@ -70,6 +70,21 @@ def test_a_busy_node_with_sparse_events_keeps_its_waits() -> None:
     assert pacing.linger_ms == 2
 
 
+def test_a_lightly_busy_node_does_not_wait_less_than_the_gap_between_two_records() -> None:
+    """At 1,000 records a second a wait under 1 ms gathers nothing: it only delays each
+    record it holds (the benchmark's publishing node lingered 0.5 ms so at a fifth busy)."""
+    lingers: list[float] = []
+    pacing = _pacing(lingers)
+    for _ in range(100):
+        _observe(pacing, 1.4, per_second=1_000)  # a fifth of the way to busy
+    assert pacing.load == pytest.approx(0.2, rel=0.02)
+    assert (pacing.fetch_interval_s, pacing.linger_ms, lingers) == (0.005, 2, [])
+    for _ in range(100):
+        _observe(pacing, 2.0, per_second=1_000)  # half: 1.5 ms more linger, 3.75 ms more fetch
+    assert pacing.linger_ms == pytest.approx(3.5, rel=0.05)
+    assert pacing.fetch_interval_s == pytest.approx(0.00875, rel=0.02)
+
+
 def test_a_node_using_most_of_its_core_waits_longer_though_its_timers_run_on_time() -> None:
     """A node taking thousands of publishes a second runs many short callbacks: its timers
     stay on time while it uses most of the one core a Python process can."""

@@ -35,7 +35,14 @@ class RecoveringRecorder:
     async def drop_transport(self) -> None:
         """Lose the connection without saying goodbye, as a dead network would."""
         await self.client.eio.ws.close()
-        await wait_until(lambda: not self.client.connected, 15, "transport drop")
+        # Until Engine.IO's client has closed its HTTP session: python-engineio 4.15 sets
+        # it to None after awaiting the close, and a connect made meanwhile gets its new
+        # session dropped unclosed (a ResourceWarning on Python 3.13).
+        await wait_until(
+            lambda: not self.client.connected and self.client.eio.http is None,
+            15,
+            "transport drop",
+        )
 
     async def wait_count(self, event: str, count: int, timeout: float = 30) -> list[Any]:
         await wait_until(

@@ -72,7 +72,7 @@ def test_a_busy_node_with_sparse_events_keeps_its_waits() -> None:
 
 def test_a_lightly_busy_node_does_not_wait_less_than_the_gap_between_two_records() -> None:
     """At 1,000 records a second a wait under 1 ms gathers nothing: it only delays each
-    record it holds (the benchmark's publishing node lingered 0.5 ms so at a fifth busy)."""
+    record it holds (the benchmark's publishing node, a fifth busy, lingered 0.5 ms)."""
     lingers: list[float] = []
     pacing = _pacing(lingers)
     for _ in range(100):

@@ -17,8 +17,8 @@ per-address limit on the peer; the other clients are 127.0.0.1):
 
 Bars: ``limits_hold`` (what each flooder got through is within its token bucket: burst, twice
 the rate, plus the rate per second of its window), ``limits_engaged`` (both were refused, and
-the node counted it), ``node_up`` (alive, /readyz 200, its Socket.IO sockets back to the
-other clients': the event flooder's went),
+the node counted it; the event flooder told so in acks, or cut), ``node_up`` (alive, /readyz
+200, its Socket.IO sockets back to the other clients': the event flooder's went),
 ``others_served`` (every event reached every other client, none dropped, every newcomer got
 in), ``other_p99_within_2x`` (their p99 under the flood within 2x of the quiet phase's).
 
@@ -288,8 +288,13 @@ class EventFlood:
         return bool(self.accepted <= summary["accepted_bound"])
 
     def engaged(self, counted: dict[str, int]) -> bool:
-        """Refused, and the node counted at least what the flooder was told."""
-        return 0 < self.refused.total() <= counted["event_rate"]
+        """Refused, and the node counted at least what the flooder was told. A flooder cut
+        for going far past its limit (`GuardedServer._cut`) may have been told nothing: its
+        refusals are dropped with the connection's queue, or reach its kernel and go with
+        the reset before it reads them (a flooder writing 100,000 frames a second reads
+        late)."""
+        told, counted_here = self.refused.total(), counted["event_rate"]
+        return (told > 0 or self.closed_by_node) and counted_here > 0 and told <= counted_here
 
 
 async def _read_acks(up: Upgrade, tally: EventFlood) -> None:

@@ -313,7 +313,7 @@ async def test_a_client_fed_only_frames_stays_connected_past_the_idle_timeout(
                 assert client.connected
                 # Frames, all but an event that met one of the pings still in the queue
                 # (it waits there behind the ping, to keep their order).
-                pings = math.ceil(seconds / 0.5) + 1
+                pings = math.ceil(seconds / sio.eio.ping_interval) + 1
                 assert manager.stats.events_written - written >= n - pings
             finally:
                 await client.disconnect()

@@ -146,9 +146,11 @@ async def test_the_manager_creates_three_replicas_two_in_sync_and_warns_of_weake
         await admin.close()
     logger = logging.getLogger("test.replication")
     manager = AsyncKafkaManager(f"kafka://{bootstrap}", weak, logger=logger)
-    with caplog.at_level(logging.WARNING, logger.name):
-        await manager.start()
-    await manager.stop()
+    try:
+        with caplog.at_level(logging.WARNING, logger.name):
+            await manager.start()
+    finally:
+        await manager.stop()
     assert any(
         f"topic '{weak}.events' has 1 replica(s) and min.insync.replicas=1, weaker than the 3"
         " and 2 this node would create" in r.getMessage()
@@ -158,13 +160,17 @@ async def test_the_manager_creates_three_replicas_two_in_sync_and_warns_of_weake
     manager = AsyncKafkaManager(
         f"kafka://{bootstrap}", weak, options=KafkaOptions(replication_factor=3)
     )
-    with pytest.raises(TopicLayoutError, match="is configured for"):
-        await manager.start()
-    await manager.stop()
+    try:
+        with pytest.raises(TopicLayoutError, match="is configured for"):
+            await manager.start()
+    finally:
+        await manager.stop()
     manager = AsyncKafkaManager(f"kafka://{bootstrap}", unwritable)
-    with pytest.raises(TopicLayoutError, match="Kafka refuses every publish to it"):
-        await manager.start()
-    await manager.stop()
+    try:
+        with pytest.raises(TopicLayoutError, match="Kafka refuses every publish to it"):
+            await manager.start()
+    finally:
+        await manager.stop()
 
 
 async def _replication(bootstrap: str, topic: str) -> tuple[int, str]:

@@ -23,10 +23,12 @@ async def test_start_and_stop_are_safe_twice_and_create_the_topic(
 ) -> None:
     manager = AsyncKafkaManager(kafka_url, channel, options=KafkaOptions(partitions=3))
     await manager.start()
-    await manager.start()
-    assert manager.ready
-    assert manager.positions == [0, 0, 0]
-    await manager.stop()
+    try:
+        await manager.start()
+        assert manager.ready
+        assert manager.positions == [0, 0, 0]
+    finally:
+        await manager.stop()
     await manager.stop()
     assert not manager.ready
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
@@ -62,10 +64,12 @@ async def test_an_existing_topic_that_would_lose_events_is_refused(
     finally:
         await admin.close()
     manager = AsyncKafkaManager(kafka_url, channel)
-    with pytest.raises(TopicLayoutError, match=error):
-        await manager.start()
-    assert not manager.ready
-    await manager.stop()
+    try:
+        with pytest.raises(TopicLayoutError, match=error):
+            await manager.start()
+        assert not manager.ready
+    finally:
+        await manager.stop()
 
 
 async def _topic_layout(bootstrap: str, topic: str) -> tuple[int, str]:
@@ -98,9 +102,13 @@ async def test_a_replication_the_cluster_cannot_hold_is_one_clear_error(
     kafka_url: str, channel: str
 ) -> None:
     manager = AsyncKafkaManager(kafka_url, channel, options=KafkaOptions(replication_factor=3))
-    with pytest.raises(TopicLayoutError, match=r"with 3 replicas: the cluster has 1 broker\(s\)"):
-        await manager.start()
-    await manager.stop()
+    try:
+        with pytest.raises(
+            TopicLayoutError, match=r"with 3 replicas: the cluster has 1 broker\(s\)"
+        ):
+            await manager.start()
+    finally:
+        await manager.stop()
 
 
 @pytest.mark.parametrize(
@@ -118,10 +126,12 @@ async def test_an_existing_topic_weaker_than_required_is_refused(
     finally:
         await admin.close()
     manager = AsyncKafkaManager(kafka_url, channel, options=options)
-    with pytest.raises(TopicLayoutError, match=r"has 1 replica\(s\) and min.insync.replicas=1"):
-        await manager.start()
-    assert not manager.ready
-    await manager.stop()
+    try:
+        with pytest.raises(TopicLayoutError, match=r"has 1 replica\(s\) and min.insync.replicas=1"):
+            await manager.start()
+        assert not manager.ready
+    finally:
+        await manager.stop()
 
 
 @pytest.mark.parametrize("interval_ms", [0.0, 5.0])

@@ -19,12 +19,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
-from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions, TopicLayoutError
+from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions
 from socketio_kafka.gateway._process import free_port
 from socketio_kafka.gateway.cli import main
 from socketio_kafka.gateway.errors import ServiceError
 from socketio_kafka.gateway.local_cluster import LocalKafkaCluster
 
+from .support.layout import refused_start
 from .support.relay import Relay
 from .test_local_listeners import read_all
 from .test_local_services import processes_with
@@ -160,17 +161,9 @@ async def test_the_manager_creates_three_replicas_two_in_sync_and_warns_of_weake
     manager = AsyncKafkaManager(
         f"kafka://{bootstrap}", weak, options=KafkaOptions(replication_factor=3)
     )
-    try:
-        with pytest.raises(TopicLayoutError, match="is configured for"):
-            await manager.start()
-    finally:
-        await manager.stop()
+    await refused_start(manager, "is configured for")
     manager = AsyncKafkaManager(f"kafka://{bootstrap}", unwritable)
-    try:
-        with pytest.raises(TopicLayoutError, match="Kafka refuses every publish to it"):
-            await manager.start()
-    finally:
-        await manager.stop()
+    await refused_start(manager, "Kafka refuses every publish to it")
 
 
 async def _replication(bootstrap: str, topic: str) -> tuple[int, str]:

@@ -10,8 +10,9 @@ import socketio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions, TopicLayoutError
+from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions
 
+from .support.layout import refused_start
 from .support.server import run_server
 from .support.waiting import wait_until
 
@@ -63,13 +64,7 @@ async def test_an_existing_topic_that_would_lose_events_is_refused(
         )
     finally:
         await admin.close()
-    manager = AsyncKafkaManager(kafka_url, channel)
-    try:
-        with pytest.raises(TopicLayoutError, match=error):
-            await manager.start()
-        assert not manager.ready
-    finally:
-        await manager.stop()
+    await refused_start(AsyncKafkaManager(kafka_url, channel), error)
 
 
 async def _topic_layout(bootstrap: str, topic: str) -> tuple[int, str]:
@@ -102,13 +97,7 @@ async def test_a_replication_the_cluster_cannot_hold_is_one_clear_error(
     kafka_url: str, channel: str
 ) -> None:
     manager = AsyncKafkaManager(kafka_url, channel, options=KafkaOptions(replication_factor=3))
-    try:
-        with pytest.raises(
-            TopicLayoutError, match=r"with 3 replicas: the cluster has 1 broker\(s\)"
-        ):
-            await manager.start()
-    finally:
-        await manager.stop()
+    await refused_start(manager, r"with 3 replicas: the cluster has 1 broker\(s\)")
 
 
 @pytest.mark.parametrize(
@@ -126,12 +115,7 @@ async def test_an_existing_topic_weaker_than_required_is_refused(
     finally:
         await admin.close()
     manager = AsyncKafkaManager(kafka_url, channel, options=options)
-    try:
-        with pytest.raises(TopicLayoutError, match=r"has 1 replica\(s\) and min.insync.replicas=1"):
-            await manager.start()
-        assert not manager.ready
-    finally:
-        await manager.stop()
+    await refused_start(manager, r"has 1 replica\(s\) and min.insync.replicas=1")
 
 
 @pytest.mark.parametrize("interval_ms", [0.0, 5.0])

@@ -152,8 +152,8 @@ async def test_records_reach_their_rooms_once_in_order_through_a_drop_and_sigkil
     source = f"{channel}-orders"
     await _create_topics(kafka_bootstrap, (source, 3, {}))
     config = _config(tmp_path / "bridges.toml", channel, source)
-    bridges = [BridgeProcess(config, kafka_url, instance=f"bridge-{i}") for i in range(2)]
-    bridges = bridges if scale_out else bridges[:1]
+    count = 2 if scale_out else 1
+    bridges = [BridgeProcess(config, kafka_url, instance=f"bridge-{i}") for i in range(count)]
     clients = [await JsClient().start() for _ in USERS]
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
     await producer.start()
@@ -436,8 +436,9 @@ async def test_a_restart_with_other_source_topics_consumes_at_once(
             written.append(value)
 
     bridge = BridgeProcess(config(before), kafka_url)
-    bridges = [bridge, BridgeProcess(config(before), kafka_url, instance="bridge-0")]
-    bridges = bridges if beside else bridges[:1]
+    bridges = [bridge]
+    if beside:
+        bridges.append(BridgeProcess(config(before), kafka_url, instance="bridge-0"))
     try:
         for each in bridges:
             each.start()

@@ -67,6 +67,7 @@ async def test_without_kafka_a_node_is_alive_unready_and_refuses_publishes_clear
     finally:
         await client.close()
         gateway.stop()
+        gateway.remove_log()
 
 
 async def _assert_waits_quietly(gateway: GatewayProcess, seconds: float) -> None:
@@ -150,6 +151,7 @@ async def test_a_broker_that_goes_away_and_comes_back(tmp_path: Path, channel: s
     finally:
         await asyncio.gather(sender.close(), receiver.close(), away.close())
         gateway.stop()
+        gateway.remove_log()
         await asyncio.to_thread(broker.stop)
 
 

@@ -49,32 +49,24 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        fd, name = tempfile.mkstemp(prefix=f"gateway-{self.port}-", suffix=".log")
-        self.log_path = Path(name)
+        """Start the process; a restart appends to the same log file (one file to remove)."""
+        if self.log_path is None:
+            fd, name = tempfile.mkstemp(prefix=f"gateway-{self.port}-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
         env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "socketio_kafka.gateway",
-                "serve",
-                "--port",
-                str(self.port),
-                "--kafka",
-                self.kafka,
-                "--channel",
-                self.channel,
-                "--extension",
-                CONTROL_EXTENSION,
-                "--log-level",
-                "warning",
-                *self.extra_args,
-            ],
-            stdout=fd,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        os.close(fd)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "socketio_kafka.gateway", "serve"),
+                    *("--port", str(self.port), "--kafka", self.kafka, "--channel", self.channel),
+                    *("--extension", CONTROL_EXTENSION, "--log-level", "warning"),
+                    *self.extra_args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -91,6 +83,10 @@ class GatewayProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:] if self.log_path else ""
+
+    def remove_log(self) -> None:
+        if self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -118,5 +114,4 @@ async def gateway_cluster(
         for gateway in gateways:
             gateway.stop()
         for gateway in gateways:
-            if gateway.log_path:
-                gateway.log_path.unlink(missing_ok=True)
+            gateway.remove_log()

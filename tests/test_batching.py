@@ -20,6 +20,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.timeout(90)]
 
 _BURST = 1000
 _TEXT = "x" * 300  # a record of about 500 bytes, 500 KB in all
+#: Longer than handing the burst over takes, even on a slow host (about 0.1-0.2 s here).
+_LINGER_MS = 1000
 
 
 @pytest.fixture
@@ -49,14 +51,17 @@ async def test_a_busy_rooms_burst_goes_out_in_a_few_requests(
     """With aiokafka's 16 KiB a batch, 500 KB to one room took at least 31 round trips
     (session 28: a room stalled near 5,500 events/s, 85% of its requests full).
 
-    How the burst splits depends on when the sender runs (3-4 requests on a quiet machine,
-    10 once in CI), but what gathers while one is out goes in one batch: more than 16 KiB.
+    The linger is pinned long, so only a batch's capacity splits the burst: at the default
+    linger of an idle node (0), the split follows how fast the host hands records over
+    against a round trip (3-4 requests on a quiet machine, 10 once in CI, 36-72 on a slow,
+    busy one): a measure of speed, which `benchmarks/` takes, not a test.
     """
-    async with AsyncKafkaManager(kafka_url, channel=channel) as manager:
+    options = KafkaOptions(linger_ms=_LINGER_MS, linger_max_ms=_LINGER_MS)
+    async with AsyncKafkaManager(kafka_url, channel=channel, options=options) as manager:
         await _burst(manager)
     assert sum(event_batches) == _BURST
     assert max(event_batches) * 500 > 2 * 16 * 1024, event_batches
-    assert len(event_batches) < 31, event_batches
+    assert len(event_batches) <= 3, event_batches
 
 
 async def test_batches_stay_within_what_the_topic_accepts(

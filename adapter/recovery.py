@@ -246,6 +246,23 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         live = self._live.get((sid, namespace))
         return None if live is None else live.pid
 
+    def publishes_as(self, sid: str, namespace: str = "/") -> str | None:
+        """Who this socket's publishes are from, as exactly-once publishes name them
+        (`publisher_of`): its session's pid, or its sid when it has no session (recovery
+        off, or declined); None once its session ended here.
+
+        A handler runs in a task of its own: one for an event read just before the
+        connection dropped may run after the disconnect ended the session. Named by its
+        sid then, its publish would be another publisher's than the resend its client
+        makes once recovered, and both would go out.
+        """
+        live = self._live.get((sid, namespace))
+        if live is not None:
+            return live.pid
+        if self.recovery is None or sid in self.kafka.plain_sids:
+            return f"sid:{sid}"
+        return None
+
     # -- python-socketio overrides -------------------------------------------------------
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:

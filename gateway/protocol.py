@@ -23,6 +23,7 @@ import socketio
 from socketio_kafka.adapter import (
     AsyncKafkaManager,
     BrokerUnavailable,
+    PublishError,
     RecoveringAsyncServer,
     SocketIOKafkaError,
 )
@@ -189,12 +190,18 @@ async def _publish(
 
 def _turn(sio: socketio.AsyncServer, sid: str, namespace: str, room: str, cid: str) -> Turn:
     """The session's turn for a publish with its own id: its recovery pid names it (its
-    sid, without recovery), its connection is the Engine.IO one."""
+    sid, without recovery), its connection is the Engine.IO one. `PublishError` when it
+    is handled after its session ended (`RecoveringAsyncServer.publishes_as`)."""
     manager: AsyncKafkaManager = sio.manager
     if not manager.ready:  # its partitions are not known yet
         raise BrokerUnavailable("Kafka is not ready yet; retry with the same id")
-    pid = sio.session_pid(sid, namespace) if isinstance(sio, RecoveringAsyncServer) else None
-    publisher = publisher_of(pid if pid is not None else f"sid:{sid}")
+    if isinstance(sio, RecoveringAsyncServer):
+        name = sio.publishes_as(sid, namespace)
+    else:
+        name = f"sid:{sid}"
+    if name is None:  # handled after its session ended here
+        raise PublishError("the connection is closed")
+    publisher = publisher_of(name)
     partition = partition_of(f"{namespace}#{room}".encode(), manager.partitions)
     connection = manager.eio_sid_from_sid(sid, namespace) or ""
     recovered = isinstance(sio, RecoveringAsyncServer) and sio.is_recovered(sid, namespace)

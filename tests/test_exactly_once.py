@@ -12,12 +12,17 @@ import uuid
 from typing import Any
 
 import pytest
+import socketio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from socketio_kafka.adapter import AsyncKafkaManager, RecoveringAsyncServer
+from socketio_kafka.gateway.protocol import register
 
 from .support.clients import Recorder
 from .support.cluster import FAST_PUBLISHER, gateway_cluster
 from .support.jsclient import JsClient
 from .support.recovering import RecoveringRecorder
+from .support.server import run_server
 from .support.waiting import wait_until
 from .test_metrics import sample, scrape_until
 
@@ -134,6 +139,59 @@ async def test_a_repeat_on_the_node_a_session_recovers_on_is_acked_as_one(
         assert member.events("said") == [0, 1, 2]
         await publisher.close()
         await member.client.disconnect()
+
+
+@pytest.mark.timeout(60)
+async def test_a_publish_handled_after_its_session_left_is_refused_and_its_resend_goes_once(
+    kafka_url: str, kafka_bootstrap: str, channel: str
+) -> None:
+    """python-socketio runs each event's handler in a task of its own: a publish read just
+    before its connection dropped can be handled after the node wrote the session "left".
+    It is refused, not produced under the socket's sid, which the resend its client makes
+    once recovered would not be known by: both went out, and members got both (CI of
+    session 43: ten publishes twice)."""
+    manager = AsyncKafkaManager(kafka_url, channel=channel)
+    sio = RecoveringAsyncServer(
+        client_manager=manager, async_mode="asgi", connection_state_recovery={}
+    )
+    register(sio)
+    handler = sio.handlers["/"]["publish"]
+    started, go = asyncio.Event(), asyncio.Event()
+    late: list[Any] = []
+
+    async def held_back(sid: str, *args: Any) -> Any:
+        started.set()
+        await go.wait()
+        late.append(await handler(sid, *args))
+        return late[-1]
+
+    sio.handlers["/"]["publish"] = held_back
+    prefix = f"{uuid.uuid4().hex[:6]}-"
+    async with manager, run_server(socketio.ASGIApp(sio)) as url:
+        member = await _member(url)
+        publisher = await RecoveringRecorder().connect(url)
+        sid = publisher.sid
+        try:
+            first = asyncio.create_task(publisher.client.publish(ROOM, "said", 0, id=f"{prefix}0"))
+            await asyncio.wait_for(started.wait(), 15)
+            await publisher.drop_transport()
+            await wait_until(lambda: not manager.is_connected(sid, "/"), 15, "the session left")
+            sio.handlers["/"]["publish"] = handler
+            go.set()
+            await wait_until(lambda: bool(late), 15, "the late handler")
+            assert late == [{"ok": False, "error": "broker: the connection is closed"}]
+            await _wait_disconnected(publisher)
+            await publisher.client.connect(url, transports=["websocket"])
+            assert (publisher.client.recovered["/"], publisher.sid) == (True, sid)
+            assert (await asyncio.wait_for(first, 15))["repeat"] is False  # resent, produced
+            assert (await publisher.client.publish(ROOM, "said", 1, id=f"{prefix}1"))["ok"]
+            assert await member.wait_for("said", 2) == [0, 1]
+            counts = await _ids_on_topic(kafka_bootstrap, f"{channel}.events", prefix)
+            assert counts == {f"{prefix}0": 1, f"{prefix}1": 1}
+            assert member.events("said") == [0, 1]
+        finally:
+            await publisher.close()
+            await member.close()
 
 
 async def _wait_disconnected(publisher: RecoveringRecorder) -> None:

@@ -591,6 +591,10 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
                 TopicPartition(self.sessions_topic, p) for p in range(self.store.partitions)
             ]
             consumer.assign(events + sessions if self.recovery_window is not None else events)
+            # Fetched from once the consume loop starts (it resumes every partition): a
+            # fetch in flight holds every seek below until the broker answers it, after up
+            # to fetch_max_wait_ms on a quiet topic (a node was ready 1 s later for it).
+            consumer.pause(*consumer.assignment())
             await consumer.seek_to_end(*events)
             # Resolve the lazy seek now: readiness means positioned.
             self.positions = [await consumer.position(tp) for tp in events]

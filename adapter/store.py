@@ -125,6 +125,7 @@ class SessionStore:
         if it never comes. (``publisher`` is the starting manager's: it is not ready yet.)"""
         tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
         await consumer.seek_to_beginning(*tps)
+        consumer.resume(*tps)  # the manager's consumer starts paused
         await self._read_to_end(consumer, tps)
         if self.table.epoch is None and not self.created:
             deadline = time.monotonic() + _EPOCH_WAIT_S

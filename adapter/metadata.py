@@ -21,11 +21,14 @@ def pace_metadata_updates(client: Any, backoff_s: float) -> None:
     """Make ``client.force_metadata_update()`` start at most once per ``backoff_s``.
 
     ``client`` is an ``aiokafka.AIOKafkaClient`` (a producer's ``client``, a consumer's
-    ``_client``). Concurrent callers still share one update, as before.
+    ``_client``). Callers share the update that is waiting its turn or in flight, as
+    aiokafka's own callers share one in flight: its ``partitions_for`` asks twice in a
+    row (as it adds the topic, then for it), and the second ask waited out the backoff.
     """
     force = client.force_metadata_update
     loop = asyncio.get_running_loop()
     last = -math.inf
+    pending: asyncio.Future[bool] | None = None
 
     async def paced() -> bool:
         nonlocal last
@@ -35,4 +38,10 @@ def pace_metadata_updates(client: Any, backoff_s: float) -> None:
         last = loop.time()
         return bool(await force())
 
-    client.force_metadata_update = lambda: asyncio.ensure_future(paced())
+    def update() -> asyncio.Future[bool]:
+        nonlocal pending
+        if pending is None or pending.done():
+            pending = asyncio.ensure_future(paced())
+        return pending
+
+    client.force_metadata_update = update

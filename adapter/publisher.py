@@ -141,11 +141,15 @@ class Publisher:
         self._producer = self._lingering(producer)
 
     async def _learn_topics(self, producer: Producer) -> None:
-        for topic in self._topics:
+        """All at once: one metadata request for every topic."""
+
+        async def learn(topic: str) -> None:
             try:
                 await producer.partitions_for(topic)  # bounded by aiokafka's request timeout
             except KafkaError as exc:
                 raise BrokerUnavailable(f"no metadata for topic {topic!r} ({exc!r})") from exc
+
+        await asyncio.gather(*map(learn, self._topics))
 
     async def stop(self) -> None:
         """Flush and close. Safe to call twice."""

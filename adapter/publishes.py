@@ -42,7 +42,7 @@ from typing import TypeVar
 from .errors import ConfigError, PublishError
 from .routing import CORRELATION_ID, PUBLISHER, Headers
 
-__all__ = ["DEFAULT_WINDOW_S", "MAX_IDS", "PublishLedger", "Turn", "publisher_of"]
+__all__ = ["DEFAULT_WINDOW_S", "MAX_IDS", "PublishLedger", "Turn", "publisher_of", "sessionless"]
 
 #: The default recovery window (120 s) and a publish's Kafka timeout (15 s): a resend
 #: comes at most a recovery window after the client left, for a publish made before.
@@ -65,6 +65,12 @@ def publisher_of(session: str) -> str:
     """The ``sio.pub`` header of a session's publishes: 16 hex digits of a digest, as the
     recovery pid is its client's secret and the events topic has many readers."""
     return hashlib.blake2b(session.encode(), digest_size=8).hexdigest()
+
+
+def sessionless(sid: str) -> str:
+    """What names the publishes of a socket without a session (recovery off, or declined):
+    its sid, for `publisher_of`."""
+    return f"sid:{sid}"
 
 
 @dataclass(frozen=True, slots=True)

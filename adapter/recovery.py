@@ -35,7 +35,7 @@ from .errors import BrokerUnavailable, ConfigError, PublishError
 from .fanout import event_packets
 from .manager import AsyncKafkaManager
 from .outbox import SLOW_CONSUMER
-from .publishes import publisher_of
+from .publishes import publisher_of, sessionless
 from .rooms import RoomIndex
 from .routing import Audience
 from .sessions import ARRIVAL_S, Session
@@ -256,11 +256,11 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         sid then, its publish would be another publisher's than the resend its client
         makes once recovered, and both would go out.
         """
-        live = self._live.get((sid, namespace))
-        if live is not None:
-            return live.pid
+        pid = self.session_pid(sid, namespace)
+        if pid is not None:
+            return pid
         if self.recovery is None or sid in self.kafka.plain_sids:
-            return f"sid:{sid}"
+            return sessionless(sid)
         return None
 
     # -- python-socketio overrides -------------------------------------------------------

@@ -27,7 +27,7 @@ from socketio_kafka.adapter import (
     RecoveringAsyncServer,
     SocketIOKafkaError,
 )
-from socketio_kafka.adapter.publishes import Turn, publisher_of
+from socketio_kafka.adapter.publishes import Turn, publisher_of, sessionless
 from socketio_kafka.adapter.routing import partition_of
 
 from .errors import TokenRefused
@@ -198,7 +198,7 @@ def _turn(sio: socketio.AsyncServer, sid: str, namespace: str, room: str, cid: s
     if isinstance(sio, RecoveringAsyncServer):
         name = sio.publishes_as(sid, namespace)
     else:
-        name = f"sid:{sid}"
+        name = sessionless(sid)
     if name is None:  # handled after its session ended here
         raise PublishError("the connection is closed")
     publisher = publisher_of(name)

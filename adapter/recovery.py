@@ -246,6 +246,12 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         live = self._live.get((sid, namespace))
         return None if live is None else live.pid
 
+    @property
+    def unsaved_sessions(self) -> int:
+        """Session records Kafka refused (a broker away), written again here until it takes
+        them: until then other nodes may judge those sessions by an older record."""
+        return len(self._unsaved)
+
     def publishes_as(self, sid: str, namespace: str = "/") -> str | None:
         """Who this socket's publishes are from, as exactly-once publishes name them
         (`publisher_of`): its session's pid, or its sid when it has no session (recovery
@@ -279,6 +285,8 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             return
         if wants_recovery and await self._restore(eio_sid, namespace, claim):
             return
+        if self._gone(eio_sid):
+            return  # closed while it waited: its disconnect found no socket to end
         key = (eio_sid, namespace)
         # Without Kafka a new socket is served without a session to recover (no pid).
         self._connecting[key] = new_pid() if ready and not claim.opt_out else None
@@ -318,6 +326,8 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             self._kept[(eio_sid, namespace)] = (snapshot.pid, time.monotonic())
         await super()._handle_disconnect(eio_sid, namespace, reason)
         self.kafka.holds.drop(eio_sid)
+        if sid is not None:
+            self.kafka.plain_sids.discard(sid)  # a socket without a session: nothing to end
         if snapshot is not None and not keep:
             await self._end(sid, namespace, None)
         elif not keep and (kept := self._kept.pop((eio_sid, namespace), None)):
@@ -385,6 +395,12 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         if not isinstance(judged, tuple):
             return judged
         session, start = judged
+        if self._gone(eio_sid):
+            # Won for a connection that closed while it was judged: left claimable.
+            logger.info("recovery of sid %s: connection gone before it was restored", session.sid)
+            self.recoveries["failed", ""] += 1
+            await self._release(session)
+            return True
         sid = session.sid
         # From here to the hold, nothing awaits: no live record can slip between the
         # watermark taken as the replay's end and the socket's registration in its rooms.
@@ -451,6 +467,13 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         self.recoveries["recovered", ""] += 1
         self.connects["recovered"] += 1
         return True
+
+    def _gone(self, eio_sid: str) -> bool:
+        """Whether a connection closed while its CONNECT waited (Kafka's readiness, a claim
+        judged for seconds). Its disconnect ran before it had a socket here: registering
+        one now would leave it in its rooms for good, its session "connected" in Kafka."""
+        socket = self.eio.sockets.get(eio_sid)
+        return socket is None or socket.closing or socket.closed
 
     async def _judge(
         self, eio_sid: str, namespace: str, claim: _Claim
@@ -868,6 +891,12 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         meanwhile: a session whose "left" record is lost looks connected to every node."""
         attempt = next(self._attempt_numbers)
         self._attempts.update(dict.fromkeys(records, attempt))
+        for pid, record in records.items():
+            # A newer record supersedes one waiting to be written again: retried after
+            # it, the older one would be the pid's last word (a session that left would
+            # look connected to every other node).
+            if pid in self._unsaved and self._unsaved[pid] is not record:
+                del self._unsaved[pid]
         try:
             await self.kafka.store.write(records)
         except (PublishError, BrokerUnavailable) as exc:
@@ -905,13 +934,9 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         while self._unsaved:
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_RETRY_S)
-            pending, self._unsaved = self._unsaved, {}
-            try:
-                await self._save(pending)  # what Kafka refuses again is back in _unsaved
-            except Exception:
-                # Kept for the supervisor's restart, unless a newer record came meanwhile.
-                self._unsaved = {**pending, **self._unsaved}
-                raise
+            # Left in _unsaved while written: taken out once Kafka takes them, or by a
+            # newer record of their pid (`_save`); kept for the supervisor's restart.
+            await self._save(dict(self._unsaved))
 
 
 def new_pid() -> str:

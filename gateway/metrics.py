@@ -133,7 +133,7 @@ def _guard_metrics(server: GuardedServer) -> Iterator[GaugeMetricFamily | Counte
     yield from (refusals, draining, held, inbound)
 
 
-def _connection_metrics(server: GuardedServer) -> Iterator[CounterMetricFamily]:
+def _connection_metrics(server: GuardedServer) -> Iterator[Metric]:
     connects = CounterMetricFamily(
         "socketio_kafka_connects",
         "Connections accepted: a fresh session, or a recovered one",
@@ -158,6 +158,11 @@ def _connection_metrics(server: GuardedServer) -> Iterator[CounterMetricFamily]:
         for outcome, reason in OUTCOMES:
             recoveries.add_metric([outcome, reason], server.recoveries[outcome, reason])
         yield recoveries
+        yield _gauge(
+            "sessions_unsaved",
+            "Session records Kafka refused, written again until it takes them",
+            server.unsaved_sessions,
+        )
 
 
 def _flow_metrics(stats: ManagerStats) -> Iterator[Metric]:

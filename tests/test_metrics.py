@@ -149,6 +149,9 @@ async def test_a_recovery_and_an_unknown_session_are_counted_by_outcome(
     # away's first connection, the sender, the stranger.
     assert moved(before, after, "socketio_kafka_connects_total", session="fresh") == 3
     assert moved(before, after, "socketio_kafka_events_out_total", delivery="replayed") == 3
+    # Kafka took every session record: none waits to be written again.
+    assert ("socketio_kafka_sessions_unsaved", ()) in after
+    assert sample(after, "socketio_kafka_sessions_unsaved") == 0
 
 
 @pytest.mark.kafka

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -297,3 +298,144 @@ def test_what_transport_closes_kept_is_forgotten_from_the_oldest_without_a_walk(
     sio._prune_kept()
     assert sio._kept == young
     assert _Instant.compared <= len(old) + 1
+
+
+def _pair(kafka_url: str, channel: str) -> tuple[RecoveringAsyncServer, RecoveringAsyncServer]:
+    """Two recovering nodes whose ``join`` puts the socket in the room it names."""
+    servers = tuple(
+        RecoveringAsyncServer(
+            client_manager=AsyncKafkaManager(kafka_url, channel=channel),
+            async_mode="asgi",
+            connection_state_recovery={},
+        )
+        for _ in range(2)
+    )
+    for server in servers:
+
+        async def join(sid: str, room: str, server: RecoveringAsyncServer = server) -> bool:
+            await server.enter_room(sid, room)
+            return True
+
+        server.on("join", join)
+    return servers[0], servers[1]
+
+
+async def test_a_refused_record_its_left_record_superseded_is_not_written_after_it(
+    kafka_url: str, channel: str
+) -> None:
+    """A session record Kafka refused (a broker away) is written again until it takes it.
+    Once the client dropped, its "left" record supersedes it: written again after that,
+    the old "connected" record was the session's last word, and another node refused the
+    claim (still connected elsewhere) with a fresh session: what was missed was lost."""
+    a, b = _pair(kafka_url, channel)
+    real_write = a.kafka.store.write
+    handed: list[str] = []  # the client's session records, as handed to Kafka
+    kafka_back = asyncio.Event()
+    watched: list[str] = []
+
+    async def kafka_away(records: dict[str, Any]) -> None:
+        if not watched or watched[0] not in records:
+            await real_write(records)
+            return
+        session = records[watched[0]]
+        left = session is None or session.disconnected_at is not None
+        handed.append("left" if left else "connected")
+        if not left and "left" not in handed:
+            raise PublishError("Kafka did not confirm the record within 15.0s")
+        await kafka_back.wait()  # waiters go on in turn: to Kafka in the order handed
+        await real_write(records)
+
+    client = RecoveringRecorder()
+    async with (
+        a.kafka,
+        b.kafka,
+        run_server(socketio.ASGIApp(a)) as url,
+        run_server(socketio.ASGIApp(b)) as other_url,
+    ):
+        try:
+            await client.client.connect(url, transports=["websocket"])
+            sid = client.sid
+            watched.append(client.client.pids["/"])
+            a.kafka.store.write = kafka_away
+            assert await client.client.call("join", "lobby") is True
+            await wait_until(lambda: a.unsaved_sessions == 1, 10, "the refused join record")
+            await client.drop_transport()
+            await wait_until(
+                lambda: "left" in handed and a.unsaved_sessions == 0,
+                15,
+                "the left record handed over, nothing left to write again",
+            )
+            assert handed[handed.index("left") :] == ["left"]
+            kafka_back.set()
+            await b.emit("news", 1, to="lobby")
+            await client.client.connect(other_url, transports=["websocket"])
+            assert (client.client.recovered["/"], client.sid) == (True, sid)
+            assert await client.wait_count("news", 1) == [1]
+        finally:
+            kafka_back.set()
+            a.kafka.store.write = real_write
+            await client.close()
+
+
+async def test_a_connection_closed_while_its_claim_was_judged_leaves_the_session_claimable(
+    kafka_url: str, channel: str
+) -> None:
+    """A claim can be judged for seconds (a session still live on a node that just died).
+    A connection closed meanwhile (a drain, a client that gave up) had its disconnect run
+    before it had a socket: its claim, won afterwards, registered a socket nobody would
+    remove, in its rooms for good and "connected" in Kafka; every later claim of the
+    session got a fresh one (connected here), and what the client missed was lost."""
+    manager = AsyncKafkaManager(kafka_url, channel=channel)
+    sio = RecoveringAsyncServer(
+        client_manager=manager, async_mode="asgi", connection_state_recovery={}
+    )
+
+    @sio.on("join")  # type: ignore[misc]
+    async def join(sid: str, room: str) -> bool:
+        await sio.enter_room(sid, room)
+        return True
+
+    real_find = manager.store.find
+    judging, judged = asyncio.Event(), asyncio.Event()
+
+    async def slow_find(pid: str, wait: float = 3.0) -> Any:
+        if not judging.is_set():
+            judging.set()
+            await judged.wait()
+        return await real_find(pid, wait)
+
+    client = RecoveringRecorder()
+    gave_up = RecoveringRecorder()
+    again = RecoveringRecorder()
+    async with manager, run_server(socketio.ASGIApp(sio)) as url:
+        try:
+            await client.connect(url)
+            sid = client.sid
+            assert await client.client.call("join", "lobby") is True
+            await client.drop_transport()
+            await wait_until(lambda: not manager.is_connected(sid, "/"), 10, "the drop noticed")
+            manager.store.find = slow_find
+            for claimant in (gave_up, again):
+                claimant.client.pids.update(client.client.pids)
+                claimant.client.offsets.update(client.client.offsets)
+            claiming = asyncio.create_task(gave_up.connect(url))
+            await wait_until(judging.is_set, 10, "the claim being judged")
+            (eio_sid,) = (e for e, s in sio.eio.sockets.items() if not (s.closing or s.closed))
+            await manager.close_transport(eio_sid, "transport close")
+            judged.set()
+            await wait_until(
+                lambda: sio.recoveries["failed", ""] == 1, 10, "the claim judged, too late"
+            )
+            claiming.cancel()  # the client has not noticed yet: it does not matter here
+            with contextlib.suppress(asyncio.CancelledError, socketio.exceptions.ConnectionError):
+                await claiming
+            assert not manager.is_connected(sid, "/")
+            await sio.emit("news", 1, to="lobby")
+            await again.connect(url)
+            assert (again.client.recovered["/"], again.sid) == (True, sid)
+            assert await again.wait_count("news", 1) == [1]
+        finally:
+            judged.set()
+            manager.store.find = real_find
+            for each in (client, gave_up, again):
+                await each.close()

@@ -533,3 +533,33 @@ async def test_a_short_drop_is_replayed_from_the_nodes_history_without_asking_ka
                 assert len(asked) == 1
         finally:
             await client.close()
+
+
+async def test_a_node_forgets_the_sockets_that_declined_recovery_once_they_leave(
+    kafka_url: str, channel: str
+) -> None:
+    """A socket without a session (recovery declined) is marked so that its events carry
+    no offset; leaving by itself, it kept its mark: one entry for each such connection,
+    for the node's life."""
+    manager = AsyncKafkaManager(kafka_url, channel=channel)
+    sio = RecoveringAsyncServer(
+        client_manager=manager, async_mode="asgi", connection_state_recovery={}
+    )
+    leaving, dropping = (RecoveringRecorder({"recovery": False}) for _ in range(2))
+    async with manager, run_server(socketio.ASGIApp(sio)) as url:
+        try:
+            for client in (leaving, dropping):
+                await client.connect(url)
+            sids = {leaving.sid, dropping.sid}
+            assert manager.plain_sids == sids
+            await leaving.client.disconnect()
+            await dropping.drop_transport()
+            await wait_until(
+                lambda: not any(manager.is_connected(sid, "/") for sid in sids),
+                10,
+                "both sockets gone",
+            )
+            assert manager.plain_sids == set()
+        finally:
+            for client in (leaving, dropping):
+                await client.close()

@@ -29,7 +29,7 @@ from socketio import packet
 from socketio_kafka.adapter.recovery import Fresh
 from socketio_kafka.adapter.sessions import Session
 
-from .auth import Claims, TokenVerifier, token_from, user_room
+from .auth import Claims, Refusal, TokenVerifier, token_from, user_room
 from .errors import TokenRefused
 from .guard import GuardedServer
 from .limits import client_address
@@ -63,6 +63,8 @@ class SubjectChanged(TokenRefused):
 class _Identity:
     claims: Claims
     expiry: asyncio.TimerHandle | None = None
+    #: Its token expired and its socket is being disconnected: too late to refresh.
+    expired: bool = False
 
 
 class IdentityServer(GuardedServer):
@@ -101,6 +103,9 @@ class IdentityServer(GuardedServer):
         claims = self.verifier.verify(token)
         key = (self.manager.eio_sid_from_sid(sid, namespace), namespace)
         identity = self._identities.get(key)
+        if identity is not None and identity.expired:
+            # Its disconnect is under way: acked, the refresh would be a promise broken.
+            raise TokenRefused(Refusal.TOKEN_EXPIRED)
         if identity is None or identity.claims.subject != claims.subject:
             raise SubjectChanged
         identity.claims = claims
@@ -216,6 +221,8 @@ class IdentityServer(GuardedServer):
         identity.expiry = asyncio.get_running_loop().call_later(max(delay, 0), self._expire, key)
 
     def _expire(self, key: tuple[str, str]) -> None:
+        if (identity := self._identities.get(key)) is not None:
+            identity.expired = True
         task = asyncio.get_running_loop().create_task(self._disconnect_expired(*key))
         self._expiring.add(task)
         task.add_done_callback(self._expiring.discard)

@@ -3,6 +3,7 @@ refusals, room permissions, refresh and expiry, and recovery kept to its own sub
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,10 +19,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from socketio_kafka.adapter import AsyncRecoveringClient
+from socketio_kafka.gateway.app import create_app
+from socketio_kafka.gateway.settings import Settings
 
 from .support.clients import Recorder
 from .support.cluster import GatewayProcess, gateway_cluster
 from .support.jsclient import JsClient
+from .support.server import run_server
 from .support.waiting import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
@@ -269,6 +273,43 @@ async def test_a_token_expires_unless_refreshed_and_its_session_ends(
         await bob.close()
         await alice.disconnect()
         await alice.shutdown()
+
+
+async def test_a_refresh_as_the_token_expires_is_refused_not_acked_before_the_cut(
+    kafka_url: str, channel: str
+) -> None:
+    """At expiry the session is ended in Kafka, then the socket disconnected. A refresh
+    handled meanwhile was acked (``{"ok": true, "exp": ...}``) and the socket cut all the
+    same: told its token was renewed, the client was disconnected by the server, after
+    which the JS client does not reconnect by itself. In process, on real Kafka."""
+    settings = Settings(channel=channel, jwt_secret=SECRET, jwt_audience=AUD, jwt_issuer=ISS)
+    app = create_app(settings, kafka_url)
+    manager = app.state.node.manager
+    real_write = manager.store.write
+    ending, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow_end(records: dict[str, Any]) -> None:
+        if None in records.values():  # the session ended at expiry: Kafka slow to answer
+            ending.set()
+            await go_on.wait()
+        await real_write(records)
+
+    alice = AsyncRecoveringClient(reconnection=False)
+    async with manager, run_server(app) as url:
+        try:
+            await alice.connect(url, transports=["websocket"], auth={"token": mint(ttl=1)})
+            manager.store.write = slow_end
+            await wait_until(ending.is_set, 15, "the session ended at expiry")
+            reply = await alice.call("refresh", {"token": mint(ttl=600)})
+            assert reply == {"ok": False, "error": "token expired"}
+            go_on.set()
+            await wait_until(lambda: not alice.connected, 15, "alice disconnected")
+        finally:
+            go_on.set()
+            manager.store.write = real_write
+            if alice.connected:
+                await alice.disconnect()
+            await alice.shutdown()
 
 
 async def test_a_stolen_pid_gets_a_fresh_session_and_its_owner_recovers(

@@ -209,6 +209,8 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         #: Sessions just kept after a transport close, in case a DISCONNECT follows; in
         #: the order they were kept, so the expired ones are first.
         self._kept: dict[tuple[str, str], tuple[str, float]] = {}
+        #: Sockets whose session is being written as kept (disconnected): their pid.
+        self._keeping: dict[tuple[str, str], str] = {}
         #: Done when the writer has written what is dirty now, and what it is writing.
         self._next_batch: asyncio.Future[None] | None = None
         self._batch: tuple[set[tuple[str, str]], asyncio.Future[None]] | None = None
@@ -856,16 +858,25 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
 
     async def _end(self, sid: str, namespace: str, kept: Session | None) -> None:
         """Forget a socket's session here; keep it in Kafka (disconnected) or end it there."""
-        live = self._live.pop((sid, namespace), None)
-        self._recovered.discard((sid, namespace))
-        self._dirty.discard((sid, namespace))
+        key = (sid, namespace)
+        live = self._live.pop(key, None)
+        self._recovered.discard(key)
+        self._dirty.discard(key)
         self.kafka.plain_sids.discard(sid)
         if live is None:
+            if kept is None and (pid := self._keeping.get(key)) is not None:
+                # The server ends it (a kick) while its transport's close keeps it: the
+                # end goes after the kept record, and is the last word.
+                await self._end_in_kafka(pid)
             return
-        if kept is not None:
-            await self._store(replace(kept, disconnected_at=time.time()))
-        else:
+        if kept is None:
             await self._end_in_kafka(live.pid)
+            return
+        self._keeping[key] = live.pid
+        try:
+            await self._store(replace(kept, disconnected_at=time.time()))
+        finally:
+            self._keeping.pop(key, None)
 
     async def _end_in_kafka(self, pid: str) -> None:
         await self._save({pid: None})

@@ -439,3 +439,55 @@ async def test_a_connection_closed_while_its_claim_was_judged_leaves_the_session
             manager.store.find = real_find
             for each in (client, gave_up, again):
                 await each.close()
+
+
+async def test_a_socket_the_server_disconnects_as_its_drop_is_kept_does_not_recover(
+    kafka_url: str, channel: str
+) -> None:
+    """A server's disconnect means the session ends (a kick). One that came while the
+    transport's close was still writing the session as kept found nothing left to end:
+    the kept record stood, and the kicked client recovered its sid and rooms."""
+    manager = AsyncKafkaManager(kafka_url, channel=channel)
+    sio = RecoveringAsyncServer(
+        client_manager=manager, async_mode="asgi", connection_state_recovery={}
+    )
+    real_write = manager.store.write
+    keeping, go_on = asyncio.Event(), asyncio.Event()
+    held: list[dict[str, Any]] = []
+
+    async def slow_kept(records: dict[str, Any]) -> None:
+        # Kafka slow from the kept record on: what follows waits too, and goes in turn.
+        if keeping.is_set() or any(
+            s is not None and s.disconnected_at is not None for s in records.values()
+        ):
+            keeping.set()
+            held.append(records)
+            await go_on.wait()
+        await real_write(records)
+
+    client = RecoveringRecorder()
+    async with manager, run_server(socketio.ASGIApp(sio)) as url:
+        try:
+            await client.connect(url)
+            sid = client.sid
+            await sio.enter_room(sid, "lobby")
+            assert await sio.session_saved(sid)
+            manager.store.write = slow_kept
+            await client.client.eio.ws.close()  # the transport drops, the node keeps it
+            await wait_until(keeping.is_set, 10, "the session being written as kept")
+            kick = asyncio.create_task(sio.disconnect(sid))  # the server ends it meanwhile
+            await wait_until(lambda: kick.done() or len(held) == 2, 10, "the kick's record")
+            go_on.set()
+            await kick
+            await wait_until(lambda: not manager.is_connected(sid, "/"), 10, "the disconnect")
+            await wait_until(
+                lambda: client.client.eio.http is None, 10, "the client's old session closed"
+            )
+            await client.client.connect(url, transports=["websocket"])
+            assert client.client.recovered["/"] is False
+            assert client.sid != sid
+            assert sio.recoveries["fresh", "unknown_session"] == 1
+        finally:
+            go_on.set()
+            manager.store.write = real_write
+            await client.close()

@@ -15,7 +15,7 @@ is paused by a client that does not read, so the queue's limits still cut a slow
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from engineio.async_drivers import asgi
@@ -27,7 +27,8 @@ __all__ = ["FRAMES", "FramesWebSocket"]
 
 #: The ASGI scope extension of a connection that writes Engine.IO packets as WebSocket
 #: frames: ``scope["extensions"][FRAMES]["write_frames"](packets) -> bool``, all of them
-#: written in order, or none (False: the connection cannot take them now).
+#: written in order, or none (False: the connection cannot take them now); and, if it
+#: has it, ``["on_lost"](callback)``: ``callback()`` once the connection is lost.
 FRAMES = "socketio_kafka.frames"
 
 
@@ -46,10 +47,12 @@ class FramesWebSocket(asgi.WebSocket):  # type: ignore[misc]
     def __init__(self, handler: Any, server: Any) -> None:
         super().__init__(handler, server)
         self._frames: WriteFrames | None = None
+        self._on_lost: Callable[[Callable[[], object]], None] | None = None
 
     def __call__(self, environ: dict[str, Any]) -> Awaitable[str]:
         extension = (environ["asgi.scope"].get("extensions") or {}).get(FRAMES)
         self._frames = extension["write_frames"] if extension else None
+        self._on_lost = extension.get("on_lost") if extension else None
         self.asgi_receive = environ["asgi.receive"]
         self.asgi_send = environ["asgi.send"]
         return websocket_loop.serve(self.handler.__self__, self)
@@ -60,5 +63,8 @@ class FramesWebSocket(asgi.WebSocket):  # type: ignore[misc]
             if socket.upgraded:
                 if isinstance(queue := socket.queue, Outbox):
                     queue.write_frames = self._frames
-                self._frames = None
+                    if self._on_lost is not None:
+                        # A replay paced by the socket's drain learns of it at once.
+                        self._on_lost(queue.close)
+                self._frames = self._on_lost = None
         return super().wait()  # type: ignore[no-any-return]

@@ -935,7 +935,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             queue = self.server.eio._get_socket(eio_sid).queue
         except KeyError:  # unknown, or closed (engineio then forgets it)
             return None
-        return queue if isinstance(queue, Outbox) and not queue.shed else None
+        return queue if isinstance(queue, Outbox) and not (queue.shed or queue.closed) else None
 
     # -- connection state recovery: what RecoveringAsyncServer builds on ----------------
 

@@ -177,8 +177,8 @@ class Outbox(SlimQueue):
     marks shared: every socket has one)."""
 
     __slots__ = (
-        "_judging", "_low", "_low_water", "_max", "budget", "bytes", "limits", "shed",
-        "write_frames",
+        "_judging", "_low", "_low_water", "_max", "budget", "bytes", "closed", "limits",
+        "shed", "write_frames",
     )  # fmt: skip
 
     def __init__(self, limits: OutboxLimits, budget: MemoryBudget | None = None) -> None:
@@ -190,6 +190,8 @@ class Outbox(SlimQueue):
         self.bytes = 0
         #: Cut: what was queued is dropped, and so is whatever comes after.
         self.shed = False
+        #: Its connection closed (`close`): nothing more is offered to it.
+        self.closed = False
         self._judging = False
         #: Made by the first replay that waits for the drain (most sockets never do).
         self._low: asyncio.Event | None = None
@@ -202,7 +204,7 @@ class Outbox(SlimQueue):
         size = packet_size(item)
         self.bytes += size
         self.budget.keep(item, size)
-        if self._low is not None and self.above_low_water:
+        if self._low is not None and self.above_low_water and not self.closed:
             self._low.clear()
 
     def _get(self) -> Any:
@@ -240,7 +242,7 @@ class Outbox(SlimQueue):
         While nothing waits on the queue, nor with its writer, a connection that writes
         frames (`write_frames`) takes the packets at once: True when it did.
         """
-        if self.shed:
+        if self.shed or self.closed:
             return False
         if self._unfinished == 0 and self.write_frames is not None and self.write_frames(packets):
             return True
@@ -260,9 +262,17 @@ class Outbox(SlimQueue):
         """Wait until the queue is at or below its low-water mark (or shed)."""
         if self._low is None:
             self._low = asyncio.Event()
-            if self.shed or not self.above_low_water:
+            if self.shed or self.closed or not self.above_low_water:
                 self._low.set()
         await self._low.wait()
+
+    def close(self) -> None:
+        """Its connection closed. A replay waiting for the drain, which will never come,
+        goes on at once and finds the socket gone: it held its share of the node's replay
+        buffer, and its cursor, until its timeout (a minute) before."""
+        self.closed = True
+        if self._low is not None:
+            self._low.set()
 
     def shed_all(self) -> None:
         """Drop what is queued, and end the socket's writer once it takes the next item."""

@@ -34,7 +34,7 @@ from .cursor import REPLAY_BUFFER, REPLAY_BUFFER_BYTES
 from .errors import BrokerUnavailable, ConfigError, PublishError
 from .fanout import event_packets
 from .manager import AsyncKafkaManager
-from .outbox import SLOW_CONSUMER
+from .outbox import SLOW_CONSUMER, Outbox
 from .publishes import publisher_of, sessionless
 from .rooms import RoomIndex
 from .routing import Audience
@@ -337,6 +337,12 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             # it did mean to leave, so its session ends after all.
             await self._end_in_kafka(kept[0])
         self._prune_kept()
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is not None and isinstance(socket.queue, Outbox):
+            socket.queue.close()  # a replay paced by its drain stops waiting for it
+        await super()._handle_eio_disconnect(eio_sid, reason)
 
     async def disconnect(
         self, sid: str, namespace: str | None = None, ignore_queue: bool = False

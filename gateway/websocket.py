@@ -169,7 +169,7 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
     of its own each connection got instead was 1.6 KB.
     """
 
-    __slots__ = (*_UVICORN_ATTRIBUTES, "_held", "_plain")
+    __slots__ = (*_UVICORN_ATTRIBUTES, "_held", "_lost", "_plain")
 
     #: Asked before a WebSocket request is accepted: ``gate(peer_host, path, x_forwarded_for)``
     #: False answers it with a bare 403 at once, before the app is called (`gated`).
@@ -193,6 +193,8 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
         self._plain = False
         #: What this connection holds in ``inbound``'s count.
         self._held = 0
+        #: Called once when the connection is lost (`on_lost`).
+        self._lost: Callable[[], object] | None = None
 
     def start_keepalive(self) -> None:
         super().start_keepalive()  # called once, right after the handshake's response
@@ -237,6 +239,9 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
             self._held = 0
             inbound.hold(self, 0)
         super().connection_lost(exc)
+        if (lost := self._lost) is not None:
+            self._lost = None
+            lost()
         # Nothing more is read, and what would be left is cycles only the collector frees
         # (a churn of connections makes its pauses long, and it never frees what it was
         # told to leave alone: gateway/collector.py). websockets' parser is a generator
@@ -257,7 +262,15 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         if not self.close_sent:  # accepted: the app starts on this scope at the next turn
             self.scope["extensions"][ABORT] = {"abort": self.abort}
-            self.scope["extensions"][FRAMES] = {"write_frames": self.write_frames}
+            self.scope["extensions"][FRAMES] = {
+                "write_frames": self.write_frames,
+                "on_lost": self.on_lost,
+            }
+
+    def on_lost(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` once the connection is lost: the app reads that only when its
+        reader is free, and Engine.IO's is busy with a CONNECT for a whole replay."""
+        self._lost = callback
 
     def write_frames(self, packets: Sequence[Any]) -> bool:
         """Write Engine.IO packets to the client now, all in order, or none (False): not

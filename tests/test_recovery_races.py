@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -12,10 +13,17 @@ import pytest
 import socketio
 from aiokafka.errors import KafkaTimeoutError
 
-from socketio_kafka.adapter import AsyncKafkaManager, PublishError, RecoveringAsyncServer
+from socketio_kafka.adapter import (
+    AsyncKafkaManager,
+    OutboxLimits,
+    PublishError,
+    RecoveringAsyncServer,
+)
+from socketio_kafka.gateway.websocket import CoalescingWebSocketProtocol
 
 from .support.jsclient import JsClient
 from .support.proxy import black_hole_proxy
+from .support.rawclient import send, websocket_session
 from .support.recovering import RecoveringRecorder
 from .support.server import run_server
 from .support.waiting import wait_until
@@ -490,4 +498,46 @@ async def test_a_socket_the_server_disconnects_as_its_drop_is_kept_does_not_reco
         finally:
             go_on.set()
             manager.store.write = real_write
+            await client.close()
+
+
+async def test_a_replay_paced_by_a_client_that_then_goes_ends_at_once(
+    kafka_url: str, channel: str
+) -> None:
+    """A replay waits while its socket holds more than its low-water mark. A client that
+    stopped reading and then went (its TCP connection reset) left it waiting for a drain
+    that never came: its cursor and its share of the node's replay buffer held until the
+    replay's timeout, a minute, then a traceback for a client that merely left. Engine.IO
+    reads nothing while it handles the CONNECT: the connection tells the socket's queue
+    (the gateway's `CoalescingWebSocketProtocol`)."""
+    limits = OutboxLimits(max_packets=400)  # waits past 100 queued: a small socket
+    manager = AsyncKafkaManager(kafka_url, channel=channel, limits=limits)
+    sio = RecoveringAsyncServer(
+        client_manager=manager, async_mode="asgi", connection_state_recovery={}
+    )
+    client = RecoveringRecorder()
+    app = socketio.ASGIApp(sio)
+    async with manager, run_server(app, ws=CoalescingWebSocketProtocol) as url:
+        try:
+            await client.connect(url)
+            await sio.enter_room(client.sid, "lobby")
+            assert await sio.session_saved(client.sid)
+            pid = client.client.pids["/"]
+            await client.drop_transport()
+            text = "x" * 2_000
+            for n in range(5_000):  # 10 MB: past what socket buffers take
+                await sio.emit("news", {"n": n, "text": text}, to="lobby")
+            async with websocket_session(url, connect=False) as ws:
+                await send(ws, "40" + json.dumps({"pid": pid}))  # claims, then reads nothing
+                await wait_until(
+                    lambda: manager.stats.events_replayed > 100, 15, "the replay under way"
+                )
+                ws.transport.abort()
+            await wait_until(
+                lambda: sio.recoveries["failed", ""] == 1,
+                10,
+                "the replay ended for its connection gone (its timeout is 60 s)",
+            )
+            assert sio.recoveries["recovered", ""] == 0
+        finally:
             await client.close()

@@ -88,6 +88,7 @@ def test_server_seams_recovery_overrides() -> None:
         "disconnect": ["self", "sid", "namespace", "ignore_queue"],
         "save_session": ["self", "sid", "session", "namespace"],
         "_send_eio_packet": ["self", "eio_sid", "eio_pkt"],
+        "_handle_eio_disconnect": ["self", "eio_sid", "reason"],
     }
     for name, params in expected.items():
         assert list(inspect.signature(getattr(AsyncServer, name)).parameters) == params, name

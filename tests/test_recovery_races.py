@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,19 +32,39 @@ from .support.waiting import wait_until
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(60)]
 
 
+def _joining(kafka_url: str, channel: str) -> RecoveringAsyncServer:
+    """A recovering node whose ``join`` puts the socket in the room it names."""
+    server = RecoveringAsyncServer(
+        client_manager=AsyncKafkaManager(kafka_url, channel=channel),
+        async_mode="asgi",
+        connection_state_recovery={},
+    )
+
+    async def join(sid: str, room: str) -> bool:
+        await server.enter_room(sid, room)
+        return True
+
+    server.on("join", join)
+    return server
+
+
+@contextlib.asynccontextmanager
+async def _serving(*servers: RecoveringAsyncServer) -> AsyncIterator[list[str]]:
+    """The servers' managers started, then each served: their URLs."""
+    async with contextlib.AsyncExitStack() as stack:
+        for server in servers:
+            await stack.enter_async_context(server.kafka)
+        yield [
+            await stack.enter_async_context(run_server(socketio.ASGIApp(server)))
+            for server in servers
+        ]
+
+
 async def test_a_client_back_before_its_node_noticed_the_drop_recovers(
     kafka_url: str, channel: str
 ) -> None:
-    manager = AsyncKafkaManager(kafka_url, channel=channel)
-    sio = RecoveringAsyncServer(
-        client_manager=manager, async_mode="asgi", connection_state_recovery={}
-    )
-
-    @sio.on("join")  # type: ignore[misc]
-    async def join(sid: str, room: str) -> bool:
-        await sio.enter_room(sid, room)
-        return True
-
+    sio = _joining(kafka_url, channel)
+    manager = sio.kafka
     client = RecoveringRecorder()
     async with manager, run_server(socketio.ASGIApp(sio)) as url:
         port = urlsplit(url).port
@@ -149,20 +170,7 @@ async def test_a_client_that_drops_right_after_its_join_ack_recovers_elsewhere_i
     """An ack waits for the session record its handler changed: a client that joined,
     dropped at once and reconnected to another node was given a fresh session while its
     join was still on its way to Kafka (the quickstart's demo, about 1 run in 8)."""
-    slow, other = (
-        RecoveringAsyncServer(
-            client_manager=AsyncKafkaManager(kafka_url, channel=channel),
-            async_mode="asgi",
-            connection_state_recovery={},
-        )
-        for _ in range(2)
-    )
-
-    @slow.on("join")  # type: ignore[misc]
-    async def join(sid: str, room: str) -> bool:
-        await slow.enter_room(sid, room)
-        return True
-
+    slow, other = _joining(kafka_url, channel), _joining(kafka_url, channel)
     real_write = slow.kafka.store.write
 
     async def slow_write(records: dict[str, Any]) -> None:
@@ -171,12 +179,7 @@ async def test_a_client_that_drops_right_after_its_join_ack_recovers_elsewhere_i
 
     slow.kafka.store.write = slow_write
     client = RecoveringRecorder()
-    async with (
-        slow.kafka,
-        other.kafka,
-        run_server(socketio.ASGIApp(slow)) as url,
-        run_server(socketio.ASGIApp(other)) as other_url,
-    ):
+    async with _serving(slow, other) as (url, other_url):
         try:
             await client.client.connect(url, transports=["websocket"])
             sid = client.sid
@@ -308,26 +311,6 @@ def test_what_transport_closes_kept_is_forgotten_from_the_oldest_without_a_walk(
     assert _Instant.compared <= len(old) + 1
 
 
-def _pair(kafka_url: str, channel: str) -> tuple[RecoveringAsyncServer, RecoveringAsyncServer]:
-    """Two recovering nodes whose ``join`` puts the socket in the room it names."""
-    servers = tuple(
-        RecoveringAsyncServer(
-            client_manager=AsyncKafkaManager(kafka_url, channel=channel),
-            async_mode="asgi",
-            connection_state_recovery={},
-        )
-        for _ in range(2)
-    )
-    for server in servers:
-
-        async def join(sid: str, room: str, server: RecoveringAsyncServer = server) -> bool:
-            await server.enter_room(sid, room)
-            return True
-
-        server.on("join", join)
-    return servers[0], servers[1]
-
-
 async def test_a_refused_record_its_left_record_superseded_is_not_written_after_it(
     kafka_url: str, channel: str
 ) -> None:
@@ -335,7 +318,7 @@ async def test_a_refused_record_its_left_record_superseded_is_not_written_after_
     Once the client dropped, its "left" record supersedes it: written again after that,
     the old "connected" record was the session's last word, and another node refused the
     claim (still connected elsewhere) with a fresh session: what was missed was lost."""
-    a, b = _pair(kafka_url, channel)
+    a, b = _joining(kafka_url, channel), _joining(kafka_url, channel)
     real_write = a.kafka.store.write
     handed: list[str] = []  # the client's session records, as handed to Kafka
     kafka_back = asyncio.Event()
@@ -354,12 +337,7 @@ async def test_a_refused_record_its_left_record_superseded_is_not_written_after_
         await real_write(records)
 
     client = RecoveringRecorder()
-    async with (
-        a.kafka,
-        b.kafka,
-        run_server(socketio.ASGIApp(a)) as url,
-        run_server(socketio.ASGIApp(b)) as other_url,
-    ):
+    async with _serving(a, b) as (url, other_url):
         try:
             await client.client.connect(url, transports=["websocket"])
             sid = client.sid
@@ -393,16 +371,8 @@ async def test_a_connection_closed_while_its_claim_was_judged_leaves_the_session
     before it had a socket: its claim, won afterwards, registered a socket nobody would
     remove, in its rooms for good and "connected" in Kafka; every later claim of the
     session got a fresh one (connected here), and what the client missed was lost."""
-    manager = AsyncKafkaManager(kafka_url, channel=channel)
-    sio = RecoveringAsyncServer(
-        client_manager=manager, async_mode="asgi", connection_state_recovery={}
-    )
-
-    @sio.on("join")  # type: ignore[misc]
-    async def join(sid: str, room: str) -> bool:
-        await sio.enter_room(sid, room)
-        return True
-
+    sio = _joining(kafka_url, channel)
+    manager = sio.kafka
     real_find = manager.store.find
     judging, judged = asyncio.Event(), asyncio.Event()
 

@@ -80,6 +80,10 @@ class ManagerStats:
     connect_failures: int = 0
     session_records_skipped: int = 0
     sessions_expired: int = 0
+    #: Session data not kept for recovery (not JSON, or too large), and sessions ended
+    #: because their record was too large for Kafka even without it (`SessionStore`).
+    session_data_dropped: int = 0
+    sessions_too_large: int = 0
     slow_consumers_cut: int = 0
     #: Holds outrun and sockets cut because the node's sockets together kept more than its
     #: budget (`MemoryBudget`); the cuts are among ``slow_consumers_cut`` too.
@@ -194,6 +198,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             self._ready_publisher,
             self.watermarks,
             self._get_logger,
+            self.options.max_record_bytes,
         )
         self.store.on_rejected = self._session_rejected
         self.sessions_topic = self.store.topic

@@ -125,6 +125,9 @@ class RecoveryOptions:
     #: changed and is not in Kafka yet (`RecoveringAsyncServer.session_saved`); past it the
     #: ack goes anyway, and the record is written again until Kafka takes it. 0: never.
     save_wait: float = 2.0
+    #: Bytes of a session's data (as JSON) kept for recovery; larger data is not kept
+    #: (logged and counted): every node keeps every session of the cluster in memory.
+    max_session_bytes: int = 64 * 1024
 
     def __post_init__(self) -> None:
         if self.max_disconnection_duration <= 0:
@@ -140,6 +143,8 @@ class RecoveryOptions:
             )
         if self.save_wait < 0:
             raise ConfigError("save_wait must be >= 0")
+        if self.max_session_bytes < 0:
+            raise ConfigError("max_session_bytes must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -852,11 +857,26 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         # What get_session returns, without the empty session it would store on every
         # socket that has none (160 bytes each, benchmarks/memory.py).
         eio_session = await self.eio.get_session(eio_sid)
-        data = _jsonable(eio_session.get(namespace, {}))
+        data = self._kept_data(sid, eio_session.get(namespace, {}))
         manager = self.kafka
         return Session(
             live.pid, sid, namespace, rooms, data, live.start, live.epoch, manager.host_id
         )
+
+    def _kept_data(self, sid: str, data: Any) -> Any:
+        """``data`` if a session record may keep it, else None (logged and counted)."""
+        assert self.recovery is not None
+        try:
+            size = len(json.dumps(data, separators=(",", ":")))
+        except (TypeError, ValueError):
+            why = "is not JSON-serializable"
+        else:
+            if size <= self.recovery.max_session_bytes:
+                return data
+            why = f"has {size} bytes, over max_session_bytes={self.recovery.max_session_bytes}"
+        self.kafka.stats.session_data_dropped += 1
+        logger.warning("session data of %s %s; it will not be recovered", sid, why)
+        return None
 
     def _session_rooms(self, sid: str, namespace: str) -> tuple[str, ...]:
         """The rooms a session record keeps for ``sid``: all it is in but its own."""
@@ -998,12 +1018,3 @@ def _resolve(*futures: asyncio.Future[None] | None) -> None:
     for future in futures:
         if future is not None and not future.done():
             future.set_result(None)
-
-
-def _jsonable(data: Any) -> Any:
-    try:
-        json.dumps(data)
-    except (TypeError, ValueError):
-        logger.warning("session data is not JSON-serializable; it will not be recovered")
-        return None
-    return data

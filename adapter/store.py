@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -57,6 +58,7 @@ class SessionStore:
     ``offsets`` is the consumer kept for offset requests (None before it is connected);
     ``on_rejected`` is told of a live session of this node's whose record another node's
     claim followed (it must be written again: see `SessionTable.apply`).
+    ``max_record_bytes``: the largest record Kafka takes from this node (`write`).
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class SessionStore:
         publisher: Callable[[], Awaitable[Publisher]],
         watermarks: Watermarks,
         logger: Callable[[], logging.Logger],
+        max_record_bytes: int,
     ) -> None:
         self.topic = topic
         self.table = SessionTable()
@@ -81,6 +84,7 @@ class SessionStore:
         self._publisher = publisher
         self._watermarks = watermarks
         self._logger = logger
+        self._max_record_bytes = max_record_bytes
         #: Next offset to read, per partition.
         self._positions: dict[int, int] = {}
         self._read = asyncio.Condition()  # notified as records are applied
@@ -236,11 +240,42 @@ class SessionStore:
     async def write(self, records: Mapping[str, Session | None]) -> None:
         """Session records by pid, None ending a session, all at once: a burst of joins,
         or a sweep's tombstones, is durable in one round trip."""
-        values = [
-            (pid.encode(), None if session is None else encode_session(session))
-            for pid, session in records.items()
-        ]
+        values = [(pid.encode(), self._encode(session)) for pid, session in records.items()]
         await self._send(values)
+
+    def _encode(self, session: Session | None) -> bytes | None:
+        """A session's record, within what Kafka takes: one Kafka refuses is refused on
+        every retry, and would leave the session's last word unwritten. Its data goes
+        first; a session whose rooms alone are too many for a record is ended (its client
+        gets a fresh session, and is told so)."""
+        if session is None:
+            return None
+        value = encode_session(session)
+        limit = self._max_record_bytes
+        if len(value) <= limit:
+            return value
+        if session.data is not None:
+            self._stats.session_data_dropped += 1
+            self._logger().warning(
+                "session of %s: its record of %d bytes is over max_record_bytes=%d; "
+                "kept without its data",
+                session.sid,
+                len(value),
+                limit,
+            )
+            value = encode_session(replace(session, data=None))
+            if len(value) <= limit:
+                return value
+        self._stats.sessions_too_large += 1
+        self._logger().error(
+            "session of %s: its record of %d bytes is over max_record_bytes=%d without its "
+            "data (%d rooms); ended: it cannot be recovered",
+            session.sid,
+            len(value),
+            limit,
+            len(session.rooms),
+        )
+        return None
 
     async def _send(self, values: list[tuple[bytes, bytes | None]]) -> list[Any]:
         """Write these records, each after every record of its pid written before it here.

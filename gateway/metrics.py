@@ -40,6 +40,10 @@ _COUNTERS = {
     "connect_failures": "Failed attempts to connect to Kafka",
     "session_records_skipped": "Undecodable records skipped on the sessions topic",
     "sessions_expired": "Sessions this node ended after the recovery window",
+    "session_data_dropped": "Sessions saved without their data, which will not be recovered: "
+    "not JSON, or larger than a record or max_session_bytes allows",
+    "sessions_too_large": "Sessions ended because their record was too large for Kafka even "
+    "without their data (too many rooms): they cannot be recovered",
     "slow_consumers_cut": "Sockets cut for not reading what was queued for them",
     "over_node_budget": "Holds outrun and sockets cut because the node's sockets together "
     "kept more than it may (--max-node-queued-bytes): the largest first",

@@ -102,7 +102,13 @@ async def test_a_sessions_records_reach_kafka_in_the_order_written_while_one_wai
         return publisher
 
     store = SessionStore(
-        "c.sessions", "node", ManagerStats(), ready, Watermarks(lambda: None), logging.getLogger
+        "c.sessions",
+        "node",
+        ManagerStats(),
+        ready,
+        Watermarks(lambda: None),
+        logging.getLogger,
+        max_record_bytes=1024,
     )
     connected = Session("p", "s", "/", (), None, (0,), "e", "node")
     left = replace(connected, rooms=("r",), disconnected_at=1.0)

@@ -39,12 +39,16 @@ class App:
         channel: str,
         skip_middlewares: bool,
         options: KafkaOptions | None = None,
+        max_session_bytes: int = RecoveryOptions().max_session_bytes,
     ) -> None:
         self.manager = AsyncKafkaManager(kafka_url, channel=channel, options=options)
         self.sio = RecoveringAsyncServer(
             client_manager=self.manager,
             async_mode="asgi",
-            connection_state_recovery={"skip_middlewares": skip_middlewares},
+            connection_state_recovery={
+                "skip_middlewares": skip_middlewares,
+                "max_session_bytes": max_session_bytes,
+            },
         )
         self.connects: list[tuple[str, Any]] = []
         self.sio.on("connect", self.on_connect)
@@ -432,9 +436,66 @@ async def test_a_legacy_connect_handler_runs_on_a_recovered_socket(
             await client.close()
 
 
-def test_a_negative_save_wait_is_refused() -> None:
+def test_a_negative_save_wait_or_session_size_is_refused() -> None:
     with pytest.raises(ConfigError, match="save_wait"):
         RecoveryOptions(save_wait=-1)
+    with pytest.raises(ConfigError, match="max_session_bytes"):
+        RecoveryOptions(max_session_bytes=-1)
+
+
+async def test_a_session_too_large_to_keep_loses_its_data_or_ends_and_no_other_waits(
+    kafka_url: str, channel: str
+) -> None:
+    """A session record Kafka would refuse was once retried forever, the records written
+    with it never written: data too large is dropped (the session recovers without it);
+    rooms too many for a record end the session (its client gets a fresh one)."""
+    limit = 16 * 1024
+    over = limit + 128 * 1024  # past what Kafka takes: a batch's allowance too
+    app = App(
+        kafka_url,
+        channel,
+        skip_middlewares=True,
+        options=KafkaOptions(max_record_bytes=limit),
+        max_session_bytes=2 * over,
+    )
+
+    async def hoard(sid: str) -> None:
+        await app.sio.save_session(sid, {"user": "x" * over})
+
+    async def crowd(sid: str) -> None:
+        for n in range(over // 20):
+            await app.sio.enter_room(sid, f"crowded-room-{n:06}")
+
+    app.sio.on("hoard", hoard)
+    app.sio.on("crowd", crowd)
+    async with app.manager, run_server(app.asgi) as url:
+        alice, bob, carol = (RecoveringRecorder({"token": name}) for name in ("a", "b", "c"))
+        try:
+            for client in (alice, bob, carol):
+                await client.connect(url)
+            bob_sid = bob.sid
+            await asyncio.gather(alice.client.call("hoard"), bob.client.call("crowd"))
+            assert all([await app.sio.session_saved(c.sid) for c in (alice, bob, carol)])
+            assert app.sio.unsaved_sessions == 0
+            for client in (alice, bob, carol):
+                await client.drop_transport()
+            await app.sio.emit("news", {"n": 1}, to="room")
+            for client in (alice, bob, carol):
+                await client.client.connect(
+                    url, transports=["websocket"], auth=client.client.connection_auth
+                )
+            assert alice.client.recovered["/"] is True
+            assert await alice.wait_count("news", 1) == [{"n": 1}]
+            assert await alice.client.call("whoami") == {"user": None, "recovered": True}
+            assert await carol.wait_count("news", 1) == [{"n": 1}]
+            assert await carol.client.call("whoami") == {"user": "c", "recovered": True}
+            assert bob.client.recovered["/"] is False
+            assert bob.sid != bob_sid
+            assert app.manager.stats.session_data_dropped >= 1
+            assert app.manager.stats.sessions_too_large >= 1
+        finally:
+            for client in (alice, bob, carol):
+                await client.close()
 
 
 async def test_a_replay_reads_only_the_partitions_its_rooms_were_written_to(

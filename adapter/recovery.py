@@ -283,6 +283,9 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         if self.recovery is None:
             await super()._handle_connect(eio_sid, namespace, data)
             return
+        if self._in_namespace(eio_sid, namespace):
+            await self._refuse_second_connect(eio_sid, namespace)
+            return
         claim = _Claim.parse(data)
         # Before ready, the sessions table and the topic's positions are not read yet.
         ready = claim.opt_out or await self.kafka.wait_ready()
@@ -408,11 +411,18 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         if not isinstance(judged, tuple):
             return judged
         session, start = judged
-        if self._gone(eio_sid):
-            # Won for a connection that closed while it was judged: left claimable.
-            logger.info("recovery of sid %s: connection gone before it was restored", session.sid)
+        second = self._in_namespace(eio_sid, namespace)
+        if second or self._gone(eio_sid):
+            # Won for a connection that closed while it was judged, or that another
+            # CONNECT put in the namespace meanwhile: left claimable.
+            why = "in the namespace by another CONNECT" if second else "gone"
+            logger.info(
+                "recovery of sid %s: connection %s before it was restored", session.sid, why
+            )
             self.recoveries["failed", ""] += 1
             await self._release(session)
+            if second:
+                await self._refuse_second_connect(eio_sid, namespace)
             return True
         sid = session.sid
         # From here to the hold, nothing awaits: no live record can slip between the
@@ -480,6 +490,21 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         self.recoveries["recovered", ""] += 1
         self.connects["recovered"] += 1
         return True
+
+    def _in_namespace(self, eio_sid: str, namespace: str) -> bool:
+        """Whether this connection has a socket in ``namespace``, or one connecting."""
+        return (eio_sid, namespace) in self._connecting or (
+            self.manager.sid_from_eio_sid(eio_sid, namespace) is not None
+        )
+
+    async def _refuse_second_connect(self, eio_sid: str, namespace: str) -> None:
+        """Refuse a CONNECT to a namespace the connection is in, as python-socketio does.
+        A claim among them once won, then failed to register: its session stayed
+        "connected" to a socket that never was, and its client lost what it missed."""
+        await super()._send_packet(
+            eio_sid,
+            self.packet_class(packet.CONNECT_ERROR, data="Unable to connect", namespace=namespace),
+        )
 
     def _gone(self, eio_sid: str) -> bool:
         """Whether a connection closed while its CONNECT waited (Kafka's readiness, a claim

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 import socketio
 from aiokafka.errors import KafkaTimeoutError
+from websockets.asyncio.client import ClientConnection
 
 from socketio_kafka.adapter import (
     AsyncKafkaManager,
@@ -417,6 +418,53 @@ async def test_a_connection_closed_while_its_claim_was_judged_leaves_the_session
             manager.store.find = real_find
             for each in (client, gave_up, again):
                 await each.close()
+
+
+async def test_a_second_connect_that_claims_a_session_is_refused_and_leaves_it_claimable(
+    kafka_url: str, channel: str
+) -> None:
+    """A connection already in a namespace that sends another CONNECT to it, with a pid:
+    its claim once won, then failed to register a second socket for the connection; the
+    session stayed claimed by a socket that never was, "connected" for good, and its
+    client got a fresh one. python-socketio refuses a second CONNECT ("Unable to
+    connect"); so must a claim, at once or after its judgment (sent together)."""
+    sio = _joining(kafka_url, channel)
+    manager = sio.kafka
+    client = RecoveringRecorder()
+    async with _serving(sio) as [url]:
+        try:
+            await client.connect(url)
+            sid = client.sid
+            assert await client.client.call("join", "lobby") is True
+            claim = "40" + json.dumps(client.client._recovery_auth(None, "/"))
+            for n, frames in enumerate(([claim], [claim, "40"])):
+                await client.drop_transport()
+                await wait_until(lambda: not manager.is_connected(sid, "/"), 10, "drop noticed")
+                async with websocket_session(url, connect=not n) as ws:
+                    for frame in frames:
+                        await send(ws, frame)
+                    answers = await _answers(ws, len(frames))
+                assert sum(a.startswith("44") for a in answers) == 1, answers
+                await wait_until(lambda: not manager.is_connected(sid, "/"), 10, "ws closed")
+                await sio.emit("news", n, to="lobby")
+                await client.client.connect(
+                    url, transports=["websocket"], auth=client.client.connection_auth
+                )
+                assert (client.client.recovered["/"], client.sid) == (True, sid)
+                assert await client.wait_count("news", n + 1) == list(range(n + 1))
+        finally:
+            await client.close()
+
+
+async def _answers(ws: ClientConnection, count: int) -> list[str]:
+    """The node's first ``count`` answers to CONNECTs: a CONNECT ("40") or an error ("44")."""
+    answers: list[str] = []
+    async with asyncio.timeout(15):
+        while len(answers) < count:
+            frame = await ws.recv()
+            if isinstance(frame, str) and frame.startswith(("40", "44")):
+                answers.append(frame)
+    return answers
 
 
 async def test_a_socket_the_server_disconnects_as_its_drop_is_kept_does_not_recover(

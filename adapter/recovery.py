@@ -216,6 +216,8 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         self._kept: dict[tuple[str, str], tuple[str, float]] = {}
         #: Sockets whose session is being written as kept (disconnected): their pid.
         self._keeping: dict[tuple[str, str], str] = {}
+        #: Ends of sessions being written in the background (`_end_in_kafka`).
+        self._ending: set[asyncio.Task[None]] = set()
         #: Done when the writer has written what is dirty now, and what it is writing.
         self._next_batch: asyncio.Future[None] | None = None
         self._batch: tuple[set[tuple[str, str]], asyncio.Future[None]] | None = None
@@ -359,7 +361,9 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         local = self.recovery is not None and self.manager.is_connected(sid, namespace)
         await super().disconnect(sid, namespace, ignore_queue=ignore_queue)
         if local and not self.manager.is_connected(sid, namespace):
-            await self._end(sid, namespace, None)  # the server meant it: nothing to recover
+            # The server meant it: nothing to recover. Another node's, applied as the
+            # consume loop reads it, is not waited for there (`_end_in_kafka`).
+            await self._end(sid, namespace, None, wait=not ignore_queue)
 
     async def save_session(self, sid: str, session: Any, namespace: str | None = None) -> None:
         await super().save_session(sid, session, namespace=namespace)
@@ -907,8 +911,9 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         """The rooms a session record keeps for ``sid``: all it is in but its own."""
         return tuple(r for r in self.manager.get_rooms(sid, namespace) if r != sid)
 
-    async def _end(self, sid: str, namespace: str, kept: Session | None) -> None:
-        """Forget a socket's session here; keep it in Kafka (disconnected) or end it there."""
+    async def _end(self, sid: str, namespace: str, kept: Session | None, wait: bool = True) -> None:
+        """Forget a socket's session here; keep it in Kafka (disconnected) or end it there
+        (without waiting for Kafka, unless ``wait``)."""
         key = (sid, namespace)
         live = self._live.pop(key, None)
         self._recovered.discard(key)
@@ -918,10 +923,10 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             if kept is None and (pid := self._keeping.get(key)) is not None:
                 # The server ends it (a kick) while its transport's close keeps it: the
                 # end goes after the kept record, and is the last word.
-                await self._end_in_kafka(pid)
+                await self._end_in_kafka(pid, wait)
             return
         if kept is None:
-            await self._end_in_kafka(live.pid)
+            await self._end_in_kafka(live.pid, wait)
             return
         self._keeping[key] = live.pid
         try:
@@ -929,8 +934,24 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         finally:
             self._keeping.pop(key, None)
 
-    async def _end_in_kafka(self, pid: str) -> None:
-        await self._save({pid: None})
+    async def _end_in_kafka(self, pid: str, wait: bool = True) -> None:
+        records: dict[str, Session | None] = {pid: None}
+        if wait:
+            await self._save(records)
+            return
+        # Its place among the pid's writes is taken now; a claim of it waits for it
+        # (`_written`). A mass kick from another node once held up every delivery here
+        # for a Kafka round trip per socket.
+        ending = asyncio.get_running_loop().create_task(
+            self._saving(records, self._begin_save(records))
+        )
+        self._ending.add(ending)
+        ending.add_done_callback(self._ended)
+
+    def _ended(self, ending: asyncio.Task[None]) -> None:
+        self._ending.discard(ending)
+        if not ending.cancelled() and (exc := ending.exception()) is not None:
+            logger.error("a session's end was not written", exc_info=exc)
 
     def _prune_kept(self) -> None:
         """Forget what was kept longer ago than the race: from the front, the oldest (a
@@ -951,6 +972,10 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         """Write these session records (None: end the session). What Kafka does not take
         is written again until it does, unless a newer record of its pid was written
         meanwhile: a session whose "left" record is lost looks connected to every node."""
+        await self._saving(records, self._begin_save(records))
+
+    def _begin_save(self, records: dict[str, Session | None]) -> int:
+        """The attempt these records are written in, the newest of their pids'."""
         attempt = next(self._attempt_numbers)
         self._attempts.update(dict.fromkeys(records, attempt))
         for pid, record in records.items():
@@ -959,6 +984,9 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             # look connected to every other node).
             if pid in self._unsaved and self._unsaved[pid] is not record:
                 del self._unsaved[pid]
+        return attempt
+
+    async def _saving(self, records: dict[str, Session | None], attempt: int) -> None:
         try:
             await self.kafka.store.write(records)
         except (PublishError, BrokerUnavailable) as exc:

@@ -456,6 +456,50 @@ async def test_a_second_connect_that_claims_a_session_is_refused_and_leaves_it_c
             await client.close()
 
 
+async def test_a_kick_from_another_node_does_not_hold_up_deliveries_while_it_is_saved(
+    kafka_url: str, channel: str
+) -> None:
+    """A node applies another node's ``disconnect(sid)`` as it reads it, and it once
+    awaited the session's end in Kafka there: a round trip per kicked socket (a mass kick,
+    seconds), the request timeout with the sessions topic's leader away, and no event
+    delivered to anyone on the node meanwhile."""
+    here, there = _joining(kafka_url, channel), _joining(kafka_url, channel)
+    store = here.kafka.store
+    write = store.write
+    ending, saved = asyncio.Event(), asyncio.Event()
+
+    async def held_write(records: Any) -> None:
+        if None in records.values():  # the kicked session's end, and what follows it
+            ending.set()
+            await saved.wait()
+        await write(records)
+
+    kicked, stays, again = RecoveringRecorder(), RecoveringRecorder(), RecoveringRecorder()
+    async with _serving(here, there) as [url, _]:
+        try:
+            for client in (kicked, stays):
+                await client.connect(url)
+                assert await client.client.call("join", "lobby") is True
+            sid = kicked.sid
+            again.client.pids.update(kicked.client.pids)
+            again.client.offsets.update(kicked.client.offsets)
+            store.write = held_write  # type: ignore[method-assign]
+            await there.disconnect(sid)
+            await asyncio.wait_for(ending.wait(), 10)
+            await there.emit("news", 1, to="lobby")
+            assert await stays.wait_count("news", 1, timeout=10) == [1]
+            assert not saved.is_set()
+            saved.set()
+            await wait_until(lambda: not here.kafka.is_connected(sid, "/"), 10, "the kick")
+            await again.connect(url)
+            assert again.client.recovered["/"] is False  # the server ended it: not kept
+        finally:
+            saved.set()
+            store.write = write  # type: ignore[method-assign]
+            for client in (kicked, stays, again):
+                await client.close()
+
+
 async def _answers(ws: ClientConnection, count: int) -> list[str]:
     """The node's first ``count`` answers to CONNECTs: a CONNECT ("40") or an error ("44")."""
     answers: list[str] = []

@@ -540,6 +540,9 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
                     session = await manager.store.arrival(claim.pid, _arriving(claim.pid))
                 if session is not None and await self._close_stale_transport(session, eio_sid):
                     session = await manager.store.find(claim.pid)  # as the close left it
+                if session is not None and not await self._left_here(session):
+                    await self._retry_later(eio_sid, f"sid {session.sid} still leaving here")
+                    return True
                 session = await self._settled(session)
                 start = await self._replay_start(session, namespace, claim)
             except KafkaError as exc:
@@ -615,6 +618,28 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         while manager.is_connected(session.sid, namespace) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         return True
+
+    async def _left_here(self, session: Session) -> bool:
+        """Wait (a Kafka request's timeout at most) until a disconnect of the session's
+        sid under way here has ended; False if it did not.
+
+        python-socketio unregisters a leaving socket once the app's ``disconnect`` handler
+        returns: a socket restored under the same sid while an async one ran was
+        unregistered with the old one (in none of its rooms, "connected" in Kafka).
+        """
+        manager, sid, namespace = self.kafka, session.sid, session.namespace
+
+        def leaving() -> bool:
+            registered = manager.eio_sid_from_sid(sid, namespace) is not None
+            return registered and not manager.is_connected(sid, namespace)
+
+        if not leaving():
+            return True
+        logger.info("sid %s claimed while its disconnect handler runs here: waiting", sid)
+        deadline = time.monotonic() + manager.options.request_timeout_ms / 1000
+        while leaving() and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)  # no event to await for one socket's disconnect
+        return not leaving()
 
     async def _retry_later(self, eio_sid: str, why: str) -> None:
         """Close a recovering connection whose claim cannot be judged now: the client

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -498,6 +499,48 @@ async def test_a_kick_from_another_node_does_not_hold_up_deliveries_while_it_is_
             store.write = write  # type: ignore[method-assign]
             for client in (kicked, stays, again):
                 await client.close()
+
+
+async def test_a_client_back_while_its_disconnect_handler_runs_recovers_into_its_rooms(
+    kafka_url: str, channel: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """python-socketio unregisters a leaving socket after the app's ``disconnect``
+    handler returns. A client back on the same node while an async one ran was restored
+    under the same sid, then unregistered with the old socket: connected, in none of its
+    rooms, its session "connected" in Kafka for good."""
+    sio = _joining(kafka_url, channel)
+    leaving, left = asyncio.Event(), asyncio.Event()
+
+    async def disconnect(sid: str, reason: str) -> None:
+        leaving.set()
+        await left.wait()  # a database write, say
+
+    sio.on("disconnect", disconnect)
+    client = RecoveringRecorder()
+    async with _serving(sio) as [url]:
+        try:
+            await client.connect(url)
+            sid = client.sid
+            assert await client.client.call("join", "lobby") is True
+            await client.drop_transport()
+            await asyncio.wait_for(leaving.wait(), 10)
+            caplog.set_level(logging.INFO, "socketio_kafka.recovery")
+            back = asyncio.create_task(
+                client.client.connect(
+                    url, transports=["websocket"], auth=client.client.connection_auth
+                )
+            )
+            await wait_until(
+                lambda: back.done() or "disconnect handler" in caplog.text, 10, "the claim"
+            )
+            left.set()
+            await back
+            assert (client.client.recovered["/"], client.sid) == (True, sid)
+            await sio.emit("news", 1, to="lobby")
+            assert await client.wait_count("news", 1, timeout=10) == [1]
+        finally:
+            left.set()
+            await client.close()
 
 
 async def _answers(ws: ClientConnection, count: int) -> list[str]:

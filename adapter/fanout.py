@@ -35,9 +35,11 @@ def event_args(message: Message) -> list[Any]:
     return data
 
 
-def event_packets(packet_class: type[Packet], message: Message, offset: str | None) -> list[Any]:
+def event_packets(
+    packet_class: type[Packet], message: Message, offset: str | None, ack_id: int | None = None
+) -> list[Any]:
     """The Engine.IO packets of one emit record's EVENT, the offset (if any) appended as
-    the last argument.
+    the last argument; one that asks for an ack carries ``ack_id``.
 
     Whether it is binary comes from the record, so python-socketio need not search the
     data for bytes. A text EVENT of the stock packet class is written here, as its
@@ -47,11 +49,11 @@ def event_packets(packet_class: type[Packet], message: Message, offset: str | No
     data = [message["event"], *args] if offset is None else [message["event"], *args, offset]
     namespace = message["namespace"]
     binary = bool(message.get("binary"))
-    if packet_class.encode is Packet.encode and not binary:
+    if packet_class.encode is Packet.encode and not binary and ack_id is None:
         prefix = "2" if namespace == "/" else f"2{namespace},"
         text = prefix + packet_class.json.dumps(data, separators=(",", ":"))
         return [eio_packet.Packet(eio_packet.MESSAGE, text)]
-    pkt = packet_class(packet.EVENT, namespace=namespace, data=data, binary=binary)
+    pkt = packet_class(packet.EVENT, namespace=namespace, data=data, id=ack_id, binary=binary)
     encoded = pkt.encode()
     parts = encoded if isinstance(encoded, list) else [encoded]
     return [eio_packet.Packet(eio_packet.MESSAGE, part) for part in parts]

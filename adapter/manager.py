@@ -28,7 +28,7 @@ from .errors import (
     RecordDecodeError,
     SocketIOKafkaError,
 )
-from .fanout import HoldBuffer, event_args, event_packets
+from .fanout import HoldBuffer, event_packets
 from .frames import FramesWebSocket
 from .histogram import LatencyHistogram
 from .history import LiveHistory
@@ -786,18 +786,11 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             await self._handle_close_room(message)
 
     async def _deliver(self, message: codec.Message, partition: int, offset: int) -> None:
-        if message.get("callback"):
-            await self._emit_with_ack(message)
-            return
-        namespace = message["namespace"]
-        skip = message.get("skip_sid") or ()
-        skip = {skip} if isinstance(skip, str) else set(skip)
-        recipients = [
-            (sid, eio_sid)
-            for sid, eio_sid in self.get_participants(namespace, message.get("room"))
-            if sid not in skip
-        ]
+        recipients = self._recipients(message)
         if not recipients or self.server is None:
+            return
+        if message.get("callback"):
+            self._emit_with_ack(message, recipients, partition, offset)
             return
         recovering = self.recovery_window is not None
         mark = self._live_mark() if recovering else None
@@ -830,24 +823,38 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         if drivers is not None and drivers.get("websocket") is asgi.WebSocket:
             server.eio._async = {**drivers, "websocket": FramesWebSocket}
 
-    async def _emit_with_ack(self, message: codec.Message) -> None:
-        """One packet per recipient, each with its own ack id, answered to the origin node.
+    def _recipients(self, message: codec.Message) -> list[tuple[str, str]]:
+        """The ``(sid, eio_sid)`` of this node's sockets an emit is for."""
+        skip = message.get("skip_sid") or ()
+        skip = {skip} if isinstance(skip, str) else set(skip)
+        return [
+            (sid, eio_sid)
+            for sid, eio_sid in self.get_participants(message["namespace"], message.get("room"))
+            if sid not in skip
+        ]
 
-        Not python-socketio's ``_handle_emit``: it sends a lone None argument as none.
-        """
+    def _emit_with_ack(
+        self,
+        message: codec.Message,
+        recipients: list[tuple[str, str]],
+        partition: int,
+        offset: int,
+    ) -> None:
+        """One packet per recipient, each with its own ack id, answered to the origin node;
+        held for a socket under recovery as any live event is, or it would overtake what
+        the socket's replay brings. (Not python-socketio's ``_handle_emit``: it sends a
+        lone None argument as none, and each packet from a task of its own.)"""
+        assert self.server is not None
         room, namespace, ack_id = message["callback"]
         callback = functools.partial(
             self._return_callback, message.get("host_id"), room, namespace, ack_id
         )
-        await AsyncManager.emit(
-            self,
-            message["event"],
-            tuple(event_args(message)),
-            namespace=message["namespace"],
-            room=message.get("room"),
-            skip_sid=message.get("skip_sid"),
-            callback=callback,
-        )
+        packet_class = self.server.packet_class
+        for sid, eio_sid in recipients:
+            ack = self._generate_ack_id(sid, callback)
+            packets = event_packets(packet_class, message, None, ack_id=ack)
+            if not self.holds.add(eio_sid, partition, offset, packets):
+                self.send_packets(eio_sid, packets)
 
     def send_packets(self, eio_sid: str, packets: list[Any]) -> None:
         """Queue encoded packets on one socket; a socket gone meanwhile is not an error,

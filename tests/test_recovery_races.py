@@ -543,6 +543,49 @@ async def test_a_client_back_while_its_disconnect_handler_runs_recovers_into_its
             await client.close()
 
 
+async def test_an_event_that_asks_for_an_ack_waits_for_the_replay_before_it(
+    kafka_url: str, channel: str
+) -> None:
+    """Live events for a socket under recovery wait for its replay; one that asks for an
+    ack once went straight out, ahead of every event the client had missed before it."""
+    sio = _joining(kafka_url, channel)
+    replay = sio._replay
+    replaying, go = asyncio.Event(), asyncio.Event()
+
+    async def paused_replay(*args: Any) -> int:
+        replaying.set()
+        await go.wait()
+        return await replay(*args)
+
+    acks: list[Any] = []
+    client = RecoveringRecorder()
+    async with _serving(sio) as [url]:
+        try:
+            await client.connect(url)
+            sid = client.sid
+            assert await client.client.call("join", "lobby") is True
+            await client.drop_transport()
+            for n in range(3):
+                await sio.emit("news", n, to="lobby")
+            sio._replay = paused_replay  # type: ignore[method-assign]
+            await client.client.connect(
+                url, transports=["websocket"], auth=client.client.connection_auth
+            )
+            await asyncio.wait_for(replaying.wait(), 10)
+            stats, consumed = sio.kafka.stats, sio.kafka.stats.records_consumed
+            await sio.emit("ask", "ok?", to=sid, callback=lambda *a: acks.append(a))
+            await sio.emit("news", 3, to="lobby")
+            # Both read and handed on by the consume loop before the replay goes on.
+            await wait_until(lambda: stats.records_consumed >= consumed + 2, 10, "both read")
+            go.set()
+            await client.wait_count("news", 4)
+            await wait_until(lambda: acks == [()], 10, "the ack")
+            assert [name for name, _ in client.received] == ["news"] * 3 + ["ask", "news"]
+        finally:
+            go.set()
+            await client.close()
+
+
 async def _answers(ws: ClientConnection, count: int) -> list[str]:
     """The node's first ``count`` answers to CONNECTs: a CONNECT ("40") or an error ("44")."""
     answers: list[str] = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from types import TracebackType
 
-__all__ = ["Turns"]
+__all__ = ["Holding", "Turns"]
 
 
 class Turns:
@@ -27,7 +27,7 @@ class Turns:
         """Keys with a turn in progress or waiting (bounded by the publishes in flight)."""
         return len(self._last)
 
-    def turn(self, key: bytes) -> _Holding:
+    def turn(self, key: bytes) -> Holding:
         """``async with turns.turn(key)``: wait for every earlier turn of ``key`` to end,
         then hold this one.
 
@@ -38,7 +38,7 @@ class Turns:
         mine = _Turn()
         before = self._last.get(key)
         self._last[key] = mine
-        return _Holding(self, key, before, mine)
+        return Holding(self, key, before, mine)
 
     def _end(self, key: bytes, turn: _Turn) -> None:
         turn.end()
@@ -68,16 +68,18 @@ class _Turn:
             self._waiter.set_result(None)
 
 
-class _Holding:
-    """The turn `Turns.turn` took, as an async context manager."""
+class Holding:
+    """The turn `Turns.turn` took, as an async context manager; or held from `begin` to
+    `end`, for a caller whose turn ends somewhere a block cannot (`gateway/protocol.py`)."""
 
-    __slots__ = ("_before", "_key", "_mine", "_turns")
+    __slots__ = ("_before", "_key", "_left", "_mine", "_turns")
 
     def __init__(self, turns: Turns, key: bytes, before: _Turn | None, mine: _Turn) -> None:
         self._turns = turns
         self._key = key
         self._before = before
         self._mine = mine
+        self._left = False
 
     async def __aenter__(self) -> None:
         before = self._before
@@ -96,7 +98,16 @@ class _Holding:
     ) -> None:
         self._leave()
 
+    begin = __aenter__
+
+    def end(self) -> None:
+        """End the turn (once its earlier ones have): it need not have begun; ended
+        already, nothing."""
+        if not self._left:
+            self._leave()
+
     def _leave(self) -> None:
+        self._left = True
         before, turns, key, mine = self._before, self._turns, self._key, self._mine
         if before is None or before.ended:
             turns._end(key, mine)

@@ -20,7 +20,7 @@ import collections
 import contextvars
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -95,9 +95,16 @@ class IdentityServer(GuardedServer):
         identity = self._identity(sid, namespace)
         return identity is not None and await self.permissions.allows(identity.claims, room, action)
 
-    async def refresh(self, sid: str, namespace: str, token: object) -> float | None:
+    async def refresh(
+        self,
+        sid: str,
+        namespace: str,
+        token: object,
+        earlier: Callable[[], Awaitable[None]] | None = None,
+    ) -> float | None:
         """Replace a socket's token with a fresh one of the same subject; rooms the new
-        claims do not allow are left. Its ``exp``; raises `TokenRefused`."""
+        claims do not allow are left, once ``earlier`` is done (a join authorized under
+        the old claims, say). Its ``exp``; raises `TokenRefused`."""
         if self.verifier is None:
             raise TokenRefused("tokens_not_checked")
         claims = self.verifier.verify(token)
@@ -110,6 +117,8 @@ class IdentityServer(GuardedServer):
             raise SubjectChanged
         identity.claims = claims
         self._schedule_expiry(key)
+        if earlier is not None:
+            await earlier()
         for room in await self._disallowed(claims, self.manager.get_rooms(sid, namespace), sid):
             await self.leave_room(sid, room, namespace=namespace)
         return claims.expires

@@ -33,8 +33,16 @@ class Gate(Protocol):
 
     async def allows(self, sid: str, namespace: str, room: str, action: Action) -> bool: ...
 
-    async def refresh(self, sid: str, namespace: str, token: object) -> float | None:
-        """Take a fresh token; its ``exp``. Raises `TokenRefused`."""
+    async def refresh(
+        self,
+        sid: str,
+        namespace: str,
+        token: object,
+        earlier: Callable[[], Awaitable[None]] | None = None,
+    ) -> float | None:
+        """Take a fresh token; its ``exp``. Raises `TokenRefused`. ``earlier``: awaited
+        before the rooms the new claims do not allow are left (the socket's requests
+        before this one acting first)."""
 
     def subject(self, sid: str, namespace: str) -> str | None:
         """The socket's subject (its token's ``sub``); None once it has gone."""

@@ -8,6 +8,11 @@ reply, never an exception.
 A publish whose ``id`` the client chose is produced once per client session: a repeat of
 an accepted id within the window is acked with ``"repeat": true`` and not produced again,
 on whichever node the session is recovered (`socketio_kafka.adapter.publishes`).
+
+A socket's requests act in the order it sent them, each in its turn (`Turns`, by sid):
+each is checked as it comes, and an async ``--authorize`` hook answers in any order.
+A publish's turn ends as its record takes its room's turn, so publishes still overlap
+their round trips to Kafka.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from socketio_kafka.adapter import (
 )
 from socketio_kafka.adapter.publishes import Turn, publisher_of, sessionless
 from socketio_kafka.adapter.routing import partition_of
+from socketio_kafka.adapter.turns import Holding, Turns
 
 from .errors import TokenRefused
 from .limits import ROOMS, NodeLimits
@@ -85,21 +91,25 @@ def register(
     """Install the ``join``/``leave``/``publish`` handlers on ``namespace``; ``limits``
     bounds the rooms a socket may join."""
 
+    # Each socket's place in line is taken as python-socketio starts its handler, before
+    # any await: handlers start in the order the packets came.
+    order = Turns()
+
     async def join(sid: str, *args: Any) -> Reply:
-        return await _reply(_enter(sio, sid, namespace, args, limits))
+        return await _reply(_enter(sio, sid, namespace, args, limits, order.turn(sid.encode())))
 
     async def leave(sid: str, *args: Any) -> Reply:
-        return await _reply(_leave(sio, sid, namespace, args))
+        return await _reply(_leave(sio, sid, namespace, args, order.turn(sid.encode())))
 
     async def publish(sid: str, *args: Any) -> Reply:
-        return await _reply(_publish(sio, sid, namespace, args))
+        return await _reply(_publish(sio, sid, namespace, args, order.turn(sid.encode())))
 
     sio.on("join", join, namespace=namespace)
     sio.on("leave", leave, namespace=namespace)
     sio.on("publish", publish, namespace=namespace)
 
     async def refresh(sid: str, *args: Any) -> Reply:
-        return await _reply(_refresh(sio, sid, namespace, args))
+        return await _reply(_refresh(sio, sid, namespace, args, order.turn(sid.encode())))
 
     sio.on("refresh", refresh, namespace=namespace)
 
@@ -120,27 +130,46 @@ async def _enter(
     namespace: str,
     args: tuple[Any, ...],
     limits: NodeLimits | None,
+    place: Holding,
 ) -> None:
-    room = _room(_payload(args))
-    await _authorize(sio, sid, namespace, room, "join")
-    if limits is not None:
-        rooms = sio.rooms(sid, namespace=namespace)
-        if room not in rooms and not limits.allow_room(len(rooms) - 1):  # its own sid room
-            raise _BadRequest(limits.refuse(ROOMS, sid))
     try:
-        await sio.enter_room(sid, room, namespace=namespace)
-    except ValueError as exc:  # python-socketio refuses to let a socket enter another's sid room
-        raise _BadRequest(str(exc)) from exc
+        room = _room(_payload(args))
+        await _authorize(sio, sid, namespace, room, "join")
+        await place.begin()
+        if limits is not None:
+            rooms = sio.rooms(sid, namespace=namespace)
+            if room not in rooms and not limits.allow_room(len(rooms) - 1):  # its sid room
+                raise _BadRequest(limits.refuse(ROOMS, sid))
+        try:
+            await sio.enter_room(sid, room, namespace=namespace)
+        except ValueError as exc:  # python-socketio: not another socket's sid room
+            raise _BadRequest(str(exc)) from exc
+    finally:
+        place.end()
 
 
 async def _leave(
-    sio: socketio.AsyncServer, sid: str, namespace: str, args: tuple[Any, ...]
+    sio: socketio.AsyncServer, sid: str, namespace: str, args: tuple[Any, ...], place: Holding
 ) -> None:
-    await sio.leave_room(sid, _room(_payload(args)), namespace=namespace)
+    try:
+        room = _room(_payload(args))
+        await place.begin()
+        await sio.leave_room(sid, room, namespace=namespace)
+    finally:
+        place.end()
 
 
 async def _publish(
-    sio: socketio.AsyncServer, sid: str, namespace: str, args: tuple[Any, ...]
+    sio: socketio.AsyncServer, sid: str, namespace: str, args: tuple[Any, ...], place: Holding
+) -> Reply:
+    try:
+        return await _publish_in_turn(sio, sid, namespace, args, place)
+    finally:
+        place.end()
+
+
+async def _publish_in_turn(
+    sio: socketio.AsyncServer, sid: str, namespace: str, args: tuple[Any, ...], place: Holding
 ) -> Reply:
     payload = _payload(args)
     room = _room(payload)
@@ -150,6 +179,7 @@ async def _publish(
     if "data" not in payload:
         raise _BadRequest("'data' is required")
     await _authorize(sio, sid, namespace, room, "publish")
+    await place.begin()
     cid = _correlation_id(payload)
     manager = sio.manager
     ledger = manager.publishes if isinstance(manager, AsyncKafkaManager) else None
@@ -159,6 +189,9 @@ async def _publish(
     subject = sio.subject(sid, namespace) if _is_gate(sio) else None
 
     async def produce() -> None:
+        # The socket's next request goes on once this record has its room's turn, which
+        # the emit takes before it first awaits.
+        place.end()
         # The manager's own emit: python-socketio's drops arguments it does not know.
         await manager.emit(
             event,
@@ -247,14 +280,17 @@ def _is_gate(sio: socketio.AsyncServer) -> bool:
 
 
 async def _refresh(
-    sio: socketio.AsyncServer, sid: str, namespace: str, args: tuple[Any, ...]
+    sio: socketio.AsyncServer, sid: str, namespace: str, args: tuple[Any, ...], place: Holding
 ) -> Reply:
-    if not isinstance(sio, Gate):
-        raise _BadRequest("tokens not checked")
     try:
-        return {"exp": await sio.refresh(sid, namespace, _payload(args).get("token"))}
+        if not isinstance(sio, Gate):
+            raise _BadRequest("tokens not checked")
+        token = _payload(args).get("token")
+        return {"exp": await sio.refresh(sid, namespace, token, earlier=place.begin)}
     except TokenRefused as exc:
         raise _BadRequest(str(exc)) from None
+    finally:
+        place.end()
 
 
 def _payload(args: tuple[Any, ...]) -> dict[str, Any]:

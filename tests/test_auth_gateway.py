@@ -312,6 +312,51 @@ async def test_a_refresh_as_the_token_expires_is_refused_not_acked_before_the_cu
             await alice.shutdown()
 
 
+async def test_a_sockets_requests_act_in_the_order_it_sent_them_whatever_the_hook_answers(
+    kafka_url: str, channel: str
+) -> None:
+    """An async ``--authorize`` hook answers in any order: a client's pipelined publishes
+    to one room were produced in the order its hook answered, a join then a leave left it
+    in the room, and a join authorized under its old token landed after a refresh had
+    pruned its rooms. In process, on real Kafka."""
+    settings = Settings(
+        channel=channel,
+        jwt_secret=SECRET,
+        jwt_audience=AUD,
+        jwt_issuer=ISS,
+        authorize="tests.support.authorize:uneven",
+    )
+    app = create_app(settings, kafka_url)
+    node = app.state.node
+    alice, bob = Recorder(""), Recorder("")
+    async with node.manager, run_server(app) as url:
+        try:
+            for recorder, sub in ((alice, "alice"), (bob, "bob")):
+                await recorder.client.connect(
+                    url, transports=["websocket"], auth={"recovery": False, "token": mint(sub)}
+                )
+            assert await bob.ask("join", {"room": "red:x"}) == {"ok": True}
+            published = [
+                alice.ask("publish", {"room": "red:x", "event": "said", "data": n})
+                for n in range(10)
+            ]
+            assert all(reply["ok"] for reply in await asyncio.gather(*published))
+            assert await bob.wait_for("said", 10) == list(range(10))
+            await asyncio.gather(
+                alice.ask("join", {"room": "red:slow"}), alice.ask("leave", {"room": "red:slow"})
+            )
+            assert "red:slow" not in node.sio.rooms(alice.sid())
+            banned = mint(banned=["blue:slow"])
+            joined, refreshed = await asyncio.gather(
+                alice.ask("join", {"room": "blue:slow"}), alice.ask("refresh", {"token": banned})
+            )
+            assert (joined["ok"], refreshed["ok"]) == (True, True)
+            assert "blue:slow" not in node.sio.rooms(alice.sid())
+        finally:
+            for recorder in (alice, bob):
+                await recorder.close()
+
+
 async def test_a_stolen_pid_gets_a_fresh_session_and_its_owner_recovers(
     node: GatewayProcess,
 ) -> None:

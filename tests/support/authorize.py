@@ -3,6 +3,8 @@ that asks a database would be)."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,3 +13,14 @@ async def team_rooms(claims: Mapping[str, Any], room: str, action: str) -> bool:
     if not room.startswith(f"{claims.get('team')}:"):
         return False
     return action == "join" or claims.get("role") == "writer"
+
+
+_calls = itertools.count()
+
+
+async def uneven(claims: Mapping[str, Any], room: str, action: str) -> bool:
+    """Allows any room but those of a ``banned`` claim; every other answer comes late (a
+    cache miss), as does any for a room named ``*:slow``."""
+    if next(_calls) % 2 == 0 or room.endswith(":slow"):
+        await asyncio.sleep(0.05)
+    return room not in claims.get("banned", ())

@@ -448,9 +448,7 @@ async def test_a_second_connect_that_claims_a_session_is_refused_and_leaves_it_c
                 assert sum(a.startswith("44") for a in answers) == 1, answers
                 await wait_until(lambda: not manager.is_connected(sid, "/"), 10, "ws closed")
                 await sio.emit("news", n, to="lobby")
-                await client.client.connect(
-                    url, transports=["websocket"], auth=client.client.connection_auth
-                )
+                await client.connect(url)
                 assert (client.client.recovered["/"], client.sid) == (True, sid)
                 assert await client.wait_count("news", n + 1) == list(range(n + 1))
         finally:
@@ -525,11 +523,7 @@ async def test_a_client_back_while_its_disconnect_handler_runs_recovers_into_its
             await client.drop_transport()
             await asyncio.wait_for(leaving.wait(), 10)
             caplog.set_level(logging.INFO, "socketio_kafka.recovery")
-            back = asyncio.create_task(
-                client.client.connect(
-                    url, transports=["websocket"], auth=client.client.connection_auth
-                )
-            )
+            back = asyncio.create_task(client.connect(url))
             await wait_until(
                 lambda: back.done() or "disconnect handler" in caplog.text, 10, "the claim"
             )
@@ -568,9 +562,7 @@ async def test_an_event_that_asks_for_an_ack_waits_for_the_replay_before_it(
             for n in range(3):
                 await sio.emit("news", n, to="lobby")
             sio._replay = paused_replay  # type: ignore[method-assign]
-            await client.client.connect(
-                url, transports=["websocket"], auth=client.client.connection_auth
-            )
+            await client.connect(url)
             await asyncio.wait_for(replaying.wait(), 10)
             stats, consumed = sio.kafka.stats, sio.kafka.stats.records_consumed
             await sio.emit("ask", "ok?", to=sid, callback=lambda *a: acks.append(a))
@@ -580,7 +572,10 @@ async def test_an_event_that_asks_for_an_ack_waits_for_the_replay_before_it(
             go.set()
             await client.wait_count("news", 4)
             await wait_until(lambda: acks == [()], 10, "the ack")
-            assert [name for name, _ in client.received] == ["news"] * 3 + ["ask", "news"]
+            names = [name for name, _ in client.received]
+            # After what was missed; the live "news" is another room's: in either order.
+            assert names[:3] == ["news"] * 3
+            assert sorted(names[3:]) == ["ask", "news"]
         finally:
             go.set()
             await client.close()

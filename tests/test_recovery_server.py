@@ -481,9 +481,7 @@ async def test_a_session_too_large_to_keep_loses_its_data_or_ends_and_no_other_w
                 await client.drop_transport()
             await app.sio.emit("news", {"n": 1}, to="room")
             for client in (alice, bob, carol):
-                await client.client.connect(
-                    url, transports=["websocket"], auth=client.client.connection_auth
-                )
+                await client.connect(url)
             assert alice.client.recovered["/"] is True
             assert await alice.wait_count("news", 1) == [{"n": 1}]
             assert await alice.client.call("whoami") == {"user": None, "recovered": True}

@@ -57,6 +57,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("socketio_kafka.bridge")
+#: What a dead-letter copy leaves to a record batch's own bytes under ``max_record_bytes``:
+#: a topic made with Kafka's default ``max.message.bytes`` (1 MiB and 12 bytes) takes it.
+_DEAD_LETTER_HEADROOM = 1024
 
 _POLL_MS = 1000
 _BATCH = 500
@@ -358,7 +361,8 @@ class TransactionalPump:
         if self.bridge.dead_letter is None:
             return []
         done.dead_lettered += 1
-        return [_dead_letter(self.bridge.dead_letter, record, reason)]
+        limit = self._options.max_record_bytes - _DEAD_LETTER_HEADROOM
+        return [_dead_letter(self.bridge.dead_letter, record, reason, limit)]
 
     def _add(self, done: BridgeStats) -> None:
         stats = self.stats
@@ -399,16 +403,39 @@ class TransactionalPump:
         await self._transfer(tp, records)
 
 
-def _dead_letter(topic: str, record: Record, reason: str) -> Send:
-    """The source record as it was, and where it came from and why it was refused."""
-    headers = [(name, value) for name, value in record.headers if value is not None]
-    headers += [
+def _dead_letter(topic: str, record: Record, reason: str, limit: int) -> Send:
+    """The source record as it was, and where it came from and why it was refused; past
+    ``limit`` bytes its value, then its key, then its headers are left out, their sizes
+    said: a copy Kafka refuses fails its batch's transaction on every retry, and stops
+    the bridge's partition."""
+    ours = [
         ("bridge.error", reason.encode()),
         ("bridge.topic", record.topic.encode()),
         ("bridge.partition", str(record.partition).encode()),
         ("bridge.offset", str(record.offset).encode()),
     ]
-    return topic, record.key, record.value, headers
+    theirs = [(name, value) for name, value in record.headers if value is not None]
+    key, value = record.key, record.value
+    parts = (
+        ("value", len(value or b"")),
+        ("key", len(key or b"")),
+        ("headers", sum(len(name) + len(v) for name, v in theirs)),
+    )
+    size = sum(n for _, n in parts) + sum(len(name) + len(v) for name, v in ours)
+    dropped = set()
+    for part, part_size in parts:
+        if size <= limit:
+            break
+        if part_size:
+            ours.append((f"bridge.{part}-bytes", str(part_size).encode()))
+            size -= part_size
+            dropped.add(part)
+    return (
+        topic,
+        None if "key" in dropped else key,
+        None if "value" in dropped else value,
+        ours if "headers" in dropped else theirs + ours,
+    )
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped

@@ -21,6 +21,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client.parser import text_string_to_metric_families
 
 from socketio_kafka.adapter import codec
@@ -87,6 +88,61 @@ class BridgeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]
+
+
+@pytest.mark.timeout(90)
+async def test_an_unreadable_record_does_not_send_a_quiet_partition_back_to_its_start(
+    kafka_bootstrap: str, kafka_url: str, channel: str, tmp_path: Path
+) -> None:
+    """A bridge reads past an unreadable record by seeking every partition back to where
+    its records stopped being handled. A partition the group never committed (quiet
+    since a bridge starting at "latest" joined) was sought to offset 0, and its whole
+    history bridged as live events."""
+    source, events = f"{channel}-src", f"{channel}.events"
+    await _create_topics(kafka_bootstrap, (source, 2, {}), (events, 6, {}))
+    key = next(k for k in (f"u{n}".encode() for n in range(100)) if _partition(k, 2) == 0)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    port = free_port()
+    config = _config(tmp_path / "b.toml", channel, source, start="latest")
+    bridge = BridgeProcess(config, kafka_url, metrics_port=port)
+    try:
+        for n in range(3):  # history, before the bridge's group began
+            old = json.dumps({"old": n}).encode()
+            await producer.send_and_wait(source, old, key=key, partition=1)
+        bridge.start()
+        # Bridged once the group's positions are taken: marks sent until one arrives.
+        for _ in range(30):
+            await producer.send_and_wait(source, b'{"mark": 1}', key=key, partition=0)
+            bridged = await _scrape_until(port, lambda m: m.get(("events", ""), 0), timeout=1)
+            if bridged.get(("events", "")):
+                break
+        else:
+            pytest.fail("none of 30 marks bridged")
+        writer = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "tests.support.unparsable", kafka_bootstrap, source),
+            key.decode(),
+            cwd=REPO,
+            env={**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"},
+        )
+        assert await asyncio.wait_for(writer.wait(), 60) == 0
+        metrics = await _scrape_until(port, lambda m: m.get(("records_skipped", "unreadable")))
+        assert metrics[("records_skipped", "unreadable")] == 1
+        bridged = await _read(kafka_bootstrap, events, 3, settle=1.0)
+        assert not [value for _, value in bridged if b"old" in value]
+        assert len(bridged) >= 3  # a mark, and the two good records around the unreadable
+    except BaseException:
+        print(bridge.log())
+        raise
+    finally:
+        await producer.stop()
+        bridge.stop()
+        bridge.log_path.unlink(missing_ok=True)
+
+
+def _partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as aiokafka's) gives ``key``."""
+    return DefaultPartitioner()(key, list(range(partitions)), list(range(partitions)))
 
 
 async def _create_topics(bootstrap: str, *topics: tuple[str, int, dict[str, str]]) -> None:
@@ -357,7 +413,7 @@ async def _read(
     return [(r.key, r.value) for r in found]
 
 
-async def _scrape_until(port: int, done: Any) -> dict[tuple[str, str], float]:
+async def _scrape_until(port: int, done: Any, timeout: float = 30) -> dict[tuple[str, str], float]:
     metrics: dict[tuple[str, str], float] = {}
 
     async def scrape() -> None:
@@ -369,7 +425,7 @@ async def _scrape_until(port: int, done: Any) -> dict[tuple[str, str], float]:
                 name = sample.name.removeprefix("socketio_kafka_bridge_").removesuffix("_total")
                 metrics[name, sample.labels.get("kind", "")] = sample.value
 
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout
     while True:
         with contextlib.suppress(httpx.TransportError):
             await scrape()

@@ -60,6 +60,9 @@ logger = logging.getLogger("socketio_kafka.bridge")
 #: What a dead-letter copy leaves to a record batch's own bytes under ``max_record_bytes``:
 #: a topic made with Kafka's default ``max.message.bytes`` (1 MiB and 12 bytes) takes it.
 _DEAD_LETTER_HEADROOM = 1024
+#: The first offset not yet committed, for a partition the group never committed: not
+#: known until a record comes (seeking it to 0 once bridged a topic's whole history).
+_UNCOMMITTED = -1
 
 _POLL_MS = 1000
 _BATCH = 500
@@ -276,8 +279,8 @@ class TransactionalPump:
                 if committed is not None:
                     consumer.seek(tp, committed)
                     self._next[tp] = resumed[tp] = committed
-                else:
-                    self._next[tp] = 0
+                else:  # the group's start (earliest, latest) decides: no seek
+                    self._next[tp] = _UNCOMMITTED
             await self._positioned(consumer, resumed)
             consumer.resume(*assigned)
 
@@ -390,7 +393,8 @@ class TransactionalPump:
 
         async with self._lock:
             for tp, start in self._next.items():
-                consumer.seek(tp, start)
+                if start != _UNCOMMITTED:  # else still where the group's start put it
+                    consumer.seek(tp, start)
             await read_past_unreadable(consumer, list(self._next), self._take_one, skip)
             for tp, end in passed.items():
                 producer = self._producers.get(tp)

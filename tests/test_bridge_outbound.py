@@ -332,6 +332,55 @@ async def test_the_secure_gateways_subject_goes_out_and_so_does_a_publish_withou
     await alice.close()
 
 
+@pytest.mark.kafka
+@pytest.mark.timeout(90)
+async def test_a_route_down_longer_than_its_window_still_knows_a_repeat_after_it(
+    kafka_bootstrap: str, kafka_url: str, channel: str, tmp_path: Path
+) -> None:
+    """A route resumes by reading a window of publish ids before where it stopped. The
+    window was measured back from the clock: a route down longer than it read nothing
+    back, and a resend written meanwhile (an hour's old records here, one second apart)
+    went out a second time."""
+    events, topic = f"{channel}.events", f"{channel}.out"
+    await _create_topics(kafka_bootstrap, (events, 1, {}), (topic, 1, {}))
+    config = tmp_path / "bridges.toml"
+    config.write_text(
+        f'[kafka]\nchannel = "{channel}"\n\n[[outbound]]\nname = "chat"\n'
+        f'topic = "{topic}"\nrooms = ["chat:*"]\nwindow = 60\ngroup = "{channel}.out"\n'
+    )
+    hour_ago = int(time.time() * 1000) - 3_600_000
+    first, mark = _event(ROOM, "said", 1, "x-1"), _event(ROOM, "said", 2, "x-2")
+    reader = OutboundReader(kafka_bootstrap, topic)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    bridge = BridgeProcess(config, kafka_url, metrics_port=free_port())
+    await reader.start()
+    await producer.start()
+    try:
+        await _write(producer, events, first, hour_ago)
+        bridge.start()
+        await wait_until(lambda: "x-1" in reader.ids(), 30, "the publish out")
+        bridge.stop()
+        await _write(producer, events, first, hour_ago + 1000)  # its resend, a second later
+        await _write(producer, events, mark, hour_ago + 2000)
+        bridge.start()
+        await wait_until(lambda: "x-2" in reader.ids(), 30, "the mark out")
+        assert reader.ids() == ["x-1", "x-2"]
+    except BaseException:
+        print(bridge.log())
+        raise
+    finally:
+        bridge.stop()
+        bridge.log_path.unlink(missing_ok=True)
+        await producer.stop()
+        await reader.stop()
+
+
+async def _write(producer: AIOKafkaProducer, topic: str, record: Any, at: int) -> None:
+    """``record`` (key, value, headers) to ``topic``, timestamped ``at`` (ms)."""
+    headers = list(record.headers)
+    await producer.send_and_wait(topic, record.value, record.key, headers=headers, timestamp_ms=at)
+
+
 async def _records(bootstrap: str, topic: str) -> dict[str, Any]:
     """The topic's records to its end now, by correlation id (the first of each)."""
     consumer = AIOKafkaConsumer(

@@ -8,14 +8,14 @@ publish written twice to the events topic (a client's resend that raced its old 
 the partition's order, as nodes deliver it. The pump reads the events topic in the
 inbound bridges' transactional loop (`transactional.py`), so a publish goes out exactly
 when its offset is committed. What the loop's memory of publish ids would lose in a
-restart it reads again: a partition taken is read from a window before its committed
-offset, those records only noted (`OutboundPump._positioned`).
+restart it reads again: a partition taken is read from a window before the first record
+it handles, those records only noted (`OutboundPump._look_back`).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import time
+from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -58,21 +58,34 @@ class OutboundPump(TransactionalPump):
 
     async def run(self) -> None:
         self._ledger = _ledger(self.bridge)
+        #: Partitions taken at a committed offset, until their first record is read.
+        self._resumed: set[TopicPartition] = set()
         await super().run()
 
     async def _positioned(
         self, consumer: AIOKafkaConsumer, committed: dict[TopicPartition, int]
     ) -> None:
-        """Read each partition again from a window before its committed offset: the publish
-        ids written there, for a repeat after it to be known as one."""
-        if not committed:
-            return
-        since = int((time.time() - self.bridge.window_s) * 1000)
-        found = await consumer.offsets_for_times({tp: since for tp in committed})
-        for tp, offset in committed.items():
-            at = found.get(tp)
-            if at is not None and at.offset < offset:
-                consumer.seek(tp, at.offset)
+        self._resumed.update(committed)
+
+    async def _transfer(self, tp: TopicPartition, records: Sequence[Record]) -> None:
+        if tp in self._resumed and records:
+            self._resumed.discard(tp)
+            if await self._look_back(tp, records[0]):
+                return  # read again once the window before it is
+        await super()._transfer(tp, records)
+
+    async def _look_back(self, tp: TopicPartition, first: Record) -> bool:
+        """Seek ``tp`` back a window before the first record it resumes at, for the publish
+        ids written there: a repeat of one of them is known as one. The window is the
+        records', not the clock's: a pump down longer than it once looked back from now,
+        saw nothing, and wrote a repeat out again. True when it sought back."""
+        assert self._consumer is not None
+        since = first.timestamp - int(self.bridge.window_s * 1000)
+        found = (await self._consumer.offsets_for_times({tp: since})).get(tp)
+        if found is None or found.offset >= first.offset:
+            return False
+        self._consumer.seek(tp, found.offset)
+        return True
 
     def _seen_before(self, record: Record) -> None:
         self._ledger.first(record.partition, record.offset, record.headers)

@@ -392,6 +392,11 @@ class SharedReplays:
         if self._buffered < self.limit and self._buffered_bytes < self.limit_bytes:
             self._room.set()
 
+    @property
+    def stalled(self) -> bool:
+        """Whether cursors wait for sessions to take what they found (`room`)."""
+        return not self._room.is_set()
+
     async def room(self) -> None:
         """Wait until the buffers hold fewer than ``limit`` found records, and fewer than
         ``limit_bytes`` of them."""

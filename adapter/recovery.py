@@ -30,7 +30,7 @@ from engineio.base_server import BaseServer as EngineIOBaseServer
 from socketio import packet
 
 from . import offsets
-from .cursor import REPLAY_BUFFER, REPLAY_BUFFER_BYTES
+from .cursor import REPLAY_BUFFER, REPLAY_BUFFER_BYTES, Replay
 from .errors import BrokerUnavailable, ConfigError, PublishError
 from .fanout import event_packets
 from .manager import AsyncKafkaManager
@@ -68,6 +68,9 @@ _JUDGMENTS = 3
 #: socket is cut as reading slower than its rooms are written.
 _READ_ON = 4
 _MAX_RETRY_S = 5.0
+#: How long a replay waits for its client to read while other replays on the node wait
+#: for the room its found records take, before its socket is cut (`_paced`).
+_STALL_S = 5.0
 #: The node's background tasks (`AsyncKafkaManager.supervise`) that write session records.
 _WRITER = "session-writer"
 _RETRIER = "session-retry"
@@ -786,10 +789,29 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
                     if queue.above_low_water:
                         # Paced by the client: never more than the low-water mark queued.
                         # One that does not read meets the replay timeout here, and is cut.
-                        await queue.drained()
+                        await self._paced(eio_sid, queue, replay)
                 # The socket's writer runs now: the client reads this while more is read.
                 await asyncio.sleep(0)
         return count
+
+    async def _paced(self, eio_sid: str, queue: Outbox, replay: Replay) -> None:
+        """Wait until the client has read its queue down to the low-water mark; cut it
+        (its session kept) once it has not for `_STALL_S` while the node's replays wait
+        for room that records found for it hold. A few clients that stopped reading
+        during a mass reconnect once held the node's whole replay buffer, and every other
+        recovery on the node waited for their timeout (a minute), then timed out too."""
+        replays = self.kafka.shared_replays
+        while True:
+            try:
+                async with asyncio.timeout(_STALL_S):
+                    await queue.drained()
+            except TimeoutError:
+                if replays.stalled and replay.held:
+                    logger.info("replay to %s cut: its client reads too slowly", eio_sid)
+                    self.kafka.cut_slow_consumer(eio_sid)
+                    return
+            else:
+                return
 
     async def _replay_then_release(
         self,

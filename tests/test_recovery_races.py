@@ -18,9 +18,11 @@ from websockets.asyncio.client import ClientConnection
 
 from socketio_kafka.adapter import (
     AsyncKafkaManager,
+    KafkaOptions,
     OutboxLimits,
     PublishError,
     RecoveringAsyncServer,
+    recovery,
 )
 from socketio_kafka.gateway.websocket import CoalescingWebSocketProtocol
 
@@ -684,3 +686,53 @@ async def test_a_replay_paced_by_a_client_that_then_goes_ends_at_once(
             assert sio.recoveries["recovered", ""] == 0
         finally:
             await client.close()
+
+
+async def test_clients_that_stop_reading_mid_replay_do_not_hold_up_the_nodes_other_recoveries(
+    kafka_url: str, channel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records found for a replay count against the node's replay buffer until it takes
+    them. A few clients that stopped reading mid-replay (a mass reconnect's mobile
+    clients) held the whole of it: every other recovery on the node waited for their
+    replay timeout, a minute, and met its own. One waiting on its client while others
+    wait for room is cut (its session kept) after a few seconds, here half of one."""
+    monkeypatch.setattr(recovery, "_STALL_S", 0.5)
+    manager = AsyncKafkaManager(
+        kafka_url,
+        channel=channel,
+        options=KafkaOptions(replay_history_bytes=0),  # every replay reads Kafka
+        limits=OutboxLimits(max_packets=400),  # waits past 100 queued: small sockets
+    )
+    sio = RecoveringAsyncServer(
+        client_manager=manager,
+        async_mode="asgi",
+        connection_state_recovery={"replay_batch": 10, "replay_buffer": 25},
+    )
+    clients = [RecoveringRecorder() for _ in range(4)]
+    healthy, stuck = clients[0], clients[1:]
+    app = socketio.ASGIApp(sio)
+    async with manager, run_server(app, ws=CoalescingWebSocketProtocol) as url:
+        try:
+            for client in clients:
+                await client.connect(url)
+                await sio.enter_room(client.sid, "lobby")
+                assert await sio.session_saved(client.sid)
+                await client.drop_transport()
+            text, total = "x" * 2_000, 5_000
+            for n in range(total):  # 10 MB: past what socket buffers take
+                await sio.emit("news", {"n": n, "text": text}, to="lobby")
+            async with contextlib.AsyncExitStack() as readers_gone:
+                for client in stuck:  # each claims, then reads nothing
+                    ws = await readers_gone.enter_async_context(
+                        websocket_session(url, connect=False)
+                    )
+                    await send(ws, "40" + json.dumps(client.client._recovery_auth(None, "/")))
+                await wait_until(lambda: manager.shared_replays.stalled, 15, "the buffer full")
+                await healthy.connect(url)
+                assert healthy.client.recovered["/"] is True
+                await healthy.wait_count("news", total, timeout=30)
+                assert [e["n"] for e in healthy.events("news")] == list(range(total))
+                assert manager.stats.slow_consumers_cut >= 1
+        finally:
+            for client in clients:
+                await client.close()

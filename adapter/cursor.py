@@ -298,8 +298,11 @@ class SharedReplays:
         return all(self._serve(window, reader) for window in windows)
 
     def _serve(self, window: Window, reader: _Reader) -> bool:
-        """Offer ``reader`` what ``window`` holds of its range, a batch of found records at
-        most; True when it has all of that and needs what lies past the window."""
+        """Offer ``reader`` what ``window`` holds of its range, up to a batch of found
+        records in its session's buffer (what it holds already counts: the history's
+        windows are served one after another, and a session once took its whole share
+        of them, 64,000 records in one step of the event loop); True when it has all of
+        that and needs what lies past the window."""
         replay = reader.replay
         audience = replay.audience
         last = min(reader.stop, window.hi)
@@ -310,7 +313,7 @@ class SharedReplays:
             found = taken = size = 0
             for at in window.candidates(audience, reader.next, last):
                 offset = window.offsets[at]
-                if found >= self.batch or size >= self.batch_bytes:
+                if replay.held >= self.batch or replay.held_bytes >= self.batch_bytes:
                     resume = offset
                     break
                 taken += 1

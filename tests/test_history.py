@@ -62,6 +62,19 @@ async def test_a_replay_larger_than_a_batch_is_served_in_batches_in_order() -> N
     assert consumers == []
 
 
+@pytest.mark.usefixtures("small_segments")
+async def test_a_replay_takes_a_batch_at_a_time_across_its_segments() -> None:
+    """Each segment was offered a batch of its own: a session took its whole share of the
+    history (64,000 records at the defaults) in one step of the event loop."""
+    log = fakelog.rooms(3000, "ab")
+    hub, _ = fakelog.hub(log, batch=100)
+    hub.history, _ = _fed(log)
+    async with fakelog.open_replay(hub, "a", 0, 3000) as replay:
+        batches = [[offset for _, offset, _ in found] async for found in replay]
+    assert [offset for batch in batches for offset in batch] == list(range(0, 3000, 2))
+    assert max(map(len, batches)) == 100
+
+
 async def test_a_replay_from_before_it_reads_kafka_then_only_what_precedes_it() -> None:
     """Positioned at 40 (a node started then): 0-39 come from Kafka, the rest from memory."""
     log = fakelog.rooms(100, "ab")

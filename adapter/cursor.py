@@ -326,6 +326,11 @@ class SharedReplays:
             self.stats.replay_records_reused += taken
             self.buffered(found, size)
         window.report()
+        if self._windows.get(reader.partition) is window and self.window_bytes > WINDOW_BYTES:
+            # A pass's window stops growing at the bound, but what sessions decode from it
+            # does not (stragglers of other rooms took it to 6 times the bound): decoded
+            # again by the next session that takes them. (The history bounds its own.)
+            window.forget_decoded()
         reader.next = resume
         if reader.next >= reader.stop:
             replay.done(reader)

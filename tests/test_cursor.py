@@ -132,6 +132,23 @@ async def test_windows_stay_within_their_bound_and_expire(
     assert hub.stats.replay_records_read == read + 300
 
 
+async def test_what_sessions_decode_from_a_window_stays_within_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pass's window stopped growing at the bound; the copies other rooms' sessions
+    decoded from it afterwards did not (6 times the bound in a helper's run)."""
+    monkeypatch.setattr(cursor, "WINDOW_BYTES", 100_000)
+    hub, _ = fakelog.hub(fakelog.rooms(3000, "abcdefghij"), batch=500)
+    assert await fakelog.offsets(fakelog.open_replay(hub, "a", 0, 3000)) == list(range(0, 3000, 10))
+    hi = hub._windows[0].hi
+    for n, room in enumerate("bcdefghij", start=1):
+        served = await fakelog.offsets(fakelog.open_replay(hub, room, 0, hi))
+        assert served == list(range(n, hi, 10))
+        # One session's decoded copies past the bound at most: its room's 50 or so records
+        # in the window, about 1,150 B each.
+        assert hub.window_bytes < 100_000 + 100_000
+
+
 async def test_the_node_wide_bound_holds_while_sessions_do_not_take() -> None:
     """Slow sessions leave the pass with a batch held, and join again where they stopped:
     nothing lost, nothing twice, nothing out of order."""

@@ -264,12 +264,16 @@ class SharedReplays:
         self._buffered_bytes = 0
         self._room = asyncio.Event()
         self._room.set()
+        self._closing = False
 
     def open(self, start: Sequence[int], stop: Sequence[int], audience: routing.Audience) -> Replay:
         """What ``audience`` receives in ``[start, stop)`` of the topic, read back."""
         return Replay(self, audience, start, stop)
 
     def join(self, reader: _Reader) -> None:
+        if self._closing:
+            reader.replay.fail(BrokerUnavailable("the node's replays are stopping"))
+            return
         history = self.history
         if history is not None and not self._serve_history(history, reader):
             return
@@ -418,11 +422,21 @@ class SharedReplays:
                 self._linger(cursor.partition, window)
 
     async def close(self) -> None:
-        for partition, window in list(self._windows.items()):
-            self._drop(partition, window)
-        cursors, self._cursors = list(self._cursors.values()), {}
-        for cursor in cursors:
-            await cursor.cancel()
+        """Stop every cursor (their sessions fail) and drop the windows. Every cursor is
+        told before any is awaited (each stops a consumer: network I/O): a session closed
+        meanwhile once found its cursor forgotten and others kept filling its buffer, and
+        one that came meanwhile started a cursor nothing stopped. Those fail now."""
+        self._closing = True
+        try:
+            for partition, window in list(self._windows.items()):
+                self._drop(partition, window)
+            cursors = list(self._cursors.values())
+            for cursor in cursors:
+                cursor.stop()
+            for cursor in cursors:
+                await cursor.cancel()
+        finally:
+            self._closing = False  # a manager started again reads again
 
 
 class _Cursor:
@@ -459,6 +473,10 @@ class _Cursor:
         if reader in self.joined:
             self.joined.discard(reader)
             self._index = None
+
+    def stop(self) -> None:
+        """Cancel its task: it offers nothing more from here on."""
+        self._task.cancel()
 
     async def cancel(self) -> None:
         self._task.cancel()

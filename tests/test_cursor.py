@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
-from socketio_kafka.adapter import cursor
+from socketio_kafka.adapter import cursor, routing
 from socketio_kafka.adapter.cursor import SharedReplays
 
 from .support import fakelog
@@ -232,3 +232,29 @@ async def test_a_failed_read_fails_every_session_it_served() -> None:
     for task in tasks:
         with pytest.raises(KafkaConnectionError):
             await task
+
+
+async def test_a_session_closed_as_the_node_stops_its_replays_is_left_holding_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stopping the cursors one after another (each stops a consumer: network I/O), the
+    node once forgot them all first: a session closed meanwhile could not leave the ones
+    still running, which went on filling its buffer against the node's bound for good."""
+    stopping, stopped = asyncio.Event(), asyncio.Event()
+
+    async def slow_stop(self: fakelog.FakeConsumer) -> None:
+        stopping.set()
+        await stopped.wait()
+
+    monkeypatch.setattr(fakelog.FakeConsumer, "stop", slow_stop)
+    hub, _ = fakelog.hub(fakelog.rooms(50_000, "ab"), batch=10, limit=1000)
+    replay = hub.open((0, 0), (50_000, 50_000), routing.Audience.of("/", "sid-a", ["a"]))
+    async with replay:
+        assert await anext(replay)  # both partitions' cursors under way
+        closing = asyncio.create_task(hub.close())
+        await asyncio.wait_for(stopping.wait(), 5)
+    for _ in range(20):  # the other cursor's turns, were it still running
+        await asyncio.sleep(0)
+    stopped.set()
+    await closing
+    assert (replay.held, hub.held) == (0, 0)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,19 @@ class BridgeProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]
 
+    @contextlib.contextmanager
+    def running(self) -> Iterator[BridgeProcess]:
+        """Started; stopped at the end, its log printed if what ran inside failed."""
+        self.start()
+        try:
+            yield self
+        except BaseException:
+            print(self.log())
+            raise
+        finally:
+            self.stop()
+            self.log_path.unlink(missing_ok=True)
+
 
 @pytest.mark.timeout(90)
 async def test_an_unreadable_record_does_not_send_a_quiet_partition_back_to_its_start(
@@ -110,34 +123,34 @@ async def test_an_unreadable_record_does_not_send_a_quiet_partition_back_to_its_
         for n in range(3):  # history, before the bridge's group began
             old = json.dumps({"old": n}).encode()
             await producer.send_and_wait(source, old, key=key, partition=1)
-        bridge.start()
-        # Bridged once the group's positions are taken: marks sent until one arrives.
-        for _ in range(30):
-            await producer.send_and_wait(source, b'{"mark": 1}', key=key, partition=0)
-            bridged = await _scrape_until(port, lambda m: m.get(("events", ""), 0), timeout=1)
-            if bridged.get(("events", "")):
-                break
-        else:
-            pytest.fail("none of 30 marks bridged")
-        writer = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "tests.support.unparsable", kafka_bootstrap, source),
-            key.decode(),
-            cwd=REPO,
-            env={**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"},
-        )
-        assert await asyncio.wait_for(writer.wait(), 60) == 0
-        metrics = await _scrape_until(port, lambda m: m.get(("records_skipped", "unreadable")))
-        assert metrics[("records_skipped", "unreadable")] == 1
-        bridged = await _read(kafka_bootstrap, events, 3, settle=1.0)
-        assert not [value for _, value in bridged if b"old" in value]
-        assert len(bridged) >= 3  # a mark, and the two good records around the unreadable
-    except BaseException:
-        print(bridge.log())
-        raise
+        with bridge.running():
+            await _bridged_once_positioned(producer, source, key, port)
+            writer = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "tests.support.unparsable", kafka_bootstrap, source),
+                key.decode(),
+                cwd=REPO,
+                env={**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"},
+            )
+            assert await asyncio.wait_for(writer.wait(), 60) == 0
+            metrics = await _scrape_until(port, lambda m: m.get(("records_skipped", "unreadable")))
+            assert metrics[("records_skipped", "unreadable")] == 1
+            bridged = await _read(kafka_bootstrap, events, 3, settle=1.0)
+            assert not [value for _, value in bridged if b"old" in value]
+            assert len(bridged) >= 3  # a mark, and the two good records around the unreadable
     finally:
         await producer.stop()
-        bridge.stop()
-        bridge.log_path.unlink(missing_ok=True)
+
+
+async def _bridged_once_positioned(
+    producer: AIOKafkaProducer, source: str, key: bytes, port: int
+) -> None:
+    """Marks sent to partition 0 until one is bridged: the group's positions are taken."""
+    for _ in range(30):
+        await producer.send_and_wait(source, b'{"mark": 1}', key=key, partition=0)
+        bridged = await _scrape_until(port, lambda m: m.get(("events", ""), 0), timeout=1)
+        if bridged.get(("events", "")):
+            return
+    pytest.fail("none of 30 marks bridged")
 
 
 def _partition(key: bytes, partitions: int) -> int:
@@ -331,9 +344,7 @@ async def test_poison_records_are_counted_skipped_and_dead_lettered(
     assert await asyncio.wait_for(writer.wait(), 60) == 0
     port = free_port()
     config = _config(tmp_path / "b.toml", channel, source, dead_letter=dead, tombstone="gone")
-    bridge = BridgeProcess(config, kafka_url, metrics_port=port)
-    bridge.start()
-    try:
+    with BridgeProcess(config, kafka_url, metrics_port=port).running():
         # Before any node made the events topic, the bridge waits (supervised, restarted).
         restarts = ("socketio_kafka_task_restarts", "")
         assert (await _scrape_until(port, lambda m: m.get(restarts, 0) >= 1))[restarts] >= 1
@@ -359,12 +370,6 @@ async def test_poison_records_are_counted_skipped_and_dead_lettered(
         assert metrics[("events", "")] == good + 3
         # Nothing more than that reaches the events topic.
         assert len(await _read(kafka_bootstrap, events, good + 3, settle=1.0)) == good + 3
-    except BaseException:
-        print(bridge.log())
-        raise
-    finally:
-        bridge.stop()
-        bridge.log_path.unlink(missing_ok=True)
 
 
 async def _wait_stable(bootstrap: str, group: str, members: list[BridgeProcess]) -> None:

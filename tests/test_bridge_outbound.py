@@ -357,20 +357,14 @@ async def test_a_route_down_longer_than_its_window_still_knows_a_repeat_after_it
     await producer.start()
     try:
         await _write(producer, events, first, hour_ago)
-        bridge.start()
-        await wait_until(lambda: "x-1" in reader.ids(), 30, "the publish out")
-        bridge.stop()
+        with bridge.running():
+            await wait_until(lambda: "x-1" in reader.ids(), 30, "the publish out")
         await _write(producer, events, first, hour_ago + 1000)  # its resend, a second later
         await _write(producer, events, mark, hour_ago + 2000)
-        bridge.start()
-        await wait_until(lambda: "x-2" in reader.ids(), 30, "the mark out")
+        with bridge.running():
+            await wait_until(lambda: "x-2" in reader.ids(), 30, "the mark out")
         assert reader.ids() == ["x-1", "x-2"]
-    except BaseException:
-        print(bridge.log())
-        raise
     finally:
-        bridge.stop()
-        bridge.log_path.unlink(missing_ok=True)
         await producer.stop()
         await reader.stop()
 

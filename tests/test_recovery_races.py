@@ -52,6 +52,15 @@ def _joining(kafka_url: str, channel: str) -> RecoveringAsyncServer:
     return server
 
 
+async def _in_lobby_then_dropped(client: RecoveringRecorder, url: str) -> str:
+    """``client`` connected to ``url``, in room "lobby", then its transport dropped: its sid."""
+    await client.connect(url)
+    sid = client.sid
+    assert await client.client.call("join", "lobby") is True
+    await client.drop_transport()
+    return sid
+
+
 @contextlib.asynccontextmanager
 async def _serving(*servers: RecoveringAsyncServer) -> AsyncIterator[list[str]]:
     """The servers' managers started, then each served: their URLs."""
@@ -391,10 +400,7 @@ async def test_a_connection_closed_while_its_claim_was_judged_leaves_the_session
     again = RecoveringRecorder()
     async with manager, run_server(socketio.ASGIApp(sio)) as url:
         try:
-            await client.connect(url)
-            sid = client.sid
-            assert await client.client.call("join", "lobby") is True
-            await client.drop_transport()
+            sid = await _in_lobby_then_dropped(client, url)
             await wait_until(lambda: not manager.is_connected(sid, "/"), 10, "the drop noticed")
             manager.store.find = slow_find
             for claimant in (gave_up, again):
@@ -519,10 +525,7 @@ async def test_a_client_back_while_its_disconnect_handler_runs_recovers_into_its
     client = RecoveringRecorder()
     async with _serving(sio) as [url]:
         try:
-            await client.connect(url)
-            sid = client.sid
-            assert await client.client.call("join", "lobby") is True
-            await client.drop_transport()
+            sid = await _in_lobby_then_dropped(client, url)
             await asyncio.wait_for(leaving.wait(), 10)
             caplog.set_level(logging.INFO, "socketio_kafka.recovery")
             back = asyncio.create_task(client.connect(url))
@@ -557,10 +560,7 @@ async def test_an_event_that_asks_for_an_ack_waits_for_the_replay_before_it(
     client = RecoveringRecorder()
     async with _serving(sio) as [url]:
         try:
-            await client.connect(url)
-            sid = client.sid
-            assert await client.client.call("join", "lobby") is True
-            await client.drop_transport()
+            sid = await _in_lobby_then_dropped(client, url)
             for n in range(3):
                 await sio.emit("news", n, to="lobby")
             sio._replay = paused_replay  # type: ignore[method-assign]

@@ -287,8 +287,13 @@ class SessionStore:
         """
         turns = [self._turns.turn(key) for key, _ in values]
         async with contextlib.AsyncExitStack() as held:
+            # Each turn ends with the write, begun or not: a write cancelled while it
+            # waited for one once left the rest taken for good, and every later write of
+            # their pids waiting behind them.
             for turn in turns:
-                await held.enter_async_context(turn)
+                held.callback(turn.end)
+            for turn in turns:
+                await turn.begin()
             publisher = await self._publisher()
             delivery = await publisher.enqueue(self.topic, values, publisher.deadline())
         return await publisher.confirm(delivery)

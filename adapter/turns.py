@@ -96,7 +96,7 @@ class Holding:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._leave()
+        self.end()
 
     begin = __aenter__
 

@@ -122,3 +122,30 @@ async def test_a_sessions_records_reach_kafka_in_the_order_written_while_one_wai
     written = [decode_session(v) for v in producer.sent if v]
     assert [(w.pid, w.rooms) for w in written] == [("q", ()), ("p", ()), ("p", ("r",))]
     await publisher.stop()
+
+
+async def test_a_write_cancelled_waiting_for_a_turn_leaves_no_pid_waiting_for_good() -> None:
+    """A write of several pids takes their turns at once and waits for them one by one.
+    Cancelled while it waited (the node stopping), the turns it had not reached were never
+    ended: every later write of those pids waited for good."""
+    producer = _StallingProducer()
+    publisher = Publisher(lambda: producer, timeout_s=5, logger=logging.getLogger("t"))
+    await publisher.start()
+
+    async def ready() -> Publisher:
+        return publisher
+
+    store = SessionStore(
+        "c.sessions", "node", ManagerStats(), ready, Watermarks(lambda: None), logging.getLogger,
+        max_record_bytes=1024,
+    )  # fmt: skip
+    first = asyncio.create_task(store.write({"a": None}))
+    await asyncio.wait_for(producer.stalled.wait(), 5)  # a's turn held
+    both = asyncio.create_task(store.write({"a": None, "b": None}))
+    await asyncio.sleep(0)  # waiting for a's turn
+    both.cancel()
+    await asyncio.gather(both, return_exceptions=True)
+    producer.release.set()
+    await asyncio.wait_for(first, 5)
+    await asyncio.wait_for(store.write({"b": None}), 5)
+    assert len(store._turns) == 0

@@ -220,6 +220,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         self._start_task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._start_lock = asyncio.Lock()
+        #: Set by `stop`, cleared by `start`: nothing else starts the manager meanwhile.
+        self._stopped = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -257,6 +259,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         Before ready the sessions table is not read yet: a node that just started must
         not judge a recovery claim (nor hand out a session) until it is.
         """
+        if self._stopped:
+            return False
         if not self._ready.is_set():
             self._start_in_background()
             try:
@@ -301,12 +305,19 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         would lose events raises `TopicLayoutError`, refused credentials or a failed TLS
         handshake `SecurityError`. Safe to call twice.
         """
+        self._stopped = False
+        await self._start()
+
+    async def _start(self) -> None:
         async with self._start_lock:
-            if self._ready.is_set():
+            if self._ready.is_set() or self._stopped:
                 return
             fold_kafka_client_logs()
             logger = self._get_logger()
             await self._retry(self._connect, "connect")
+            if self._stopped:  # stopped while it connected: nothing may run on
+                await self._close_clients()
+                return
             supervisor = self._supervisor = Supervisor(logger, self.options.retry_backoff_max_s)
             self._watch = BrokerWatch(self._probe, lambda: self.stats.publish_errors, logger)
             supervisor.start("broker-watch", self._watch.run)
@@ -325,7 +336,10 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             )
 
     async def stop(self) -> None:
-        """Stop consuming, flush what was produced, close every connection. Safe to call twice."""
+        """Stop consuming, flush what was produced, close every connection. Safe to call
+        twice. Nothing starts it again but `start`: a publish or a claim while it stopped
+        once started it anew in the background, heartbeat and all, after stop returned."""
+        self._stopped = True
         self._ready.clear()
         task, self._start_task = self._start_task, None
         if task is not None and not task.done():
@@ -461,12 +475,12 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
     # -- internals ---------------------------------------------------------------------
 
     def _start_in_background(self) -> None:
-        if self._start_task is None and not self._ready.is_set():
+        if self._start_task is None and not self._ready.is_set() and not self._stopped:
             self._start_task = asyncio.create_task(self._start_logged())
 
     async def _start_logged(self) -> None:
         try:
-            await self.start()
+            await self._start()
         except asyncio.CancelledError:
             raise
         except SocketIOKafkaError as exc:  # its message names the cause; no traceback
@@ -475,6 +489,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             self._get_logger().exception("kafka manager failed to start")
 
     async def _ready_publisher(self) -> Publisher:
+        if self._stopped:
+            raise BrokerUnavailable("the Kafka manager is stopped")
         if not await self.wait_ready():
             raise BrokerUnavailable(
                 f"Kafka at {','.join(self.bootstrap_servers)} not reachable within "

@@ -10,7 +10,7 @@ import socketio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions
+from socketio_kafka.adapter import AsyncKafkaManager, BrokerUnavailable, KafkaOptions
 
 from .support.layout import refused_start
 from .support.server import run_server
@@ -39,6 +39,28 @@ async def test_start_and_stop_are_safe_twice_and_create_the_topic(
     finally:
         await admin.close()
     assert len(topic["partitions"]) == 3
+
+
+async def test_a_publish_as_the_manager_stops_does_not_start_it_again(
+    kafka_url: str, channel: str
+) -> None:
+    """A publish that found the manager not ready started it in the background; one made
+    as it stopped (an app's handler still running) started it again after `stop`
+    returned: Kafka clients, heartbeat and all, running on. It is refused now, and only
+    `start` starts a stopped manager."""
+    manager = AsyncKafkaManager(kafka_url, channel)
+    await manager.start()
+    late = asyncio.create_task(manager.emit("e", {"x": 1}, room="r"))
+    await manager.stop()
+    [outcome] = await asyncio.gather(late, return_exceptions=True)
+    assert isinstance(outcome, BrokerUnavailable), outcome
+    assert (manager.ready, manager._start_task) == (False, None)
+    assert not await manager.wait_ready()
+    await manager.start()  # a manager stopped starts again when told to
+    try:
+        await manager.emit("e", {"x": 2}, room="r")
+    finally:
+        await manager.stop()
 
 
 @pytest.mark.parametrize(

@@ -93,7 +93,9 @@ class IdentityServer(GuardedServer):
         if self.verifier is None:
             return True
         identity = self._identity(sid, namespace)
-        return identity is not None and await self.permissions.allows(identity.claims, room, action)
+        if identity is None or identity.expired:  # expired: its disconnect is under way
+            return False
+        return await self.permissions.allows(identity.claims, room, action)
 
     async def refresh(
         self,

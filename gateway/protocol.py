@@ -136,6 +136,10 @@ async def _enter(
         room = _room(_payload(args))
         await _authorize(sio, sid, namespace, room, "join")
         await place.begin()
+        if not sio.manager.is_connected(sid, namespace):
+            # Gone while it was authorized: python-socketio would make the room, then
+            # fail to put the socket in it, and leave the room behind for good.
+            raise _BadRequest("the connection is closed")
         if limits is not None:
             rooms = sio.rooms(sid, namespace=namespace)
             if room not in rooms and not limits.allow_room(len(rooms) - 1):  # its sid room

@@ -22,6 +22,7 @@ from socketio_kafka.adapter import AsyncRecoveringClient
 from socketio_kafka.gateway.app import create_app
 from socketio_kafka.gateway.settings import Settings
 
+from .support import authorize
 from .support.clients import Recorder
 from .support.cluster import GatewayProcess, gateway_cluster
 from .support.jsclient import JsClient
@@ -302,6 +303,9 @@ async def test_a_refresh_as_the_token_expires_is_refused_not_acked_before_the_cu
             await wait_until(ending.is_set, 15, "the session ended at expiry")
             reply = await alice.call("refresh", {"token": mint(ttl=600)})
             assert reply == {"ok": False, "error": "token expired"}
+            # Nor may it act meanwhile, even in its own room.
+            forbidden = {"ok": False, "error": "forbidden"}
+            assert await alice.call("join", {"room": "user:alice"}) == forbidden
             go_on.set()
             await wait_until(lambda: not alice.connected, 15, "alice disconnected")
         finally:
@@ -352,6 +356,18 @@ async def test_a_sockets_requests_act_in_the_order_it_sent_them_whatever_the_hoo
             )
             assert (joined["ok"], refreshed["ok"]) == (True, True)
             assert "blue:slow" not in node.sio.rooms(alice.sid())
+            # Joins still being authorized when their socket goes: none acts for a socket
+            # gone (a manager's enter_room for a sid not here tells the other nodes).
+            asked, answered = authorize.asked, authorize.answered
+            for n in range(20):
+                await alice.client.emit("join", {"room": f"gone-{n}:slow"}, callback=print)
+            await wait_until(lambda: authorize.asked >= asked + 20, 10, "the joins asked about")
+            published = node.manager.stats.published
+            await alice.client.eio.ws.close()  # gone as they are authorized
+            await wait_until(lambda: authorize.answered >= answered + 20, 10, "the answers")
+            for _ in range(20):  # the joins' last steps, were any to act
+                await asyncio.sleep(0)
+            assert node.manager.stats.published == published
         finally:
             for recorder in (alice, bob):
                 await recorder.close()

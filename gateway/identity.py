@@ -279,6 +279,16 @@ class IdentityServer(GuardedServer):
         data = session.data.get(_APP_DATA) if isinstance(session.data, dict) else None
         return replace(session, rooms=rooms, data=data), start
 
+    async def _release(self, session: Session) -> None:
+        # A session judged for this connection carries the app's data alone (`_judge`):
+        # released as it is (the connection gone meanwhile), its record lost its subject,
+        # and its owner's next claim was refused as another subject's.
+        claims = _CONNECTING.get()
+        wrapped = isinstance(session.data, dict) and _SUBJECT in session.data
+        if self.verifier is not None and claims is not None and not wrapped:
+            session = replace(session, data={_SUBJECT: claims.subject, _APP_DATA: session.data})
+        await super()._release(session)
+
     async def _snapshot(self, sid: str, namespace: str) -> Session | None:
         snapshot: Session | None = await super()._snapshot(sid, namespace)
         if snapshot is None or self.verifier is None:

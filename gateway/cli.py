@@ -242,7 +242,8 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--trust-forwarded-for",
         action=argparse.BooleanOptionalAction,
-        help="key limits on X-Forwarded-For's first hop (behind a proxy only; default off)",
+        help="key limits on X-Forwarded-For's last hop, the address the proxy saw"
+        " (behind a proxy only; default off)",
     )
     group.add_argument(
         "--read-timeout",
@@ -421,7 +422,7 @@ def _serve(args: argparse.Namespace) -> int:
         # Once the drain closed every client, what is left: requests in flight.
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout / 4)),
         timeout_keep_alive=settings.keep_alive_timeout,
-        # The client address the limits key on: the peer, or X-Forwarded-For's first hop
+        # The client address the limits key on: the peer, or X-Forwarded-For's last hop
         # with --trust-forwarded-for (limits.client_address), never uvicorn's rewrite.
         proxy_headers=False,
     )

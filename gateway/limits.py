@@ -87,7 +87,7 @@ class Limits:
     # benchmark: 666 accepted a second from one socket took the others' p99 past 3x).
     event_rate: float = 100.0
     max_rooms_per_socket: int = 100
-    #: Take the client's address from X-Forwarded-For's first hop (behind nginx only:
+    #: Take the client's address from X-Forwarded-For's last hop (behind nginx only:
     #: a client reaching the node directly could name any address).
     trust_forwarded_for: bool = False
     # Seconds a connection has to send a whole HTTP request: from the connection, or the
@@ -286,7 +286,7 @@ class NodeLimits:
 
 
 def client_address(environ: Mapping[str, Any], *, trust_forwarded_for: bool = False) -> str:
-    """The client's address: the ASGI scope's peer, or X-Forwarded-For's first hop when
+    """The client's address: the ASGI scope's peer, or X-Forwarded-For's last hop when
     the node sits behind a proxy that sets it (engineio's REMOTE_ADDR is a constant)."""
     client = environ.get("asgi.scope", {}).get("client")
     return peer_address(
@@ -299,9 +299,12 @@ def client_address(environ: Mapping[str, Any], *, trust_forwarded_for: bool = Fa
 def peer_address(
     peer: str | None, forwarded_for: str | None, *, trust_forwarded_for: bool = False
 ) -> str:
-    """`client_address` from the connection's peer and its X-Forwarded-For header."""
+    """`client_address` from the connection's peer and its X-Forwarded-For header: its
+    last hop, the address the proxy in front of the node saw. The first is the client's
+    to write (nginx appends to what the client sent): keyed on it, a client that named a
+    new address on each handshake passed every per-address limit, or used up a victim's."""
     if trust_forwarded_for and forwarded_for:
-        forwarded = forwarded_for.split(",")[0].strip()
+        forwarded = forwarded_for.rsplit(",", 1)[-1].strip()
         if forwarded:
             return forwarded
     return str(peer) if peer else "unknown"

@@ -192,6 +192,21 @@ class GuardedServer(RecoveringAsyncServer):
         return refused
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        if self._open_socket(eio_sid) is None:
+            return  # cut: what it sent before the close reached it
+        # A CONNECT is an event as far as the rate goes: each costs a token's check and an
+        # answer (a session's records, with a valid token), and one connection once sent
+        # 20,000 refused ones in 7 s, answered every one and never cut.
+        refused = self.limits.check_event(eio_sid)
+        if refused is not None:
+            if self.limits.flooding(eio_sid):
+                await self._cut(eio_sid, "kept sending CONNECTs far past its rate limit")
+                return
+            error = self.packet_class(
+                packet.CONNECT_ERROR, data={"message": refused}, namespace=namespace or "/"
+            )
+            await self._send_packet(eio_sid, error)
+            return
         # A Socket.IO CONNECT comes over an open connection: its handshake is over.
         environ = self.environ.get(eio_sid)
         if environ is not None:

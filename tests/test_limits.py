@@ -25,7 +25,7 @@ from socketio_kafka.gateway.guard import ATTACHMENT_OVERHEAD
 from socketio_kafka.gateway.limits import Limits, NodeLimits, TokenBuckets, client_address
 
 from .support.cluster import GatewayProcess, gateway_cluster
-from .support.rawclient import close_code
+from .support.rawclient import close_code, websocket_barrage
 from .support.waiting import wait_until
 
 
@@ -320,6 +320,22 @@ async def test_a_socket_that_floods_past_its_refusals_is_disconnected_and_others
         for client in (talker, listener):
             await client.disconnect()
         await flooder.shutdown()
+
+
+async def test_a_connection_flooding_connects_is_refused_then_cut_and_others_are_not(
+    kafka_url: str, channel: str
+) -> None:
+    """CONNECTs went past the event rate: one connection sent 20,000 (each a token's check
+    and an answer), every one answered, and it was never cut."""
+    async with _node(kafka_url, channel, "--event-rate", "5") as node:
+        talker, listener = [await _connect(node.url, f"10.0.5.{i}") for i in (2, 3)]
+        connects = ['40{"token": "not-a-token"}'] * 2000
+        assert await websocket_barrage(node.url, connects, read_s=1.0) is False  # cut
+        await _served(talker, listener)
+        assert "kept sending CONNECTs far past its rate limit" in node.log()
+        assert await _refusals(node, "event_rate") > 100
+        for client in (talker, listener):
+            await client.disconnect()
 
 
 async def _ended(reader: asyncio.StreamReader) -> float:

@@ -19,7 +19,7 @@ import logging
 import secrets
 import time
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -616,10 +616,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         logger.info("sid %s claimed from a new connection: closing its old transport", session.sid)
         await manager.close_transport(old, _REASON.TRANSPORT_CLOSE)
         # Its disconnect may have been under way already (a ping timeout): wait for it.
-        # (python-socketio has no event to await for one socket's disconnect.)
-        deadline = time.monotonic() + manager.options.request_timeout_ms / 1000
-        while manager.is_connected(session.sid, namespace) and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+        await self._until_not(lambda: manager.is_connected(session.sid, namespace))
         return True
 
     async def _left_here(self, session: Session) -> bool:
@@ -639,10 +636,15 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         if not leaving():
             return True
         logger.info("sid %s claimed while its disconnect handler runs here: waiting", sid)
-        deadline = time.monotonic() + manager.options.request_timeout_ms / 1000
-        while leaving() and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)  # no event to await for one socket's disconnect
-        return not leaving()
+        return await self._until_not(leaving)
+
+    async def _until_not(self, busy: Callable[[], bool]) -> bool:
+        """Wait until ``busy()`` is false, a Kafka request's timeout at most; whether it
+        is. (python-socketio has no event to await for one socket's disconnect.)"""
+        deadline = time.monotonic() + self.kafka.options.request_timeout_ms / 1000
+        while busy() and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        return not busy()
 
     async def _retry_later(self, eio_sid: str, why: str) -> None:
         """Close a recovering connection whose claim cannot be judged now: the client

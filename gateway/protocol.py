@@ -96,31 +96,39 @@ def register(
     order = Turns()
 
     async def join(sid: str, *args: Any) -> Reply:
-        return await _reply(_enter(sio, sid, namespace, args, limits, order.turn(sid.encode())))
+        place = order.turn(sid.encode())
+        return await _reply(_enter(sio, sid, namespace, args, limits, place), place)
 
     async def leave(sid: str, *args: Any) -> Reply:
-        return await _reply(_leave(sio, sid, namespace, args, order.turn(sid.encode())))
+        place = order.turn(sid.encode())
+        return await _reply(_leave(sio, sid, namespace, args, place), place)
 
     async def publish(sid: str, *args: Any) -> Reply:
-        return await _reply(_publish(sio, sid, namespace, args, order.turn(sid.encode())))
+        place = order.turn(sid.encode())
+        return await _reply(_publish(sio, sid, namespace, args, place), place)
 
     sio.on("join", join, namespace=namespace)
     sio.on("leave", leave, namespace=namespace)
     sio.on("publish", publish, namespace=namespace)
 
     async def refresh(sid: str, *args: Any) -> Reply:
-        return await _reply(_refresh(sio, sid, namespace, args, order.turn(sid.encode())))
+        place = order.turn(sid.encode())
+        return await _reply(_refresh(sio, sid, namespace, args, place), place)
 
     sio.on("refresh", refresh, namespace=namespace)
 
 
-async def _reply(action: Awaitable[Reply | None]) -> Reply:
+async def _reply(action: Awaitable[Reply | None], place: Holding) -> Reply:
+    """The request's ack; its turn ends with it, if it did not end before (a publish's
+    ends as its record takes its room's turn)."""
     try:
         extra = await action
     except _BadRequest as exc:
         return {"ok": False, "error": str(exc)}
     except SocketIOKafkaError as exc:
         return {"ok": False, "error": f"broker: {exc}"}
+    finally:
+        place.end()
     return {"ok": True} if extra is None else {"ok": True, **extra}
 
 
@@ -132,47 +140,32 @@ async def _enter(
     limits: NodeLimits | None,
     place: Holding,
 ) -> None:
+    room = _room(_payload(args))
+    await _authorize(sio, sid, namespace, room, "join")
+    await place.begin()
+    if not sio.manager.is_connected(sid, namespace):
+        # Gone while it was authorized: python-socketio would make the room, then fail to
+        # put the socket in it, and leave the room behind for good.
+        raise _BadRequest("the connection is closed")
+    if limits is not None:
+        rooms = sio.rooms(sid, namespace=namespace)
+        if room not in rooms and not limits.allow_room(len(rooms) - 1):  # its own sid room
+            raise _BadRequest(limits.refuse(ROOMS, sid))
     try:
-        room = _room(_payload(args))
-        await _authorize(sio, sid, namespace, room, "join")
-        await place.begin()
-        if not sio.manager.is_connected(sid, namespace):
-            # Gone while it was authorized: python-socketio would make the room, then
-            # fail to put the socket in it, and leave the room behind for good.
-            raise _BadRequest("the connection is closed")
-        if limits is not None:
-            rooms = sio.rooms(sid, namespace=namespace)
-            if room not in rooms and not limits.allow_room(len(rooms) - 1):  # its sid room
-                raise _BadRequest(limits.refuse(ROOMS, sid))
-        try:
-            await sio.enter_room(sid, room, namespace=namespace)
-        except ValueError as exc:  # python-socketio: not another socket's sid room
-            raise _BadRequest(str(exc)) from exc
-    finally:
-        place.end()
+        await sio.enter_room(sid, room, namespace=namespace)
+    except ValueError as exc:  # python-socketio refuses to let a socket enter another's sid room
+        raise _BadRequest(str(exc)) from exc
 
 
 async def _leave(
     sio: socketio.AsyncServer, sid: str, namespace: str, args: tuple[Any, ...], place: Holding
 ) -> None:
-    try:
-        room = _room(_payload(args))
-        await place.begin()
-        await sio.leave_room(sid, room, namespace=namespace)
-    finally:
-        place.end()
+    room = _room(_payload(args))
+    await place.begin()
+    await sio.leave_room(sid, room, namespace=namespace)
 
 
 async def _publish(
-    sio: socketio.AsyncServer, sid: str, namespace: str, args: tuple[Any, ...], place: Holding
-) -> Reply:
-    try:
-        return await _publish_in_turn(sio, sid, namespace, args, place)
-    finally:
-        place.end()
-
-
-async def _publish_in_turn(
     sio: socketio.AsyncServer, sid: str, namespace: str, args: tuple[Any, ...], place: Holding
 ) -> Reply:
     payload = _payload(args)
@@ -286,15 +279,13 @@ def _is_gate(sio: socketio.AsyncServer) -> bool:
 async def _refresh(
     sio: socketio.AsyncServer, sid: str, namespace: str, args: tuple[Any, ...], place: Holding
 ) -> Reply:
+    if not isinstance(sio, Gate):
+        raise _BadRequest("tokens not checked")
+    token = _payload(args).get("token")
     try:
-        if not isinstance(sio, Gate):
-            raise _BadRequest("tokens not checked")
-        token = _payload(args).get("token")
         return {"exp": await sio.refresh(sid, namespace, token, earlier=place.begin)}
     except TokenRefused as exc:
         raise _BadRequest(str(exc)) from None
-    finally:
-        place.end()
 
 
 def _payload(args: tuple[Any, ...]) -> dict[str, Any]:

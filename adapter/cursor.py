@@ -434,7 +434,7 @@ class SharedReplays:
             for cursor in cursors:
                 cursor.stop()
             for cursor in cursors:
-                await cursor.cancel()
+                await cursor.stopped()
         finally:
             self._closing = False  # a manager started again reads again
 
@@ -478,8 +478,8 @@ class _Cursor:
         """Cancel its task: it offers nothing more from here on."""
         self._task.cancel()
 
-    async def cancel(self) -> None:
-        self._task.cancel()
+    async def stopped(self) -> None:
+        """Wait until its task, stopped, has ended (its consumer returned)."""
         await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:

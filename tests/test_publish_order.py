@@ -95,21 +95,7 @@ async def test_a_sessions_records_reach_kafka_in_the_order_written_while_one_wai
     and the client recovered into no room (seen under load on a fresh broker). Another
     session's record is not held back meanwhile."""
     producer = _StallingProducer()
-    publisher = Publisher(lambda: producer, timeout_s=5, logger=logging.getLogger("t"))
-    await publisher.start()
-
-    async def ready() -> Publisher:
-        return publisher
-
-    store = SessionStore(
-        "c.sessions",
-        "node",
-        ManagerStats(),
-        ready,
-        Watermarks(lambda: None),
-        logging.getLogger,
-        max_record_bytes=1024,
-    )
+    publisher, store = await _store_on(producer)
     connected = Session("p", "s", "/", (), None, (0,), "e", "node")
     left = replace(connected, rooms=("r",), disconnected_at=1.0)
     first = asyncio.create_task(store.write({"p": connected}))
@@ -129,16 +115,7 @@ async def test_a_write_cancelled_waiting_for_a_turn_leaves_no_pid_waiting_for_go
     Cancelled while it waited (the node stopping), the turns it had not reached were never
     ended: every later write of those pids waited for good."""
     producer = _StallingProducer()
-    publisher = Publisher(lambda: producer, timeout_s=5, logger=logging.getLogger("t"))
-    await publisher.start()
-
-    async def ready() -> Publisher:
-        return publisher
-
-    store = SessionStore(
-        "c.sessions", "node", ManagerStats(), ready, Watermarks(lambda: None), logging.getLogger,
-        max_record_bytes=1024,
-    )  # fmt: skip
+    publisher, store = await _store_on(producer)
     first = asyncio.create_task(store.write({"a": None}))
     await asyncio.wait_for(producer.stalled.wait(), 5)  # a's turn held
     both = asyncio.create_task(store.write({"a": None, "b": None}))
@@ -149,3 +126,19 @@ async def test_a_write_cancelled_waiting_for_a_turn_leaves_no_pid_waiting_for_go
     await asyncio.wait_for(first, 5)
     await asyncio.wait_for(store.write({"b": None}), 5)
     assert len(store._turns) == 0
+    await publisher.stop()
+
+
+async def _store_on(producer: FakeProducer) -> tuple[Publisher, SessionStore]:
+    """A node's session store writing through ``producer``, and its started publisher."""
+    publisher = Publisher(lambda: producer, timeout_s=5, logger=logging.getLogger("t"))
+    await publisher.start()
+
+    async def ready() -> Publisher:
+        return publisher
+
+    store = SessionStore(
+        "c.sessions", "node", ManagerStats(), ready, Watermarks(lambda: None), logging.getLogger,
+        max_record_bytes=1024,
+    )  # fmt: skip
+    return publisher, store

@@ -218,6 +218,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         self.on_rooms_changed: Callable[[str, str], None] | None = None
         self._consume_runs = 0
         self._start_task: asyncio.Task[None] | None = None
+        #: Why the last start in the background failed, for `health`; None once started.
+        self._start_failure: str | None = None
         self._ready = asyncio.Event()
         self._start_lock = asyncio.Lock()
         #: Set by `stop`, cleared by `start`: nothing else starts the manager meanwhile.
@@ -254,7 +256,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         return self.store.epoch
 
     async def wait_ready(self) -> bool:
-        """Start if needed and wait up to ``request_timeout_ms`` for `ready`; False if not.
+        """Start if needed and wait up to ``request_timeout_ms`` for `ready`; False if not,
+        at once if the start failed (the next call starts it again).
 
         Before ready the sessions table is not read yet: a node that just started must
         not judge a recovery claim (nor hand out a session) until it is.
@@ -263,18 +266,17 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             return False
         if not self._ready.is_set():
             self._start_in_background()
-            try:
-                await asyncio.wait_for(self._ready.wait(), self.options.request_timeout_ms / 1000)
-            except TimeoutError:
-                return False
-        return True
+            if (task := self._start_task) is not None:  # a start that fails ends the wait
+                await asyncio.wait({task}, timeout=self.options.request_timeout_ms / 1000)
+        return self._ready.is_set()
 
     def health(self) -> Health:
         """Ready, or the reasons not: not connected yet, a background task down, Kafka
         unreachable, the producer being replaced. Answers at once, whatever Kafka does."""
         reasons: list[str] = []
         if not self._ready.is_set():
-            reasons.append("not connected to Kafka yet")
+            failure = self._start_failure
+            reasons.append(f"start failed ({failure})" if failure else "not connected to Kafka yet")
         supervisor, watch, publisher = self._supervisor, self._watch, self._publisher
         if supervisor is not None:
             reasons += [f"background task {n!r} down ({why})" for n, why in supervisor.down.items()]
@@ -328,6 +330,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             if self.recovery_window is not None:
                 supervisor.start("heartbeat", self.store.heartbeat)
                 supervisor.start("session-expiry", self.store.expire)
+            self._start_failure = None
             self._ready.set()
             logger.info(
                 "kafka manager ready on %s (%s)",
@@ -475,7 +478,10 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
     # -- internals ---------------------------------------------------------------------
 
     def _start_in_background(self) -> None:
-        if self._start_task is None and not self._ready.is_set() and not self._stopped:
+        """Start unless a start runs: one that failed (refused credentials since mended,
+        say) is tried again by the next publish or claim, not left failed for good."""
+        task = self._start_task
+        if (task is None or task.done()) and not self._ready.is_set() and not self._stopped:
             self._start_task = asyncio.create_task(self._start_logged())
 
     async def _start_logged(self) -> None:
@@ -484,14 +490,18 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         except asyncio.CancelledError:
             raise
         except SocketIOKafkaError as exc:  # its message names the cause; no traceback
+            self._start_failure = str(exc)
             self._get_logger().error("kafka manager failed to start: %s", exc)
-        except Exception:
+        except Exception as exc:
+            self._start_failure = repr(exc)
             self._get_logger().exception("kafka manager failed to start")
 
     async def _ready_publisher(self) -> Publisher:
         if self._stopped:
             raise BrokerUnavailable("the Kafka manager is stopped")
         if not await self.wait_ready():
+            if failure := self._start_failure:
+                raise BrokerUnavailable(f"the Kafka manager failed to start: {failure}")
             raise BrokerUnavailable(
                 f"Kafka at {','.join(self.bootstrap_servers)} not reachable within "
                 f"{self.options.request_timeout_ms / 1000}s"
@@ -504,7 +514,9 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         while True:
             try:
                 await step()
-            except BrokerUnavailable as exc:
+            except SocketIOKafkaError as exc:  # unreachable, or a write not confirmed in time
+                if not exc.retriable:
+                    raise
                 self.stats.connect_failures += 1
                 self._get_logger().warning(
                     "kafka %s failed (%s); retrying in %.2fs", what, exc, delay

@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 import socketio
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from socketio_kafka.adapter import AsyncKafkaManager, BrokerUnavailable, KafkaOptions
+from socketio_kafka.adapter import AsyncKafkaManager, BrokerUnavailable, KafkaOptions, PublishError
+from socketio_kafka.adapter.publisher import Publisher
+from socketio_kafka.adapter.sessions import EPOCH_KEY
 
 from .support.layout import refused_start
 from .support.server import run_server
@@ -63,6 +65,34 @@ async def test_a_publish_as_the_manager_stops_does_not_start_it_again(
         await manager.stop()
 
 
+async def test_a_start_whose_epoch_write_timed_out_tries_again(
+    kafka_url: str, channel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kafka not confirming the epoch in time (a broker slow to elect a leader) failed
+    the start for good: a lazily started manager never tried again, and every publish
+    waited out its timeout and failed. It is retried like an unreachable broker now."""
+    timed_out: list[str] = []
+    send_many = Publisher.send_many
+
+    async def slow_epoch(self: Publisher, topic: str, records: Any) -> None:
+        if not timed_out and any(key == EPOCH_KEY for key, _ in records):
+            timed_out.append(topic)
+            raise PublishError("Kafka did not confirm the record within 15.0s")
+        await send_many(self, topic, records)
+
+    monkeypatch.setattr(Publisher, "send_many", slow_epoch)
+    manager = AsyncKafkaManager(kafka_url, channel)
+    manager.enable_recovery(120)
+    try:
+        await manager.emit("e", {"x": 1}, room="r")  # starts the manager, lazily
+        assert timed_out == [f"{channel}.sessions"]
+        assert manager.ready
+        assert manager.epoch
+        assert manager.stats.connect_failures == 1
+    finally:
+        await manager.stop()
+
+
 @pytest.mark.parametrize(
     ("partitions", "configs", "error"),
     [
@@ -87,6 +117,33 @@ async def test_an_existing_topic_that_would_lose_events_is_refused(
     finally:
         await admin.close()
     await refused_start(AsyncKafkaManager(kafka_url, channel), error)
+
+
+async def test_a_lazy_start_refused_is_tried_again_once_the_cause_is_mended(
+    kafka_bootstrap: str, kafka_url: str, channel: str
+) -> None:
+    """A node that started lazily against a topic of too few partitions stayed down after
+    an operator added them: its failed start was never tried again, every publish waited
+    out its timeout, and health said only "not connected". A publish fails at once with
+    the cause, health names it, and the next publish tries again."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(f"{channel}.events", 2, 1)])
+        manager = AsyncKafkaManager(kafka_url, channel, options=KafkaOptions(partitions=3))
+        try:
+            with pytest.raises(BrokerUnavailable, match=r"failed to start: .* has 2 partitions"):
+                await manager.emit("e", {"x": 1}, room="r")
+            (reason,) = manager.health().reasons
+            assert reason.startswith("start failed (topic ")
+            assert "has 2 partitions" in reason
+            await admin.create_partitions({f"{channel}.events": NewPartitions(3)})
+            await manager.emit("e", {"x": 2}, room="r")
+            assert manager.health().ready
+        finally:
+            await manager.stop()
+    finally:
+        await admin.close()
 
 
 async def _topic_layout(bootstrap: str, topic: str) -> tuple[int, str]:

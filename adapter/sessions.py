@@ -221,7 +221,10 @@ class SessionTable:
             self.epoch = _decode_epoch(value)
         elif key.startswith(NODE_PREFIX):
             host_id = _text(key[len(NODE_PREFIX) :])
-            self.heartbeats[host_id] = _heartbeat_time(timestamp_ms)
+            if value is None:  # a node gone for good, forgotten (`forgotten_nodes`)
+                self.heartbeats.pop(host_id, None)
+            else:
+                self.heartbeats[host_id] = _heartbeat_time(timestamp_ms)
         elif value is None:
             pid = _text(key)
             self._put(pid, None)
@@ -323,6 +326,17 @@ class SessionTable:
             if seen is not None and now - seen >= stale_after and now - seen > window:
                 dead.add(owner)
         return dead
+
+    def forgotten_nodes(self, now: float, after: float) -> list[str]:
+        """Nodes last heard of more than ``after`` ago that own no session: their
+        heartbeats can go. Every start of a node is a new one, so a cluster that restarts
+        its nodes would otherwise keep one heartbeat per start, on every node, for good."""
+        owned = self._owned
+        return [
+            host_id
+            for host_id, seen in self.heartbeats.items()
+            if now - seen > after and host_id not in owned
+        ]
 
     def connected_of(self, owners: set[str], pids: Iterable[str]) -> list[str]:
         """Of ``pids``, those of sessions still marked connected, owned by ``owners``."""

@@ -338,6 +338,11 @@ class SessionStore:
             chunk = pids[first : first + _EXPIRY_CHUNK]
             await self.write(dict.fromkeys(chunk))
             self._stats.sessions_expired += len(chunk)
+        # Once a dead node's sessions have ended, its heartbeat ends too.
+        gone = [h for h in table.forgotten_nodes(now, window) if h != self._host_id]
+        if gone := gone[:_EXPIRY_CHUNK]:
+            await self._send([(NODE_PREFIX + host_id.encode(), None) for host_id in gone])
+            self._logger().info("forgot %d nodes gone for good: %s", len(gone), ", ".join(gone))
 
 
 async def _behind(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import socketio
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from socketio_kafka.adapter import (
@@ -22,6 +23,7 @@ from socketio_kafka.adapter import (
     recovery,
 )
 from socketio_kafka.adapter.routing import Audience, partition_of
+from socketio_kafka.adapter.sessions import NODE_PREFIX, Session, encode_session
 
 from .support.recovering import RecoveringRecorder
 from .support.server import run_server
@@ -622,3 +624,44 @@ async def test_a_node_forgets_the_sockets_that_declined_recovery_once_they_leave
         finally:
             for client in (leaving, dropping):
                 await client.close()
+
+
+async def test_a_node_gone_for_good_is_forgotten_once_its_sessions_have_ended(
+    kafka_bootstrap: str, kafka_url: str, channel: str
+) -> None:
+    """Every start of a node is a node of its own: the sessions topic kept a heartbeat per
+    start for good, and every node held them all. A node gone past the window loses its
+    heartbeat, but only after its sessions: a session whose node was never heard of
+    counts as alive, and would never expire."""
+    manager = AsyncKafkaManager(kafka_url, channel=channel)
+    manager.enable_recovery(1)
+    topic = f"{channel}.sessions"
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    async with manager:
+        await producer.start()
+        try:
+            hour_ago = int((time.time() - 3600) * 1000)
+            orphan = Session("pid-o", "sid-o", "/", ("r",), None, (0,) * 6, manager.epoch, "owner")
+            for key, value in [
+                (NODE_PREFIX + b"idle", b"{}"),
+                (NODE_PREFIX + b"owner", b"{}"),
+                (b"pid-o", encode_session(orphan)),
+            ]:
+                await producer.send_and_wait(topic, value, key=key, timestamp_ms=hour_ago)
+        finally:
+            await producer.stop()
+        heartbeats = manager.store.table.heartbeats
+        await wait_until(lambda: "owner" in heartbeats, 10, "the records read")
+        await wait_until(lambda: heartbeats.keys() == {manager.host_id}, 30, "both forgotten")
+        assert "pid-o" not in manager.store.table.sessions
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        records = [r for rs in (await consumer.getmany(timeout_ms=5000)).values() for r in rs]
+    finally:
+        await consumer.stop()
+    tombstones = [r.key for r in records if r.value is None]
+    assert set(tombstones) == {b"pid-o", NODE_PREFIX + b"idle", NODE_PREFIX + b"owner"}
+    assert tombstones.index(b"pid-o") < tombstones.index(NODE_PREFIX + b"owner")

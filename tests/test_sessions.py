@@ -170,6 +170,20 @@ def test_expired_sessions() -> None:
     assert {s.pid for s in table.expired(now=200, window=60, stale_after=15)} == {"left", "orphan"}
 
 
+def test_a_node_is_forgotten_only_once_it_owns_no_session() -> None:
+    table = SessionTable()
+    table.apply(NODE_PREFIX + b"idle", b"{}", 100_000)
+    table.apply(NODE_PREFIX + b"owner", b"{}", 100_000)
+    table.apply(NODE_PREFIX + b"recent", b"{}", 190_000)
+    session = replace(SESSION, owner="owner")
+    table.apply(session.pid.encode(), encode_session(session), 0)
+    assert table.forgotten_nodes(now=200, after=60) == ["idle"]
+    table.apply(session.pid.encode(), None, 0)
+    assert table.forgotten_nodes(now=200, after=60) == ["idle", "owner"]
+    table.apply(NODE_PREFIX + b"idle", None, 200_000)  # a tombstone: not a heartbeat
+    assert table.heartbeats.keys() == {"owner", "recent"}
+
+
 def _expired_by_scan(table: SessionTable, now: float, window: float, stale: float) -> set[str]:
     """What `SessionTable.expired` finds, found by looking at every session."""
     out = set()

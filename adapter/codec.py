@@ -77,7 +77,7 @@ def emit_message(
     data: Any,
     *,
     namespace: str,
-    room: str | None,
+    room: str | list[str] | None,
     skip_sid: str | list[str] | None,
     callback: tuple[str, str, int] | None,
     host_id: str,

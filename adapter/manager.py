@@ -382,10 +382,10 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         event: str,
         data: Any,
         namespace: str | None = None,
-        room: str | None = None,
+        room: str | Sequence[str] | None = None,
         skip_sid: str | list[str] | None = None,
         callback: Callable[..., Any] | None = None,
-        to: str | None = None,
+        to: str | Sequence[str] | None = None,
         correlation_id: str | None = None,
         publisher: str | None = None,
         subject: str | None = None,
@@ -397,10 +397,12 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         ``publisher``, as ``sio.pub``, when it is a client's own publish id (`publishes.py`);
         ``subject``, as ``sio.sub``, the publishing socket's (outbound topics).
         """
-        room = to or room
+        rooms = to or room
+        if rooms is not None and not isinstance(rooms, str | list):
+            rooms = list(rooms)  # rooms in any sequence, as python-socketio takes them
         if kwargs.get("ignore_queue"):
             await AsyncManager.emit(
-                self, event, data, namespace, room=room, skip_sid=skip_sid, callback=callback
+                self, event, data, namespace, room=rooms, skip_sid=skip_sid, callback=callback
             )
             return
         namespace = namespace or "/"
@@ -408,14 +410,14 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         if callback is not None:
             if self.server is None:
                 raise RuntimeError("Callbacks can only be issued from the context of a server.")
-            if room is None:
-                raise ValueError("Cannot use callback without a room set.")
-            ack = (room, namespace, self._generate_ack_id(room, callback))
+            if not isinstance(rooms, str):
+                raise ValueError("Cannot use callback without one sid as its room.")
+            ack = (rooms, namespace, self._generate_ack_id(rooms, callback))
         message = codec.emit_message(
             event,
             data,
             namespace=namespace,
-            room=room,
+            room=rooms,
             skip_sid=skip_sid,
             callback=ack,
             host_id=self.host_id,

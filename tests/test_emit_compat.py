@@ -53,6 +53,7 @@ SHAPES = {
     "big-ints": Shape((2**64, -(2**63) - 1, 10**30, 2**63 - 1)),
     "to-sid": Shape("hi", to=lambda sid: sid),
     "to-rooms": Shape("hi", to=lambda sid: ["nobody-here", "lobby"]),
+    "to-rooms-tuple": Shape("hi", to=lambda sid: ("nobody-here", "lobby")),
     "skip-sid": Shape("hi", skip_sid=lambda sid: sid),
     "skip-sid-list": Shape("hi", skip_sid=lambda sid: ["other", sid]),
     "callback": Shape(("x", b"\x07"), to=lambda sid: sid, callback=True),

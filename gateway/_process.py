@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
-from .errors import PortInUse, ServiceError, ServiceStartFailed
+from .errors import InvalidSettings, PortInUse, ServiceError, ServiceStartFailed
 from .settings import ENV_PREFIX
 
 __all__ = [
@@ -265,7 +265,7 @@ class LocalService(abc.ABC):
 
     def __init__(self, data_dir: Path, port: int | None) -> None:
         if port is not None and not 0 < port < 65536:
-            raise ValueError(f"port out of range: {port}")
+            raise InvalidSettings(f"port out of range: {port}")
         self.data_dir = data_dir.expanduser().resolve()
         self.port = port
 

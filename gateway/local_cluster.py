@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._process import HOST, LOCK_FILE, choose_port, free_port, locked, port_in_use, state_root
-from .errors import ServiceError
+from .errors import InvalidSettings, ServiceError
 from .local_kafka import KAFKA_VERSION, LocalKafka, _cluster_id
 
 __all__ = ["ClusterNode", "LocalKafkaCluster", "NodeStatus"]
@@ -145,12 +145,12 @@ class LocalKafkaCluster:
         relay_ports: Sequence[int] | None = None,
     ) -> None:
         if brokers < 3:
-            raise ValueError(
+            raise InvalidSettings(
                 f"a cluster has at least 3 nodes (3 replicas, 2 in sync), not {brokers};"
                 " one node is LocalKafka"
             )
         if relay_ports is not None and len(relay_ports) != brokers:
-            raise ValueError(f"relay_ports needs one port per node ({brokers})")
+            raise InvalidSettings(f"relay_ports needs one port per node ({brokers})")
         self.data_dir = (data_dir or state_root() / "kafka-cluster").expanduser().resolve()
         self.brokers = brokers
         self.heap = heap

@@ -49,7 +49,14 @@ from ._process import (
     read_state,
     state_root,
 )
-from .errors import FetchFailed, JavaNotFound, MavenNotFound, ServiceError, ServiceStartFailed
+from .errors import (
+    FetchFailed,
+    InvalidSettings,
+    JavaNotFound,
+    MavenNotFound,
+    ServiceError,
+    ServiceStartFailed,
+)
 from .local_tls import ensure_tls
 
 __all__ = ["KAFKA_VERSION", "SASL_MECHANISMS", "LocalKafka", "ServiceStatus"]
@@ -130,9 +137,9 @@ class LocalKafka(LocalService):
         secure: bool = False,
     ) -> None:
         if not re.fullmatch(r"\d+[kKmMgG]?", heap):
-            raise ValueError(f"heap must look like 512m or 2g, not {heap!r}")
+            raise InvalidSettings(f"heap must look like 512m or 2g, not {heap!r}")
         if relay_port is not None and not 0 < relay_port < 65536:
-            raise ValueError(f"relay port out of range: {relay_port}")
+            raise InvalidSettings(f"relay port out of range: {relay_port}")
         super().__init__(data_dir or state_root() / "kafka", port)
         self.version = version
         self.cache_dir = (cache_dir or cache_root()).expanduser().resolve()

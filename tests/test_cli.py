@@ -197,6 +197,15 @@ def test_settings_out_of_range_are_one_line_and_start_nothing(
     )
 
 
+@pytest.mark.parametrize(("service", "port"), [("redis", "70000"), ("kafka", "0")])
+def test_a_service_port_out_of_range_is_one_line(
+    service: str, port: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main([service, "start", "--port", port, "--data-dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"socketio-kafka: port out of range: {port}\n"
+    assert list(tmp_path.iterdir()) == []  # nothing started
+
+
 def _cli(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
     """The installed CLI in a process of its own, as a shell runs it."""
     return subprocess.run(

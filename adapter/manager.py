@@ -1009,12 +1009,29 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         try:
             async with asyncio.timeout(timeout_s):
                 ends = await self.watermarks.end(tps)
-                # Polled: the consume loop has no per-record signal, and this runs once
-                # per recovered connection (and after a failed publish), not per publish.
-                while any(self.positions[tp.partition] < end for tp, end in ends.items()):  # noqa: ASYNC110
-                    await asyncio.sleep(0.005)
+                await self._delivered({tp.partition: end for tp, end in ends.items()})
         except (KafkaError, TimeoutError) as exc:
             raise PublishError(f"could not read the events topic to its end ({exc!r})") from exc
+
+    async def delivered_to(self, offsets: Sequence[int]) -> bool:
+        """Whether the live consumer has delivered every record before ``offsets`` (one per
+        partition of the events topic), waiting up to ``request_timeout_ms`` for it.
+
+        A recovering client's offsets are those of the node it left: one behind them would
+        hand it again, live, what it had already had.
+        """
+        try:
+            async with asyncio.timeout(self.options.request_timeout_ms / 1000):
+                await self._delivered(dict(enumerate(offsets)))
+        except TimeoutError:
+            return False
+        return True
+
+    async def _delivered(self, offsets: dict[int, int]) -> None:
+        # Polled: the consume loop has no per-record signal, and this runs once per
+        # recovered connection (and after a failed publish), not per publish.
+        while any(self.positions[p] < offset for p, offset in offsets.items()):  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
 
     async def bounds(self) -> Bounds:
         """The events topic's bounds, from a consumer kept for it (a new one would first

@@ -553,6 +553,9 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
                 return True
             if session is None or start is None:
                 return False  # counted by _replay_start
+            if not await manager.delivered_to(start):
+                await self._retry_later(eio_sid, "this node has not read as far as the client")
+                return True
             if manager.is_connected(session.sid, namespace):
                 # Restored meanwhile by a concurrent claim: restored once.
                 return self._fresh(claim, Fresh.CONNECTED_HERE)

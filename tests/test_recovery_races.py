@@ -736,3 +736,51 @@ async def test_clients_that_stop_reading_mid_replay_do_not_hold_up_the_nodes_oth
         finally:
             for client in clients:
                 await client.close()
+
+
+async def test_a_client_back_on_a_node_that_has_not_read_as_far_as_it_gets_nothing_twice(
+    kafka_url: str, channel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's offsets are its old node's; a node whose consumer was behind them (busy
+    in a mass reconnect) replayed nothing there, then delivered live, to the restored
+    socket, the records between its own position and the client's: events twice, and an
+    offset that went back. The claim now waits until this node has read as far."""
+    first, second = _joining(kafka_url, channel), _joining(kafka_url, channel)
+    behind = second.kafka
+    lagging, deferred, asked = True, [], []
+    take = behind._take
+
+    async def lagging_take(tp: Any, records: list[Any]) -> None:
+        if tp.topic == behind.events_topic and lagging:
+            deferred.append((tp, records))  # positions stay where they were
+            return
+        while deferred and not lagging:
+            await take(*deferred.pop(0))
+        await take(tp, records)
+
+    async def delivered_to(offsets: Any) -> bool:
+        asked.append(tuple(offsets))
+        return await AsyncKafkaManager.delivered_to(behind, offsets)
+
+    monkeypatch.setattr(behind, "_take", lagging_take)
+    monkeypatch.setattr(behind, "delivered_to", delivered_to, raising=False)
+    client = RecoveringRecorder()
+    async with _serving(first, second) as (url, other_url):
+        try:
+            await client.connect(url)
+            assert await client.client.call("join", "lobby") is True
+            for n in range(3):
+                await first.emit("news", n, to="lobby")
+            await client.wait_count("news", 3)
+            await client.drop_transport()
+            back = asyncio.create_task(client.client.connect(other_url, transports=["websocket"]))
+            await wait_until(lambda: asked or back.done(), 20, "the claim judged")
+            lagging = False
+            await first.emit("news", 3, to="lobby")  # the next fetch: the node catches up
+            await back
+            assert client.client.recovered["/"]
+            await first.emit("news", 4, to="lobby")
+            await client.wait_count("news", 5)
+            assert client.events("news") == [0, 1, 2, 3, 4]
+        finally:
+            await client.close()

@@ -42,6 +42,18 @@ def pace_metadata_updates(client: Any, backoff_s: float) -> None:
         nonlocal pending
         if pending is None or pending.done():
             pending = asyncio.ensure_future(paced())
-        return pending
+        # Shielded: a caller that gives up (the broker watch's probe, on its timeout) once
+        # cancelled the update every caller shared, and aiokafka's sender, waiting on it,
+        # took the cancel for its own and ended for good, silently: no record was sent
+        # again, while the node said it was ready.
+        return asyncio.shield(pending)
+
+    close = client.close
+
+    async def closing() -> None:
+        if pending is not None:
+            pending.cancel()  # one waiting its turn would outlive the client
+        await close()
 
     client.force_metadata_update = update
+    client.close = closing

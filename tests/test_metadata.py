@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.client import AIOKafkaClient
 from aiokafka.producer.sender import Sender
@@ -17,6 +19,9 @@ class _BrokerGone:
 
     def __init__(self) -> None:
         self.attempts = 0
+
+    async def close(self) -> None:
+        """As aiokafka's client closes."""
 
     def force_metadata_update(self) -> asyncio.Future[bool]:
         self.attempts += 1
@@ -54,6 +59,32 @@ async def test_callers_share_the_update_waiting_its_turn_or_in_flight() -> None:
     results = await asyncio.gather(*(client.force_metadata_update() for _ in range(20)))
     assert results == [False] * 20  # each answered, by one update after the backoff
     assert client.attempts == 2
+
+
+async def test_a_caller_that_gives_up_leaves_the_shared_update_to_the_others() -> None:
+    """The broker watch's probe gives up on its update after 2 s; aiokafka's sender, waiting
+    on the same update, got the cancel and ended for good: nothing was sent again."""
+    client = _BrokerGone()
+    answer = asyncio.get_running_loop().create_future()
+    client.force_metadata_update = lambda: answer  # type: ignore[method-assign]
+    pace_metadata_updates(client, 0.0)
+    sender = client.force_metadata_update()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(client.force_metadata_update(), 0.01)  # the probe
+    answer.set_result(True)
+    assert await asyncio.wait_for(sender, 1) is True
+    await client.close()
+
+
+async def test_a_closed_client_leaves_no_update_waiting_its_turn() -> None:
+    client = _BrokerGone()
+    pace_metadata_updates(client, 10.0)
+    assert await client.force_metadata_update() is False
+    waiting = client.force_metadata_update()  # its turn in 10 s
+    await client.close()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert client.attempts == 1
 
 
 async def test_aiokafka_seams_the_pacing_relies_on() -> None:

@@ -50,6 +50,7 @@ from .skips import (
     log_unreadable,
     read_past_unreadable,
 )
+from .stopping import stop_consumer
 from .store import SessionStore
 from .supervisor import Supervisor
 from .topics import Replication, TopicSpec, ensure_topic, replication_for
@@ -641,7 +642,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
                 assert self._publisher is not None
                 await self.store.load(consumer, self._publisher)
         except BaseException:
-            await consumer.stop()
+            await stop_consumer(consumer)
             raise
         return consumer
 
@@ -650,7 +651,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         self._consumer = self._offsets = self._publisher = None
         for consumer in consumers:
             if consumer is not None:
-                await consumer.stop()
+                await stop_consumer(consumer)
         await self.shared_replays.close()
         await self._replays.close()
         if publisher is not None:

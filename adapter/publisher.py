@@ -31,6 +31,7 @@ from aiokafka.errors import (
 
 from .errors import BrokerUnavailable, PublishError
 from .histogram import LatencyHistogram
+from .stopping import stop_producer
 
 __all__ = ["WEDGED", "Delivery", "Headers", "Producer", "Publisher", "Record"]
 
@@ -158,8 +159,10 @@ class Publisher:
             await asyncio.gather(self._replacing, return_exceptions=True)
             self._replacing = None
         producer, self._producer = self._producer, None
-        if producer is not None:
-            await producer.stop()
+        if producer is not None and not await stop_producer(producer, self._timeout_s):
+            self._logger.warning(
+                "kafka producer not flushed within %ss: its unsent records failed", self._timeout_s
+            )
 
     def set_linger(self, ms: float) -> None:
         """Let records wait up to ``ms`` to share a request, from the producer's next batch
@@ -264,9 +267,8 @@ class Publisher:
         self.replaced += 1
         # Its unsent batches fail (their callers already had, or get, an error).
         try:
-            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
-                await wedged.stop()
-        except (KafkaError, TimeoutError):
+            await stop_producer(wedged, _CLOSE_TIMEOUT_S)
+        except KafkaError:
             self._logger.debug("the wedged producer did not close cleanly", exc_info=True)
         self._logger.warning("kafka producer replaced; publishing again")
 

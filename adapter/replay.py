@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from .stopping import stop_consumer
 from .watermarks import Watermarks
 
 __all__ = ["Bounds", "ConsumerPool", "topic_bounds"]
@@ -50,14 +51,14 @@ class ConsumerPool:
         try:
             yield consumer
         except BaseException:
-            await consumer.stop()
+            await stop_consumer(consumer)
             raise
         # No fetching while idle. (Not unsubscribe(): aiokafka's stop() then hangs.)
         consumer.pause(*consumer.assignment())
         if closes == self._closes and len(self._idle) < self._keep:
             self._idle.append(consumer)
         else:
-            await consumer.stop()
+            await stop_consumer(consumer)
 
     async def fill(self, topic: str) -> None:
         """Start one consumer that knows ``topic`` now, for the first replay."""
@@ -68,7 +69,7 @@ class ConsumerPool:
         self._closes += 1
         idle, self._idle = self._idle, []
         for consumer in idle:
-            await consumer.stop()
+            await stop_consumer(consumer)
 
 
 async def topic_bounds(watermarks: Watermarks, topic: str, partitions: int) -> Bounds:

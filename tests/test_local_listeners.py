@@ -16,12 +16,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 
+from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions, PublishError
 from socketio_kafka.gateway._process import free_port
 from socketio_kafka.gateway.errors import ServiceError
 from socketio_kafka.gateway.local_kafka import LocalKafka
 
 from .support.relay import Relay
 from .support.sockets import all_closed
+from .support.waiting import wait_until
 
 pytestmark = [pytest.mark.kafka]
 
@@ -143,3 +145,41 @@ def test_a_running_broker_is_reused_only_with_the_listeners_asked_for(
     with pytest.raises(ServiceError, match="relay"):
         LocalKafka(broker.data_dir, relay_port=free_port()).start()
     assert LocalKafka(broker.data_dir, secure=True).start() == address_of(broker)
+
+
+@pytest.mark.timeout(120)
+async def test_a_manager_stopped_while_kafka_is_gone_closes_every_client(
+    broker: LocalKafka, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiokafka's consumer, stopped while a failed fetch sleeps its retry backoff, raised
+    CancelledError out of `stop`, although nothing cancelled it: the manager's other
+    consumer and its producer stayed open, their tasks running, and a second `stop` found
+    nothing left to close. Its producer's flush, past that, waited for good on batches
+    no broker took: a publish under way fails instead, once its time is up."""
+    assert broker.relay_port is not None
+    assert broker.relay_target_port is not None
+    relay = Relay(broker.relay_port, broker.relay_target_port)
+    await relay.open()
+    before = asyncio.all_tasks()
+    manager = AsyncKafkaManager(
+        f"kafka://127.0.0.1:{broker.relay_port}",
+        channel=f"gone-{uuid.uuid4().hex[:8]}",
+        options=KafkaOptions(request_timeout_ms=4000),
+    )
+    manager.enable_recovery(60)
+    try:
+        await manager.start()
+        await manager.emit("e", 1, room="r")
+        await relay.cut()
+        publish = asyncio.create_task(manager.emit("e", 2, room="r"))
+        await wait_until(lambda: not manager.health().ready, 30, "Kafka seen gone")
+        await manager.stop()
+        with pytest.raises(PublishError):
+            await publish
+    finally:
+        await relay.cut()
+    left = {t.get_coro().__qualname__ for t in asyncio.all_tasks() - before} - {
+        asyncio.current_task().get_coro().__qualname__  # type: ignore[union-attr]
+    }
+    assert left == set()
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []

@@ -224,6 +224,35 @@ def test_aiokafka_group_requests_the_bridge_sends() -> None:
     assert ConsumerProtocol.METADATA.decode(metadata).subscription == ["a", "b"]
 
 
+def test_aiokafka_internals_a_stop_finishes_with() -> None:
+    """adapter/stopping.py finishes a stop aiokafka left half done: a consumer's pending
+    fetches and client, a producer's sender, accumulator and client."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.consumer.fetcher import Fetcher
+    from aiokafka.producer.message_accumulator import MessageAccumulator
+    from aiokafka.producer.sender import Sender
+
+    consumer = inspect.getsource(AIOKafkaConsumer)
+    assert "self._client = AIOKafkaClient(" in consumer
+    assert "self._fetcher = Fetcher(" in consumer
+    assert "self._pending_tasks" in inspect.getsource(Fetcher.__init__)
+    assert "await x" in inspect.getsource(Fetcher.close)  # the CancelledError let out
+    producer = inspect.getsource(AIOKafkaProducer.__init__)
+    for made in ("self.client = AIOKafkaClient(", "self._sender = Sender(", "MessageAccumulator("):
+        assert made in producer, made
+    assert "self._message_accumulator" in producer
+    assert inspect.iscoroutinefunction(Sender.close)
+    assert "task.cancelled()" in inspect.getsource(Sender._fail_all)  # fails nothing then
+    assert "self._pending_batches.remove(batch)" in inspect.getsource(MessageAccumulator.reenqueue)
+    assert "self._batches = " in inspect.getsource(MessageAccumulator.__init__)
+    assert list(inspect.signature(MessageAccumulator.fail_all).parameters) == [
+        "self",
+        "exception",
+    ]
+    assert inspect.iscoroutinefunction(AIOKafkaClient.close)
+
+
 def test_server_seams_the_gateway_guard_overrides() -> None:
     """gateway/guard.py reads the half-received binary packet python-socketio keeps, and
     filters events before python-socketio dispatches them."""

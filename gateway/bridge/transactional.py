@@ -43,6 +43,7 @@ from aiokafka.protocol.group import LeaveGroupRequest
 
 from socketio_kafka.adapter.options import KafkaOptions
 from socketio_kafka.adapter.skips import UNREADABLE, log_unreadable, read_past_unreadable
+from socketio_kafka.adapter.stopping import stop_consumer
 
 from .mapping import BadRecord
 
@@ -180,7 +181,7 @@ class TransactionalPump:
                     for tp, records in batches.items():
                         group.create_task(self._transfer(tp, records))
         finally:
-            await consumer.stop()
+            await stop_consumer(consumer)
             await self._drop(list(self._producers))
 
     def _consumer_kwargs(self) -> dict[str, Any]:

@@ -904,7 +904,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         if self.server is None:
             return False
         socket = self.server.eio.sockets.get(eio_sid)
-        if socket is None or not self.outboxes.cut(socket):
+        if socket is None or not self.outboxes.cut(socket, self.server.environ.get(eio_sid)):
             return False
         self.stats.slow_consumers_cut += 1
         self._get_logger().warning(

@@ -23,10 +23,11 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .aborts import abort_connection
 from .budget import MemoryBudget, packet_size
 from .errors import ConfigError
 
@@ -298,8 +299,9 @@ class Outboxes:
         """Engine.IO server's queue factory (``AsyncServer.create_queue``)."""
         return Outbox(self.limits, self.budget)
 
-    def cut(self, socket: Any) -> bool:
-        """Empty an Engine.IO socket's queue now and close it with `SLOW_CONSUMER`.
+    def cut(self, socket: Any, environ: Mapping[str, Any] | None = None) -> bool:
+        """Empty an Engine.IO socket's queue now, reset its connection where its
+        ``environ`` offers a way (`aborts.py`), and close it with `SLOW_CONSUMER`.
 
         False when it was already cut. The close does not wait for the queue to drain,
         as engineio's own ``disconnect`` does: that wait would never end.
@@ -308,6 +310,8 @@ class Outboxes:
         if not isinstance(queue, Outbox) or queue.shed:
             return False
         queue.shed_all()
+        # Its writer may be stuck in a send the client never takes: the connection reset.
+        abort_connection(environ)
         close = socket.close(wait=False, abort=True, reason=SLOW_CONSUMER)
         task = asyncio.get_running_loop().create_task(close)
         self._closing.add(task)  # a reference until it is done: the loop keeps weak ones

@@ -22,6 +22,7 @@ from typing import Any
 
 from socketio import packet
 
+from socketio_kafka.adapter.aborts import abort_connection
 from socketio_kafka.adapter.outbox import Outbox
 from socketio_kafka.adapter.recovery import RecoveringAsyncServer
 
@@ -29,7 +30,6 @@ from .accept import Holds
 from .inbound import InboundBudget
 from .limits import CONNECT_TIMEOUT, Limits, NodeLimits, client_address, peer_address
 from .protocol import EVENTS, RESERVED_EVENTS
-from .websocket import ABORT
 
 __all__ = ["ATTACHMENT_OVERHEAD", "DRAINING", "GuardedServer"]
 
@@ -365,9 +365,8 @@ class GuardedServer(RecoveringAsyncServer):
         if socket is None:
             return
         logger.warning("closing connection %s: %s", eio_sid, why)
-        extension = self.environ.get(eio_sid, {}).get("asgi.scope", {}).get("extensions") or {}
-        if ABORT in extension:  # a socket upgraded from polling has its handshake's scope
-            extension[ABORT]["abort"]()
+        # (A socket upgraded from polling has its handshake's scope: nothing to reset.)
+        abort_connection(self.environ.get(eio_sid))
         queue = socket.queue
         if isinstance(queue, Outbox):
             queue.shed_all()  # ends engineio's writer, which closes the WebSocket

@@ -32,6 +32,7 @@ from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 
+from socketio_kafka.adapter.aborts import ABORT
 from socketio_kafka.adapter.frames import FRAMES
 from socketio_kafka.adapter.outbox import SlimQueue
 
@@ -39,10 +40,6 @@ if TYPE_CHECKING:
     from .inbound import InboundBudget
 
 __all__ = ["ABORT", "CoalescingTransport", "CoalescingWebSocketProtocol", "Gate"]
-
-#: The ASGI scope extension of a `CoalescingWebSocketProtocol` connection:
-#: ``scope["extensions"][ABORT]["abort"]()`` resets its TCP connection at once.
-ABORT = "socketio_kafka.abort"
 
 #: A `CoalescingWebSocketProtocol.gate`.
 Gate = Callable[[str | None, str, str | None], bool]

@@ -27,10 +27,12 @@ from socketio_kafka.adapter import (
 from socketio_kafka.adapter.budget import MemoryBudget
 from socketio_kafka.adapter.outbox import SLOW_CONSUMER, Outbox, Outboxes
 from socketio_kafka.gateway import protocol
+from socketio_kafka.gateway.websocket import CoalescingWebSocketProtocol
 
 from .support.jsclient import JsClient
 from .support.recovering import RecoveringRecorder
 from .support.server import run_server
+from .support.sockets import served_on
 from .support.waiting import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
@@ -394,3 +396,27 @@ async def test_clients_that_stop_reading_together_are_cut_at_the_nodes_budget(
         peak = max(queue.budget_peak for queue in node.outboxes.made)
         assert limits.node_max_bytes < peak < limits.node_max_bytes + 2 * 1024 * 1024
         assert all(queue.peak * len(PAD) < limits.max_bytes for queue in node.outboxes.made)
+
+
+async def test_a_client_cut_for_not_reading_has_its_connection_closed(
+    kafka_url: str, channel: str
+) -> None:
+    """A cut emptied the client's queue and closed its Engine.IO socket, but the socket's
+    writer stayed in a send the client never took: the TCP connection, its ASGI task and
+    half a megabyte of buffers stayed for good, out of --max-connections' sight once
+    Engine.IO forgot the socket. The cut closes the connection at once, as a flood's
+    does (what the client's kernel holds, it still reads before the close)."""
+    node = Node(kafka_url, channel, OutboxLimits(max_bytes=1024 * 1024))
+    async with (
+        node.manager,
+        run_server(node.asgi, ws=CoalescingWebSocketProtocol) as url,
+    ):
+        port = int(url.rpartition(":")[2])
+        stalled = await _stalled_member(url)
+        try:
+            assert served_on(port) == 1
+            await node.flood(1500)
+            await wait_until(lambda: node.manager.stats.slow_consumers_cut == 1, 30, "the cut")
+            await wait_until(lambda: served_on(port) == 0, 10, "the connection closed")
+        finally:
+            stalled.transport.abort()

@@ -20,6 +20,16 @@ from .waiting import wait_until
 
 def connections_to(port: int) -> int:
     """How many sockets of this process have a peer on ``port``."""
+    return _sockets(port, 2)
+
+
+def served_on(port: int) -> int:
+    """How many connections this process serves on ``port`` (its listener left out)."""
+    return _sockets(port, 1, but_state="0A")
+
+
+def _sockets(port: int, end: int, but_state: str = "") -> int:
+    """This process's sockets whose local (``end`` 1) or remote (2) port is ``port``."""
     inodes = set()
     for fd in os.listdir("/proc/self/fd"):
         try:
@@ -32,7 +42,8 @@ def connections_to(port: int) -> int:
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            if int(fields[2].rpartition(":")[2], 16) == port and fields[9] in inodes:
+            mine = fields[9] in inodes and fields[3] != but_state
+            if mine and int(fields[end].rpartition(":")[2], 16) == port:
                 count += 1
     return count
 

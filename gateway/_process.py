@@ -308,7 +308,10 @@ class LocalService(abc.ABC):
         return self._end(crash)
 
     def _end(self, end: Callable[[int], None]) -> bool:
-        if not self.state_path.exists():
+        # The lock, not the state file: a start under way (fetching the jars, formatting)
+        # writes the state only once its process runs, and a stop said "not running" then
+        # while the service came up after it. It waits for that start, then ends it.
+        if not (self.data_dir / LOCK_FILE).exists():
             return False
         with locked(self.data_dir / LOCK_FILE):
             state = self._running_state()

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from socketio_kafka.gateway import _process
 from socketio_kafka.gateway._process import ServiceState, free_port, read_state, write_state
 from socketio_kafka.gateway.errors import (
     JavaNotFound,
@@ -277,3 +280,51 @@ def test_a_service_that_exits_at_start_shows_its_log(
     assert "FATAL: cannot start" in failure.value.log_tail
     assert server.status() is None
     assert not server.state_path.exists()
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(60)
+def test_a_stop_during_a_start_waits_for_it_then_ends_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start writes its state once its process runs; before that (Kafka's jars being
+    fetched, for minutes on a first run) a stop said "not running", and the service came
+    up after it."""
+    service = LocalRedis(tmp_path)
+    # `decided`: the stop asked for the lock (it waits for the start), or it returned.
+    launching, go, decided = threading.Event(), threading.Event(), threading.Event()
+    launch, lock = LocalRedis._launch, _process.locked
+
+    def slow_launch(self: LocalRedis, timeout: float) -> str:
+        launching.set()
+        assert go.wait(30)
+        return launch(self, timeout)
+
+    def locking(path: Path, *, blocking: bool = True) -> Any:
+        if threading.current_thread().name == "stop":
+            decided.set()
+        return lock(path, blocking=blocking)
+
+    monkeypatch.setattr(LocalRedis, "_launch", slow_launch)
+    monkeypatch.setattr(_process, "locked", locking)
+    stopped: list[bool] = []
+
+    def stop() -> None:
+        stopped.append(service.stop())
+        decided.set()
+
+    starting = threading.Thread(target=service.start)
+    stopping = threading.Thread(target=stop, name="stop")
+    starting.start()
+    try:
+        assert launching.wait(30)
+        stopping.start()
+        assert decided.wait(30)
+    finally:
+        go.set()
+        starting.join(30)
+        stopping.join(30)
+        leftover = service.status() is not None and service.stop()
+    assert stopped == [True]
+    assert not leftover
+    assert processes_with(service.config_path) == []

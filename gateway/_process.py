@@ -139,10 +139,23 @@ def spawn(argv: Sequence[str], *, log: Path) -> int:
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
         (os.POSIX_SPAWN_DUP2, 1, 2),
+        # What the launcher inherited stays out: a caller reading a pipe to its end (fd 3
+        # of a shell, say) would otherwise wait for the service to exit.
+        *((os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds()),
     ]
     pid = os.posix_spawn(argv[0], list(argv), os.environ, file_actions=actions, setsid=True)
     _spawned.add(pid)
     return pid
+
+
+def _inheritable_fds() -> list[int]:
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        with contextlib.suppress(OSError):  # the listing's own, closed by now
+            if fd > 2 and os.get_inheritable(fd):
+                fds.append(fd)
+    return fds
 
 
 def pid_alive(pid: int, marker: str) -> bool:

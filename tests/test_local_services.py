@@ -328,3 +328,25 @@ def test_a_stop_during_a_start_waits_for_it_then_ends_it(
     assert stopped == [True]
     assert not leftover
     assert processes_with(service.config_path) == []
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(60)
+def test_a_service_keeps_none_of_the_launchers_inherited_descriptors(tmp_path: Path) -> None:
+    """A caller that reads a pipe to its end (a shell's fd 3) waited for the service."""
+    read, write = os.pipe()
+    os.set_inheritable(write, True)
+    service = LocalRedis(tmp_path)
+    try:
+        service.start()
+        status = service.status()
+        assert status is not None
+        held = {
+            os.readlink(f"/proc/{status.pid}/fd/{fd}")
+            for fd in os.listdir(f"/proc/{status.pid}/fd")
+        }
+        assert os.readlink(f"/proc/self/fd/{write}") not in held
+    finally:
+        service.stop()
+        os.close(read)
+        os.close(write)

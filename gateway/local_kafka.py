@@ -146,6 +146,8 @@ class LocalKafka(LocalService):
         self.heap = heap
         self.relay_port = relay_port
         self.secure = secure
+        #: A new storage's password, saved once the storage is formatted with its users.
+        self._unsaved_password: str | None = None
 
     sasl_username = "socketio"
 
@@ -173,6 +175,8 @@ class LocalKafka(LocalService):
     @property
     def sasl_password(self) -> str:
         """The password of ``sasl_username``, made when a secure broker's storage was formatted."""
+        if self._unsaved_password is not None:
+            return self._unsaved_password
         try:
             return self.password_path.read_text().strip()
         except FileNotFoundError:
@@ -239,6 +243,7 @@ class LocalKafka(LocalService):
         runtime = [java, "-cp", f"{libs}/*", f"-Dlog4j2.configurationFile={log4j}"]
         if not formatted:
             self._format(runtime)
+            self._save_password()
         # A JVM crash report goes to the working directory unless told otherwise.
         crash = f"-XX:ErrorFile={self.data_dir}/hs_err_pid%p.log"
         broker = [*runtime, f"-Xmx{self.heap}", crash, "-Djava.awt.headless=true"]
@@ -302,7 +307,10 @@ class LocalKafka(LocalService):
     def _secure_settings(self, formatted: bool) -> dict[str, str]:
         """The SASL_SSL listener's certificate and users; the password is made with the storage.
 
-        SCRAM users live in the cluster metadata, written when the storage is formatted.
+        SCRAM users live in the cluster metadata, written when the storage is formatted;
+        the password file, only once they are (`_save_password`): a first secure start cut
+        short in its format left the file, and a plain start then formatted the storage
+        without users the file promised.
         """
         if not self.password_path.exists():
             if formatted:
@@ -310,10 +318,7 @@ class LocalKafka(LocalService):
                     f"{self.data_dir} was formatted without SASL users; give a secure broker"
                     " a new data dir"
                 )
-            self.password_path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.password_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_urlsafe(18) + "\n")
+            self._unsaved_password = secrets.token_urlsafe(18)
         tls = ensure_tls(self.data_dir / "tls")
         prefix = "listener.name.sasl_ssl."
         user = f'user_{self.sasl_username}="{self.sasl_password}"'
@@ -361,6 +366,15 @@ class LocalKafka(LocalService):
         if state is None or not pid_alive(state.pid, str(self.config_path)):
             return {}
         return state.ports
+
+    def _save_password(self) -> None:
+        password, self._unsaved_password = self._unsaved_password, None
+        if password is None:
+            return
+        self.password_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.password_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(password + "\n")
 
     def _format(self, runtime: Sequence[str]) -> None:
         """Give the new log dir its cluster id, quorum and SASL users."""

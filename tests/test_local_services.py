@@ -350,3 +350,31 @@ def test_a_service_keeps_none_of_the_launchers_inherited_descriptors(tmp_path: P
         service.stop()
         os.close(read)
         os.close(write)
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+def test_a_secure_start_cut_short_in_its_format_promises_no_sasl_users(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its password file was written before the format: a plain start then formatted the
+    storage without users, and a secure start after it printed a password SCRAM refused."""
+
+    def cut_short(self: LocalKafka, runtime: Any) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(LocalKafka, "_format", cut_short)
+        with pytest.raises(KeyboardInterrupt):
+            LocalKafka(tmp_path, secure=True).start()
+    broker = LocalKafka(tmp_path)
+    try:
+        broker.start()
+    finally:
+        broker.stop()
+    secure = LocalKafka(tmp_path, secure=True)
+    try:
+        with pytest.raises(ServiceError, match="formatted without SASL users"):
+            secure.start()
+    finally:
+        secure.stop()

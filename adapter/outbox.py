@@ -300,7 +300,7 @@ class Outboxes:
         return Outbox(self.limits, self.budget)
 
     def cut(self, socket: Any, environ: Mapping[str, Any] | None = None) -> bool:
-        """Empty an Engine.IO socket's queue now, reset its connection where its
+        """Empty an Engine.IO socket's queue now, close its connection at once where its
         ``environ`` offers a way (`aborts.py`), and close it with `SLOW_CONSUMER`.
 
         False when it was already cut. The close does not wait for the queue to drain,
@@ -310,7 +310,7 @@ class Outboxes:
         if not isinstance(queue, Outbox) or queue.shed:
             return False
         queue.shed_all()
-        # Its writer may be stuck in a send the client never takes: the connection reset.
+        # Its writer may be stuck in a send the client never takes: its connection goes.
         abort_connection(environ)
         close = socket.close(wait=False, abort=True, reason=SLOW_CONSUMER)
         task = asyncio.get_running_loop().create_task(close)

@@ -112,7 +112,7 @@ async def test_over_the_node_budget_holds_are_outrun_then_the_largest_queues_cut
     )
     sockets = {sid: _Socket(manager.outboxes.create_queue()) for sid in ("small", "big", "idle")}
     manager.server = SimpleNamespace(
-        eio=SimpleNamespace(sockets=sockets), logger=logging.getLogger("test")
+        eio=SimpleNamespace(sockets=sockets), environ={}, logger=logging.getLogger("test")
     )
     manager.holds.hold("held")
     manager.holds.add("held", 0, 0, [_packet()])

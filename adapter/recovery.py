@@ -20,7 +20,7 @@ import secrets
 import time
 from array import array
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -173,6 +173,15 @@ class _Claim:
         return cls(auth or None, pid, data.get("offset"), data.get(OPT_OUT_KEY) is False)
 
 
+@dataclass(slots=True)
+class _RoomChanges:
+    """Where a replaying socket's rooms changed: the live position at each change, with
+    the rooms it was in before it; ``rooms``, those it is in since the last one."""
+
+    rooms: tuple[str, ...]
+    marks: list[tuple[tuple[int, ...], tuple[str, ...]]] = field(default_factory=list)
+
+
 @dataclass(frozen=True, slots=True)
 class _Live:
     """A connected socket's recoverable session."""
@@ -213,6 +222,8 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         self._live: dict[tuple[str, str], _Live] = {}
         self._connecting: dict[tuple[str, str], str | None] = {}
         self._recovered: set[tuple[str, str]] = set()
+        #: Sockets whose replay runs: where their rooms changed meanwhile (`_read_on`).
+        self._replaying: dict[tuple[str, str], _RoomChanges] = {}
         self._dirty: set[tuple[str, str]] = set()
         #: Sessions just kept after a transport close, in case a DISCONNECT follows; in
         #: the order they were kept, so the expired ones are first.
@@ -828,29 +839,60 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
     ) -> int:
         """Replay ``[start, stop)``, then send the live events held meanwhile. A hold outrun
         by more live events than it keeps dropped them: the replay reads on, from its end
-        to the live position, in the socket's rooms as they are now (as a reconnect would,
-        without one), and holds again; a few times, then the socket is cut."""
+        to the live position, each stretch in the rooms the socket was in then
+        (`_read_on`), and holds again; a few times, then the socket is cut."""
         manager = self.kafka
-        missed = await self._replay(eio_sid, namespace, session, start, stop)
-        for _ in range(_READ_ON):
-            if manager.holds.release(eio_sid, stop, manager.send_packets):
-                return missed
-            queue = manager.packet_queue(eio_sid)
-            if queue is None:
-                return missed  # gone or cut meanwhile: nothing to read on for
-            manager.stats.replays_outrun += 1
-            start, stop = stop, tuple(manager.positions)
-            manager.holds.hold(eio_sid)  # nothing awaited since the position was taken
-            now = replace(session, rooms=self._session_rooms(session.sid, namespace))
-            missed += await self._replay(eio_sid, namespace, now, start, stop)
-        if not manager.holds.release(eio_sid, stop, manager.send_packets):
-            manager.stats.replays_outrun += 1
-            manager.cut_slow_consumer(eio_sid)  # its session kept: it reads slower than live
-        return missed
+        key = (session.sid, namespace)
+        changes = self._replaying[key] = _RoomChanges(session.rooms)
+        try:
+            missed = await self._replay(eio_sid, namespace, session, start, stop)
+            for _ in range(_READ_ON):
+                if manager.holds.release(eio_sid, stop, manager.send_packets):
+                    return missed
+                queue = manager.packet_queue(eio_sid)
+                if queue is None:
+                    return missed  # gone or cut meanwhile: nothing to read on for
+                manager.stats.replays_outrun += 1
+                start, stop = stop, tuple(manager.positions)
+                manager.holds.hold(eio_sid)  # nothing awaited since the position was taken
+                marks, changes.marks = changes.marks, []
+                missed += await self._read_on(eio_sid, namespace, session, start, stop, marks)
+            if not manager.holds.release(eio_sid, stop, manager.send_packets):
+                manager.stats.replays_outrun += 1
+                manager.cut_slow_consumer(eio_sid)  # its session kept: reads slower than live
+            return missed
+        finally:
+            if self._replaying.get(key) is changes:
+                del self._replaying[key]
+
+    async def _read_on(
+        self,
+        eio_sid: str,
+        namespace: str,
+        session: Session,
+        start: tuple[int, ...],
+        stop: tuple[int, ...],
+        marks: list[tuple[tuple[int, ...], tuple[str, ...]]],
+    ) -> int:
+        """Replay what a hold dropped in ``[start, stop)``, each stretch in the rooms the
+        socket was in then: up to each change of its rooms (``marks``), in those before
+        it; after the last, in those it is in now. In today's rooms alone, a room the
+        server took it out of lost what it was sent while the socket was still in it."""
+        missed = 0
+        for mark, rooms in marks:
+            until = tuple(max(s, min(m, e)) for s, m, e in zip(start, mark, stop, strict=True))
+            then = replace(session, rooms=rooms)
+            missed += await self._replay(eio_sid, namespace, then, start, until)
+            start = until
+        now = replace(session, rooms=self._session_rooms(session.sid, namespace))
+        return missed + await self._replay(eio_sid, namespace, now, start, stop)
 
     # -- session records -----------------------------------------------------------------
 
     def _rooms_changed(self, sid: str, namespace: str) -> None:
+        if (changes := self._replaying.get((sid, namespace))) is not None:
+            changes.marks.append((tuple(self.kafka.positions), changes.rooms))
+            changes.rooms = self._session_rooms(sid, namespace)
         if (sid, namespace) not in self._live:
             return
         self._dirty.add((sid, namespace))

@@ -106,3 +106,31 @@ async def test_a_socket_cut_or_gone_during_its_replay_is_not_read_on_for(
     assert len(replay.ranges) == 1
     assert cuts == []
     assert server.kafka.stats.replays_outrun == 0
+
+
+async def test_a_read_on_replays_each_stretch_in_the_rooms_the_socket_was_in_then(
+    server: RecoveringAsyncServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taken out of room "a" at 15 while its replay ran, a socket's read-on went through
+    today's rooms alone: what "a" was sent before 15, while the socket was in it, was lost
+    with the hold that dropped it. Up to 15 it is read in "a" and "b" now, then in "b"."""
+    replay, _, _ = _wire(server, monkeypatch, times=1)
+    manager, rooms = server.kafka, ["sid", "a", "b"]
+    monkeypatch.setattr(manager, "get_rooms", lambda sid, namespace: list(rooms))
+
+    async def left_a_at_15(*args: Any) -> int:
+        if not replay.ranges:
+            manager.positions[0] = 15
+            rooms.remove("a")
+            server._rooms_changed("sid", "/")
+        return await replay(*args)
+
+    monkeypatch.setattr(server, "_replay", left_a_at_15)
+    session = Session("pid", "sid", "/", ("a", "b"), None, (0,), "ep", "host")
+    await server._replay_then_release("e1", "/", session, (0,), (10,))
+    assert replay.ranges == [
+        ((0,), (10,), ("a", "b")),
+        ((10,), (15,), ("a", "b")),
+        ((15,), (25,), ("b",)),
+    ]
+    assert server._replaying == {}

@@ -784,3 +784,55 @@ async def test_a_client_back_on_a_node_that_has_not_read_as_far_as_it_gets_nothi
             assert client.events("news") == [0, 1, 2, 3, 4]
         finally:
             await client.close()
+
+
+async def test_a_room_left_while_an_outrun_replay_ran_keeps_what_it_was_sent_before(
+    kafka_url: str, channel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Live events to room "a" outran the recovering socket's hold (5 packets here); then
+    the server took it out of "a". The read-on went through its rooms of now: the events
+    "a" was sent while the socket was in it were lost, and its offset moved past them."""
+    manager = AsyncKafkaManager(kafka_url, channel=channel, limits=OutboxLimits(max_packets=5))
+    sio = RecoveringAsyncServer(
+        client_manager=manager, async_mode="asgi", connection_state_recovery={}
+    )
+
+    async def join(sid: str, room: str) -> bool:
+        await sio.enter_room(sid, room)
+        return True
+
+    sio.on("join", join)
+    replay = sio._replay
+    replays: list[Any] = []
+
+    async def outrun_then_left(eio_sid: str, namespace: str, session: Any, *span: Any) -> int:
+        replays.append(span)
+        if len(replays) == 1:
+            for n in range(100, 110):  # past the hold, while the socket is in "a"
+                await sio.emit("news", n, to="a")
+            await manager.consumed_to_end()
+            await sio.leave_room(session.sid, "a")
+        return await replay(eio_sid, namespace, session, *span)
+
+    monkeypatch.setattr(sio, "_replay", outrun_then_left)
+    client = RecoveringRecorder()
+    async with _serving(sio) as (url,):
+        try:
+            await client.connect(url)
+            for room in ("a", "b"):
+                assert await client.client.call("join", room) is True
+            await sio.emit("news", 0, to="a")
+            await client.wait_count("news", 1)
+            await client.drop_transport()
+            for n in (1, 2):
+                await sio.emit("news", n, to="a")
+            await client.client.connect(url, transports=["websocket"])
+            assert client.client.recovered["/"]
+            await wait_until(lambda: "a" not in sio.rooms(client.sid), 10, "its leave")
+            await sio.emit("news", 3, to="a")  # left: not for it
+            await sio.emit("news", 999, to="b")
+            await client.wait_count("news", 14)
+            assert client.events("news") == [0, 1, 2, *range(100, 110), 999]
+            assert manager.stats.replays_outrun == 1
+        finally:
+            await client.close()

@@ -4,7 +4,6 @@ refusals, room permissions, refresh and expiry, and recovery kept to its own sub
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -27,7 +26,7 @@ from .support import authorize
 from .support.clients import Recorder
 from .support.cluster import GatewayProcess, gateway_cluster
 from .support.jsclient import JsClient
-from .support.recovering import RecoveringRecorder
+from .support.recovering import RecoveringRecorder, claimed_by_a_connection_that_goes_while_judged
 from .support.server import run_server
 from .support.waiting import wait_until
 
@@ -385,45 +384,15 @@ async def test_a_claim_whose_connection_went_while_judged_leaves_the_session_its
     settings = Settings(channel=channel, jwt_secret=SECRET, jwt_audience=AUD, jwt_issuer=ISS)
     app = create_app(settings, kafka_url)
     sio, manager = app.state.node.sio, app.state.node.manager
-    real_find = manager.store.find
-    judging, judged = asyncio.Event(), asyncio.Event()
-
-    async def slow_find(pid: str, wait: float = 3.0) -> Any:
-        if not judging.is_set():
-            judging.set()
-            await judged.wait()
-        return await real_find(pid, wait)
-
-    auth = {"token": mint()}
-    alice, gave_up, again = (RecoveringRecorder(auth) for _ in range(3))
+    alice = RecoveringRecorder({"token": mint()})
     async with manager, run_server(app) as url:
         try:
             await alice.connect(url)
             sid = alice.sid
             await alice.drop_transport()
-            await wait_until(lambda: not manager.is_connected(sid, "/"), 10, "the drop noticed")
-            for claimant in (gave_up, again):
-                claimant.client.pids.update(alice.client.pids)
-                claimant.client.offsets.update(alice.client.offsets)
-            manager.store.find = slow_find
-            claiming = asyncio.create_task(gave_up.connect(url))
-            await asyncio.wait_for(judging.wait(), 10)
-            (eio_sid,) = (e for e, s in sio.eio.sockets.items() if not (s.closing or s.closed))
-            await manager.close_transport(eio_sid, "transport close")
-            judged.set()
-            await wait_until(lambda: sio.recoveries["failed", ""] == 1, 10, "judged too late")
-            claiming.cancel()
-            with contextlib.suppress(asyncio.CancelledError, socketio.exceptions.ConnectionError):
-                await claiming
-            await sio.emit("news", 1, to="user:alice")
-            await again.connect(url)
-            assert (again.client.recovered["/"], again.sid) == (True, sid)
-            assert await again.wait_count("news", 1) == [1]
+            await claimed_by_a_connection_that_goes_while_judged(sio, url, alice, sid, "user:alice")
         finally:
-            judged.set()
-            manager.store.find = real_find
-            for each in (alice, gave_up, again):
-                await each.close()
+            await alice.close()
 
 
 async def test_a_stolen_pid_gets_a_fresh_session_and_its_owner_recovers(

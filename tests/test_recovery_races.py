@@ -29,7 +29,7 @@ from socketio_kafka.gateway.websocket import CoalescingWebSocketProtocol
 from .support.jsclient import JsClient
 from .support.proxy import black_hole_proxy
 from .support.rawclient import send, websocket_session
-from .support.recovering import RecoveringRecorder
+from .support.recovering import RecoveringRecorder, claimed_by_a_connection_that_goes_while_judged
 from .support.server import run_server
 from .support.waiting import wait_until
 
@@ -385,48 +385,13 @@ async def test_a_connection_closed_while_its_claim_was_judged_leaves_the_session
     remove, in its rooms for good and "connected" in Kafka; every later claim of the
     session got a fresh one (connected here), and what the client missed was lost."""
     sio = _joining(kafka_url, channel)
-    manager = sio.kafka
-    real_find = manager.store.find
-    judging, judged = asyncio.Event(), asyncio.Event()
-
-    async def slow_find(pid: str, wait: float = 3.0) -> Any:
-        if not judging.is_set():
-            judging.set()
-            await judged.wait()
-        return await real_find(pid, wait)
-
     client = RecoveringRecorder()
-    gave_up = RecoveringRecorder()
-    again = RecoveringRecorder()
-    async with manager, run_server(socketio.ASGIApp(sio)) as url:
+    async with _serving(sio) as (url,):
         try:
             sid = await _in_lobby_then_dropped(client, url)
-            await wait_until(lambda: not manager.is_connected(sid, "/"), 10, "the drop noticed")
-            manager.store.find = slow_find
-            for claimant in (gave_up, again):
-                claimant.client.pids.update(client.client.pids)
-                claimant.client.offsets.update(client.client.offsets)
-            claiming = asyncio.create_task(gave_up.connect(url))
-            await wait_until(judging.is_set, 10, "the claim being judged")
-            (eio_sid,) = (e for e, s in sio.eio.sockets.items() if not (s.closing or s.closed))
-            await manager.close_transport(eio_sid, "transport close")
-            judged.set()
-            await wait_until(
-                lambda: sio.recoveries["failed", ""] == 1, 10, "the claim judged, too late"
-            )
-            claiming.cancel()  # the client has not noticed yet: it does not matter here
-            with contextlib.suppress(asyncio.CancelledError, socketio.exceptions.ConnectionError):
-                await claiming
-            assert not manager.is_connected(sid, "/")
-            await sio.emit("news", 1, to="lobby")
-            await again.connect(url)
-            assert (again.client.recovered["/"], again.sid) == (True, sid)
-            assert await again.wait_count("news", 1) == [1]
+            await claimed_by_a_connection_that_goes_while_judged(sio, url, client, sid, "lobby")
         finally:
-            judged.set()
-            manager.store.find = real_find
-            for each in (client, gave_up, again):
-                await each.close()
+            await client.close()
 
 
 async def test_a_second_connect_that_claims_a_session_is_refused_and_leaves_it_claimable(

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
-from socketio_kafka.adapter import AsyncRecoveringClient
+import socketio
+
+from socketio_kafka.adapter import AsyncRecoveringClient, RecoveringAsyncServer
 
 from .waiting import wait_until
 
@@ -56,3 +60,47 @@ class RecoveringRecorder:
         if self.client.connected:
             await self.client.disconnect()
         await self.client.shutdown()
+
+
+async def claimed_by_a_connection_that_goes_while_judged(
+    sio: RecoveringAsyncServer, url: str, owner: RecoveringRecorder, sid: str, room: str
+) -> None:
+    """``owner``'s session (``sid``, its transport dropped) claimed by a connection that
+    closes while the claim is judged (the session store's ``find`` held meanwhile), then
+    claimed again: the second claim recovers it, with what ``room`` was sent meanwhile."""
+    manager = sio.kafka
+    real_find = manager.store.find
+    judging, judged = asyncio.Event(), asyncio.Event()
+
+    async def slow_find(pid: str, wait: float = 3.0) -> Any:
+        if not judging.is_set():
+            judging.set()
+            await judged.wait()
+        return await real_find(pid, wait)
+
+    gave_up, again = RecoveringRecorder(owner.auth), RecoveringRecorder(owner.auth)
+    try:
+        await wait_until(lambda: not manager.is_connected(sid, "/"), 10, "the drop noticed")
+        for claimant in (gave_up, again):
+            claimant.client.pids.update(owner.client.pids)
+            claimant.client.offsets.update(owner.client.offsets)
+        manager.store.find = slow_find  # type: ignore[method-assign]
+        claiming = asyncio.create_task(gave_up.connect(url))
+        await wait_until(judging.is_set, 10, "the claim being judged")
+        (eio_sid,) = (e for e, s in sio.eio.sockets.items() if not (s.closing or s.closed))
+        await manager.close_transport(eio_sid, "transport close")
+        judged.set()
+        await wait_until(lambda: sio.recoveries["failed", ""] == 1, 10, "judged, too late")
+        claiming.cancel()  # the client has not noticed yet: it does not matter here
+        with contextlib.suppress(asyncio.CancelledError, socketio.exceptions.ConnectionError):
+            await claiming
+        assert not manager.is_connected(sid, "/")
+        await sio.emit("news", 1, to=room)
+        await again.connect(url)
+        assert (again.client.recovered["/"], again.sid) == (True, sid)
+        assert await again.wait_count("news", 1) == [1]
+    finally:
+        judged.set()
+        manager.store.find = real_find  # type: ignore[method-assign]
+        for claimant in (gave_up, again):
+            await claimant.close()

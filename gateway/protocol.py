@@ -17,10 +17,11 @@ their round trips to Kafka.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import socketio
@@ -81,6 +82,12 @@ class _CorrelationIds:
 _CORRELATION_IDS = _CorrelationIds()
 
 
+#: A request's action: given the socket's place in its line, what its ack adds, if anything.
+_Action = Callable[
+    [socketio.AsyncServer, str, str, tuple[Any, ...], Holding], Awaitable[Reply | None]
+]
+
+
 class _BadRequest(ValueError):
     """A client payload the protocol refuses; its message goes back in the ack."""
 
@@ -95,27 +102,21 @@ def register(
     # any await: handlers start in the order the packets came.
     order = Turns()
 
-    async def join(sid: str, *args: Any) -> Reply:
-        place = order.turn(sid.encode())
-        return await _reply(_enter(sio, sid, namespace, args, limits, place), place)
+    def in_turn(action: _Action) -> Callable[..., Awaitable[Reply]]:
+        async def handle(sid: str, *args: Any) -> Reply:
+            place = order.turn(sid.encode())
+            return await _reply(action(sio, sid, namespace, args, place), place)
 
-    async def leave(sid: str, *args: Any) -> Reply:
-        place = order.turn(sid.encode())
-        return await _reply(_leave(sio, sid, namespace, args, place), place)
+        return handle
 
-    async def publish(sid: str, *args: Any) -> Reply:
-        place = order.turn(sid.encode())
-        return await _reply(_publish(sio, sid, namespace, args, place), place)
-
-    sio.on("join", join, namespace=namespace)
-    sio.on("leave", leave, namespace=namespace)
-    sio.on("publish", publish, namespace=namespace)
-
-    async def refresh(sid: str, *args: Any) -> Reply:
-        place = order.turn(sid.encode())
-        return await _reply(_refresh(sio, sid, namespace, args, place), place)
-
-    sio.on("refresh", refresh, namespace=namespace)
+    actions: dict[str, _Action] = {
+        "join": functools.partial(_enter, limits=limits),
+        "leave": _leave,
+        "publish": _publish,
+        "refresh": _refresh,
+    }
+    for event, action in actions.items():
+        sio.on(event, in_turn(action), namespace=namespace)
 
 
 async def _reply(action: Awaitable[Reply | None], place: Holding) -> Reply:
@@ -137,8 +138,9 @@ async def _enter(
     sid: str,
     namespace: str,
     args: tuple[Any, ...],
-    limits: NodeLimits | None,
     place: Holding,
+    *,
+    limits: NodeLimits | None,
 ) -> None:
     room = _room(_payload(args))
     await _authorize(sio, sid, namespace, room, "join")

@@ -48,9 +48,10 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from aiokafka import TopicPartition
+from aiokafka.errors import OffsetOutOfRangeError
 
 from . import codec, routing
-from .errors import BrokerUnavailable, RecordDecodeError
+from .errors import BrokerUnavailable, RecordDecodeError, ReplayGap
 from .history import LiveHistory
 from .replay import ConsumerPool
 from .sightings import Sightings
@@ -534,6 +535,10 @@ class _Cursor:
                     position = self.position = target
                 try:
                     fetched = await consumer.getmany(tp, timeout_ms=1000, max_records=step)
+                except OffsetOutOfRangeError:
+                    # Retention deleted records since the ranges were judged whole.
+                    position = self.position = await self._past_the_deleted(consumer, tp)
+                    continue
                 except UNREADABLE:
                     # As the live loop: read again one at a time, past the refused record.
                     if step == 1:
@@ -563,6 +568,23 @@ class _Cursor:
                 await asyncio.sleep(0)
         finally:
             self.position = None
+
+    async def _past_the_deleted(self, consumer: Any, tp: TopicPartition) -> int:
+        """Fail the replays that needed what Kafka deleted; where the others go on."""
+        beginning: int = (await consumer.beginning_offsets([tp]))[tp]
+        if beginning <= (self.position or 0):
+            # Out of range past the end: the log was truncated under every reader.
+            raise ReplayGap(f"partition {self.partition} was truncated under its replays")
+        for reader in [r for r in self.readers if r.next < beginning]:
+            self.remove(reader)
+            reader.replay.fail(
+                ReplayGap(
+                    f"partition {self.partition}: offsets {reader.next} to {beginning - 1} "
+                    "were deleted by retention while the replay read"
+                )
+            )
+        consumer.seek(tp, beginning)
+        return beginning
 
     def _park_the_slow(self) -> None:
         hub = self.hub

@@ -7,6 +7,7 @@ SocketIOKafkaError
  ├── SecurityError        Kafka refused the credentials, or TLS failed; fix the configuration
  ├── BrokerUnavailable    Kafka cannot be reached now (retriable)
  ├── PublishError         Kafka did not accept a record (retriable)
+ ├── ReplayGap            Kafka deleted records a replay was reading; the recovery fails
  └── RecordDecodeError    a record on the topic is not ours or is malformed
 ```
 """
@@ -18,6 +19,7 @@ __all__ = [
     "ConfigError",
     "PublishError",
     "RecordDecodeError",
+    "ReplayGap",
     "SecurityError",
     "SocketIOKafkaError",
     "TopicLayoutError",
@@ -54,6 +56,11 @@ class PublishError(SocketIOKafkaError):
     """Kafka did not acknowledge a record in time."""
 
     retriable = True
+
+
+class ReplayGap(SocketIOKafkaError):
+    """Records in a replay's range were deleted (retention) after its range was judged
+    whole: what the session missed cannot all be delivered, so its recovery fails."""
 
 
 class RecordDecodeError(SocketIOKafkaError, ValueError):

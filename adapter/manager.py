@@ -1076,4 +1076,6 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             "max_partition_fetch_bytes": _REPLAY_FETCH_BYTES,
             "retry_backoff_ms": _REPLAY_RETRY_BACKOFF_MS,
         }
-        return AIOKafkaConsumer(**{**kwargs, **bulk, "auto_offset_reset": "earliest"})
+        # No reset: a range deleted since it was judged whole fails the replays needing it
+        # (`ReplayGap`), where "earliest" read on from the oldest record left, silently.
+        return AIOKafkaConsumer(**{**kwargs, **bulk, "auto_offset_reset": "none"})

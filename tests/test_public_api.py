@@ -19,6 +19,7 @@ def test_adapter_exports() -> None:
         "RecordDecodeError",
         "RecoveringAsyncServer",
         "RecoveryOptions",
+        "ReplayGap",
         "SecurityError",
         "SocketIOKafkaError",
         "TopicLayoutError",

@@ -9,15 +9,17 @@ import sys
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 
-from socketio_kafka.adapter import codec
+from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions, ReplayGap, codec
 from socketio_kafka.adapter.cursor import SharedReplays
 from socketio_kafka.adapter.manager import ManagerStats
 from socketio_kafka.adapter.replay import ConsumerPool, topic_bounds
 from socketio_kafka.adapter.routing import Audience
 from socketio_kafka.adapter.watermarks import Watermarks
+
+from .support.waiting import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(60)]
 
@@ -146,3 +148,39 @@ async def test_a_record_aiokafka_cannot_parse_is_read_past(
         assert got == [("good", [0]), ("good", [1])]
     finally:
         await pool.close()
+
+
+async def test_a_range_retention_deleted_while_judged_fails_only_its_replay(
+    kafka_bootstrap: str, kafka_url: str, channel: str
+) -> None:
+    """A claim judged whole against Kafka's bounds, then retention deletes the start of its
+    range before the replay reads it: the replay read on from the oldest offset left, and
+    the client was told "recovered" without what was deleted. It fails now (the client is
+    closed, claims again and is told the range is gone); a replay sharing the read whose
+    range Kafka still holds gets all of it."""
+    manager = AsyncKafkaManager(
+        kafka_url, channel, options=KafkaOptions(partitions=1, replay_history_bytes=0)
+    )
+    await manager.start()
+    try:
+        for seq in range(6):
+            await manager.emit("e", {"seq": seq}, room="a")
+        await wait_until(lambda: manager.positions == [6], 10, "six emits read live")
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_records({TopicPartition(f"{channel}.events", 0): RecordsToDelete(3)})
+        finally:
+            await admin.close()
+
+        async def offsets_from(start: int) -> list[int]:
+            async with manager.replay((start,), (6,), Audience.of("/", "sid", ["a"])) as replay:
+                return [offset async for found in replay for _, offset, _ in found]
+
+        gapped, whole = await asyncio.gather(
+            offsets_from(0), offsets_from(3), return_exceptions=True
+        )
+        assert isinstance(gapped, ReplayGap), gapped
+        assert whole == [3, 4, 5]
+    finally:
+        await manager.stop()

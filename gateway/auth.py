@@ -200,5 +200,8 @@ def _claims(raw: dict[str, Any]) -> Claims:
         patterns = raw.get(name, [])
         if not (isinstance(patterns, list) and all(isinstance(p, str) for p in patterns)):
             raise TokenRefused(Refusal.INVALID_CLAIMS)
-    when = float(expires) if isinstance(expires, int | float) else None
+    # PyJWT checked it as ``int(exp)``: a number, or a string of one.
+    when = (
+        None if expires is None else float(expires if isinstance(expires, float) else int(expires))
+    )
     return Claims(subject, when, types.MappingProxyType(raw))

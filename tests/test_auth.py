@@ -76,6 +76,16 @@ def test_leeway_forgives_clock_skew() -> None:
     assert TokenVerifier.for_secret(SECRET, leeway=30).verify(token).subject == "alice"
 
 
+def test_an_exp_written_as_a_string_is_the_sockets_expiry_as_it_is_the_tokens() -> None:
+    """PyJWT takes ``"exp": "1767225600"`` for a number: such a token was refused once
+    expired, yet a socket connected with it had no expiry and stayed on for good."""
+    exp = int(time.time()) + 60
+    verifier = TokenVerifier.for_secret(SECRET)
+    assert verifier.verify(_mint(exp=str(exp))).expires == exp
+    assert verifier.verify(_mint(exp=exp + 0.5)).expires == exp + 0.5
+    assert verifier.verify(_mint(exp=None)).expires is None  # no exp: it never expires
+
+
 def test_an_unsigned_token_or_the_public_key_as_an_hmac_secret_is_refused() -> None:
     private, pem = _ec_pem()
     verifier = TokenVerifier.for_public_key(pem)

@@ -213,13 +213,18 @@ class GuardedServer(RecoveringAsyncServer):
             _drop_handshake_headers(environ)
         self._judging[eio_sid] += 1
         try:
-            await super()._handle_connect(eio_sid, namespace, data)
+            await self._judge_connect(eio_sid, namespace, data)
         finally:
             self._judging[eio_sid] -= 1
             if not self._judging[eio_sid]:
                 del self._judging[eio_sid]
         if self._namespaced(eio_sid) and (timer := self._unconnected.pop(eio_sid, None)):
             timer.cancel()
+
+    async def _judge_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        """A CONNECT that passed the rate and the connection's checks: a subclass judges
+        its token here, after them, so that refused ones count against the rate too."""
+        await super()._handle_connect(eio_sid, namespace, data)
 
     async def _handle_disconnect(
         self, eio_sid: str, namespace: str | None, reason: str | None = None

@@ -127,10 +127,10 @@ class IdentityServer(GuardedServer):
 
     # -- connections ---------------------------------------------------------------------
 
-    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+    async def _judge_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
         namespace = namespace or "/"
         if self.verifier is None:
-            await super()._handle_connect(eio_sid, namespace, data)
+            await super()._judge_connect(eio_sid, namespace, data)
             return
         environ = self.environ.get(eio_sid, {})
         try:
@@ -142,12 +142,12 @@ class IdentityServer(GuardedServer):
         if key in self._identities:
             # Connected already: python-socketio refuses the second CONNECT; the socket
             # keeps the identity it has.
-            await super()._handle_connect(eio_sid, namespace, data)
+            await super()._judge_connect(eio_sid, namespace, data)
             return
         self._identities[key] = _Identity(claims)
         connecting = _CONNECTING.set(claims)
         try:
-            await super()._handle_connect(eio_sid, namespace, data)
+            await super()._judge_connect(eio_sid, namespace, data)
         finally:
             _CONNECTING.reset(connecting)
             sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
@@ -169,10 +169,16 @@ class IdentityServer(GuardedServer):
     async def _handle_disconnect(
         self, eio_sid: str, namespace: str | None, reason: str | None = None
     ) -> None:
+        namespace = namespace or "/"
+        # Over long-polling a DISCONNECT can be handled while its connection's CONNECT is
+        # judged: it finds no socket, and the identity stays the CONNECT's (which forgets
+        # it if it fails), else the socket it restores has no token to expire.
+        connected = self.manager.sid_from_eio_sid(eio_sid, namespace) is not None
         try:
             await super()._handle_disconnect(eio_sid, namespace, reason)
         finally:
-            self._forget((eio_sid, namespace or "/"))
+            if connected:
+                self._forget((eio_sid, namespace))
 
     async def disconnect(
         self, sid: str, namespace: str | None = None, ignore_queue: bool = False

@@ -4,6 +4,7 @@ refusals, room permissions, refresh and expiry, and recovery kept to its own sub
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from .support import authorize
 from .support.clients import Recorder
 from .support.cluster import GatewayProcess, gateway_cluster
 from .support.jsclient import JsClient
+from .support.rawclient import engineio_url, websocket_barrage
 from .support.recovering import RecoveringRecorder, claimed_by_a_connection_that_goes_while_judged
 from .support.server import run_server
 from .support.waiting import wait_until
@@ -148,6 +150,16 @@ async def test_each_refusal_is_a_connect_error_that_says_why(node: GatewayProces
     )
     assert await bearer.ask("join", {"room": "user:alice"}) == {"ok": True}
     await bearer.close()
+
+
+async def test_a_connection_flooding_connects_with_bad_tokens_is_cut(node: GatewayProcess) -> None:
+    """A CONNECT with a bad token was refused before the event rate counted it: one
+    connection's 3,000 were each checked (a signature's cost) and answered, none refused
+    for the rate, and the connection was never cut. The rate comes first now."""
+    assert await websocket_barrage(node.url, ['40{"token": "a.b.c"}'] * 2000, read_s=1.0) is False
+    assert "kept sending CONNECTs far past its rate limit" in node.log()
+    served = await client(node.url, mint())
+    await served.client.disconnect()
 
 
 async def test_the_js_client_reads_the_reason(node: GatewayProcess) -> None:
@@ -392,6 +404,50 @@ async def test_a_claim_whose_connection_went_while_judged_leaves_the_session_its
             await alice.drop_transport()
             await claimed_by_a_connection_that_goes_while_judged(sio, url, alice, sid, "user:alice")
         finally:
+            await alice.close()
+
+
+async def test_a_disconnect_handled_while_a_claim_is_judged_leaves_its_token_to_expire(
+    kafka_url: str, channel: str
+) -> None:
+    """Over long-polling a connection's packets are handled at once: a DISCONNECT ("41")
+    handled while its recovery CONNECT was judged found no socket, yet forgot the
+    connection's token; the socket recovered then had none to expire, and took its rooms'
+    events for good. In process, on real Kafka."""
+    settings = Settings(channel=channel, jwt_secret=SECRET, jwt_audience=AUD, jwt_issuer=ISS)
+    app = create_app(settings, kafka_url)
+    manager = app.state.node.manager
+    real_find = manager.store.find
+    judging, judged = asyncio.Event(), asyncio.Event()
+
+    async def slow_find(pid: str, wait: float = 3.0) -> Any:
+        judging.set()
+        await judged.wait()
+        return await real_find(pid, wait)
+
+    alice = RecoveringRecorder({"token": mint()})
+    async with manager, run_server(app) as url, httpx.AsyncClient(timeout=20) as http:
+        try:
+            await alice.connect(url)
+            sid, pid = alice.sid, alice.client.pids["/"]
+            await alice.drop_transport()
+            await wait_until(lambda: not manager.is_connected(sid, "/"), 10, "the drop noticed")
+            manager.store.find = slow_find  # type: ignore[method-assign]
+            handshake = await http.get(engineio_url(url, "polling"))
+            session = engineio_url(url, "polling", json.loads(handshake.text[1:])["sid"])
+            connect = "40" + json.dumps({"token": mint(ttl=2), "pid": pid})
+            claiming = asyncio.create_task(http.post(session, content=connect))
+            await wait_until(judging.is_set, 10, "the claim being judged")
+            await http.post(session, content="41")
+            judged.set()
+            await claiming
+            await wait_until(lambda: manager.is_connected(sid, "/"), 10, "the session recovered")
+            await wait_until(
+                lambda: not manager.is_connected(sid, "/"), 10, "its token expired, its cut"
+            )
+        finally:
+            judged.set()
+            manager.store.find = real_find  # type: ignore[method-assign]
             await alice.close()
 
 

@@ -190,6 +190,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         self._partitions = 0
         #: Next offset to consume, per partition: the watermark every delivery carries.
         self.positions: list[int] = []
+        #: Past the last emit this node wrote, per partition (`_emits_delivered`).
+        self._emitted: dict[int, int] = {}
         self._marker: offsets.Marker | None = None
         #: The sessions topic (connection state recovery), read by the consume loop too.
         self.store = SessionStore(
@@ -425,6 +427,42 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         )
         await self._publish(message, correlation_id, publisher, subject)
 
+    async def can_disconnect(self, sid: str, namespace: str) -> Any:
+        if self._here(sid, namespace):
+            await self._emits_delivered()
+        return await super().can_disconnect(sid, namespace)
+
+    async def enter_room(
+        self, sid: str, namespace: str, room: str, eio_sid: str | None = None
+    ) -> None:
+        if self._here(sid, namespace):
+            await self._emits_delivered()
+        await super().enter_room(sid, namespace, room, eio_sid=eio_sid)
+
+    async def leave_room(self, sid: str, namespace: str, room: str) -> None:
+        if self._here(sid, namespace):
+            await self._emits_delivered()
+        await super().leave_room(sid, namespace, room)
+
+    async def close_room(self, room: str, namespace: str | None = None) -> None:
+        await self._emits_delivered()
+        await super().close_room(room, namespace)
+
+    def _here(self, sid: str, namespace: str) -> bool:
+        return bool(self.is_connected(sid, namespace) or self.is_pre_connected(sid, namespace))
+
+    async def _emits_delivered(self) -> None:
+        """Wait (up to a request's timeout) until this node's emits written so far are
+        delivered here. python-socketio's managers deliver an emit here before it returns;
+        this one, once read back from Kafka: a disconnect, room change or room close here
+        acted at once, and the emit just written before it ("tell the client why, then
+        kick it") reached nobody, or reached a socket that joined after it."""
+        emitted = self._emitted
+        if self._consumer is not None and any(
+            self.positions[p] < offset for p, offset in emitted.items()
+        ):
+            await self._delivered_within(dict(emitted))
+
     async def _publish(
         self,
         data: codec.Message,
@@ -440,7 +478,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
                 f"{self.options.max_record_bytes}"
             )
         try:
-            await self._produce(
+            written = await self._produce(
                 self.events_topic,
                 codec.record_key(data),
                 value,
@@ -450,11 +488,15 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             self.stats.publish_errors += 1
             raise
         self.stats.published += 1
+        if data["method"] == "emit":
+            emitted = self._emitted
+            emitted[written.partition] = max(emitted.get(written.partition, 0), written.offset + 1)
 
     async def _produce(
         self, topic: str, key: bytes, value: bytes | None, headers: Headers = ()
-    ) -> None:
-        """Produce one record; those of a key are produced in the order this was called.
+    ) -> Any:
+        """Produce one record, and return its metadata (partition, offset); those of a key
+        are produced in the order this was called.
 
         One deadline bounds all of it, on a timer shared by every publish
         (`adapter/deadlines.py`): the record handed to the producer, in its key's turn,
@@ -468,7 +510,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
                 async with self._turns.turn(key):
                     publisher = await self._ready_publisher()
                     delivery = await publisher.enqueue(topic, [(key, value, headers)], None)
-                await publisher.confirm(delivery)
+                (written,) = await publisher.confirm(delivery)
+                return written
         except TimeoutError:
             if delivery is None:
                 raise PublishError(
@@ -634,6 +677,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             await consumer.seek_to_end(*events)
             # Resolve the lazy seek now: readiness means positioned.
             self.positions = [await consumer.position(tp) for tp in events]
+            self._emitted = {}  # a new start's positions are past them, or a new topic's
             if (sightings := self.shared_replays.sightings) is not None:
                 sightings.reset(self.positions)
             if (history := self.shared_replays.history) is not None:
@@ -1021,9 +1065,12 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         A recovering client's offsets are those of the node it left: one behind them would
         hand it again, live, what it had already had.
         """
+        return await self._delivered_within(dict(enumerate(offsets)))
+
+    async def _delivered_within(self, offsets: dict[int, int]) -> bool:
         try:
             async with asyncio.timeout(self.options.request_timeout_ms / 1000):
-                await self._delivered(dict(enumerate(offsets)))
+                await self._delivered(offsets)
         except TimeoutError:
             return False
         return True

@@ -224,3 +224,53 @@ async def test_paced_and_unpaced_fetching_deliver_every_event_in_order(
         finally:
             await client.disconnect()
             await manager.stop()
+
+
+async def test_an_emit_then_a_disconnect_or_a_leave_here_reaches_the_socket_first(
+    kafka_url: str, channel: str
+) -> None:
+    """ "Tell the client why, then kick it": python-socketio's managers deliver an emit here
+    before they return, and a disconnect, a leave or a room's close then comes after it.
+    This one delivers what it reads back from Kafka, and the disconnect, leave or close
+    acted at once: the emit it had just written reached nobody. Local room changes and
+    disconnects now wait for this node's emits written before them."""
+    manager = AsyncKafkaManager(kafka_url, channel, options=KafkaOptions(partitions=3))
+    sio = socketio.AsyncServer(async_mode="asgi", client_manager=manager)
+
+    @sio.on("join")
+    async def join(sid: str, room: str) -> None:
+        await sio.enter_room(sid, room)
+
+    @sio.on("leave-me")
+    async def leave_me(sid: str, room: str) -> None:
+        await sio.emit("last", room, room=room)
+        await sio.leave_room(sid, room)
+
+    @sio.on("close-it")
+    async def close_it(sid: str, room: str) -> None:
+        await sio.emit("last", room, room=room)
+        await sio.close_room(room)
+
+    @sio.on("kick-me")
+    async def kick_me(sid: str) -> None:
+        await sio.emit("bye", "kicked", to=sid)
+        await sio.disconnect(sid)
+
+    got: list[Any] = []
+    client = socketio.AsyncClient(reconnection=False)
+    for event in ("last", "bye"):
+        client.on(event, lambda data, event=event: got.append((event, data)))
+    async with run_server(socketio.ASGIApp(sio)) as url:
+        await manager.start()
+        try:
+            await client.connect(url, transports=["websocket"])
+            for room in ("left", "closed"):
+                await client.call("join", room)
+            await client.call("leave-me", "left")
+            await client.call("close-it", "closed")
+            await client.emit("kick-me")
+            await wait_until(lambda: not client.connected, 15, "the kick")
+            assert got == [("last", "left"), ("last", "closed"), ("bye", "kicked")]
+        finally:
+            await client.disconnect()
+            await manager.stop()

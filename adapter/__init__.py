@@ -16,6 +16,7 @@ from .client import AsyncRecoveringClient
 from .errors import (
     BrokerUnavailable,
     ConfigError,
+    PayloadError,
     PublishError,
     RecordDecodeError,
     ReplayGap,
@@ -38,6 +39,7 @@ __all__ = [
     "ManagerStats",
     "OffsetError",
     "OutboxLimits",
+    "PayloadError",
     "PublishError",
     "RecordDecodeError",
     "RecoveringAsyncServer",

@@ -17,7 +17,7 @@ import orjson
 from socketio.packet import Packet
 
 from . import fastjson
-from .errors import RecordDecodeError
+from .errors import PayloadError, RecordDecodeError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -132,7 +132,17 @@ def record_key(message: Message) -> bytes:
 
 
 def encode(message: Message) -> bytes:
-    return fastjson.dumpb({"v": FORMAT_VERSION, **message})
+    """The record's value; `PayloadError` for what no node would decode (`decode`): NaN
+    or Infinity, a lone surrogate, nesting deeper than `MAX_DEPTH`. Written, such a record
+    was acknowledged, then skipped by every node: the emit told success, nobody got it."""
+    body = {"v": FORMAT_VERSION, **message}
+    try:
+        value = fastjson.dumpb_strict(body)
+    except ValueError as exc:
+        raise PayloadError(f"{message['method']}: data is not JSON a node can read: {exc}") from exc
+    if value.count(b"[") + value.count(b"{") > MAX_DEPTH and _too_deep(body):
+        raise PayloadError(f"{message['method']}: data nested deeper than {MAX_DEPTH} levels")
+    return value
 
 
 def decode(value: bytes | None) -> Message:

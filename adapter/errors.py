@@ -7,6 +7,7 @@ SocketIOKafkaError
  ├── SecurityError        Kafka refused the credentials, or TLS failed; fix the configuration
  ├── BrokerUnavailable    Kafka cannot be reached now (retriable)
  ├── PublishError         Kafka did not accept a record (retriable)
+ ├── PayloadError         an emit's data no node could read back (NaN, a lone surrogate)
  ├── ReplayGap            Kafka deleted records a replay was reading; the recovery fails
  └── RecordDecodeError    a record on the topic is not ours or is malformed
 ```
@@ -17,6 +18,7 @@ from __future__ import annotations
 __all__ = [
     "BrokerUnavailable",
     "ConfigError",
+    "PayloadError",
     "PublishError",
     "RecordDecodeError",
     "ReplayGap",
@@ -56,6 +58,11 @@ class PublishError(SocketIOKafkaError):
     """Kafka did not acknowledge a record in time."""
 
     retriable = True
+
+
+class PayloadError(SocketIOKafkaError, ValueError):
+    """An emit's data cannot be written as a record every node reads back: NaN or
+    Infinity, a lone surrogate, nesting deeper than 128 levels. Nothing was written."""
 
 
 class ReplayGap(SocketIOKafkaError):

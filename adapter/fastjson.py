@@ -29,6 +29,17 @@ def dumpb(obj: Any) -> bytes:
         return json.dumps(obj, separators=(",", ":")).encode()
 
 
+def dumpb_strict(obj: Any) -> bytes:
+    """``dumpb``, but a `ValueError` for what is not JSON in UTF-8, where the standard
+    library writes it when orjson cannot (integers beyond 64 bits beside it): NaN and
+    Infinity, lone surrogates. (orjson itself writes NaN as null, as JavaScript does.)"""
+    try:
+        return orjson.dumps(obj, option=_OPTIONS)
+    except TypeError:
+        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return text.encode()  # UnicodeEncodeError (a ValueError) for a lone surrogate
+
+
 def dumps(obj: Any, **_: Any) -> str:
     """``obj`` as compact JSON text."""
     return dumpb(obj).decode()

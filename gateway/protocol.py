@@ -29,6 +29,7 @@ import socketio
 from socketio_kafka.adapter import (
     AsyncKafkaManager,
     BrokerUnavailable,
+    PayloadError,
     PublishError,
     RecoveringAsyncServer,
     SocketIOKafkaError,
@@ -124,7 +125,7 @@ async def _reply(action: Awaitable[Reply | None], place: Holding) -> Reply:
     ends as its record takes its room's turn)."""
     try:
         extra = await action
-    except _BadRequest as exc:
+    except (_BadRequest, PayloadError) as exc:
         return {"ok": False, "error": str(exc)}
     except SocketIOKafkaError as exc:
         return {"ok": False, "error": f"broker: {exc}"}

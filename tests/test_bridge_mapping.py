@@ -100,6 +100,8 @@ def test_tombstones_pass_or_become_an_event_with_the_key() -> None:
         ({"event": "{header.t}"}, Rec(b"k", b"{}", [("t", b"connect")]), "event"),
         ({"payload": "text"}, Rec(b"k", b"\xed\xa0\x80"), "not_utf8"),  # a lone surrogate
         ({"payload": "value.body"}, Rec(b"k", b"{}"), "missing"),
+        # JSON the source may hold (128 levels) is deeper than that once in an emit's record.
+        ({}, Rec(b"k", b"[" * 128 + b"]" * 128), "not_json"),
     ],
 )
 def test_bad_records_raise_with_their_kind(

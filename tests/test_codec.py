@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from socketio.packet import Packet
 
-from socketio_kafka.adapter import RecordDecodeError, codec
+from socketio_kafka.adapter import PayloadError, RecordDecodeError, codec
 
 
 def _emit(**overrides: object) -> codec.Message:
@@ -180,3 +180,39 @@ def test_a_minimal_record_from_another_language_decodes() -> None:
     message = codec.decode(value)
     assert message["namespace"] == "/"
     assert message["room"] == "lobby"
+
+
+def _nested_data(depth: int) -> list[Any]:
+    """Lists ``depth`` deep: an emit's record holds them two levels down."""
+    data: list[Any] = []
+    for _ in range(depth - 1):
+        data = [data]
+    return data
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "caf\udce9",  # a lone surrogate: os.fsdecode of latin-1 bytes
+        [float("nan"), 2**70],  # orjson refuses the integer; the standard library wrote NaN
+        [float("inf"), 2**70],
+        _nested_data(codec.MAX_DEPTH),
+    ],
+    ids=["lone-surrogate", "nan-beside-a-long-integer", "infinity", "too-deep"],
+)
+def test_data_no_node_could_read_back_is_refused_before_it_is_written(data: Any) -> None:
+    """Such a record was written and acknowledged, then every node skipped it: the emit
+    told success and nobody got the event."""
+    message = codec.emit_message(
+        "e", data, namespace="/", room=None, skip_sid=None, callback=None, host_id="h"
+    )
+    with pytest.raises(PayloadError):
+        codec.encode(message)
+
+
+def test_what_encodes_decodes() -> None:
+    for data in (float("nan"), [2**70, 1.5], "é\u2028", _nested_data(codec.MAX_DEPTH - 2)):
+        message = codec.emit_message(
+            "e", data, namespace="/", room=None, skip_sid=None, callback=None, host_id="h"
+        )
+        codec.decode(codec.encode(message))

@@ -220,6 +220,29 @@ async def test_oversized_records_are_refused_and_the_manager_goes_on(
         assert manager.stats.publish_errors == 1
 
 
+async def test_a_publish_no_node_could_read_back_is_refused_and_its_id_stays_unused(
+    node: GatewayProcess,
+) -> None:
+    """NaN beside a long integer passed the gateway's JSON reader and was written and
+    acknowledged ``ok``, then every node skipped the record: nobody got it, and its id
+    counted as published. It is refused before it is written now."""
+    sender, receiver = Recorder(node.url), Recorder(node.url)
+    for client in (sender, receiver):
+        await client.connect()
+    try:
+        assert (await receiver.ask("join", {"room": "r"}))["ok"] is True
+        unreadable = {"room": "r", "event": "e", "data": [float("nan"), 2**70], "id": "p-1"}
+        reply = await sender.ask("publish", unreadable)
+        assert reply["ok"] is False
+        assert reply["error"].startswith("emit: data is not JSON a node can read")
+        reply = await sender.ask("publish", {"room": "r", "event": "e", "data": 1, "id": "p-1"})
+        assert (reply["ok"], reply["repeat"]) == (True, False)
+        assert await receiver.wait_for("e", 1) == [1]
+    finally:
+        for client in (sender, receiver):
+            await client.close()
+
+
 async def test_a_client_sending_more_than_max_payload_is_cut_off_and_others_are_served(
     node: GatewayProcess,
 ) -> None:

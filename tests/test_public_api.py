@@ -15,6 +15,7 @@ def test_adapter_exports() -> None:
         "ManagerStats",
         "OffsetError",
         "OutboxLimits",
+        "PayloadError",
         "PublishError",
         "RecordDecodeError",
         "RecoveringAsyncServer",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from socketio_kafka.adapter import codec, routing
-from socketio_kafka.adapter.errors import RecordDecodeError
+from socketio_kafka.adapter.errors import PayloadError, RecordDecodeError
 
 from ..protocol import MAX_NAME_LENGTH, RESERVED_EVENTS
 from .config import Field, InboundBridge, Template
@@ -97,7 +97,10 @@ class Mapper:
             callback=None,
             host_id=self._host_id,
         )
-        value = codec.encode(message)
+        try:
+            value = codec.encode(message)
+        except PayloadError as exc:  # nested too deep once wrapped in the emit's record
+            raise BadRecord("not_json", str(exc)) from exc
         if len(value) > self._max_record_bytes:
             limit = self._max_record_bytes
             raise BadRecord("too_large", f"{len(value)} bytes mapped, over {limit}")

@@ -66,6 +66,8 @@ def test_outbound_tables_are_read_and_mistakes_named() -> None:
         _ROUTE + 'rooms = ["*"]\nnamespace = "x"\n': "outbound[0].namespace: must start",
         _ROUTE + 'rooms = ["*"]\nstart = "now"\n': "outbound[0].start",
         _ROUTE + 'rooms = ["*"]\nwindow = 0\n': "outbound[0].window: seconds",
+        _ROUTE + 'rooms = ["*"]\nwindow = inf\n': "outbound[0].window: seconds",
+        _ROUTE + 'rooms = ["*"]\nwindow = 1e10\n': "outbound[0].window: seconds",
         _ROUTE + 'rooms = ["*"]\nroom = "x"\n': "outbound[0].room: unknown key",
         _ROUTE + 'rooms = ["*"]\n' + _ROUTE + 'rooms = ["*"]\n': "names must differ",
         "outbound = 3\n": "outbound: write [[outbound]] tables",

@@ -37,7 +37,15 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.client import CoordinationType
 from aiokafka.coordinator.protocol import ConsumerProtocol
-from aiokafka.errors import UnknownMemberIdError, for_code
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTimestampError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    UnknownMemberIdError,
+    for_code,
+)
 from aiokafka.protocol.admin import DescribeGroupsRequest
 from aiokafka.protocol.group import LeaveGroupRequest
 
@@ -61,9 +69,14 @@ logger = logging.getLogger("socketio_kafka.bridge")
 #: What a dead-letter copy leaves to a record batch's own bytes under ``max_record_bytes``:
 #: a topic made with Kafka's default ``max.message.bytes`` (1 MiB and 12 bytes) takes it.
 _DEAD_LETTER_HEADROOM = 1024
-#: The first offset not yet committed, for a partition the group never committed: not
-#: known until a record comes (seeking it to 0 once bridged a topic's whole history).
-_UNCOMMITTED = -1
+#: What Kafka answers for a record it refuses for what it is, at every try: written again,
+#: it would fail its batch's transaction for ever. The record is skipped as bad instead.
+_REFUSED: dict[type[KafkaError], str] = {
+    MessageSizeTooLargeError: "too_large",
+    RecordListTooLargeError: "too_large",
+    CorruptRecordException: "refused",
+    InvalidTimestampError: "refused",
+}
 
 _POLL_MS = 1000
 _BATCH = 500
@@ -71,6 +84,15 @@ Record: TypeAlias = ConsumerRecord[bytes, bytes]
 #: A record to write: topic, key, value, headers.
 Send: TypeAlias = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]
 _Mapped = TypeVar("_Mapped")
+
+
+@dataclass(frozen=True, slots=True)
+class _Output:
+    """A source record, what it becomes, and what it counts once committed."""
+
+    record: Record
+    sends: list[Send]
+    done: BridgeStats
 
 
 class MissingTopic(RuntimeError):
@@ -280,10 +302,19 @@ class TransactionalPump:
                 if committed is not None:
                     consumer.seek(tp, committed)
                     self._next[tp] = resumed[tp] = committed
-                else:  # the group's start (earliest, latest) decides: no seek
-                    self._next[tp] = _UNCOMMITTED
+                else:
+                    self._next[tp] = await self._commit_start(consumer, tp)
             await self._positioned(consumer, resumed)
             consumer.resume(*assigned)
+
+    async def _commit_start(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> int:
+        """Where the group's start (earliest, latest) puts a partition the group never
+        committed, committed at once: else a restart resolves "latest" anew, past what was
+        written meanwhile, and a seek back (`_read_past_unreadable`) has nowhere to go."""
+        start: int = await consumer.position(tp)
+        async with self._producers[tp].transaction():
+            await self._producers[tp].send_offsets_to_transaction({tp: start}, self.bridge.group)
+        return start
 
     async def _give_up(self, revoked: Sequence[TopicPartition]) -> None:
         async with self._lock:  # the batch in flight commits first
@@ -315,29 +346,59 @@ class TransactionalPump:
     # -- records -------------------------------------------------------------------------
 
     async def _transfer(self, tp: TopicPartition, records: Sequence[Record]) -> None:
-        producer = self._producers.get(tp)
         start = self._next.get(tp)
-        if producer is None or start is None:
+        if tp not in self._producers or start is None:
             return  # given up meanwhile: its next owner reads them
         for record in records:
             if record.offset < start:
                 self._seen_before(record)
-        records = [r for r in records if r.offset >= start]
-        if not records:
+        outputs = []
+        for record in records:
+            if record.offset >= start:  # mapped once: `_outputs` may remember what it read
+                done = BridgeStats()
+                outputs.append(_Output(record, self._outputs(record, done), done))
+        if not outputs:
             return
-        done = BridgeStats()
+        try:
+            await self._commit(tp, outputs)
+        except tuple(_REFUSED):
+            await self._commit_each(tp, outputs)
+
+    async def _commit_each(self, tp: TopicPartition, outputs: Sequence[_Output]) -> None:
+        """Kafka refused a record of the batch: each in a transaction of its own, and the
+        one refused skipped as bad, so that the partition goes on past it."""
+        await self._renew(tp)
+        for output in outputs:
+            try:
+                await self._commit(tp, [output])
+            except tuple(_REFUSED) as exc:
+                await self._renew(tp)
+                record, done = output.record, BridgeStats()
+                reason = f"refused by Kafka: {exc}"
+                sends = self._bad(record, _REFUSED.get(type(exc), "refused"), reason, done)
+                await self._commit(tp, [_Output(record, sends, done)])
+
+    async def _renew(self, tp: TopicPartition) -> None:
+        """A new producer for ``tp``: the refused batch left a gap in the old one's sequence
+        numbers, which Kafka would refuse every later batch for."""
+        await self._producers.pop(tp).stop()
+        self._producers[tp] = await self._start_producer(tp)
+
+    async def _commit(self, tp: TopicPartition, outputs: Sequence[_Output]) -> None:
+        producer = self._producers[tp]
         async with producer.transaction():
             sent = [
                 await producer.send(topic, value, key, headers=headers)
-                for record in records
-                for topic, key, value, headers in self._outputs(record, done)
+                for output in outputs
+                for topic, key, value, headers in output.sends
             ]
             await asyncio.gather(*sent)
-            end = records[-1].offset + 1
+            end = outputs[-1].record.offset + 1
             await producer.send_offsets_to_transaction({tp: end}, self.bridge.group)
         self._next[tp] = end
-        done.records, done.transactions = len(records), 1
-        self._add(done)
+        for output in outputs:
+            self._add(output.done)
+        self._add(BridgeStats(records=len(outputs), transactions=1))
 
     def _map(
         self, record: Record, done: BridgeStats, mapping: Callable[[Record], _Mapped]
@@ -394,8 +455,7 @@ class TransactionalPump:
 
         async with self._lock:
             for tp, start in self._next.items():
-                if start != _UNCOMMITTED:  # else still where the group's start put it
-                    consumer.seek(tp, start)
+                consumer.seek(tp, start)
             await read_past_unreadable(consumer, list(self._next), self._take_one, skip)
             for tp, end in passed.items():
                 producer = self._producers.get(tp)

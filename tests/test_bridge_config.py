@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,11 @@ _MINIMAL = '[[inbound]]\nname = "b"\ntopics = ["t"]\nroom = "r:{key}"\nevent = "
         (_MINIMAL + 'tombstone = ""\n', "inbound[0].tombstone"),
         (_MINIMAL + 'rooms = "x"\n', "inbound[0].rooms: unknown key"),
         (_MINIMAL + _MINIMAL, "names must differ"),
+        (_MINIMAL + 'dead_letter = "t"\n', "inbound[0].dead_letter: 't' is a topic it reads"),
+        (
+            '[[outbound]]\nname = "o"\ntopic = "o"\nrooms = "*"\ndead_letter = "socketio.events"\n',
+            "outbound[0].dead_letter: 'socketio.events' is a topic it reads",
+        ),
         ('[kafka]\nchannel = "a b"\n' + _MINIMAL, "kafka.channel"),
     ],
 )
@@ -122,6 +128,21 @@ def test_the_cli_reports_a_bad_file_in_one_line(
     assert capsys.readouterr().err == (
         f"socketio-kafka: {path}: inbound[0].payload: a string, not int\n"
     )
+
+
+def test_the_cli_reports_a_metrics_port_in_use_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bridges.toml"
+    path.write_text(_MINIMAL)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["bridge", str(path), "--metrics-port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"socketio-kafka: --metrics-port {port}: ")
+    assert err.count("\n") == 1
 
 
 def test_nodes_read_the_events_topic_read_committed() -> None:

@@ -190,6 +190,14 @@ def parse(text: str) -> BridgesConfig:
     names = [b.name for b in bridges] + [r.name for r in outbound]
     if len(set(names)) != len(names):
         raise BridgeConfigError(f"inbound, outbound: names must differ (got {names})")
+    # A bad record copied into a topic the bridge reads would be read, and copied, again.
+    sources = [(f"inbound[{i}]", b.dead_letter, b.topics) for i, b in enumerate(bridges)]
+    sources += [
+        (f"outbound[{i}]", r.dead_letter, (f"{channel}.events",)) for i, r in enumerate(outbound)
+    ]
+    for where, dead_letter, topics in sources:
+        if dead_letter in topics:
+            raise BridgeConfigError(f"{where}.dead_letter: {dead_letter!r} is a topic it reads")
     return BridgesConfig(url, channel, bridges, outbound)
 
 
@@ -272,6 +280,10 @@ def _inbound(raw: Any, where: str) -> InboundBridge:
     )
 
 
+#: A route looks back its window before the first record it resumes at: past about the
+#: epoch (inf, say) that time is none, and every resumption raised.
+_MAX_WINDOW_S = 365 * 24 * 3600
+
 _OUTBOUND_KEYS = {
     "name",
     "topic",
@@ -295,8 +307,8 @@ def _outbound(raw: Any, where: str) -> OutboundRoute:
             f'{where}: rooms, events or both are needed (rooms = ["*"] for every publish)'
         )
     window = table.get("window", DEFAULT_WINDOW_S)
-    if type(window) not in (int, float) or not window > 0:
-        raise BridgeConfigError(f"{where}.window: seconds, a positive number")
+    if type(window) not in (int, float) or not 0 < window <= _MAX_WINDOW_S:
+        raise BridgeConfigError(f"{where}.window: seconds, a positive number up to a year")
     return OutboundRoute(
         name=named.name,
         topic=topic,

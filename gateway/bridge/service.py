@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from socketio_kafka.adapter.options import KafkaOptions
 from socketio_kafka.adapter.supervisor import Supervisor
 
+from ..errors import InvalidSettings
 from .config import BridgesConfig
 from .outbound import OutboundPump
 from .pump import Pump
@@ -53,7 +54,10 @@ async def run_bridges(
     if metrics is not None:
         registry = CollectorRegistry()
         registry.register(BridgeCollector(pumps, supervisor))
-        start_http_server(metrics[1], metrics[0], registry)
+        try:
+            start_http_server(metrics[1], metrics[0], registry)
+        except OSError as exc:  # the port taken, the address not ours: the command's error
+            raise InvalidSettings(f"--metrics-port {metrics[1]}: {exc.strerror or exc}") from exc
     stop = stop or _on_signals()
     for pump in pumps:
         supervisor.start(f"bridge:{pump.bridge.name}", pump.run)

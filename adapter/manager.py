@@ -735,6 +735,23 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             delay = _FIRST_RETRY_S
             for tp, records in batches.items():
                 await self._take(tp, records)
+            await self._past_markers(consumer)
+
+    async def _past_markers(self, consumer: AIOKafkaConsumer) -> None:
+        """Move each position on to the consumer's, past what it hands nobody: a
+        transaction's marker (bridges write in transactions), an aborted transaction's
+        records. Else a position stayed on the marker, one short of Kafka's end and of a
+        node started since (`seek_to_end`): a claim waiting for this node to read as far as
+        its client's offsets (`delivered_to`) waited until another record came there.
+
+        Every record handed out is delivered by now; the consumer's position does not
+        suspend once known, so nothing delivers in between."""
+        positions = self.positions
+        topic = self.events_topic
+        for partition, position in enumerate(positions):
+            read = await consumer.position(TopicPartition(topic, partition))
+            if read > position:
+                positions[partition] = read
 
     async def _take(self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         if tp.topic == self.sessions_topic:

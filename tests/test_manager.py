@@ -7,10 +7,17 @@ from typing import Any
 
 import pytest
 import socketio
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from socketio_kafka.adapter import AsyncKafkaManager, BrokerUnavailable, KafkaOptions, PublishError
+from socketio_kafka.adapter import (
+    AsyncKafkaManager,
+    BrokerUnavailable,
+    KafkaOptions,
+    PublishError,
+    codec,
+)
 from socketio_kafka.adapter.publisher import Publisher
 from socketio_kafka.adapter.sessions import EPOCH_KEY
 
@@ -274,3 +281,33 @@ async def test_an_emit_then_a_disconnect_or_a_leave_here_reaches_the_socket_firs
         finally:
             await client.disconnect()
             await manager.stop()
+
+
+async def test_a_transactions_marker_is_read_past(
+    kafka_bootstrap: str, kafka_url: str, channel: str
+) -> None:
+    """Bridges write the events topic in transactions, each ended by a marker no consumer
+    is handed. The live position stayed on it, one short of Kafka's end and of where a
+    node started later stood: a session made there could not be recovered here (the claim
+    waits for this node to read as far as the client) until another record came."""
+    options = KafkaOptions(partitions=1, request_timeout_ms=3000)
+    manager = AsyncKafkaManager(kafka_url, channel, options=options)
+    await manager.start()
+    try:
+        message = codec.emit_message(
+            "bridged", 1, namespace="/", room="r", skip_sid=None, callback=None, host_id="b"
+        )
+        producer = AIOKafkaProducer(
+            bootstrap_servers=kafka_bootstrap, transactional_id=f"{channel}-bridge"
+        )
+        await producer.start()
+        try:
+            async with producer.transaction():
+                await producer.send_and_wait(f"{channel}.events", codec.encode(message))
+        finally:
+            await producer.stop()
+        # The record at 0, its commit marker at 1: Kafka's end is 2.
+        assert await manager.delivered_to([2])
+        assert manager.positions == [2]
+    finally:
+        await manager.stop()

@@ -175,9 +175,9 @@ class Replay:
             # Taken all it held: what left a pass for being slow joins again.
             parked, self._parked = self._parked, []
             for reader in parked:
-                self._hub.join(reader)  # a window may serve it at once
-            if self._found:
-                break
+                self._hub.join(reader)  # a window may serve it at once, or the hub fail it
+            if self._found or self._error is not None:
+                continue
             if not self._open:
                 raise StopAsyncIteration
             self._wake.clear()
@@ -265,14 +265,15 @@ class SharedReplays:
         self._buffered_bytes = 0
         self._room = asyncio.Event()
         self._room.set()
-        self._closing = False
+        #: Closed with its manager: sessions fail, parked ones too, until `reopen`.
+        self._closed = False
 
     def open(self, start: Sequence[int], stop: Sequence[int], audience: routing.Audience) -> Replay:
         """What ``audience`` receives in ``[start, stop)`` of the topic, read back."""
         return Replay(self, audience, start, stop)
 
     def join(self, reader: _Reader) -> None:
-        if self._closing:
+        if self._closed:
             reader.replay.fail(BrokerUnavailable("the node's replays are stopping"))
             return
         history = self.history
@@ -426,18 +427,21 @@ class SharedReplays:
         """Stop every cursor (their sessions fail) and drop the windows. Every cursor is
         told before any is awaited (each stops a consumer: network I/O): a session closed
         meanwhile once found its cursor forgotten and others kept filling its buffer, and
-        one that came meanwhile started a cursor nothing stopped. Those fail now."""
-        self._closing = True
-        try:
-            for partition, window in list(self._windows.items()):
-                self._drop(partition, window)
-            cursors = list(self._cursors.values())
-            for cursor in cursors:
-                cursor.stop()
-            for cursor in cursors:
-                await cursor.stopped()
-        finally:
-            self._closing = False  # a manager started again reads again
+        one that came meanwhile started a cursor nothing stopped. Those fail now, as does
+        a slow one parked outside any cursor when it asks to join again (it started a
+        cursor and a consumer after its manager had stopped)."""
+        self._closed = True
+        for partition, window in list(self._windows.items()):
+            self._drop(partition, window)
+        cursors = list(self._cursors.values())
+        for cursor in cursors:
+            cursor.stop()
+        for cursor in cursors:
+            await cursor.stopped()
+
+    def reopen(self) -> None:
+        """Replay again: the manager started again."""
+        self._closed = False
 
 
 class _Cursor:

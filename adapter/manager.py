@@ -599,6 +599,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
                 await self._offsets.start()
                 await self.bounds()  # fetches the topic's metadata now, not at the first claim
                 await self._replays.fill(self.events_topic)
+                self.shared_replays.reopen()
         except (KafkaConnectionError, KafkaTimeoutError) as exc:
             await self._close_clients()
             raise BrokerUnavailable(repr(exc)) from exc

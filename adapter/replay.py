@@ -47,7 +47,11 @@ class ConsumerPool:
             consumer = self._idle.pop()
         else:
             consumer = self._factory()
-            await consumer.start()
+            try:
+                await consumer.start()
+            except BaseException:  # cancelled, say: a consumer half started is stopped
+                await stop_consumer(consumer)
+                raise
         try:
             yield consumer
         except BaseException:

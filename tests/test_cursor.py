@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
-from socketio_kafka.adapter import cursor, routing
+from socketio_kafka.adapter import BrokerUnavailable, cursor, routing
 from socketio_kafka.adapter.cursor import SharedReplays
 
 from .support import fakelog
@@ -258,3 +258,22 @@ async def test_a_session_closed_as_the_node_stops_its_replays_is_left_holding_no
     stopped.set()
     await closing
     assert (replay.held, hub.held) == (0, 0)
+
+
+async def test_a_session_parked_when_the_node_stops_its_replays_fails_and_reads_no_more() -> None:
+    """A slow session (parked, in no cursor) was not failed when the node stopped its
+    replays: taking its batch, it joined again, started a cursor and a consumer after the
+    manager had stopped, and read on; the consumer then stayed in the pool, started."""
+    hub, started = fakelog.hub(fakelog.rooms(300, "ab"), batch=10, limit=15)
+    async with fakelog.open_replay(hub, "a", 0, 300) as replay:
+        assert await anext(replay)
+        await wait_until(lambda: bool(replay._parked), 5, "the session parked")
+        consumers = len(started)
+        await hub.close()
+        with pytest.raises(BrokerUnavailable):
+            async for _ in replay:
+                pass
+    assert len(started) == consumers
+    assert not hub._cursors
+    hub.reopen()  # a manager started again replays again
+    assert await fakelog.offsets(fakelog.open_replay(hub, "b", 0, 10)) == [1, 3, 5, 7, 9]

@@ -23,11 +23,13 @@ __all__ = [
     "FORMAT_VERSION",
     "MAX_DEPTH",
     "Message",
+    "callback_message",
     "decode",
     "emit_message",
     "encode",
     "parse_json",
     "record_key",
+    "unpacked",
 ]
 
 FORMAT_VERSION = 1
@@ -88,14 +90,11 @@ def emit_message(
     is several, None is none, anything else is one.
     """
     args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
-    binary = _is_binary(args)
-    if binary:
-        args, attachments = Packet.deconstruct_binary(args)
-        args = [args, *(base64.b64encode(a).decode() for a in attachments)]
+    packed, binary = _packed(args)
     return {
         "method": "emit",
         "event": event,
-        "data": args,
+        "data": packed,
         "binary": binary,
         "namespace": namespace,
         "room": room,
@@ -103,6 +102,41 @@ def emit_message(
         "callback": list(callback) if callback else None,
         "host_id": host_id,
     }
+
+
+def callback_message(
+    host_id: str, sid: str, namespace: str, ack_id: int, args: list[Any]
+) -> Message:
+    """A client's answer to an ack, for the node that asked (``host_id``): its binary
+    parts travel as an emit's do (python-socketio's pub/sub managers pickle them)."""
+    packed, binary = _packed(args)
+    message: Message = {
+        "method": "callback",
+        "host_id": host_id,
+        "sid": sid,
+        "namespace": namespace,
+        "id": ack_id,
+        "args": packed,
+    }
+    if binary:
+        message["binary"] = True
+    return message
+
+
+def unpacked(data: list[Any]) -> list[Any]:
+    """Arguments packed binary (``[arguments with placeholders, *base64 attachments]``),
+    their attachments put back in place."""
+    attachments = [base64.b64decode(a) for a in data[1:]]
+    args: list[Any] = Packet.reconstruct_binary(data[0], attachments)
+    return args
+
+
+def _packed(args: list[Any]) -> tuple[list[Any], bool]:
+    """``args`` as a record holds them, and whether they held bytes."""
+    if not _is_binary(args):
+        return args, False
+    structure, attachments = Packet.deconstruct_binary(args)
+    return [structure, *(base64.b64encode(a).decode() for a in attachments)], True
 
 
 def _is_binary(args: list[Any]) -> bool:
@@ -173,6 +207,8 @@ def decode(value: bytes | None) -> Message:
         raise RecordDecodeError(f"{method}: room or skip_sid not a string or strings")
     if method == "emit" and not _valid_emit_payload(message):
         raise RecordDecodeError("emit: malformed data or callback")
+    if method == "callback" and message.get("binary") and not _attachments_fit(message["args"]):
+        raise RecordDecodeError("callback: malformed binary arguments")
     message.setdefault("namespace", "/")
     return message
 
@@ -271,8 +307,7 @@ def _attachments_fit(data: list[Any]) -> bool:
     if not data or type(data[0]) is not list:
         return False
     try:
-        attachments = [base64.b64decode(a) for a in data[1:]]
-        Packet.reconstruct_binary(data[0], attachments)
+        unpacked(data)
     except (ValueError, TypeError, IndexError):  # binascii.Error is a ValueError
         return False
     return True

@@ -8,7 +8,6 @@ done, so nothing overtakes the replay and nothing is delivered twice at the seam
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ from engineio import packet as eio_packet
 from socketio import packet
 from socketio.packet import Packet
 
+from . import codec
 from .budget import HELD_RECORD, MemoryBudget, packet_size
 from .codec import Message
 from .outbox import OutboxLimits
@@ -29,10 +29,7 @@ Send = Callable[[str, list[Any]], None]
 def event_args(message: Message) -> list[Any]:
     """The emit's arguments as a list, binary attachments put back in place."""
     data: list[Any] = message["data"]
-    if message.get("binary"):
-        attachments = [base64.b64decode(a) for a in data[1:]]
-        data = Packet.reconstruct_binary(data[0], attachments)
-    return data
+    return codec.unpacked(data) if message.get("binary") else data
 
 
 def event_packets(

@@ -64,6 +64,9 @@ _POLL_TIMEOUT_MS = 1000
 _REPLAY_FETCH_BYTES = 8 * 1024 * 1024
 _REPLAY_RETRY_BACKOFF_MS = 10
 _METADATA_BACKOFF_S = 0.1  # aiokafka's (and Kafka's) default retry backoff
+#: How long an ack asked of a client on another node is awaited: nothing else tells this
+#: node that the client left or will never answer.
+REMOTE_ACK_S = 300.0
 
 
 @dataclass(slots=True)
@@ -190,6 +193,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         self._partitions = 0
         #: Next offset to consume, per partition: the watermark every delivery carries.
         self.positions: list[int] = []
+        #: Acks asked of clients on other nodes, each forgotten at its timer.
+        self._remote_acks: dict[tuple[str, int], asyncio.TimerHandle] = {}
         #: Past the last emit this node wrote, per partition (`_emits_delivered`).
         self._emitted: dict[int, int] = {}
         self._marker: offsets.Marker | None = None
@@ -416,6 +421,10 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             if not isinstance(rooms, str):
                 raise ValueError("Cannot use callback without one sid as its room.")
             ack = (rooms, namespace, self._generate_ack_id(rooms, callback))
+            if not self._here(rooms, namespace):
+                key = (rooms, ack[2])
+                forget = functools.partial(self._forget_ack, *key)
+                self._remote_acks[key] = asyncio.get_running_loop().call_later(REMOTE_ACK_S, forget)
         message = codec.emit_message(
             event,
             data,
@@ -447,6 +456,40 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
     async def close_room(self, room: str, namespace: str | None = None) -> None:
         await self._emits_delivered()
         await super().close_room(room, namespace)
+
+    async def trigger_callback(self, sid: str, id: int, data: Any) -> None:
+        if (timer := self._remote_acks.pop((sid, id), None)) is not None:
+            timer.cancel()
+        await super().trigger_callback(sid, id, data)
+
+    def _forget_ack(self, sid: str, ack_id: int) -> None:
+        """An ack a client on another node has not answered within `REMOTE_ACK_S`: kept,
+        it stayed for good (a local socket's go when it disconnects)."""
+        self._remote_acks.pop((sid, ack_id), None)
+        acks = self.callbacks.get(sid)
+        if acks is not None and acks.pop(ack_id, None) is not None and len(acks) == 1:
+            del self.callbacks[sid]  # only its id counter is left
+        self._get_logger().debug("ack %d of sid %s not answered: forgotten", ack_id, sid)
+
+    async def _return_callback(
+        self, host_id: str | None, sid: str, namespace: str, callback_id: int, *args: Any
+    ) -> None:
+        """A client answered an ack asked by node ``host_id`` (None: a record that named
+        no node, so none waits); its bytes travel as an emit's (python-socketio's encoding
+        failed on them: the asker timed out)."""
+        if host_id == self.host_id:
+            await self.trigger_callback(sid, callback_id, args)
+        elif host_id is not None:
+            await self._publish(
+                codec.callback_message(host_id, sid, namespace, callback_id, list(args))
+            )
+
+    async def _handle_callback(self, message: codec.Message) -> None:
+        if message["host_id"] == self.host_id:
+            args = message["args"]
+            if message.get("binary"):
+                args = codec.unpacked(args)
+            await self.trigger_callback(message["sid"], message["id"], args)
 
     def _here(self, sid: str, namespace: str) -> bool:
         return bool(self.is_connected(sid, namespace) or self.is_pre_connected(sid, namespace))

@@ -216,3 +216,15 @@ def test_what_encodes_decodes() -> None:
             "e", data, namespace="/", room=None, skip_sid=None, callback=None, host_id="h"
         )
         codec.decode(codec.encode(message))
+
+
+def test_an_acks_answer_with_bytes_travels_as_an_emits_binary_parts() -> None:
+    args = [b"\x00", {"raw": b"\x01", "n": 1}]
+    message = codec.decode(codec.encode(codec.callback_message("h", "sid", "/", 3, args)))
+    assert message["binary"] is True
+    assert codec.unpacked(message["args"]) == args
+    plain = codec.decode(codec.encode(codec.callback_message("h", "sid", "/", 4, ["pong"])))
+    assert (plain["args"], "binary" in plain) == (["pong"], False)
+    broken = json.dumps({"v": 1, **plain, "args": [[{"_placeholder": True, "num": 1}]]})
+    with pytest.raises(RecordDecodeError):
+        codec.decode(json.dumps({**json.loads(broken), "binary": True}).encode())

@@ -18,6 +18,7 @@ from socketio_kafka.adapter import (
     PublishError,
     codec,
 )
+from socketio_kafka.adapter import manager as manager_module
 from socketio_kafka.adapter.publisher import Publisher
 from socketio_kafka.adapter.sessions import EPOCH_KEY
 
@@ -311,3 +312,40 @@ async def test_a_transactions_marker_is_read_past(
         assert manager.positions == [2]
     finally:
         await manager.stop()
+
+
+async def test_a_client_on_another_node_answers_with_bytes_and_unanswered_asks_are_forgotten(
+    kafka_url: str, channel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ack answered with bytes by a client of another node failed to encode there
+    (logged) and the asker timed out; and every ask of a client on another node that was
+    never answered (it left, or timed out) was kept by the asker for good."""
+    monkeypatch.setattr(manager_module, "REMOTE_ACK_S", 1.0)
+    options = KafkaOptions(partitions=3)
+    here, there = (AsyncKafkaManager(kafka_url, channel, options=options) for _ in range(2))
+    sio_here = socketio.AsyncServer(async_mode="asgi", client_manager=here)
+    asker = socketio.AsyncServer(async_mode="asgi", client_manager=there)
+    never = asyncio.Event()
+
+    async def silent() -> None:
+        await never.wait()
+
+    client = socketio.AsyncClient(reconnection=False)
+    client.on("binary", lambda: (b"\x00pong", {"raw": b"\x01"}))
+    client.on("silent", silent)
+    async with run_server(socketio.ASGIApp(sio_here)) as url:
+        await here.start()
+        await there.start()
+        try:
+            await client.connect(url, transports=["websocket"])
+            sid = client.get_sid("/")
+            assert await asker.call("binary", to=sid, timeout=10) == (b"\x00pong", {"raw": b"\x01"})
+            with pytest.raises(socketio.exceptions.TimeoutError):
+                await asker.call("silent", to=sid, timeout=0.5)
+            assert sid in there.callbacks
+            await wait_until(lambda: sid not in there.callbacks, 10, "the unanswered ask forgotten")
+        finally:
+            never.set()
+            await client.disconnect()
+            await here.stop()
+            await there.stop()

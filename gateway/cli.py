@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from socketio_kafka.adapter import SocketIOKafkaError
-from socketio_kafka.adapter.options import SASL_MECHANISMS, SECURITY_PROTOCOLS
+from socketio_kafka.adapter.options import SASL_MECHANISMS, SECURITY_PROTOCOLS, KafkaOptions
 
 from .settings import ADAPTERS, Settings, env_default, env_settings, integer, number
 
@@ -200,6 +200,7 @@ def _add_bridge(parser: argparse.ArgumentParser) -> None:
         " on another host)",
     )
     parser.add_argument("--log-level", default="info", help="default info")
+    _add_kafka_security(parser)
     parser.set_defaults(run=_bridge)
 
 
@@ -210,13 +211,32 @@ def _bridge(args: argparse.Namespace) -> int:
 
     from .bridge import load, run_bridges
     from .bridge.service import configure_logging
+    from .errors import InvalidSettings
 
     config = load(args.file)
     url = args.kafka or config.url or env_default("kafka", None) or "kafka://"
+    try:
+        secured = settings_from(args).kafka_options
+    except ValueError as exc:
+        raise InvalidSettings(str(exc)) from exc
+    # The bridge's own Kafka options, secured as `serve`'s flags and variables say.
+    options = KafkaOptions(**{name: getattr(secured, name) for name in _KAFKA_SECURITY})
     configure_logging(args.log_level)
     metrics = None if args.metrics_port is None else (args.metrics_host, args.metrics_port)
-    asyncio.run(run_bridges(config, parse_kafka_urls(url), args.instance, metrics))
+    asyncio.run(run_bridges(config, parse_kafka_urls(url), args.instance, metrics, options))
     return 0
+
+
+_KAFKA_SECURITY = (
+    "security_protocol",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password",
+    "ssl_cafile",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_password",
+)
 
 
 def _add_limits(parser: argparse.ArgumentParser) -> None:
@@ -355,7 +375,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str] = os.environ)
     given = {
         field.name: value
         for field in dataclasses.fields(Settings)
-        if (value := getattr(args, field.name)) is not None
+        if (value := getattr(args, field.name, None)) is not None
     }
     return Settings(**(env_settings(env) | given))
 

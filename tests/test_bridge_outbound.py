@@ -29,11 +29,12 @@ from socketio_kafka.gateway.bridge import (
     publish_record,
 )
 
+from .support.bridges import BridgeProcess
 from .support.clients import Recorder
 from .support.cluster import FAST_PUBLISHER, free_port, gateway_cluster
 from .support.recovering import RecoveringRecorder
 from .support.waiting import wait_until
-from .test_bridge import BridgeProcess, _create_topics
+from .test_bridge import _create_topics
 from .test_exactly_once import _wait_disconnected
 
 ROOM, OTHER = "chat:1", "lobby"

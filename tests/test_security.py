@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions, SecurityError
 from socketio_kafka.gateway.local_kafka import LocalKafka
 from socketio_kafka.gateway.local_tls import ensure_tls
 
+from .support.bridges import BridgeProcess
 from .support.cluster import REPO, gateway_cluster
 from .support.harness import Harness
 from .support.sockets import all_closed
@@ -178,3 +181,41 @@ async def test_the_manager_raises_one_security_error(
         await asyncio.wait_for(manager.start(), _EXIT_BOUND_S)
     assert not manager.ready
     await all_closed(int(_url(secure_kafka).rpartition(":")[2]))
+
+
+async def test_a_bridge_reads_and_writes_over_sasl_and_tls(
+    secure_kafka: LocalKafka, channel: str, tmp_path: Path
+) -> None:
+    """``socketio-kafka bridge`` took no security settings: on a secured cluster it spoke
+    PLAINTEXT, and its supervisor retried for good."""
+    flags = _serve_flags(secure_kafka, secure_kafka.password_path, secure_kafka.ca_file)
+    url = _url(secure_kafka)
+    assert secure_kafka.secure_address is not None
+    bootstrap = [secure_kafka.secure_address]
+    options = _options(secure_kafka, "SCRAM-SHA-512")
+    source = f"{channel}.orders"
+    admin = AIOKafkaAdminClient(**options.common_kwargs(bootstrap))
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(source, 1, 1)])
+    finally:
+        await admin.close()
+    config = tmp_path / "bridges.toml"
+    config.write_text(
+        f'[kafka]\nchannel = "{channel}"\n\n[[inbound]]\nname = "orders"\n'
+        f'topics = ["{source}"]\nroom = "lobby"\nevent = "order"\n'
+    )
+    async with (
+        gateway_cluster(url, channel, nodes=1, extra_args=flags) as gateways,
+        Harness(gateways) as harness,
+    ):
+        (client,) = await harness.clients_on([0])
+        assert await client.ask("join", {"room": "lobby"}) == {"ok": True}
+        with BridgeProcess(config, url, extra_args=flags).running():
+            producer = AIOKafkaProducer(**options.common_kwargs(bootstrap))
+            await producer.start()
+            try:
+                await producer.send_and_wait(source, b'{"n": 1}')
+            finally:
+                await producer.stop()
+            assert await client.wait_for("order", 1, timeout=60) == [{"n": 1}]

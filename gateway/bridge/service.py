@@ -41,10 +41,12 @@ async def run_bridges(
     bootstrap: list[str],
     instance: str | None = None,
     metrics: tuple[str, int] | None = None,
+    options: KafkaOptions | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Run until ``stop`` is set (by default: until SIGTERM or SIGINT)."""
-    options = KafkaOptions()
+    """Run until ``stop`` is set (by default: until SIGTERM or SIGINT); ``options``: the
+    Kafka clients' (security), KafkaOptions' defaults if None."""
+    options = options or KafkaOptions()
     topic = config.events_topic
     pumps: list[TransactionalPump] = [
         *(Pump(b, options, bootstrap, topic, instance) for b in config.inbound),

@@ -630,7 +630,11 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
                 self.options.request_timeout_ms / 1000,
                 self._get_logger(),
                 self.stats.produce_latency,
-                topics=(self.events_topic, self.sessions_topic),
+                # Asked of Kafka only with recovery on: a broker that makes topics on demand
+                # would make it with its own defaults, which no recovering node can use.
+                topics=(self.events_topic, self.sessions_topic)
+                if self.recovery_window is not None
+                else (self.events_topic,),
                 handed=self.pacing.handed,
             )
             self._publisher.set_linger(self.pacing.linger_ms)

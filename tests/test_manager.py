@@ -349,3 +349,20 @@ async def test_a_client_on_another_node_answers_with_bytes_and_unanswered_asks_a
             await client.disconnect()
             await here.stop()
             await there.stop()
+
+
+async def test_a_manager_without_recovery_leaves_the_sessions_topic_to_a_recovering_one(
+    kafka_url: str, channel: str
+) -> None:
+    """A write-only manager (or a node without recovery) asked Kafka about the sessions
+    topic, which a broker that creates topics on demand then made with its own defaults
+    (cleanup.policy=delete): no recovering node could start on that channel after."""
+    async with AsyncKafkaManager(kafka_url, channel, write_only=True) as writer:
+        await writer.emit("e", 1, room="r")
+    recovering = AsyncKafkaManager(kafka_url, channel)
+    recovering.enable_recovery(120)
+    await recovering.start()
+    try:
+        assert recovering.ready
+    finally:
+        await recovering.stop()

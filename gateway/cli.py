@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING
 from socketio_kafka.adapter import SocketIOKafkaError
 from socketio_kafka.adapter.options import SASL_MECHANISMS, SECURITY_PROTOCOLS, KafkaOptions
 
-from .settings import ADAPTERS, Settings, env_default, env_settings, integer, number
+from .settings import (
+    ADAPTERS,
+    Settings,
+    env_default,
+    env_settings,
+    integer,
+    log_level,
+    number,
+)
 
 if TYPE_CHECKING:
     from .local_kafka import LocalKafka
@@ -395,7 +403,8 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise InvalidSettings(str(exc)) from exc
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=log_level(settings.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     failures: list[SocketIOKafkaError] = []
 

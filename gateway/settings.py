@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args, get_type_hints
+
+from uvicorn.logging import TRACE_LOG_LEVEL
 
 from socketio_kafka.adapter import KafkaOptions, OutboxLimits
 
@@ -36,6 +39,15 @@ Adapter = Literal["kafka", "redis"]
 ADAPTERS: tuple[Adapter, ...] = get_args(Adapter)
 # uvicorn's names (it lowercases them; `logging` upper-cases them for us).
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def log_level(name: str) -> int:
+    """One of the levels above as a number: Python's logging knows no "trace" (uvicorn's)
+    until uvicorn names it, and a node or bridge started at it ended in a traceback."""
+    if name.lower() == "trace":
+        return TRACE_LOG_LEVEL
+    level: int = logging.getLevelNamesMapping()[name.upper()]
+    return level
 
 
 @dataclass(frozen=True, slots=True)

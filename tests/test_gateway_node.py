@@ -275,6 +275,15 @@ async def test_a_websocket_message_over_max_payload_is_refused_before_it_is_read
         up.writer.transport.abort()
 
 
+async def test_serve_logs_at_the_trace_level(kafka_url: str, channel: str) -> None:
+    """``--log-level trace``, one of the levels it lists, ended ``serve`` with a traceback:
+    Python's logging knew no TRACE level until uvicorn's configuration named it."""
+    flags = ["--log-level", "trace"]
+    async with gateway_cluster(kafka_url, channel, nodes=1, extra_args=flags) as [gateway]:
+        assert await _status(f"{gateway.url}/readyz") == 200
+        assert "Traceback" not in gateway.log()
+
+
 async def test_metrics_and_health_routes(node: GatewayProcess) -> None:
     async with httpx.AsyncClient() as http:
         assert (await http.get(f"{node.url}/healthz")).json() == {"status": "ok"}

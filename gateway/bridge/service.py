@@ -18,6 +18,7 @@ from socketio_kafka.adapter.options import KafkaOptions
 from socketio_kafka.adapter.supervisor import Supervisor
 
 from ..errors import InvalidSettings
+from ..settings import log_level
 from .config import BridgesConfig
 from .outbound import OutboundPump
 from .pump import Pump
@@ -113,5 +114,5 @@ class BridgeCollector(Collector):
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=log_level(level), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -3,7 +3,7 @@
 Example::
 
     [kafka]
-    url = "kafka://broker:9092"     # else --kafka, SOCKETIO_KAFKA_KAFKA, or localhost:9092
+    url = "kafka://broker:9092"     # --kafka wins; else this, SOCKETIO_KAFKA_KAFKA, localhost:9092
     channel = "socketio"            # bridged events go to <channel>.events
 
     [[inbound]]

@@ -24,6 +24,7 @@ __all__ = [
     "MAX_DEPTH",
     "Message",
     "callback_message",
+    "check_targets",
     "decode",
     "emit_message",
     "encode",
@@ -276,6 +277,19 @@ def _too_deep(parsed: Any) -> bool:
         if not level:
             return False
     return True
+
+
+def check_targets(message: Message) -> None:
+    """Raise `TypeError` unless its rooms and sids are strings, as every node reads them:
+    python-socketio takes a room ``42`` here, and every node skipped the record."""
+    scalars = (message.get("room"), message.get("skip_sid"), message.get("sid"))
+    if not _valid_targets(message) or any(
+        value is not None and type(value) not in (str, list) for value in scalars
+    ):
+        raise TypeError(
+            f"{message['method']}: rooms and sids travel as strings (JSON); got room="
+            f"{message.get('room')!r}, skip_sid={message.get('skip_sid')!r}"
+        )
 
 
 def _valid_targets(message: Message) -> bool:

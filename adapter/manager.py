@@ -406,8 +406,10 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         ``subject``, as ``sio.sub``, the publishing socket's (outbound topics).
         """
         rooms = to or room
-        if rooms is not None and not isinstance(rooms, str | list):
+        if isinstance(rooms, Iterable) and not isinstance(rooms, str | list):
             rooms = list(rooms)  # rooms in any sequence, as python-socketio takes them
+        if rooms == []:
+            return  # to nobody, as python-socketio's own manager sends it
         if kwargs.get("ignore_queue"):
             await AsyncManager.emit(
                 self, event, data, namespace, room=rooms, skip_sid=skip_sid, callback=callback
@@ -513,6 +515,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         publisher: str | None = None,
         subject: str | None = None,
     ) -> None:
+        codec.check_targets(data)
         value = codec.encode(data)
         if len(value) > self.options.max_record_bytes:
             self.stats.publish_errors += 1

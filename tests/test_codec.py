@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from socketio.packet import Packet
 
-from socketio_kafka.adapter import PayloadError, RecordDecodeError, codec
+from socketio_kafka.adapter import AsyncKafkaManager, PayloadError, RecordDecodeError, codec
 
 
 def _emit(**overrides: object) -> codec.Message:
@@ -228,3 +228,16 @@ def test_an_acks_answer_with_bytes_travels_as_an_emits_binary_parts() -> None:
     broken = json.dumps({"v": 1, **plain, "args": [[{"_placeholder": True, "num": 1}]]})
     with pytest.raises(RecordDecodeError):
         codec.decode(json.dumps({**json.loads(broken), "binary": True}).encode())
+
+
+@pytest.mark.parametrize("room", [42, [42], ["a", 7], ("a", 7)])
+async def test_rooms_that_are_not_strings_are_refused_before_anything_is_written(
+    room: Any,
+) -> None:
+    """python-socketio takes a room ``42``: an emit to it raised an unclear error, or went
+    out as a record every node skipped."""
+    manager = AsyncKafkaManager("kafka://127.0.0.1:1", "never-started")
+    with pytest.raises(TypeError, match="rooms and sids travel as strings"):
+        await manager.emit("e", 1, room=room)
+    await manager.emit("e", 1, room=())  # to nobody: nothing written, as nobody gets it
+    assert manager.stats.published == 0

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .inbound import InboundBudget
+from .limits import peer_address
 from .reading import BoundedHTTPProtocol, Refused
 
 __all__ = ["AcceptGate", "Holds", "gated_http"]
@@ -96,8 +97,8 @@ def gated_http(
                 http = BoundedHTTPProtocol(read_timeout, refused, inbound, **self._uvicorn)
                 transport.set_protocol(http)
                 http.connection_made(transport)
-            elif host is not None and holds.take(host):
-                self._held = host
+            elif host is not None and holds.take(address := peer_address(host, None)):
+                self._held = address
                 transport.pause_reading()
                 loop = asyncio.get_running_loop()
                 self._reset = loop.call_later(holds.delay(), transport.abort)

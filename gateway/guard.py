@@ -172,7 +172,7 @@ class GuardedServer(RecoveringAsyncServer):
         peer is the proxy, so nothing is judged here."""
         if peer is None or self.limits.limits.trust_forwarded_for:
             return True
-        return not self.limits.floods_connections(peer)
+        return not self.limits.floods_connections(peer_address(peer, None))
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
         # At the Engine.IO handshake: refused there (HTTP 401 and the message), a client

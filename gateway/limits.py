@@ -8,6 +8,7 @@ clients see nothing of it.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import logging
 import time
@@ -306,5 +307,20 @@ def peer_address(
     if trust_forwarded_for and forwarded_for:
         forwarded = forwarded_for.rsplit(",", 1)[-1].strip()
         if forwarded:
-            return forwarded
-    return str(peer) if peer else "unknown"
+            return _host(forwarded)
+    return _host(str(peer)) if peer else "unknown"
+
+
+def _host(address: str) -> str:
+    """An IPv6 address as its /64: a host holds one, and may take a new address of it for
+    each connection; keyed on the whole address, each came with a new client's limits.
+    (An IPv4-mapped one as its IPv4 address.)"""
+    if ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address)
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))

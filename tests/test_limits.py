@@ -115,6 +115,20 @@ def test_the_client_address_is_the_peer_unless_the_proxy_is_trusted() -> None:
     assert client_address(environ, trust_forwarded_for=True) == "203.0.113.9"
 
 
+def test_the_addresses_of_one_ipv6_host_share_its_limits() -> None:
+    """A host holds a /64 and may use a new address of it for each connection: keyed on
+    the whole address, every connection came with a new client's rate and burst."""
+    limits = NodeLimits(Limits(connect_rate=1), clock=_Clock())  # burst 2
+
+    def admit(address: str) -> str | None:
+        return limits.admit({"asgi.scope": {"client": (address, 5000)}}, 0)
+
+    assert [admit(f"2001:db8:1:2::{n:x}") for n in range(1, 3)] == [None, None]
+    assert admit("2001:db8:1:2:ffff::9") == "connection rate limited"  # the same /64
+    assert admit("2001:db8:1:3::1") is None  # another
+    assert client_address({"asgi.scope": {"client": ("::ffff:192.0.2.7", 1)}}) == "192.0.2.7"
+
+
 @asynccontextmanager
 async def _node(kafka_url: str, channel: str, *flags: str) -> AsyncIterator[GatewayProcess]:
     args = ["--trust-forwarded-for", *flags]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from socketio_kafka.adapter.recovery import RecoveryOptions
 
 from . import page, protocol
 from .brokers import RedisManager
+from .hooks import load_hook
 from .identity import IdentityServer
 from .metrics import node_registry
 from .permissions import Permissions, default_authorize, load_authorize
@@ -157,13 +157,8 @@ class _Gateway(Starlette):
 
 def load_extension(spec: str) -> Extension:
     """Resolve ``module:function``; the function gets the `socketio.AsyncServer` to extend."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"extension must be 'module:function', got {spec!r}")
-    function: Any = getattr(importlib.import_module(module_name), attr)
-    if not callable(function):
-        raise TypeError(f"extension {spec!r} is not callable")
-    return function  # type: ignore[no-any-return]
+    extension: Extension = load_hook(spec, "extension")
+    return extension
 
 
 def _lifespan(
@@ -198,8 +193,10 @@ async def _start(manager: Manager, on_failure: OnFailure | None) -> None:
             logger.error(  # noqa: TRY400
                 "the %s manager cannot start; this node stays unready: %s", manager.name, exc
             )
-    except Exception:
+    except Exception as exc:  # not one of ours: a traceback, then as any refusal
         logger.exception("the %s manager cannot start; this node stays unready", manager.name)
+        if on_failure is not None:
+            on_failure(SocketIOKafkaError(f"the {manager.name} manager cannot start: {exc!r}"))
 
 
 def _required(url: str | None, name: str) -> str:

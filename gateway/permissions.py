@@ -9,13 +9,13 @@ module:function`` replaces that decision with the app's own.
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from .auth import Claims, user_room
+from .hooks import load_hook
 
 __all__ = ["Action", "Authorize", "Gate", "Permissions", "default_authorize", "load_authorize"]
 
@@ -75,10 +75,5 @@ class Permissions:
 
 def load_authorize(spec: str) -> Authorize:
     """Resolve ``module:function``, the app's replacement for `default_authorize`."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"authorize must be 'module:function', got {spec!r}")
-    function: Any = getattr(importlib.import_module(module_name), attr)
-    if not callable(function):
-        raise TypeError(f"authorize {spec!r} is not callable")
-    return function  # type: ignore[no-any-return]
+    authorize: Authorize = load_hook(spec, "authorize")
+    return authorize

@@ -323,3 +323,20 @@ def test_a_malformed_variable_is_refused_even_under_its_flag(
     monkeypatch.setenv("SOCKETIO_KAFKA_PORT", "abc")
     with pytest.raises(InvalidSettings, match="SOCKETIO_KAFKA_PORT='abc' is not an integer"):
         _settings(["--port", "8001"])
+
+
+@pytest.mark.parametrize(
+    ("setting", "spec", "message"),
+    [
+        ("extension", "nosuchmod:f", "extension 'nosuchmod:f': no module named 'nosuchmod'"),
+        ("extension", "json:nosuch", "extension 'json:nosuch': json has no function 'nosuch'"),
+        ("authorize", "json.nosuch:f", "authorize 'json.nosuch:f': no module named 'json.nosuch'"),
+        ("authorize", "json:decoder", "authorize 'json:decoder': json has no function 'decoder'"),
+    ],
+)
+def test_a_hook_that_is_not_there_is_one_line(setting: str, spec: str, message: str) -> None:
+    """They ended ``serve`` in an import's traceback."""
+    jwt = {"jwt_secret": "s" * 32} if setting == "authorize" else {}
+    with pytest.raises(InvalidSettings) as refused:
+        create_app(Settings(**{setting: spec}, **jwt), "kafka://127.0.0.1:1")
+    assert str(refused.value) == message

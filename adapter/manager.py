@@ -26,6 +26,7 @@ from .errors import (
     ConfigError,
     PublishError,
     RecordDecodeError,
+    SecurityError,
     SocketIOKafkaError,
 )
 from .fanout import HoldBuffer, event_packets
@@ -316,7 +317,11 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         handshake `SecurityError`. Safe to call twice.
         """
         self._stopped = False
-        await self._start()
+        try:
+            await self._start()
+        except Exception as exc:  # `health` says why, not "not connected yet", for good
+            self._start_failure = str(exc) if isinstance(exc, SocketIOKafkaError) else repr(exc)
+            raise
 
     async def _start(self) -> None:
         async with self._start_lock:
@@ -650,9 +655,18 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
                 await self.bounds()  # fetches the topic's metadata now, not at the first claim
                 await self._replays.fill(self.events_topic)
                 self.shared_replays.reopen()
-        except (KafkaConnectionError, KafkaTimeoutError) as exc:
+        except (KafkaConnectionError, KafkaTimeoutError, TimeoutError) as exc:
             await self._close_clients()
             raise BrokerUnavailable(repr(exc)) from exc
+        except KafkaError as exc:
+            await self._close_clients()
+            # A broker not ready yet, a request timed out (a rolling restart, a broker that
+            # stalls): retried as an unreachable one. It left the node unready for good.
+            if exc.retriable:
+                raise BrokerUnavailable(repr(exc)) from exc
+            if "Authorization" in type(exc).__name__:
+                raise SecurityError(f"Kafka refused this client ({exc!r})") from exc
+            raise
         except BaseException:
             await self._close_clients()
             raise

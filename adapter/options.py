@@ -111,6 +111,11 @@ class KafkaOptions:
 
     def __post_init__(self) -> None:
         _require(self.partitions >= 1, "partitions must be >= 1")
+        # Kafka's requests carry it as an int32: past that aiokafka's sender died at once.
+        _require(
+            0 < self.request_timeout_ms <= 2**31 - 1,
+            "request_timeout_ms must be > 0 and at most 2147483647",
+        )
         _require(self.sessions_partitions >= 1, "sessions_partitions must be >= 1")
         _require(
             self.replication_factor is None or self.replication_factor >= 1,

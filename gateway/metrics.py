@@ -69,6 +69,13 @@ class NodeCollector(Collector):
         self._manager = manager
         self._server = server
 
+    def _ready(self) -> bool:
+        """As /readyz answers (it said 1 through a Kafka outage, a task down, a drain)."""
+        if self._server is not None and self._server.draining:
+            return False
+        manager = self._manager
+        return manager.health().ready if isinstance(manager, AsyncKafkaManager) else manager.ready
+
     def collect(self) -> Iterator[Metric]:
         # python-socketio's Redis manager keeps no counters: readiness and sockets only.
         if isinstance(self._manager, AsyncKafkaManager):
@@ -83,7 +90,7 @@ class NodeCollector(Collector):
             yield from _pacing_metrics(self._manager.pacing)
             yield from _memory_metrics(self._manager)
         ready = GaugeMetricFamily("socketio_kafka_ready", "1 when the node is ready")
-        ready.add_metric([], 1.0 if self._manager.ready else 0.0)
+        ready.add_metric([], 1.0 if self._ready() else 0.0)
         yield ready
         sockets = GaugeMetricFamily(
             "socketio_kafka_connected_sockets",

@@ -41,6 +41,13 @@ async def _status(url: str) -> int:
         return (await http.get(url, timeout=5)).status_code
 
 
+async def _ready_gauge(url: str) -> float:
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"{url}/metrics", timeout=5)).text
+    (ready,) = re.findall(r"^socketio_kafka_ready (\S+)$", text, re.MULTILINE)
+    return float(ready)
+
+
 async def test_without_kafka_a_node_is_alive_unready_and_refuses_publishes_clearly(
     channel: str,
 ) -> None:
@@ -123,6 +130,7 @@ async def test_a_broker_that_goes_away_and_comes_back(tmp_path: Path, channel: s
         async with httpx.AsyncClient() as http:
             unready = (await http.get(f"{gateway.url}/readyz", timeout=1)).json()
         assert any(r.startswith("kafka unreachable") for r in unready["reasons"]), unready
+        assert await _ready_gauge(gateway.url) == 0.0  # it read 1 through the outage
         reply = await sender.ask("publish", {"room": "r", "event": "e", "data": 2}, timeout=30)
         # Bounded by --kafka-timeout-ms (on the timer every publish shares), not left to hang.
         assert reply["ok"] is False
@@ -136,6 +144,7 @@ async def test_a_broker_that_goes_away_and_comes_back(tmp_path: Path, channel: s
 
         assert await asyncio.to_thread(broker.start) == address
         await _wait_status(f"{gateway.url}/readyz", 200, timeout=60)
+        assert await _ready_gauge(gateway.url) == 1.0
         # The outage reads as two lines of the node's own.
         log = gateway.log()
         assert log.count("kafka unreachable (") == 1, log

@@ -10,12 +10,14 @@ import socketio
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import NodeNotReadyError
 
 from socketio_kafka.adapter import (
     AsyncKafkaManager,
     BrokerUnavailable,
     KafkaOptions,
     PublishError,
+    TopicLayoutError,
     codec,
 )
 from socketio_kafka.adapter import manager as manager_module
@@ -366,3 +368,39 @@ async def test_a_manager_without_recovery_leaves_the_sessions_topic_to_a_recover
         assert recovering.ready
     finally:
         await recovering.stop()
+
+
+async def test_a_start_that_meets_a_broker_not_ready_tries_again(
+    kafka_url: str, channel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker that stalls or restarts as a node starts answers NodeNotReadyError or
+    RequestTimedOutError: the start let it out and the node stayed unready for good,
+    its health saying "not connected to Kafka yet". It is retried as an unreachable one."""
+    refused: list[str] = []
+    ensure = AsyncKafkaManager._ensure_topics
+
+    async def not_ready_once(self: AsyncKafkaManager) -> None:
+        if not refused:
+            refused.append("once")
+            raise NodeNotReadyError("node 1 not ready")
+        await ensure(self)
+
+    monkeypatch.setattr(AsyncKafkaManager, "_ensure_topics", not_ready_once)
+    manager = AsyncKafkaManager(kafka_url, channel)
+    try:
+        await manager.start()
+        assert manager.health().ready
+        assert manager.stats.connect_failures == 1
+    finally:
+        await manager.stop()
+
+
+async def test_a_start_that_fails_says_why_in_its_health(kafka_url: str, channel: str) -> None:
+    options = KafkaOptions(partitions=2)
+    async with AsyncKafkaManager(kafka_url, channel, options=options):
+        pass  # the topic, made with 2 partitions
+    manager = AsyncKafkaManager(kafka_url, channel)  # configured for 6
+    with pytest.raises(TopicLayoutError):
+        await manager.start()
+    (reason,) = manager.health().reasons
+    assert reason.startswith("start failed (topic"), reason

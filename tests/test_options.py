@@ -47,6 +47,8 @@ def test_bad_urls_are_config_errors(url: str | list[str]) -> None:
         {"replication_factor": 0},
         {"min_insync_replicas": 0},
         {"replication_factor": 2, "min_insync_replicas": 3},  # no write could ever succeed
+        {"request_timeout_ms": 2**31},  # Kafka's int32: the producer's sender died on it
+        {"request_timeout_ms": 0},
     ],
 )
 def test_bad_options_are_config_errors(kwargs: dict[str, object]) -> None:

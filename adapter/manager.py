@@ -196,8 +196,10 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         self.positions: list[int] = []
         #: Acks asked of clients on other nodes, each forgotten at its timer.
         self._remote_acks: dict[tuple[str, int], asyncio.TimerHandle] = {}
-        #: Past the last emit this node wrote, per partition (`_emits_delivered`).
+        #: Past the last emit this node wrote, per partition (`_emits_delivered`), and the
+        #: task of the consume loop that delivers them.
         self._emitted: dict[int, int] = {}
+        self._consuming: asyncio.Task[Any] | None = None
         self._marker: offsets.Marker | None = None
         #: The sessions topic (connection state recovery), read by the consume loop too.
         self.store = SessionStore(
@@ -508,8 +510,12 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         acted at once, and the emit just written before it ("tell the client why, then
         kick it") reached nobody, or reached a socket that joined after it."""
         emitted = self._emitted
-        if self._consumer is not None and any(
-            self.positions[p] < offset for p, offset in emitted.items()
+        if (
+            self._consumer is not None
+            # Called by what the consume loop runs (an ack's callback, an app's disconnect
+            # handler): waiting for the loop would wait for itself.
+            and asyncio.current_task() is not self._consuming
+            and any(self.positions[p] < offset for p, offset in emitted.items())
         ):
             await self._delivered_within(dict(emitted))
 
@@ -769,6 +775,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
     async def _consume_loop(self) -> None:
         assert self._consumer is not None
         consumer = self._consumer
+        self._consuming = asyncio.current_task()
         self._consume_runs += 1
         if self._consume_runs > 1:
             self._resume_where_delivery_stopped(consumer)

@@ -404,3 +404,36 @@ async def test_a_start_that_fails_says_why_in_its_health(kafka_url: str, channel
         await manager.start()
     (reason,) = manager.health().reasons
     assert reason.startswith("start failed (topic"), reason
+
+
+async def test_a_room_closed_by_an_ack_callback_the_consume_loop_runs_does_not_stall_it(
+    kafka_url: str, channel: str
+) -> None:
+    """An answer from a client on another node runs the asker's callback in the asker's
+    consume loop: a callback that emitted, then closed a room, waited for the loop to
+    deliver the emit, which waited for the callback (up to a request's timeout, every
+    delivery of the node stalled meanwhile)."""
+    options = KafkaOptions(partitions=3, request_timeout_ms=60_000)
+    here, there = (AsyncKafkaManager(kafka_url, channel, options=options) for _ in range(2))
+    sio_here = socketio.AsyncServer(async_mode="asgi", client_manager=here)
+    asker = socketio.AsyncServer(async_mode="asgi", client_manager=there)
+    closed = asyncio.Event()
+
+    async def answered(*_: Any) -> None:
+        await asker.emit("last", 1, room="done")
+        await asker.close_room("done")
+        closed.set()
+
+    client = socketio.AsyncClient(reconnection=False)
+    client.on("ask", lambda: "yes")
+    async with run_server(socketio.ASGIApp(sio_here)) as url:
+        await here.start()
+        await there.start()
+        try:
+            await client.connect(url, transports=["websocket"])
+            await asker.emit("ask", to=client.get_sid("/"), callback=answered)
+            await wait_until(closed.is_set, 10, "the callback's close_room")
+        finally:
+            await client.disconnect()
+            await here.stop()
+            await there.stop()

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from functools import partial
@@ -24,8 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from socketio_kafka.adapter import codec
 
 from .support.bridges import BridgeProcess
-from .support.cluster import REPO, GatewayProcess, free_port
+from .support.cluster import GatewayProcess, free_port
 from .support.jsclient import JsClient
+from .support.unparsable import write_unparsable
 from .support.waiting import wait_until
 
 pytestmark = [pytest.mark.kafka]
@@ -59,13 +58,7 @@ async def test_an_unreadable_record_does_not_send_a_quiet_partition_back_to_its_
             await producer.send_and_wait(source, old, key=key, partition=1)
         with bridge.running():
             await _bridged_once_positioned(producer, source, key, port)
-            writer = await asyncio.create_subprocess_exec(
-                *(sys.executable, "-m", "tests.support.unparsable", kafka_bootstrap, source),
-                key.decode(),
-                cwd=REPO,
-                env={**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"},
-            )
-            assert await asyncio.wait_for(writer.wait(), 60) == 0
+            await write_unparsable(kafka_bootstrap, source, key.decode())
             metrics = await _scrape_until(port, lambda m: m.get(("records_skipped", "unreadable")))
             assert metrics[("records_skipped", "unreadable")] == 1
             bridged = await _read(kafka_bootstrap, events, 3, settle=1.0)
@@ -270,12 +263,7 @@ async def test_poison_records_are_counted_skipped_and_dead_lettered(
     finally:
         await producer.stop()
     # A record aiokafka cannot parse (a header key that is not UTF-8), between two good ones.
-    writer = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "tests.support.unparsable", kafka_bootstrap, source, "u1"),
-        cwd=REPO,
-        env={**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"},
-    )
-    assert await asyncio.wait_for(writer.wait(), 60) == 0
+    await write_unparsable(kafka_bootstrap, source, "u1")
     port = free_port()
     config = _config(tmp_path / "b.toml", channel, source, dead_letter=dead, tombstone="gone")
     with BridgeProcess(config, kafka_url, metrics_port=port).running():

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import sys
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -19,7 +17,7 @@ from socketio_kafka.gateway.bridge.outbound import OutboundPump
 from socketio_kafka.gateway.bridge.pump import Pump
 from socketio_kafka.gateway.bridge.transactional import TransactionalPump
 
-from .support.cluster import REPO
+from .support.unparsable import write_unparsable
 from .support.waiting import wait_until
 from .test_bridge import _create_topics, _partition, _read
 
@@ -185,12 +183,7 @@ async def test_an_unreadable_record_loses_no_other_partitions_records(
             await producer.send_and_wait(source, value, key=b"u0", partition=0)
     finally:
         await producer.stop()
-    writer = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "tests.support.unparsable", kafka_bootstrap, source, key),
-        cwd=REPO,
-        env={**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"},
-    )
-    assert await asyncio.wait_for(writer.wait(), 60) == 0
+    await write_unparsable(kafka_bootstrap, source, key)
     pump = _inbound(kafka_bootstrap, channel, source)
     async with _running(pump) as ended:
         await _until(ended, lambda: pump.stats.records == 22, "22 good records committed")

@@ -4,10 +4,7 @@ used to stop delivery on every node while ``/readyz`` said 200)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
 
 import httpx
@@ -16,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from .support.cluster import gateway_cluster
 from .support.harness import Harness
+from .support.unparsable import write_unparsable
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
@@ -182,16 +180,7 @@ async def test_a_record_aiokafka_cannot_parse_is_skipped_and_delivery_goes_on(
     for receiver in receivers:
         assert await receiver.ask("join", {"room": "r"}) == {"ok": True}
     for topic, key in ((f"{channel}.sessions", "pid-x"), (f"{channel}.events", "/#r")):
-        writer = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.support.unparsable",
-            kafka_bootstrap,
-            topic,
-            key,
-            env={**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"},
-        )
-        assert await writer.wait() == 0
+        await write_unparsable(kafka_bootstrap, topic, key)
     harness.external_records += 3
 
     for receiver in receivers:

@@ -4,8 +4,6 @@ cursors), against the real broker."""
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from typing import Any
 
 import pytest
@@ -19,6 +17,7 @@ from socketio_kafka.adapter.replay import ConsumerPool, topic_bounds
 from socketio_kafka.adapter.routing import Audience
 from socketio_kafka.adapter.watermarks import Watermarks
 
+from .support.unparsable import write_unparsable
 from .support.waiting import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(60)]
@@ -126,16 +125,7 @@ async def test_a_record_aiokafka_cannot_parse_is_read_past(
 ) -> None:
     """Its fetch is refused at every try, with the records parsed before it: without
     stepping past it, the replay (and the client's every retry) failed."""
-    writer = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.support.unparsable",
-        kafka_bootstrap,
-        topic,
-        "/#r",
-        env={**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"},
-    )
-    assert await writer.wait() == 0
+    await write_unparsable(kafka_bootstrap, topic, "/#r")
     pool = ConsumerPool(lambda: AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap), keep=1)
     try:
         async with pool.consumer() as consumer:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
+from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
@@ -27,6 +29,16 @@ class _NotUtf8(str):
 def _emit(event: str, seq: int) -> bytes:
     record = {"v": 1, "method": "emit", "event": event, "data": [seq], "room": "r"}
     return json.dumps(record).encode()
+
+
+async def write_unparsable(bootstrap: str, topic: str, key: str) -> None:
+    """Write the three records from a process of its own, as the module docstring says."""
+    writer = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", __name__, bootstrap, topic, key),
+        cwd=Path(__file__).parents[2],
+        env={**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"},
+    )
+    assert await asyncio.wait_for(writer.wait(), 60) == 0
 
 
 async def main(bootstrap: str, topic: str, key: bytes) -> None:

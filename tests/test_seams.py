@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from socketio.async_manager import AsyncManager
 from socketio.async_pubsub_manager import AsyncPubSubManager
+from socketio.async_server import AsyncServer
 from socketio.base_manager import BaseManager
 
 # The releases whose internals the seams below were checked against (pyproject.toml pins
@@ -46,6 +47,31 @@ def test_pubsub_handlers_we_dispatch_to_exist() -> None:
         assert inspect.iscoroutinefunction(getattr(AsyncPubSubManager, name)), name
 
 
+def test_pubsub_manager_methods_we_override_keep_their_shape() -> None:
+    """The manager waits in these for its own emits (a local disconnect, room change or
+    close), forgets unanswered asks through ``trigger_callback`` and answers acks across
+    nodes through ``_return_callback``: python-socketio's server calls each so."""
+    shapes = {
+        "can_disconnect": ["self", "sid", "namespace"],
+        "enter_room": ["self", "sid", "namespace", "room", "eio_sid"],
+        "leave_room": ["self", "sid", "namespace", "room"],
+        "close_room": ["self", "room", "namespace"],
+        "_return_callback": ["self", "host_id", "sid", "namespace", "callback_id", "args"],
+        "_handle_callback": ["self", "message"],
+    }
+    for name, params in shapes.items():
+        method = getattr(AsyncPubSubManager, name)
+        assert list(inspect.signature(method).parameters) == params, name
+    assert list(inspect.signature(AsyncManager.trigger_callback).parameters) == [
+        "self",
+        "sid",
+        "id",
+        "data",
+    ]
+    server = inspect.getsource(AsyncServer.disconnect)
+    assert "self.manager.can_disconnect(" in server
+
+
 def test_pubsub_message_shape_we_decode() -> None:
     """Our emit records must stay readable by the base class's `_handle_emit`."""
     source = inspect.getsource(AsyncPubSubManager._handle_emit)
@@ -79,7 +105,6 @@ def test_manager_hooks_we_call() -> None:
 
 def test_server_seams_recovery_overrides() -> None:
     """RecoveringAsyncServer overrides these; their shape and what they do must not move."""
-    from socketio.async_server import AsyncServer
 
     expected = {
         "_handle_connect": ["self", "eio_sid", "namespace", "data"],
@@ -256,7 +281,6 @@ def test_aiokafka_internals_a_stop_finishes_with() -> None:
 def test_server_seams_the_gateway_guard_overrides() -> None:
     """gateway/guard.py reads the half-received binary packet python-socketio keeps, and
     filters events before python-socketio dispatches them."""
-    from socketio.async_server import AsyncServer
 
     expected = {
         "_handle_eio_message": ["self", "eio_sid", "data"],
@@ -333,7 +357,6 @@ def test_engineio_reads_the_handshake_headers_only_as_a_request_starts() -> None
 def test_python_socketio_keeps_namespace_sessions_in_the_engineio_session() -> None:
     """adapter/recovery.py reads a socket's session data as get_session does, without
     storing an empty one."""
-    from socketio.async_server import AsyncServer
 
     source = inspect.getsource(AsyncServer.get_session)
     assert "await self.eio.get_session(eio_sid)" in source

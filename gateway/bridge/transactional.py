@@ -39,7 +39,6 @@ from aiokafka.client import CoordinationType
 from aiokafka.coordinator.protocol import ConsumerProtocol
 from aiokafka.errors import (
     CorruptRecordException,
-    InvalidTimestampError,
     KafkaError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
@@ -71,11 +70,12 @@ logger = logging.getLogger("socketio_kafka.bridge")
 _DEAD_LETTER_HEADROOM = 1024
 #: What Kafka answers for a record it refuses for what it is, at every try: written again,
 #: it would fail its batch's transaction for ever. The record is skipped as bad instead.
+#: (Not InvalidTimestampError: the bridge stamps no record, so that one is its host's clock
+#: off, and every record would be skipped until it is mended.)
 _REFUSED: dict[type[KafkaError], str] = {
     MessageSizeTooLargeError: "too_large",
     RecordListTooLargeError: "too_large",
     CorruptRecordException: "refused",
-    InvalidTimestampError: "refused",
 }
 
 _POLL_MS = 1000

@@ -24,11 +24,11 @@ __all__ = [
     "MAX_DEPTH",
     "Message",
     "callback_message",
-    "check_targets",
     "decode",
     "emit_message",
     "encode",
     "parse_json",
+    "plain_targets",
     "record_key",
     "unpacked",
 ]
@@ -279,17 +279,27 @@ def _too_deep(parsed: Any) -> bool:
     return True
 
 
-def check_targets(message: Message) -> None:
-    """Raise `TypeError` unless its rooms and sids are strings, as every node reads them:
-    python-socketio takes a room ``42`` here, and every node skipped the record."""
-    scalars = (message.get("room"), message.get("skip_sid"), message.get("sid"))
-    if not _valid_targets(message) or any(
-        value is not None and type(value) not in (str, list) for value in scalars
-    ):
-        raise TypeError(
-            f"{message['method']}: rooms and sids travel as strings (JSON); got room="
-            f"{message.get('room')!r}, skip_sid={message.get('skip_sid')!r}"
-        )
+def plain_targets(message: Message) -> None:
+    """Make its rooms and sids plain strings, as every node reads them (a `StrEnum`'s
+    value; a sequence of them a list); `TypeError` for what is none: python-socketio takes
+    a room ``42`` here, and every node skipped the record."""
+    for name in ("room", "skip_sid", "sid"):
+        value = message.get(name)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            message[name] = str.__str__(value)
+        elif (
+            isinstance(value, list | tuple)
+            and (value or name != "room")  # python-socketio reads a room list's first
+            and all(isinstance(item, str) for item in value)
+        ):
+            message[name] = [str.__str__(item) for item in value]
+        else:
+            raise TypeError(
+                f"{message['method']}: rooms and sids travel as strings (JSON); got "
+                f"{name}={value!r}"
+            )
 
 
 def _valid_targets(message: Message) -> bool:

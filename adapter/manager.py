@@ -509,15 +509,17 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         this one, once read back from Kafka: a disconnect, room change or room close here
         acted at once, and the emit just written before it ("tell the client why, then
         kick it") reached nobody, or reached a socket that joined after it."""
-        emitted = self._emitted
+        positions = self.positions
+        # Partitions this node reads (one added since it started is not: it never would).
+        emitted = {p: offset for p, offset in self._emitted.items() if p < len(positions)}
         if (
             self._consumer is not None
             # Called by what the consume loop runs (an ack's callback, an app's disconnect
             # handler): waiting for the loop would wait for itself.
             and asyncio.current_task() is not self._consuming
-            and any(self.positions[p] < offset for p, offset in emitted.items())
+            and any(positions[p] < offset for p, offset in emitted.items())
         ):
-            await self._delivered_within(dict(emitted))
+            await self._delivered_within(emitted)
 
     async def _publish(
         self,
@@ -526,7 +528,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         publisher: str | None = None,
         subject: str | None = None,
     ) -> None:
-        codec.check_targets(data)
+        codec.plain_targets(data)
         value = codec.encode(data)
         if len(value) > self.options.max_record_bytes:
             self.stats.publish_errors += 1

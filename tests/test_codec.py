@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from typing import Any
 
@@ -241,3 +242,17 @@ async def test_rooms_that_are_not_strings_are_refused_before_anything_is_written
         await manager.emit("e", 1, room=room)
     await manager.emit("e", 1, room=())  # to nobody: nothing written, as nobody gets it
     assert manager.stats.published == 0
+
+
+def test_rooms_of_a_str_subclass_and_skipped_sids_in_a_tuple_go_as_plain_strings() -> None:
+    class Room(enum.StrEnum):
+        LOBBY = "lobby"
+
+    message = codec.emit_message(
+        "e", 1, namespace="/", room=[Room.LOBBY, "x"], skip_sid=None, callback=None, host_id="h"
+    )
+    message["skip_sid"] = ("s1",)
+    codec.plain_targets(message)
+    assert (message["room"], message["skip_sid"]) == (["lobby", "x"], ["s1"])
+    assert type(message["room"][0]) is str
+    assert codec.decode(codec.encode(message))["room"] == ["lobby", "x"]

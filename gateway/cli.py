@@ -17,6 +17,7 @@ from socketio_kafka.adapter.options import SASL_MECHANISMS, SECURITY_PROTOCOLS, 
 
 from .settings import (
     ADAPTERS,
+    ENV_PREFIX,
     Settings,
     env_default,
     env_settings,
@@ -219,22 +220,46 @@ def _bridge(args: argparse.Namespace) -> int:
 
     from .bridge import load, run_bridges
     from .bridge.service import configure_logging
-    from .errors import InvalidSettings
 
     config = load(args.file)
     url = args.kafka or config.url or env_default("kafka", None) or "kafka://"
-    try:
-        secured = settings_from(args).kafka_options
-    except ValueError as exc:
-        raise InvalidSettings(str(exc)) from exc
-    # The bridge's own Kafka options, secured as `serve`'s flags and variables say.
-    options = KafkaOptions(**{name: getattr(secured, name) for name in _KAFKA_SECURITY})
+    options = _secured(args)
     configure_logging(args.log_level)
     metrics = None if args.metrics_port is None else (args.metrics_host, args.metrics_port)
     asyncio.run(run_bridges(config, parse_kafka_urls(url), args.instance, metrics, options))
     return 0
 
 
+def _secured(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> KafkaOptions:
+    """The bridge's Kafka options: the defaults, secured as `serve`'s security flags and
+    variables say. Only those are read: a bridge sharing the gateways' environment need
+    not have their JWT key, say, to start."""
+    from .errors import InvalidSettings
+
+    names = {ENV_PREFIX + name.upper() for name in _SECURITY_SETTINGS}
+    given = {name: getattr(args, name) for name in _SECURITY_SETTINGS}
+    chosen = env_settings({k: v for k, v in env.items() if k in names}) | {
+        name: value for name, value in given.items() if value is not None
+    }
+    try:
+        secured = Settings(**chosen).kafka_options
+    except ValueError as exc:
+        raise InvalidSettings(str(exc)) from exc
+    return KafkaOptions(**{name: getattr(secured, name) for name in _KAFKA_SECURITY})
+
+
+#: `Settings`' Kafka security fields, and the `KafkaOptions` they make.
+_SECURITY_SETTINGS = (
+    "kafka_security_protocol",
+    "kafka_sasl_mechanism",
+    "kafka_username",
+    "kafka_password",
+    "kafka_password_file",
+    "kafka_ca_file",
+    "kafka_cert_file",
+    "kafka_key_file",
+    "kafka_key_password_file",
+)
 _KAFKA_SECURITY = (
     "security_protocol",
     "sasl_mechanism",
@@ -383,7 +408,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str] = os.environ)
     given = {
         field.name: value
         for field in dataclasses.fields(Settings)
-        if (value := getattr(args, field.name, None)) is not None
+        if (value := getattr(args, field.name)) is not None
     }
     return Settings(**(env_settings(env) | given))
 

@@ -46,6 +46,8 @@ def log_level(name: str) -> int:
     until uvicorn names it, and a node or bridge started at it ended in a traceback."""
     if name.lower() == "trace":
         return TRACE_LOG_LEVEL
+    if name.lower() not in _LOG_LEVELS:
+        raise InvalidSettings(f"log_level must be one of {', '.join(_LOG_LEVELS)}")
     level: int = logging.getLevelNamesMapping()[name.upper()]
     return level
 

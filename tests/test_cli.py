@@ -340,3 +340,32 @@ def test_a_hook_that_is_not_there_is_one_line(setting: str, spec: str, message: 
     with pytest.raises(InvalidSettings) as refused:
         create_app(Settings(**{setting: spec}, **jwt), "kafka://127.0.0.1:1")
     assert str(refused.value) == message
+
+
+def test_the_bridge_reads_only_the_kafka_security_of_serves_variables(tmp_path: Path) -> None:
+    """A bridge sharing the gateways' environment need not have their JWT key or share
+    their limits to start; it takes their Kafka security, and says what is wrong there."""
+    password = tmp_path / "password"
+    password.write_text("secret\n")
+    env = {
+        ENV_PREFIX + "JWT_SECRET_FILE": "/nowhere/jwt",
+        ENV_PREFIX + "PORT": "80000",
+        ENV_PREFIX + "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        ENV_PREFIX + "KAFKA_SASL_MECHANISM": "PLAIN",
+        ENV_PREFIX + "KAFKA_USERNAME": "bridge",
+        ENV_PREFIX + "KAFKA_PASSWORD_FILE": str(password),
+    }
+    args = build_parser().parse_args(["bridge", "b.toml", "--kafka-username", "flagged"])
+    options = cli._secured(args, env)
+    assert (options.security_protocol, options.sasl_mechanism) == ("SASL_PLAINTEXT", "PLAIN")
+    assert (options.sasl_username, options.sasl_password) == ("flagged", "secret")
+    with pytest.raises(InvalidSettings, match="SASL_PLAINTEXT needs sasl_mechanism"):
+        cli._secured(args, {k: v for k, v in env.items() if "MECHANISM" not in k})
+
+
+def test_a_bridge_at_an_unknown_log_level_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "b.toml"
+    config.write_text('[[inbound]]\nname = "b"\ntopics = ["t"]\nroom = "r"\nevent = "e"\n')
+    run = _cli("bridge", str(config), "--log-level", "loud")
+    assert (run.returncode, run.stdout) == (1, "")
+    assert run.stderr.startswith("socketio-kafka: log_level must be one of"), run.stderr

@@ -4,6 +4,7 @@ once, in order with what the socket's writer sends, and queued whenever they can
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -202,6 +203,15 @@ async def node(
     await manager.stop()
 
 
+class _Collect(logging.Handler):
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self._into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._into.append(record.getMessage())
+
+
 async def _events_in_order(
     sio: socketio.AsyncServer,
     url: str,
@@ -212,7 +222,13 @@ async def _events_in_order(
     """Connect a client, emit ``count`` events to its room through Kafka while it sends
     acked events of its own; return how many were written at once."""
     manager: AsyncKafkaManager = sio.manager
-    client = socketio.AsyncClient(**client_options)
+    # Its warnings say why a transport failed (engineio's client logs none below ERROR).
+    said = logging.getLogger(f"tests.frames.{id(sio)}")
+    said.setLevel(logging.WARNING)
+    warnings: list[str] = []
+    said.addHandler(_Collect(warnings))
+    # A POST of a loaded CI host may pass engineio's 5 s; its timeout reads as a drop.
+    client = socketio.AsyncClient(engineio_logger=said, request_timeout=30, **client_options)
     got: list[int] = []
     client.on("n", got.append)
     # A client that reconnects gets a new socket, in no room: what it says why.
@@ -232,7 +248,7 @@ async def _events_in_order(
             raise AssertionError(
                 f"{exc}: {len(got)} of {count} arrived (the last: {got[-3:]}); the client "
                 f"is {'' if client.connected else 'not '}connected, on {client.transport()}, "
-                f"disconnected before: {drops}"
+                f"disconnected before: {drops}; its transport said: {warnings[-5:]}"
             ) from None
         assert got == list(range(count))
         return manager.stats.events_written - before

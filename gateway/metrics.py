@@ -69,28 +69,28 @@ class NodeCollector(Collector):
         self._manager = manager
         self._server = server
 
-    def _ready(self) -> bool:
-        """As /readyz answers (it said 1 through a Kafka outage, a task down, a drain)."""
-        if self._server is not None and self._server.draining:
-            return False
-        manager = self._manager
-        return manager.health().ready if isinstance(manager, AsyncKafkaManager) else manager.ready
-
     def collect(self) -> Iterator[Metric]:
+        manager = self._manager
+        health = manager.health() if isinstance(manager, AsyncKafkaManager) else None
+        # As /readyz answers (it said 1 through a Kafka outage, a task down, a drain).
+        ready_now = not (self._server is not None and self._server.draining) and (
+            manager.ready if health is None else health.ready
+        )
         # python-socketio's Redis manager keeps no counters: readiness and sockets only.
         if isinstance(self._manager, AsyncKafkaManager):
             for name, doc in _COUNTERS.items():
                 counter = CounterMetricFamily(f"socketio_kafka_{name}", doc)
                 counter.add_metric([], getattr(self._manager.stats, name))
                 yield counter
-            yield from _health_metrics(self._manager.health())
+            assert health is not None
+            yield from _health_metrics(health)
             yield from _flow_metrics(self._manager.stats)
             yield from _publish_id_metrics(self._manager.publishes)
             yield _lag(self._manager.lag())
             yield from _pacing_metrics(self._manager.pacing)
             yield from _memory_metrics(self._manager)
         ready = GaugeMetricFamily("socketio_kafka_ready", "1 when the node is ready")
-        ready.add_metric([], 1.0 if self._ready() else 0.0)
+        ready.add_metric([], 1.0 if ready_now else 0.0)
         yield ready
         sockets = GaugeMetricFamily(
             "socketio_kafka_connected_sockets",

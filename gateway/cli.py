@@ -242,13 +242,12 @@ def _secured(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> K
         name: value for name, value in given.items() if value is not None
     }
     try:
-        secured = Settings(**chosen).kafka_options
+        return KafkaOptions(**Settings(**chosen).kafka_security)
     except ValueError as exc:
         raise InvalidSettings(str(exc)) from exc
-    return KafkaOptions(**{name: getattr(secured, name) for name in _KAFKA_SECURITY})
 
 
-#: `Settings`' Kafka security fields, and the `KafkaOptions` they make.
+#: `Settings`' Kafka security fields.
 _SECURITY_SETTINGS = (
     "kafka_security_protocol",
     "kafka_sasl_mechanism",
@@ -259,16 +258,6 @@ _SECURITY_SETTINGS = (
     "kafka_cert_file",
     "kafka_key_file",
     "kafka_key_password_file",
-)
-_KAFKA_SECURITY = (
-    "security_protocol",
-    "sasl_mechanism",
-    "sasl_username",
-    "sasl_password",
-    "ssl_cafile",
-    "ssl_certfile",
-    "ssl_keyfile",
-    "ssl_password",
 )
 
 

@@ -180,15 +180,22 @@ class Settings:
             replay_history_bytes=int(self.replay_history_mb * 2**20),
             # Whatever a client may send fits a record, binary parts base64-encoded included.
             max_record_bytes=self.max_payload_bytes * 4 // 3 + 64 * 1024,
-            security_protocol=self.kafka_security_protocol,
-            sasl_mechanism=self.kafka_sasl_mechanism,
-            sasl_username=self.kafka_username,
-            sasl_password=self._kafka_password(),
-            ssl_cafile=self.kafka_ca_file,
-            ssl_certfile=self.kafka_cert_file,
-            ssl_keyfile=self.kafka_key_file,
-            ssl_password=_secret("kafka_key_password_file", self.kafka_key_password_file),
+            **self.kafka_security,
         )
+
+    @property
+    def kafka_security(self) -> dict[str, Any]:
+        """The `KafkaOptions` of Kafka security, secrets read from their files."""
+        return {
+            "security_protocol": self.kafka_security_protocol,
+            "sasl_mechanism": self.kafka_sasl_mechanism,
+            "sasl_username": self.kafka_username,
+            "sasl_password": self._kafka_password(),
+            "ssl_cafile": self.kafka_ca_file,
+            "ssl_certfile": self.kafka_cert_file,
+            "ssl_keyfile": self.kafka_key_file,
+            "ssl_password": _secret("kafka_key_password_file", self.kafka_key_password_file),
+        }
 
     def _kafka_password(self) -> str | None:
         if self.kafka_password is not None and self.kafka_password_file is not None:

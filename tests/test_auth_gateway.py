@@ -28,7 +28,11 @@ from .support.clients import Recorder
 from .support.cluster import GatewayProcess, gateway_cluster
 from .support.jsclient import JsClient
 from .support.rawclient import engineio_url, websocket_barrage
-from .support.recovering import RecoveringRecorder, claimed_by_a_connection_that_goes_while_judged
+from .support.recovering import (
+    RecoveringRecorder,
+    claimed_by_a_connection_that_goes_while_judged,
+    first_claim_held,
+)
 from .support.server import run_server
 from .support.waiting import wait_until
 
@@ -417,14 +421,6 @@ async def test_a_disconnect_handled_while_a_claim_is_judged_leaves_its_token_to_
     settings = Settings(channel=channel, jwt_secret=SECRET, jwt_audience=AUD, jwt_issuer=ISS)
     app = create_app(settings, kafka_url)
     manager = app.state.node.manager
-    real_find = manager.store.find
-    judging, judged = asyncio.Event(), asyncio.Event()
-
-    async def slow_find(pid: str, wait: float = 3.0) -> Any:
-        judging.set()
-        await judged.wait()
-        return await real_find(pid, wait)
-
     alice = RecoveringRecorder({"token": mint()})
     async with manager, run_server(app) as url, httpx.AsyncClient(timeout=20) as http:
         try:
@@ -432,22 +428,20 @@ async def test_a_disconnect_handled_while_a_claim_is_judged_leaves_its_token_to_
             sid, pid = alice.sid, alice.client.pids["/"]
             await alice.drop_transport()
             await wait_until(lambda: not manager.is_connected(sid, "/"), 10, "the drop noticed")
-            manager.store.find = slow_find  # type: ignore[method-assign]
-            handshake = await http.get(engineio_url(url, "polling"))
-            session = engineio_url(url, "polling", json.loads(handshake.text[1:])["sid"])
-            connect = "40" + json.dumps({"token": mint(ttl=2), "pid": pid})
-            claiming = asyncio.create_task(http.post(session, content=connect))
-            await wait_until(judging.is_set, 10, "the claim being judged")
-            await http.post(session, content="41")
-            judged.set()
-            await claiming
+            with first_claim_held(manager) as (judging, judged):
+                handshake = await http.get(engineio_url(url, "polling"))
+                session = engineio_url(url, "polling", json.loads(handshake.text[1:])["sid"])
+                connect = "40" + json.dumps({"token": mint(ttl=2), "pid": pid})
+                claiming = asyncio.create_task(http.post(session, content=connect))
+                await wait_until(judging.is_set, 10, "the claim being judged")
+                await http.post(session, content="41")
+                judged.set()
+                await claiming
             await wait_until(lambda: manager.is_connected(sid, "/"), 10, "the session recovered")
             await wait_until(
                 lambda: not manager.is_connected(sid, "/"), 10, "its token expired, its cut"
             )
         finally:
-            judged.set()
-            manager.store.find = real_find  # type: ignore[method-assign]
             await alice.close()
 
 

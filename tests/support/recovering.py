@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import socketio
 
-from socketio_kafka.adapter import AsyncRecoveringClient, RecoveringAsyncServer
+from socketio_kafka.adapter import AsyncKafkaManager, AsyncRecoveringClient, RecoveringAsyncServer
 
 from .waiting import wait_until
 
@@ -62,6 +63,28 @@ class RecoveringRecorder:
         await self.client.shutdown()
 
 
+@contextlib.contextmanager
+def first_claim_held(manager: AsyncKafkaManager) -> Iterator[tuple[asyncio.Event, asyncio.Event]]:
+    """The first claim judged in the block waits in the session store's ``find`` (the
+    claim's round trip to Kafka): ``judging`` is set when it comes, it goes on once
+    ``judged`` is set (at the latest when the block ends)."""
+    real_find = manager.store.find
+    judging, judged = asyncio.Event(), asyncio.Event()
+
+    async def held_find(pid: str, wait: float = 3.0) -> Any:
+        if not judging.is_set():
+            judging.set()
+            await judged.wait()
+        return await real_find(pid, wait)
+
+    manager.store.find = held_find  # type: ignore[method-assign]
+    try:
+        yield judging, judged
+    finally:
+        judged.set()
+        manager.store.find = real_find  # type: ignore[method-assign]
+
+
 async def claimed_by_a_connection_that_goes_while_judged(
     sio: RecoveringAsyncServer, url: str, owner: RecoveringRecorder, sid: str, room: str
 ) -> None:
@@ -69,28 +92,19 @@ async def claimed_by_a_connection_that_goes_while_judged(
     closes while the claim is judged (the session store's ``find`` held meanwhile), then
     claimed again: the second claim recovers it, with what ``room`` was sent meanwhile."""
     manager = sio.kafka
-    real_find = manager.store.find
-    judging, judged = asyncio.Event(), asyncio.Event()
-
-    async def slow_find(pid: str, wait: float = 3.0) -> Any:
-        if not judging.is_set():
-            judging.set()
-            await judged.wait()
-        return await real_find(pid, wait)
-
     gave_up, again = RecoveringRecorder(owner.auth), RecoveringRecorder(owner.auth)
     try:
         await wait_until(lambda: not manager.is_connected(sid, "/"), 10, "the drop noticed")
         for claimant in (gave_up, again):
             claimant.client.pids.update(owner.client.pids)
             claimant.client.offsets.update(owner.client.offsets)
-        manager.store.find = slow_find  # type: ignore[method-assign]
-        claiming = asyncio.create_task(gave_up.connect(url))
-        await wait_until(judging.is_set, 10, "the claim being judged")
-        (eio_sid,) = (e for e, s in sio.eio.sockets.items() if not (s.closing or s.closed))
-        await manager.close_transport(eio_sid, "transport close")
-        judged.set()
-        await wait_until(lambda: sio.recoveries["failed", ""] == 1, 10, "judged, too late")
+        with first_claim_held(manager) as (judging, judged):
+            claiming = asyncio.create_task(gave_up.connect(url))
+            await wait_until(judging.is_set, 10, "the claim being judged")
+            (eio_sid,) = (e for e, s in sio.eio.sockets.items() if not (s.closing or s.closed))
+            await manager.close_transport(eio_sid, "transport close")
+            judged.set()
+            await wait_until(lambda: sio.recoveries["failed", ""] == 1, 10, "judged, too late")
         claiming.cancel()  # the client has not noticed yet: it does not matter here
         with contextlib.suppress(asyncio.CancelledError, socketio.exceptions.ConnectionError):
             await claiming
@@ -100,7 +114,5 @@ async def claimed_by_a_connection_that_goes_while_judged(
         assert (again.client.recovered["/"], again.sid) == (True, sid)
         assert await again.wait_count("news", 1) == [1]
     finally:
-        judged.set()
-        manager.store.find = real_find  # type: ignore[method-assign]
         for claimant in (gave_up, again):
             await claimant.close()

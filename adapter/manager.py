@@ -128,7 +128,7 @@ class Health:
     reasons: tuple[str, ...]
     #: Background tasks that raised and were restarted, since start.
     task_restarts: int
-    #: Producers replaced after they wedged, since start.
+    #: Producers replaced after they wedged or their sender ended, since start.
     producers_replaced: int
 
 
@@ -283,7 +283,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
 
     def health(self) -> Health:
         """Ready, or the reasons not: not connected yet, a background task down, Kafka
-        unreachable, the producer being replaced. Answers at once, whatever Kafka does."""
+        unreachable, the producer being replaced or not sending. Answers at once, whatever
+        Kafka does."""
         reasons: list[str] = []
         if not self._ready.is_set():
             failure = self._start_failure
@@ -295,6 +296,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             reasons.append(f"kafka unreachable ({watch.cause})")
         if publisher is not None and publisher.replacing:
             reasons.append("the kafka producer is being replaced")
+        elif publisher is not None and not publisher.sending:
+            reasons.append("the kafka producer's sender task has ended")
         return Health(
             not reasons,
             tuple(reasons),

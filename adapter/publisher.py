@@ -131,6 +131,12 @@ class Publisher:
         """True while a wedged producer is being replaced: publishes are refused."""
         return self._replacing is not None and not self._replacing.done()
 
+    @property
+    def sending(self) -> bool:
+        """False once the producer's sender task has ended: nothing it takes is sent.
+        It is then replaced, and again at each publish while a replacement fails."""
+        return self._producer is None or not _sender(self._producer).done()
+
     async def start(self) -> None:
         producer = self._build()
         await producer.start()
@@ -139,7 +145,7 @@ class Publisher:
         except BaseException:
             await producer.stop()
             raise
-        self._producer = self._lingering(producer)
+        self._producer = self._watched(producer)
 
     async def _learn_topics(self, producer: Producer) -> None:
         """All at once: one metadata request for every topic."""
@@ -170,6 +176,24 @@ class Publisher:
         self._linger_ms = ms
         if self._producer is not None:
             self._lingering(self._producer)
+
+    def _watched(self, producer: Producer) -> Producer:
+        """``producer``, lingering as set, replaced if its sender task ends under it.
+
+        aiokafka's sender sends every batch; when it raises (aiokafka logs "Unexpected
+        error in sender routine") or is cancelled, the producer still takes records and
+        fails or keeps them all. Ended by our own stop or swap, it is no longer current.
+        """
+
+        def ended(task: asyncio.Task[None]) -> None:
+            if producer is not self._producer:
+                return
+            cause = "cancelled" if task.cancelled() else repr(task.exception())
+            self._logger.error("kafka producer's sender task ended (%s)", cause)
+            self._replace(producer, f"its sender task ended ({cause})")
+
+        _sender(producer).add_done_callback(ended)
+        return self._lingering(producer)
 
     def _lingering(self, producer: Producer) -> Producer:
         # aiokafka reads its accumulator's linger as it opens each batch; no public setter
@@ -210,6 +234,7 @@ class Publisher:
         except KafkaError as exc:
             raise self._refused(producer, exc) from exc
         except TimeoutError as exc:
+            self._heal(producer)
             raise PublishError(
                 f"Kafka did not take the record within {self._timeout_s}s (not written)"
             ) from exc
@@ -227,6 +252,7 @@ class Publisher:
                 async with asyncio.timeout_at(delivery.deadline):
                     outcomes = await _outcomes(delivery.futures)
         except TimeoutError as exc:
+            self._heal(delivery.producer)
             raise PublishError(
                 f"Kafka did not confirm the record within {self._timeout_s}s "
                 "(it may still be written)"
@@ -242,16 +268,21 @@ class Publisher:
 
     def _refused(self, producer: Producer, exc: KafkaError) -> PublishError:
         if isinstance(exc, (*WEDGED, ProducerClosed)) and producer is self._producer:
-            self._replace(producer, exc)
+            self._replace(producer, f"it refused a record with {type(exc).__name__}")
+        else:
+            self._heal(producer)
         return PublishError(f"Kafka did not accept the record: {exc!r}")
 
-    def _replace(self, wedged: Producer, exc: KafkaError) -> None:
+    def _heal(self, producer: Producer) -> None:
+        """Replace ``producer`` if its sender has ended: a replacement that failed to start
+        is tried again by the next publish that fails."""
+        if producer is self._producer and _sender(producer).done():
+            self._replace(producer, "its sender task had ended")
+
+    def _replace(self, wedged: Producer, why: str) -> None:
         if self.replacing:
             return
-        self._logger.warning(
-            "kafka producer refused a record with %s; replacing it with a fresh producer",
-            type(exc).__name__,
-        )
+        self._logger.warning("kafka producer: %s; replacing it with a fresh producer", why)
         self._replacing = asyncio.get_running_loop().create_task(self._swap(wedged))
 
     async def _swap(self, wedged: Producer) -> None:
@@ -263,7 +294,7 @@ class Publisher:
             await fresh.stop()
             self._logger.warning("a fresh kafka producer did not start (%r)", exc)
             return
-        self._producer = self._lingering(fresh)
+        self._producer = self._watched(fresh)
         self.replaced += 1
         # Its unsent batches fail (their callers already had, or get, an error).
         try:
@@ -281,6 +312,13 @@ async def _outcomes(futures: Sequence[Awaitable[Any]]) -> list[Any]:
         return [await futures[0]]
     except Exception as exc:  # returned, as gather(return_exceptions=True) would
         return [exc]
+
+
+def _sender(producer: Producer) -> asyncio.Task[None]:
+    # aiokafka's task that sends the batches (tests/test_seams.py checks it is there).
+    internals: Any = producer
+    task: asyncio.Task[None] = internals._sender.sender_task
+    return task
 
 
 def _send(producer: Producer, topic: str, record: Record) -> Awaitable[Awaitable[Any]]:

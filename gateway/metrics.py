@@ -338,7 +338,8 @@ def _health_metrics(health: Health) -> Iterator[GaugeMetricFamily | CounterMetri
     )
     restarts.add_metric([], health.task_restarts)
     replaced = CounterMetricFamily(
-        "socketio_kafka_producers_replaced", "Kafka producers replaced after they wedged"
+        "socketio_kafka_producers_replaced",
+        "Kafka producers replaced after they wedged or their sender ended",
     )
     replaced.add_metric([], health.producers_replaced)
     yield from (restarts, replaced)

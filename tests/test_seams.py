@@ -278,6 +278,17 @@ def test_aiokafka_internals_a_stop_finishes_with() -> None:
     assert inspect.iscoroutinefunction(AIOKafkaClient.close)
 
 
+def test_aiokafka_internals_a_publisher_watches() -> None:
+    """adapter/publisher.py replaces a producer whose sender task ended: it reads the task
+    where aiokafka keeps it, and aiokafka fails every record after that task raised."""
+    from aiokafka.producer.message_accumulator import MessageAccumulator
+    from aiokafka.producer.sender import Sender
+
+    assert isinstance(Sender.sender_task, property)
+    assert "self._sender_task.add_done_callback(self._fail_all)" in inspect.getsource(Sender.start)
+    assert "raise copy.copy(self._exception)" in inspect.getsource(MessageAccumulator.add_message)
+
+
 def test_server_seams_the_gateway_guard_overrides() -> None:
     """gateway/guard.py reads the half-received binary packet python-socketio keeps, and
     filters events before python-socketio dispatches them."""

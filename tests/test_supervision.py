@@ -103,6 +103,32 @@ async def test_a_wedged_producer_is_replaced_and_publishing_resumes() -> None:
     assert fresh.stopped
 
 
+async def test_a_producer_whose_sender_ended_is_replaced_until_a_fresh_one_starts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiokafka's sender task sends every batch; once it has ended (an unexpected error
+    in it), the producer still takes records and fails them all."""
+    first = FakeProducer()
+    unstartable = FakeProducer(start_error=KafkaConnectionError("no broker"))
+    fresh = FakeProducer()
+    made = iter([first, unstartable, fresh])
+    publisher = Publisher(lambda: next(made), timeout_s=5, logger=_LOG)
+    await publisher.start()
+    assert publisher.sending
+    with caplog.at_level(logging.WARNING, logger=_LOG.name):
+        first._sender.sender_task.set_exception(RuntimeError("a bug in the sender"))
+        await wait_until(lambda: unstartable.stopped, 5, "a replacement that fails to start")
+        await wait_until(lambda: not publisher.replacing, 5, "the failed replacement's end")
+        assert (publisher.producer, publisher.sending) == (first, False)
+        with pytest.raises(PublishError, match="Unexpected error during batch delivery"):
+            await publisher.send_many("t", [(b"k", b"1")])
+        await wait_until(lambda: publisher.replaced == 1, 5, "a second replacement")
+    await publisher.send_many("t", [(b"k", b"2")])
+    assert (fresh.sent, publisher.sending, first.stopped) == ([b"2"], True, True)
+    assert "sender task ended (RuntimeError('a bug in the sender'))" in caplog.text
+    await publisher.stop()
+
+
 async def test_a_broker_watch_reports_an_outage_in_two_lines(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -184,6 +210,40 @@ async def test_a_consume_loop_that_fails_is_restarted_and_loses_nothing(
         assert manager.health().task_restarts >= 1
         assert "socketio_kafka_task_restarts_total" in metrics
         assert client.client.connected
+    finally:
+        await client.close()
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(60)
+async def test_a_producer_whose_sender_dies_is_replaced_and_the_node_publishes_again(
+    node: tuple[Any, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    manager, url = node
+    client = await Recorder(url).connect()
+    try:
+        assert await client.ask("join", {"room": "r"}) == {"ok": True}
+        sender = manager._publisher.producer._sender
+
+        async def broken(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("a bug in aiokafka's sender")
+
+        sender._send_produce_req = broken
+        with caplog.at_level(logging.ERROR):
+            # The node's heartbeat or this emit meets the broken sender first.
+            try:
+                await manager.emit("e", 1, room="r")
+                expected = [1, 2]
+            except PublishError:
+                expected = [2]
+            await wait_until(lambda: manager.health().producers_replaced == 1, 15, "a fresh one")
+        assert "kafka producer's sender task ended" in caplog.text
+        await manager.emit("e", 2, room="r")
+        assert await client.wait_for("e", len(expected)) == expected
+        assert manager.health().ready
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(f"{url}/metrics")).text
+        assert "socketio_kafka_producers_replaced_total 1.0" in metrics
     finally:
         await client.close()
 

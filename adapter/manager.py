@@ -54,7 +54,14 @@ from .skips import (
 from .stopping import stop_consumer
 from .store import SessionStore
 from .supervisor import Supervisor
-from .topics import Replication, TopicSpec, ensure_topic, replication_for
+from .topics import (
+    ClusterDefaults,
+    Replication,
+    TopicSpec,
+    cluster_defaults,
+    ensure_topic,
+    replication_for,
+)
 from .turns import Turns
 from .watermarks import Watermarks
 
@@ -707,9 +714,13 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         admin = AIOKafkaAdminClient(**self.options.common_kwargs(self.bootstrap_servers))
         await admin.start()
         try:
-            brokers = len((await admin.describe_cluster())["brokers"])
+            brokers = [b["node_id"] for b in (await admin.describe_cluster())["brokers"]]
+            defaults = await cluster_defaults(admin, brokers[0]) if brokers else ClusterDefaults()
             replication = replication_for(
-                self.options.replication_factor, self.options.min_insync_replicas, brokers
+                self.options.replication_factor,
+                self.options.min_insync_replicas,
+                len(brokers),
+                defaults,
             )
             logger = self._get_logger()
             spec = self._topic_spec(self.events_topic, "delete", replication)

@@ -8,11 +8,24 @@ from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import InvalidReplicationFactorError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import (
+    InvalidReplicationFactorError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 
 from .errors import TopicLayoutError
 
-__all__ = ["Replication", "TopicLayout", "TopicSpec", "ensure_topic", "replication_for"]
+__all__ = [
+    "ClusterDefaults",
+    "Replication",
+    "TopicLayout",
+    "TopicSpec",
+    "cluster_defaults",
+    "ensure_topic",
+    "replication_for",
+]
 
 _VISIBLE_TIMEOUT_S = 10.0
 #: Kafka's usual production layout: three copies, a write acknowledged by two of them, so
@@ -32,10 +45,61 @@ class Replication:
     required: bool = False
 
 
-def replication_for(factor: int | None, min_insync: int | None, brokers: int) -> Replication:
-    """The layout for new topics: what was asked, else what this cluster can hold."""
-    chosen = factor if factor is not None else max(1, min(_DEFAULT_FACTOR, brokers))
-    insync = min_insync if min_insync is not None else min(_DEFAULT_INSYNC, max(1, chosen - 1))
+@dataclass(frozen=True, slots=True)
+class ClusterDefaults:
+    """What the brokers give a topic made without settings. Its operator sets them for the
+    cluster as it is meant to be, where a count of the brokers up now misses one restarting."""
+
+    replication_factor: int = 1
+    min_insync: int = 1
+
+
+async def cluster_defaults(admin: AIOKafkaAdminClient, broker: int) -> ClusterDefaults:
+    """``broker``'s ``default.replication.factor`` and ``min.insync.replicas``; Kafka's own
+    defaults where they cannot be read (a principal not allowed to describe them)."""
+    keys = {"default.replication.factor": None, "min.insync.replicas": None}
+    resource = ConfigResource(ConfigResourceType.BROKER, str(broker), keys)
+    try:
+        responses = await admin.describe_configs([resource])
+    except KafkaError:
+        return ClusterDefaults()
+    values: dict[str, int] = {}
+    for response in responses:
+        for res in response.to_object()["resources"]:
+            for entry in res["config_entries"] if not res["error_code"] else ():
+                value = entry["config_value"]
+                if isinstance(value, str) and value.isdigit():
+                    values[str(entry["config_names"])] = int(value)
+    return ClusterDefaults(
+        values.get("default.replication.factor", 1), values.get("min.insync.replicas", 1)
+    )
+
+
+def replication_for(
+    factor: int | None,
+    min_insync: int | None,
+    brokers: int,
+    cluster: ClusterDefaults = ClusterDefaults(),
+) -> Replication:
+    """The layout for new topics: what was asked, else up to 3 replicas, 2 in sync, as the
+    brokers up can hold, and never weaker than the brokers' defaults (a topic's
+    ``min.insync.replicas`` overrides theirs).
+
+    Raises `TopicLayoutError` for a ``min_insync`` the chosen factor cannot hold: Kafka
+    would refuse every publish to the topic made.
+    """
+    chosen = factor
+    if chosen is None:
+        chosen = max(1, min(_DEFAULT_FACTOR, brokers), cluster.replication_factor)
+    insync = min_insync
+    if insync is None:
+        insync = min(max(cluster.min_insync, min(_DEFAULT_INSYNC, chosen - 1)), chosen)
+    elif insync > chosen:
+        raise TopicLayoutError(
+            f"min_insync_replicas={insync} needs {insync} replicas, and new topics would get"
+            f" {chosen}: the cluster has {brokers} broker(s) up (set replication_factor,"
+            " --replication-factor)"
+        )
     return Replication(chosen, insync, required=factor is not None or min_insync is not None)
 
 

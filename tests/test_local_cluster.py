@@ -230,6 +230,51 @@ async def test_acked_writes_survive_a_killed_leader(kafka_cluster: LocalKafkaClu
 
 @pytest.mark.kafka
 @pytest.mark.timeout(120)
+async def test_topics_made_while_a_broker_is_down_get_the_clusters_layout(
+    kafka_cluster: LocalKafkaCluster,
+) -> None:
+    """Kafka lists the brokers up; the brokers' defaults (3 replicas, 2 in sync) say what
+    the cluster is meant to hold. A channel first used during a broker's restart got 2
+    replicas and min.insync.replicas=1 for good, with no word. Kafka places a new topic's
+    replicas on the fenced broker too; it catches up when it is back."""
+    bootstrap = kafka_cluster.bootstrap_servers
+    assert bootstrap is not None
+    down = kafka_cluster.nodes[2]
+    assert await asyncio.to_thread(down.kill)
+
+    async def brokers_up() -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            await admin.start()
+            return len((await admin.describe_cluster())["brokers"])
+        except KafkaError:  # the client met the killed node before its metadata left it
+            return 0
+        finally:
+            await admin.close()
+
+    async def fenced() -> bool:
+        return await brokers_up() == 2
+
+    async def back() -> bool:
+        return await brokers_up() == 3
+
+    try:
+        await wait_for(fenced, "the controller to fence the killed node")
+        channel = f"down-{uuid.uuid4().hex[:8]}"
+        manager = AsyncKafkaManager(f"kafka://{bootstrap}", channel)
+        manager.enable_recovery(60)
+        await manager.start()
+        await manager.emit("e", 1, room="r")  # two in sync hold the write
+        await manager.stop()
+        for topic in (f"{channel}.events", f"{channel}.sessions"):
+            assert await _replication(bootstrap, topic) == (3, "2")
+    finally:
+        assert await asyncio.to_thread(down.start) == f"127.0.0.1:{down.port}"
+    await wait_for(back, "the node back")
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
 def test_stop_ends_exactly_the_cluster_nodes(kafka_cluster: LocalKafkaCluster) -> None:
     config_paths: list[Path] = [node.config_path for node in kafka_cluster.nodes]
     assert kafka_cluster.stop()

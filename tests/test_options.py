@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from socketio_kafka.adapter import AsyncKafkaManager, ConfigError, KafkaOptions
+from socketio_kafka.adapter import AsyncKafkaManager, ConfigError, KafkaOptions, TopicLayoutError
 from socketio_kafka.adapter.options import parse_kafka_urls
-from socketio_kafka.adapter.topics import Replication, replication_for
+from socketio_kafka.adapter.topics import ClusterDefaults, Replication, replication_for
 
 
 @pytest.mark.parametrize(
@@ -88,3 +88,26 @@ def test_new_topics_default_to_three_replicas_two_in_sync_where_the_cluster_can(
     factor: int | None, insync: int | None, brokers: int, layout: Replication
 ) -> None:
     assert replication_for(factor, insync, brokers) == layout
+
+
+@pytest.mark.parametrize(
+    ("brokers", "cluster", "layout"),
+    [
+        (2, ClusterDefaults(3, 2), Replication(3, 2)),  # one of three down: creation refused
+        (3, ClusterDefaults(1, 2), Replication(3, 2)),
+        (2, ClusterDefaults(1, 2), Replication(2, 2)),  # never under the brokers' in-sync
+        (5, ClusterDefaults(5, 3), Replication(5, 3)),
+        (1, ClusterDefaults(1, 2), Replication(1, 1)),  # one copy holds one in sync
+    ],
+)
+def test_new_topics_are_never_weaker_than_the_brokers_defaults(
+    brokers: int, cluster: ClusterDefaults, layout: Replication
+) -> None:
+    assert replication_for(None, None, brokers, cluster) == layout
+
+
+def test_an_in_sync_count_the_chosen_factor_cannot_hold_is_refused_before_anything_is_made() -> (
+    None
+):
+    with pytest.raises(TopicLayoutError, match="min_insync_replicas=2 needs 2 replicas"):
+        replication_for(None, 2, 1)

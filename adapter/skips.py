@@ -6,7 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable, Collection
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CorruptRecordException
+from aiokafka.errors import CorruptRecordException, UnsupportedCodecError
 
 from .errors import RecordDecodeError
 
@@ -21,8 +21,10 @@ __all__ = [
 #: What aiokafka's consumer raises for a record it cannot parse, at every fetch of it: its
 #: C parser lets a header key that is not UTF-8 out as a bare UnicodeDecodeError, its
 #: Python one wraps it in CorruptRecordException (as it does a batch whose CRC fails).
-#: The records of that fetch parsed before it are dropped with it.
-UNREADABLE = (CorruptRecordException, UnicodeDecodeError)
+#: The records of that fetch parsed before it are dropped with it. A batch compressed with
+#: a codec this process lacks is refused the same way (the codecs are a dependency; one
+#: Kafka adds later would not be).
+UNREADABLE = (CorruptRecordException, UnicodeDecodeError, UnsupportedCodecError)
 
 
 def log_skipped(

@@ -4,16 +4,25 @@ used to stop delivery on every node while ``/readyz`` said 200)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator
 
+import aiokafka.codec
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from socketio_kafka.gateway.app import create_app
+from socketio_kafka.gateway.settings import Settings
+
+from .support.clients import Recorder
 from .support.cluster import gateway_cluster
 from .support.harness import Harness
+from .support.server import run_server
 from .support.unparsable import write_unparsable
+from .support.waiting import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
@@ -202,3 +211,76 @@ async def test_a_record_aiokafka_cannot_parse_is_skipped_and_delivery_goes_on(
     assert await late.ask("join", {"room": "r"}) == {"ok": True}
     await harness.control(2, "emit", event="after-restart", data=1, room="r")
     assert await late.wait_for("after-restart", 1) == [1]
+
+
+async def test_batches_another_producer_compressed_reach_every_receiver(
+    harness: Harness, kafka_bootstrap: str, channel: str
+) -> None:
+    """Java and other clients compress with lz4, snappy or zstd; a node without the codec
+    could read none of them."""
+    receivers = await harness.clients_on([0, 1, 2])
+    for receiver in receivers:
+        assert await receiver.ask("join", {"room": "r"}) == {"ok": True}
+    codecs = ["gzip", "lz4", "snappy", "zstd"]
+    for seq, codec in enumerate(codecs):
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, compression_type=codec)
+        await producer.start()
+        try:
+            packed = {"v": 1, "method": "emit", "event": "packed", "data": [seq], "room": "r"}
+            await producer.send_and_wait(f"{channel}.events", json.dumps(packed).encode(), b"/#r")
+        finally:
+            await producer.stop()
+    harness.external_records += len(codecs)
+    for receiver in receivers:
+        assert await receiver.wait_for("packed", len(codecs)) == list(range(len(codecs)))
+    assert [s["records_skipped"] for s in await harness.stats()] == [0] * 3
+
+
+async def test_a_batch_in_a_codec_a_node_lacks_is_skipped_and_every_other_event_delivered(
+    kafka_bootstrap: str, channel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiokafka refused every fetch that held it, after it had drained the other
+    partitions' records: those were lost, and the batch's partition stopped, for good,
+    while ``/readyz`` said 200."""
+    app = create_app(Settings(channel=channel), f"kafka://{kafka_bootstrap}")
+    manager = app.state.node.manager
+    rooms = [f"r{n}" for n in range(12)]
+    async with run_server(app) as url:
+        await manager.start()
+        client = await Recorder(url).connect()
+        try:
+            for room in rooms:
+                assert await client.ask("join", {"room": room}) == {"ok": True}
+            # A node without lz4; the record is written by a process that has it.
+            monkeypatch.setattr(aiokafka.codec, "has_lz4", lambda: False)
+            await _write_lz4(kafka_bootstrap, f"{channel}.events", b"/#r0")
+            for seq in range(10):
+                for room in rooms:
+                    await manager.emit("e", {"room": room, "seq": seq}, room=room)
+            got = await client.wait_for("e", 10 * len(rooms), timeout=30)
+            for room in rooms:
+                assert [e["seq"] for e in got if e["room"] == room] == list(range(10))
+            await wait_until(lambda: manager.stats.records_skipped == 1, 15, "the skip")
+            assert manager.health().ready
+        finally:
+            await client.close()
+            await manager.stop()
+
+
+async def _write_lz4(bootstrap: str, topic: str, key: bytes) -> None:
+    script = (
+        "import asyncio, sys\n"
+        "from aiokafka import AIOKafkaProducer\n"
+        "async def main():\n"
+        "    producer = AIOKafkaProducer(bootstrap_servers=sys.argv[1], compression_type='lz4')\n"
+        "    await producer.start()\n"
+        "    try:\n"
+        "        await producer.send_and_wait(sys.argv[2], b'{}', key=sys.argv[3].encode())\n"
+        "    finally:\n"
+        "        await producer.stop()\n"
+        "asyncio.run(main())\n"
+    )
+    writer = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, bootstrap, topic, key.decode()
+    )
+    assert await asyncio.wait_for(writer.wait(), 60) == 0

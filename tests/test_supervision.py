@@ -82,6 +82,25 @@ async def test_a_task_started_on_demand_runs_once_at_a_time() -> None:
     await supervisor.stop()
 
 
+async def test_stop_ends_a_task_that_swallowed_its_cancel() -> None:
+    """python-socketio's ``_trigger_event`` swallows a cancel that reaches an app handler
+    the consume loop runs; `stop` waited for that loop for good."""
+    swallowed = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            swallowed.set()
+        await asyncio.sleep(60)  # reads on
+
+    supervisor = Supervisor(_LOG)
+    supervisor.start("stubborn", stubborn)
+    await asyncio.sleep(0)  # the task is in its first sleep
+    await asyncio.wait_for(supervisor.stop(), 5)
+    assert swallowed.is_set()
+
+
 async def test_a_wedged_producer_is_replaced_and_publishing_resumes() -> None:
     wedged = FakeProducer(OutOfOrderSequenceNumber())
     fresh = FakeProducer(None)

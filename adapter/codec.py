@@ -29,6 +29,7 @@ __all__ = [
     "encode",
     "parse_json",
     "plain_targets",
+    "readable_json",
     "record_key",
     "unpacked",
 ]
@@ -170,13 +171,18 @@ def encode(message: Message) -> bytes:
     """The record's value; `PayloadError` for what no node would decode (`decode`): NaN
     or Infinity, a lone surrogate, nesting deeper than `MAX_DEPTH`. Written, such a record
     was acknowledged, then skipped by every node: the emit told success, nobody got it."""
-    body = {"v": FORMAT_VERSION, **message}
     try:
-        value = fastjson.dumpb_strict(body)
+        return readable_json({"v": FORMAT_VERSION, **message})
     except ValueError as exc:
         raise PayloadError(f"{message['method']}: data is not JSON a node can read: {exc}") from exc
-    if value.count(b"[") + value.count(b"{") > MAX_DEPTH and _too_deep(body):
-        raise PayloadError(f"{message['method']}: data nested deeper than {MAX_DEPTH} levels")
+
+
+def readable_json(obj: Any) -> bytes:
+    """``obj`` as JSON `parse_json` reads back; `ValueError` for NaN or Infinity, a lone
+    surrogate, nesting deeper than `MAX_DEPTH` (a `TypeError` for what is not JSON)."""
+    value = fastjson.dumpb_strict(obj)
+    if value.count(b"[") + value.count(b"{") > MAX_DEPTH and _too_deep(obj):
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
     return value
 
 

@@ -14,7 +14,6 @@ import asyncio
 import collections
 import contextlib
 import itertools
-import json
 import logging
 import secrets
 import time
@@ -29,7 +28,7 @@ from aiokafka.errors import KafkaError
 from engineio.base_server import BaseServer as EngineIOBaseServer
 from socketio import packet
 
-from . import offsets
+from . import codec, offsets
 from .cursor import REPLAY_BUFFER, REPLAY_BUFFER_BYTES, Replay
 from .errors import BrokerUnavailable, ConfigError, PublishError
 from .fanout import event_packets
@@ -990,9 +989,11 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         """``data`` if a session record may keep it, else None (logged and counted)."""
         assert self.recovery is not None
         try:
-            size = len(json.dumps(data, separators=(",", ":")))
-        except (TypeError, ValueError):
-            why = "is not JSON-serializable"
+            # What every node reads back: a record with NaN in it was written, then skipped
+            # by every node, its session never recovered.
+            size = len(codec.readable_json(data))
+        except (TypeError, ValueError) as exc:
+            why = f"is not JSON every node reads back ({exc})"
         else:
             if size <= self.recovery.max_session_bytes:
                 return data

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import fastjson
 from .codec import parse_json
 from .errors import RecordDecodeError
 
@@ -90,7 +91,9 @@ def encode_session(session: Session) -> bytes:
     }
     if session.claimed is not None:  # a plain record reads as it always did
         record["claimed"] = session.claimed
-    return json.dumps(record, separators=(",", ":")).encode()
+    # NaN and Infinity as null, as JavaScript writes them: the standard library wrote
+    # them as no reader takes them (RecoveringAsyncServer keeps only data it reads back).
+    return fastjson.dumpb(record)
 
 
 def decode_session(value: bytes, pid: str | None = None) -> Session:

@@ -498,6 +498,39 @@ async def test_a_session_too_large_to_keep_loses_its_data_or_ends_and_no_other_w
                 await client.close()
 
 
+@pytest.mark.parametrize(
+    ("data", "dropped"), [(float("nan"), False), (float("inf"), False), ("\ud800", True)]
+)
+async def test_session_data_json_cannot_carry_does_not_stop_the_session_recovering(
+    kafka_url: str, channel: str, data: Any, dropped: bool
+) -> None:
+    """NaN, Infinity or a lone surrogate in a socket's data: its session records were
+    written, then skipped by every node, and the client was refused recovery. NaN and
+    Infinity are kept as null, as JavaScript writes them; the surrogate's data is dropped."""
+    app = App(kafka_url, channel, skip_middlewares=True)
+
+    async def keep(sid: str) -> None:
+        await app.sio.save_session(sid, {"user": data})
+
+    app.sio.on("keep", keep)
+    async with app.manager, run_server(app.asgi) as url:
+        client = RecoveringRecorder({"token": "a"})
+        try:
+            await client.connect(url)
+            await client.client.call("keep")
+            assert await app.sio.session_saved(client.sid)
+            await client.drop_transport()
+            await app.sio.emit("news", {"n": 1}, to="room")
+            await client.connect(url)
+            assert client.client.recovered["/"] is True
+            assert await client.wait_count("news", 1) == [{"n": 1}]
+            assert await client.client.call("whoami") == {"user": None, "recovered": True}
+            assert (app.manager.stats.session_data_dropped > 0) is dropped
+            assert app.manager.stats.session_records_skipped == 0
+        finally:
+            await client.close()
+
+
 async def test_a_replay_reads_only_the_partitions_its_rooms_were_written_to(
     kafka_url: str, channel: str
 ) -> None:

@@ -306,6 +306,18 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
         "begun longest ago are closed first (default 64 MiB)",
     )
     group.add_argument(
+        "--max-in-flight-events",
+        type=integer,
+        help="events one connection may have read and not finished handling (a publish "
+        "waiting for Kafka); past it an event's ack is an error, 'busy' (default 256)",
+    )
+    group.add_argument(
+        "--max-in-flight-bytes",
+        type=integer,
+        help="the same bound in bytes of those events' messages; all connections' together "
+        "get what unfinished messages leave of --max-node-inbound-bytes (default 32 MiB)",
+    )
+    group.add_argument(
         "--drain-timeout",
         type=number,
         help="seconds from SIGTERM to exit: clients are moved off, Kafka flushed (default 10)",

@@ -5,6 +5,9 @@ python-socketio 5.18 trusts two things a hostile client controls (tests/test_hos
 - A BINARY_EVENT's header announces how many attachments follow (up to 10^10), and every
   binary frame after it is kept until that many came: one connection streaming frames
   under the payload limit grew a node by 100 MB and more, for as long as it went on.
+- Nothing waits for an event's handler: a client within its event rate had as many
+  publishes waiting on a slow Kafka as it liked, each holding its payload
+  (`InFlight` bounds them).
 - An event's name is whatever the packet says: ``["connect", ...]`` or ``["disconnect"]``
   ran the app's own connect and disconnect handlers on a connected socket, and a name that
   is not a string (``[[1]]``) crashed the handler task ("Task exception was never
@@ -28,7 +31,15 @@ from socketio_kafka.adapter.recovery import RecoveringAsyncServer
 
 from .accept import Holds
 from .inbound import InboundBudget
-from .limits import CONNECT_TIMEOUT, Limits, NodeLimits, client_address, peer_address
+from .inflight import EVENT_OVERHEAD, InFlight
+from .limits import (
+    CONNECT_TIMEOUT,
+    IN_FLIGHT,
+    Limits,
+    NodeLimits,
+    client_address,
+    peer_address,
+)
 from .protocol import EVENTS, RESERVED_EVENTS
 
 __all__ = ["ATTACHMENT_OVERHEAD", "DRAINING", "GuardedServer"]
@@ -95,6 +106,11 @@ def _drop_handshake_headers(environ: dict[str, Any]) -> None:
         scope["headers"] = [(name, v) for name, v in headers if name not in _HANDSHAKE_HEADERS]
 
 
+#: An event's key in `GuardedServer._charges`: its data list, alive while it is handled
+#: (``id`` is the ack id's name in python-socketio's signatures).
+_key = id
+
+
 class GuardedServer(RecoveringAsyncServer):
     """The gateway's server: a packet's attachments together fit one payload
     (``max_http_buffer_size``), events with a reserved or non-string name are dropped, the
@@ -109,6 +125,18 @@ class GuardedServer(RecoveringAsyncServer):
         #: What all connections hold of messages they have not finished sending: in
         #: uvicorn's protocols, and here, attachments of binary packets not yet whole.
         self.inbound = InboundBudget(self.limits.limits.max_inbound_bytes, self.refused_request)
+        #: Events read and not yet handled, by connection, within what ``inbound`` leaves.
+        limits = self.limits.limits
+        self.in_flight = InFlight(
+            limits.max_in_flight_events, limits.max_in_flight_bytes, self.inbound
+        )
+        #: The bytes of the message being dispatched (a binary event's with its
+        #: attachments), which its event is charged in `in_flight`.
+        self._message_bytes = 0
+        #: The bytes of each connection's binary packet header whose attachments are to come.
+        self._headers: dict[str, int] = {}
+        #: By the id of each event's data list, being handled: its connection and charge.
+        self._charges: dict[int, tuple[str, int]] = {}
         self._attachments: dict[str, _Attachments] = {}
         self._cutting: set[asyncio.Task[None]] = set()
         #: Connections without a Socket.IO namespace, each closed at its timer unless one
@@ -243,6 +271,7 @@ class GuardedServer(RecoveringAsyncServer):
     async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
         self.limits.forget(eio_sid)
         self._hold_attachments(eio_sid, 0)
+        self._headers.pop(eio_sid, None)
         if timer := self._unconnected.pop(eio_sid, None):
             timer.cancel()
         await super()._handle_eio_disconnect(eio_sid, reason)
@@ -287,8 +316,16 @@ class GuardedServer(RecoveringAsyncServer):
             if held > self.eio.max_http_buffer_size:
                 await self._refuse(eio_sid, "binary attachments larger than the payload limit")
                 return
+        if pending is None:
+            self._message_bytes = len(data)
+        else:  # its header's too, which python-socketio held with its attachments
+            self._message_bytes = held + self._headers.get(eio_sid, 0)
         await super()._handle_eio_message(eio_sid, data)
         announced = self._binary_packet.get(eio_sid)
+        if announced is not pending:
+            self._headers.pop(eio_sid, None)
+            if announced is not None:
+                self._headers[eio_sid] = len(data)
         if (
             announced is not None
             and announced is not pending
@@ -347,12 +384,39 @@ class GuardedServer(RecoveringAsyncServer):
             if self.limits.flooding(eio_sid):
                 await self._cut(eio_sid, "kept sending events far past its rate limit")
                 return
-            if id is not None:  # dropped silently otherwise: nothing waits for it
-                reply = {"ok": False, "error": refused}
-                ack = self.packet_class(packet.ACK, namespace=namespace, data=[reply], id=id)
-                await self._send_packet(eio_sid, ack)
+            await self._answer_refused(eio_sid, namespace, id, refused)
             return
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace or "/")
+        if not self.manager.is_connected(sid, namespace or "/"):
+            # python-socketio drops it, nothing started: nothing to charge.
+            await super()._handle_event(eio_sid, namespace, id, data)
+            return
+        charge = self._message_bytes + EVENT_OVERHEAD
+        if not self.in_flight.admit(eio_sid, charge):
+            await self._answer_refused(
+                eio_sid, namespace, id, self.limits.refuse(IN_FLIGHT, eio_sid)
+            )
+            return
+        self._charges[_key(data)] = (eio_sid, charge)
         await super()._handle_event(eio_sid, namespace, id, data)
+
+    async def _handle_event_internal(
+        self, server: Any, sid: str, eio_sid: str, data: Any, namespace: str, id: int | None
+    ) -> None:
+        try:
+            await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
+        finally:
+            self.in_flight.release(*self._charges.pop(_key(data)))
+
+    async def _answer_refused(
+        self, eio_sid: str, namespace: str | None, id: int | None, error: str
+    ) -> None:
+        """A refused event's ack, the protocol's error reply; dropped silently without an
+        ack: nothing waits for it."""
+        if id is not None:
+            reply = {"ok": False, "error": error}
+            ack = self.packet_class(packet.ACK, namespace=namespace, data=[reply], id=id)
+            await self._send_packet(eio_sid, ack)
 
     async def _cut(self, eio_sid: str, why: str) -> None:
         """Close a client's connection now: one that keeps sending past its event rate, or

@@ -23,6 +23,7 @@ __all__ = [
     "CONNECT_TIMEOUT",
     "EVENT_RATE",
     "INBOUND_BYTES",
+    "IN_FLIGHT",
     "LIMITS",
     "READ_TIMEOUT",
     "REQUEST_HEAD",
@@ -45,9 +46,10 @@ READ_TIMEOUT = "read_timeout"
 REQUEST_HEAD = "request_head"
 INBOUND_BYTES = "inbound_bytes"
 CONNECT_TIMEOUT = "connect_timeout"
+IN_FLIGHT = "in_flight"
 LIMITS = (
     CONNECTIONS, CONNECT_RATE, EVENT_RATE, ROOMS, READ_TIMEOUT, REQUEST_HEAD, INBOUND_BYTES,
-    CONNECT_TIMEOUT,
+    CONNECT_TIMEOUT, IN_FLIGHT,
 )  # fmt: skip
 #: Refusals within a window that make a connection (or an address) a flood, at the least.
 _FLOOD_FLOOR = 100
@@ -64,6 +66,7 @@ _MESSAGES = {
     REQUEST_HEAD: "request head too large; connection closed",
     INBOUND_BYTES: "node holds too much of unfinished messages; the oldest's connection closed",
     CONNECT_TIMEOUT: "no namespace connected in time; connection closed",
+    IN_FLIGHT: "busy: too many events still being handled; retry later",
 }
 _LOG_EVERY_S = 60.0
 #: Buckets kept at most (per-address state a flood of addresses cannot grow past).
@@ -107,6 +110,12 @@ class Limits:
     # heartbeat and connected nothing held its connection, and a slot of max_connections,
     # for as long as it liked.
     connect_timeout: float = 45.0
+    # Events one connection may have read and not finished handling (gateway/inflight.py):
+    # a publish waits for Kafka up to kafka_timeout_ms holding its payload. A client
+    # pipelining at its rate has 1 or 2 in flight on a healthy broker; one that sends its
+    # whole burst at once (200) about all of it, 17 MiB of 100 kB publishes.
+    max_in_flight_events: int = 256
+    max_in_flight_bytes: int = 32 * 2**20
 
     def __post_init__(self) -> None:
         if self.max_connections < 1:
@@ -121,6 +130,8 @@ class Limits:
             raise ValueError("connect_timeout must be > 0")
         if self.max_inbound_bytes < 1:
             raise ValueError("max_inbound_bytes must be >= 1")
+        if self.max_in_flight_events < 1 or self.max_in_flight_bytes < 1:
+            raise ValueError("max_in_flight_events and max_in_flight_bytes must be >= 1")
 
 
 class TokenBuckets:

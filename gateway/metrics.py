@@ -141,7 +141,14 @@ def _guard_metrics(server: GuardedServer) -> Iterator[GaugeMetricFamily | Counte
         "--max-node-inbound-bytes",
     )
     inbound.add_metric([], server.inbound.bytes)
-    yield from (refusals, draining, held, inbound)
+    in_flight = GaugeMetricFamily(
+        "socketio_kafka_in_flight_bytes",
+        "Bytes of events clients sent that the node has not finished handling (publishes "
+        "waiting for Kafka), at most what unfinished messages leave of "
+        "--max-node-inbound-bytes",
+    )
+    in_flight.add_metric([], server.in_flight.bytes)
+    yield from (refusals, draining, held, inbound, in_flight)
 
 
 def _connection_metrics(server: GuardedServer) -> Iterator[Metric]:

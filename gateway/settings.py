@@ -16,6 +16,7 @@ from socketio_kafka.adapter import KafkaOptions, OutboxLimits
 
 from .auth import TokenVerifier
 from .errors import InvalidSettings
+from .inflight import EVENT_OVERHEAD
 from .limits import Limits
 
 __all__ = [
@@ -103,6 +104,8 @@ class Settings:
     read_timeout: float = _LIMITS.read_timeout
     connect_timeout: float = _LIMITS.connect_timeout
     max_node_inbound_bytes: int = _LIMITS.max_inbound_bytes
+    max_in_flight_events: int = _LIMITS.max_in_flight_events
+    max_in_flight_bytes: int = _LIMITS.max_in_flight_bytes
     # Seconds from SIGTERM to exit (README, "Drain").
     drain_timeout: float = 10.0
     # Seconds an idle HTTP connection is kept open for its next request. Longer than what
@@ -159,6 +162,9 @@ class Settings:
         if self.max_node_inbound_bytes < self.max_payload_bytes:
             # Else one message of the largest size, finished at once, would be cut.
             raise ValueError("max_node_inbound_bytes must be >= max_payload_bytes")
+        if self.max_in_flight_bytes < self.max_payload_bytes + EVENT_OVERHEAD:
+            # Else an event of the largest size would be refused on a node doing nothing.
+            raise ValueError("max_in_flight_bytes must be >= max_payload_bytes + 4096")
         if self.drain_timeout <= 0:
             raise ValueError("drain_timeout must be > 0")
         if self.keep_alive_timeout < 1:
@@ -230,6 +236,8 @@ class Settings:
             self.read_timeout,
             self.max_node_inbound_bytes,
             self.connect_timeout,
+            self.max_in_flight_events,
+            self.max_in_flight_bytes,
         )
 
     @property

@@ -140,6 +140,21 @@ def test_the_inbound_bound_from_flags_and_the_environment(
         limit("--max-payload-bytes", "2000001")
 
 
+def test_the_in_flight_bounds_from_flags_and_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def limits(*flags: str) -> tuple[int, int]:
+        got = settings_from(build_parser().parse_args(["serve", *flags])).limits
+        return got.max_in_flight_events, got.max_in_flight_bytes
+
+    assert limits() == (256, 32 * 2**20)
+    monkeypatch.setenv("SOCKETIO_KAFKA_MAX_IN_FLIGHT_EVENTS", "50")
+    assert limits("--max-in-flight-bytes", "3000000") == (50, 3_000_000)
+    # An event of the largest size must fit, or it is refused on a node doing nothing.
+    with pytest.raises(ValueError, match="max_in_flight_bytes must be >= max_payload_bytes"):
+        limits("--max-in-flight-bytes", "1000000")
+
+
 @pytest.mark.usefixtures("nothing_starts")
 def test_a_busy_wait_under_the_idle_one_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["serve", "--linger-ms", "4", "--linger-max-ms", "3"]) == 1

@@ -21,11 +21,16 @@ import pytest
 import socketio
 
 from benchmarks.flood import Upgrade, frame, read_frame, upgrade
+from socketio_kafka.gateway.app import create_app
 from socketio_kafka.gateway.guard import ATTACHMENT_OVERHEAD
+from socketio_kafka.gateway.inbound import InboundBudget
+from socketio_kafka.gateway.inflight import EVENT_OVERHEAD, InFlight
 from socketio_kafka.gateway.limits import Limits, NodeLimits, TokenBuckets, client_address
+from socketio_kafka.gateway.settings import Settings
 
 from .support.cluster import GatewayProcess, gateway_cluster
 from .support.rawclient import close_code, websocket_barrage
+from .support.server import run_server
 from .support.waiting import wait_until
 
 
@@ -129,6 +134,100 @@ def test_the_addresses_of_one_ipv6_host_share_its_limits() -> None:
     assert client_address({"asgi.scope": {"client": ("::ffff:192.0.2.7", 1)}}) == "192.0.2.7"
 
 
+def test_events_in_flight_are_bounded_per_connection_and_by_what_the_node_leaves() -> None:
+    node = InboundBudget(1000, lambda limit, peer: None)
+    in_flight = InFlight(max_events=3, max_bytes=500, node=node)
+    assert [in_flight.admit("a", 100) for _ in range(4)] == [True, True, True, False]  # count
+    assert in_flight.admit("b", 400)
+    assert not in_flight.admit("b", 101)  # b's bytes
+    in_flight.release("a", 100)
+    assert in_flight.held("a") == (2, 200)
+    node.hold(_Holder(), 350)  # unfinished messages: 350 + 600 in flight of 1000
+    assert not in_flight.admit("c", 51)  # what the node's unfinished messages leave
+    assert in_flight.admit("c", 50)
+    for sid, nbytes in (("a", 100), ("a", 100), ("b", 400), ("c", 50)):
+        in_flight.release(sid, nbytes)
+    assert (in_flight.bytes, in_flight.held("a"), node.bytes) == (0, (0, 0), 350)
+
+
+class _Holder:
+    client = None
+
+    def cut_inbound(self) -> None:
+        raise AssertionError("an event in flight never cuts an unfinished message")
+
+
+async def test_publishes_waiting_for_a_slow_kafka_are_refused_past_their_bounds_then_taken(
+    kafka_url: str, channel: str
+) -> None:
+    """python-socketio reads on while handlers wait: a client within its event rate had
+    every publish waiting on a stalled Kafka held in the node, 240 MiB for one client in
+    10 s. Past its connection's bound (events, bytes), or the node's, a publish is refused
+    at once ("busy"), its client kept; once Kafka is back, all goes through. In process,
+    Kafka slowed at the publisher (as a partition without a leader holds a record)."""
+    settings = Settings(
+        channel=channel,
+        max_payload_bytes=200_000,
+        max_in_flight_events=8,
+        max_in_flight_bytes=1_000_000,
+        max_node_inbound_bytes=1_500_000,
+    )
+    app = create_app(settings, kafka_url)
+    manager, sio = app.state.node.manager, app.state.node.sio
+    kafka_back = asyncio.Event()
+
+    big = "x" * 150_000
+    busy = {"ok": False, "error": "busy: too many events still being handled; retry later"}
+    async with manager, run_server(app) as url:
+        small, heavy, other, listener = [await _connect(url, "127.0.0.1") for _ in range(4)]
+        assert await listener.call("join", {"room": "r"}) == {"ok": True}
+        publisher = manager._publisher
+        real_enqueue = publisher.enqueue
+
+        async def slow_enqueue(*args: Any, **kwargs: Any) -> Any:
+            await kafka_back.wait()
+            return await real_enqueue(*args, **kwargs)
+
+        publisher.enqueue = slow_enqueue
+        try:
+
+            def send(client: socketio.AsyncClient, data: Any, n: int) -> list[asyncio.Task[Any]]:
+                event = {"room": "r", "event": "said", "data": data}
+                return [
+                    asyncio.create_task(client.call("publish", event, timeout=60)) for _ in range(n)
+                ]
+
+            async def refused(tasks: list[asyncio.Task[Any]], n: int) -> None:
+                await wait_until(lambda: sum(t.done() for t in tasks) >= n, 15, f"{n} refusals")
+                assert [t.result() for t in tasks if t.done()] == [busy] * n
+
+            waiting = send(small, 1, 10)  # past its count: 8
+            await refused(waiting, 2)
+            heavy_waiting = send(heavy, big, 20)  # past its bytes: 6 of 154 kB
+            await refused(heavy_waiting, 14)
+            assert sio.in_flight.bytes <= 1_000_000 + 8 * (EVENT_OVERHEAD + 100)
+            other_waiting = send(other, big, 10)  # past what the node leaves: 3 more
+            await refused(other_waiting, 7)
+            assert sio.in_flight.bytes <= settings.max_node_inbound_bytes
+            assert sio.limits.refusals["in_flight"] == 23
+            refusals = 'socketio_kafka_limit_refusals_total{limit="in_flight"}'
+            assert await _scrape(url, refusals) == 23
+            assert await _scrape(url, "socketio_kafka_in_flight_bytes") == sio.in_flight.bytes
+            assert all(c.connected for c in (small, heavy, other))
+        finally:
+            kafka_back.set()
+            publisher.enqueue = real_enqueue
+        taken = await asyncio.gather(*waiting, *heavy_waiting, *other_waiting)
+        assert sum(reply["ok"] for reply in taken) == 8 + 6 + 3
+        await wait_until(lambda: len(listener.received) == 17, 15, "the 17 taken")  # type: ignore[attr-defined]
+        assert sio.in_flight.bytes == 0
+        replies = await asyncio.gather(*send(heavy, big, 6), *send(other, "again", 1))
+        assert all(reply["ok"] for reply in replies)
+        await wait_until(lambda: "again" in listener.received, 15, "the publish after")  # type: ignore[attr-defined]
+        for client in (small, heavy, other, listener):
+            await client.disconnect()
+
+
 @asynccontextmanager
 async def _node(kafka_url: str, channel: str, *flags: str) -> AsyncIterator[GatewayProcess]:
     args = ["--trust-forwarded-for", *flags]
@@ -178,8 +277,13 @@ async def _served(talker: socketio.AsyncClient, listener: socketio.AsyncClient) 
 
 async def _metric(node: GatewayProcess, series: str) -> float:
     """One series of the node's /metrics, by its name and labels."""
+    return await _scrape(node.url, series)
+
+
+async def _scrape(url: str, series: str) -> float:
+    """One series of /metrics at ``url``, by its name and labels."""
     async with httpx.AsyncClient() as http:
-        text = (await http.get(f"{node.url}/metrics")).text
+        text = (await http.get(f"{url}/metrics")).text
     found = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
     assert found is not None, text
     return float(found.group(1))

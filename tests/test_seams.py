@@ -296,9 +296,15 @@ def test_server_seams_the_gateway_guard_overrides() -> None:
     expected = {
         "_handle_eio_message": ["self", "eio_sid", "data"],
         "_handle_event": ["self", "eio_sid", "namespace", "id", "data"],
+        "_handle_event_internal": ["self", "server", "sid", "eio_sid", "data", "namespace", "id"],
     }
     for name, params in expected.items():
         assert list(inspect.signature(getattr(AsyncServer, name)).parameters) == params, name
+    # An event in flight is charged as it is read and released as its handler ends: its
+    # handler is started, with the same data list, only for a connected socket.
+    event = inspect.getsource(AsyncServer._handle_event)
+    assert "if not self.manager.is_connected(sid, namespace):" in event
+    assert "self._handle_event_internal, self, sid, eio_sid, data," in event
     message = inspect.getsource(AsyncServer._handle_eio_message)
     assert "self._binary_packet[eio_sid]" in message
     assert "pkt.add_attachment(data)" in message

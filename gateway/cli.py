@@ -422,6 +422,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .collector import pace_collector
     from .drain import DrainingServer
     from .errors import InvalidSettings
+    from .openfiles import raise_open_file_limit
     from .websocket import CoalescingWebSocketProtocol
 
     try:
@@ -432,6 +433,8 @@ def _serve(args: argparse.Namespace) -> int:
         level=log_level(settings.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # A descriptor per connection: a node at the soft limit resets new ones, silently.
+    raise_open_file_limit(settings.max_connections)
     failures: list[SocketIOKafkaError] = []
 
     def stop(exc: SocketIOKafkaError) -> None:

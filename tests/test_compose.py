@@ -7,8 +7,10 @@ import base64
 import dataclasses
 import json
 import re
+import shlex
 import shutil
 import subprocess
+import tomllib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,27 +21,209 @@ import socketio
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from socketio_kafka.gateway.cli import build_parser, settings_from
+from socketio_kafka.gateway.openfiles import OWN_DESCRIPTORS
 from socketio_kafka.gateway.settings import ENV_PREFIX, Settings
 
 from .support.cluster import GatewayProcess, free_port, gateway_cluster
 from .support.waiting import wait_until
 
-COMPOSE = Path(__file__).resolve().parents[1] / "compose"
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE = REPO / "compose"
 GATEWAYS = ["gateway-1", "gateway-2", "gateway-3"]
+#: What docker compose waits between the stop signal and SIGKILL unless told.
+_COMPOSE_STOP_GRACE_S = 10.0
 
 
 @pytest.fixture(scope="module")
-def compose() -> dict[str, object]:
+def compose() -> dict[str, Any]:
     loaded = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
     assert isinstance(loaded, dict)
     return loaded
 
 
-def test_compose_has_the_deployment(compose: dict[str, object]) -> None:
+@dataclasses.dataclass
+class Directive:
+    """One nginx directive: its name, its arguments, its block's directives if it has one."""
+
+    name: str
+    args: list[str]
+    block: list[Directive] | None = None
+
+
+def _nginx_directives(tokens: Iterator[str]) -> list[Directive]:
+    directives: list[Directive] = []
+    words: list[str] = []
+    for token in tokens:
+        if token == "}":
+            return directives
+        if token in (";", "{"):
+            block = _nginx_directives(tokens) if token == "{" else None
+            directives.append(Directive(words[0], words[1:], block))
+            words = []
+        else:
+            words.append(token.strip("\"'"))
+    assert not words, f"unterminated directive {words}"
+    return directives
+
+
+def _nginx_conf(text: str | None = None) -> list[Directive]:
+    """compose/nginx.conf as directives (no nginx.conf here quotes a "#", "{", "}" or ";")."""
+    text = (COMPOSE / "nginx.conf").read_text() if text is None else text
+    uncommented = re.sub(r"#[^\n]*", "", text)
+    return _nginx_directives(iter(re.findall(r"[{};]|[^\s{};]+", uncommented)))
+
+
+def _find(block: list[Directive], name: str, *args: str) -> list[Directive]:
+    return [d for d in block if d.name == name and d.args[: len(args)] == list(args)]
+
+
+def _one(block: list[Directive], name: str, *args: str) -> Directive:
+    [directive] = _find(block, name, *args)
+    return directive
+
+
+def _inner(block: list[Directive], name: str, *args: str) -> list[Directive]:
+    inner = _one(block, name, *args).block
+    assert inner is not None, name
+    return inner
+
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(text: object, *, bare: bool) -> float:
+    """A compose duration ("1m30s") or, ``bare``, an nginx time ("75s", "1m", "75")."""
+    if bare and re.fullmatch(r"\d+", str(text)):
+        return float(str(text))
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", str(text))
+    assert parts, f"not a duration: {text!r}"
+    assert "".join(n + u for n, u in parts) == text, f"not a duration: {text!r}"
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+def _nginx_size(text: str) -> int:
+    """An nginx size: "2m", "512k", "1048576"."""
+    match = re.fullmatch(r"(\d+)([kKmMgG]?)", text)
+    assert match, f"not a size: {text!r}"
+    return int(match[1]) * 1024 ** " kmg".index(match[2].lower() or " ")
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """compose/Dockerfile's instructions of the final stage, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (COMPOSE / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    instructions = [
+        (word.upper(), rest.strip())
+        for word, _, rest in (line.partition(" ") for line in lines if line and line[0] != "#")
+    ]
+    last = max(i for i, (word, _) in enumerate(instructions) if word == "FROM")
+    return instructions[last:]
+
+
+def _command() -> list[str]:
+    [command] = [json.loads(rest) for word, rest in _dockerfile() if word == "CMD"]
+    assert isinstance(command, list), "CMD in exec form: the node gets SIGTERM itself"
+    return command
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    """A service's environment as compose hands it on: every value a string or a number."""
+    environment = service.get("environment", {})
+    assert isinstance(environment, dict), "a mapping, as every service here writes it"
+    for name, value in environment.items():
+        assert isinstance(value, str | int | float), name
+        assert not isinstance(value, bool), name  # compose refuses true/false
+    return {name: str(value) for name, value in environment.items()}
+
+
+def _settings(service: dict[str, Any]) -> Settings:
+    """A gateway service's settings: the image's command parsed by the CLI's own parser,
+    and its environment by the parser `serve` reads it with."""
+    script, *argv = _command()
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert script in scripts
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit:
+        pytest.fail(f"the image's command does not parse: {argv}")
+    return settings_from(args, _environment(service))
+
+
+def test_compose_has_the_deployment(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert isinstance(services, dict)
     assert {"kafka", "redis", "nginx", "prometheus", *GATEWAYS} <= set(services)
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+
+
+def test_gateways_settings_parse_as_a_node_reads_them(compose: dict[str, Any]) -> None:
+    """A malformed or out-of-range variable, or a flag `serve` does not have, stops a node
+    at start: here it fails the test."""
+    for name in GATEWAYS:
+        settings = _settings(compose["services"][name])
+        assert (settings.host, settings.port) == ("0.0.0.0", 8000), name
+        assert settings.kafka == "kafka://kafka:9092", name
+
+
+def test_the_image_runs_serve_unprivileged_with_the_gateway_extra() -> None:
+    instructions = _dockerfile()
+    [user, *_] = [rest for word, rest in reversed(instructions) if word == "USER"]
+    assert user.split(":")[0] not in ("root", "0"), user
+    installs = [rest for word, rest in instructions if word == "RUN" and "pip install" in rest]
+    extras = {
+        extra
+        for install in installs
+        for argument in shlex.split(install)
+        for extra in re.findall(r"^\.\[([\w,-]+)\]$", argument)
+    }
+    assert extras == {"gateway"}, "serve needs the gateway extra, and nothing of the tests"
+    assert _command()[1] == "serve"
+
+
+def test_gateways_outlast_their_drain_and_hold_their_connections(
+    compose: dict[str, Any],
+) -> None:
+    """Docker's SIGKILL must not cut a drain short, and the open-file limit must hold every
+    connection a node allows (Docker 29 starts containers at 1024)."""
+    for name in GATEWAYS:
+        service = compose["services"][name]
+        settings = _settings(service)
+        grace = _seconds(service.get("stop_grace_period", "10s"), bare=False)
+        assert grace > settings.drain_timeout, name
+        nofile = service["ulimits"]["nofile"]
+        assert nofile["soft"] >= settings.max_connections + OWN_DESCRIPTORS, name
+        assert nofile["hard"] >= nofile["soft"], name
+
+
+def test_kafka_replication_fits_the_brokers(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    brokers = sum(
+        "broker" in _environment(s).get("KAFKA_PROCESS_ROLES", "").split(",")
+        for s in services.values()
+    )
+    assert brokers >= 1
+    for name, service in services.items():
+        for variable, value in _environment(service).items():
+            if variable.endswith(("_REPLICATION_FACTOR", "_MIN_ISR")):
+                assert 1 <= int(value) <= brokers, f"{name}: {variable}"
+    for name in GATEWAYS:
+        settings = _settings(services[name])
+        for replicas in (settings.replication_factor, settings.min_insync_replicas):
+            assert replicas is None or replicas <= brokers, name
+
+
+def test_every_port_is_published_on_loopback_only(compose: dict[str, Any]) -> None:
+    """The gateways run without a JWT key: nothing is reachable from other hosts unless
+    someone writes it so (compose/README.md)."""
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name}: {port}"
+
+
+def test_redis_starts_only_on_request(compose: dict[str, Any]) -> None:
+    """Nothing uses it (the benchmarks start their own): it must not take port 6379."""
+    assert compose["services"]["redis"]["profiles"] == ["redis"]
 
 
 def test_kafka_cluster_id_is_one_kafka_formats(compose: dict[str, object]) -> None:
@@ -53,7 +237,7 @@ def test_kafka_cluster_id_is_one_kafka_formats(compose: dict[str, object]) -> No
 
 
 def test_gateways_are_configured_only_with_variables_they_read(
-    compose: dict[str, object],
+    compose: dict[str, Any],
 ) -> None:
     known = {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Settings)}
     services = compose["services"]
@@ -65,14 +249,58 @@ def test_gateways_are_configured_only_with_variables_they_read(
         assert gateway["depends_on"]["kafka"]["condition"] == "service_healthy"
 
 
-def test_nginx_and_prometheus_reach_every_gateway() -> None:
-    nginx = (COMPOSE / "nginx.conf").read_text()
-    upstream = re.findall(r"^\s*server\s+([\w-]+):8000\b", nginx, re.MULTILINE)
-    assert upstream == GATEWAYS
-    assert "proxy_set_header Upgrade $http_upgrade" in nginx
+def test_nginx_and_prometheus_reach_every_gateway(compose: dict[str, Any]) -> None:
+    http = _inner(_nginx_conf(), "http")
+    upstream = _inner(http, "upstream", "gateways")
+    assert [d.args[0] for d in _find(upstream, "server")] == [f"{g}:8000" for g in GATEWAYS]
+    socket_io = _inner(_inner(http, "server"), "location", "/socket.io/")
+    assert ["Upgrade", "$http_upgrade"] in [d.args for d in _find(socket_io, "proxy_set_header")]
+    # nginx lets clients in once every node is ready.
+    depends = compose["services"]["nginx"]["depends_on"]
+    assert {g: depends[g]["condition"] for g in GATEWAYS} == dict.fromkeys(
+        GATEWAYS, "service_healthy"
+    )
     prometheus = yaml.safe_load((COMPOSE / "prometheus.yml").read_text())
-    targets = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
-    assert targets == [f"{g}:8000" for g in GATEWAYS]
+    [job] = prometheus["scrape_configs"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"  # the gateway's route
+    [static] = job["static_configs"]
+    assert static["targets"] == [f"{g}:8000" for g in GATEWAYS]
+
+
+def test_nginx_starts_and_runs_without_a_gateway(compose: dict[str, Any]) -> None:
+    """A gateway's name is resolved at run time ("resolve", open-source nginx 1.27.3 on,
+    with a shared zone and a resolver): resolved only at start, one gateway stopped kept
+    nginx from starting ("host not found in upstream")."""
+    http = _inner(_nginx_conf(), "http")
+    assert _one(http, "resolver").args[0] == "127.0.0.11"  # Docker's embedded DNS
+    upstream = _inner(http, "upstream", "gateways")
+    assert _find(upstream, "zone")
+    assert all("resolve" in d.args for d in _find(upstream, "server"))
+    image, _, tag = compose["services"]["nginx"]["image"].partition(":")
+    assert image == "nginx"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", tag), "pin the image to a release"
+    assert tuple(map(int, tag.split("."))) >= (1, 27, 3)
+
+
+def test_nginx_holds_its_connections_and_stops_in_time(compose: dict[str, Any]) -> None:
+    """Each worker may open its worker_connections (Docker 29 starts it at 1024 files),
+    and a stop closes open WebSockets before docker's SIGKILL."""
+    conf = _nginx_conf()
+    service = compose["services"]["nginx"]
+    rlimit = int(_one(conf, "worker_rlimit_nofile").args[0])
+    assert rlimit >= int(_one(_inner(conf, "events"), "worker_connections").args[0])
+    assert service["ulimits"]["nofile"]["hard"] >= rlimit
+    shutdown = _seconds(_one(conf, "worker_shutdown_timeout").args[0], bare=True)
+    grace = _seconds(service.get("stop_grace_period", "10s"), bare=False)
+    assert shutdown < grace
+
+
+def test_nginx_passes_the_largest_post_a_gateway_accepts(compose: dict[str, Any]) -> None:
+    http = _inner(_nginx_conf(), "http")
+    # nginx's own default is 1m; a polling POST over it gets nginx's 413, not the gateway.
+    [body] = [_nginx_size(d.args[0]) for d in _find(http, "client_max_body_size")] or [2**20]
+    for name in GATEWAYS:
+        assert body >= _settings(compose["services"][name]).max_payload_bytes, name
 
 
 def test_nginx_outwaits_the_heartbeat_and_closes_idle_connections_first(
@@ -81,18 +309,18 @@ def test_nginx_outwaits_the_heartbeat_and_closes_idle_connections_first(
     """nginx must not end a held poll or a quiet WebSocket before a heartbeat could come
     (the ping interval plus the ping timeout), and must close an idle upstream connection
     before the gateway does (a request on one the gateway is closing is lost)."""
-    nginx = (COMPOSE / "nginx.conf").read_text()
-    upstream = re.search(r"upstream gateways \{(.*?)\n    \}", nginx, re.S)
-    assert upstream is not None
-    idle = re.search(r"^\s*keepalive_timeout (\d+)s;", upstream[1], re.M)
-    assert idle is not None, "nginx's own default (60 s) is not written where it is checked"
+    http = _inner(_nginx_conf(), "http")
+    upstream = _inner(http, "upstream", "gateways")
+    idle = _find(upstream, "keepalive_timeout")
+    assert idle, "nginx's own default (60 s) is not written where it is checked"
     for name in GATEWAYS:
-        environment = compose["services"][name]["environment"]
-        keep = environment.get(f"{ENV_PREFIX}KEEP_ALIVE_TIMEOUT", Settings().keep_alive_timeout)
-        assert int(idle[1]) < int(keep), name
+        keep = _settings(compose["services"][name]).keep_alive_timeout
+        assert _seconds(idle[0].args[0], bare=True) < keep, name
     heartbeat = socketio.AsyncServer().eio  # the gateway's: python-socketio's defaults
-    for timeout in re.findall(r"proxy_(?:read|send)_timeout (\d+)s;", nginx):
-        assert int(timeout) > heartbeat.ping_interval + heartbeat.ping_timeout
+    socket_io = _inner(_inner(http, "server"), "location", "/socket.io/")
+    for directive in ("proxy_read_timeout", "proxy_send_timeout"):
+        timeout = _seconds(_one(socket_io, directive).args[0], bare=True)
+        assert timeout > heartbeat.ping_interval + heartbeat.ping_timeout, directive
 
 
 def _mounts(service: dict[str, Any]) -> dict[str, Path]:
@@ -222,11 +450,18 @@ def _render(prefix: Path, port: int, gateways: list[GatewayProcess]) -> Path:
     """compose/nginx.conf with loopback addresses and paths under ``prefix``."""
     conf = (COMPOSE / "nginx.conf").read_text()
     for name, gateway in zip(GATEWAYS, gateways, strict=True):
-        conf = conf.replace(f"server {name}:8000", f"server 127.0.0.1:{gateway.port}")
+        # A loopback address has no name to resolve, and Debian's nginx (before 1.27.3)
+        # refuses "resolve": it goes with the name. The zone and the resolver stay (any
+        # nginx parses them; nothing is resolved through 127.0.0.11 here).
+        server = f"server {name}:8000 resolve "
+        assert server in conf, server
+        conf = conf.replace(server, f"server 127.0.0.1:{gateway.port} ")
     conf = conf.replace("listen 80;", f"listen 127.0.0.1:{port};")
     conf = conf.replace("/run/nginx.pid", str(prefix / "nginx.pid"))
     conf = conf.replace("/var/log/nginx", str(prefix)).replace("/var/cache/nginx", str(prefix))
     conf = conf.replace("worker_connections 10240;", "worker_connections 1024;")
+    # Above this user's hard limit nginx's setrlimit fails (an alert, not an error).
+    conf = conf.replace("worker_rlimit_nofile 65536;", "worker_rlimit_nofile 2048;")
     path = prefix / "nginx.conf"
     path.write_text(conf)
     return path

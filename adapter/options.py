@@ -226,8 +226,16 @@ class KafkaOptions:
                 cafile=self.ssl_cafile,
                 certfile=self.ssl_certfile,
                 keyfile=self.ssl_keyfile,
-                password=self.ssl_password,
+                # Without one, OpenSSL asks a terminal for an encrypted key's pass phrase
+                # (a node hung at start) or, with none, failed as "Invalid argument".
+                password=self.ssl_password if self.ssl_password is not None else _no_password,
             )
+        except _EncryptedKey:
+            name = "ssl_keyfile" if self.ssl_keyfile is not None else "ssl_certfile"
+            raise ConfigError(
+                f"{name} {given[name]!r} is encrypted: give ssl_password"
+                " (--kafka-key-password-file)"
+            ) from None
         except (ssl.SSLError, OSError) as exc:
             named = ", ".join(f"{name}={path!r}" for name, path in given.items())
             raise ConfigError(f"cannot load TLS files ({named}): {exc}") from None
@@ -313,6 +321,14 @@ def _refuse_unused(options: KafkaOptions, names: tuple[str, ...], what: str) -> 
         f"{', '.join(unused)} given, but security_protocol={options.security_protocol!r}"
         f" does not use {what}",
     )
+
+
+class _EncryptedKey(Exception):
+    """OpenSSL asked for the client key's password, and none was given."""
+
+
+def _no_password() -> str:
+    raise _EncryptedKey
 
 
 def _require_readable(name: str, path: str) -> None:

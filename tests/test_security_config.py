@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from socketio_kafka.gateway.cli import build_parser, settings_from
 from socketio_kafka.gateway.local_tls import TlsFiles, ensure_tls
 from socketio_kafka.gateway.settings import ENV_PREFIX, Settings
 
-from .support.cluster import free_port
+from .support.cluster import REPO, free_port
 
 SCRAM: dict[str, Any] = {
     "security_protocol": "SASL_SSL",
@@ -125,7 +127,9 @@ def test_tls_without_a_ca_file_trusts_the_system_cas() -> None:
     assert context.verify_mode == ssl.CERT_REQUIRED
 
 
-def test_a_client_certificate_with_an_encrypted_key(tls: TlsFiles, tmp_path: Path) -> None:
+@pytest.fixture
+def encrypted_key(tls: TlsFiles, tmp_path: Path) -> Path:
+    """The broker's key again, encrypted with the password ``key-pw``."""
     key = serialization.load_pem_private_key(tls.broker_key.read_bytes(), None)
     encrypted = tmp_path / "key.pem"
     encrypted.write_bytes(
@@ -135,10 +139,45 @@ def test_a_client_certificate_with_an_encrypted_key(tls: TlsFiles, tmp_path: Pat
             serialization.BestAvailableEncryption(b"key-pw"),
         )
     )
-    files: dict[str, Any] = {"ssl_certfile": str(tls.broker_chain), "ssl_keyfile": str(encrypted)}
+    return encrypted
+
+
+def test_a_client_certificate_with_an_encrypted_key(tls: TlsFiles, encrypted_key: Path) -> None:
+    files: dict[str, Any] = {
+        "ssl_certfile": str(tls.broker_chain),
+        "ssl_keyfile": str(encrypted_key),
+    }
     KafkaOptions(security_protocol="SSL", **files, ssl_password="key-pw")
     with pytest.raises(ConfigError, match="cannot load TLS files"):
         KafkaOptions(security_protocol="SSL", **files, ssl_password="wrong")
+
+
+@pytest.mark.timeout(60)
+def test_an_encrypted_key_without_its_password_is_one_line_not_a_prompt(
+    tls: TlsFiles, encrypted_key: Path
+) -> None:
+    """OpenSSL asked a terminal for the pass phrase (``serve`` hung at start) or, without
+    one, failed as "[Errno 22] Invalid argument". Run in a session of its own: no
+    terminal to ask, and a timeout should it wait for one anyway."""
+    run = subprocess.run(
+        [
+            sys.executable, "-m", "socketio_kafka.gateway", "serve", "--port", "0",
+            "--kafka", "kafka://127.0.0.1:1", "--kafka-security-protocol", "SSL",
+            "--kafka-cert-file", str(tls.broker_chain), "--kafka-key-file", str(encrypted_key),
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        start_new_session=True,
+        timeout=30,
+        check=False,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    assert run.stderr == (
+        f"socketio-kafka: ssl_keyfile '{encrypted_key}' is encrypted: give ssl_password"
+        " (--kafka-key-password-file)\n"
+    )
 
 
 @pytest.mark.parametrize(

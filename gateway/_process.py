@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -43,6 +44,7 @@ __all__ = [
     "state_root",
     "tail",
     "terminate",
+    "write_private",
     "write_state",
 ]
 
@@ -50,6 +52,10 @@ HOST = "127.0.0.1"
 STATE_FILE = "state.json"
 LOCK_FILE = "launcher.lock"
 _TAIL_BYTES = 256 * 1024
+#: Our variables a service is started with: paths, not secrets. A JWT key or Kafka's password
+#: in the launcher's environment stayed in the service's (/proc/<pid>/environ), which
+#: outlives the command that started it; neither Kafka nor Redis reads any of ours.
+_SERVICE_VARIABLES = frozenset({ENV_PREFIX + "DATA_DIR", ENV_PREFIX + "CACHE_DIR"})
 
 # Services this process spawned: it reaps them when they end, or they would stay zombies.
 _spawned: set[int] = set()
@@ -113,6 +119,19 @@ def write_state(path: Path, state: ServiceState) -> None:
     partial.replace(path)
 
 
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with a file only its owner may read (0600 from its creation): a
+    config that holds a password or a key. ``write_text`` made it 0644, as the umask let."""
+    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+
+
 @contextlib.contextmanager
 def locked(path: Path, *, blocking: bool = True) -> Iterator[bool]:
     """Hold an exclusive lock on ``path``; yield whether it was taken (always, if blocking)."""
@@ -143,7 +162,12 @@ def spawn(argv: Sequence[str], *, log: Path) -> int:
         # of a shell, say) would otherwise wait for the service to exit.
         *((os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds()),
     ]
-    pid = os.posix_spawn(argv[0], list(argv), os.environ, file_actions=actions, setsid=True)
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(ENV_PREFIX) or name in _SERVICE_VARIABLES
+    }
+    pid = os.posix_spawn(argv[0], list(argv), environment, file_actions=actions, setsid=True)
     _spawned.add(pid)
     return pid
 

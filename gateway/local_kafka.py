@@ -48,6 +48,7 @@ from ._process import (
     pid_alive,
     read_state,
     state_root,
+    write_private,
 )
 from .errors import (
     FetchFailed,
@@ -237,7 +238,8 @@ class LocalKafka(LocalService):
         settings = self._settings(ports)
         if self.secure:
             settings |= self._secure_settings(formatted)
-        self.config_path.write_text(_properties(settings))
+        # A secure broker's holds its user's password and its TLS key.
+        write_private(self.config_path, _properties(settings))
         log4j = self.data_dir / "log4j2.properties"
         log4j.write_text(_LOG4J2)
         runtime = [java, "-cp", f"{libs}/*", f"-Dlog4j2.configurationFile={log4j}"]

@@ -352,6 +352,52 @@ def test_a_service_keeps_none_of_the_launchers_inherited_descriptors(tmp_path: P
         os.close(write)
 
 
+@pytest.mark.redis
+@pytest.mark.timeout(60)
+def test_a_service_is_started_without_the_launchers_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It outlives the launcher, its environment readable in /proc/<pid>/environ: a JWT key
+    or Kafka's password the launcher had stayed there."""
+    monkeypatch.setenv("SOCKETIO_KAFKA_JWT_SECRET", "jwt-s3cret")
+    monkeypatch.setenv("SOCKETIO_KAFKA_KAFKA_PASSWORD", "kafka-s3cret")
+    monkeypatch.setenv("SOCKETIO_KAFKA_DATA_DIR", str(tmp_path / "state"))
+    service = LocalRedis(tmp_path)
+    try:
+        service.start()
+        status = service.status()
+        assert status is not None
+        environ = Path(f"/proc/{status.pid}/environ").read_bytes().split(b"\0")
+    finally:
+        service.stop()
+    names = {entry.partition(b"=")[0].decode() for entry in environ if entry}
+    assert "SOCKETIO_KAFKA_JWT_SECRET" not in names
+    assert "SOCKETIO_KAFKA_KAFKA_PASSWORD" not in names
+    assert {"SOCKETIO_KAFKA_DATA_DIR", "PATH"} <= names  # paths, and the rest, are kept
+    assert not any(b"s3cret" in entry for entry in environ)
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+def test_a_secure_brokers_config_is_readable_by_its_owner_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It holds the SASL user's password and the broker's TLS key: it was 0644."""
+
+    def cut_short(self: LocalKafka, runtime: Any) -> None:
+        raise KeyboardInterrupt  # the config is written; no broker needs to run
+
+    monkeypatch.setattr(LocalKafka, "_format", cut_short)
+    broker = LocalKafka(tmp_path, secure=True)
+    broker.config_path.write_text("")  # a previous run's, as the umask made it
+    broker.config_path.chmod(0o644)
+    with pytest.raises(KeyboardInterrupt):
+        broker.start()
+    assert "PRIVATE KEY" in broker.config_path.read_text()
+    assert broker.config_path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".server")] == []
+
+
 @pytest.mark.kafka
 @pytest.mark.timeout(120)
 def test_a_secure_start_cut_short_in_its_format_promises_no_sasl_users(

@@ -226,8 +226,28 @@ def _bridge(args: argparse.Namespace) -> int:
     options = _secured(args)
     configure_logging(args.log_level)
     metrics = None if args.metrics_port is None else (args.metrics_host, args.metrics_port)
-    asyncio.run(run_bridges(config, parse_kafka_urls(url), args.instance, metrics, options))
+    bootstrap = parse_kafka_urls(url)
+
+    async def bridge() -> None:
+        if options.sasl or options.tls:
+            await _check_bridge_access(bootstrap, options)
+        await run_bridges(config, bootstrap, args.instance, metrics, options)
+
+    asyncio.run(bridge())
     return 0
+
+
+async def _check_bridge_access(bootstrap: list[str], options: KafkaOptions) -> None:
+    """Raise `SecurityError` when Kafka refuses the bridge, as `serve` does: its pumps'
+    supervisor retried a refusal as an outage, a traceback a try, for good. Kafka not
+    answering yet is left to that supervisor, which waits for it."""
+    from socketio_kafka.adapter import BrokerUnavailable
+    from socketio_kafka.adapter.security import check_access
+
+    try:
+        await check_access(bootstrap, options)
+    except BrokerUnavailable as exc:
+        logging.getLogger("socketio_kafka.bridge").warning("%s; the bridges retry", exc)
 
 
 def _secured(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> KafkaOptions:

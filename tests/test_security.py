@@ -2,7 +2,8 @@
 
 One private broker for the module (the launcher's ``secure=True``: a throwaway CA, one user
 for PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512). Gateway nodes and a write-only manager reach
-it with real credentials; wrong ones make ``serve`` exit with one line, not a retry loop.
+it with real credentials; wrong ones make ``serve`` and ``bridge`` exit with one line, not a
+retry loop.
 """
 
 from __future__ import annotations
@@ -147,18 +148,55 @@ def test_serve_exits_at_once_with_one_line_when_kafka_refuses_it(
             rf"TLS handshake with {re.escape(plaintext)} failed: the port speaks plaintext Kafka"
             r" \(security_protocol='SASL_SSL' needs a TLS listener\)"
         )
-    run = subprocess.run(
+    _exits_with_one_line(
         [
-            sys.executable, "-m", "socketio_kafka.gateway", "serve", "--port", "0",
-            "--kafka", kafka_url, "--channel", channel,
+            "serve", "--port", "0", "--kafka", kafka_url, "--channel", channel,
             *_serve_flags(secure_kafka, password, ca, user),
         ],
+        expected,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ["wrong password", "untrusted CA"])
+def test_a_bridge_exits_at_once_with_one_line_when_kafka_refuses_it(
+    case: str,
+    secure_kafka: LocalKafka,
+    wrong_password: Path,
+    untrusted_ca: Path,
+    channel: str,
+    tmp_path: Path,
+) -> None:
+    """Its pumps' supervisor retried the refusal as an outage, a traceback a try, for good."""
+    password, ca = secure_kafka.password_path, secure_kafka.ca_file
+    address = re.escape(secure_kafka.secure_address or "")
+    if case == "wrong password":
+        password = wrong_password
+        expected = rf"Kafka at {address} refused the credentials of user 'socketio' .+"
+    else:
+        ca = untrusted_ca
+        expected = rf"TLS handshake with {address} failed: certificate verify failed: .+"
+    config = tmp_path / "bridges.toml"
+    config.write_text(
+        f'[kafka]\nchannel = "{channel}"\n\n[[inbound]]\nname = "orders"\n'
+        f'topics = ["{channel}.orders"]\nroom = "lobby"\nevent = "order"\n'
+    )
+    _exits_with_one_line(
+        ["bridge", str(config), "--kafka", _url(secure_kafka),
+         *_serve_flags(secure_kafka, password, ca)],
+        expected,
+    )  # fmt: skip
+
+
+def _exits_with_one_line(argv: list[str], expected: str) -> None:
+    """``socketio-kafka <argv>`` exits 1 in time, its one line of ours matching ``expected``."""
+    run = subprocess.run(
+        [sys.executable, "-m", "socketio_kafka.gateway", *argv],
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
         timeout=_EXIT_BOUND_S,
         check=False,
-    )  # fmt: skip
+    )
     ours = [line for line in run.stderr.splitlines() if line.startswith("socketio-kafka:")]
     assert run.returncode == 1, run.stderr
     assert len(ours) == 1, run.stderr

@@ -8,15 +8,19 @@ itself, as its clients will, and a refusal becomes a `SecurityError` naming the 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 
-from aiokafka.conn import create_conn
+from aiokafka.conn import AIOKafkaConnection, create_conn
 from aiokafka.errors import (
     IllegalSaslStateError,
+    KafkaConnectionError,
     KafkaError,
     SaslAuthenticationFailed,
     UnsupportedSaslMechanismError,
 )
+from aiokafka.protocol.metadata import MetadataRequest
 
 from .errors import BrokerUnavailable, SecurityError
 from .options import KafkaOptions
@@ -29,8 +33,9 @@ _SASL_ERRORS = (SaslAuthenticationFailed, IllegalSaslStateError)
 async def check_access(servers: list[str], options: KafkaOptions) -> None:
     """Connect (TLS, then SASL) to the first bootstrap server that answers, then close.
 
-    Raises `SecurityError` when Kafka refuses the credentials or the mechanism, or the TLS
-    handshake fails; `BrokerUnavailable` when no server answers at all.
+    Raises `SecurityError` when Kafka refuses the credentials or the mechanism, the TLS
+    handshake fails, or the listener wants more than this client speaks (TLS, SASL);
+    `BrokerUnavailable` when no server answers at all.
     """
     kwargs = options.common_kwargs(servers)
     del kwargs["bootstrap_servers"]
@@ -70,11 +75,31 @@ async def check_access(servers: list[str], options: KafkaOptions) -> None:
                     f" (security_protocol={options.security_protocol!r} needs a TLS listener)"
                 ) from None
             causes.append(f"{server}: {exc!r}")
+        except KafkaConnectionError as exc:
+            # A TLS listener drops a plaintext request unanswered: retried as an outage.
+            if not options.tls and await _speaks_tls(host, int(port), options):
+                raise SecurityError(
+                    f"Kafka at {server} closed the connection: the port speaks TLS"
+                    f" (security_protocol={options.security_protocol!r} needs a plaintext"
+                    " listener)"
+                ) from None
+            causes.append(f"{server}: {exc!r}")
         except (OSError, KafkaError, TimeoutError) as exc:
             causes.append(f"{server}: {exc!r}")
         else:
-            await conn.close()
-            return
+            try:
+                answered = await _answers_metadata(conn)
+            finally:
+                await conn.close()
+            if answered:
+                return
+            if not options.sasl:
+                raise SecurityError(
+                    f"Kafka at {server} closed the connection at its first request: the"
+                    " listener likely requires SASL"
+                    f" (security_protocol={options.security_protocol!r} has none)"
+                )
+            causes.append(f"{server}: closed the connection at a metadata request")
     raise BrokerUnavailable(f"no bootstrap server answered ({'; '.join(causes)})")
 
 
@@ -90,6 +115,36 @@ async def _speaks_plaintext(host: str, port: int, options: KafkaOptions) -> bool
     except (OSError, KafkaError, TimeoutError):
         return False
     await conn.close()
+    return True
+
+
+async def _answers_metadata(conn: AIOKafkaConnection) -> bool:
+    """Whether Kafka answers a metadata request (for no topic) on this connection.
+
+    ApiVersions, which opening the connection sent, is answered before any SASL; a SASL
+    listener closes the connection at any other request it gets first.
+    """
+    try:
+        await conn.send(MetadataRequest([]))
+    except KafkaConnectionError:
+        return False
+    return True
+
+
+async def _speaks_tls(host: str, port: int, options: KafkaOptions) -> bool:
+    """Whether the port completes a TLS handshake: nothing is sent over it, so it is not
+    verified."""
+    probe = ssl.create_default_context()
+    probe.check_hostname = False
+    probe.verify_mode = ssl.CERT_NONE
+    try:
+        async with asyncio.timeout(options.request_timeout_ms / 1000):
+            _, writer = await asyncio.open_connection(host, port, ssl=probe)
+    except (OSError, TimeoutError):  # ssl.SSLError is an OSError
+        return False
+    writer.transport.abort()  # no TLS goodbye to wait for
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
     return True
 
 

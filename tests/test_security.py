@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions, SecurityError
+from socketio_kafka.adapter.security import check_access
 from socketio_kafka.gateway.local_kafka import LocalKafka
 from socketio_kafka.gateway.local_tls import ensure_tls
 
@@ -219,6 +220,35 @@ async def test_the_manager_raises_one_security_error(
         await asyncio.wait_for(manager.start(), _EXIT_BOUND_S)
     assert not manager.ready
     await all_closed(int(_url(secure_kafka).rpartition(":")[2]))
+
+
+@pytest.mark.parametrize(
+    ("protocol", "expected"),
+    [
+        ("SSL", "closed the connection at its first request: the listener likely requires"
+         " SASL (security_protocol='SSL' has none)"),
+        ("SASL_PLAINTEXT", "closed the connection: the port speaks TLS"
+         " (security_protocol='SASL_PLAINTEXT' needs a plaintext listener)"),
+        ("PLAINTEXT", "closed the connection: the port speaks TLS"
+         " (security_protocol='PLAINTEXT' needs a plaintext listener)"),
+    ],
+)  # fmt: skip
+async def test_a_client_speaking_less_than_the_listener_is_refused_in_one_line(
+    protocol: str, expected: str, secure_kafka: LocalKafka
+) -> None:
+    """The listener closed such a client's connection, which was retried as an outage for
+    good; TLS without SASL even passed the check."""
+    changes: dict[str, Any] = {"security_protocol": protocol}
+    if not protocol.startswith("SASL_"):
+        changes |= {"sasl_mechanism": None, "sasl_username": None, "sasl_password": None}
+    if not protocol.endswith("SSL"):
+        changes["ssl_cafile"] = None
+    options = _options(secure_kafka, "SCRAM-SHA-512", **changes)
+    address = secure_kafka.secure_address
+    assert address is not None
+    with pytest.raises(SecurityError) as refused:
+        await asyncio.wait_for(check_access([address], options), _EXIT_BOUND_S)
+    assert str(refused.value) == f"Kafka at {address} {expected}"
 
 
 async def test_a_bridge_reads_and_writes_over_sasl_and_tls(

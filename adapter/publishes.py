@@ -42,12 +42,24 @@ from typing import TypeVar
 from .errors import ConfigError, PublishError
 from .routing import CORRELATION_ID, PUBLISHER, Headers
 
-__all__ = ["DEFAULT_WINDOW_S", "MAX_IDS", "PublishLedger", "Turn", "publisher_of", "sessionless"]
+__all__ = [
+    "DEFAULT_WINDOW_S",
+    "MAX_IDS",
+    "MAX_ID_LENGTH",
+    "PublishLedger",
+    "Turn",
+    "publisher_of",
+    "sessionless",
+]
 
 #: The default recovery window (120 s) and a publish's Kafka timeout (15 s): a resend
 #: comes at most a recovery window after the client left, for a publish made before.
 DEFAULT_WINDOW_S = 135.0
 MAX_IDS = 1_000_000
+#: The longest publish id a client may choose (the gateway refuses longer ones).
+MAX_ID_LENGTH = 64
+#: `publisher_of`'s hex digits.
+_PUBLISHER_LENGTH = 16
 #: How long a node waits, when a session's connection drops, for the session's publishes
 #: in flight before it writes the session "left". Short: another node that recovers the
 #: session waits for that record about 3.5 s (`NODE_STALE_S`), then gives up on it.
@@ -238,6 +250,10 @@ class PublishLedger:
         pub_id = next((value for name, value in headers if name == CORRELATION_ID), None)
         if publisher is None or pub_id is None:
             return True
+        if len(publisher) != _PUBLISHER_LENGTH or len(pub_id) > MAX_ID_LENGTH * 4:
+            # Not one a node wrote (UTF-8 takes up to 4 bytes a character): remembered,
+            # another producer's headers of a megabyte each would fill the node.
+            return True
         key = (publisher.decode(errors="replace"), pub_id.decode(errors="replace"))
         now = time.monotonic()
         seen = self._seen.get(key)
@@ -247,6 +263,7 @@ class PublishLedger:
             return True
         if seen[0] == partition and seen[1] < offset:
             self._repeats[(partition, offset)] = now
+            self._prune(now)
             self.counts["repeats_dropped"] += 1
             return False
         return True  # read again (a restarted read loop), or the same id in another room
@@ -271,16 +288,19 @@ class PublishLedger:
             if seen[key][2] >= cutoff:
                 self.counts["evicted"] += 1
             del seen[key]
-        _drop_older(self._mine, cutoff, lambda mine: mine.at)
-        _drop_older(self._repeats, cutoff, lambda at: at)
+        _drop_older(self._mine, cutoff, lambda mine: mine.at, self.max_ids)
+        _drop_older(self._repeats, cutoff, lambda at: at, self.max_ids)
         _drop_older(self._connections, cutoff, lambda known: known[1])
         _drop_older(self._closed, cutoff, lambda closed: closed[1])
 
 
-def _drop_older(table: dict[K, V], cutoff: float, when: Callable[[V], float]) -> None:
-    """Drop the entries of a table kept in time order whose time is before ``cutoff``."""
+def _drop_older(
+    table: dict[K, V], cutoff: float, when: Callable[[V], float], most: int | None = None
+) -> None:
+    """Drop the entries of a table kept in time order whose time is before ``cutoff``,
+    and the oldest past ``most`` of them."""
     while table:
         key = next(iter(table))
-        if when(table[key]) >= cutoff:
+        if when(table[key]) >= cutoff and (most is None or len(table) <= most):
             return
         del table[key]

@@ -34,7 +34,7 @@ from socketio_kafka.adapter import (
     RecoveringAsyncServer,
     SocketIOKafkaError,
 )
-from socketio_kafka.adapter.publishes import Turn, publisher_of, sessionless
+from socketio_kafka.adapter.publishes import MAX_ID_LENGTH, Turn, publisher_of, sessionless
 from socketio_kafka.adapter.routing import partition_of
 from socketio_kafka.adapter.turns import Holding, Turns
 
@@ -54,7 +54,7 @@ logger = logging.getLogger("socketio_kafka.gateway")
 
 MAX_NAME_LENGTH = 256
 #: A publish's ``id``: what a client may choose as its correlation id.
-MAX_CORRELATION_ID_LENGTH = 64
+MAX_CORRELATION_ID_LENGTH = MAX_ID_LENGTH
 RESERVED_EVENTS = frozenset(
     {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
 )

@@ -118,6 +118,26 @@ def test_what_it_remembers_is_bounded() -> None:
     assert ledger.remembered == 1
 
 
+def test_repeats_remembered_are_bounded_too() -> None:
+    ledger = PublishLedger(_Kafka().catch_up, max_ids=100)
+    for offset in range(1000):  # one publish id, written again and again
+        assert ledger.first(0, offset, _headers("a")) is (offset == 0)
+    assert ledger.repeated(0, 999) is True
+    assert ledger.repeated(0, 1) is False  # forgotten, past the 100 newest
+
+
+def test_headers_no_node_writes_are_not_remembered() -> None:
+    """Another producer's ``sio.pub`` headers: a megabyte of id each was kept 135 s."""
+    ledger = PublishLedger(_Kafka().catch_up)
+    huge = _headers("x" * 1_000_000)
+    assert ledger.first(0, 1, huge) is True
+    assert ledger.first(0, 2, huge) is True  # delivered, not taken for a repeat
+    assert ledger.first(0, 3, _headers("a", publisher="not-a-digest")) is True
+    assert ledger.remembered == 0
+    assert ledger.first(0, 4, _headers("a" * 64)) is True
+    assert ledger.remembered == 1
+
+
 def test_the_publish_window_setting() -> None:
     assert Settings().publish_window_s == 135.0  # the recovery window and the Kafka timeout
     assert Settings(recovery_window=60, kafka_timeout_ms=5000).publish_window_s == 65.0

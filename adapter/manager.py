@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -69,6 +70,9 @@ __all__ = ["AsyncKafkaManager", "Health", "ManagerStats"]
 
 _FIRST_RETRY_S = 0.25
 _POLL_TIMEOUT_MS = 1000
+#: A consume loop that has not begun a fetch for this long is stuck: in an app's handler
+#: it runs (a disconnect or an ack from another node), delivering nothing meanwhile.
+_STUCK_S = 30.0
 _REPLAY_FETCH_BYTES = 8 * 1024 * 1024
 _REPLAY_RETRY_BACKOFF_MS = 10
 _METADATA_BACKOFF_S = 0.1  # aiokafka's (and Kafka's) default retry backoff
@@ -235,6 +239,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         self.holds = HoldBuffer(limits, self.budget)
         self.on_rooms_changed: Callable[[str, str], None] | None = None
         self._consume_runs = 0
+        #: When the consume loop last began a turn (`time.monotonic`).
+        self._turned: float | None = None
         self._start_task: asyncio.Task[None] | None = None
         #: Why the last start in the background failed, for `health`; None once started.
         self._start_failure: str | None = None
@@ -289,8 +295,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         return self._ready.is_set()
 
     def health(self) -> Health:
-        """Ready, or the reasons not: not connected yet, a background task down, Kafka
-        unreachable, the producer being replaced or not sending. Answers at once, whatever
+        """Ready, or the reasons not: not connected yet, a background task down or stuck,
+        Kafka unreachable, the producer being replaced or not sending. Answers at once, whatever
         Kafka does."""
         reasons: list[str] = []
         if not self._ready.is_set():
@@ -301,6 +307,13 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             reasons += [f"background task {n!r} down ({why})" for n, why in supervisor.down.items()]
         if watch is not None and not watch.reachable:
             reasons.append(f"kafka unreachable ({watch.cause})")
+        turned = self._turned
+        idle = 0.0 if turned is None else time.monotonic() - turned
+        if self._ready.is_set() and idle > _STUCK_S:
+            reasons.append(
+                f"the consume loop has not turned for {idle:.0f}s: stuck in a handler it"
+                " runs (an app's disconnect or ack handler), delivering nothing"
+            )
         if publisher is not None and publisher.replacing:
             reasons.append("the kafka producer is being replaced")
         elif publisher is not None and not publisher.sending:
@@ -800,6 +813,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         pacing = self.pacing
         next_fetch = 0.0
         while True:
+            self._turned = time.monotonic()
             # Paced fetching (KafkaOptions.fetch_interval_ms): aiokafka fetches again as
             # soon as getmany drains its buffer, so the partitions stay paused until the
             # interval is over; the next fetch then returns all that arrived meanwhile.

@@ -15,6 +15,7 @@ import pytest
 from aiokafka.errors import KafkaConnectionError, OutOfOrderSequenceNumber
 
 from socketio_kafka.adapter import AsyncKafkaManager, PublishError
+from socketio_kafka.adapter import manager as manager_module
 from socketio_kafka.adapter.outage import BrokerWatch
 from socketio_kafka.adapter.publisher import Publisher
 from socketio_kafka.adapter.sessions import NODE_PREFIX, Session, encode_session
@@ -230,6 +231,40 @@ async def test_a_consume_loop_that_fails_is_restarted_and_loses_nothing(
         assert "socketio_kafka_task_restarts_total" in metrics
         assert client.client.connected
     finally:
+        await client.close()
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(60)
+async def test_a_consume_loop_stuck_in_a_handler_makes_the_node_unready(
+    node: tuple[Any, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An app's disconnect handler, run by the consume loop for a kick from another node,
+    that hangs: the node delivered nothing while /readyz said 200 and the lag stayed 0."""
+    manager, url = node
+    monkeypatch.setattr(manager_module, "_STUCK_S", 1.0)
+    release = asyncio.Event()
+    dispatch = manager._dispatch
+
+    async def hanging_dispatch(record: Any) -> None:
+        await release.wait()
+        await dispatch(record)
+
+    client = await Recorder(url).connect()
+    try:
+        assert await client.ask("join", {"room": "r"}) == {"ok": True}
+        manager._dispatch = hanging_dispatch
+        await manager.emit("e", 1, room="r")
+        await wait_until(lambda: not manager.health().ready, 10, "the node to be unready")
+        async with httpx.AsyncClient() as http:
+            response = await http.get(f"{url}/readyz", timeout=1)
+        assert response.status_code == 503
+        assert any("consume loop has not turned" in r for r in response.json()["reasons"])
+        release.set()
+        assert await client.wait_for("e", 1) == [1]
+        await wait_until(lambda: manager.health().ready, 10, "the node ready again")
+    finally:
+        release.set()
         await client.close()
 
 

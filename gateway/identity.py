@@ -32,7 +32,7 @@ from socketio_kafka.adapter.sessions import Session
 from .auth import Claims, Refusal, TokenVerifier, token_from, user_room
 from .errors import TokenRefused
 from .guard import GuardedServer
-from .limits import client_address
+from .limits import LogEvery, client_address
 from .permissions import Action, Permissions
 
 __all__ = ["IdentityServer", "SubjectChanged"]
@@ -83,7 +83,7 @@ class IdentityServer(GuardedServer):
         #: Connections refused, by reason (`auth.Refusal`), for /metrics.
         self.refusals: collections.Counter[str] = collections.Counter()
         self._identities: dict[tuple[str, str], _Identity] = {}
-        self._logged: dict[tuple[str, str], float] = {}
+        self._logged = LogEvery(_LOG_EVERY_S, _LOG_KEYS)
         self._expiring: set[asyncio.Task[None]] = set()
 
     # -- the client protocol's gate ------------------------------------------------------
@@ -196,11 +196,7 @@ class IdentityServer(GuardedServer):
         address = client_address(
             environ, trust_forwarded_for=self.limits.limits.trust_forwarded_for
         )
-        now = time.monotonic()
-        if now - self._logged.get((address, exc.reason), -_LOG_EVERY_S) >= _LOG_EVERY_S:
-            if len(self._logged) >= _LOG_KEYS:
-                self._logged = {k: t for k, t in self._logged.items() if now - t < _LOG_EVERY_S}
-            self._logged[(address, exc.reason)] = now
+        if self._logged.due((address, exc.reason)):
             logger.warning("refused a connection from %s: %s", address, exc)
         await super()._send_packet(
             eio_sid,

@@ -29,6 +29,7 @@ __all__ = [
     "REQUEST_HEAD",
     "ROOMS",
     "Limits",
+    "LogEvery",
     "NodeLimits",
     "TokenBuckets",
     "client_address",
@@ -73,6 +74,27 @@ _LOG_EVERY_S = 60.0
 _MAX_BUCKETS = 100_000
 
 Clock = Callable[[], float]
+
+
+class LogEvery:
+    """Whether a line about a key is due: once a key per ``every_s``. At most ``max_keys``
+    keys are remembered; past them (a flood of addresses) some log again sooner, and the
+    table is never rebuilt at each line."""
+
+    def __init__(self, every_s: float, max_keys: int, clock: Clock = time.monotonic) -> None:
+        self.every_s, self.max_keys = every_s, max_keys
+        self._clock = clock
+        self._logged: dict[object, float] = {}
+
+    def due(self, key: object) -> bool:
+        now = self._clock()
+        if now - self._logged.get(key, -self.every_s) < self.every_s:
+            return False
+        if len(self._logged) >= self.max_keys:
+            recent = {k: t for k, t in self._logged.items() if now - t < self.every_s}
+            self._logged = recent if len(recent) < self.max_keys * 9 // 10 else {}
+        self._logged[key] = now
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +224,7 @@ class NodeLimits:
         #: when the window began, and how many.
         self._overdrafts: dict[str, tuple[float, int]] = {}
         self._address_overdrafts: dict[str, tuple[float, int]] = {}
-        self._logged: dict[tuple[str, str], float] = {}
+        self._logged = LogEvery(_LOG_EVERY_S, _MAX_BUCKETS, clock)
 
     def admit(self, environ: Mapping[str, Any], connected: int) -> str | None:
         """None when a new connection may go on beside ``connected`` others, else the
@@ -281,13 +303,7 @@ class NodeLimits:
         """Count a refusal, log it unless this client's was logged within a minute, and
         return the message the client gets."""
         self.refusals[limit] += 1
-        now = self._clock()
-        key = (limit, client)
-        if now - self._logged.get(key, -_LOG_EVERY_S) >= _LOG_EVERY_S:
-            if len(self._logged) >= _MAX_BUCKETS:  # bounded: at worst some log again
-                recent = {k: t for k, t in self._logged.items() if now - t < _LOG_EVERY_S}
-                self._logged = recent if len(recent) < _MAX_BUCKETS * 9 // 10 else {}
-            self._logged[key] = now
+        if self._logged.due((limit, client)):
             logger.warning(
                 "refused %s: %s (limit %s; logged once a minute per client)",
                 client,

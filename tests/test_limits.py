@@ -25,7 +25,13 @@ from socketio_kafka.gateway.app import create_app
 from socketio_kafka.gateway.guard import ATTACHMENT_OVERHEAD
 from socketio_kafka.gateway.inbound import InboundBudget
 from socketio_kafka.gateway.inflight import EVENT_OVERHEAD, InFlight
-from socketio_kafka.gateway.limits import Limits, NodeLimits, TokenBuckets, client_address
+from socketio_kafka.gateway.limits import (
+    Limits,
+    LogEvery,
+    NodeLimits,
+    TokenBuckets,
+    client_address,
+)
 from socketio_kafka.gateway.settings import Settings
 
 from .support.cluster import GatewayProcess, gateway_cluster
@@ -76,6 +82,18 @@ def test_a_refusal_is_counted_each_time_and_logged_once_a_minute(
     assert set(refused[2:]) == {"rate limited"}
     assert limits.refusals["event_rate"] == 9
     assert len(caplog.records) == 2
+
+
+def test_log_lines_are_due_once_a_key_and_a_flood_of_keys_stays_bounded() -> None:
+    """A minute of refusals from 10,000 addresses: the identity server's table was rebuilt,
+    whole, at every refusal after that, and grew on."""
+    clock = _Clock()
+    throttle = LogEvery(60.0, 100, clock)
+    assert [throttle.due("a"), throttle.due("a")] == [True, False]
+    assert all(throttle.due(n) for n in range(1000))
+    assert len(throttle._logged) <= 100
+    clock.now = 61.0
+    assert throttle.due("a")
 
 
 def test_a_connection_refused_past_its_rate_within_a_second_is_a_flood() -> None:

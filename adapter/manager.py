@@ -660,9 +660,9 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
 
     async def _connect(self) -> None:
         try:
-            if self.options.sasl or self.options.tls:
-                # aiokafka would hide a refusal behind "Unable to bootstrap", retried forever.
-                await check_access(self.bootstrap_servers, self.options)
+            # aiokafka would hide a refusal, or a listener that wants TLS or SASL this client
+            # does not speak, behind "Unable to bootstrap", retried forever.
+            await check_access(self.bootstrap_servers, self.options)
             await self._ensure_topics()
             self._publisher = Publisher(
                 self._new_producer,

@@ -229,8 +229,7 @@ def _bridge(args: argparse.Namespace) -> int:
     bootstrap = parse_kafka_urls(url)
 
     async def bridge() -> None:
-        if options.sasl or options.tls:
-            await _check_bridge_access(bootstrap, options)
+        await _check_bridge_access(bootstrap, options)
         await run_bridges(config, bootstrap, args.instance, metrics, options)
 
     asyncio.run(bridge())

@@ -251,6 +251,21 @@ async def test_a_client_speaking_less_than_the_listener_is_refused_in_one_line(
     assert str(refused.value) == f"Kafka at {address} {expected}"
 
 
+async def test_a_node_without_security_settings_at_a_tls_listener_stops_at_start(
+    secure_kafka: LocalKafka, channel: str
+) -> None:
+    """The security settings forgotten: the node retried "Unable to bootstrap" for good."""
+    address = secure_kafka.secure_address
+    assert address is not None
+    manager = AsyncKafkaManager(f"kafka://{address}", channel)
+    try:
+        with pytest.raises(SecurityError, match="the port speaks TLS"):
+            await asyncio.wait_for(manager.start(), _EXIT_BOUND_S)
+        assert not manager.ready
+    finally:
+        await manager.stop()
+
+
 async def test_a_bridge_reads_and_writes_over_sasl_and_tls(
     secure_kafka: LocalKafka, channel: str, tmp_path: Path
 ) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import math
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import engineio
 import pytest
@@ -212,15 +212,31 @@ class _Collect(logging.Handler):
         self._into.append(record.getMessage())
 
 
+class Delivered(NamedTuple):
+    """A client's events: how many were written at once, and how many in all."""
+
+    at_once: int
+    in_all: int
+
+
+def _nearly_all_at_once(delivered: Delivered, count: int = 300) -> None:
+    """An event waits in the queue only behind a packet the socket's writer has not taken
+    yet (an echo's reply, a ping), with whatever else Kafka fetched meanwhile: up to 16
+    of 300 behind a single reply, measured with both cores busy. A tenth may wait."""
+    assert delivered.in_all == count
+    assert delivered.at_once >= count - count // 10, delivered
+
+
 async def _events_in_order(
     sio: socketio.AsyncServer,
     url: str,
     transports: list[str],
     count: int = 300,
     **client_options: Any,
-) -> int:
+) -> Delivered:
     """Connect a client, emit ``count`` events to its room through Kafka while it sends
-    acked events of its own; return how many were written at once."""
+    acked events of its own; return how many were delivered, and how many of them were
+    written at once."""
     manager: AsyncKafkaManager = sio.manager
     # Its warnings say why a transport failed (engineio's client logs none below ERROR).
     said = logging.getLogger(f"tests.frames.{id(sio)}")
@@ -237,7 +253,8 @@ async def _events_in_order(
     await client.connect(url, transports=transports)
     try:
         assert await client.call("join", "room") == "joined"
-        before = manager.stats.events_written
+        stats = manager.stats
+        written, delivered = stats.events_written, stats.events_delivered
         for n in range(count):
             await sio.emit("n", n, room="room")
             if n % 30 == 0:  # replies go through the socket's writer, between events
@@ -251,7 +268,7 @@ async def _events_in_order(
                 f"disconnected before: {drops}; its transport said: {warnings[-5:]}"
             ) from None
         assert got == list(range(count))
-        return manager.stats.events_written - before
+        return Delivered(stats.events_written - written, stats.events_delivered - delivered)
     finally:
         if transports == ["polling"]:  # its own disconnect waits ~20 s for its pending poll
             await client.eio.disconnect(abort=True)
@@ -263,21 +280,21 @@ async def _events_in_order(
 async def test_a_websocket_client_gets_its_events_written_at_once_in_order(
     node: tuple[socketio.AsyncServer, str],
 ) -> None:
-    assert await _events_in_order(*node, ["websocket"]) > 0
+    _nearly_all_at_once(await _events_in_order(*node, ["websocket"]))
 
 
 @pytest.mark.timeout(90)
 async def test_an_upgraded_polling_client_gets_its_events_written_at_once_in_order(
     node: tuple[socketio.AsyncServer, str],
 ) -> None:
-    assert await _events_in_order(*node, ["polling", "websocket"]) > 0
+    _nearly_all_at_once(await _events_in_order(*node, ["polling", "websocket"]))
 
 
 @pytest.mark.timeout(90)
 async def test_a_polling_client_gets_its_events_through_its_queue(
     node: tuple[socketio.AsyncServer, str],
 ) -> None:
-    assert await _events_in_order(*node, ["polling"], count=60) == 0
+    assert await _events_in_order(*node, ["polling"], count=60) == (0, 60)
 
 
 @pytest.mark.timeout(90)
@@ -288,7 +305,7 @@ async def test_a_compressed_websocket_gets_its_events_through_its_queue(
     """permessage-deflate compresses each connection's frames its own way: none are
     written ready-made."""
     options = {"websocket_extra_options": {"compress": 15}}
-    assert await _events_in_order(*node, ["websocket"], **options) == 0
+    assert await _events_in_order(*node, ["websocket"], **options) == (0, 300)
 
 
 @pytest.mark.timeout(90)

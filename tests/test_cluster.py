@@ -50,7 +50,7 @@ async def test_room_emit_reaches_exactly_the_members(harness: Harness) -> None:
 async def test_skip_sid_skips_a_socket_on_another_node(harness: Harness) -> None:
     clients = await harness.clients_on([0, 1, 2])
     for client in clients:
-        await client.ask("join", {"room": "r"})
+        assert await client.ask("join", {"room": "r"}) == {"ok": True}
     skipped = clients[1]
     await harness.control(0, "emit", event="e", data=1, room="r", skip_sid=skipped.sid())
     await clients[0].wait_for("e", 1)

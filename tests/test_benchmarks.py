@@ -9,9 +9,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from benchmarks.workloads import Plan
 
 pytest.importorskip("tqdm", reason="the benchmarks need the bench extra: pip install -e '.[bench]'")
 pytest.importorskip("matplotlib", reason="the benchmarks need the bench extra")
@@ -25,6 +28,8 @@ PLOTS = {"latency_cdf.png", "saturation.png", "fanout.png", "recovery.png", "dis
 @pytest.mark.redis
 @pytest.mark.timeout(1080)
 def test_quick_run_writes_sane_results(tmp_path: Path) -> None:
+    from benchmarks.workloads import QUICK
+
     doc = _run_bench(["-m", "benchmarks", "--quick"], tmp_path, timeout=1020)
 
     assert doc["mode"] == "quick"
@@ -37,7 +42,7 @@ def test_quick_run_writes_sane_results(tmp_path: Path) -> None:
     assert set(doc["contestants"]) >= EXPECTED
     for name, entry in doc["contestants"].items():
         assert entry["errors"] == [], name
-        _check_results(name, entry["results"], entry["recovers"])
+        _check_results(name, entry["results"], entry["recovers"], QUICK)
     assert {p.name for p in (tmp_path / doc["run_id"]).iterdir()} == PLOTS
     summary = (tmp_path / f"{doc['run_id']}.md").read_text()
     assert summary.startswith("# Benchmark run")
@@ -86,15 +91,22 @@ def _check_scale(scale: dict[str, Any]) -> None:
     assert all(part["core_speed"] > 0 for part in parts)  # the host's speed during each
 
 
-def _check_results(name: str, results: dict[str, Any], recovers: bool) -> None:
+def _check_results(name: str, results: dict[str, Any], recovers: bool, plan: Plan) -> None:
+    # A run for each of the plan's rates and recovery sizes (only its smallest for a
+    # contestant that loses sessions: it loses all of any size).
+    assert [r["rate"] for r in results["latency"]] == list(plan.latency_rates), name
+    missed = plan.recovery_missed if recovers else plan.recovery_missed[:1]
+    assert [r["missed"] for r in results["recovery"]] == list(missed), name
     for result in results["latency"]:
         assert result["delivered"] > 0, name
+        assert result["latency"]["count"] > 0, (name, result["rate"])
         for key in ("p50_ms", "p99_ms", "max_ms"):
             value = result["latency"][key]
             assert math.isfinite(value), (name, result["rate"], key)
             assert value > 0, (name, result["rate"], key)
         # Over time, every latency once, by when it was sent.
         timeline = result["timeline"]
+        assert timeline, (name, result["rate"])
         assert sum(b["count"] for b in timeline) == result["latency"]["count"], name
         for bucket in timeline:
             if bucket["count"]:

@@ -190,12 +190,16 @@ async def test_a_replication_the_cluster_cannot_hold_is_one_clear_error(
 
 
 @pytest.mark.parametrize(
-    "options",
-    [KafkaOptions(replication_factor=2), KafkaOptions(min_insync_replicas=2)],
+    ("options", "refusal"),
+    [
+        (KafkaOptions(replication_factor=2), r"has 1 replica\(s\) and min.insync.replicas=1"),
+        # 2 in sync on the 1 broker there is: refused before any topic is looked at.
+        (KafkaOptions(min_insync_replicas=2), "min_insync_replicas=2 needs 2 replicas"),
+    ],
     ids=["replicas", "min-insync"],
 )
 async def test_an_existing_topic_weaker_than_required_is_refused(
-    kafka_bootstrap: str, kafka_url: str, channel: str, options: KafkaOptions
+    kafka_bootstrap: str, kafka_url: str, channel: str, options: KafkaOptions, refusal: str
 ) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
@@ -204,7 +208,7 @@ async def test_an_existing_topic_weaker_than_required_is_refused(
     finally:
         await admin.close()
     manager = AsyncKafkaManager(kafka_url, channel, options=options)
-    await refused_start(manager, r"has 1 replica\(s\) and min.insync.replicas=1")
+    await refused_start(manager, refusal)
 
 
 @pytest.mark.parametrize("interval_ms", [0.0, 5.0])

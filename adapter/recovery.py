@@ -297,6 +297,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         namespace = namespace or "/"
         if self.recovery is None:
             await super()._handle_connect(eio_sid, namespace, data)
+            await self._end_if_gone(eio_sid, namespace)
             return
         if self._in_namespace(eio_sid, namespace):
             await self._refuse_second_connect(eio_sid, namespace)
@@ -319,6 +320,19 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             await super()._handle_connect(eio_sid, namespace, claim.auth)
         finally:
             self._connecting.pop(key, None)
+        await self._end_if_gone(eio_sid, namespace)
+
+    async def _end_if_gone(self, eio_sid: str, namespace: str) -> None:
+        """End a socket whose connection closed while the app's connect handler ran, as its
+        disconnect would have: that disconnect found it not connected yet and did nothing,
+        then python-socketio registered it, in its rooms for good (and counted). Its client
+        never had the CONNECT reply, so there is nothing to recover: its session ends."""
+        if not self._gone(eio_sid):
+            return
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is not None and self.manager.is_connected(sid, namespace):
+            logger.info("sid %s: connection closed while it connected; ending it", sid)
+            await self._handle_disconnect(eio_sid, namespace, _REASON.CLIENT_DISCONNECT)
 
     async def _send_packet(self, eio_sid: str, pkt: packet.Packet) -> None:
         # A recovered socket's CONNECT reply is sent past this (`_restore`).
@@ -339,9 +353,11 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             await super()._handle_disconnect(eio_sid, namespace, reason)
             return
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
-        snapshot = await self._snapshot(sid, namespace) if sid else None
         keep = reason in _KEEP
-        if snapshot is not None and keep:
+        # Not read when it ends: its connection may be gone already (`_end_if_gone`).
+        snapshot = await self._snapshot(sid, namespace) if sid and keep else None
+        live = sid is not None and (sid, namespace) in self._live
+        if snapshot is not None:
             # Its publishes settle first: a node that recovers it reads them as written.
             await self.kafka.publishes.settle(publisher_of(snapshot.pid), eio_sid)
             # Saved before the socket leaves its rooms: were this node to die right after,
@@ -353,7 +369,8 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         self.kafka.holds.drop(eio_sid)
         if sid is not None:
             self.kafka.plain_sids.discard(sid)  # a socket without a session: nothing to end
-        if snapshot is not None and not keep:
+        if live and not keep:
+            assert sid is not None
             await self._end(sid, namespace, None)
         elif not keep and (kept := self._kept.pop((eio_sid, namespace), None)):
             # The client's DISCONNECT packet lost the race with its transport's close:

@@ -472,6 +472,8 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         self._live[(sid, namespace)] = _Live(session.pid, session.start, session.epoch)
         self._recovered.add((sid, namespace))
         try:
+            # Its data first: the app's connect handler reads it, and what it saves stands.
+            await super().save_session(sid, session.data or {}, namespace=namespace)
             if not self.recovery.skip_middlewares and not await self._admitted(
                 eio_sid, sid, namespace, claim
             ):
@@ -479,7 +481,6 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
                 await self._release(session)
                 return True
             async with asyncio.timeout(self.recovery.replay_timeout):
-                await super().save_session(sid, session.data or {}, namespace=namespace)
                 # Written while the replay runs: its acknowledgement is a round trip.
                 written = asyncio.create_task(self._write((sid, namespace)))
                 try:
@@ -722,7 +723,10 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         self.kafka.holds.drop(eio_sid)
         self._live.pop((sid, namespace), None)
         self._recovered.discard((sid, namespace))
+        # Refused with its rooms and its data, as a fresh socket is; its record keeps both.
         self.manager.basic_disconnect(sid, namespace)
+        with contextlib.suppress(KeyError):  # its connection gone meanwhile
+            (await self.eio.get_session(eio_sid)).pop(namespace, None)
         await super()._send_packet(
             eio_sid, self.packet_class(packet.CONNECT_ERROR, data=fail_reason, namespace=namespace)
         )

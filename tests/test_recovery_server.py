@@ -237,6 +237,36 @@ async def test_without_skip_middlewares_the_connect_handler_decides(app: App) ->
             await client.close()
 
 
+@pytest.mark.parametrize("app", [False], indirect=True)
+async def test_without_skip_middlewares_the_connect_handler_sees_the_recovered_data(
+    app: App,
+) -> None:
+    """The handler of a recovered socket ran before its data was restored: it saw {}, and
+    what it saved was then overwritten with the data of the session record."""
+    seen: list[dict[str, Any]] = []
+
+    async def on_connect(sid: str, environ: dict[str, Any], auth: Any) -> None:
+        session = await app.sio.get_session(sid)
+        seen.append(dict(session))
+        await app.sio.save_session(sid, {"user": auth["token"], "visits": len(seen)})
+
+    async def mine(sid: str) -> dict[str, Any]:
+        return dict(await app.sio.get_session(sid))
+
+    app.sio.on("connect", on_connect)
+    app.sio.on("mine", mine)
+    async with run_server(app.asgi) as url:
+        client = RecoveringRecorder()
+        await client.client.connect(url, transports=["websocket"], auth={"token": "bob"})
+        try:
+            await _away_and_back(app, url, client)
+            assert client.client.recovered["/"] is True
+            assert seen == [{}, {"user": "bob", "visits": 1}]
+            assert await client.client.call("mine") == {"user": "bob", "visits": 2}
+        finally:
+            await client.close()
+
+
 @pytest.mark.parametrize("app", [True], indirect=True)
 async def test_a_claim_on_a_node_still_starting_waits_for_its_sessions(
     app: App, kafka_url: str, channel: str

@@ -112,7 +112,12 @@ OUTCOMES = (
 class RecoveryOptions:
     """Connection state recovery settings (Node's ``connectionStateRecovery``).
 
-    ``skip_middlewares``: a recovered socket skips the ``connect`` handler, as in Node.
+    ``skip_middlewares``: a recovered socket does not run the app's ``connect`` handler.
+    Not as in Node, whose option skips ``io.use`` middlewares alone and always emits
+    ``connection`` (apps there branch on ``socket.recovered``): python-socketio has no
+    middlewares, so the handler is what is skipped. False: the handler runs for a
+    recovered socket too (`is_recovered` tells it), its data already restored, and may
+    refuse it.
     """
 
     max_disconnection_duration: float = 120.0

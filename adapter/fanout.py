@@ -21,7 +21,7 @@ from .budget import HELD_RECORD, MemoryBudget, packet_size
 from .codec import Message
 from .outbox import OutboxLimits
 
-__all__ = ["HoldBuffer", "event_args", "event_packets"]
+__all__ = ["Held", "HoldBuffer", "Outrun", "Socket", "event_args", "event_packets"]
 
 Send = Callable[[str, list[Any]], None]
 
@@ -56,50 +56,87 @@ def event_packets(
     return [eio_packet.Packet(eio_packet.MESSAGE, part) for part in parts]
 
 
+#: A recovering socket: its sid and namespace. One connection's sockets in other
+#: namespaces are not held with it (their replays, if any, are their own).
+Socket = tuple[str, str]
+#: A held record: its partition, its offset, its encoded packets.
+Held = tuple[int, int, list[Any]]
+
+
 @dataclass(slots=True)
 class _Hold:
-    """One socket's held records, as (partition, offset, packets), and their bytes."""
+    """One socket's held records and their bytes; those that ask for an ack apart too."""
 
-    records: list[tuple[int, int, list[Any]]] = field(default_factory=list)
+    #: The connection the socket's packets go out on.
+    eio_sid: str
+    records: list[Held] = field(default_factory=list)
+    #: Of ``records``, those that ask for an ack (by identity): an outrun keeps them.
+    asks: list[Held] = field(default_factory=list)
     bytes: int = 0
-    #: Outrun past the bound: what it held was dropped, and what comes is not kept.
+    #: Outrun past the bound: what it held was dropped, and what comes is not kept (but
+    #: events that ask for an ack).
     outrun: bool = False
+    #: Outrun again, by its asks alone: they were dropped too, and the socket is cut.
+    lost: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Outrun:
+    """What a released hold that was outrun leaves its replay to do as it reads on."""
+
+    #: The held events that ask for an ack, in the order they came. A replay never brings
+    #: them back (they carry no offset, and no node stores their callbacks), so they are
+    #: kept past the outrun, to go out in the read-on at their place in their partition.
+    asks: list[Held]
+    #: Asks past the bound themselves (or the node's budget), dropped: the socket must be
+    #: cut, for its client to see a disconnect rather than a call that never comes.
+    lost: bool
 
 
 class HoldBuffer:
     """Live packets of sockets under recovery, with the record position each came from.
 
+    A hold is a recovering socket's (sid and namespace), not its connection's: a second
+    namespace of the connection, connected or recovered already, goes on receiving live.
     Each socket's hold is bounded as its outgoing queue is (``limits``: packets and bytes,
     whichever comes first; a count alone would let a busy room of large records hold
     gigabytes for one socket). A socket whose replay is outrun by more live traffic than
     that has its held packets dropped, and stays held, keeping nothing more: its release
     then says so, and the replay reads on from where it ended (every dropped record is in
-    Kafka, or in the node's history). What all holds keep counts against the node's
-    ``budget``, as its queues do; the manager outruns the largest holds when it is over.
+    Kafka, or in the node's history). Events that ask for an ack are no replay's, so an
+    outrun keeps them (as many as the bound again; past that the socket is to be cut).
+    What all holds keep counts against the node's ``budget``, as its queues do; the
+    manager outruns the largest holds when it is over.
     """
 
     def __init__(
         self, limits: OutboxLimits | None = None, budget: MemoryBudget | None = None
     ) -> None:
-        self._held: dict[str, _Hold] = {}
+        self._held: dict[Socket, _Hold] = {}
         #: Every held socket's bytes together (the node's metrics show it).
         self.bytes = 0
         limits = limits or OutboxLimits()
         self._max = (limits.max_packets, limits.max_bytes)
         self.budget = budget or MemoryBudget(limits.node_max_bytes)
 
-    def hold(self, eio_sid: str) -> None:
-        self.drop(eio_sid)
-        self._held[eio_sid] = _Hold()
+    def hold(self, socket: Socket, eio_sid: str) -> None:
+        self.drop(socket)
+        self._held[socket] = _Hold(eio_sid)
 
-    def add(self, eio_sid: str, partition: int, offset: int, packets: list[Any]) -> bool:
-        """Keep ``packets`` if ``eio_sid`` is held; return whether it was (kept or not)."""
-        held = self._held.get(eio_sid)
+    def add(
+        self, socket: Socket, partition: int, offset: int, packets: list[Any], ask: bool = False
+    ) -> bool:
+        """Keep ``packets`` if ``socket`` is held; return whether it was (kept or not).
+        ``ask``: the event asks for an ack."""
+        held = self._held.get(socket)
         if held is None:
             return False
-        if held.outrun:
+        if held.lost or (held.outrun and not ask):
             return True
-        held.records.append((partition, offset, packets))
+        record = (partition, offset, packets)
+        held.records.append(record)
+        if ask:
+            held.asks.append(record)
         size = 0
         for pkt in packets:
             pkt_size = packet_size(pkt)
@@ -109,48 +146,64 @@ class HoldBuffer:
         self.bytes += size
         max_records, max_bytes = self._max
         if len(held.records) > max_records or held.bytes > max_bytes:
-            self.outrun(eio_sid)
+            self.outrun(socket)
         return True
 
-    def outrun(self, eio_sid: str) -> None:
-        """Drop what ``eio_sid`` holds, and keep nothing more for it: its replay reads on."""
-        held = self._held.get(eio_sid)
-        if held is not None:
-            self._forget(held)
-            held.outrun = True
+    def outrun(self, socket: Socket) -> None:
+        """Drop what ``socket`` holds but its asks, and keep nothing more for it but asks:
+        its replay reads on. Outrun again (its asks alone too many), drop those too."""
+        held = self._held.get(socket)
+        if held is None:
+            return
+        if held.outrun:
+            held.lost = True
+            held.asks = []
+        held.outrun = True
+        asks = {id(record) for record in held.asks}
+        for record in held.records:
+            if id(record) not in asks:
+                self._free(held, record)
+        held.records = list(held.asks)
 
-    def largest(self) -> list[str]:
+    def largest(self) -> list[Socket]:
         """The sockets that hold something, the most bytes first."""
-        kept = [(held.bytes, eio_sid) for eio_sid, held in self._held.items() if held.records]
-        return [eio_sid for _, eio_sid in sorted(kept, reverse=True)]
+        kept = [(held.bytes, socket) for socket, held in self._held.items() if held.records]
+        return [socket for _, socket in sorted(kept, reverse=True)]
 
-    def release(self, eio_sid: str, replayed_up_to: tuple[int, ...], send: Send) -> bool:
+    def release(self, socket: Socket, replayed_up_to: tuple[int, ...], send: Send) -> Outrun | None:
         """Send what was held, minus what the replay already covered, then stop holding.
-        False when it was outrun: nothing is sent, and the replay must read on from
-        ``replayed_up_to``.
+        When it was outrun nothing is sent: the replay must read on from ``replayed_up_to``,
+        sending the asks returned on its way.
 
         Nothing awaits here, so no live packet can arrive while the buffer drains.
         """
-        held = self._held.pop(eio_sid, None)
+        held = self._held.pop(socket, None)
         if held is None:
-            return True
+            return None
         if held.outrun:
-            return False
+            outrun = Outrun(held.asks, held.lost)
+            self._forget(held)
+            return outrun
         for partition, offset, packets in held.records:
             if offset >= replayed_up_to[partition]:
-                send(eio_sid, packets)
+                send(held.eio_sid, packets)
         self._forget(held)
-        return True
+        return None
 
-    def drop(self, eio_sid: str) -> None:
-        held = self._held.pop(eio_sid, None)
+    def drop(self, socket: Socket) -> None:
+        held = self._held.pop(socket, None)
         if held is not None:
             self._forget(held)
 
     def _forget(self, held: _Hold) -> None:
         """Drop a hold's records, and their bytes from the node's counts."""
-        for _, _, packets in held.records:
-            for pkt in packets:
-                self.budget.free(pkt, packet_size(pkt), HELD_RECORD)
-        self.bytes -= held.bytes
-        held.records, held.bytes = [], 0
+        for record in held.records:
+            self._free(held, record)
+        held.records = []
+
+    def _free(self, held: _Hold, record: Held) -> None:
+        for pkt in record[2]:
+            size = packet_size(pkt)
+            self.budget.free(pkt, size, HELD_RECORD)
+            held.bytes -= size
+            self.bytes -= size

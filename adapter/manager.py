@@ -989,6 +989,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         recovering = self.recovery_window is not None
         mark = self._live_mark() if recovering else None
         variants: dict[bool, list[Any]] = {}
+        namespace = message["namespace"]
         for sid, eio_sid in recipients:
             with_offset = recovering and sid not in self.plain_sids
             packets = variants.get(with_offset)
@@ -996,7 +997,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
                 packets = variants[with_offset] = event_packets(
                     self.server.packet_class, message, mark if with_offset else None
                 )
-            if not self.holds.add(eio_sid, partition, offset, packets):
+            if not self.holds.add((sid, namespace), partition, offset, packets):
                 self.send_packets(eio_sid, packets)
 
     def _live_mark(self) -> str:
@@ -1047,7 +1048,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         for sid, eio_sid in recipients:
             ack = self._generate_ack_id(sid, callback)
             packets = event_packets(packet_class, message, None, ack_id=ack)
-            if not self.holds.add(eio_sid, partition, offset, packets):
+            if not self.holds.add((sid, namespace), partition, offset, packets, ask=True):
                 self.send_packets(eio_sid, packets)
 
     def send_packets(self, eio_sid: str, packets: list[Any]) -> None:
@@ -1084,10 +1085,10 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         budget = self.budget
         kept = budget.bytes
         outrun = 0
-        for eio_sid in self.holds.largest():
+        for socket in self.holds.largest():
             if not budget.over:
                 break
-            self.holds.outrun(eio_sid)
+            self.holds.outrun(socket)
             outrun += 1
         self.stats.over_node_budget += outrun
         if outrun:

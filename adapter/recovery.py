@@ -18,7 +18,7 @@ import logging
 import secrets
 import time
 from array import array
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -31,7 +31,7 @@ from socketio import packet
 from . import codec, offsets
 from .cursor import REPLAY_BUFFER, REPLAY_BUFFER_BYTES, Replay
 from .errors import BrokerUnavailable, ConfigError, PublishError
-from .fanout import event_packets
+from .fanout import Held, event_packets
 from .manager import AsyncKafkaManager
 from .outbox import SLOW_CONSUMER, Outbox
 from .publishes import publisher_of, sessionless
@@ -184,6 +184,28 @@ class _RoomChanges:
 
     rooms: tuple[str, ...]
     marks: list[tuple[tuple[int, ...], tuple[str, ...]]] = field(default_factory=list)
+
+
+class _Asks:
+    """An outrun hold's events that ask for an ack (`Outrun.asks`), by partition, in the
+    order they came: a read-on sends each at its place among the records it replays."""
+
+    def __init__(self, asks: list[Held]) -> None:
+        self._waiting: dict[int, collections.deque[Held]] = {}
+        for ask in asks:
+            self._waiting.setdefault(ask[0], collections.deque()).append(ask)
+
+    def due(self, partition: int, offset: int) -> Iterator[list[Any]]:
+        """Take the packets of those on ``partition`` before ``offset``."""
+        waiting = self._waiting.get(partition)
+        while waiting and waiting[0][1] < offset:
+            yield waiting.popleft()[2]
+
+    def rest(self) -> Iterator[list[Any]]:
+        """Take the packets of all that are left."""
+        for waiting in self._waiting.values():
+            while waiting:
+                yield waiting.popleft()[2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,8 +393,8 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             self._kept.pop((eio_sid, namespace), None)  # to the end: kept last
             self._kept[(eio_sid, namespace)] = (snapshot.pid, time.monotonic())
         await super()._handle_disconnect(eio_sid, namespace, reason)
-        self.kafka.holds.drop(eio_sid)
         if sid is not None:
+            self.kafka.holds.drop((sid, namespace))
             self.kafka.plain_sids.discard(sid)  # a socket without a session: nothing to end
         if live and not keep:
             assert sid is not None
@@ -472,10 +494,11 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         for room in session.rooms:
             if not manager.is_sid_room(namespace, room):
                 RoomIndex.basic_enter_room(manager, sid, namespace, room)
-        manager.holds.hold(eio_sid)
+        key = (sid, namespace)
+        manager.holds.hold(key, eio_sid)
         stop = tuple(manager.positions)
-        self._live[(sid, namespace)] = _Live(session.pid, session.start, session.epoch)
-        self._recovered.add((sid, namespace))
+        self._live[key] = _Live(session.pid, session.start, session.epoch)
+        self._recovered.add(key)
         try:
             # Its data first: the app's connect handler reads it, and what it saves stands.
             await super().save_session(sid, session.data or {}, namespace=namespace)
@@ -509,7 +532,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         except Exception:
             logger.exception("recovery of sid %s failed; closing the connection", sid)
             self.recoveries["failed", ""] += 1
-            manager.holds.drop(eio_sid)
+            manager.holds.drop(key)
             queue = manager.packet_queue(eio_sid)
             if queue is not None and queue.above_low_water:
                 # The replay waited on a client that does not read: engineio's disconnect
@@ -725,9 +748,10 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             fail_reason, success = exc.error_args, False
         if success is not False:
             return True
-        self.kafka.holds.drop(eio_sid)
-        self._live.pop((sid, namespace), None)
-        self._recovered.discard((sid, namespace))
+        key = (sid, namespace)
+        self.kafka.holds.drop(key)
+        self._live.pop(key, None)
+        self._recovered.discard(key)
         # Refused with its rooms and its data, as a fresh socket is; its record keeps both.
         self.manager.basic_disconnect(sid, namespace)
         with contextlib.suppress(KeyError):  # its connection gone meanwhile
@@ -806,7 +830,10 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         session: Session,
         start: tuple[int, ...],
         stop: tuple[int, ...],
+        asks: _Asks | None = None,
     ) -> int:
+        """Send ``[start, stop)`` of the socket's audience; ``asks`` (a read-on's) each
+        before the first record after it in its partition, or at the end."""
         assert self.recovery is not None
         manager = self.kafka
         audience = Audience.of(namespace, session.sid, session.rooms)
@@ -822,6 +849,9 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
                     queue = manager.packet_queue(eio_sid)
                     if queue is None:
                         return count  # gone mid-replay: its offset says what it got
+                    if asks is not None:
+                        for packets in asks.due(partition, offset):
+                            manager.send_packets(eio_sid, packets)
                     mark = marker.advance(partition, offset + 1)
                     packets = event_packets(self.packet_class, message, mark)
                     queue.offer(packets, manager.cut_slow_consumer, eio_sid)
@@ -833,6 +863,10 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
                         await self._paced(eio_sid, queue, replay)
                 # The socket's writer runs now: the client reads this while more is read.
                 await asyncio.sleep(0)
+        if asks is not None:
+            for partition, end in enumerate(stop):
+                for packets in asks.due(partition, end):
+                    manager.send_packets(eio_sid, packets)
         return count
 
     async def _paced(self, eio_sid: str, queue: Outbox, replay: Replay) -> None:
@@ -865,24 +899,34 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         """Replay ``[start, stop)``, then send the live events held meanwhile. A hold outrun
         by more live events than it keeps dropped them: the replay reads on, from its end
         to the live position, each stretch in the rooms the socket was in then
-        (`_read_on`), and holds again; a few times, then the socket is cut."""
+        (`_read_on`), and holds again; a few times, then the socket is cut.
+
+        The held events that ask for an ack survive an outrun (no replay brings them back):
+        the read-on sends each at its place in its partition. Too many of those to hold
+        too, the socket is cut at once: its client sees a disconnect, as it would have
+        lost the ask to any other."""
         manager = self.kafka
         key = (session.sid, namespace)
         changes = self._replaying[key] = _RoomChanges(session.rooms)
         try:
             missed = await self._replay(eio_sid, namespace, session, start, stop)
             for _ in range(_READ_ON):
-                if manager.holds.release(eio_sid, stop, manager.send_packets):
+                outrun = manager.holds.release(key, stop, manager.send_packets)
+                if outrun is None:
                     return missed
                 queue = manager.packet_queue(eio_sid)
                 if queue is None:
                     return missed  # gone or cut meanwhile: nothing to read on for
                 manager.stats.replays_outrun += 1
+                if outrun.lost:
+                    manager.cut_slow_consumer(eio_sid)  # its session kept, its asks lost
+                    return missed
                 start, stop = stop, tuple(manager.positions)
-                manager.holds.hold(eio_sid)  # nothing awaited since the position was taken
+                manager.holds.hold(key, eio_sid)  # nothing awaited since the position was taken
                 marks, changes.marks = changes.marks, []
-                missed += await self._read_on(eio_sid, namespace, session, start, stop, marks)
-            if not manager.holds.release(eio_sid, stop, manager.send_packets):
+                asks = _Asks(outrun.asks) if outrun.asks else None
+                missed += await self._read_on(eio_sid, namespace, session, start, stop, marks, asks)
+            if manager.holds.release(key, stop, manager.send_packets) is not None:
                 manager.stats.replays_outrun += 1
                 manager.cut_slow_consumer(eio_sid)  # its session kept: reads slower than live
             return missed
@@ -898,19 +942,25 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         start: tuple[int, ...],
         stop: tuple[int, ...],
         marks: list[tuple[tuple[int, ...], tuple[str, ...]]],
+        asks: _Asks | None = None,
     ) -> int:
         """Replay what a hold dropped in ``[start, stop)``, each stretch in the rooms the
         socket was in then: up to each change of its rooms (``marks``), in those before
         it; after the last, in those it is in now. In today's rooms alone, a room the
-        server took it out of lost what it was sent while the socket was still in it."""
+        server took it out of lost what it was sent while the socket was still in it.
+        ``asks``, an outrun hold's, go out on the way (`_replay`), any left at the end."""
         missed = 0
         for mark, rooms in marks:
             until = tuple(max(s, min(m, e)) for s, m, e in zip(start, mark, stop, strict=True))
             then = replace(session, rooms=rooms)
-            missed += await self._replay(eio_sid, namespace, then, start, until)
+            missed += await self._replay(eio_sid, namespace, then, start, until, asks)
             start = until
         now = replace(session, rooms=self._session_rooms(session.sid, namespace))
-        return missed + await self._replay(eio_sid, namespace, now, start, stop)
+        missed += await self._replay(eio_sid, namespace, now, start, stop, asks)
+        if asks is not None:
+            for packets in asks.rest():
+                self.kafka.send_packets(eio_sid, packets)
+        return missed
 
     # -- session records -----------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from socketio_kafka.adapter import AsyncKafkaManager, OutboxLimits, RecoveringAs
 from socketio_kafka.adapter.sessions import Session
 
 SESSION = Session("pid", "sid", "/", ("a",), None, (0,), "ep", "host")
+SOCKET = ("sid", "/")
 
 
 class Outrun:
@@ -25,14 +26,20 @@ class Outrun:
         self.ranges: list[tuple[tuple[int, ...], tuple[int, ...], tuple[str, ...]]] = []
 
     async def __call__(
-        self, eio_sid: str, namespace: str, session: Session, start: Any, stop: Any
+        self,
+        eio_sid: str,
+        namespace: str,
+        session: Session,
+        start: Any,
+        stop: Any,
+        asks: Any = None,
     ) -> int:
         self.ranges.append((start, stop, session.rooms))
         live = self.manager.positions[0]
         self.manager.positions[0] += 10
         events = 3 if len(self.ranges) <= self.times else 1  # the hold keeps 2
         for offset in range(live, live + events):
-            self.manager.holds.add(eio_sid, 0, offset, [offset])
+            self.manager.holds.add((session.sid, namespace), 0, offset, [offset])
         return stop[0] - start[0]
 
 
@@ -57,7 +64,7 @@ def _wire(
     queue = SimpleNamespace()  # the socket's queue: there, not cut
     monkeypatch.setattr(manager, "packet_queue", lambda eio_sid: queue)
     monkeypatch.setattr(manager, "send_packets", lambda sid, packets: sent.append((sid, packets)))
-    manager.holds.hold("e1")
+    manager.holds.hold(SOCKET, "e1")
     return replay, cuts, sent
 
 
@@ -85,7 +92,7 @@ async def test_a_replay_outrun_every_time_reads_on_4_times_then_its_socket_is_cu
     assert cuts == ["e1"]
     assert sent == []
     assert server.kafka.stats.replays_outrun == 5
-    assert not server.kafka.holds.add("e1", 0, 99, [99])  # no longer held
+    assert not server.kafka.holds.add(SOCKET, 0, 99, [99])  # no longer held
 
 
 async def test_a_read_on_replays_the_rooms_the_socket_is_in_now(
@@ -134,3 +141,23 @@ async def test_a_read_on_replays_each_stretch_in_the_rooms_the_socket_was_in_the
         ((15,), (25,), ("b",)),
     ]
     assert server._replaying == {}
+
+
+async def test_asks_past_an_outrun_holds_bound_have_their_socket_cut_at_once(
+    server: RecoveringAsyncServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outrun hold keeps the events that ask for an ack (no replay brings them back);
+    more of them than it may hold are dropped too, and the socket is cut: its client sees
+    a disconnect, not a call that never comes while it stays connected."""
+    _, cuts, sent = _wire(server, monkeypatch, times=0)
+
+    async def asked_4_times(eio_sid: str, namespace: str, *args: Any) -> int:
+        for offset in range(4):  # a hold of 2: outrun at the third, lost at the fourth
+            server.kafka.holds.add(SOCKET, 0, 10 + offset, [f"ask-{offset}"], ask=True)
+        return 0
+
+    monkeypatch.setattr(server, "_replay", asked_4_times)
+    await server._replay_then_release("e1", "/", SESSION, (0,), (10,))
+    assert cuts == ["e1"]
+    assert sent == []
+    assert server.kafka.holds.bytes == 0

@@ -40,6 +40,9 @@ async def check_access(servers: list[str], options: KafkaOptions) -> None:
     kwargs = options.common_kwargs(servers)
     del kwargs["bootstrap_servers"]
     causes: list[str] = []
+    #: Servers that answered ApiVersions; of them, those that closed at the metadata request.
+    opened: list[str] = []
+    closed: list[str] = []
     for server in servers:
         host, _, port = server.rpartition(":")
         try:
@@ -87,19 +90,23 @@ async def check_access(servers: list[str], options: KafkaOptions) -> None:
         except (OSError, KafkaError, TimeoutError) as exc:
             causes.append(f"{server}: {exc!r}")
         else:
+            opened.append(server)
             try:
-                answered = await _answers_metadata(conn)
+                failure = await _metadata_failure(conn)
             finally:
                 await conn.close()
-            if answered:
+            if failure is None:
                 return
-            if not options.sasl:
-                raise SecurityError(
-                    f"Kafka at {server} closed the connection at its first request: the"
-                    " listener likely requires SASL"
-                    f" (security_protocol={options.security_protocol!r} has none)"
-                )
-            causes.append(f"{server}: closed the connection at a metadata request")
+            if isinstance(failure, KafkaConnectionError):
+                closed.append(server)
+            causes.append(f"{server}: {failure!r} at a metadata request")
+    # Every server that opened closed at the first request: a SASL listener does that. One
+    # of them alone may be a broker going down, or a proxy: retried as an outage.
+    if closed and closed == opened and not options.sasl:
+        raise SecurityError(
+            f"Kafka at {closed[0]} closed the connection at its first request: the listener"
+            f" likely requires SASL (security_protocol={options.security_protocol!r} has none)"
+        )
     raise BrokerUnavailable(f"no bootstrap server answered ({'; '.join(causes)})")
 
 
@@ -118,17 +125,18 @@ async def _speaks_plaintext(host: str, port: int, options: KafkaOptions) -> bool
     return True
 
 
-async def _answers_metadata(conn: AIOKafkaConnection) -> bool:
-    """Whether Kafka answers a metadata request (for no topic) on this connection.
+async def _metadata_failure(conn: AIOKafkaConnection) -> Exception | None:
+    """None when Kafka answers a metadata request (for no topic) on this connection, else
+    why not (`KafkaConnectionError`: it closed the connection).
 
     ApiVersions, which opening the connection sent, is answered before any SASL; a SASL
     listener closes the connection at any other request it gets first.
     """
     try:
         await conn.send(MetadataRequest([]))
-    except KafkaConnectionError:
-        return False
-    return True
+    except (KafkaError, TimeoutError) as exc:
+        return exc
+    return None
 
 
 async def _speaks_tls(host: str, port: int, options: KafkaOptions) -> bool:

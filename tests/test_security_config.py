@@ -353,3 +353,44 @@ async def test_a_secured_kafka_that_does_not_answer_is_an_outage_not_a_refusal(
     # Retriable: the manager keeps retrying, as for a plaintext broker that is down.
     with pytest.raises(BrokerUnavailable, match="no bootstrap server answered"):
         await check_access([f"127.0.0.1:{free_port()}"], options)
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("closes", [True, False], ids=["closes", "stalls"])
+async def test_a_server_that_fails_its_first_request_is_passed_for_the_next(
+    kafka_bootstrap: str, closes: bool
+) -> None:
+    """A broker going down, or a proxy, that answers ApiVersions, then closes at the next
+    request or never answers it: a plain node took the first for a SASL listener and
+    stopped for good, the healthy broker after it in the list untried; the second's
+    TimeoutError escaped the check."""
+    stalled = asyncio.Event()
+
+    async def failing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host, port = kafka_bootstrap.rsplit(":", 1)
+        upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+        await _relay_one(reader, upstream_writer)  # ApiVersions, and its answer
+        await _relay_one(upstream_reader, writer)
+        await reader.readexactly(4)
+        if not closes:
+            await stalled.wait()
+        writer.close()
+        upstream_writer.close()
+
+    server = await asyncio.start_server(failing, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        await asyncio.wait_for(check_access([f"127.0.0.1:{port}", kafka_bootstrap], _PLAIN), 15)
+    finally:
+        stalled.set()
+        server.close()
+
+
+_PLAIN = KafkaOptions(request_timeout_ms=3000)
+
+
+async def _relay_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One Kafka frame: its 4-byte size, then its body."""
+    head = await reader.readexactly(4)
+    writer.write(head + await reader.readexactly(int.from_bytes(head, "big", signed=True)))
+    await writer.drain()

@@ -812,7 +812,13 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         loop = asyncio.get_running_loop()
         pacing = self.pacing
         next_fetch = 0.0
+        task = self._consuming
         while True:
+            if task is not None and task.cancelling():
+                # A stop's cancel that an app handler run here swallowed (python-socketio's
+                # _trigger_event does: a disconnect from another node's kick): the loop
+                # read on, and the stop waited for it for good.
+                raise asyncio.CancelledError
             self._turned = time.monotonic()
             # Paced fetching (KafkaOptions.fetch_interval_ms): aiokafka fetches again as
             # soon as getmany drains its buffer, so the partitions stay paused until the

@@ -15,8 +15,6 @@ from collections.abc import Awaitable, Callable
 __all__ = ["Supervisor"]
 
 _FIRST_BACKOFF_S = 0.1
-#: How often `Supervisor.stop` cancels again a task that swallowed its cancel.
-_RECANCEL_S = 0.5
 #: A task that ran this long before failing restarts at the first backoff again.
 _HEALTHY_RUN_S = 30.0
 
@@ -60,18 +58,11 @@ class Supervisor:
         return [name for name, task in self._tasks.items() if not task.done()]
 
     async def stop(self) -> None:
-        """Cancel every task and wait for them. Safe to call twice.
-
-        A task may swallow a cancel: python-socketio's ``_trigger_event`` does, for an app's
-        handler the consume loop runs (a ``disconnect`` sent from another node), and the
-        loop then reads on. Such a task is cancelled again until it ends.
-        """
-        pending: set[asyncio.Task[None]] = set(self._tasks.values())
-        self._tasks = {}
-        while pending:
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=_RECANCEL_S)
+        """Cancel every task and wait for them. Safe to call twice."""
+        tasks, self._tasks = list(self._tasks.values()), {}
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self.down.clear()
 
     async def _run(self, name: str, factory: TaskFactory) -> None:

@@ -83,25 +83,6 @@ async def test_a_task_started_on_demand_runs_once_at_a_time() -> None:
     await supervisor.stop()
 
 
-async def test_stop_ends_a_task_that_swallowed_its_cancel() -> None:
-    """python-socketio's ``_trigger_event`` swallows a cancel that reaches an app handler
-    the consume loop runs; `stop` waited for that loop for good."""
-    swallowed = asyncio.Event()
-
-    async def stubborn() -> None:
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            swallowed.set()
-        await asyncio.sleep(60)  # reads on
-
-    supervisor = Supervisor(_LOG)
-    supervisor.start("stubborn", stubborn)
-    await asyncio.sleep(0)  # the task is in its first sleep
-    await asyncio.wait_for(supervisor.stop(), 5)
-    assert swallowed.is_set()
-
-
 async def test_a_wedged_producer_is_replaced_and_publishing_resumes() -> None:
     wedged = FakeProducer(OutOfOrderSequenceNumber())
     fresh = FakeProducer(None)
@@ -266,6 +247,35 @@ async def test_a_consume_loop_stuck_in_a_handler_makes_the_node_unready(
     finally:
         release.set()
         await client.close()
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(60)
+async def test_a_stop_ends_a_consume_loop_whose_handler_swallowed_the_cancel(
+    node: tuple[Any, str],
+) -> None:
+    """python-socketio's ``_trigger_event`` swallows a cancel that reaches an app handler;
+    the consume loop runs such handlers (a disconnect for another node's kick). It read
+    on, and the node's stop waited for it for good."""
+    manager, _ = node
+    entered = asyncio.Event()
+    swallowed = asyncio.Event()
+    dispatch = manager._dispatch
+
+    async def swallowing_dispatch(record: Any) -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            swallowed.set()
+        await dispatch(record)
+
+    manager._dispatch = swallowing_dispatch
+    await manager.emit("e", 1, room="r")
+    await asyncio.wait_for(entered.wait(), 15)
+    await asyncio.wait_for(manager.stop(), 10)
+    assert swallowed.is_set()
+    assert not manager.ready
 
 
 @pytest.mark.kafka

@@ -83,23 +83,13 @@ def replication_for(
 ) -> Replication:
     """The layout for new topics: what was asked, else up to 3 replicas, 2 in sync, as the
     brokers up can hold, and never weaker than the brokers' defaults (a topic's
-    ``min.insync.replicas`` overrides theirs).
-
-    Raises `TopicLayoutError` for a ``min_insync`` the chosen factor cannot hold: Kafka
-    would refuse every publish to the topic made.
-    """
+    ``min.insync.replicas`` overrides theirs)."""
     chosen = factor
     if chosen is None:
         chosen = max(1, min(_DEFAULT_FACTOR, brokers), cluster.replication_factor)
     insync = min_insync
     if insync is None:
         insync = min(max(cluster.min_insync, min(_DEFAULT_INSYNC, chosen - 1)), chosen)
-    elif insync > chosen:
-        raise TopicLayoutError(
-            f"min_insync_replicas={insync} needs {insync} replicas, and new topics would get"
-            f" {chosen}: the cluster has {brokers} broker(s) up (set replication_factor,"
-            " --replication-factor)"
-        )
     return Replication(chosen, insync, required=factor is not None or min_insync is not None)
 
 
@@ -193,7 +183,15 @@ def _check(spec: TopicSpec, layout: TopicLayout) -> None:
 
 
 async def _create(admin: AIOKafkaAdminClient, spec: TopicSpec) -> bool:
-    """Create the topic; False if another client created it first."""
+    """Create the topic; False if another client created it first. A required in-sync
+    count its replicas cannot hold is refused first: the topic made refused every publish,
+    and stayed."""
+    if spec.replication.min_insync > spec.replication.factor:
+        raise TopicLayoutError(
+            f"cannot create topic {spec.name!r}: min_insync_replicas="
+            f"{spec.replication.min_insync} needs as many replicas, and it would get"
+            f" {spec.replication.factor} (set replication_factor, --replication-factor)"
+        )
     configs = {
         "cleanup.policy": spec.cleanup_policy,
         "max.message.bytes": str(spec.max_message_bytes),

@@ -189,17 +189,29 @@ async def test_a_replication_the_cluster_cannot_hold_is_one_clear_error(
     await refused_start(manager, r"with 3 replicas: the cluster has 1 broker\(s\)")
 
 
+async def test_an_in_sync_count_new_topics_cannot_hold_is_refused_before_one_is_made(
+    kafka_bootstrap: str, kafka_url: str, channel: str
+) -> None:
+    """2 in sync, the factor left to the 1 broker there is: the topic made refused every
+    publish, and stayed when the setting was mended."""
+    options = KafkaOptions(min_insync_replicas=2)
+    manager = AsyncKafkaManager(kafka_url, channel, options=options)
+    await refused_start(manager, "min_insync_replicas=2 needs as many replicas")
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        assert f"{channel}.events" not in await admin.list_topics()
+    finally:
+        await admin.close()
+
+
 @pytest.mark.parametrize(
-    ("options", "refusal"),
-    [
-        (KafkaOptions(replication_factor=2), r"has 1 replica\(s\) and min.insync.replicas=1"),
-        # 2 in sync on the 1 broker there is: refused before any topic is looked at.
-        (KafkaOptions(min_insync_replicas=2), "min_insync_replicas=2 needs 2 replicas"),
-    ],
+    "options",
+    [KafkaOptions(replication_factor=2), KafkaOptions(min_insync_replicas=2)],
     ids=["replicas", "min-insync"],
 )
 async def test_an_existing_topic_weaker_than_required_is_refused(
-    kafka_bootstrap: str, kafka_url: str, channel: str, options: KafkaOptions, refusal: str
+    kafka_bootstrap: str, kafka_url: str, channel: str, options: KafkaOptions
 ) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
@@ -208,7 +220,7 @@ async def test_an_existing_topic_weaker_than_required_is_refused(
     finally:
         await admin.close()
     manager = AsyncKafkaManager(kafka_url, channel, options=options)
-    await refused_start(manager, refusal)
+    await refused_start(manager, r"has 1 replica\(s\) and min.insync.replicas=1")
 
 
 @pytest.mark.parametrize("interval_ms", [0.0, 5.0])

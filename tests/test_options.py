@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from socketio_kafka.adapter import AsyncKafkaManager, ConfigError, KafkaOptions, TopicLayoutError
+from socketio_kafka.adapter import AsyncKafkaManager, ConfigError, KafkaOptions
 from socketio_kafka.adapter.options import parse_kafka_urls
 from socketio_kafka.adapter.topics import ClusterDefaults, Replication, replication_for
 
@@ -104,10 +104,3 @@ def test_new_topics_are_never_weaker_than_the_brokers_defaults(
     brokers: int, cluster: ClusterDefaults, layout: Replication
 ) -> None:
     assert replication_for(None, None, brokers, cluster) == layout
-
-
-def test_an_in_sync_count_the_chosen_factor_cannot_hold_is_refused_before_anything_is_made() -> (
-    None
-):
-    with pytest.raises(TopicLayoutError, match="min_insync_replicas=2 needs 2 replicas"):
-        replication_for(None, 2, 1)

@@ -334,7 +334,8 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
         "--max-in-flight-bytes",
         type=integer,
         help="the same bound in bytes of those events' messages; all connections' together "
-        "get what unfinished messages leave of --max-node-inbound-bytes (default 32 MiB)",
+        "get what unfinished messages leave of --max-node-inbound-bytes (default 32 MiB, or "
+        "--max-payload-bytes + 4096 if more)",
     )
     group.add_argument(
         "--drain-timeout",

@@ -105,7 +105,8 @@ class Settings:
     connect_timeout: float = _LIMITS.connect_timeout
     max_node_inbound_bytes: int = _LIMITS.max_inbound_bytes
     max_in_flight_events: int = _LIMITS.max_in_flight_events
-    max_in_flight_bytes: int = _LIMITS.max_in_flight_bytes
+    # None: 32 MiB, or one event of the largest payload when that is more.
+    max_in_flight_bytes: int | None = None
     # Seconds from SIGTERM to exit (README, "Drain").
     drain_timeout: float = 10.0
     # Seconds an idle HTTP connection is kept open for its next request. Longer than what
@@ -162,7 +163,7 @@ class Settings:
         if self.max_node_inbound_bytes < self.max_payload_bytes:
             # Else one message of the largest size, finished at once, would be cut.
             raise ValueError("max_node_inbound_bytes must be >= max_payload_bytes")
-        if self.max_in_flight_bytes < self.max_payload_bytes + EVENT_OVERHEAD:
+        if self.limits.max_in_flight_bytes < self.max_payload_bytes + EVENT_OVERHEAD:
             # Else an event of the largest size would be refused on a node doing nothing.
             raise ValueError("max_in_flight_bytes must be >= max_payload_bytes + 4096")
         if self.drain_timeout <= 0:
@@ -237,7 +238,9 @@ class Settings:
             self.max_node_inbound_bytes,
             self.connect_timeout,
             self.max_in_flight_events,
-            self.max_in_flight_bytes,
+            self.max_in_flight_bytes
+            if self.max_in_flight_bytes is not None
+            else max(_LIMITS.max_in_flight_bytes, self.max_payload_bytes + EVENT_OVERHEAD),
         )
 
     @property

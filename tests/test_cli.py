@@ -153,6 +153,9 @@ def test_the_in_flight_bounds_from_flags_and_the_environment(
     # An event of the largest size must fit, or it is refused on a node doing nothing.
     with pytest.raises(ValueError, match="max_in_flight_bytes must be >= max_payload_bytes"):
         limits("--max-in-flight-bytes", "1000000")
+    # Unset, it takes one: a node of 48 MiB payloads stopped starting when the bound came.
+    monkeypatch.setenv("SOCKETIO_KAFKA_MAX_NODE_INBOUND_BYTES", str(2**30))
+    assert limits("--max-payload-bytes", str(48 * 2**20)) == (50, 48 * 2**20 + 4096)
 
 
 @pytest.mark.usefixtures("nothing_starts")

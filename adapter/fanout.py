@@ -119,6 +119,11 @@ class HoldBuffer:
         self._max = (limits.max_packets, limits.max_bytes)
         self.budget = budget or MemoryBudget(limits.node_max_bytes)
 
+    @property
+    def holding(self) -> bool:
+        """Whether any socket is held: most deliveries ask nothing more of it."""
+        return bool(self._held)
+
     def hold(self, socket: Socket, eio_sid: str) -> None:
         self.drop(socket)
         self._held[socket] = _Hold(eio_sid)

@@ -996,6 +996,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         mark = self._live_mark() if recovering else None
         variants: dict[bool, list[Any]] = {}
         namespace = message["namespace"]
+        holds = self.holds if self.holds.holding else None
         for sid, eio_sid in recipients:
             with_offset = recovering and sid not in self.plain_sids
             packets = variants.get(with_offset)
@@ -1003,7 +1004,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
                 packets = variants[with_offset] = event_packets(
                     self.server.packet_class, message, mark if with_offset else None
                 )
-            if not self.holds.add((sid, namespace), partition, offset, packets):
+            if holds is None or not holds.add((sid, namespace), partition, offset, packets):
                 self.send_packets(eio_sid, packets)
 
     def _live_mark(self) -> str:

@@ -328,7 +328,8 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
         "--max-in-flight-events",
         type=integer,
         help="events one connection may have read and not finished handling (a publish "
-        "waiting for Kafka); past it an event's ack is an error, 'busy' (default 256)",
+        "waiting for Kafka); past it an event's ack is an error, 'busy' (default 4 x "
+        "--event-rate, twice its burst, at least 256)",
     )
     group.add_argument(
         "--max-in-flight-bytes",

@@ -317,7 +317,8 @@ class GuardedServer(RecoveringAsyncServer):
                 await self._refuse(eio_sid, "binary attachments larger than the payload limit")
                 return
         if pending is None:
-            self._message_bytes = len(data)
+            # Engine.IO hands a message of digits over as an int.
+            self._message_bytes = len(data) if isinstance(data, str | bytes) else len(str(data))
         else:  # its header's too, which python-socketio held with its attachments
             self._message_bytes = held + self._headers.get(eio_sid, 0)
         await super()._handle_eio_message(eio_sid, data)

@@ -104,7 +104,9 @@ class Settings:
     read_timeout: float = _LIMITS.read_timeout
     connect_timeout: float = _LIMITS.connect_timeout
     max_node_inbound_bytes: int = _LIMITS.max_inbound_bytes
-    max_in_flight_events: int = _LIMITS.max_in_flight_events
+    # None: 256, or twice the event rate's burst (4 x event_rate) when that is more: a
+    # client may send its whole burst at once, and pipelining clients do.
+    max_in_flight_events: int | None = None
     # None: 32 MiB, or one event of the largest payload when that is more.
     max_in_flight_bytes: int | None = None
     # Seconds from SIGTERM to exit (README, "Drain").
@@ -237,7 +239,9 @@ class Settings:
             self.read_timeout,
             self.max_node_inbound_bytes,
             self.connect_timeout,
-            self.max_in_flight_events,
+            self.max_in_flight_events
+            if self.max_in_flight_events is not None
+            else max(_LIMITS.max_in_flight_events, math.ceil(4 * self.event_rate)),
             self.max_in_flight_bytes
             if self.max_in_flight_bytes is not None
             else max(_LIMITS.max_in_flight_bytes, self.max_payload_bytes + EVENT_OVERHEAD),

@@ -76,20 +76,22 @@ def test_holds_count_in_the_budget_until_released_dropped_or_outrun() -> None:
     budget = MemoryBudget(10**9)
     holds = HoldBuffer(OutboxLimits(), budget)
     shared = _packet()
-    for eio_sid in ("e1", "e2", "e3"):
-        holds.hold(eio_sid)
-        assert holds.add(eio_sid, 0, 1, [shared])
-    holds.add("e2", 0, 2, [_packet()])
+    s1, s2, s3 = (("s1", "/"), ("s2", "/"), ("s3", "/"))
+    for socket, eio_sid in ((s1, "e1"), (s2, "e2"), (s3, "e3")):
+        holds.hold(socket, eio_sid)
+        assert holds.add(socket, 0, 1, [shared])
+    holds.add(s2, 0, 2, [_packet()])
     assert budget.bytes == 2 * OBJECT + 4 * HELD_RECORD
-    assert holds.largest() == ["e2", "e3", "e1"]  # the most bytes first (then by sid)
+    assert holds.largest() == [s2, s3, s1]  # the most bytes first (then by sid)
     sent: list[Any] = []
-    assert holds.release("e1", (0,), lambda sid, packets: sent.extend(packets))
+    assert holds.release(s1, (0,), lambda eio_sid, packets: sent.extend(packets)) is None
     assert sent == [shared]
-    holds.drop("e3")
-    holds.outrun("e2")
+    holds.drop(s3)
+    holds.outrun(s2)
     assert holds.largest() == []
     assert (budget.bytes, budget.packets, holds.bytes) == (0, 0, 0)
-    assert not holds.release("e2", (0,), lambda sid, packets: None)  # outrun: reads on
+    outrun = holds.release(s2, (0,), lambda eio_sid, packets: None)
+    assert outrun is not None  # outrun: its replay reads on
 
 
 class _Socket:
@@ -114,8 +116,8 @@ async def test_over_the_node_budget_holds_are_outrun_then_the_largest_queues_cut
     manager.server = SimpleNamespace(
         eio=SimpleNamespace(sockets=sockets), environ={}, logger=logging.getLogger("test")
     )
-    manager.holds.hold("held")
-    manager.holds.add("held", 0, 0, [_packet()])
+    manager.holds.hold(("held", "/"), "held")
+    manager.holds.add(("held", "/"), 0, 0, [_packet()])
     for _ in range(2):
         sockets["small"].queue.put_nowait(_packet())
     for _ in range(3):

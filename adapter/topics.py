@@ -60,16 +60,10 @@ async def cluster_defaults(admin: AIOKafkaAdminClient, broker: int) -> ClusterDe
     keys = {"default.replication.factor": None, "min.insync.replicas": None}
     resource = ConfigResource(ConfigResourceType.BROKER, str(broker), keys)
     try:
-        responses = await admin.describe_configs([resource])
+        configs = await _configs(admin, resource) or {}
     except KafkaError:
         return ClusterDefaults()
-    values: dict[str, int] = {}
-    for response in responses:
-        for res in response.to_object()["resources"]:
-            for entry in res["config_entries"] if not res["error_code"] else ():
-                value = entry["config_value"]
-                if isinstance(value, str) and value.isdigit():
-                    values[str(entry["config_names"])] = int(value)
+    values = {name: int(value) for name, value in configs.items() if value.isdigit()}
     return ClusterDefaults(
         values.get("default.replication.factor", 1), values.get("min.insync.replicas", 1)
     )
@@ -249,7 +243,11 @@ async def _topic_configs(admin: AIOKafkaAdminClient, name: str) -> dict[str, str
 
 async def _described_configs(admin: AIOKafkaAdminClient, name: str) -> dict[str, str] | None:
     keys = {"cleanup.policy": None, "min.insync.replicas": None}
-    resource = ConfigResource(ConfigResourceType.TOPIC, name, keys)
+    return await _configs(admin, ConfigResource(ConfigResourceType.TOPIC, name, keys))
+
+
+async def _configs(admin: AIOKafkaAdminClient, resource: ConfigResource) -> dict[str, str] | None:
+    """The configs of ``resource`` asked for; None when the broker answers with an error."""
     configs: dict[str, str] = {}
     for response in await admin.describe_configs([resource]):
         for res in response.to_object()["resources"]:

@@ -119,13 +119,14 @@ def write_state(path: Path, state: ServiceState) -> None:
     partial.replace(path)
 
 
-def write_private(path: Path, text: str) -> None:
+def write_private(path: Path, content: str | bytes) -> None:
     """Replace ``path`` with a file only its owner may read (0600 from its creation): a
-    config that holds a password or a key. ``write_text`` made it 0644, as the umask let."""
+    config that holds a password, a key. ``write_text`` made it 0644, as the umask let."""
     fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    data = content.encode() if isinstance(content, str) else content
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         os.replace(partial, path)
     except BaseException:
         Path(partial).unlink(missing_ok=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ._process import write_private
 
 __all__ = ["TlsFiles", "ensure_tls"]
 
@@ -81,12 +82,12 @@ def ensure_tls(directory: Path) -> TlsFiles:
         .sign(ca_key, hashes.SHA256())
     )
     pem = serialization.Encoding.PEM
-    _write(
+    write_private(
         files.broker_key,
         key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     )
-    _write(files.broker_chain, cert.public_bytes(pem) + ca_cert.public_bytes(pem))
-    _write(files.ca, ca_cert.public_bytes(pem))  # last: its presence marks a complete set
+    write_private(files.broker_chain, cert.public_bytes(pem) + ca_cert.public_bytes(pem))
+    write_private(files.ca, ca_cert.public_bytes(pem))  # last: its presence marks a complete set
     return files
 
 
@@ -117,9 +118,3 @@ def _builder(
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + _VALIDITY)
     )
-
-
-def _write(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)

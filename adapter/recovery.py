@@ -32,6 +32,7 @@ from . import codec, offsets
 from .cursor import REPLAY_BUFFER, REPLAY_BUFFER_BYTES, Replay
 from .errors import BrokerUnavailable, ConfigError, PublishError
 from .fanout import Held, event_packets
+from .lanes import Lanes
 from .manager import AsyncKafkaManager
 from .outbox import SLOW_CONSUMER, Outbox
 from .publishes import publisher_of, sessionless
@@ -241,6 +242,9 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         **kwargs: Any,
     ) -> None:
         super().__init__(client_manager=client_manager, **kwargs)
+        # A CONNECT (a replay) handled off Engine.IO's reader: its heartbeat goes on.
+        self._lanes = Lanes(self._handle_eio_message)
+        self.eio.on("message", self._lanes.receive)
         options = connection_state_recovery
         if isinstance(options, Mapping):
             options = RecoveryOptions(**options)
@@ -409,6 +413,7 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         socket = self.eio.sockets.get(eio_sid)
         if socket is not None and isinstance(socket.queue, Outbox):
             socket.queue.close()  # a replay paced by its drain stops waiting for it
+        self._lanes.close(eio_sid)
         await super()._handle_eio_disconnect(eio_sid, reason)
 
     async def disconnect(

@@ -7,9 +7,17 @@ let socket = null;
 const report = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
 
 const commands = {
-  connect({ url, auth, reconnectionDelay = 5000, reconnection = true, retries, ackTimeout }) {
+  connect({
+    url,
+    auth,
+    reconnectionDelay = 5000,
+    reconnection = true,
+    retries,
+    ackTimeout,
+    transports = ["websocket"],
+  }) {
     socket = io(url, {
-      transports: ["websocket"],
+      transports,
       auth,
       reconnection,
       reconnectionDelay,

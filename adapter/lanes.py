@@ -1,0 +1,111 @@
+"""Each connection's Socket.IO messages in order, its CONNECTs off Engine.IO's reader.
+
+python-socketio handles a connection's messages where Engine.IO reads them: one CONNECT
+that takes long (a recovery's replay, paced by its client's reads, may take up to
+``replay_timeout``; an app's connect handler that calls out) held up every packet read
+after it, Engine.IO's PONGs included. Engine.IO sends its next PING only once a PONG is
+handled, so the client, seeing none for ``ping_interval + ping_timeout``, closed a
+healthy connection (a polling client cannot even send the PONG: its POST waits).
+
+Here a CONNECT is handled in a task of its own, and the messages the connection sends
+meanwhile wait in its lane, in order, until it is done, as they waited before; only
+Engine.IO's own packets (PONGs, a close) go on. A lane keeps a bounded number of them:
+past that, the reader waits for the lane, as it did for the CONNECT before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+__all__ = ["Lanes"]
+
+logger = logging.getLogger("socketio_kafka.lanes")
+
+#: Messages, and their bytes, a lane keeps while its CONNECT is handled; past either the
+#: reader waits for it, as it waited before. Enough for a client's buffered emits and its
+#: PONGs; small beside what a connection's WebSocket buffers already (the node's memory
+#: stays what the inbound budget says).
+MAX_WAITING = 16
+MAX_WAITING_BYTES = 16 * 1024
+
+Handler = Callable[[str, Any], Awaitable[None]]
+
+
+class _Lane:
+    __slots__ = ("bytes", "closed", "done", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting: deque[Any] = deque()
+        self.bytes = 0
+        self.closed = False
+        self.done = asyncio.Event()
+
+
+def _size(data: Any) -> int:
+    # Engine.IO hands a message of digits over as an int.
+    return len(data) if isinstance(data, str | bytes) else len(str(data))
+
+
+def _is_connect(data: Any) -> bool:
+    return isinstance(data, str) and data[:1] == "0"
+
+
+class Lanes:
+    """Hands each connection's messages to ``handle`` (python-socketio's
+    ``_handle_eio_message``) in the order they came: a CONNECT in a task, the messages
+    after it once it is done."""
+
+    def __init__(self, handle: Handler) -> None:
+        self._handle = handle
+        self._busy: dict[str, _Lane] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        """Connections with a CONNECT being handled."""
+        return len(self._busy)
+
+    async def receive(self, eio_sid: str, data: Any) -> None:
+        """Engine.IO's ``message`` handler."""
+        while (lane := self._busy.get(eio_sid)) is not None:
+            size = _size(data)
+            if len(lane.waiting) < MAX_WAITING and lane.bytes + size <= MAX_WAITING_BYTES:
+                lane.waiting.append(data)
+                lane.bytes += size
+                return
+            await lane.done.wait()  # a client that floods waits, as it did before
+        if not _is_connect(data):
+            await self._handle(eio_sid, data)
+            return
+        lane = self._busy[eio_sid] = _Lane()
+        task = asyncio.get_running_loop().create_task(self._run(eio_sid, lane, data))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self, eio_sid: str) -> None:
+        """The connection closed: what waits in its lane goes nowhere."""
+        lane = self._busy.get(eio_sid)
+        if lane is not None:
+            lane.closed = True
+            lane.waiting.clear()
+            lane.bytes = 0
+
+    async def _run(self, eio_sid: str, lane: _Lane, data: Any) -> None:
+        try:
+            while True:
+                try:
+                    await self._handle(eio_sid, data)
+                except Exception:
+                    # As Engine.IO logs a message handler's error: the connection goes on.
+                    logger.exception("message handler error on connection %s", eio_sid)
+                if lane.closed or not lane.waiting:
+                    return
+                data = lane.waiting.popleft()
+                lane.bytes -= _size(data)
+        finally:
+            if self._busy.get(eio_sid) is lane:
+                del self._busy[eio_sid]
+            lane.done.set()

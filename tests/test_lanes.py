@@ -66,8 +66,10 @@ async def test_a_client_that_floods_during_its_connect_waits_for_it(flood: list[
     for data in kept:
         await lanes.receive("a", data)
     waiting = asyncio.create_task(lanes.receive("a", over))
-    await asyncio.sleep(0.05)  # bounded: it is not taken while the CONNECT runs
-    assert not waiting.done()
+    for _ in range(10):  # everything ready runs: the CONNECT waits on ``go`` alone
+        await asyncio.sleep(0)
+    assert not waiting.done()  # bounded: the reader waits while the CONNECT runs
+    assert [data for _, data in handler.handled] == []
     handler.go.set()
     await asyncio.wait_for(waiting, 5)
     await _settled(lanes)

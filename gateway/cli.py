@@ -153,7 +153,10 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         help="connection state recovery over Kafka offsets (default on)",
     )
     parser.add_argument(
-        "--recovery-window", type=number, help="seconds a disconnected client's session is kept"
+        "--recovery-window",
+        type=number,
+        help="seconds a disconnected client's session is kept (default 120); the events topic"
+        " a node creates keeps events an hour longer, 24 h at least",
     )
     parser.add_argument(
         "--replay-history-mb",

@@ -35,6 +35,10 @@ ENV_PREFIX = "SOCKETIO_KAFKA_"
 _KAFKA = KafkaOptions()
 _OUTBOX = OutboxLimits()
 _LIMITS = Limits()
+#: What the events topic a node creates keeps past the recovery window: a client's last
+#: event came up to a heartbeat (25 + 20 s) before its drop was noticed, and brokers age a
+#: record by their own clock, not the one of the node that stamped it. An hour covers both.
+_RETENTION_MARGIN_MS = 3600 * 1000
 
 Adapter = Literal["kafka", "redis"]
 ADAPTERS: tuple[Adapter, ...] = get_args(Adapter)
@@ -176,6 +180,8 @@ class Settings:
     @property
     def kafka_options(self) -> KafkaOptions:
         """The Kafka clients' options; raises `ConfigError` (a ValueError) when out of range."""
+        # The adapter refuses a recovery window its retention does not cover: 24 h at least.
+        window_ms = math.ceil(self.recovery_window * 1000) if self.recovery else 0
         return KafkaOptions(
             partitions=self.partitions,
             sessions_partitions=self.sessions_partitions,
@@ -187,6 +193,7 @@ class Settings:
             linger_max_ms=self.linger_max_ms,
             fetch_interval_max_ms=self.fetch_interval_max_ms,
             replay_history_bytes=int(self.replay_history_mb * 2**20),
+            retention_ms=max(_KAFKA.retention_ms, window_ms + _RETENTION_MARGIN_MS),
             # Whatever a client may send fits a record, binary parts base64-encoded included.
             max_record_bytes=self.max_payload_bytes * 4 // 3 + 64 * 1024,
             **self.kafka_security,

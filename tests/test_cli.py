@@ -87,6 +87,20 @@ def test_the_replay_history_from_flags_and_the_environment(
     assert _manager([]).shared_replays.history is None
 
 
+def test_a_recovery_window_past_a_day_is_kept_by_the_events_topic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The topic was made to keep 24 h whatever the window: a longer one stopped serve at
+    start (``retention_ms`` shorter than the recovery window)."""
+    day_ms = KafkaOptions().retention_ms
+    assert _manager([]).options.retention_ms == day_ms
+    manager = _manager(["--recovery-window", "172800"])
+    assert (manager.recovery_window, manager.options.retention_ms) == (172_800, 176_400_000)
+    monkeypatch.setenv("SOCKETIO_KAFKA_RECOVERY_WINDOW", "86400.0005")
+    assert _manager([]).options.retention_ms == 86_400_001 + 3_600_000
+    assert _manager(["--no-recovery"]).options.retention_ms == day_ms
+
+
 def test_queue_bounds_from_flags_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     manager = _manager(["--max-queued-bytes", "1000"])
     assert manager.outboxes.limits == OutboxLimits(max_bytes=1000)

@@ -402,7 +402,8 @@ def _add_identity(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--jwt-algorithms",
         help="comma-separated algorithms accepted, of those the key can verify (default:"
-        " HS256 with a secret, RS256 or the EC key's own with a public key)",
+        " HS256 with a secret; with a public key RS256, the EC key's own, or EdDSA for an"
+        " Ed25519/Ed448 key)",
     )
     group.add_argument("--jwt-audience", help="the aud claim every token must carry")
     group.add_argument("--jwt-issuer", help="the iss claim every token must carry")

@@ -67,7 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
         service = commands.add_parser(name, help=f"start, stop or check a local {name}")
         service.add_argument("action", choices=["start", "stop", "status"])
         service.add_argument("--port", type=int, default=None, help="default: a free port")
-        service.add_argument("--data-dir", type=Path, default=None)
+        service.add_argument(
+            "--data-dir",
+            type=Path,
+            default=None,
+            help="where the service keeps its files (default: a dir of its own under"
+            " $SOCKETIO_KAFKA_DATA_DIR, else under ~/.local/state/socketio-kafka)",
+        )
         service.set_defaults(run=_service_command(name))
         if name == "kafka":
             _add_kafka_options(service)

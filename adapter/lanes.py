@@ -10,7 +10,10 @@ healthy connection (a polling client cannot even send the PONG: its POST waits).
 Here a CONNECT is handled in a task of its own, and the messages the connection sends
 meanwhile wait in its lane, in order, until it is done, as they waited before; only
 Engine.IO's own packets (PONGs, a close) go on. A lane keeps a bounded number of them:
-past that, the reader waits for the lane, as it did for the CONNECT before.
+past that, the reader waits for the lane, as it did for the CONNECT before. The
+connection's disconnect waits for its lane too (its outgoing queue closed first, so that
+a replay ends): what the client sent before it left is handled before its leaving, as
+when the reader read the close only after them.
 """
 
 from __future__ import annotations
@@ -32,15 +35,22 @@ logger = logging.getLogger("socketio_kafka.lanes")
 MAX_WAITING = 16
 MAX_WAITING_BYTES = 16 * 1024
 
+#: How long a disconnect waits for its connection's lane: a connect handler that hangs
+#: must not hold up the node's stop.
+CLOSE_WAIT_S = 5.0
+
 Handler = Callable[[str, Any], Awaitable[None]]
 
 
 class _Lane:
-    __slots__ = ("bytes", "closed", "done", "waiting")
+    __slots__ = ("bytes", "closed", "done", "draining", "waiting")
 
     def __init__(self) -> None:
         self.waiting: deque[Any] = deque()
         self.bytes = 0
+        #: Its connection's disconnect waits for it: what it holds was read before the close.
+        self.draining = False
+        #: Its connection's disconnect went on without it: nothing more is handled.
         self.closed = False
         self.done = asyncio.Event()
 
@@ -55,18 +65,32 @@ def _is_connect(data: Any) -> bool:
 
 
 class Lanes:
-    """Hands each connection's messages to ``handle`` (python-socketio's
-    ``_handle_eio_message``) in the order they came: a CONNECT in a task, the messages
-    after it once it is done."""
+    """Engine.IO's ``message`` and ``disconnect`` handlers: each connection's messages go
+    to ``handle`` (python-socketio's ``_handle_eio_message``) in the order they came, a
+    CONNECT in a task and the messages after it once it is done; its disconnect goes to
+    ``disconnected`` once they are, ``closing`` called first (to end a replay)."""
 
-    def __init__(self, handle: Handler) -> None:
+    def __init__(
+        self,
+        handle: Handler,
+        disconnected: Handler,
+        closing: Callable[[str], None],
+    ) -> None:
         self._handle = handle
+        self._disconnected = disconnected
+        self._closing = closing
         self._busy: dict[str, _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         """Connections with a CONNECT being handled."""
         return len(self._busy)
+
+    def draining(self, eio_sid: str) -> bool:
+        """Whether this closing connection's messages, read before its close, are being
+        handled: a connection closing is otherwise one whose messages go nowhere."""
+        lane = self._busy.get(eio_sid)
+        return lane is not None and lane.draining
 
     async def receive(self, eio_sid: str, data: Any) -> None:
         """Engine.IO's ``message`` handler."""
@@ -85,13 +109,24 @@ class Lanes:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def close(self, eio_sid: str) -> None:
-        """The connection closed: what waits in its lane goes nowhere."""
+    async def disconnect(self, eio_sid: str, reason: str) -> None:
+        """Engine.IO's ``disconnect`` handler."""
         lane = self._busy.get(eio_sid)
         if lane is not None:
-            lane.closed = True
-            lane.waiting.clear()
-            lane.bytes = 0
+            lane.draining = True
+            self._closing(eio_sid)
+            try:
+                async with asyncio.timeout(CLOSE_WAIT_S):
+                    await lane.done.wait()
+            except TimeoutError:
+                logger.warning(
+                    "connection %s closed; its CONNECT still runs after %.0f s: "
+                    "what it sent after the CONNECT is dropped",
+                    eio_sid,
+                    CLOSE_WAIT_S,
+                )
+                lane.closed = True
+        await self._disconnected(eio_sid, reason)
 
     async def _run(self, eio_sid: str, lane: _Lane, data: Any) -> None:
         try:

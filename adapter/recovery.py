@@ -243,8 +243,9 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
     ) -> None:
         super().__init__(client_manager=client_manager, **kwargs)
         # A CONNECT (a replay) handled off Engine.IO's reader: its heartbeat goes on.
-        self._lanes = Lanes(self._handle_eio_message)
+        self._lanes = Lanes(self._handle_eio_message, self._handle_eio_disconnect, self._closing)
         self.eio.on("message", self._lanes.receive)
+        self.eio.on("disconnect", self._lanes.disconnect)
         options = connection_state_recovery
         if isinstance(options, Mapping):
             options = RecoveryOptions(**options)
@@ -336,7 +337,8 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         claim = _Claim.parse(data)
         # Before ready, the sessions table and the topic's positions are not read yet.
         ready = claim.opt_out or await self.kafka.wait_ready()
-        wants_recovery = claim.pid is not None and not claim.opt_out
+        # A namespace this node does not serve is refused below, as a fresh one would be.
+        wants_recovery = claim.pid is not None and not claim.opt_out and self._serves(namespace)
         if wants_recovery and not ready:
             await self._retry_later(eio_sid, "Kafka is not ready")
             return
@@ -352,6 +354,15 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         finally:
             self._connecting.pop(key, None)
         await self._end_if_gone(eio_sid, namespace)
+
+    def _serves(self, namespace: str) -> bool:
+        """python-socketio's test of a namespace in its ``_handle_connect``."""
+        return (
+            namespace in self.handlers
+            or namespace in self.namespace_handlers
+            or self.namespaces == "*"
+            or namespace in self.namespaces
+        )
 
     async def _end_if_gone(self, eio_sid: str, namespace: str) -> None:
         """End a socket whose connection closed while the app's connect handler ran, as its
@@ -409,11 +420,19 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             await self._end_in_kafka(kept[0])
         self._prune_kept()
 
-    async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
+    def _closing(self, eio_sid: str) -> None:
         socket = self.eio.sockets.get(eio_sid)
         if socket is not None and isinstance(socket.queue, Outbox):
             socket.queue.close()  # a replay paced by its drain stops waiting for it
-        self._lanes.close(eio_sid)
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
+        self._closing(eio_sid)
+        if reason == _REASON.CLIENT_DISCONNECT and self.recovery is not None:
+            # Engine.IO's CLOSE, not Socket.IO's DISCONNECT: a client leaving on purpose
+            # sends one of those for each namespace first. engine.io-client sends the CLOSE
+            # over polling when it gives a connection up (its ping timeout, a failed
+            # poll): Node's server calls that a transport close, and keeps the sessions.
+            reason = _REASON.TRANSPORT_CLOSE
         await super()._handle_eio_disconnect(eio_sid, reason)
 
     async def disconnect(

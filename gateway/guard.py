@@ -446,9 +446,13 @@ class GuardedServer(RecoveringAsyncServer):
         await socket.close(wait=False, abort=True)
 
     def _open_socket(self, eio_sid: str) -> Any:
-        """The Engine.IO socket, unless it is gone or closing."""
+        """The Engine.IO socket, unless it is gone or closing: what a closing connection
+        sent is dropped, but for what it sent before its close while a CONNECT ran
+        (adapter/lanes.py), handled as the reader would have before reading the close."""
         socket = self.eio.sockets.get(eio_sid)
-        return None if socket is None or socket.closing or socket.closed else socket
+        if socket is None or socket.closed:
+            return None
+        return None if socket.closing and not self._lanes.draining(eio_sid) else socket
 
     async def _refuse(self, eio_sid: str, why: str) -> None:
         """Forget the half-received packet and close the connection: its client is broken

@@ -10,9 +10,13 @@ import pytest
 import socketio
 
 from socketio_kafka.adapter import AsyncKafkaManager, RecoveringAsyncServer
+from socketio_kafka.adapter import lanes as lanes_module
 from socketio_kafka.adapter.lanes import MAX_WAITING, MAX_WAITING_BYTES, Lanes
+from socketio_kafka.gateway.app import create_app
+from socketio_kafka.gateway.settings import Settings
 
 from .support.jsclient import JsClient
+from .support.recovering import RecoveringRecorder
 from .support.server import run_server
 from .support.waiting import wait_until
 
@@ -25,6 +29,14 @@ class _Handler:
         self.connecting = asyncio.Event()
         self.go = asyncio.Event()
 
+    async def disconnected(self, eio_sid: str, reason: str) -> None:
+        self.handled.append((eio_sid, f"disconnect: {reason}"))
+
+    def closing(self, eio_sid: str) -> None:
+        """As the server closes the connection's queue: a replay waiting on it ends."""
+        self.handled.append((eio_sid, "closing"))
+        self.go.set()
+
     async def __call__(self, eio_sid: str, data: Any) -> None:
         if isinstance(data, str) and data.startswith("0"):
             self.connecting.set()
@@ -34,13 +46,17 @@ class _Handler:
         self.handled.append((eio_sid, data))
 
 
+def _lanes(handler: _Handler) -> Lanes:
+    return Lanes(handler, handler.disconnected, handler.closing)
+
+
 async def _settled(lanes: Lanes) -> None:
     await wait_until(lambda: len(lanes) == 0, 5, "every lane done")
 
 
 async def test_messages_after_a_connect_wait_for_it_in_order_and_others_go_on() -> None:
     handler = _Handler()
-    lanes = Lanes(handler)
+    lanes = _lanes(handler)
     await lanes.receive("a", "0")
     # Engine.IO's reader is free again at once: the CONNECT waits in a task of its own.
     await asyncio.wait_for(handler.connecting.wait(), 5)
@@ -60,7 +76,7 @@ async def test_messages_after_a_connect_wait_for_it_in_order_and_others_go_on() 
 )
 async def test_a_client_that_floods_during_its_connect_waits_for_it(flood: list[str]) -> None:
     handler = _Handler()
-    lanes = Lanes(handler)
+    lanes = _lanes(handler)
     await lanes.receive("a", "0")
     *kept, over = flood
     for data in kept:
@@ -76,15 +92,41 @@ async def test_a_client_that_floods_during_its_connect_waits_for_it(flood: list[
     assert [data for _, data in handler.handled] == ["0", *flood]
 
 
-async def test_a_closed_connection_s_waiting_messages_go_nowhere() -> None:
+async def test_a_connection_s_disconnect_waits_for_what_it_sent_before_it() -> None:
+    """Its reader reads the close at once now: what it read before is handled first, as
+    when the close was read only after it (a last emit, a DISCONNECT that ends a session)."""
     handler = _Handler()
-    lanes = Lanes(handler)
+    lanes = _lanes(handler)
     await lanes.receive("a", "0")
-    await lanes.receive("a", '2["late"]')
-    lanes.close("a")
+    await lanes.receive("a", '2["last"]')
+    await lanes.receive("a", "1")
+    await asyncio.wait_for(lanes.disconnect("a", "transport close"), 5)
+    assert [data for _, data in handler.handled] == [
+        "closing",
+        "0",
+        '2["last"]',
+        "1",
+        "disconnect: transport close",
+    ]
+
+
+async def test_a_disconnect_waits_for_a_connect_that_hangs_only_so_long(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(lanes_module, "CLOSE_WAIT_S", 0.1)
+    handler = _Handler()
+    lanes = Lanes(handler, handler.disconnected, lambda eio_sid: None)  # the CONNECT hangs
+    await lanes.receive("a", "0")
+    await lanes.receive("a", '2["after"]')
+    with caplog.at_level(logging.WARNING, "socketio_kafka.lanes"):
+        await asyncio.wait_for(lanes.disconnect("a", "transport close"), 5)
+    assert handler.handled == [("a", "disconnect: transport close")]
+    assert "its CONNECT still runs" in caplog.text
     handler.go.set()
     await _settled(lanes)
-    assert handler.handled == [("a", "0")]
+    # Handled once it ends, but what came after it is not: python-socketio forgot the
+    # connection meanwhile.
+    assert [data for _, data in handler.handled] == ["disconnect: transport close", "0"]
 
 
 async def test_a_handler_that_fails_is_logged_and_the_lane_goes_on(
@@ -92,7 +134,7 @@ async def test_a_handler_that_fails_is_logged_and_the_lane_goes_on(
 ) -> None:
     handler = _Handler()
     handler.go.set()
-    lanes = Lanes(handler)
+    lanes = _lanes(handler)
     with caplog.at_level(logging.ERROR, "socketio_kafka.lanes"):
         await lanes.receive("a", "0")
         await lanes.receive("a", "boom")
@@ -165,3 +207,146 @@ async def test_the_js_client_keeps_its_heartbeat_while_its_replay_is_long(
         finally:
             go.set()
             await js.close()
+
+
+def _recovering(kafka_url: str, channel: str, **kwargs: Any) -> RecoveringAsyncServer:
+    """A recovering node whose ``join`` puts the socket in the room it names."""
+    sio = RecoveringAsyncServer(
+        client_manager=AsyncKafkaManager(kafka_url, channel=channel),
+        async_mode="asgi",
+        connection_state_recovery={},
+        **kwargs,
+    )
+
+    async def join(sid: str, room: str) -> bool:
+        await sio.enter_room(sid, room)
+        return True
+
+    sio.on("join", join)
+    return sio
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("node", ["library", "gateway"])
+async def test_what_a_client_sent_during_its_replay_is_handled_when_it_drops_again(
+    kafka_url: str, channel: str, node: str
+) -> None:
+    """The client's emits after its CONNECT reply wait for the replay; its connection
+    dropping meanwhile once threw them away (and a DISCONNECT among them, its session
+    then kept): the reader had read them before the close, and handles them first. The
+    gateway's guard drops what a closing connection sends, but for those."""
+    if node == "gateway":
+        app: Any = create_app(Settings(channel=channel), kafka_url)
+        sio = app.state.node.sio
+        joined: Any = {"ok": True}
+    else:
+        sio = _recovering(kafka_url, channel)
+        app, joined = socketio.ASGIApp(sio), True
+    notes: list[str] = []
+
+    async def note(sid: str, text: str) -> None:
+        notes.append(text)
+
+    sio.on("note", note)
+    replay = sio._replay
+    replaying, go = asyncio.Event(), asyncio.Event()
+
+    async def paused_replay(*args: Any) -> int:
+        replaying.set()
+        await go.wait()
+        return await replay(*args)
+
+    client = RecoveringRecorder()
+    manager = sio.kafka
+    async with manager, run_server(app) as url:
+        try:
+            await client.connect(url)
+            sid = client.sid
+            room = {"room": "lobby"} if node == "gateway" else "lobby"
+            assert await client.client.call("join", room) == joined
+            await client.drop_transport()
+            await wait_until(lambda: not manager.is_connected(sid, "/"), 10, "the drop noticed")
+            await sio.emit("news", 0, to="lobby")
+            sio._replay = paused_replay  # type: ignore[method-assign]
+            await client.connect(url)
+            assert client.client.recovered["/"]
+            await asyncio.wait_for(replaying.wait(), 10)
+            eio_sid = manager.eio_sid_from_sid(sid, "/")
+            messages = sio.eio.sockets[eio_sid].receive
+            read: list[Any] = []
+
+            async def counted(pkt: Any) -> None:
+                read.append(pkt.data)
+                await messages(pkt)
+
+            sio.eio.sockets[eio_sid].receive = counted
+            await client.client.emit("note", "saved draft")
+            await wait_until(lambda: len(read) == 1, 10, "the note read by the node")
+            await client.drop_transport()
+            go.set()
+            await wait_until(lambda: notes == ["saved draft"], 10, "the note handled")
+        finally:
+            go.set()
+            await client.close()
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(60)
+async def test_a_polling_js_client_that_gives_its_connection_up_recovers(
+    kafka_url: str, channel: str
+) -> None:
+    """engine.io-client sends Engine.IO's CLOSE over polling when it gives a connection up
+    (its ping timeout, a failed poll, here its engine closed): python-engineio calls that
+    a client disconnect, and the sessions were ended, where Node's server keeps them."""
+    sio = _recovering(kafka_url, channel)
+    js = await JsClient().start()
+    manager = sio.kafka
+    async with manager, run_server(socketio.ASGIApp(sio)) as url:
+        try:
+            sid = (await js.connect(url, reconnection=False, transports=["polling"]))["id"]
+            assert await js.call("join", "lobby") is True
+            await js.send("drop")
+            await wait_until(lambda: not manager.is_connected(sid, "/"), 10, "the drop noticed")
+            for n in range(2):
+                await sio.emit("news", n, to="lobby")
+            await js.send("reconnect")
+            await js.wait_connects(2)
+            assert js.connects()[-1] == {"type": "connect", "id": sid, "recovered": True}
+            assert await js.wait_count("news", 2) == [0, 1]
+        finally:
+            await js.close()
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(60)
+async def test_a_namespace_a_node_does_not_serve_is_refused_though_claimed(
+    kafka_url: str, channel: str
+) -> None:
+    """A node without "/chat" (a rolling deploy, an older release) restored a claimed
+    "/chat" session into a namespace no handler answers; a fresh CONNECT there was refused."""
+    serving = _recovering(kafka_url, channel)
+    serving.on("join", namespace="/chat")(lambda sid, room: True)
+    other = _recovering(kafka_url, channel)
+    client = RecoveringRecorder()
+    async with (
+        serving.kafka,
+        other.kafka,
+        run_server(socketio.ASGIApp(serving)) as first,
+        run_server(socketio.ASGIApp(other)) as second,
+    ):
+        try:
+            await client.client.connect(first, namespaces=["/chat"], transports=["websocket"])
+            sid = client.client.get_sid("/chat")
+            assert client.client.pids.get("/chat")
+            await client.drop_transport()
+            manager = serving.kafka
+            await wait_until(lambda: not manager.is_connected(sid, "/chat"), 10, "the drop")
+            with pytest.raises(socketio.exceptions.ConnectionError):
+                await client.client.connect(
+                    second, namespaces=["/chat"], transports=["websocket"], wait_timeout=5
+                )
+            assert other.recoveries.total() == 0
+            assert not other.kafka.is_connected(sid, "/chat")
+        finally:
+            await client.close()

@@ -366,9 +366,11 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
 
     async def _end_if_gone(self, eio_sid: str, namespace: str) -> None:
         """End a socket whose connection closed while the app's connect handler ran, as its
-        disconnect would have: that disconnect found it not connected yet and did nothing,
-        then python-socketio registered it, in its rooms for good (and counted). Its client
-        never had the CONNECT reply, so there is nothing to recover: its session ends."""
+        disconnect would have: python-socketio registers it once the handler returns, and
+        a disconnect that ran before (or stopped waiting for it: adapter/lanes.py) found it
+        not connected and did nothing, leaving it in its rooms for good (and counted). Its
+        client never had the CONNECT reply, so there is nothing to recover: its session
+        ends."""
         if not self._gone(eio_sid):
             return
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)

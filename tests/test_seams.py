@@ -414,3 +414,21 @@ def test_engineio_websocket_loop_is_the_one_ours_follows() -> None:
     for function, digest in followed.items():
         source = inspect.getsource(function)
         assert hashlib.sha256(source.encode()).hexdigest()[:16] == digest, function.__qualname__
+
+
+def test_engineio_handlers_the_lanes_stand_in_for() -> None:
+    """adapter/lanes.py replaces python-socketio's Engine.IO ``message`` and ``disconnect``
+    handlers, and relies on Engine.IO calling the disconnect while its socket is closing,
+    not yet closed: what the connection sent before is handled then (the guard lets it)."""
+    from engineio.async_socket import AsyncSocket
+    from socketio.base_server import BaseServer
+
+    init = inspect.getsource(BaseServer.__init__)
+    assert "self.eio.on('message', self._handle_eio_message)" in init
+    assert "self.eio.on('disconnect', self._handle_eio_disconnect)" in init
+    close = inspect.getsource(AsyncSocket.close)
+    assert (
+        close.index("self.closing = True")
+        < close.index("'disconnect'")
+        < close.index("self.closed = True")
+    )

@@ -411,13 +411,14 @@ async def test_a_claim_whose_connection_went_while_judged_leaves_the_session_its
             await alice.close()
 
 
-async def test_a_disconnect_handled_while_a_claim_is_judged_leaves_its_token_to_expire(
+async def test_a_disconnect_sent_while_a_claim_is_judged_ends_the_recovered_socket(
     kafka_url: str, channel: str
 ) -> None:
-    """Over long-polling a connection's packets are handled at once: a DISCONNECT ("41")
-    handled while its recovery CONNECT was judged found no socket, yet forgot the
+    """Over long-polling a connection's packets once were handled at once: a DISCONNECT
+    ("41") handled while its recovery CONNECT was judged found no socket, yet forgot the
     connection's token; the socket recovered then had none to expire, and took its rooms'
-    events for good. In process, on real Kafka."""
+    events for good. They are handled in order now (adapter/lanes.py): the DISCONNECT
+    waits for the CONNECT, then ends the socket it recovered. In process, on real Kafka."""
     settings = Settings(channel=channel, jwt_secret=SECRET, jwt_audience=AUD, jwt_issuer=ISS)
     app = create_app(settings, kafka_url)
     manager = app.state.node.manager
@@ -435,12 +436,15 @@ async def test_a_disconnect_handled_while_a_claim_is_judged_leaves_its_token_to_
                 claiming = asyncio.create_task(http.post(session, content=connect))
                 await wait_until(judging.is_set, 10, "the claim being judged")
                 await http.post(session, content="41")
+                assert manager.is_connected(sid, "/") is False  # it waits for the CONNECT
                 judged.set()
                 await claiming
-            await wait_until(lambda: manager.is_connected(sid, "/"), 10, "the session recovered")
+            sio = app.state.node.sio
+            await wait_until(lambda: sio.recoveries["recovered", ""] == 1, 10, "recovered")
             await wait_until(
-                lambda: not manager.is_connected(sid, "/"), 10, "its token expired, its cut"
+                lambda: not manager.is_connected(sid, "/"), 10, "then its DISCONNECT handled"
             )
+            assert sio._identities == {}  # its token forgotten with it
         finally:
             await alice.close()
 

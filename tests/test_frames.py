@@ -317,8 +317,11 @@ async def test_a_client_fed_only_frames_stays_connected_past_the_idle_timeout(
     goes out as a frame. (Pings written as frames too closed such connections after
     45 s in a benchmark run, session 23.)"""
     manager = AsyncKafkaManager(kafka_url, channel=channel)
+    # Whole seconds of interval: Engine.IO's handshake tells the client int(ping_interval)
+    # * 1000, and half a second told it 0, its own read timeout then only the ping timeout
+    # (a loaded machine's late ping closed it: CI, session 50).
     sio = socketio.AsyncServer(
-        async_mode="asgi", client_manager=manager, ping_interval=0.5, ping_timeout=0.5
+        async_mode="asgi", client_manager=manager, ping_interval=1, ping_timeout=0.5
     )
 
     @sio.on("join")  # type: ignore[untyped-decorator]
@@ -336,7 +339,7 @@ async def test_a_client_fed_only_frames_stays_connected_past_the_idle_timeout(
                 assert await client.call("join", "room") == "joined"
                 written = manager.stats.events_written
                 loop = asyncio.get_running_loop()
-                began, n, seconds = loop.time(), 0, 4.0  # four times the writer's wait
+                began, n, seconds = loop.time(), 0, 6.0  # four times the writer's wait
                 while loop.time() - began < seconds:
                     await sio.emit("n", n, room="room")
                     n += 1

@@ -429,6 +429,12 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
         self._closing(eio_sid)
+        socket = self.eio.sockets.get(eio_sid)
+        if reason == _REASON.CLIENT_DISCONNECT and socket is not None and not socket.upgraded:
+            # A polling client's CLOSE: its long-poll GET, if one waits, is answered now.
+            # python-engineio left it waiting for the ping interval and timeout (45 s), a
+            # request held open, and a server's stop held up that long.
+            socket.queue.put_nowait(None)
         if reason == _REASON.CLIENT_DISCONNECT and self.recovery is not None:
             # Engine.IO's CLOSE, not Socket.IO's DISCONNECT: a client leaving on purpose
             # sends one of those for each namespace first. engine.io-client sends the CLOSE

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
+import httpx
 import pytest
 import socketio
 
@@ -16,6 +18,7 @@ from socketio_kafka.gateway.app import create_app
 from socketio_kafka.gateway.settings import Settings
 
 from .support.jsclient import JsClient
+from .support.rawclient import engineio_url
 from .support.recovering import RecoveringRecorder
 from .support.server import run_server
 from .support.waiting import wait_until
@@ -299,7 +302,9 @@ async def test_a_polling_js_client_that_gives_its_connection_up_recovers(
     """engine.io-client sends Engine.IO's CLOSE over polling when it gives a connection up
     (its ping timeout, a failed poll, here its engine closed): python-engineio calls that
     a client disconnect, and the sessions were ended, where Node's server keeps them."""
-    sio = _recovering(kafka_url, channel)
+    # Short heartbeats: a long-poll the exiting client leaves holds the server's stop up to
+    # the ping interval.
+    sio = _recovering(kafka_url, channel, ping_interval=2, ping_timeout=2)
     js = await JsClient().start()
     manager = sio.kafka
     async with manager, run_server(socketio.ASGIApp(sio)) as url:
@@ -350,3 +355,35 @@ async def test_a_namespace_a_node_does_not_serve_is_refused_though_claimed(
             assert not other.kafka.is_connected(sid, "/chat")
         finally:
             await client.close()
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(60)
+async def test_a_polling_client_s_close_answers_its_waiting_long_poll(
+    kafka_url: str, channel: str
+) -> None:
+    """python-engineio answered a long-poll GET waiting when its client sent Engine.IO's
+    CLOSE only at the poll's timeout, 45 s later: a request held open, and the server's
+    stop held up as long."""
+    sio = _recovering(kafka_url, channel)
+    async with (
+        sio.kafka,
+        run_server(socketio.ASGIApp(sio)) as url,
+        httpx.AsyncClient(timeout=60) as http,
+    ):
+        handshake = await http.get(engineio_url(url, "polling"))
+        eio_sid = json.loads(handshake.text[1:])["sid"]
+        socket, waiting = sio.eio.sockets[eio_sid], asyncio.Event()
+        poll = socket.poll
+
+        async def watched() -> Any:
+            waiting.set()
+            return await poll()
+
+        socket.poll = watched
+        session = engineio_url(url, "polling", eio_sid)
+        polling = asyncio.create_task(http.get(session))
+        await asyncio.wait_for(waiting.wait(), 10)  # the GET waits for packets
+        await http.post(session, content="1")
+        answer = await asyncio.wait_for(polling, 10)
+        assert answer.status_code == 200

@@ -61,7 +61,8 @@ def _size(data: Any) -> int:
 
 
 def _is_connect(data: Any) -> bool:
-    return isinstance(data, str) and data[:1] == "0"
+    # "40" (a CONNECT to "/" without auth) reaches here as the int 0, as digits do.
+    return data[:1] == "0" if isinstance(data, str) else type(data) is int and data == 0
 
 
 class Lanes:

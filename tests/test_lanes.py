@@ -41,7 +41,7 @@ class _Handler:
         self.go.set()
 
     async def __call__(self, eio_sid: str, data: Any) -> None:
-        if isinstance(data, str) and data.startswith("0"):
+        if data == 0 or (isinstance(data, str) and data.startswith("0")):
             self.connecting.set()
             await self.go.wait()
         if data == "boom":
@@ -72,6 +72,19 @@ async def test_messages_after_a_connect_wait_for_it_in_order_and_others_go_on() 
     assert handler.handled == [("b", '2["elsewhere"]'), ("a", "0"), ("a", '2["one"]'), ("a", 42)]
     await lanes.receive("a", '2["two"]')  # handled in place once the lane is done
     assert handler.handled[-1] == ("a", '2["two"]')
+
+
+async def test_a_connect_without_auth_engineio_hands_over_as_an_int_is_one_too() -> None:
+    handler = _Handler()
+    lanes = _lanes(handler)
+    await lanes.receive("a", 0)  # "40": Engine.IO hands digits over as an int
+    await asyncio.wait_for(handler.connecting.wait(), 5)
+    await lanes.receive("a", 1)
+    assert len(lanes) == 1
+    assert handler.handled == []
+    handler.go.set()
+    await _settled(lanes)
+    assert handler.handled == [("a", 0), ("a", 1)]
 
 
 @pytest.mark.parametrize(

@@ -43,9 +43,11 @@ Handler = Callable[[str, Any], Awaitable[None]]
 
 
 class _Lane:
-    __slots__ = ("bytes", "closed", "done", "draining", "waiting")
+    __slots__ = ("bytes", "closed", "done", "draining", "task", "waiting")
 
     def __init__(self) -> None:
+        #: The task handling its CONNECT, then what waited behind it.
+        self.task: asyncio.Task[None] | None = None
         self.waiting: deque[Any] = deque()
         self.bytes = 0
         #: Its connection's disconnect waits for it: what it holds was read before the close.
@@ -61,8 +63,7 @@ def _size(data: Any) -> int:
 
 
 def _is_connect(data: Any) -> bool:
-    # "40" (a CONNECT to "/" without auth) reaches here as the int 0, as digits do.
-    return data[:1] == "0" if isinstance(data, str) else type(data) is int and data == 0
+    return isinstance(data, str) and data[:1] == "0"
 
 
 class Lanes:
@@ -91,7 +92,7 @@ class Lanes:
         """Whether this closing connection's messages, read before its close, are being
         handled: a connection closing is otherwise one whose messages go nowhere."""
         lane = self._busy.get(eio_sid)
-        return lane is not None and lane.draining
+        return lane is not None and lane.draining and not lane.closed
 
     async def receive(self, eio_sid: str, data: Any) -> None:
         """Engine.IO's ``message`` handler."""
@@ -106,14 +107,18 @@ class Lanes:
             await self._handle(eio_sid, data)
             return
         lane = self._busy[eio_sid] = _Lane()
-        task = asyncio.get_running_loop().create_task(self._run(eio_sid, lane, data))
+        task = lane.task = asyncio.get_running_loop().create_task(self._run(eio_sid, lane, data))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def disconnect(self, eio_sid: str, reason: str) -> None:
         """Engine.IO's ``disconnect`` handler."""
         lane = self._busy.get(eio_sid)
-        if lane is not None:
+        if lane is not None and lane.task is asyncio.current_task():
+            # Its CONNECT closes its own connection (refused, told to retry, cut): it
+            # cannot wait for itself, and what the client sent after it goes nowhere.
+            lane.closed = True
+        elif lane is not None:
             lane.draining = True
             self._closing(eio_sid)
             try:

@@ -432,7 +432,8 @@ async def test_a_disconnect_sent_while_a_claim_is_judged_ends_the_recovered_sock
             with first_claim_held(manager) as (judging, judged):
                 handshake = await http.get(engineio_url(url, "polling"))
                 session = engineio_url(url, "polling", json.loads(handshake.text[1:])["sid"])
-                connect = "40" + json.dumps({"token": mint(ttl=2), "pid": pid})
+                # Its token outlives the test: only the DISCONNECT can end the socket.
+                connect = "40" + json.dumps({"token": mint(ttl=60), "pid": pid})
                 claiming = asyncio.create_task(http.post(session, content=connect))
                 await wait_until(judging.is_set, 10, "the claim being judged")
                 await http.post(session, content="41")

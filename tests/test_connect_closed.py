@@ -47,10 +47,11 @@ async def test_a_connection_closed_while_it_connects_leaves_no_socket(
         handshake = await http.get(engineio_url(url, "polling"))
         eio_sid = json.loads(handshake.text[1:])["sid"]
         polling = engineio_url(url, "polling", eio_sid)
-        # The POST is answered once its packets are handled: the handler's return.
+        # The CONNECT is handled in its own task (adapter/lanes.py): the POST returns.
         connecting = asyncio.create_task(http.post(polling, content="40"))
         await asyncio.wait_for(entered.wait(), 10)
-        await http.post(polling, content="1")  # Engine.IO's CLOSE
+        # Engine.IO's CLOSE: its disconnect waits for the CONNECT (5 s at most, then goes on).
+        await http.post(polling, content="1")
         await wait_until(lambda: eio_sid not in sio.environ, 10, "the close handled")
         go.set()
         await connecting

@@ -11,7 +11,6 @@ import httpx
 import pytest
 import socketio
 
-from socketio_kafka.adapter import AsyncKafkaManager, RecoveringAsyncServer
 from socketio_kafka.adapter import lanes as lanes_module
 from socketio_kafka.adapter.lanes import MAX_WAITING, MAX_WAITING_BYTES, Lanes
 from socketio_kafka.gateway.app import create_app
@@ -19,7 +18,7 @@ from socketio_kafka.gateway.settings import Settings
 
 from .support.jsclient import JsClient
 from .support.rawclient import engineio_url
-from .support.recovering import RecoveringRecorder
+from .support.recovering import RecoveringRecorder, joining_server, replays_paused
 from .support.server import run_server
 from .support.waiting import wait_until
 
@@ -41,7 +40,7 @@ class _Handler:
         self.go.set()
 
     async def __call__(self, eio_sid: str, data: Any) -> None:
-        if data == 0 or (isinstance(data, str) and data.startswith("0")):
+        if isinstance(data, str) and data.startswith("0"):
             self.connecting.set()
             await self.go.wait()
         if data == "boom":
@@ -72,19 +71,6 @@ async def test_messages_after_a_connect_wait_for_it_in_order_and_others_go_on() 
     assert handler.handled == [("b", '2["elsewhere"]'), ("a", "0"), ("a", '2["one"]'), ("a", 42)]
     await lanes.receive("a", '2["two"]')  # handled in place once the lane is done
     assert handler.handled[-1] == ("a", '2["two"]')
-
-
-async def test_a_connect_without_auth_engineio_hands_over_as_an_int_is_one_too() -> None:
-    handler = _Handler()
-    lanes = _lanes(handler)
-    await lanes.receive("a", 0)  # "40": Engine.IO hands digits over as an int
-    await asyncio.wait_for(handler.connecting.wait(), 5)
-    await lanes.receive("a", 1)
-    assert len(lanes) == 1
-    assert handler.handled == []
-    handler.go.set()
-    await _settled(lanes)
-    assert handler.handled == [("a", 0), ("a", 1)]
 
 
 @pytest.mark.parametrize(
@@ -145,6 +131,29 @@ async def test_a_disconnect_waits_for_a_connect_that_hangs_only_so_long(
     assert [data for _, data in handler.handled] == ["disconnect: transport close", "0"]
 
 
+async def test_a_connect_that_closes_its_own_connection_does_not_wait_for_itself() -> None:
+    """A CONNECT refused, told to retry or cut closes its connection from its own lane:
+    Engine.IO runs the disconnect in the caller's task, which waited its whole bound for
+    itself (5 s a client retrying while Kafka is away)."""
+    handled: list[Any] = []
+    lanes: Lanes
+
+    async def handle(eio_sid: str, data: Any) -> None:
+        handled.append(data)
+        if data == "0":
+            async with asyncio.timeout(1):  # in this task, as Engine.IO's close calls it
+                await lanes.disconnect(eio_sid, "server disconnect")
+
+    async def disconnected(eio_sid: str, reason: str) -> None:
+        handled.append(f"disconnect: {reason}")
+
+    lanes = Lanes(handle, disconnected, lambda eio_sid: None)
+    await lanes.receive("a", "0")
+    await lanes.receive("a", '2["after"]')
+    await _settled(lanes)
+    assert handled == ["0", "disconnect: server disconnect"]
+
+
 async def test_a_handler_that_fails_is_logged_and_the_lane_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -169,77 +178,41 @@ async def test_the_js_client_keeps_its_heartbeat_while_its_replay_is_long(
     """A replay longer than Engine.IO's heartbeat (a client reading slowly, a long gap):
     its CONNECT held up the PONGs read after it, no PING followed, and the JS client closed
     a healthy connection at its ping timeout, then lost its recovery's events."""
-    sio = RecoveringAsyncServer(
-        client_manager=AsyncKafkaManager(kafka_url, channel=channel),
-        async_mode="asgi",
-        connection_state_recovery={},
-        # Whole seconds: Engine.IO's handshake tells the client int(ping_interval) * 1000.
-        ping_interval=1,
-        ping_timeout=1,
-    )
-
-    async def join(sid: str, room: str) -> bool:
-        await sio.enter_room(sid, room)
-        return True
-
-    sio.on("join", join)
-    replay = sio._replay
-    replaying, go = asyncio.Event(), asyncio.Event()
-
-    async def paused_replay(*args: Any) -> int:
-        replaying.set()
-        await go.wait()
-        return await replay(*args)
-
+    # Whole seconds: Engine.IO's handshake tells the client int(ping_interval) * 1000.
+    sio = joining_server(kafka_url, channel, ping_interval=2, ping_timeout=2)
     js = await JsClient().start()
     manager = sio.kafka
-    async with manager, run_server(socketio.ASGIApp(sio)) as url:
-        try:
-            sid = (await js.connect(url, reconnection=False, transports=[transport]))["id"]
-            assert await js.call("join", "lobby") is True
-            await manager.close_transport(manager.eio_sid_from_sid(sid, "/"), "transport close")
-            await wait_until(lambda: not manager.is_connected(sid, "/"), 10, "the drop noticed")
-            for n in range(3):
-                await sio.emit("news", n, to="lobby")
-            sio._replay = paused_replay  # type: ignore[method-assign]
-            await js.send("reconnect")
-            await asyncio.wait_for(replaying.wait(), 10)
-            socket = sio.eio.sockets[manager.eio_sid_from_sid(sid, "/")]
-            receive, pongs = socket.receive, []
+    # The first connect is a fresh one: the replay paused is the recovery's.
+    with replays_paused(sio) as (replaying, go):
+        async with manager, run_server(socketio.ASGIApp(sio)) as url:
+            try:
+                sid = (await js.connect(url, reconnection=False, transports=[transport]))["id"]
+                assert await js.call("join", "lobby") is True
+                await manager.close_transport(manager.eio_sid_from_sid(sid, "/"), "transport close")
+                await wait_until(lambda: not manager.is_connected(sid, "/"), 10, "the drop noticed")
+                for n in range(3):
+                    await sio.emit("news", n, to="lobby")
+                await js.send("reconnect")
+                await asyncio.wait_for(replaying.wait(), 10)
+                socket = sio.eio.sockets[manager.eio_sid_from_sid(sid, "/")]
+                receive, pongs = socket.receive, []
 
-            async def counted(pkt: Any) -> None:
-                pongs.append(pkt.packet_type == 3)  # engineio's PONG
-                await receive(pkt)
+                async def counted(pkt: Any) -> None:
+                    pongs.append(pkt.packet_type == 3)  # engineio's PONG
+                    await receive(pkt)
 
-            socket.receive = counted
-            # Three heartbeats while the replay waits: without them the client closes within
-            # two seconds (its ping interval and timeout) of the first.
-            await wait_until(lambda: sum(pongs) >= 3, 15, "3 PONGs handled during the replay")
-            go.set()
-            assert await js.wait_count("news", 3) == [0, 1, 2]
-            assert js.connects()[-1] == {"type": "connect", "id": sid, "recovered": True}
-            disconnects = [r for r in js.reports if r["type"] == "disconnect"]
-            assert disconnects == [{"type": "disconnect", "reason": "transport close"}]
-        finally:
-            go.set()
-            await js.close()
-
-
-def _recovering(kafka_url: str, channel: str, **kwargs: Any) -> RecoveringAsyncServer:
-    """A recovering node whose ``join`` puts the socket in the room it names."""
-    sio = RecoveringAsyncServer(
-        client_manager=AsyncKafkaManager(kafka_url, channel=channel),
-        async_mode="asgi",
-        connection_state_recovery={},
-        **kwargs,
-    )
-
-    async def join(sid: str, room: str) -> bool:
-        await sio.enter_room(sid, room)
-        return True
-
-    sio.on("join", join)
-    return sio
+                socket.receive = counted
+                # Three heartbeats while the replay waits: without them the client closes within
+                # four seconds (its ping interval and timeout) of the first.
+                await wait_until(lambda: sum(pongs) >= 3, 15, "3 PONGs handled during the replay")
+                go.set()
+                assert await js.wait_count("news", 3) == [0, 1, 2]
+                assert js.connects()[-1] == {"type": "connect", "id": sid, "recovered": True}
+                disconnects = [r for r in js.reports if r["type"] == "disconnect"]
+                assert disconnects == [{"type": "disconnect", "reason": "transport close"}]
+            finally:
+                go.set()
+                await js.close()
 
 
 @pytest.mark.kafka
@@ -257,7 +230,7 @@ async def test_what_a_client_sent_during_its_replay_is_handled_when_it_drops_aga
         sio = app.state.node.sio
         joined: Any = {"ok": True}
     else:
-        sio = _recovering(kafka_url, channel)
+        sio = joining_server(kafka_url, channel)
         app, joined = socketio.ASGIApp(sio), True
     notes: list[str] = []
 
@@ -265,46 +238,41 @@ async def test_what_a_client_sent_during_its_replay_is_handled_when_it_drops_aga
         notes.append(text)
 
     sio.on("note", note)
-    replay = sio._replay
-    replaying, go = asyncio.Event(), asyncio.Event()
-
-    async def paused_replay(*args: Any) -> int:
-        replaying.set()
-        await go.wait()
-        return await replay(*args)
-
     client = RecoveringRecorder()
     manager = sio.kafka
-    async with manager, run_server(app) as url:
-        try:
-            await client.connect(url)
-            sid = client.sid
-            room = {"room": "lobby"} if node == "gateway" else "lobby"
-            assert await client.client.call("join", room) == joined
-            await client.drop_transport()
-            await wait_until(lambda: not manager.is_connected(sid, "/"), 10, "the drop noticed")
-            await sio.emit("news", 0, to="lobby")
-            sio._replay = paused_replay  # type: ignore[method-assign]
-            await client.connect(url)
-            assert client.client.recovered["/"]
-            await asyncio.wait_for(replaying.wait(), 10)
-            eio_sid = manager.eio_sid_from_sid(sid, "/")
-            messages = sio.eio.sockets[eio_sid].receive
-            read: list[Any] = []
+    # The first connect is a fresh one: the replay paused is the recovery's.
+    with replays_paused(sio) as (replaying, go):
+        async with manager, run_server(app) as url:
+            try:
+                await client.connect(url)
+                sid = client.sid
+                room = {"room": "lobby"} if node == "gateway" else "lobby"
+                assert await client.client.call("join", room) == joined
+                await client.drop_transport()
+                await wait_until(lambda: not manager.is_connected(sid, "/"), 10, "the drop noticed")
+                await sio.emit("news", 0, to="lobby")
+                await client.connect(url)
+                assert client.client.recovered["/"]
+                await asyncio.wait_for(replaying.wait(), 10)
+                eio_sid = manager.eio_sid_from_sid(sid, "/")
+                messages = sio.eio.sockets[eio_sid].receive
+                read: list[Any] = []
 
-            async def counted(pkt: Any) -> None:
-                read.append(pkt.data)
-                await messages(pkt)
+                async def counted(pkt: Any) -> None:
+                    read.append(pkt.data)
+                    await messages(pkt)
 
-            sio.eio.sockets[eio_sid].receive = counted
-            await client.client.emit("note", "saved draft")
-            await wait_until(lambda: len(read) == 1, 10, "the note read by the node")
-            await client.drop_transport()
-            go.set()
-            await wait_until(lambda: notes == ["saved draft"], 10, "the note handled")
-        finally:
-            go.set()
-            await client.close()
+                sio.eio.sockets[eio_sid].receive = counted
+                await client.client.emit("note", "saved draft")
+                await wait_until(lambda: len(read) == 1, 10, "the note read by the node")
+                socket = sio.eio.sockets[eio_sid]
+                await client.drop_transport()
+                await wait_until(lambda: socket.closing, 10, "the node's disconnect under way")
+                go.set()
+                await wait_until(lambda: notes == ["saved draft"], 10, "the note handled")
+            finally:
+                go.set()
+                await client.close()
 
 
 @pytest.mark.kafka
@@ -317,7 +285,7 @@ async def test_a_polling_js_client_that_gives_its_connection_up_recovers(
     a client disconnect, and the sessions were ended, where Node's server keeps them."""
     # Short heartbeats: a long-poll the exiting client leaves holds the server's stop up to
     # the ping interval.
-    sio = _recovering(kafka_url, channel, ping_interval=2, ping_timeout=2)
+    sio = joining_server(kafka_url, channel, ping_interval=2, ping_timeout=2)
     js = await JsClient().start()
     manager = sio.kafka
     async with manager, run_server(socketio.ASGIApp(sio)) as url:
@@ -343,9 +311,9 @@ async def test_a_namespace_a_node_does_not_serve_is_refused_though_claimed(
 ) -> None:
     """A node without "/chat" (a rolling deploy, an older release) restored a claimed
     "/chat" session into a namespace no handler answers; a fresh CONNECT there was refused."""
-    serving = _recovering(kafka_url, channel)
+    serving = joining_server(kafka_url, channel)
     serving.on("join", namespace="/chat")(lambda sid, room: True)
-    other = _recovering(kafka_url, channel)
+    other = joining_server(kafka_url, channel)
     client = RecoveringRecorder()
     async with (
         serving.kafka,
@@ -378,7 +346,7 @@ async def test_a_polling_client_s_close_answers_its_waiting_long_poll(
     """python-engineio answered a long-poll GET waiting when its client sent Engine.IO's
     CLOSE only at the poll's timeout, 45 s later: a request held open, and the server's
     stop held up as long."""
-    sio = _recovering(kafka_url, channel)
+    sio = joining_server(kafka_url, channel)
     async with (
         sio.kafka,
         run_server(socketio.ASGIApp(sio)) as url,

@@ -29,27 +29,16 @@ from socketio_kafka.gateway.websocket import CoalescingWebSocketProtocol
 from .support.jsclient import JsClient
 from .support.proxy import black_hole_proxy
 from .support.rawclient import send, websocket_session
-from .support.recovering import RecoveringRecorder, claimed_by_a_connection_that_goes_while_judged
+from .support.recovering import (
+    RecoveringRecorder,
+    claimed_by_a_connection_that_goes_while_judged,
+    joining_server,
+    replays_paused,
+)
 from .support.server import run_server
 from .support.waiting import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(60)]
-
-
-def _joining(kafka_url: str, channel: str) -> RecoveringAsyncServer:
-    """A recovering node whose ``join`` puts the socket in the room it names."""
-    server = RecoveringAsyncServer(
-        client_manager=AsyncKafkaManager(kafka_url, channel=channel),
-        async_mode="asgi",
-        connection_state_recovery={},
-    )
-
-    async def join(sid: str, room: str) -> bool:
-        await server.enter_room(sid, room)
-        return True
-
-    server.on("join", join)
-    return server
 
 
 async def _in_lobby_then_dropped(client: RecoveringRecorder, url: str) -> str:
@@ -76,7 +65,7 @@ async def _serving(*servers: RecoveringAsyncServer) -> AsyncIterator[list[str]]:
 async def test_a_client_back_before_its_node_noticed_the_drop_recovers(
     kafka_url: str, channel: str
 ) -> None:
-    sio = _joining(kafka_url, channel)
+    sio = joining_server(kafka_url, channel)
     manager = sio.kafka
     client = RecoveringRecorder()
     async with manager, run_server(socketio.ASGIApp(sio)) as url:
@@ -183,7 +172,7 @@ async def test_a_client_that_drops_right_after_its_join_ack_recovers_elsewhere_i
     """An ack waits for the session record its handler changed: a client that joined,
     dropped at once and reconnected to another node was given a fresh session while its
     join was still on its way to Kafka (the quickstart's demo, about 1 run in 8)."""
-    slow, other = _joining(kafka_url, channel), _joining(kafka_url, channel)
+    slow, other = joining_server(kafka_url, channel), joining_server(kafka_url, channel)
     real_write = slow.kafka.store.write
 
     async def slow_write(records: dict[str, Any]) -> None:
@@ -331,7 +320,7 @@ async def test_a_refused_record_its_left_record_superseded_is_not_written_after_
     Once the client dropped, its "left" record supersedes it: written again after that,
     the old "connected" record was the session's last word, and another node refused the
     claim (still connected elsewhere) with a fresh session: what was missed was lost."""
-    a, b = _joining(kafka_url, channel), _joining(kafka_url, channel)
+    a, b = joining_server(kafka_url, channel), joining_server(kafka_url, channel)
     real_write = a.kafka.store.write
     handed: list[str] = []  # the client's session records, as handed to Kafka
     kafka_back = asyncio.Event()
@@ -384,7 +373,7 @@ async def test_a_connection_closed_while_its_claim_was_judged_leaves_the_session
     before it had a socket: its claim, won afterwards, registered a socket nobody would
     remove, in its rooms for good and "connected" in Kafka; every later claim of the
     session got a fresh one (connected here), and what the client missed was lost."""
-    sio = _joining(kafka_url, channel)
+    sio = joining_server(kafka_url, channel)
     client = RecoveringRecorder()
     async with _serving(sio) as (url,):
         try:
@@ -402,7 +391,7 @@ async def test_a_second_connect_that_claims_a_session_is_refused_and_leaves_it_c
     session stayed claimed by a socket that never was, "connected" for good, and its
     client got a fresh one. python-socketio refuses a second CONNECT ("Unable to
     connect"); so must a claim, at once or after its judgment (sent together)."""
-    sio = _joining(kafka_url, channel)
+    sio = joining_server(kafka_url, channel)
     manager = sio.kafka
     client = RecoveringRecorder()
     async with _serving(sio) as [url]:
@@ -435,7 +424,7 @@ async def test_a_kick_from_another_node_does_not_hold_up_deliveries_while_it_is_
     awaited the session's end in Kafka there: a round trip per kicked socket (a mass kick,
     seconds), the request timeout with the sessions topic's leader away, and no event
     delivered to anyone on the node meanwhile."""
-    here, there = _joining(kafka_url, channel), _joining(kafka_url, channel)
+    here, there = joining_server(kafka_url, channel), joining_server(kafka_url, channel)
     store = here.kafka.store
     write = store.write
     ending, saved = asyncio.Event(), asyncio.Event()
@@ -479,7 +468,7 @@ async def test_a_client_back_while_its_disconnect_handler_runs_recovers_into_its
     handler returns. A client back on the same node while an async one ran was restored
     under the same sid, then unregistered with the old socket: connected, in none of its
     rooms, its session "connected" in Kafka for good."""
-    sio = _joining(kafka_url, channel)
+    sio = joining_server(kafka_url, channel)
     leaving, left = asyncio.Event(), asyncio.Event()
 
     async def disconnect(sid: str, reason: str) -> None:
@@ -512,39 +501,31 @@ async def test_an_event_that_asks_for_an_ack_waits_for_the_replay_before_it(
 ) -> None:
     """Live events for a socket under recovery wait for its replay; one that asks for an
     ack once went straight out, ahead of every event the client had missed before it."""
-    sio = _joining(kafka_url, channel)
-    replay = sio._replay
-    replaying, go = asyncio.Event(), asyncio.Event()
-
-    async def paused_replay(*args: Any) -> int:
-        replaying.set()
-        await go.wait()
-        return await replay(*args)
-
+    sio = joining_server(kafka_url, channel)
     acks: list[Any] = []
     client = RecoveringRecorder()
+    # The first connect is a fresh one: the replay paused is the recovery's.
     async with _serving(sio) as [url]:
         try:
-            sid = await _in_lobby_then_dropped(client, url)
-            for n in range(3):
-                await sio.emit("news", n, to="lobby")
-            sio._replay = paused_replay  # type: ignore[method-assign]
-            await client.connect(url)
-            await asyncio.wait_for(replaying.wait(), 10)
-            stats, consumed = sio.kafka.stats, sio.kafka.stats.records_consumed
-            await sio.emit("ask", "ok?", to=sid, callback=lambda *a: acks.append(a))
-            await sio.emit("news", 3, to="lobby")
-            # Both read and handed on by the consume loop before the replay goes on.
-            await wait_until(lambda: stats.records_consumed >= consumed + 2, 10, "both read")
-            go.set()
-            await client.wait_count("news", 4)
-            await wait_until(lambda: acks == [()], 10, "the ack")
-            names = [name for name, _ in client.received]
-            # After what was missed; the live "news" is another room's: in either order.
-            assert names[:3] == ["news"] * 3
-            assert sorted(names[3:]) == ["ask", "news"]
+            with replays_paused(sio) as (replaying, go):
+                sid = await _in_lobby_then_dropped(client, url)
+                for n in range(3):
+                    await sio.emit("news", n, to="lobby")
+                await client.connect(url)
+                await asyncio.wait_for(replaying.wait(), 10)
+                stats, consumed = sio.kafka.stats, sio.kafka.stats.records_consumed
+                await sio.emit("ask", "ok?", to=sid, callback=lambda *a: acks.append(a))
+                await sio.emit("news", 3, to="lobby")
+                # Both read and handed on by the consume loop before the replay goes on.
+                await wait_until(lambda: stats.records_consumed >= consumed + 2, 10, "both read")
+                go.set()
+                await client.wait_count("news", 4)
+                await wait_until(lambda: acks == [()], 10, "the ack")
+                names = [name for name, _ in client.received]
+                # After what was missed; the live "news" is another room's: in either order.
+                assert names[:3] == ["news"] * 3
+                assert sorted(names[3:]) == ["ask", "news"]
         finally:
-            go.set()
             await client.close()
 
 
@@ -710,7 +691,7 @@ async def test_a_client_back_on_a_node_that_has_not_read_as_far_as_it_gets_nothi
     in a mass reconnect) replayed nothing there, then delivered live, to the restored
     socket, the records between its own position and the client's: events twice, and an
     offset that went back. The claim now waits until this node has read as far."""
-    first, second = _joining(kafka_url, channel), _joining(kafka_url, channel)
+    first, second = joining_server(kafka_url, channel), joining_server(kafka_url, channel)
     behind = second.kafka
     lagging, deferred, asked = True, [], []
     take = behind._take

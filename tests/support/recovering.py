@@ -116,3 +116,40 @@ async def claimed_by_a_connection_that_goes_while_judged(
     finally:
         for claimant in (gave_up, again):
             await claimant.close()
+
+
+def joining_server(kafka_url: str, channel: str, **kwargs: Any) -> RecoveringAsyncServer:
+    """A recovering node whose ``join`` puts the socket in the room it names; ``kwargs``
+    are the server's (its heartbeat, say)."""
+    server = RecoveringAsyncServer(
+        client_manager=AsyncKafkaManager(kafka_url, channel=channel),
+        async_mode="asgi",
+        connection_state_recovery={},
+        **kwargs,
+    )
+
+    async def join(sid: str, room: str) -> bool:
+        await server.enter_room(sid, room)
+        return True
+
+    server.on("join", join)
+    return server
+
+
+@contextlib.contextmanager
+def replays_paused(sio: RecoveringAsyncServer) -> Iterator[tuple[asyncio.Event, asyncio.Event]]:
+    """Replays begun in the block wait: ``replaying`` is set when one comes, they go on
+    once ``go`` is set (at the latest when the block ends)."""
+    replay = sio._replay
+    replaying, go = asyncio.Event(), asyncio.Event()
+
+    async def paused(*args: Any) -> int:
+        replaying.set()
+        await go.wait()
+        return await replay(*args)
+
+    sio._replay = paused  # type: ignore[method-assign]
+    try:
+        yield replaying, go
+    finally:
+        go.set()

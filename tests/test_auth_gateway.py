@@ -445,7 +445,8 @@ async def test_a_disconnect_sent_while_a_claim_is_judged_ends_the_recovered_sock
             await wait_until(
                 lambda: not manager.is_connected(sid, "/"), 10, "then its DISCONNECT handled"
             )
-            assert sio._identities == {}  # its token forgotten with it
+            # Its token forgotten with it, once its session's end is written.
+            await wait_until(lambda: sio._identities == {}, 10, "its token forgotten")
         finally:
             await alice.close()
 

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["Lanes"]
+__all__ = ["Lanes", "message_size"]
 
 logger = logging.getLogger("socketio_kafka.lanes")
 
@@ -57,8 +57,8 @@ class _Lane:
         self.done = asyncio.Event()
 
 
-def _size(data: Any) -> int:
-    # Engine.IO hands a message of digits over as an int.
+def message_size(data: Any) -> int:
+    """An Engine.IO message's length as received: it hands one of digits over as an int."""
     return len(data) if isinstance(data, str | bytes) else len(str(data))
 
 
@@ -81,8 +81,8 @@ class Lanes:
         self._handle = handle
         self._disconnected = disconnected
         self._closing = closing
+        #: Each busy connection's lane: it holds its task (a reference asyncio needs kept).
         self._busy: dict[str, _Lane] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         """Connections with a CONNECT being handled."""
@@ -97,7 +97,7 @@ class Lanes:
     async def receive(self, eio_sid: str, data: Any) -> None:
         """Engine.IO's ``message`` handler."""
         while (lane := self._busy.get(eio_sid)) is not None:
-            size = _size(data)
+            size = message_size(data)
             if len(lane.waiting) < MAX_WAITING and lane.bytes + size <= MAX_WAITING_BYTES:
                 lane.waiting.append(data)
                 lane.bytes += size
@@ -107,9 +107,7 @@ class Lanes:
             await self._handle(eio_sid, data)
             return
         lane = self._busy[eio_sid] = _Lane()
-        task = lane.task = asyncio.get_running_loop().create_task(self._run(eio_sid, lane, data))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        lane.task = asyncio.get_running_loop().create_task(self._run(eio_sid, lane, data))
 
     async def disconnect(self, eio_sid: str, reason: str) -> None:
         """Engine.IO's ``disconnect`` handler."""
@@ -145,7 +143,7 @@ class Lanes:
                 if lane.closed or not lane.waiting:
                     return
                 data = lane.waiting.popleft()
-                lane.bytes -= _size(data)
+                lane.bytes -= message_size(data)
         finally:
             if self._busy.get(eio_sid) is lane:
                 del self._busy[eio_sid]

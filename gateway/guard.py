@@ -26,6 +26,7 @@ from typing import Any
 from socketio import packet
 
 from socketio_kafka.adapter.aborts import abort_connection
+from socketio_kafka.adapter.lanes import message_size
 from socketio_kafka.adapter.outbox import Outbox
 from socketio_kafka.adapter.recovery import RecoveringAsyncServer
 
@@ -317,8 +318,7 @@ class GuardedServer(RecoveringAsyncServer):
                 await self._refuse(eio_sid, "binary attachments larger than the payload limit")
                 return
         if pending is None:
-            # Engine.IO hands a message of digits over as an int.
-            self._message_bytes = len(data) if isinstance(data, str | bytes) else len(str(data))
+            self._message_bytes = message_size(data)
         else:  # its header's too, which python-socketio held with its attachments
             self._message_bytes = held + self._headers.get(eio_sid, 0)
         await super()._handle_eio_message(eio_sid, data)

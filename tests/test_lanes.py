@@ -190,6 +190,10 @@ async def test_the_js_client_keeps_its_heartbeat_while_its_replay_is_long(
                 assert await js.call("join", "lobby") is True
                 await manager.close_transport(manager.eio_sid_from_sid(sid, "/"), "transport close")
                 await wait_until(lambda: not manager.is_connected(sid, "/"), 10, "the drop noticed")
+                # Until the client has seen its connection go: a reconnect before is a no-op.
+                await wait_until(
+                    lambda: any(r["type"] == "disconnect" for r in js.reports), 10, "JS disconnect"
+                )
                 for n in range(3):
                     await sio.emit("news", n, to="lobby")
                 await js.send("reconnect")

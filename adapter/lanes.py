@@ -67,10 +67,11 @@ def _is_connect(data: Any) -> bool:
 
 
 class Lanes:
-    """Engine.IO's ``message`` and ``disconnect`` handlers: each connection's messages go
-    to ``handle`` (python-socketio's ``_handle_eio_message``) in the order they came, a
-    CONNECT in a task and the messages after it once it is done; its disconnect goes to
-    ``disconnected`` once they are, ``closing`` called first (to end a replay)."""
+    """Engine.IO's ``message`` handler, and its ``disconnect``'s wait (the server's
+    ``_handle_eio_disconnect``): each connection's messages go to ``handle``
+    (python-socketio's ``_handle_eio_message``) in the order they came, a CONNECT in a task
+    and the messages after it once it is done; its disconnect goes to ``disconnected``
+    once they are, ``closing`` called first (to end a replay)."""
 
     def __init__(
         self,
@@ -110,7 +111,7 @@ class Lanes:
         lane.task = asyncio.get_running_loop().create_task(self._run(eio_sid, lane, data))
 
     async def disconnect(self, eio_sid: str, reason: str) -> None:
-        """Engine.IO's ``disconnect`` handler."""
+        """Engine.IO's ``disconnect``: once the lane is done, ``disconnected``."""
         lane = self._busy.get(eio_sid)
         if lane is not None and lane.task is asyncio.current_task():
             # Its CONNECT closes its own connection (refused, told to retry, cut): it

@@ -243,9 +243,8 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
     ) -> None:
         super().__init__(client_manager=client_manager, **kwargs)
         # A CONNECT (a replay) handled off Engine.IO's reader: its heartbeat goes on.
-        self._lanes = Lanes(self._handle_eio_message, self._handle_eio_disconnect, self._closing)
+        self._lanes = Lanes(self._handle_eio_message, self._connection_closed, self._closing)
         self.eio.on("message", self._lanes.receive)
-        self.eio.on("disconnect", self._lanes.disconnect)
         options = connection_state_recovery
         if isinstance(options, Mapping):
             options = RecoveryOptions(**options)
@@ -428,6 +427,12 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
             socket.queue.close()  # a replay paced by its drain stops waiting for it
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
+        """Engine.IO's disconnect, once what the connection sent before it is handled (its
+        lane). By this name: python-socketio registers it, and whatever wraps it calls it
+        (the Admin UI's ``instrument``); subclasses extend `_connection_closed`."""
+        await self._lanes.disconnect(eio_sid, reason)
+
+    async def _connection_closed(self, eio_sid: str, reason: str) -> None:
         self._closing(eio_sid)
         socket = self.eio.sockets.get(eio_sid)
         if reason == _REASON.CLIENT_DISCONNECT and socket is not None and not socket.upgraded:

@@ -269,13 +269,14 @@ class GuardedServer(RecoveringAsyncServer):
         if eio_sid is not None:
             self._await_namespace(eio_sid)
 
-    async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
+    async def _connection_closed(self, eio_sid: str, reason: str) -> None:
+        # After its lane: what it sent before the close may still have set these.
         self.limits.forget(eio_sid)
         self._hold_attachments(eio_sid, 0)
         self._headers.pop(eio_sid, None)
         if timer := self._unconnected.pop(eio_sid, None):
             timer.cancel()
-        await super()._handle_eio_disconnect(eio_sid, reason)
+        await super()._connection_closed(eio_sid, reason)
 
     def _namespaced(self, eio_sid: str) -> bool:
         """Whether ``eio_sid`` has a Socket.IO namespace connected."""

@@ -221,14 +221,16 @@ async def test_the_js_client_keeps_its_heartbeat_while_its_replay_is_long(
 
 @pytest.mark.kafka
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("node", ["library", "gateway"])
+@pytest.mark.parametrize("node", ["library", "instrumented", "gateway"])
 async def test_what_a_client_sent_during_its_replay_is_handled_when_it_drops_again(
     kafka_url: str, channel: str, node: str
 ) -> None:
     """The client's emits after its CONNECT reply wait for the replay; its connection
     dropping meanwhile once threw them away (and a DISCONNECT among them, its session
     then kept): the reader had read them before the close, and handles them first. The
-    gateway's guard drops what a closing connection sends, but for those."""
+    gateway's guard drops what a closing connection sends, but for those, and forgets
+    the connection only after them. The Admin UI's ``instrument`` wraps the disconnect."""
+    admin = None
     if node == "gateway":
         app: Any = create_app(Settings(channel=channel), kafka_url)
         sio = app.state.node.sio
@@ -236,6 +238,8 @@ async def test_what_a_client_sent_during_its_replay_is_handled_when_it_drops_aga
     else:
         sio = joining_server(kafka_url, channel)
         app, joined = socketio.ASGIApp(sio), True
+        if node == "instrumented":
+            admin = sio.instrument(auth=False, mode="production")
     notes: list[str] = []
 
     async def note(sid: str, text: str) -> None:
@@ -274,9 +278,15 @@ async def test_what_a_client_sent_during_its_replay_is_handled_when_it_drops_aga
                 await wait_until(lambda: socket.closing, 10, "the node's disconnect under way")
                 go.set()
                 await wait_until(lambda: notes == ["saved draft"], 10, "the note handled")
+                await wait_until(lambda: eio_sid not in sio.eio.sockets, 10, "the disconnect done")
+                if node == "gateway":  # the note's token bucket went with the connection
+                    assert eio_sid not in sio.limits._events._buckets
             finally:
                 go.set()
                 await client.close()
+                if admin is not None:  # it patches Engine.IO's classes
+                    await admin.shutdown()
+                    admin.uninstrument()
 
 
 @pytest.mark.kafka

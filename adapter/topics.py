@@ -15,7 +15,7 @@ from aiokafka.errors import (
     for_code,
 )
 
-from .errors import TopicLayoutError
+from .errors import BrokerUnavailable, TopicLayoutError
 
 __all__ = [
     "ClusterDefaults",
@@ -121,6 +121,8 @@ async def ensure_topic(
 
     Raises `TopicLayoutError` for a layout that would lose events, or a replication weaker
     than a required one; a replication weaker than the default is logged as a warning.
+    `BrokerUnavailable` (retried by the manager's start) when the broker does not show the
+    topic, or its configs, within 10 s.
     """
     # list_topics, not describe_topics: a metadata request naming a missing topic makes
     # brokers with auto.create.topics.enable create it with their default layout.
@@ -216,7 +218,9 @@ async def _visible_partitions(admin: AIOKafkaAdminClient, name: str) -> tuple[li
     deadline = asyncio.get_running_loop().time() + _VISIBLE_TIMEOUT_S
     while not (found := await _partitions(admin, name))[0]:
         if asyncio.get_running_loop().time() > deadline:
-            raise TopicLayoutError(f"topic {name!r} exists but its metadata never showed up")
+            # A broker just started, or a controller moving: Kafka not ready yet, not a
+            # layout to fix (the start retries it).
+            raise BrokerUnavailable(f"topic {name!r} exists but its metadata has not shown up")
         await asyncio.sleep(0.1)
     return found
 
@@ -236,7 +240,7 @@ async def _topic_configs(admin: AIOKafkaAdminClient, name: str) -> dict[str, str
     deadline = asyncio.get_running_loop().time() + _VISIBLE_TIMEOUT_S
     while (configs := await _described_configs(admin, name)) is None:
         if asyncio.get_running_loop().time() > deadline:
-            raise TopicLayoutError(f"topic {name!r} exists but its configs never showed up")
+            raise BrokerUnavailable(f"topic {name!r} exists but its configs have not shown up")
         await asyncio.sleep(0.1)
     return configs
 

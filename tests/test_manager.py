@@ -21,6 +21,7 @@ from socketio_kafka.adapter import (
     codec,
 )
 from socketio_kafka.adapter import manager as manager_module
+from socketio_kafka.adapter import topics as topics_module
 from socketio_kafka.adapter.publisher import Publisher
 from socketio_kafka.adapter.sessions import EPOCH_KEY
 
@@ -407,6 +408,34 @@ async def test_a_start_that_meets_a_broker_not_ready_tries_again(
         await manager.start()
         assert manager.health().ready
         assert manager.stats.connect_failures == 1
+    finally:
+        await manager.stop()
+
+
+@pytest.mark.parametrize("late", ["_partitions", "_described_configs"])
+async def test_a_new_topic_whose_metadata_is_late_is_waited_for_again(
+    kafka_url: str, channel: str, monkeypatch: pytest.MonkeyPatch, late: str
+) -> None:
+    """A broker just started may be slow to show a topic it made: past the wait the start
+    raised TopicLayoutError ("never showed up"), a layout to fix, and the node stopped for
+    good. It is Kafka not ready yet, and retried."""
+    real = getattr(topics_module, late)
+    misses = 0
+
+    async def late_once(admin: AIOKafkaAdminClient, name: str) -> Any:
+        nonlocal misses
+        if late == "_partitions" and not name.endswith(".events") or misses >= 3:
+            return await real(admin, name)
+        misses += 1
+        return ([], []) if late == "_partitions" else None
+
+    monkeypatch.setattr(topics_module, "_VISIBLE_TIMEOUT_S", 0.1)
+    monkeypatch.setattr(topics_module, late, late_once)
+    manager = AsyncKafkaManager(kafka_url, channel)
+    try:
+        await manager.start()
+        assert manager.health().ready
+        assert manager.stats.connect_failures >= 1
     finally:
         await manager.stop()
 

@@ -271,8 +271,10 @@ async def test_refresh_rechecks_rooms_and_keeps_the_subject(node: GatewayProcess
 async def test_a_token_expires_unless_refreshed_and_its_session_ends(
     node: GatewayProcess,
 ) -> None:
-    bob = await client(node.url, mint("bob", ttl=2))  # his first token expires first
-    alice = await recovering(node.url, mint(ttl=2.5))
+    # Seconds to spare: PyJWT reads ``exp`` as a whole second, so a token of ttl 2 may be
+    # valid for one; bob's refresh must come before.
+    bob = await client(node.url, mint("bob", ttl=4))  # his first token expires first
+    alice = await recovering(node.url, mint(ttl=4.5))
     reasons: list[str] = []
     alice.on("disconnect", reasons.append)
     try:
@@ -315,7 +317,9 @@ async def test_a_refresh_as_the_token_expires_is_refused_not_acked_before_the_cu
     alice = AsyncRecoveringClient(reconnection=False)
     async with manager, run_server(app) as url:
         try:
-            await alice.connect(url, transports=["websocket"], auth={"token": mint(ttl=1)})
+            # 2: PyJWT reads ``exp`` as a whole second, and a ttl of 1 was at times spent
+            # before the CONNECT was judged.
+            await alice.connect(url, transports=["websocket"], auth={"token": mint(ttl=2)})
             manager.store.write = slow_end
             await wait_until(ending.is_set, 15, "the session ended at expiry")
             reply = await alice.call("refresh", {"token": mint(ttl=600)})

@@ -448,7 +448,8 @@ async def test_a_restart_with_other_source_topics_consumes_at_once(
         expected += written[-len(after) :]
         await wait_until(lambda: len(seen) >= len(expected), 30, "the last records")
         assert sorted(seen, key=lambda v: v["seq"]) == expected
-        assert took < 8, f"the restarted bridge took {took:.1f}s to consume its topics"
+        # Under the old member's 23 s, with room for a loaded machine (0.7-3.1 s quiet).
+        assert took < 15, f"the restarted bridge took {took:.1f}s to consume its topics"
     except BaseException:
         for each in bridges:
             print(each.log())

@@ -118,7 +118,7 @@ async def test_windows_stay_within_their_bound_and_expire(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(cursor, "WINDOW_BYTES", 2_000)
-    monkeypatch.setattr(cursor, "WINDOW_LINGER_S", 0.05)
+    monkeypatch.setattr(cursor, "WINDOW_LINGER_S", 0.5)  # outlasts a collector's pause
     hub, _ = fakelog.hub(fakelog.rooms(300, "ab"), batch=10)
     assert await fakelog.offsets(fakelog.open_replay(hub, "a", 0, 300)) == list(range(0, 300, 2))
     # Grown one fetch past the bound at most, then no more: the rest is read again. A

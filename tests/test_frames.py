@@ -319,9 +319,10 @@ async def test_a_client_fed_only_frames_stays_connected_past_the_idle_timeout(
     manager = AsyncKafkaManager(kafka_url, channel=channel)
     # Whole seconds of interval: Engine.IO's handshake tells the client int(ping_interval)
     # * 1000, and half a second told it 0, its own read timeout then only the ping timeout
-    # (a loaded machine's late ping closed it: CI, session 50).
+    # (a loaded machine's late ping closed it: CI, session 50). A timeout of 2 s: client
+    # and server share one loop here, and a pause of the loop longer than it closed it.
     sio = socketio.AsyncServer(
-        async_mode="asgi", client_manager=manager, ping_interval=1, ping_timeout=0.5
+        async_mode="asgi", client_manager=manager, ping_interval=1, ping_timeout=2
     )
 
     @sio.on("join")  # type: ignore[untyped-decorator]
@@ -339,7 +340,7 @@ async def test_a_client_fed_only_frames_stays_connected_past_the_idle_timeout(
                 assert await client.call("join", "room") == "joined"
                 written = manager.stats.events_written
                 loop = asyncio.get_running_loop()
-                began, n, seconds = loop.time(), 0, 6.0  # four times the writer's wait
+                began, n, seconds = loop.time(), 0, 9.0  # three times the writer's wait
                 while loop.time() - began < seconds:
                     await sio.emit("n", n, room="room")
                     n += 1

@@ -164,7 +164,7 @@ async def test_a_loop_of_short_busy_callbacks_widens_the_waits() -> None:
     try:
         await wait_until(
             lambda: pacing.fetch_interval_s >= 0.0125 and bool(lingers) and lingers[-1] >= 5,
-            10,
+            30,  # its smoothed CPU share climbs slower when another process wants the core
             "a node near its core's limit, with records to gather, to wait longer",
         )
         assert pacing.cpu > 0.6

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.services import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 CONTROL_EXTENSION = "tests.support.control:install"
 #: For a test whose one socket publishes hundreds of events a second: it checks delivery,
@@ -25,12 +26,6 @@ FAST_PUBLISHER = ("--event-rate", "100000")
 #: For a test whose clients, all from 127.0.0.1, stand for a crowd connecting at once: it
 #: checks what they get, not the per-address limit (10/s by default; tests/test_limits.py).
 CROWD = ("--connect-rate", "100000")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

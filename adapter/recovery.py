@@ -25,6 +25,7 @@ from typing import Any
 
 import socketio
 from aiokafka.errors import KafkaError
+from engineio import packet as eio_packet
 from engineio.base_server import BaseServer as EngineIOBaseServer
 from socketio import packet
 
@@ -436,9 +437,12 @@ class RecoveringAsyncServer(socketio.AsyncServer):  # type: ignore[misc]  # unty
         self._closing(eio_sid)
         socket = self.eio.sockets.get(eio_sid)
         if reason == _REASON.CLIENT_DISCONNECT and socket is not None and not socket.upgraded:
-            # A polling client's CLOSE: its long-poll GET, if one waits, is answered now.
-            # python-engineio left it waiting for the ping interval and timeout (45 s), a
-            # request held open, and a server's stop held up that long.
+            # A polling client's CLOSE: its long-poll GET, if one waits, is answered now,
+            # with a NOOP as Node's server does (``None`` alone answered an empty body,
+            # which engine.io-parser reads as an error). python-engineio left it waiting
+            # for the ping interval and timeout (45 s), a request held open, and a
+            # server's stop held up that long.
+            socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
             socket.queue.put_nowait(None)
         if reason == _REASON.CLIENT_DISCONNECT and self.recovery is not None:
             # Engine.IO's CLOSE, not Socket.IO's DISCONNECT: a client leaving on purpose

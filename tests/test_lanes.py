@@ -381,4 +381,5 @@ async def test_a_polling_client_s_close_answers_its_waiting_long_poll(
         await asyncio.wait_for(waiting.wait(), 10)  # the GET waits for packets
         await http.post(session, content="1")
         answer = await asyncio.wait_for(polling, 10)
-        assert answer.status_code == 200
+        # A NOOP, as Node's server answers it (an empty body reads as a parser error).
+        assert (answer.status_code, answer.text) == (200, "6")

@@ -7,6 +7,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -15,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from engineio.async_drivers import asgi
+from socketio import packet as sio_packet
 from socketio.async_manager import AsyncManager
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
@@ -73,6 +75,19 @@ _POLL_TIMEOUT_MS = 1000
 #: A consume loop that has not begun a fetch for this long is stuck: in an app's handler
 #: it runs (a disconnect or an ack from another node), delivering nothing meanwhile.
 _STUCK_S = 30.0
+#: The socket whose event the running task handles (``sid``, namespace), set as its
+#: handler starts (`set_server`).
+_CALLER: ContextVar[tuple[str, str] | None] = ContextVar("socketio_kafka_caller", default=None)
+#: Past what that handler emitted that may reach its own socket, per partition: its ACK
+#: waits for those to be delivered here, as python-socketio's managers deliver an emit
+#: locally before it returns. Set anew on each such emit, never mutated: a task started
+#: from the handler copies the context, and must not add to it.
+_TASK_EMITTED: ContextVar[dict[int, int] | None] = ContextVar(
+    "socketio_kafka_task_emitted", default=None
+)
+_ACKS = (sio_packet.ACK, sio_packet.BINARY_ACK)
+#: Waits for the consume loop kept at most, past which those given up are dropped.
+_MAX_WAITERS_KEPT = 1024
 _REPLAY_FETCH_BYTES = 8 * 1024 * 1024
 _REPLAY_RETRY_BACKOFF_MS = 10
 _METADATA_BACKOFF_S = 0.1  # aiokafka's (and Kafka's) default retry backoff
@@ -211,6 +226,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         #: task of the consume loop that delivers them.
         self._emitted: dict[int, int] = {}
         self._consuming: asyncio.Task[Any] | None = None
+        #: Waits for the positions to reach offsets, woken by the consume loop (`_delivered`).
+        self._reaching: list[tuple[dict[int, int], asyncio.Future[None]]] = []
         self._marker: offsets.Marker | None = None
         #: The sessions topic (connection state recovery), read by the consume loop too.
         self.store = SessionStore(
@@ -526,15 +543,20 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
     def _here(self, sid: str, namespace: str) -> bool:
         return bool(self.is_connected(sid, namespace) or self.is_pre_connected(sid, namespace))
 
-    async def _emits_delivered(self) -> None:
-        """Wait (up to a request's timeout) until this node's emits written so far are
-        delivered here. python-socketio's managers deliver an emit here before it returns;
-        this one, once read back from Kafka: a disconnect, room change or room close here
-        acted at once, and the emit just written before it ("tell the client why, then
-        kick it") reached nobody, or reached a socket that joined after it."""
+    async def _emits_delivered(self, emitted: dict[int, int] | None = None) -> None:
+        """Wait (up to a request's timeout) until this node's emits written so far (or
+        those of ``emitted``) are delivered here. python-socketio's managers deliver an
+        emit here before it returns; this one, once read back from Kafka: a disconnect,
+        room change or room close here acted at once, and the emit just written before it
+        ("tell the client why, then kick it") reached nobody, or reached a socket that
+        joined after it; a handler's ACK overtook what it emitted."""
         positions = self.positions
         # Partitions this node reads (one added since it started is not: it never would).
-        emitted = {p: offset for p, offset in self._emitted.items() if p < len(positions)}
+        emitted = {
+            p: offset
+            for p, offset in (self._emitted if emitted is None else emitted).items()
+            if p < len(positions)
+        }
         if (
             self._consumer is not None
             # Called by what the consume loop runs (an ack's callback, an app's disconnect
@@ -573,6 +595,22 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         if data["method"] == "emit":
             emitted = self._emitted
             emitted[written.partition] = max(emitted.get(written.partition, 0), written.offset + 1)
+            if (caller := _CALLER.get()) is not None and self._reaches(data, *caller):
+                mine = _TASK_EMITTED.get() or {}
+                _TASK_EMITTED.set(mine | {written.partition: written.offset + 1})
+
+    def _reaches(self, data: codec.Message, sid: str, namespace: str) -> bool:
+        """Whether an emit may reach socket ``sid`` of this node (its rooms as they are)."""
+        if data["namespace"] != namespace:
+            return False
+        skip = data.get("skip_sid")
+        if skip is not None and (sid == skip if isinstance(skip, str) else sid in skip):
+            return False
+        room = data.get("room")
+        if room is None:
+            return True
+        table = self.rooms.get(namespace, {})
+        return any(sid in table.get(r, ()) for r in ([room] if isinstance(room, str) else room))
 
     async def _produce(
         self, topic: str, key: bytes, value: bytes | None, headers: Headers = ()
@@ -844,6 +882,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             for tp, records in batches.items():
                 await self._take(tp, records)
             await self._past_markers(consumer)
+            self._wake_reached()
 
     async def _past_markers(self, consumer: AIOKafkaConsumer) -> None:
         """Move each position on to the consumer's, past what it hands nobody: a
@@ -1015,8 +1054,26 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         return marker.at(self.positions)
 
     def set_server(self, server: Any) -> None:
-        """Called by the server when it is made: its sockets' queues become `Outbox`es."""
+        """Called by the server when it is made: its sockets' queues become `Outbox`es, and
+        an ACK waits for what its handler emitted to be delivered here first."""
         super().set_server(server)
+        handle_event = server._handle_event_internal
+        send_packet = server._send_packet
+
+        async def handle_as_caller(
+            server_: Any, sid: str, eio_sid: str, data: Any, namespace: str, id: int | None
+        ) -> None:
+            # The event's own task (python-socketio starts one per event), its ACK sent in it.
+            _CALLER.set((sid, namespace or "/"))
+            await handle_event(server_, sid, eio_sid, data, namespace, id)
+
+        async def send_after_emits(eio_sid: str, pkt: Any) -> None:
+            if pkt.packet_type in _ACKS and (emitted := _TASK_EMITTED.get()):
+                await self._emits_delivered(emitted)
+            await send_packet(eio_sid, pkt)
+
+        server._handle_event_internal = handle_as_caller
+        server._send_packet = send_after_emits
         # Engine.IO's documented queue factory; each socket's queue is made by it.
         server.eio.create_queue = self.outboxes.create_queue
         # Its ASGI WebSocket, made for each connection: the one that hands a connection
@@ -1203,10 +1260,31 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         return True
 
     async def _delivered(self, offsets: dict[int, int]) -> None:
-        # Polled: the consume loop has no per-record signal, and this runs once per
-        # recovered connection (and after a failed publish), not per publish.
-        while any(self.positions[p] < offset for p, offset in offsets.items()):  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
+        if self._reached(offsets):
+            return
+        if len(self._reaching) >= _MAX_WAITERS_KEPT:  # the loop not turning: drop the done
+            self._reaching = [(o, f) for o, f in self._reaching if not f.done()]
+        future = asyncio.get_running_loop().create_future()
+        self._reaching.append((offsets, future))
+        await future  # cancelled with its waiter (a timeout), then dropped at the next wake
+
+    def _reached(self, offsets: dict[int, int]) -> bool:
+        positions = self.positions
+        return all(p < len(positions) and positions[p] >= o for p, o in offsets.items())
+
+    def _wake_reached(self) -> None:
+        """After each turn of the consume loop: wake the waits its positions now pass."""
+        if not self._reaching:
+            return
+        waiting = []
+        for wanted, future in self._reaching:
+            if future.done():
+                continue
+            if self._reached(wanted):
+                future.set_result(None)
+            else:
+                waiting.append((wanted, future))
+        self._reaching = waiting
 
     async def bounds(self) -> Bounds:
         """The events topic's bounds, from a consumer kept for it (a new one would first

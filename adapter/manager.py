@@ -80,11 +80,14 @@ _STUCK_S = 30.0
 _CALLER: ContextVar[tuple[str, str] | None] = ContextVar("socketio_kafka_caller", default=None)
 #: Past what that handler emitted that may reach its own socket, per partition: its ACK
 #: waits for those to be delivered here, as python-socketio's managers deliver an emit
-#: locally before it returns. Set anew on each such emit, never mutated: a task started
-#: from the handler copies the context, and must not add to it.
+#: locally before it returns. One dict an event, filled in place: the tasks the handler
+#: starts (``gather``, ``wait_for``) copy the context, and their emits count too.
 _TASK_EMITTED: ContextVar[dict[int, int] | None] = ContextVar(
     "socketio_kafka_task_emitted", default=None
 )
+#: How long an ACK waits at most for its handler's emits (and ``request_timeout_ms`` at
+#: most): a consume loop that restarts or is held up delays replies no longer than this.
+_ACK_WAIT_S = 2.0
 _ACKS = (sio_packet.ACK, sio_packet.BINARY_ACK)
 #: Waits for the consume loop kept at most, past which those given up are dropped.
 _MAX_WAITERS_KEPT = 1024
@@ -406,6 +409,11 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         supervisor, self._supervisor, self._watch = self._supervisor, None, None
         if supervisor is not None:
             await supervisor.stop()
+        # Nothing passes them now: each wait for the loop ends as not delivered, at once.
+        for _, future in self._reaching:
+            if not future.done():
+                future.set_exception(TimeoutError("the manager stopped"))
+        self._reaching = []
         await self._close_clients()
 
     async def __aenter__(self) -> AsyncKafkaManager:
@@ -543,7 +551,9 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
     def _here(self, sid: str, namespace: str) -> bool:
         return bool(self.is_connected(sid, namespace) or self.is_pre_connected(sid, namespace))
 
-    async def _emits_delivered(self, emitted: dict[int, int] | None = None) -> None:
+    async def _emits_delivered(
+        self, emitted: dict[int, int] | None = None, timeout_s: float | None = None
+    ) -> None:
         """Wait (up to a request's timeout) until this node's emits written so far (or
         those of ``emitted``) are delivered here. python-socketio's managers deliver an
         emit here before it returns; this one, once read back from Kafka: a disconnect,
@@ -564,7 +574,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             and asyncio.current_task() is not self._consuming
             and any(positions[p] < offset for p, offset in emitted.items())
         ):
-            await self._delivered_within(emitted)
+            await self._delivered_within(emitted, timeout_s)
 
     async def _publish(
         self,
@@ -595,9 +605,9 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         if data["method"] == "emit":
             emitted = self._emitted
             emitted[written.partition] = max(emitted.get(written.partition, 0), written.offset + 1)
-            if (caller := _CALLER.get()) is not None and self._reaches(data, *caller):
-                mine = _TASK_EMITTED.get() or {}
-                _TASK_EMITTED.set(mine | {written.partition: written.offset + 1})
+            caller, held = _CALLER.get(), _TASK_EMITTED.get()
+            if caller is not None and held is not None and self._reaches(data, *caller):
+                held[written.partition] = max(held.get(written.partition, 0), written.offset + 1)
 
     def _reaches(self, data: codec.Message, sid: str, namespace: str) -> bool:
         """Whether an emit may reach socket ``sid`` of this node (its rooms as they are)."""
@@ -872,6 +882,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
                     next_fetch = loop.time() + interval
             except UNREADABLE:
                 await self._step_past_unreadable(consumer)
+                self._wake_reached()
                 continue
             except KafkaError as exc:
                 self._get_logger().warning("kafka fetch failed (%r); retrying in %.2fs", exc, delay)
@@ -881,6 +892,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             delay = _FIRST_RETRY_S
             for tp, records in batches.items():
                 await self._take(tp, records)
+                self._wake_reached()  # a slow handler in the next one holds no one up
             await self._past_markers(consumer)
             self._wake_reached()
 
@@ -1063,13 +1075,19 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         async def handle_as_caller(
             server_: Any, sid: str, eio_sid: str, data: Any, namespace: str, id: int | None
         ) -> None:
-            # The event's own task (python-socketio starts one per event), its ACK sent in it.
-            _CALLER.set((sid, namespace or "/"))
-            await handle_event(server_, sid, eio_sid, data, namespace, id)
+            # The event's task (python-socketio starts one per event, or runs it inline in
+            # the reader's), its ACK sent in it; reset after, for the inline case.
+            caller = _CALLER.set((sid, namespace or "/"))
+            held = _TASK_EMITTED.set({})
+            try:
+                await handle_event(server_, sid, eio_sid, data, namespace, id)
+            finally:
+                _TASK_EMITTED.reset(held)
+                _CALLER.reset(caller)
 
         async def send_after_emits(eio_sid: str, pkt: Any) -> None:
             if pkt.packet_type in _ACKS and (emitted := _TASK_EMITTED.get()):
-                await self._emits_delivered(emitted)
+                await self._emits_delivered(emitted, _ACK_WAIT_S)
             await send_packet(eio_sid, pkt)
 
         server._handle_event_internal = handle_as_caller
@@ -1251,9 +1269,14 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         """
         return await self._delivered_within(dict(enumerate(offsets)))
 
-    async def _delivered_within(self, offsets: dict[int, int]) -> bool:
+    async def _delivered_within(
+        self, offsets: dict[int, int], timeout_s: float | None = None
+    ) -> bool:
+        """Whether the consume loop passed ``offsets`` within ``timeout_s`` (at most, and by
+        default, ``request_timeout_ms``)."""
+        limit_s = self.options.request_timeout_ms / 1000
         try:
-            async with asyncio.timeout(self.options.request_timeout_ms / 1000):
+            async with asyncio.timeout(limit_s if timeout_s is None else min(timeout_s, limit_s)):
                 await self._delivered(offsets)
         except TimeoutError:
             return False

@@ -9,6 +9,7 @@ emit once Kafka has it back: the reply overtook it every time (a helper ran one 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from .support.server import run_server
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(90)]
 
 
-@pytest.mark.parametrize("target", ["sid", "room", "everyone"])
+@pytest.mark.parametrize("target", ["sid", "room", "everyone", "sid, from a task"])
 async def test_a_handlers_reply_comes_after_what_it_emitted_to_its_caller(
     kafka_url: str, channel: str, target: str
 ) -> None:
@@ -32,8 +33,11 @@ async def test_a_handlers_reply_comes_after_what_it_emitted_to_its_caller(
     @sio.on("trigger")  # type: ignore[untyped-decorator]
     async def trigger(sid: str, n: int) -> str:
         await sio.enter_room(sid, "r")
-        to: Any = {"sid": sid, "room": "r", "everyone": None}[target]
-        await sio.emit("pre", n, to=to)
+        to: Any = {"sid": sid, "room": "r", "everyone": None}.get(target, sid)
+        if target == "sid, from a task":  # gather runs it in a task of its own
+            await asyncio.gather(sio.emit("pre", n, to=to))
+        else:
+            await sio.emit("pre", n, to=to)
         return f"done {n}"
 
     js = await JsClient().start()
@@ -64,9 +68,9 @@ async def test_a_reply_waits_only_for_emits_that_may_reach_its_caller(
     waited: list[dict[int, int] | None] = []
     real = manager._emits_delivered
 
-    async def counted(emitted: dict[int, int] | None = None) -> None:
+    async def counted(emitted: dict[int, int] | None = None, timeout_s: Any = None) -> None:
         waited.append(emitted)
-        await real(emitted)
+        await real(emitted, timeout_s)
 
     manager._emits_delivered = counted  # type: ignore[method-assign]
 

@@ -572,7 +572,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             # Called by what the consume loop runs (an ack's callback, an app's disconnect
             # handler): waiting for the loop would wait for itself.
             and asyncio.current_task() is not self._consuming
-            and any(positions[p] < offset for p, offset in emitted.items())
+            and not self._reached(emitted)
         ):
             await self._delivered_within(emitted, timeout_s)
 

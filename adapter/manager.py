@@ -21,6 +21,7 @@ from socketio.async_manager import AsyncManager
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
 from . import codec, offsets, routing
+from .barriers import HOLD_MAX_S, Barriers
 from .budget import MemoryBudget
 from .cursor import Replay, SharedReplays
 from .deadlines import Deadlines
@@ -111,6 +112,10 @@ class ManagerStats:
     records_passed: int = 0
     records_skipped: int = 0
     handler_errors: int = 0
+    #: Another node's room operations or disconnects held until the emits it wrote before
+    #: them were delivered here, and those applied without (`Barriers`, `HOLD_MAX_S`).
+    barriers_held: int = 0
+    barriers_expired: int = 0
     connect_failures: int = 0
     session_records_skipped: int = 0
     sessions_expired: int = 0
@@ -231,6 +236,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         self._consuming: asyncio.Task[Any] | None = None
         #: Waits for the positions to reach offsets, woken by the consume loop (`_delivered`).
         self._reaching: list[tuple[dict[int, int], asyncio.Future[None]]] = []
+        #: Partitions held at another node's operation until its earlier emits are read.
+        self.barriers = Barriers()
         self._marker: offsets.Marker | None = None
         #: The sessions topic (connection state recovery), read by the consume loop too.
         self.store = SessionStore(
@@ -596,7 +603,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
                 self.events_topic,
                 codec.record_key(data),
                 value,
-                routing.headers_for(data, correlation_id, publisher, subject),
+                routing.headers_for(data, correlation_id, publisher, subject, self._emitted),
             )
         except PublishError:
             self.stats.publish_errors += 1
@@ -873,7 +880,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             # interval is over; the next fetch then returns all that arrived meanwhile.
             if (pause := next_fetch - loop.time()) > 0:
                 await asyncio.sleep(pause)
-            consumer.resume(*consumer.assignment())
+            self._resume(consumer)
             try:
                 batches = await consumer.getmany(timeout_ms=_POLL_TIMEOUT_MS)
                 pacing.read += sum(map(len, batches.values()))
@@ -912,14 +919,37 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             if read > position:
                 positions[partition] = read
 
+    def _resume(self, consumer: AIOKafkaConsumer) -> None:
+        """Fetch every partition again but those held at an operation (`Barriers`)."""
+        assignment = consumer.assignment()
+        if not self.barriers:
+            consumer.resume(*assignment)
+            return
+        held, expired = self.barriers.release(self._reached)
+        for partition in expired:
+            self.stats.barriers_expired += 1
+            self._get_logger().warning(
+                "%s[%d]: an operation's earlier emits not read here within %.0fs: applied",
+                self.events_topic,
+                partition,
+                HOLD_MAX_S,
+            )
+        topic = self.events_topic
+        consumer.resume(*(tp for tp in assignment if tp.topic != topic or tp.partition not in held))
+
     async def _take(self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         if tp.topic == self.sessions_topic:
             for record in records:
                 self.store.apply(record)
             await self.store.applied()
-        else:
-            for record in records:
-                await self._dispatch(record)
+            return
+        for record in records:
+            if not await self._dispatch(record):
+                # Held at an operation: the rest is read again once the hold is over.
+                assert self._consumer is not None
+                self._consumer.seek(tp, record.offset)
+                self._consumer.pause(tp)
+                return
 
     async def _step_past_unreadable(self, consumer: AIOKafkaConsumer) -> None:
         """Skip a record aiokafka cannot parse (a header key that is not UTF-8, a batch
@@ -945,32 +975,41 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         if self.recovery_window is not None:
             self.store.resume(consumer)
 
-    async def _dispatch(self, record: ConsumerRecord[bytes, bytes]) -> None:
+    async def _dispatch(self, record: ConsumerRecord[bytes, bytes]) -> bool:
+        """Deliver or apply one record of the events topic; False when it is an operation
+        held until earlier emits are delivered here (`Barriers`): not taken."""
         # The watermark moves before delivery: a socket registered for recovery while
         # this record is being delivered gets it from the replay, not live.
         self.positions[record.partition] = record.offset + 1
         if not self.publishes.first(record.partition, record.offset, record.headers):
             self.stats.records_consumed += 1  # a client's publish written twice: once here
-            return
+            return True
         try:
             route = routing.read_route(record.headers)
+            wanted = route is None or self._wanted_here(route)
+            if wanted and route is not None and route.after is not None:
+                after = routing.parse_after(route.after)
+                if self.barriers.holds(record.partition, record.offset, after, self._reached):
+                    self.positions[record.partition] = record.offset
+                    self.stats.barriers_held += 1
+                    return False
             if (sightings := self.shared_replays.sightings) is not None:
                 sightings.note(record.partition, record.offset, route)
             if (history := self.shared_replays.history) is not None:
                 history.note(record.partition, record, route)
-            if route is not None and not self._wanted_here(route):
+            if not wanted:
                 self.stats.records_consumed += 1
                 self.stats.records_passed += 1
-                return
+                return True
             message = codec.decode(record.value)
         except RecordDecodeError as exc:
             self.stats.records_skipped += 1
             log_skipped(self._get_logger(), record, exc)
-            return
+            return True
         except Exception:  # a bug, not bad input: still one record, never the loop
             self.stats.records_skipped += 1
             log_unexpected(self._get_logger(), record)
-            return
+            return True
         self.stats.records_consumed += 1
         if route is not None and self._get_logger().isEnabledFor(logging.DEBUG):
             self._log_delivery(record)
@@ -987,6 +1026,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
                 record.partition,
                 record.offset,
             )
+        return True
 
     def _log_delivery(self, record: ConsumerRecord[bytes, bytes]) -> None:
         """At debug level: a record taken here, by its correlation id, to trace it."""

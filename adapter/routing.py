@@ -11,7 +11,7 @@ a record without them (an older node's, an external producer's) is decoded as be
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -27,6 +27,7 @@ __all__ = [
     "Route",
     "correlation_id",
     "headers_for",
+    "parse_after",
     "partition_of",
     "partitioner",
     "read_route",
@@ -49,11 +50,13 @@ CORRELATION_ID = "sio.cid"
 PUBLISHER = "sio.pub"
 #: The publishing socket's subject, where the gateway checks tokens (outbound topics).
 SUBJECT = "sio.sub"
+#: A room operation's or disconnect's: where its node's emits ended (`adapter/barriers.py`).
+AFTER = "sio.after"
 
 #: Record headers as aiokafka reads them (a value may be null on the wire).
 Headers = Sequence[tuple[str, bytes | None]]
 
-_SINGLE = frozenset({VERSION, METHOD, NAMESPACE, SID, HOST, ACK})
+_SINGLE = frozenset({VERSION, METHOD, NAMESPACE, SID, HOST, ACK, AFTER})
 #: Headers each method must carry beyond version, method and namespace: a record whose
 #: headers cannot say who wants it is refused, not guessed at.
 _NEEDS: dict[str, tuple[bool, bool, bool]] = {  # (a room, a sid, a host)
@@ -64,6 +67,8 @@ _NEEDS: dict[str, tuple[bool, bool, bool]] = {  # (a room, a sid, a host)
     "disconnect": (False, True, True),
     "callback": (False, True, True),
 }
+#: Methods that wait, on other nodes, for the emits their node wrote before them.
+_AFTER_EMITS = frozenset({"enter_room", "leave_room", "close_room", "disconnect"})
 _partitioner = DefaultPartitioner()
 
 
@@ -73,7 +78,8 @@ class Route(NamedTuple):
     ``rooms``: an emit's rooms (none: the whole namespace), or the one room of a room
     operation. ``ack``: an emit whose producer waits for acknowledgements. ``key``: the
     `room_key` of its namespace and its one room (None for none or several), by which
-    sightings and replay windows file it.
+    sightings and replay windows file it. ``after``: a room operation's or disconnect's
+    ``sio.after``, unparsed (`parse_after`).
     """
 
     method: str
@@ -83,6 +89,7 @@ class Route(NamedTuple):
     host: str | None
     ack: bool
     key: int
+    after: bytes | None = None
 
 
 def headers_for(
@@ -90,9 +97,11 @@ def headers_for(
     correlation_id: str | None = None,
     publisher: str | None = None,
     subject: str | None = None,
+    after: Mapping[int, int] | None = None,
 ) -> list[tuple[str, bytes]]:
     """The routing headers of a message the manager writes (it must be a valid one), and
-    its correlation id's, subject's and publisher's when given (``sio.pub`` last)."""
+    its correlation id's, subject's and publisher's when given (``sio.pub`` last); a room
+    operation's or disconnect's ``after``, where its node's emits ended, when any."""
     method: str = message["method"]
     headers = [
         (VERSION, ROUTING_VERSION),
@@ -108,6 +117,8 @@ def headers_for(
         headers.append((HOST, message["host_id"].encode()))
     elif message.get("callback"):
         headers.append((ACK, b"1"))
+    if after and method in _AFTER_EMITS:
+        headers.append((AFTER, ",".join(f"{p}:{o}" for p, o in after.items()).encode()))
     if correlation_id is not None:
         headers.append((CORRELATION_ID, correlation_id.encode()))
     if subject is not None:
@@ -172,7 +183,21 @@ def read_route(headers: Headers) -> Route | None:
     ):
         raise RecordDecodeError(f"routing headers of a {method} record incomplete")
     key = room_key(namespace, targets[0] if len(targets) == 1 else None)
-    return Route(method, namespace, targets, sid, host, ACK in found, key)
+    after = found.get(AFTER) if method in _AFTER_EMITS else None
+    return Route(method, namespace, targets, sid, host, ACK in found, key, after)
+
+
+def parse_after(value: bytes) -> dict[int, int]:
+    """A ``sio.after`` header's offsets by partition (``0:17,3:1024``); `RecordDecodeError`
+    when it is not that."""
+    try:
+        pairs = [item.split(b":") for item in value.split(b",")]
+        after = {int(p): int(o) for p, o in pairs}
+    except (ValueError, AttributeError):
+        raise RecordDecodeError("a sio.after header that is not partition:offset pairs") from None
+    if any(p < 0 or o < 0 for p, o in after.items()):
+        raise RecordDecodeError("a sio.after header with a negative partition or offset")
+    return after
 
 
 def room_key(namespace: str, room: str | None) -> int:

@@ -65,7 +65,8 @@ async def read_past_unreadable(
     """
     end = await consumer.end_offsets(list(tps))
     for tp in sorted(tps):
-        while await consumer.position(tp) < end[tp]:
+        # A paused partition (``take`` held it at an operation) is read on by the caller.
+        while tp not in consumer.paused() and await consumer.position(tp) < end[tp]:
             try:
                 fetched = await consumer.getmany(tp, timeout_ms=_POLL_TIMEOUT_MS, max_records=1)
             except UNREADABLE as exc:

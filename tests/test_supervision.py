@@ -183,10 +183,10 @@ async def test_a_consume_loop_that_fails_is_restarted_and_loses_nothing(
     failing.set()
     dispatch = manager._dispatch
 
-    async def broken_dispatch(record: Any) -> None:
+    async def broken_dispatch(record: Any) -> bool:
         if failing.is_set():
             raise RuntimeError("a bug in delivery")
-        await dispatch(record)
+        return await dispatch(record)
 
     client = await Recorder(url).connect()
     try:
@@ -227,9 +227,9 @@ async def test_a_consume_loop_stuck_in_a_handler_makes_the_node_unready(
     release = asyncio.Event()
     dispatch = manager._dispatch
 
-    async def hanging_dispatch(record: Any) -> None:
+    async def hanging_dispatch(record: Any) -> bool:
         await release.wait()
-        await dispatch(record)
+        return await dispatch(record)
 
     client = await Recorder(url).connect()
     try:
@@ -262,13 +262,13 @@ async def test_a_stop_ends_a_consume_loop_whose_handler_swallowed_the_cancel(
     swallowed = asyncio.Event()
     dispatch = manager._dispatch
 
-    async def swallowing_dispatch(record: Any) -> None:
+    async def swallowing_dispatch(record: Any) -> bool:
         entered.set()
         try:
             await asyncio.sleep(30)
         except asyncio.CancelledError:
             swallowed.set()
-        await dispatch(record)
+        return await dispatch(record)
 
     manager._dispatch = swallowing_dispatch
     await manager.emit("e", 1, room="r")

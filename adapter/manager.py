@@ -76,10 +76,10 @@ _POLL_TIMEOUT_MS = 1000
 #: A consume loop that has not begun a fetch for this long is stuck: in an app's handler
 #: it runs (a disconnect or an ack from another node), delivering nothing meanwhile.
 _STUCK_S = 30.0
-#: The socket whose event the running task handles (``sid``, namespace), set as its
-#: handler starts (`set_server`).
-_CALLER: ContextVar[tuple[str, str] | None] = ContextVar("socketio_kafka_caller", default=None)
-#: Past what that handler emitted that may reach its own socket, per partition: its ACK
+#: The connection (``eio_sid``) whose event the running task handles, set as its handler
+#: starts (`set_server`).
+_CALLER: ContextVar[str | None] = ContextVar("socketio_kafka_caller", default=None)
+#: Past what that handler emitted that may reach its connection, per partition: its ACK
 #: waits for those to be delivered here, as python-socketio's managers deliver an emit
 #: locally before it returns. One dict an event, filled in place: the tasks the handler
 #: starts (``gather``, ``wait_for``) copy the context, and their emits count too.
@@ -613,12 +613,15 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             emitted = self._emitted
             emitted[written.partition] = max(emitted.get(written.partition, 0), written.offset + 1)
             caller, held = _CALLER.get(), _TASK_EMITTED.get()
-            if caller is not None and held is not None and self._reaches(data, *caller):
+            if caller is not None and held is not None and self._reaches(data, caller):
                 held[written.partition] = max(held.get(written.partition, 0), written.offset + 1)
 
-    def _reaches(self, data: codec.Message, sid: str, namespace: str) -> bool:
-        """Whether an emit may reach socket ``sid`` of this node (its rooms as they are)."""
-        if data["namespace"] != namespace:
+    def _reaches(self, data: codec.Message, eio_sid: str) -> bool:
+        """Whether an emit may reach connection ``eio_sid`` of this node: its socket of the
+        emit's namespace, in its rooms as they are."""
+        namespace = data["namespace"]
+        sid = self.sid_from_eio_sid(eio_sid, namespace)
+        if sid is None:
             return False
         skip = data.get("skip_sid")
         if skip is not None and (sid == skip if isinstance(skip, str) else sid in skip):
@@ -1117,7 +1120,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         ) -> None:
             # The event's task (python-socketio starts one per event, or runs it inline in
             # the reader's), its ACK sent in it; reset after, for the inline case.
-            caller = _CALLER.set((sid, namespace or "/"))
+            caller = _CALLER.set(eio_sid)
             held = _TASK_EMITTED.set({})
             try:
                 await handle_event(server_, sid, eio_sid, data, namespace, id)

@@ -19,16 +19,24 @@ from socketio_kafka.adapter import AsyncKafkaManager
 
 from .support.jsclient import JsClient
 from .support.server import run_server
+from .support.waiting import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(90)]
 
 
-@pytest.mark.parametrize("target", ["sid", "room", "everyone", "sid, from a task"])
+@pytest.mark.parametrize(
+    "target", ["sid", "room", "everyone", "sid, from a task", "its socket of another namespace"]
+)
 async def test_a_handlers_reply_comes_after_what_it_emitted_to_its_caller(
     kafka_url: str, channel: str, target: str
 ) -> None:
     manager = AsyncKafkaManager(kafka_url, channel=channel)
     sio = socketio.AsyncServer(async_mode="asgi", client_manager=manager)
+    chat: dict[str, str] = {}  # a connection's sid in /chat, by its eio_sid
+
+    @sio.on("connect", namespace="/chat")  # type: ignore[untyped-decorator]
+    async def connect_chat(sid: str, environ: Any) -> None:
+        chat[manager.eio_sid_from_sid(sid, "/chat")] = sid
 
     @sio.on("trigger")  # type: ignore[untyped-decorator]
     async def trigger(sid: str, n: int) -> str:
@@ -36,6 +44,9 @@ async def test_a_handlers_reply_comes_after_what_it_emitted_to_its_caller(
         to: Any = {"sid": sid, "room": "r", "everyone": None}.get(target, sid)
         if target == "sid, from a task":  # gather runs it in a task of its own
             await asyncio.gather(sio.emit("pre", n, to=to))
+        elif target == "its socket of another namespace":
+            to = chat[manager.eio_sid_from_sid(sid, "/")]
+            await sio.emit("pre", n, to=to, namespace="/chat")
         else:
             await sio.emit("pre", n, to=to)
         return f"done {n}"
@@ -44,6 +55,9 @@ async def test_a_handlers_reply_comes_after_what_it_emitted_to_its_caller(
     try:
         async with manager, run_server(socketio.ASGIApp(sio)) as url:
             await js.connect(url)
+            if target == "its socket of another namespace":
+                await js.send("namespace", nsp="/chat")
+                await wait_until(lambda: chat, 15, "the /chat socket")
             for n in range(5):
                 assert await js.call("trigger", n) == f"done {n}"
                 reports = [

@@ -32,6 +32,13 @@ const commands = {
     socket.on("connect_error", (err) => report({ type: "connect_error", message: err.message }));
     socket.onAny((event, ...args) => report({ type: "event", event, args }));
   },
+  // The same connection's socket of another namespace, its events reported with it (the
+  // manager connects it itself: a second connect() sent a second CONNECT).
+  namespace({ nsp }) {
+    const other = socket.io.socket(nsp);
+    other.on("connect", () => report({ type: "namespace", nsp, id: other.id }));
+    other.onAny((event, ...args) => report({ type: "event", nsp, event, args }));
+  },
   async call({ id, event, data }) {
     const reply = await socket.timeout(15000).emitWithAck(event, data);
     report({ type: "reply", id, reply });

@@ -89,6 +89,9 @@ _TASK_EMITTED: ContextVar[dict[int, int] | None] = ContextVar(
 #: How long an ACK waits at most for its handler's emits (and ``request_timeout_ms`` at
 #: most): a consume loop that restarts or is held up delays replies no longer than this.
 _ACK_WAIT_S = 2.0
+#: How old a partition's last emit may be for a room operation or disconnect to name it in
+#: ``sio.after`` (`_recent_emits`).
+_AFTER_RECENT_S = 60.0
 _ACKS = (sio_packet.ACK, sio_packet.BINARY_ACK)
 #: Waits for the consume loop kept at most, past which those given up are dropped.
 _MAX_WAITERS_KEPT = 1024
@@ -233,6 +236,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         #: Past the last emit this node wrote, per partition (`_emits_delivered`), and the
         #: task of the consume loop that delivers them.
         self._emitted: dict[int, int] = {}
+        #: When this node last emitted to each partition (`time.monotonic`).
+        self._emitted_at: dict[int, float] = {}
         self._consuming: asyncio.Task[Any] | None = None
         #: Waits for the positions to reach offsets, woken by the consume loop (`_delivered`).
         self._reaching: list[tuple[dict[int, int], asyncio.Future[None]]] = []
@@ -603,7 +608,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
                 self.events_topic,
                 codec.record_key(data),
                 value,
-                routing.headers_for(data, correlation_id, publisher, subject, self._emitted),
+                routing.headers_for(data, correlation_id, publisher, subject, self._recent_emits()),
             )
         except PublishError:
             self.stats.publish_errors += 1
@@ -612,9 +617,19 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         if data["method"] == "emit":
             emitted = self._emitted
             emitted[written.partition] = max(emitted.get(written.partition, 0), written.offset + 1)
+            self._emitted_at[written.partition] = time.monotonic()
             caller, held = _CALLER.get(), _TASK_EMITTED.get()
             if caller is not None and held is not None and self._reaches(data, caller):
                 held[written.partition] = max(held.get(written.partition, 0), written.offset + 1)
+
+    def _recent_emits(self) -> dict[int, int]:
+        """`_emitted` of the partitions emitted to within `_AFTER_RECENT_S`: what another
+        node's barrier waits for (`sio.after`). An emit older than that, another node has
+        delivered unless it lags by as much, and a record naming every partition ever
+        written to grew with them (2-3 KB at 192)."""
+        now = time.monotonic()
+        at = self._emitted_at
+        return {p: o for p, o in self._emitted.items() if now - at[p] < _AFTER_RECENT_S}
 
     def _reaches(self, data: codec.Message, eio_sid: str) -> bool:
         """Whether an emit may reach connection ``eio_sid`` of this node: its socket of the
@@ -991,7 +1006,9 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             route = routing.read_route(record.headers)
             wanted = route is None or self._wanted_here(route)
             if wanted and route is not None and route.after is not None:
-                after = routing.parse_after(route.after)
+                # Partitions this node does not read (added since it started) never reach.
+                read = len(self.positions)
+                after = {p: o for p, o in routing.parse_after(route.after).items() if p < read}
                 if self.barriers.holds(record.partition, record.offset, after, self._reached):
                     self.positions[record.partition] = record.offset
                     self.stats.barriers_held += 1

@@ -183,7 +183,8 @@ def read_route(headers: Headers) -> Route | None:
     ):
         raise RecordDecodeError(f"routing headers of a {method} record incomplete")
     key = room_key(namespace, targets[0] if len(targets) == 1 else None)
-    after = found.get(AFTER) if method in _AFTER_EMITS else None
+    # A null one is read as an empty one: `parse_after` refuses it.
+    after = (found[AFTER] or b"") if AFTER in found and method in _AFTER_EMITS else None
     return Route(method, namespace, targets, sid, host, ACK in found, key, after)
 
 

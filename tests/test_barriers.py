@@ -8,18 +8,21 @@ lost the why in 7 and 8 of 12 tries (session 51's parity run against `AsyncRedis
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
 import socketio
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
-from socketio_kafka.adapter import AsyncKafkaManager
+from socketio_kafka.adapter import AsyncKafkaManager, KafkaOptions
 from socketio_kafka.adapter import barriers as barriers_module
 from socketio_kafka.adapter.barriers import Barriers
+from socketio_kafka.adapter.codec import record_key
 from socketio_kafka.adapter.errors import RecordDecodeError
-from socketio_kafka.adapter.routing import headers_for, parse_after, read_route
+from socketio_kafka.adapter.routing import headers_for, parse_after, partition_of, read_route
 
 from .support.server import run_server
 from .support.waiting import wait_until
@@ -73,7 +76,7 @@ async def _nodes(kafka_url: str, channel: str) -> AsyncIterator[list[tuple[Any, 
 async def test_emits_then_a_remote_disconnect_reach_the_client_before_it_goes(
     kafka_url: str, channel: str
 ) -> None:
-    async with _nodes(kafka_url, channel) as ((a, _), (_, url)):
+    async with _nodes(kafka_url, channel) as ((a, _), (c, url)):
         for i in range(TRIES):
             client = _Client()
             sid = await client.connect(url, [f"k{i}", "other"])
@@ -85,6 +88,7 @@ async def test_emits_then_a_remote_disconnect_reach_the_client_before_it_goes(
             # In any order but last: emits of different keys keep no order between them.
             assert sorted(client.log[:-1]) == [("everyone", i), ("room", i), ("rooms", i)]
             assert client.log[-1] == ("gone",)
+        assert c.manager.stats.barriers_expired == 0  # held until reached, not timed out
 
 
 @pytest.mark.kafka
@@ -96,7 +100,7 @@ async def test_emits_then_a_remote_room_change_reach_the_sockets_then_in_the_roo
     emit to it does not bring the emit (the socket was not in it when it was sent). The
     emits go to two rooms, so that they are keyed by the namespace, not the room the
     operation's record is keyed by."""
-    async with _nodes(kafka_url, channel) as ((a, _), (_, url)):
+    async with _nodes(kafka_url, channel) as ((a, _), (c, url)):
         client = _Client()
         sid = await client.connect(url, [])
         for i in range(TRIES):
@@ -115,6 +119,7 @@ async def test_emits_then_a_remote_room_change_reach_the_sockets_then_in_the_roo
             await wait_until(lambda w=wanted: w <= set(client.log), 10, f"try {i}'s emits")
             assert ("before entering", i) not in client.log
         assert len(client.log) == 4 * TRIES  # nothing twice
+        assert c.manager.stats.barriers_expired == 0
         await client.sio.disconnect()
 
 
@@ -169,7 +174,72 @@ def test_emits_and_callbacks_carry_no_barrier() -> None:
     assert all(name != "sio.after" for name, _ in headers_for(emit, after={0: 1}))
 
 
-@pytest.mark.parametrize("value", [b"", b"0:", b"0:1,", b"x:1", b"0:1:2", b"-1:4", b"0:-4"])
-def test_a_malformed_after_header_is_refused(value: bytes) -> None:
+@pytest.mark.parametrize("value", [b"", b"0:", b"0:1,", b"x:1", b"0:1:2", b"-1:4", b"0:-4", None])
+def test_a_malformed_after_header_is_refused(value: bytes | None) -> None:
+    message = {"method": "disconnect", "namespace": "/", "sid": "s1", "host_id": "h"}
+    route = read_route([*headers_for(message), ("sio.after", value)])
+    assert route is not None
+    assert route.after is not None
     with pytest.raises(RecordDecodeError):
-        parse_after(value)
+        parse_after(route.after)
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+async def test_partitions_added_since_a_node_started_are_not_waited_for(
+    kafka_url: str, channel: str
+) -> None:
+    """A node reads the partitions the topic had when it started; another, whose producer
+    has learnt of added ones, names them in its operations. Waited for, they never came:
+    every such operation was held the full `HOLD_MAX_S` (a reviewer's reproduction)."""
+    options = KafkaOptions(partitions=2)
+    async with AsyncExitStack() as stack:
+        nodes = []
+        for _ in range(2):
+            manager = AsyncKafkaManager(kafka_url, channel=channel, options=options)
+            sio = socketio.AsyncServer(async_mode="asgi", client_manager=manager)
+            await stack.enter_async_context(manager)
+            nodes.append((sio, await stack.enter_async_context(run_server(socketio.ASGIApp(sio)))))
+        (a, _), (b, url) = nodes
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_url.removeprefix("kafka://"))
+        await admin.start()
+        try:
+            await admin.create_partitions({a.manager.events_topic: NewPartitions(3)})
+        finally:
+            await admin.close()
+        room = next(f"r{i}" for i in range(1000) if _partition(f"r{i}", 3) == 2)
+        await wait_until(lambda: _emits_to(a.manager, room) == 2, 15, "A to see the partition")
+        client = _Client()
+        sid = await client.connect(url, [])
+        while _partition(sid, 3, "disconnect") == 2:  # a record B reads, on partition 0 or 1
+            await client.sio.disconnect()
+            client = _Client()
+            sid = await client.connect(url, [])
+        await a.emit("news", 1, to=room)
+        assert 2 in a.manager._emitted
+        await a.disconnect(sid)
+        await wait_until(lambda: ("gone",) in client.log, 15, "the client to go")
+        assert b.manager.stats.barriers_held == 0
+        assert b.manager.stats.barriers_expired == 0
+
+
+def _partition(target: str, count: int, method: str = "emit") -> int:
+    field = "sid" if method == "disconnect" else "room"
+    return partition_of(record_key({"method": method, "namespace": "/", field: target}), count)
+
+
+def _emits_to(manager: AsyncKafkaManager, room: str) -> int | None:
+    """The partition the manager's producer would write an emit to ``room`` to now."""
+    publisher = manager._publisher
+    assert publisher is not None
+    known = publisher.producer.client.cluster.partitions_for_topic(manager.events_topic)
+    return _partition(room, len(known)) if known else None
+
+
+def test_an_operation_names_the_partitions_emitted_to_lately_only() -> None:
+    """Every partition ever written to made each record 2-3 KB longer at 192 partitions."""
+    manager = AsyncKafkaManager("kafka://127.0.0.1:1")
+    now = time.monotonic()
+    manager._emitted = {0: 5, 1: 7, 2: 9}
+    manager._emitted_at = {0: now, 1: now - 61, 2: now - 30}
+    assert manager._recent_emits() == {0: 5, 2: 9}

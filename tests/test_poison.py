@@ -67,6 +67,16 @@ _GOOD = json.dumps(
     {"v": 1, "method": "emit", "event": "poison", "data": [1], "namespace": "/", "room": "r"}
 ).encode()
 _ROUTE = [("sio.v", b"1"), ("sio.method", b"emit"), ("sio.ns", b"/")]
+_CLOSE = json.dumps(
+    {"v": 1, "method": "close_room", "room": "r", "namespace": "/", "host_id": "elsewhere"}
+).encode()
+_CLOSE_ROUTE = [
+    ("sio.v", b"1"),
+    ("sio.method", b"close_room"),
+    ("sio.ns", b"/"),
+    ("sio.room", b"r"),
+    ("sio.host", b"elsewhere"),
+]
 
 #: (key, value, headers) on ``<channel>.events``: a value every node would deliver, under
 #: routing headers that are refused (a record refused by its headers is never decoded).
@@ -78,6 +88,9 @@ HEADED: list[tuple[bytes, bytes, list[tuple[str, bytes | None]]]] = [
     (b"/#r", _GOOD, [("sio.v", b"1"), ("sio.method", b"nonsense"), ("sio.ns", b"/")]),
     (b"/#r", _GOOD, [("sio.v", b"1"), ("sio.method", b"disconnect"), ("sio.ns", b"/")]),
     (b"/#r", _GOOD, [*_ROUTE, ("sio.ack", b"yes")]),
+    # Applied, these would take every receiver out of the room before the good events.
+    (b"/#r", _CLOSE, [*_CLOSE_ROUTE, ("sio.after", b"0:x")]),
+    (b"/#r", _CLOSE, [*_CLOSE_ROUTE, ("sio.after", None)]),
 ]
 
 #: (key, value) on ``<channel>.sessions``.

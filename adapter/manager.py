@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
@@ -101,6 +102,20 @@ _METADATA_BACKOFF_S = 0.1  # aiokafka's (and Kafka's) default retry backoff
 #: How long an ack asked of a client on another node is awaited: nothing else tells this
 #: node that the client left or will never answer.
 REMOTE_ACK_S = 300.0
+
+
+#: What Kafka takes in a topic name; a channel's topics add ``.sessions`` at most.
+_TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]+")
+_MAX_CHANNEL = 249 - len(".sessions")
+
+
+def _check_channel(channel: str) -> None:
+    """`ConfigError` for a channel whose topics Kafka would refuse: told at construction,
+    not at the first start ("" made the topics ``.events`` and ``.sessions``)."""
+    if not isinstance(channel, str) or not _TOPIC_CHARS.fullmatch(channel):
+        raise ConfigError(f"channel {channel!r} must be letters, digits, '.', '_' or '-'")
+    if len(channel) > _MAX_CHANNEL:
+        raise ConfigError(f"channel must be {_MAX_CHANNEL} characters at most, not {len(channel)}")
 
 
 @dataclass(slots=True)
@@ -200,6 +215,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         options: KafkaOptions | None = None,
         limits: OutboxLimits | None = None,
     ) -> None:
+        _check_channel(channel)
         super().__init__(channel=channel, write_only=write_only, logger=logger, json=json)
         self.bootstrap_servers = parse_kafka_urls(url)
         self.options = options or KafkaOptions()
@@ -276,6 +292,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         self._start_task: asyncio.Task[None] | None = None
         #: Why the last start in the background failed, for `health`; None once started.
         self._start_failure: str | None = None
+        #: Why the last step of a start that retries failed, for `health` meanwhile.
+        self._retried: str | None = None
         self._ready = asyncio.Event()
         self._start_lock = asyncio.Lock()
         #: Set by `stop`, cleared by `start`: nothing else starts the manager meanwhile.
@@ -333,7 +351,12 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         reasons: list[str] = []
         if not self._ready.is_set():
             failure = self._start_failure
-            reasons.append(f"start failed ({failure})" if failure else "not connected to Kafka yet")
+            if failure:
+                reasons.append(f"start failed ({failure})")
+            elif retried := self._retried:
+                reasons.append(f"not connected to Kafka yet (last try: {retried})")
+            else:
+                reasons.append("not connected to Kafka yet")
         supervisor, watch, publisher = self._supervisor, self._watch, self._publisher
         if supervisor is not None:
             reasons += [f"background task {n!r} down ({why})" for n, why in supervisor.down.items()]
@@ -400,7 +423,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             if self.recovery_window is not None:
                 supervisor.start("heartbeat", self.store.heartbeat)
                 supervisor.start("session-expiry", self.store.expire)
-            self._start_failure = None
+            self._start_failure = self._retried = None
             self._ready.set()
             logger.info(
                 "kafka manager ready on %s (%s)",
@@ -504,6 +527,21 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             host_id=self.host_id,
         )
         await self._publish(message, correlation_id, publisher, subject)
+
+    async def disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        """Disconnect a socket of any node. A write-only manager (no server, no sockets)
+        only publishes it: python-socketio's applies it here first, on a server it lacks."""
+        if self.server is None and not kwargs.get("ignore_queue"):
+            await self._publish(
+                {
+                    "method": "disconnect",
+                    "sid": sid,
+                    "namespace": namespace or "/",
+                    "host_id": self.host_id,
+                }
+            )
+            return
+        await super().disconnect(sid, namespace, **kwargs)
 
     async def can_disconnect(self, sid: str, namespace: str) -> Any:
         if self._here(sid, namespace):
@@ -719,6 +757,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
                 if not exc.retriable:
                     raise
                 self.stats.connect_failures += 1
+                self._retried = f"{what} failed ({exc})"
                 self._get_logger().warning(
                     "kafka %s failed (%s); retrying in %.2fs", what, exc, delay
                 )

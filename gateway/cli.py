@@ -52,9 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_serve(commands.add_parser("serve", help="run one gateway node"))
     demo = commands.add_parser("demo", help="local Kafka + N nodes + clients across them")
-    demo.add_argument("--nodes", type=int, default=3)
+    demo.add_argument(
+        "--nodes", type=int, default=3, help="2 at least: a client recovers on another node"
+    )
     demo.add_argument("--base-port", type=int, default=8001)
     demo.add_argument("--kafka", default=env_default("kafka", None))
+    demo.add_argument(
+        "--channel",
+        default=env_default("channel", "demo"),
+        help="the channel (topic prefix) the demo's nodes share (default: demo)",
+    )
     demo.add_argument("--once", action="store_true", help="exit after the exchange")
     demo.add_argument(
         "--jwt-secret-file",
@@ -529,8 +536,8 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import DemoOptions, DemoTokens, run_demo
     from .errors import InvalidSettings
 
-    if args.nodes < 1:
-        raise InvalidSettings(f"--nodes must be >= 1, not {args.nodes}")
+    if args.nodes < 2:
+        raise InvalidSettings(f"--nodes must be >= 2 (one to recover on), not {args.nodes}")
     # Its nodes run `serve`, which reads the environment: refused here, before anything starts.
     given: dict[str, object] = {"port": args.base_port}
     if args.jwt_secret_file:
@@ -541,7 +548,12 @@ def _demo(args: argparse.Namespace) -> int:
         raise InvalidSettings(str(exc)) from exc
     kafka = args.kafka or f"kafka://{_service('kafka', None, None).start()}"
     options = DemoOptions(
-        kafka, args.nodes, args.base_port, once=args.once, jwt_secret_file=args.jwt_secret_file
+        kafka,
+        args.nodes,
+        args.base_port,
+        args.channel,
+        once=args.once,
+        jwt_secret_file=args.jwt_secret_file,
     )
     return run_demo(options, tokens)
 

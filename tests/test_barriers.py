@@ -93,6 +93,27 @@ async def test_emits_then_a_remote_disconnect_reach_the_client_before_it_goes(
 
 @pytest.mark.kafka
 @pytest.mark.timeout(120)
+async def test_a_write_only_manager_emits_then_disconnects_a_socket(
+    kafka_url: str, channel: str
+) -> None:
+    """A worker's "tell the client why, then kick it": python-socketio's ``disconnect``
+    applies it locally first, on the server a write-only manager does not have
+    (``AttributeError``), and never published it."""
+    async with (
+        _nodes(kafka_url, channel) as (_, (_, url)),
+        AsyncKafkaManager(kafka_url, channel=channel, write_only=True) as worker,
+    ):
+        for i in range(3):
+            client = _Client()
+            sid = await client.connect(url, [f"k{i}"])
+            await worker.emit("why", i, room=f"k{i}")
+            await worker.disconnect(sid, namespace="/")
+            await wait_until(lambda c=client: ("gone",) in c.log, 15, "the client to go")
+            assert client.log == [("why", i), ("gone",)]
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
 async def test_emits_then_a_remote_room_change_reach_the_sockets_then_in_the_room(
     kafka_url: str, channel: str
 ) -> None:

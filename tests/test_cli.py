@@ -404,3 +404,15 @@ def test_a_bridge_at_an_unknown_log_level_is_one_line(tmp_path: Path) -> None:
     run = _cli("bridge", str(config), "--log-level", "loud")
     assert (run.returncode, run.stdout) == (1, "")
     assert run.stderr.startswith("socketio-kafka: log_level must be one of"), run.stderr
+
+
+@pytest.mark.usefixtures("nothing_starts")
+@pytest.mark.parametrize("nodes", ["1", "0"])
+def test_a_demo_of_fewer_than_two_nodes_is_refused_before_it_starts(
+    nodes: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One node left the client nowhere to recover on: an IndexError's traceback."""
+    assert cli.main(["demo", "--nodes", nodes, "--kafka", "kafka://127.0.0.1:1"]) == 1
+    assert capsys.readouterr().err == (
+        f"socketio-kafka: --nodes must be >= 2 (one to recover on), not {nodes}\n"
+    )

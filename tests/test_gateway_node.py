@@ -190,7 +190,7 @@ async def test_serve_without_kafka_starts_the_local_broker(tmp_path: Path, chann
         assert stop.stdout.strip() == b"stopped"
 
 
-async def test_demo_runs_end_to_end(kafka_url: str) -> None:
+async def test_demo_runs_end_to_end(kafka_url: str, channel: str) -> None:
     base = free_run(2)
     result = await asyncio.to_thread(
         subprocess.run,
@@ -206,6 +206,8 @@ async def test_demo_runs_end_to_end(kafka_url: str) -> None:
             str(base),
             "--nodes",
             "2",
+            "--channel",
+            channel,
         ],
         cwd=REPO,
         capture_output=True,
@@ -214,6 +216,8 @@ async def test_demo_runs_end_to_end(kafka_url: str) -> None:
     out = result.stdout.decode()
     assert result.returncode == 0, out + result.stderr.decode()
     assert "bob received it" in out
+    # bob was on the second node: with two, he recovers on the first.
+    assert f"bob reconnected to http://127.0.0.1:{base}: recovered=True" in out
     assert "recovered=True, missed messages delivered in order: ['are you there?'" in out
 
 

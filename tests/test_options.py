@@ -104,3 +104,21 @@ def test_new_topics_are_never_weaker_than_the_brokers_defaults(
     brokers: int, cluster: ClusterDefaults, layout: Replication
 ) -> None:
     assert replication_for(None, None, brokers, cluster) == layout
+
+
+@pytest.mark.parametrize(
+    ("channel", "problem"),
+    [
+        ("", "must be letters"),
+        ("chat room!", "must be letters"),
+        ("é", "must be letters"),
+        ("x" * 241, "240 characters at most"),
+    ],
+)
+def test_a_channel_kafka_would_refuse_as_a_topic_is_refused_at_construction(
+    channel: str, problem: str
+) -> None:
+    """ "" made the topics ``.events`` and ``.sessions``; a space failed only at start."""
+    with pytest.raises(ConfigError, match=problem):
+        AsyncKafkaManager("kafka://127.0.0.1:1", channel=channel)
+    AsyncKafkaManager("kafka://127.0.0.1:1", channel="x" * 240)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -347,3 +348,21 @@ async def test_a_sweep_of_100000_expired_sessions_never_makes_a_heartbeat_late(
     gaps = [b - a for a, b in itertools.pairwise(beats)]
     assert len(beats) >= 3, beats
     assert max(gaps) < NODE_STALE_S, gaps
+
+
+@pytest.mark.timeout(30)
+async def test_an_unready_manager_says_why_its_start_is_retrying() -> None:
+    """`/readyz` said only "not connected to Kafka yet" while the log had the cause."""
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        manager = AsyncKafkaManager(f"kafka://127.0.0.1:{port}", channel="unit")
+        starting = asyncio.create_task(manager.start())
+        try:
+            await wait_until(lambda: "last try" in " ".join(manager.health().reasons), 15)
+            (reason,) = manager.health().reasons
+            assert reason.startswith("not connected to Kafka yet (last try: connect failed (")
+            assert f"127.0.0.1:{port}" in reason
+        finally:
+            starting.cancel()
+            await manager.stop()

@@ -15,16 +15,22 @@ from typing import TYPE_CHECKING
 from socketio_kafka.adapter import SocketIOKafkaError
 from socketio_kafka.adapter.options import SASL_MECHANISMS, SECURITY_PROTOCOLS, KafkaOptions
 
-from .settings import (
-    ADAPTERS,
-    ENV_PREFIX,
-    Settings,
-    env_default,
-    env_settings,
-    integer,
-    log_level,
-    number,
-)
+try:
+    from .settings import (
+        ADAPTERS,
+        ENV_PREFIX,
+        Settings,
+        env_default,
+        env_settings,
+        integer,
+        log_level,
+        number,
+    )
+except ModuleNotFoundError as exc:  # the command came with the adapter alone
+    raise SystemExit(
+        f"socketio-kafka: the gateway's dependencies are not installed ({exc.name} is"
+        " missing): pip install 'socketio-kafka[gateway]'"
+    ) from None
 
 if TYPE_CHECKING:
     from .local_kafka import LocalKafka

@@ -416,3 +416,17 @@ def test_a_demo_of_fewer_than_two_nodes_is_refused_before_it_starts(
     assert capsys.readouterr().err == (
         f"socketio-kafka: --nodes must be >= 2 (one to recover on), not {nodes}\n"
     )
+
+
+def test_the_command_without_the_gateway_extra_says_what_to_install() -> None:
+    """Installed with the adapter alone, it ended in a ModuleNotFoundError traceback."""
+    script = (
+        "import sys; sys.modules['uvicorn'] = None\n"  # as if not installed
+        "from socketio_kafka.gateway.cli import main\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr == (
+        "socketio-kafka: the gateway's dependencies are not installed (uvicorn is missing):"
+        " pip install 'socketio-kafka[gateway]'\n"
+    )

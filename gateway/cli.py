@@ -27,8 +27,9 @@ try:
         number,
     )
 except ModuleNotFoundError as exc:  # the command came with the adapter alone
+    missing = (exc.name or "?").partition(".")[0]
     raise SystemExit(
-        f"socketio-kafka: the gateway's dependencies are not installed ({exc.name} is"
+        f"socketio-kafka: the gateway's dependencies are not installed ({missing} is"
         " missing): pip install 'socketio-kafka[gateway]'"
     ) from None
 

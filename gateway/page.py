@@ -7,6 +7,7 @@ loads nothing from a CDN. ``/node`` tells the page which node a connection reach
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,11 +20,15 @@ __all__ = ["CLIENT_SCRIPT", "STATIC", "routes"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 CLIENT_SCRIPT = STATIC / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
+logger = logging.getLogger("socketio_kafka.gateway.page")
 _PAGE_FILES = {"index.html": "text/html", "demo.js": "text/javascript", "demo.css": "text/css"}
 
 
 def routes() -> list[Route]:
-    """``/`` and its files, and ``/node``: what the demo page needs from a node."""
+    """``/`` and its files, and ``/node``: what the demo page needs from a node; a warning
+    when its client script is missing (the page's 503 was the first sign)."""
+    if not CLIENT_SCRIPT.is_file():
+        logger.warning("the demo page's client is missing: run npm ci --prefix %s", STATIC)
     return [
         Route("/", _file("index.html")),
         Route("/node", _node),

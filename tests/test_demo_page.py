@@ -24,6 +24,7 @@ import jwt
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
 
+from socketio_kafka.gateway import page
 from socketio_kafka.gateway.app import create_app
 from socketio_kafka.gateway.demo import ROOM, DemoTokens, page_urls
 from socketio_kafka.gateway.errors import InvalidSettings
@@ -196,6 +197,23 @@ async def test_every_node_serves_the_page_and_the_client_it_loads() -> None:
         node = await http.get("/node")
         assert node.json()["node"].endswith(":8123")
         assert node.headers["access-control-allow-origin"] == "*"
+
+
+async def test_a_node_without_the_pages_client_says_so_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Installed without ``npm ci`` first, the page loaded no client: a 503 in a browser's
+    network tab was the only sign."""
+    monkeypatch.setattr(page, "CLIENT_SCRIPT", tmp_path / "socket.io.min.js")
+    app = create_app(Settings(), kafka_url="kafka://127.0.0.1:1")
+    assert f"the demo page's client is missing: run npm ci --prefix {page.STATIC}" in [
+        r.getMessage() for r in caplog.records if r.levelname == "WARNING"
+    ]
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://node:8123") as http:
+        client = await http.get("/static/socket.io.min.js")
+    assert client.status_code == 503
+    assert "npm ci" in client.text
 
 
 def test_demo_tokens_are_signed_with_the_nodes_secret_and_checks(tmp_path: Path) -> None:

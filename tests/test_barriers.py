@@ -53,12 +53,14 @@ class _Client:
 
 
 @asynccontextmanager
-async def _nodes(kafka_url: str, channel: str) -> AsyncIterator[list[tuple[Any, str]]]:
+async def _nodes(
+    kafka_url: str, channel: str, options: KafkaOptions | None = None
+) -> AsyncIterator[list[tuple[Any, str]]]:
     """Two servers on one channel, each with its URL; a client's auth names its rooms."""
     async with AsyncExitStack() as stack:
         nodes = []
         for _ in range(2):
-            manager = AsyncKafkaManager(kafka_url, channel=channel)
+            manager = AsyncKafkaManager(kafka_url, channel=channel, options=options)
             sio = socketio.AsyncServer(async_mode="asgi", client_manager=manager)
 
             async def connect(sid: str, environ: Any, auth: Any, sio: Any = sio) -> None:
@@ -213,15 +215,7 @@ async def test_partitions_added_since_a_node_started_are_not_waited_for(
     """A node reads the partitions the topic had when it started; another, whose producer
     has learnt of added ones, names them in its operations. Waited for, they never came:
     every such operation was held the full `HOLD_MAX_S` (a reviewer's reproduction)."""
-    options = KafkaOptions(partitions=2)
-    async with AsyncExitStack() as stack:
-        nodes = []
-        for _ in range(2):
-            manager = AsyncKafkaManager(kafka_url, channel=channel, options=options)
-            sio = socketio.AsyncServer(async_mode="asgi", client_manager=manager)
-            await stack.enter_async_context(manager)
-            nodes.append((sio, await stack.enter_async_context(run_server(socketio.ASGIApp(sio)))))
-        (a, _), (b, url) = nodes
+    async with _nodes(kafka_url, channel, KafkaOptions(partitions=2)) as ((a, _), (b, url)):
         admin = AIOKafkaAdminClient(bootstrap_servers=kafka_url.removeprefix("kafka://"))
         await admin.start()
         try:

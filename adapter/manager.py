@@ -129,8 +129,8 @@ class ManagerStats:
     records_passed: int = 0
     records_skipped: int = 0
     handler_errors: int = 0
-    #: Another node's room operations or disconnects held until the emits it wrote before
-    #: them were delivered here, and those applied without (`Barriers`, `HOLD_MAX_S`).
+    #: Other nodes' records held until those their node wrote before them were taken here
+    #: (`Barriers`), and those taken after `HOLD_MAX_S` without.
     barriers_held: int = 0
     barriers_expired: int = 0
     connect_failures: int = 0
@@ -981,7 +981,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         for partition in expired:
             self.stats.barriers_expired += 1
             self._get_logger().warning(
-                "%s[%d]: an operation's earlier emits not read here within %.0fs: applied",
+                "%s[%d]: the records a held record was written after not read here within %.0fs:"
+                " taken without them",
                 self.events_topic,
                 partition,
                 HOLD_MAX_S,

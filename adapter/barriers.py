@@ -1,4 +1,4 @@
-"""Barriers: what a node wrote in one order, another node applies in that order.
+"""Barriers: another node's room operation or disconnect waits for the emits before it.
 
 python-socketio's Redis manager sends everything down one channel, so another node reads a
 node's emit and its disconnect of a socket there in the order they were written. Here the
@@ -9,11 +9,6 @@ such an operation carries in its ``sio.after`` header where its node's emits end
 partition (`routing.headers_for`), and a node about to act on it holds its partition there
 (paused, read again from that record) until it has delivered as far, or `HOLD_MAX_S` has
 passed (an offset that never comes: a topic deleted and made again).
-
-The other way round too: an emit names where its node's room operations and disconnects
-ended, so that a socket another node was told to enter a room before the emit is in it
-when the emit is read there, and one told to leave it, or to go, is not. (An emit to one
-room is keyed as that room's operations, and its partition keeps their order anyway.)
 """
 
 from __future__ import annotations
@@ -22,37 +17,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["HOLD_MAX_S", "RECENT_S", "Barriers", "Written"]
+__all__ = ["HOLD_MAX_S", "Barriers"]
 
-#: How long a partition waits at most for the records its record names.
+#: How long a partition waits at most for the emits its operation names.
 HOLD_MAX_S = 5.0
-#: How long ago a node may have last written to a partition for its records to name it: a
-#: record that old, another node has delivered unless it lags by as much, and naming every
-#: partition ever written to made each record 2-3 KB longer at 192 partitions.
-RECENT_S = 60.0
-
-
-class Written:
-    """Where this node's records of one kind end, per partition (one past the last), and
-    those of the partitions it wrote them to lately (`RECENT_S`): what its records of the
-    other kind name in ``sio.after``."""
-
-    __slots__ = ("_at", "ends")
-
-    def __init__(self) -> None:
-        self.ends: dict[int, int] = {}
-        self._at: dict[int, float] = {}
-
-    def note(self, partition: int, offset: int) -> None:
-        ends = self.ends
-        ends[partition] = max(ends.get(partition, 0), offset + 1)
-        self._at[partition] = time.monotonic()
-
-    def recent(self) -> dict[int, int]:
-        if not self.ends:
-            return {}
-        now, at = time.monotonic(), self._at
-        return {p: end for p, end in self.ends.items() if now - at[p] < RECENT_S}
 
 
 @dataclass(slots=True)

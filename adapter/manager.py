@@ -22,7 +22,7 @@ from socketio.async_manager import AsyncManager
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
 from . import codec, offsets, routing
-from .barriers import HOLD_MAX_S, Barriers, Written
+from .barriers import HOLD_MAX_S, Barriers
 from .budget import MemoryBudget
 from .cursor import Replay, SharedReplays
 from .deadlines import Deadlines
@@ -90,8 +90,9 @@ _TASK_EMITTED: ContextVar[dict[int, int] | None] = ContextVar(
 #: How long an ACK waits at most for its handler's emits (and ``request_timeout_ms`` at
 #: most): a consume loop that restarts or is held up delays replies no longer than this.
 _ACK_WAIT_S = 2.0
-#: Records another node applies in their order with emits (`adapter/barriers.py`).
-_OPS = frozenset({"enter_room", "leave_room", "close_room", "disconnect"})
+#: How old a partition's last emit may be for a room operation or disconnect to name it in
+#: ``sio.after`` (`_recent_emits`).
+_AFTER_RECENT_S = 60.0
 _ACKS = (sio_packet.ACK, sio_packet.BINARY_ACK)
 #: Waits for the consume loop kept at most, past which those given up are dropped.
 _MAX_WAITERS_KEPT = 1024
@@ -129,8 +130,8 @@ class ManagerStats:
     records_passed: int = 0
     records_skipped: int = 0
     handler_errors: int = 0
-    #: Other nodes' records held until those their node wrote before them were taken here
-    #: (`Barriers`), and those taken after `HOLD_MAX_S` without.
+    #: Other nodes' room operations and disconnects held until the emits their node wrote
+    #: before them were taken here (`Barriers`), and those taken after `HOLD_MAX_S` without.
     barriers_held: int = 0
     barriers_expired: int = 0
     connect_failures: int = 0
@@ -248,11 +249,11 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         self.positions: list[int] = []
         #: Acks asked of clients on other nodes, each forgotten at its timer.
         self._remote_acks: dict[tuple[str, int], asyncio.TimerHandle] = {}
-        #: Where this node's emits end (`_emits_delivered`, and its operations' barriers),
-        #: and its room operations and disconnects (its emits' barriers); and the task of the
-        #: consume loop that delivers them.
-        self._emits = Written()
-        self._ops = Written()
+        #: Past the last emit this node wrote, per partition (`_emits_delivered`), and the
+        #: task of the consume loop that delivers them.
+        self._emitted: dict[int, int] = {}
+        #: When this node last emitted to each partition (`time.monotonic`).
+        self._emitted_at: dict[int, float] = {}
         self._consuming: asyncio.Task[Any] | None = None
         #: Waits for the positions to reach offsets, woken by the consume loop (`_delivered`).
         self._reaching: list[tuple[dict[int, int], asyncio.Future[None]]] = []
@@ -613,7 +614,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         # Partitions this node reads (one added since it started is not: it never would).
         emitted = {
             p: offset
-            for p, offset in (self._emits.ends if emitted is None else emitted).items()
+            for p, offset in (self._emitted if emitted is None else emitted).items()
             if p < len(positions)
         }
         if (
@@ -640,28 +641,33 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
                 f"record of {len(value)} bytes exceeds max_record_bytes="
                 f"{self.options.max_record_bytes}"
             )
-        method = data["method"]
-        # What other nodes deliver first (`adapter/barriers.py`).
-        before = self._ops if method == "emit" else self._emits if method in _OPS else None
-        after = None if before is None else before.recent()
         try:
             written = await self._produce(
                 self.events_topic,
                 codec.record_key(data),
                 value,
-                routing.headers_for(data, correlation_id, publisher, subject, after),
+                routing.headers_for(data, correlation_id, publisher, subject, self._recent_emits()),
             )
         except PublishError:
             self.stats.publish_errors += 1
             raise
         self.stats.published += 1
-        if method == "emit":
-            self._emits.note(written.partition, written.offset)
+        if data["method"] == "emit":
+            emitted = self._emitted
+            emitted[written.partition] = max(emitted.get(written.partition, 0), written.offset + 1)
+            self._emitted_at[written.partition] = time.monotonic()
             caller, held = _CALLER.get(), _TASK_EMITTED.get()
             if caller is not None and held is not None and self._reaches(data, caller):
                 held[written.partition] = max(held.get(written.partition, 0), written.offset + 1)
-        elif method in _OPS:
-            self._ops.note(written.partition, written.offset)
+
+    def _recent_emits(self) -> dict[int, int]:
+        """`_emitted` of the partitions emitted to within `_AFTER_RECENT_S`: what another
+        node's barrier waits for (`sio.after`). An emit older than that, another node has
+        delivered unless it lags by as much, and a record naming every partition ever
+        written to grew with them (2-3 KB at 192)."""
+        now = time.monotonic()
+        at = self._emitted_at
+        return {p: o for p, o in self._emitted.items() if now - at[p] < _AFTER_RECENT_S}
 
     def _reaches(self, data: codec.Message, eio_sid: str) -> bool:
         """Whether an emit may reach connection ``eio_sid`` of this node: its socket of the
@@ -883,8 +889,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
             await consumer.seek_to_end(*events)
             # Resolve the lazy seek now: readiness means positioned.
             self.positions = [await consumer.position(tp) for tp in events]
-            # A new start's positions are past them, or a new topic's.
-            self._emits, self._ops = Written(), Written()
+            self._emitted = {}  # a new start's positions are past them, or a new topic's
             if (sightings := self.shared_replays.sightings) is not None:
                 sightings.reset(self.positions)
             if (history := self.shared_replays.history) is not None:
@@ -981,8 +986,8 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         for partition in expired:
             self.stats.barriers_expired += 1
             self._get_logger().warning(
-                "%s[%d]: the records a held record was written after not read here within %.0fs:"
-                " taken without them",
+                "%s[%d]: the emits a held operation was written after not read here within"
+                " %.0fs: applied without them",
                 self.events_topic,
                 partition,
                 HOLD_MAX_S,
@@ -1040,8 +1045,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
         try:
             route = routing.read_route(record.headers)
             wanted = route is None or self._wanted_here(route)
-            # An emit none wants yet may be wanted once the operations before it are done.
-            if route is not None and route.after is not None and (wanted or route.method == "emit"):
+            if wanted and route is not None and route.after is not None:
                 # Partitions this node does not read (added since it started) never reach.
                 read = len(self.positions)
                 after = {p: o for p, o in routing.parse_after(route.after).items() if p < read}

@@ -50,7 +50,7 @@ CORRELATION_ID = "sio.cid"
 PUBLISHER = "sio.pub"
 #: The publishing socket's subject, where the gateway checks tokens (outbound topics).
 SUBJECT = "sio.sub"
-#: Where the writing node's records this one must be applied after end (`adapter/barriers.py`).
+#: A room operation's or disconnect's: where its node's emits ended (`adapter/barriers.py`).
 AFTER = "sio.after"
 
 #: Record headers as aiokafka reads them (a value may be null on the wire).
@@ -67,8 +67,8 @@ _NEEDS: dict[str, tuple[bool, bool, bool]] = {  # (a room, a sid, a host)
     "disconnect": (False, True, True),
     "callback": (False, True, True),
 }
-#: Methods other nodes apply in their order with what their node wrote before them.
-_ORDERED = frozenset({"emit", "enter_room", "leave_room", "close_room", "disconnect"})
+#: Methods that wait, on other nodes, for the emits their node wrote before them.
+_AFTER_EMITS = frozenset({"enter_room", "leave_room", "close_room", "disconnect"})
 _partitioner = DefaultPartitioner()
 
 
@@ -78,8 +78,8 @@ class Route(NamedTuple):
     ``rooms``: an emit's rooms (none: the whole namespace), or the one room of a room
     operation. ``ack``: an emit whose producer waits for acknowledgements. ``key``: the
     `room_key` of its namespace and its one room (None for none or several), by which
-    sightings and replay windows file it. ``after``: its ``sio.after``, unparsed
-    (`parse_after`).
+    sightings and replay windows file it. ``after``: a room operation's or disconnect's
+    ``sio.after``, unparsed (`parse_after`).
     """
 
     method: str
@@ -100,9 +100,8 @@ def headers_for(
     after: Mapping[int, int] | None = None,
 ) -> list[tuple[str, bytes]]:
     """The routing headers of a message the manager writes (it must be a valid one), and
-    its correlation id's, subject's and publisher's when given (``sio.pub`` last); and
-    ``after``, where its node's records another node must apply first end, when any (an
-    emit's: room operations and disconnects; theirs: emits; `adapter/barriers.py`)."""
+    its correlation id's, subject's and publisher's when given (``sio.pub`` last); a room
+    operation's or disconnect's ``after``, where its node's emits ended, when any."""
     method: str = message["method"]
     headers = [
         (VERSION, ROUTING_VERSION),
@@ -118,7 +117,7 @@ def headers_for(
         headers.append((HOST, message["host_id"].encode()))
     elif message.get("callback"):
         headers.append((ACK, b"1"))
-    if after and method in _ORDERED:
+    if after and method in _AFTER_EMITS:
         headers.append((AFTER, ",".join(f"{p}:{o}" for p, o in after.items()).encode()))
     if correlation_id is not None:
         headers.append((CORRELATION_ID, correlation_id.encode()))
@@ -185,7 +184,7 @@ def read_route(headers: Headers) -> Route | None:
         raise RecordDecodeError(f"routing headers of a {method} record incomplete")
     key = room_key(namespace, targets[0] if len(targets) == 1 else None)
     # A null one is read as an empty one: `parse_after` refuses it.
-    after = (found[AFTER] or b"") if AFTER in found and method in _ORDERED else None
+    after = (found[AFTER] or b"") if AFTER in found and method in _AFTER_EMITS else None
     return Route(method, namespace, targets, sid, host, ACK in found, key, after)
 
 

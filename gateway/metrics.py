@@ -37,9 +37,9 @@ _COUNTERS = {
     "records_passed": "Records consumed undecoded: their headers named no local recipient",
     "records_skipped": "Undecodable records skipped",
     "handler_errors": "Records whose handling raised",
-    "barriers_held": "Other nodes' records held until those their node wrote before them "
-    "(emits before an operation, operations before an emit) were taken here",
-    "barriers_expired": "Of those, records taken after waiting 5 s in vain",
+    "barriers_held": "Other nodes' room operations and disconnects held until the emits "
+    "their node wrote before them were taken here",
+    "barriers_expired": "Of those, operations taken after waiting 5 s in vain",
     "connect_failures": "Failed attempts to connect to Kafka",
     "session_records_skipped": "Undecodable records skipped on the sessions topic",
     "sessions_expired": "Sessions this node ended after the recovery window",

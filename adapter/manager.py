@@ -94,8 +94,6 @@ _ACK_WAIT_S = 2.0
 #: ``sio.after`` (`_recent_emits`).
 _AFTER_RECENT_S = 60.0
 _ACKS = (sio_packet.ACK, sio_packet.BINARY_ACK)
-#: What another node applies after the emits its node wrote before it (`sio.after`).
-_OPS = frozenset({"enter_room", "leave_room", "close_room", "disconnect"})
 #: Waits for the consume loop kept at most, past which those given up are dropped.
 _MAX_WAITERS_KEPT = 1024
 _REPLAY_FETCH_BYTES = 8 * 1024 * 1024
@@ -644,7 +642,7 @@ class AsyncKafkaManager(RoomIndex, AsyncPubSubManager):  # type: ignore[misc]  #
                 f"{self.options.max_record_bytes}"
             )
         # What another node applies it after (`adapter/barriers.py`); emits wait for nothing.
-        after = self._recent_emits() if data["method"] in _OPS else None
+        after = self._recent_emits() if data["method"] in routing.AFTER_EMITS else None
         try:
             written = await self._produce(
                 self.events_topic,

@@ -21,6 +21,7 @@ from .codec import Message, record_key
 from .errors import RecordDecodeError
 
 __all__ = [
+    "AFTER_EMITS",
     "ROUTING_VERSION",
     "Audience",
     "Headers",
@@ -68,7 +69,7 @@ _NEEDS: dict[str, tuple[bool, bool, bool]] = {  # (a room, a sid, a host)
     "callback": (False, True, True),
 }
 #: Methods that wait, on other nodes, for the emits their node wrote before them.
-_AFTER_EMITS = frozenset({"enter_room", "leave_room", "close_room", "disconnect"})
+AFTER_EMITS = frozenset({"enter_room", "leave_room", "close_room", "disconnect"})
 _partitioner = DefaultPartitioner()
 
 
@@ -117,7 +118,7 @@ def headers_for(
         headers.append((HOST, message["host_id"].encode()))
     elif message.get("callback"):
         headers.append((ACK, b"1"))
-    if after and method in _AFTER_EMITS:
+    if after and method in AFTER_EMITS:
         headers.append((AFTER, ",".join(f"{p}:{o}" for p, o in after.items()).encode()))
     if correlation_id is not None:
         headers.append((CORRELATION_ID, correlation_id.encode()))
@@ -184,7 +185,7 @@ def read_route(headers: Headers) -> Route | None:
         raise RecordDecodeError(f"routing headers of a {method} record incomplete")
     key = room_key(namespace, targets[0] if len(targets) == 1 else None)
     # A null one is read as an empty one: `parse_after` refuses it.
-    after = (found[AFTER] or b"") if AFTER in found and method in _AFTER_EMITS else None
+    after = (found[AFTER] or b"") if AFTER in found and method in AFTER_EMITS else None
     return Route(method, namespace, targets, sid, host, ACK in found, key, after)
 
 
